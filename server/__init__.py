@@ -1,0 +1,1 @@
+"""Health Mate server: aiohttp + python-socketio application wiring the domain packages."""

@@ -1,0 +1,88 @@
+"""The application factory: builds the services, mounts REST and Socket.IO, and runs the
+start-up sequence (embedded store if no MongoDB URL, Beanie, migrations, control bus)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from server import accounts, audit, health, linking, patients
+from server.auth import AuthService
+from server.bus import ControlBus
+from server.config import Settings
+from server.db import init_documents, make_client
+from server.embedded_store import EmbeddedStore
+from server.http import SERVICES, error_middleware
+from server.migrations import run_migrations
+from server.ratelimit import FailureCounter
+from server.realtime import Realtime
+from server.security import TokenService
+from server.services import Services
+
+log = logging.getLogger(__name__)
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    svc = app[SERVICES]
+    settings = svc.settings
+    url = settings.mongodb_url
+    if url is None:
+        svc.store = EmbeddedStore(settings.data_dir)
+        url = await svc.store.start()
+        log.info("data lives in %s", settings.data_dir.resolve())
+    svc.mongo = make_client(url)
+    try:
+        await init_documents(svc.mongo, settings.mongodb_db)
+        applied = await run_migrations(svc.mongo[settings.mongodb_db])
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        await svc.bus.start()
+        yield
+    finally:
+        await svc.bus.stop()
+        await svc.mongo.close()
+        if svc.redis is not None:
+            await svc.redis.aclose()
+        if svc.store is not None:
+            await svc.store.stop()
+
+
+def _doc_route(name: str, content_type: str) -> web.RouteDef:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=(DOCS / name).read_bytes(), content_type=content_type)
+
+    return web.get(f"/api/{name}", handler)
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.json_response({"service": "healthmate", "openapi": "/api/openapi.yaml",
+                              "asyncapi": "/api/asyncapi.yaml"})
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    bus = ControlBus(redis)
+    tokens = TokenService(settings.secret, settings.jwt_issuer, settings.access_token_ttl_s,
+                          settings.refresh_token_ttl_s)
+    failures = FailureCounter(settings.login_failure_window_s, redis)
+    auth = AuthService(settings, tokens, failures, bus)
+    realtime = Realtime(settings, auth, bus)
+    svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
+                   redis=redis)
+    app[SERVICES] = svc
+    realtime.attach(app)
+    accounts.setup(app)
+    linking.setup(app, svc)
+    patients.setup(app, realtime)
+    audit.setup(app)
+    health.setup(app)
+    app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
+                           _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])
+    app.cleanup_ctx.append(_lifecycle)
+    return app

@@ -1,0 +1,50 @@
+"""The append-only audit log: recording, and the patient's read-only view of it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from beanie import PydanticObjectId
+
+from server.http import cursor_page, page_params, require_principal
+from server.models import AuditEntry, iso
+
+if TYPE_CHECKING:
+    from server.auth import Client, Principal
+
+
+async def record(
+    action: str, *, principal: Principal | None = None, user_id: PydanticObjectId | None = None,
+    role: str | None = None, patient_id: PydanticObjectId | None = None, outcome: str = "ok",
+    client: Client | None = None, **details: Any,
+) -> None:
+    """Append one entry; awaited, so the action it records is not acknowledged before it is durable."""
+    await AuditEntry(
+        actor_id=principal.user_id if principal else user_id,
+        actor_role=principal.role if principal else role,
+        action=action, patient_id=patient_id, outcome=outcome,  # type: ignore[arg-type]
+        client_addr=client.addr if client else None, details=details,
+    ).insert()
+
+
+def entry_json(e: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": str(e.id), "at": iso(e.at), "actor_id": str(e.actor_id) if e.actor_id else None,
+        "actor_role": e.actor_role, "action": e.action,
+        "patient_id": str(e.patient_id) if e.patient_id else None, "outcome": e.outcome,
+        "client_addr": e.client_addr, "details": e.details,
+    }
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    """A patient pages through every access to their data; anyone else through their own actions."""
+    principal = await require_principal(request)
+    before, limit = page_params(request)
+    field = AuditEntry.patient_id if principal.role == "patient" else AuditEntry.actor_id
+    page = await cursor_page(AuditEntry, field == principal.user_id, before, limit, entry_json)
+    return web.json_response(page)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/api/audit", list_audit)

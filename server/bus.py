@@ -1,0 +1,74 @@
+"""Control messages between server processes (link changes, revoked sessions).
+
+Socket.IO's Redis manager carries emits; this carries the decisions that change which
+local sockets may hear what. Each process applies a message to the sockets it holds.
+Without Redis there is one process and messages are applied directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+CHANNEL = "healthmate:control"
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ControlBus:
+    def __init__(self, redis: Redis | None = None) -> None:
+        self.redis = redis
+        self._handlers: dict[str, Handler] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def on(self, op: str, handler: Handler) -> None:
+        self._handlers[op] = handler
+
+    async def publish(self, op: str, **data: Any) -> None:
+        message = {"op": op, **data}
+        if self.redis is None:
+            await self._dispatch(message)
+        else:
+            await self.redis.publish(CHANNEL, json.dumps(message))
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        handler = self._handlers.get(message.get("op", ""))
+        if handler is None:
+            return
+        try:
+            await handler(message)
+        except Exception:
+            log.exception("control message %s failed", message.get("op"))
+
+    async def start(self) -> None:
+        if self.redis is None:
+            return
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(CHANNEL)
+        self._task = asyncio.create_task(self._listen(pubsub), name="control-bus")
+
+    async def _listen(self, pubsub: Any) -> None:
+        while True:
+            try:
+                async for item in pubsub.listen():
+                    if item.get("type") == "message":
+                        await self._dispatch(json.loads(item["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: retry, the subscription is restored on reconnect
+                log.warning("control bus lost Redis (%s); retrying", exc)
+                await asyncio.sleep(1)
+                with contextlib.suppress(Exception):
+                    await pubsub.subscribe(CHANNEL)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

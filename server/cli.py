@@ -1,0 +1,78 @@
+"""``healthmate`` command line: ``serve`` and ``migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from aiohttp import web
+
+from server.config import ConfigError, Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
+                                   ("data_dir", getattr(args, "data_dir", None))) if v is not None}
+    return load_settings(**overrides)
+
+
+def serve(args: argparse.Namespace) -> None:
+    from server.app import create_app
+
+    settings = _settings(args)
+    app = create_app(settings)
+    logging.getLogger("healthmate").info("serving on http://%s:%s", settings.host, settings.port)
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
+                handle_signals=True, shutdown_timeout=5)
+
+
+def migrate(args: argparse.Namespace) -> None:
+    from server.db import init_documents, make_client
+    from server.embedded_store import EmbeddedStore
+    from server.migrations import run_migrations
+
+    settings = _settings(args)
+
+    async def run() -> None:
+        store = None
+        url = settings.mongodb_url
+        if url is None:
+            store = EmbeddedStore(settings.data_dir)
+            url = await store.start()
+        client = make_client(url)
+        try:
+            await init_documents(client, settings.mongodb_db)
+            applied = await run_migrations(client[settings.mongodb_db])
+            print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+        finally:
+            await client.close()
+            if store:
+                await store.stop()
+
+    asyncio.run(run())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="healthmate", description="Health Mate real-time server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the server")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--data-dir")
+    p.set_defaults(func=serve)
+    p = sub.add_parser("migrate", help="apply data migrations and index changes, then exit")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=migrate)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=Settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        print(f"healthmate: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Settings from the environment (prefix ``HEALTHMATE_``).
+
+No secret has a usable default in production: ``HEALTHMATE_ENV=production`` without
+``HEALTHMATE_JWT_SECRET`` stops start-up. In development a random secret is generated
+once and kept in the data dir, so tokens survive restarts of ``make run``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(RuntimeError):
+    """Start-up cannot proceed; the message says what to set."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HEALTHMATE_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    data_dir: Path = Path("data")
+    mongodb_url: str | None = None
+    mongodb_db: str = "healthmate"
+    redis_url: str | None = None
+    jwt_secret: SecretStr | None = None
+    jwt_issuer: str = "healthmate"
+    access_token_ttl_s: int = Field(15 * 60, ge=30, le=24 * 3600)
+    refresh_token_ttl_s: int = Field(30 * 24 * 3600, ge=60)
+    link_code_ttl_s: int = Field(10 * 60, ge=10, le=24 * 3600)
+    # Login throttling: after this many failures in the window, 429 with Retry-After.
+    login_max_failures_per_account: int = 5
+    login_max_failures_per_ip: int = 20
+    login_failure_window_s: int = 15 * 60
+    cors_origins: list[str] = []
+    trust_forwarded: bool = False  # take the client address from X-Forwarded-For (behind nginx)
+    max_message_bytes: int = 1_000_000  # largest Socket.IO message accepted (transport limit)
+    max_body_bytes: int = 1_000_000  # largest JSON REST body (uploads have their own limit)
+    demo: bool = False
+    log_level: str = "INFO"
+
+    def resolve_secrets(self) -> Settings:
+        """Fill the JWT secret: required in production, generated once and persisted in development."""
+        if self.jwt_secret is not None and self.jwt_secret.get_secret_value():
+            if len(self.jwt_secret.get_secret_value()) < 32:
+                raise ConfigError("HEALTHMATE_JWT_SECRET must be at least 32 characters")
+            return self
+        if self.env == "production":
+            raise ConfigError(
+                "HEALTHMATE_JWT_SECRET is not set; production refuses to start without it "
+                '(generate one: python -c "import secrets; print(secrets.token_urlsafe(48))")'
+            )
+        path = self.data_dir / "jwt_secret"
+        if path.exists():
+            secret = path.read_text().strip()
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            secret = secrets.token_urlsafe(48)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secret)
+        return self.model_copy(update={"jwt_secret": SecretStr(secret)})
+
+    @property
+    def secret(self) -> str:
+        assert self.jwt_secret is not None, "resolve_secrets() first"
+        return self.jwt_secret.get_secret_value()
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides).resolve_secrets()  # type: ignore[arg-type]

@@ -1,0 +1,137 @@
+"""The embedded store: SecantusDB run as a supervised child process.
+
+SecantusDB is GPL-2.0-only, so it stays behind a process boundary: we start
+``secantusd-py`` and talk MongoDB's wire protocol to it with the same PyMongo client
+as for real MongoDB; nothing here imports it. Its Python work also stays off our GIL.
+A crash is logged at ERROR and the process restarted with backoff; ``healthy`` says
+whether it is up, for ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from pymongo import AsyncMongoClient
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def store_executable() -> str:
+    beside = Path(sys.executable).parent / "secantusd-py"
+    found = str(beside) if beside.exists() else shutil.which("secantusd-py")
+    if not found:
+        raise RuntimeError("secantusd-py not found: install the project (pip install -e .) to get secantusdb")
+    return found
+
+
+class EmbeddedStore:
+    def __init__(self, data_dir: Path, port: int | None = None, cache_size: str = "256M") -> None:
+        self.path = (data_dir / "db").resolve()
+        self.log_path = (data_dir / "store.log").resolve()
+        self.port = port or free_port()
+        self.cache_size = cache_size
+        self.proc: asyncio.subprocess.Process | None = None
+        self.crashes = 0
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    @property
+    def healthy(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def start(self, wait_s: float = 30.0) -> str:
+        self.path.mkdir(parents=True, exist_ok=True)
+        await self._spawn(wait_s)
+        self._supervisor = asyncio.create_task(self._supervise(), name="embedded-store-supervisor")
+        log.info("embedded store (SecantusDB) on %s, data in %s, log in %s", self.url, self.path, self.log_path)
+        return self.url
+
+    async def _spawn(self, wait_s: float) -> None:
+        cmd = [
+            store_executable(), "--host", "127.0.0.1", "--port", str(self.port),
+            "--storage-path", str(self.path), "--sync-on-commit", "--cache-size", self.cache_size,
+            "--log-level", "WARNING",
+        ]
+        with open(self.log_path, "ab") as logf:  # noqa: ASYNC230 (a local append-only log, opened once)
+            self.proc = await asyncio.create_subprocess_exec(
+                *cmd, stdout=logf, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C on `make run` reaches us; we stop the store in order
+            )
+        await self._wait_ready(wait_s)
+
+    async def _wait_ready(self, wait_s: float) -> None:
+        client: AsyncMongoClient = AsyncMongoClient(self.url, serverSelectionTimeoutMS=300)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        try:
+            while True:
+                assert self.proc is not None
+                if self.proc.returncode is not None:
+                    raise RuntimeError(f"embedded store exited with {self.proc.returncode}; see {self.log_path}:\n"
+                                       + self.log_tail())
+                try:
+                    await client.admin.command("ping")
+                    return
+                except Exception:
+                    if loop.time() > deadline:
+                        msg = f"embedded store did not answer within {wait_s}s; see {self.log_path}"
+                        raise RuntimeError(msg) from None
+                    await asyncio.sleep(0.1)
+        finally:
+            await client.close()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    async def _supervise(self) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            assert self.proc is not None
+            code = await self.proc.wait()
+            if self._stopping:
+                return
+            self.crashes += 1
+            log.error("embedded store exited unexpectedly (code %s, crash #%d); restarting in %.1fs. Log tail:\n%s",
+                      code, self.crashes, backoff, self.log_tail())
+            await asyncio.sleep(backoff)
+            try:
+                await self._spawn(wait_s=30)
+                log.warning("embedded store restarted on %s", self.url)
+                backoff = 0.5
+            except Exception as exc:
+                log.error("embedded store restart failed: %s", exc)
+                backoff = min(backoff * 2, 30)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._supervisor:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self.proc and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except TimeoutError:
+                log.error("embedded store did not stop on SIGTERM; killing it")
+                self.proc.kill()
+                await self.proc.wait()

@@ -1,0 +1,49 @@
+"""The one error shape used by REST responses and Socket.IO acks:
+``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+
+class ApiError(Exception):
+    """A refusal the client is told about. ``status`` is the HTTP status used by REST."""
+
+    def __init__(self, code: str, message: str, status: int = 400, details: Any = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details = details if details is not None else {}
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.code, self.message, self.details)
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details if details is not None else {}}}
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    """Turn a pydantic error into a uniform one, without echoing the (possibly huge) input back."""
+    problems = [
+        {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "problem": e["msg"]}
+        for e in exc.errors(include_url=False, include_input=False)[:20]
+    ]
+    return ApiError("invalid_payload", "The request payload is not valid", 422, {"problems": problems})
+
+
+def not_found(what: str = "resource") -> ApiError:
+    return ApiError("not_found", f"No such {what}", 404)
+
+
+def forbidden(message: str = "You may not access this patient's data") -> ApiError:
+    return ApiError("forbidden", message, 403)
+
+
+def unauthorized(message: str = "Authentication required", code: str = "unauthorized") -> ApiError:
+    return ApiError(code, message, 401)

@@ -1,0 +1,45 @@
+"""Liveness (``/healthz``: the process answers) and readiness (``/readyz``: the store and,
+when configured, Redis answer within a second)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from server.errors import error_body
+from server.http import services
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _check(probe: Any) -> str:
+    try:
+        await asyncio.wait_for(probe, 1.0)
+        return "ok"
+    except Exception as exc:
+        return f"down: {type(exc).__name__}"
+
+
+async def readyz(request: web.Request) -> web.Response:
+    svc = services(request)
+    checks: dict[str, str] = {}
+    if svc.mongo is None:
+        checks["store"] = "down: not connected"
+    elif svc.store is not None and not svc.store.healthy:
+        checks["store"] = "down: embedded store process is not running"
+    else:
+        checks["store"] = await _check(svc.mongo.admin.command("ping"))
+    if svc.redis is not None:
+        checks["redis"] = await _check(svc.redis.ping())
+    if all(v == "ok" for v in checks.values()):
+        return web.json_response({"status": "ready", "checks": checks})
+    return web.json_response(error_body("not_ready", "A dependency is unavailable", {"checks": checks}), status=503)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -1,0 +1,119 @@
+"""REST plumbing: the uniform error middleware, JSON bodies validated by pydantic,
+the caller's identity, and cursor pagination."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from beanie import Document, PydanticObjectId
+from bson.errors import InvalidId
+from pydantic import BaseModel, ValidationError
+
+from server.errors import ApiError, error_body, validation_error
+from server.services import Services
+
+log = logging.getLogger(__name__)
+SERVICES = web.AppKey("services", Services)
+M = TypeVar("M", bound=BaseModel)
+MAX_PAGE = 200
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def error_response(err: ApiError) -> web.Response:
+    return web.json_response(err.body(), status=err.status, headers=err.headers)
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return error_response(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return web.json_response(error_body(code, exc.reason), status=exc.status,
+                                 headers={k: v for k, v in exc.headers.items() if k.lower() in {"allow"}})
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(error_body("internal", "Something went wrong on our side"), status=500)
+
+
+async def read_json(request: web.Request, model: type[M]) -> M:
+    if request.content_type != "application/json":
+        raise ApiError("unsupported_media_type", "Send a JSON body (Content-Type: application/json)", 415)
+    try:
+        data = await request.json(loads=json.loads)
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError("payload_too_large", "The request body is too large", 413) from None
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError("invalid_json", "The body is not valid JSON", 400) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def client_of(request: web.Request):  # -> Client (import kept local: server.auth imports this module's users)
+    from server.auth import Client
+
+    addr = request.remote
+    if services(request).settings.trust_forwarded:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        addr = forwarded.split(",")[0].strip() or addr
+    return Client(addr=addr, user_agent=request.headers.get("User-Agent"))
+
+
+async def require_principal(request: web.Request):  # -> Principal
+    cached = request.get("principal")
+    if cached is not None:
+        return cached
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError("unauthorized", "Send an access token: Authorization: Bearer <token>", 401)
+    principal = await services(request).auth.authenticate(token.strip())
+    request["principal"] = principal
+    return principal
+
+
+def page_params(request: web.Request) -> tuple[PydanticObjectId | None, int]:
+    before_raw = request.query.get("before")
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        raise ApiError("invalid_query", "limit must be a whole number", 422, {"field": "limit"}) from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise ApiError("invalid_query", f"limit must be between 1 and {MAX_PAGE}", 422, {"field": "limit"})
+    before = None
+    if before_raw:
+        try:
+            before = PydanticObjectId(before_raw)
+        except (InvalidId, TypeError):
+            raise ApiError("invalid_query", "before is not a cursor this API returned", 422,
+                           {"field": "before"}) from None
+    return before, limit
+
+
+async def cursor_page(doc: type[Document], condition: Any, before: PydanticObjectId | None, limit: int,
+                      to_json: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Newest first, by ``_id``; ``next_cursor`` is given back as ``before`` for the next page."""
+    conditions = [condition]
+    if before is not None:
+        conditions.append(doc.id < before)
+    items = await doc.find(*conditions).sort(-doc.id).limit(limit + 1).to_list()
+    more = len(items) > limit
+    items = items[:limit]
+    return {"items": [to_json(i) for i in items], "next_cursor": str(items[-1].id) if more else None}

@@ -1,0 +1,177 @@
+"""Socket.IO wiring: authenticated connects, rooms, and validated, acknowledged events.
+
+Rooms: ``user:<id>`` holds every connected device of a user; ``session:<sid>`` the sockets of
+one login; ``patient:<id>`` the patient's own sockets and those of every linked caregiver and
+clinician, kept in step with link changes through the control bus, in every process.
+Every event handler answers through its ack with ``{"ok": true, "data": ...}`` or
+``{"ok": false, "error": {code, message, details}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import socketio
+from aiohttp import web
+from beanie import PydanticObjectId
+from pydantic import BaseModel, ValidationError
+
+from server.auth import AuthService, Client, Principal
+from server.bus import ControlBus
+from server.config import Settings
+from server.errors import ApiError, error_body, validation_error
+from server.models import Link
+
+log = logging.getLogger(__name__)
+NAMESPACE = "/"
+
+
+def user_room(user_id: Any) -> str:
+    return f"user:{user_id}"
+
+
+def patient_room(patient_id: Any) -> str:
+    return f"patient:{patient_id}"
+
+
+@dataclass(frozen=True)
+class EventContext:
+    principal: Principal
+    sid: str
+    client: Client
+    realtime: Realtime
+
+
+Handler = Callable[[EventContext, Any], Awaitable[Any]]
+ConnectHook = Callable[[str, Principal], Awaitable[None]]
+
+
+class Realtime:
+    def __init__(self, settings: Settings, auth: AuthService, bus: ControlBus) -> None:
+        manager = socketio.AsyncRedisManager(settings.redis_url) if settings.redis_url else None
+        self.sio = socketio.AsyncServer(
+            async_mode="aiohttp", client_manager=manager,
+            cors_allowed_origins=settings.cors_origins or None,
+            max_http_buffer_size=settings.max_message_bytes,
+        )
+        self.auth = auth
+        self.trust_forwarded = settings.trust_forwarded
+        self.principals: dict[str, Principal] = {}
+        self.clients: dict[str, Client] = {}
+        self.events: dict[str, tuple[Handler, type[BaseModel] | None]] = {}
+        self.connect_hooks: list[ConnectHook] = []
+        self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
+        bus.on("sessions_revoked", self._apply_sessions_revoked)
+        bus.on("link_changed", self._apply_link_changed)
+
+    def attach(self, app: web.Application) -> None:
+        self.sio.attach(app, socketio_path="socket.io")
+
+    # --- connections -------------------------------------------------------------------------------
+
+    def _client(self, environ: dict[str, Any]) -> Client:
+        request = environ.get("aiohttp.request")
+        addr = request.remote if request is not None else environ.get("REMOTE_ADDR")
+        if self.trust_forwarded and environ.get("HTTP_X_FORWARDED_FOR"):
+            addr = environ["HTTP_X_FORWARDED_FOR"].split(",")[0].strip()
+        return Client(addr=addr, user_agent=environ.get("HTTP_USER_AGENT"))
+
+    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        token = auth.get("token") if isinstance(auth, dict) else None
+        try:
+            if not isinstance(token, str) or not token:
+                raise ApiError("token_missing", "Connect with auth={'token': <access token>}", 401)
+            principal = await self.auth.authenticate(token)
+        except ApiError as err:
+            raise socketio.exceptions.ConnectionRefusedError(err.body()) from None
+        self.principals[sid] = principal
+        self.clients[sid] = self._client(environ)
+        await self.sio.enter_room(sid, user_room(principal.user_id))
+        await self.sio.enter_room(sid, f"session:{principal.sid}")
+        for pid in await self.patients_of(principal):
+            await self.sio.enter_room(sid, patient_room(pid))
+        for hook in self.connect_hooks:
+            await hook(sid, principal)
+
+    async def _on_disconnect(self, sid: str, *_: Any) -> None:
+        self.principals.pop(sid, None)
+        self.clients.pop(sid, None)
+
+    @staticmethod
+    async def patients_of(principal: Principal) -> list[PydanticObjectId]:
+        """The patients whose live events this principal receives."""
+        if principal.role == "patient":
+            return [principal.user_id]
+        links = Link.find(Link.member_id == principal.user_id, Link.revoked_at == None)  # noqa: E711
+        return [link.patient_id async for link in links]
+
+    # --- events ------------------------------------------------------------------------------------
+
+    def event(self, name: str, model: type[BaseModel] | None = None) -> Callable[[Handler], Handler]:
+        """Register ``handler(ctx, payload)`` for event ``name``; ``payload`` is validated by ``model``."""
+
+        def register(handler: Handler) -> Handler:
+            if name in self.events:
+                raise ValueError(f"event {name} registered twice")
+            self.events[name] = (handler, model)
+
+            async def dispatch(sid: str, *args: Any) -> dict[str, Any]:
+                return await self._dispatch(name, handler, model, sid, args)
+
+            self.sio.on(name, dispatch)
+            return handler
+
+        return register
+
+    async def _dispatch(self, name: str, handler: Handler, model: type[BaseModel] | None, sid: str,
+                        args: tuple[Any, ...]) -> dict[str, Any]:
+        principal = self.principals.get(sid)
+        if principal is None:
+            return {"ok": False, **error_body("unauthorized", "Not authenticated")}
+        try:
+            data = args[0] if args else None
+            if model is not None:
+                payload = model.model_validate({} if data is None else data)
+            elif data not in (None, {}):
+                raise ApiError("invalid_payload", f"{name} takes no payload", 422)
+            else:
+                payload = None
+            ctx = EventContext(principal, sid, self.clients.get(sid, Client()), self)
+            return {"ok": True, "data": await handler(ctx, payload)}
+        except ValidationError as exc:
+            return {"ok": False, **validation_error(exc).body()}
+        except ApiError as err:
+            return {"ok": False, **err.body()}
+        except Exception:
+            log.exception("event %s failed", name)
+            return {"ok": False, **error_body("internal", "Something went wrong on our side")}
+
+    # --- emitting ----------------------------------------------------------------------------------
+
+    async def to_patient(self, patient_id: Any, event: str, data: Any) -> None:
+        await self.sio.emit(event, data, room=patient_room(patient_id))
+
+    async def to_user(self, user_id: Any, event: str, data: Any) -> None:
+        await self.sio.emit(event, data, room=user_room(user_id))
+
+    # --- control messages, applied to this process's sockets ----------------------------------------
+
+    def _local(self, room: str) -> list[str]:
+        return [sid for sid, _ in self.sio.manager.get_participants(NAMESPACE, room)]
+
+    async def _apply_sessions_revoked(self, msg: dict[str, Any]) -> None:
+        for session in msg["sids"]:
+            for sid in self._local(f"session:{session}"):
+                await self.sio.disconnect(sid)
+
+    async def _apply_link_changed(self, msg: dict[str, Any]) -> None:
+        room = patient_room(msg["patient_id"])
+        for sid in self._local(user_room(msg["member_id"])):
+            if msg["active"]:
+                await self.sio.enter_room(sid, room)
+            else:
+                await self.sio.leave_room(sid, room)

@@ -1,0 +1,32 @@
+"""What a running server holds: the shared objects handlers reach through the app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pymongo import AsyncMongoClient
+    from redis.asyncio import Redis
+
+    from server.auth import AuthService
+    from server.bus import ControlBus
+    from server.config import Settings
+    from server.embedded_store import EmbeddedStore
+    from server.ratelimit import FailureCounter
+    from server.realtime import Realtime
+    from server.security import TokenService
+
+
+@dataclass
+class Services:
+    settings: Settings
+    tokens: TokenService
+    bus: ControlBus
+    failures: FailureCounter
+    auth: AuthService
+    realtime: Realtime
+    mongo: AsyncMongoClient | None = None
+    redis: Redis | None = None
+    store: EmbeddedStore | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
