@@ -18,6 +18,7 @@ from server.services import Services
 
 log = logging.getLogger(__name__)
 SERVICES = web.AppKey("services", Services)
+PRINCIPAL = web.RequestKey("principal", object)
 M = TypeVar("M", bound=BaseModel)
 MAX_PAGE = 200
 
@@ -77,7 +78,7 @@ def client_of(request: web.Request):  # -> Client (import kept local: server.aut
 
 
 async def require_principal(request: web.Request):  # -> Principal
-    cached = request.get("principal")
+    cached = request.get(PRINCIPAL)
     if cached is not None:
         return cached
     header = request.headers.get("Authorization", "")
@@ -85,7 +86,7 @@ async def require_principal(request: web.Request):  # -> Principal
     if scheme.lower() != "bearer" or not token:
         raise ApiError("unauthorized", "Send an access token: Authorization: Bearer <token>", 401)
     principal = await services(request).auth.authenticate(token.strip())
-    request["principal"] = principal
+    request[PRINCIPAL] = principal
     return principal
 
 

@@ -12,7 +12,7 @@ import segno
 from aiohttp import web
 from beanie import PydanticObjectId
 from beanie.operators import In
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 
 from server import audit
 from server.auth import Client, Principal
@@ -27,8 +27,9 @@ CODE_LENGTH = 8
 MAX_OPEN_CODES = 10
 MAX_FAILED_REDEEMS = 10
 
-Code = Annotated[str, StringConstraints(strip_whitespace=True, to_upper=True, min_length=4, max_length=16,
-                                        pattern=r"^[A-Z0-9-]+$")]
+# Typed by hand: case, spaces and dashes do not matter.
+Code = Annotated[str, StringConstraints(min_length=4, max_length=24, pattern=r"^[A-Za-z0-9 -]+$"),
+                 AfterValidator(lambda v: v.replace("-", "").replace(" ", "").upper())]
 
 
 class RedeemIn(BaseModel):

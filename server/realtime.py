@@ -87,7 +87,7 @@ class Realtime:
                 raise ApiError("token_missing", "Connect with auth={'token': <access token>}", 401)
             principal = await self.auth.authenticate(token)
         except ApiError as err:
-            raise socketio.exceptions.ConnectionRefusedError(err.body()) from None
+            raise socketio.exceptions.ConnectionRefusedError(err.message, err.body()) from None
         self.principals[sid] = principal
         self.clients[sid] = self._client(environ)
         await self.sio.enter_room(sid, user_room(principal.user_id))

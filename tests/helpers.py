@@ -1,0 +1,197 @@
+"""Clients the tests use: REST over aiohttp, Socket.IO over real websockets, server subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import socketio
+from aiohttp import web
+
+_names = itertools.count()
+PASSWORD = "plenty-long-passphrase-42"
+
+
+@dataclass
+class User:
+    id: str
+    email: str
+    role: str
+    access_token: str
+    refresh_token: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+class Events:
+    """Collects events a Socket.IO client receives; ``wait`` for one to arrive."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, Any]] = []
+        self._cond = asyncio.Condition()
+
+    async def add(self, name: str, data: Any) -> None:
+        async with self._cond:
+            self.items.append((name, data))
+            self._cond.notify_all()
+
+    def of(self, name: str) -> list[Any]:
+        return [d for n, d in self.items if n == name]
+
+    async def wait(self, name: str, count: int = 1, timeout: float = 5.0) -> list[Any]:
+        async with self._cond:
+            await asyncio.wait_for(self._cond.wait_for(lambda: len(self.of(name)) >= count), timeout)
+        return self.of(name)
+
+
+class Sock:
+    """A connected Socket.IO client recording every event it receives."""
+
+    def __init__(self, client: socketio.AsyncClient, events: Events) -> None:
+        self.client = client
+        self.events = events
+
+    async def call(self, event: str, data: Any = None, timeout: float = 10) -> dict[str, Any]:
+        return await self.client.call(event, data, timeout=timeout)
+
+    async def ok(self, event: str, data: Any = None) -> Any:
+        reply = await self.call(event, data)
+        assert reply.get("ok") is True, reply
+        return reply["data"]
+
+    async def close(self) -> None:
+        await self.client.disconnect()
+
+
+async def connect(base_url: str, token: str | None, transports: tuple[str, ...] = ("websocket",)) -> Sock:
+    client = socketio.AsyncClient(reconnection=False)
+    events = Events()
+
+    @client.on("*")
+    async def catch_all(event: str, data: Any = None) -> None:
+        await events.add(event, data)
+
+    await client.connect(base_url, auth={"token": token} if token is not None else None,
+                         transports=list(transports), wait_timeout=10)
+    return Sock(client, events)
+
+
+async def connect_refused(base_url: str, auth: Any) -> Any:
+    """Try to connect; return the uniform error the server refused with (``connect_error``'s ``data``)."""
+    client = socketio.AsyncClient(reconnection=False)
+    refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    @client.on("connect_error")
+    async def on_error(data: Any) -> None:
+        if not refused.done():
+            refused.set_result(data)
+
+    try:
+        await client.connect(base_url, auth=auth, transports=["websocket"], wait_timeout=5)
+    except socketio.exceptions.ConnectionError:
+        pass
+    else:
+        await client.disconnect()
+        raise AssertionError("connection was accepted")
+    data = await asyncio.wait_for(refused, 5)
+    assert isinstance(data.get("message"), str), data
+    return data["data"]
+
+
+class Api:
+    def __init__(self, base_url: str, app: web.Application | None = None) -> None:
+        self.base_url = base_url
+        self.app = app
+        self.http = aiohttp.ClientSession()
+        self.sockets: list[Sock] = []
+
+    async def __aenter__(self) -> Api:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for s in self.sockets:
+            await s.client.disconnect()
+        await self.http.close()
+
+    async def request(self, method: str, path: str, user: User | None = None, **kwargs: Any) -> tuple[int, Any]:
+        headers = dict(kwargs.pop("headers", {}))
+        if user is not None:
+            headers.update(user.auth)
+        async with self.http.request(method, self.base_url + path, headers=headers, **kwargs) as resp:
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, await resp.read()
+
+    async def register(self, role: str = "patient", name: str | None = None, **extra: Any) -> User:
+        n = next(_names)
+        email = f"{role}{n}-{os.getpid()}@example.org"
+        status, body = await self.request("POST", "/api/auth/register", json={
+            "email": email, "password": PASSWORD, "name": name or f"{role.title()} {n}", "role": role, **extra})
+        assert status == 201, body
+        return User(body["user"]["id"], email, role, body["access_token"], body["refresh_token"], body["user"])
+
+    async def socket(self, user: User | None = None, token: str | None = None) -> Sock:
+        s = await connect(self.base_url, token if token is not None else user.access_token if user else None)
+        self.sockets.append(s)
+        return s
+
+    async def link(self, patient: User, member: User) -> dict[str, Any]:
+        status, code = await self.request("POST", "/api/links/codes", patient)
+        assert status == 201, code
+        status, link = await self.request("POST", "/api/links/redeem", member, json={"code": code["code"]})
+        assert status == 201, link
+        return link
+
+
+class ServerProcess:
+    """``healthmate serve`` in a subprocess, for multi-process and restart tests."""
+
+    def __init__(self, env: dict[str, str], port: int) -> None:
+        self.env = {**os.environ, **env, "HEALTHMATE_PORT": str(port), "HEALTHMATE_HOST": "127.0.0.1"}
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 30) -> ServerProcess:
+        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=self.env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        asyncio.get_running_loop().run_in_executor(None, self._drain)
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with aiohttp.ClientSession() as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("server exited:\n" + "".join(self.output))
+                try:
+                    async with http.get(self.url + "/readyz") as resp:
+                        if resp.status == 200:
+                            return self
+                except aiohttp.ClientError:
+                    pass
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError("server not ready:\n" + "".join(self.output))
+                await asyncio.sleep(0.1)
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line.decode(errors="replace"))
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return await asyncio.get_running_loop().run_in_executor(None, self.proc.wait, 20)

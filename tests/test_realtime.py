@@ -1,0 +1,77 @@
+"""Live connections over real websockets: refused connects carry the uniform error;
+acks are ``{"ok": true, "data"}`` or the uniform error; several devices per user."""
+
+from __future__ import annotations
+
+import asyncio
+
+import jwt
+
+from tests.conftest import TEST_SECRET
+from tests.helpers import Api, connect_refused
+
+
+async def test_connect_refused_without_valid_token(api: Api) -> None:
+    user = await api.register("patient")
+    good = jwt.decode(user.access_token, TEST_SECRET, algorithms=["HS256"], audience="healthmate:access")
+    cases = {
+        "missing": (None, "token_missing"),
+        "not a dict": ("just-a-string", "token_missing"),
+        "garbage": ({"token": "abc.def.ghi"}, "token_invalid"),
+        "forged": ({"token": jwt.encode(good, "k" * 40, algorithm="HS256")}, "token_invalid"),
+        "expired": ({"token": jwt.encode({**good, "exp": good["iat"] - 60}, TEST_SECRET)}, "token_expired"),
+        "refresh token": ({"token": user.refresh_token}, "token_invalid"),
+    }
+    for name, (auth, code) in cases.items():
+        data = await connect_refused(api.base_url, auth)
+        assert set(data["error"]) == {"code", "message", "details"}, name
+        assert data["error"]["code"] == code, name
+
+
+async def test_revoked_token_refused_at_connect(api: Api) -> None:
+    user = await api.register("caregiver")
+    await api.request("POST", "/api/auth/logout", user)
+    data = await connect_refused(api.base_url, {"token": user.access_token})
+    assert data["error"]["code"] == "session_revoked"
+
+
+async def test_event_acks_ok_and_uniform_errors(api: Api) -> None:
+    patient = await api.register("patient")
+    sock = await api.socket(patient)
+    reply = await sock.call("patients:list")
+    assert reply["ok"] is True and [p["id"] for p in reply["data"]] == [patient.id]
+    for bad in ({"patient_id": 42}, {"patient_id": "x" * 500}, {"nope": 1}, "string", [1, 2]):
+        reply = await sock.call("patient:get", bad)
+        assert reply["ok"] is False and set(reply["error"]) == {"code", "message", "details"}, bad
+        assert reply["error"]["code"] in {"invalid_payload", "invalid_id"}, reply
+    reply = await sock.call("links:list", {"unexpected": True})
+    assert reply["ok"] is False and reply["error"]["code"] == "invalid_payload"
+    # Still connected and serving after bad input.
+    assert (await sock.call("patient:get", {"patient_id": patient.id}))["data"]["id"] == patient.id
+
+
+async def test_several_devices_of_one_user_all_receive(api: Api) -> None:
+    patient = await api.register("patient")
+    phone, tablet = await api.socket(patient), await api.socket(patient)
+    status, _ = await api.request("PATCH", "/api/me", patient, json={"name": "New Name"})
+    assert status == 200
+    for device in (phone, tablet):
+        (update,) = await device.events.wait("patient:updated")
+        assert update["name"] == "New Name"
+
+
+async def test_logout_disconnects_that_sessions_sockets_only(api: Api) -> None:
+    user = await api.register("clinician")
+    status, other = await api.request("POST", "/api/auth/login", json={"email": user.email,
+                                                                        "password": "plenty-long-passphrase-42"})
+    assert status == 200
+    mine = await api.socket(user)
+    theirs = await api.socket(token=other["access_token"])
+    await api.request("POST", "/api/auth/logout", user)
+    for _ in range(100):
+        if not mine.client.connected:
+            break
+        await asyncio.sleep(0.05)
+    assert not mine.client.connected
+    assert theirs.client.connected
+    assert (await theirs.call("links:list"))["ok"] is True
