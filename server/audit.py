@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from beanie import PydanticObjectId
+from beanie.operators import Or
 
 from server.http import cursor_page, page_params, require_principal
 from server.models import AuditEntry, iso
@@ -38,11 +39,11 @@ def entry_json(e: AuditEntry) -> dict[str, Any]:
 
 
 async def list_audit(request: web.Request) -> web.Response:
-    """A patient pages through every access to their data; anyone else through their own actions."""
+    """A user pages through every access to their data as a patient and everything they did themselves."""
     principal = await require_principal(request)
     before, limit = page_params(request)
-    field = AuditEntry.patient_id if principal.role == "patient" else AuditEntry.actor_id
-    page = await cursor_page(AuditEntry, field == principal.user_id, before, limit, entry_json)
+    mine = Or(AuditEntry.patient_id == principal.user_id, AuditEntry.actor_id == principal.user_id)
+    page = await cursor_page(AuditEntry, mine, before, limit, entry_json)
     return web.json_response(page)
 
 

@@ -21,7 +21,7 @@ class ConfigError(RuntimeError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HEALTHMATE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="HEALTHMATE_", extra="ignore", env_ignore_empty=True)
 
     env: Literal["development", "production"] = "development"
     host: str = "127.0.0.1"

@@ -1,0 +1,61 @@
+"""One table over every patient-scoped route and event: an unlinked user gets a refusal, not data;
+a linked one gets data. The table must name every route with ``{patient_id}`` and every event whose
+payload has a ``patient_id``, so a new one cannot be left out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.http import SERVICES
+from server.models import AuditEntry
+from tests.helpers import Api
+
+# (method, path) with {patient_id} to fill in; the body, if any.
+ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "/api/patients/{patient_id}", None),
+]
+# (event, payload) with "{patient_id}" to fill in.
+EVENTS: list[tuple[str, dict[str, Any]]] = [
+    ("patient:get", {"patient_id": "{patient_id}"}),
+]
+
+
+def _fill(value: Any, pid: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{patient_id}", pid)
+    if isinstance(value, dict):
+        return {k: _fill(v, pid) for k, v in value.items()}
+    return value
+
+
+def test_table_names_every_patient_scoped_route_and_event(api: Api) -> None:
+    assert api.app is not None
+    served = {(r.method, r.resource.canonical) for r in api.app.router.routes()
+              if r.resource is not None and "{patient_id}" in r.resource.canonical and r.method != "HEAD"}
+    assert served == {(m, p) for m, p, _ in ROUTES}
+    events = api.app[SERVICES].realtime.events
+    scoped = {name for name, (_, model) in events.items() if model is not None and "patient_id" in model.model_fields}
+    assert scoped == {name for name, _ in EVENTS}
+
+
+async def test_unlinked_users_refused_everywhere(api: Api) -> None:
+    patient = await api.register("patient")
+    linked = await api.register("caregiver")
+    await api.link(patient, linked)
+    strangers = [await api.register(role) for role in ("caregiver", "clinician", "patient")]
+    sockets = {u.id: await api.socket(u) for u in [linked, *strangers]}
+    for method, path, body in ROUTES:
+        url = _fill(path, patient.id)
+        status, _ = await api.request(method, url, linked, json=_fill(body, patient.id))
+        assert status < 300, (method, path)
+        for stranger in strangers:
+            status, err = await api.request(method, url, stranger, json=_fill(body, patient.id))
+            assert status == 403 and err["error"]["code"] == "forbidden", (method, path, stranger.role)
+    for event, payload in EVENTS:
+        assert (await sockets[linked.id].call(event, _fill(payload, patient.id)))["ok"] is True, event
+        for stranger in strangers:
+            reply = await sockets[stranger.id].call(event, _fill(payload, patient.id))
+            assert reply["ok"] is False and reply["error"]["code"] == "forbidden", (event, stranger.role)
+            assert "data" not in reply
+    denied = await AuditEntry.find(AuditEntry.outcome == "denied").count()
+    assert denied == len(strangers) * (len(ROUTES) + len(EVENTS))

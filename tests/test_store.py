@@ -1,0 +1,123 @@
+"""The embedded store: durability of acknowledged writes across SIGKILL, data across restarts,
+a crash reported and recovered from, and migrations that run once and in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from aiohttp import ClientSession
+
+from server.app import create_app
+from server.db import init_documents, make_client
+from server.embedded_store import EmbeddedStore
+from server.http import SERVICES
+from server.migrations import MIGRATIONS, run_migrations
+from server.models import MigrationRecord
+from tests.conftest import make_settings
+from tests.helpers import Api
+
+
+async def test_acknowledged_writes_survive_sigkill(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = EmbeddedStore(tmp_path)
+    await store.start()
+    client = make_client(store.url, serverSelectionTimeoutMS=20000, retryWrites=False)
+    coll = client.durability.readings
+    acknowledged: list[int] = []
+
+    async def writer(start: int) -> None:
+        for i in range(start, start + 10_000, 10):
+            try:
+                await coll.insert_one({"_id": i, "payload": "x" * 200})
+            except Exception:
+                return  # the store died under us: this write was never acknowledged
+            acknowledged.append(i)
+
+    writers = [asyncio.create_task(writer(k)) for k in range(10)]
+    while len(acknowledged) < 400:
+        await asyncio.sleep(0.01)
+    assert store.proc is not None
+    with caplog.at_level(logging.ERROR, logger="server.embedded_store"):
+        os.kill(store.proc.pid, signal.SIGKILL)
+        await asyncio.gather(*writers)
+        # The supervisor reports the crash and brings the store back on the same port.
+        for _ in range(300):
+            if store.crashes == 1 and store.healthy:
+                break
+            await asyncio.sleep(0.1)
+    assert store.crashes == 1 and store.healthy
+    assert any("exited unexpectedly" in r.message for r in caplog.records)
+    stored = {d["_id"] async for d in coll.find({}, {"_id": 1})}
+    missing = set(acknowledged) - stored
+    assert not missing, f"{len(missing)} acknowledged writes lost of {len(acknowledged)}"
+    await client.close()
+    await store.stop()
+
+
+async def test_data_survives_store_restart(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    await store.start()
+    client = make_client(store.url)
+    await client.keep.things.insert_many([{"n": i} for i in range(100)])
+    await client.close()
+    await store.stop()
+    assert store.proc is not None and store.proc.returncode is not None
+
+    again = EmbeddedStore(tmp_path)
+    await again.start()
+    client = make_client(again.url)
+    assert await client.keep.things.count_documents({}) == 100
+    await client.close()
+    await again.stop()
+
+
+async def test_readyz_reports_store_crash_and_recovery(tmp_path: Path, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings("unused", tmp_path, mongodb_url=None)
+    server = await aiohttp_server(create_app(settings))
+    base = str(server.make_url("")).rstrip("/")
+    async with Api(base) as api, ClientSession() as http:
+        user = await api.register("patient")
+        store = server.app[SERVICES].store
+        assert store is not None and store.path == (tmp_path / "db").resolve()
+        async with http.get(base + "/readyz") as resp:
+            assert resp.status == 200
+        assert store.proc is not None
+        os.kill(store.proc.pid, signal.SIGKILL)
+        for _ in range(50):
+            async with http.get(base + "/readyz") as resp:
+                if resp.status == 503:
+                    body = await resp.json()
+                    break
+            await asyncio.sleep(0.02)
+        assert body["error"]["code"] == "not_ready" and body["error"]["details"]["checks"]["store"].startswith("down")
+        for _ in range(300):
+            async with http.get(base + "/readyz") as resp:
+                if resp.status == 200:
+                    break
+            await asyncio.sleep(0.1)
+        assert resp.status == 200
+        status, me = await api.request("GET", "/api/me", user)
+        assert status == 200 and me["id"] == user.id
+
+
+async def test_migrations_run_once_in_order(store: EmbeddedStore) -> None:
+    client = make_client(store.url)
+    db_name = "hm_migrations_test"
+    await client[db_name].users.insert_one({"email": "Old.User@Example.ORG", "name": "Old", "role": "patient",
+                                            "password_hash": "x"})
+    await init_documents(client, db_name)
+    applied = await run_migrations(client[db_name])
+    assert applied == [name for name, _ in MIGRATIONS]
+    old = await client[db_name].users.find_one({"name": "Old"})
+    assert old["schema_version"] == 1 and old["email"] == "old.user@example.org"
+    assert await run_migrations(client[db_name]) == []
+    assert [r.id async for r in MigrationRecord.find_all()] == [name for name, _ in MIGRATIONS]
+    # Two processes starting together: the lock lets one apply, the other sees it done.
+    await client[db_name].migrations.delete_many({})
+    results = await asyncio.gather(run_migrations(client[db_name]), run_migrations(client[db_name]))
+    assert sorted(len(r) for r in results) == [0, len(MIGRATIONS)]
+    await client.close()
