@@ -121,6 +121,7 @@ def _forge(claims: dict, key: str = TEST_SECRET, alg: str = "HS256") -> str:
     return jwt.encode(claims, key, algorithm=alg)
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 async def test_forged_and_expired_tokens_refused(api: Api) -> None:
     user = await api.register("patient")
     good = jwt.decode(user.access_token, TEST_SECRET, algorithms=["HS256"], audience="healthmate:access")
