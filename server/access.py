@@ -1,8 +1,8 @@
 """The one access-control decision: may this principal read or write this patient's data?
 
-A patient may reach their own data; a caregiver or clinician may while an unrevoked care-team
-link joins them to the patient. Every patient-scoped route and event goes through
-``require_patient``, which also writes the audit entry for the access, granted or denied.
+A patient may reach their own data, and so may the patient's paired devices; a caregiver or
+clinician may while an unrevoked care-team link joins them to the patient. Every patient-scoped
+route and event goes through ``require_patient``, which also writes the audit entry for the access, granted or denied.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from server.models import Link
 
 async def may_access(principal: Principal, patient_id: PydanticObjectId) -> bool:
     if principal.user_id == patient_id:
-        return principal.role == "patient"
+        return principal.role in ("patient", "device")  # a device acts for its own patient only
+    if principal.is_device:
+        return False
     link = await Link.get(Link.key(patient_id, principal.user_id))
     return link is not None and link.revoked_at is None
 

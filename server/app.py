@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import accounts, audit, health, linking, patients
+from server import accounts, audit, device_registry, health, linking, patients
 from server.auth import AuthService
 from server.bus import ControlBus
 from server.config import Settings
@@ -81,6 +81,7 @@ def create_app(settings: Settings) -> web.Application:
     linking.setup(app, svc)
     patients.setup(app, realtime)
     audit.setup(app)
+    device_registry.setup(app)
     health.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])

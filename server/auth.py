@@ -26,12 +26,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is acting: a user, through one login session."""
+    """Who is acting: a user through one login session (``sid``), or a paired device
+    (``role == "device"``, ``user_id`` its patient, ``sid`` the device's id)."""
 
     user_id: PydanticObjectId
     role: str
     sid: str
     name: str
+
+    @property
+    def is_device(self) -> bool:
+        return self.role == "device"
 
     @property
     def id(self) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
+from server.device_registry import Device
 from server.models import CORE_DOCUMENTS
 
-# Feature modules append their documents here before the app starts (see server.app).
-DOCUMENTS: list[type[Document]] = list(CORE_DOCUMENTS)
+DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from server.auth import AuthService, Client, Principal
 from server.bus import ControlBus
 from server.config import Settings
+from server.device_registry import authenticate_device
 from server.errors import ApiError, error_body, validation_error
 from server.models import Link
 
@@ -37,6 +38,10 @@ def patient_room(patient_id: Any) -> str:
     return f"patient:{patient_id}"
 
 
+def device_room(device_id: Any) -> str:
+    return f"device:{device_id}"
+
+
 @dataclass(frozen=True)
 class EventContext:
     principal: Principal
@@ -47,6 +52,8 @@ class EventContext:
 
 Handler = Callable[[EventContext, Any], Awaitable[Any]]
 ConnectHook = Callable[[str, Principal], Awaitable[None]]
+USER_ROLES = frozenset({"patient", "caregiver", "clinician"})
+DEVICE_ROLES = frozenset({"device"})
 
 
 class Realtime:
@@ -67,6 +74,7 @@ class Realtime:
         self.sio.on("disconnect", self._on_disconnect)
         bus.on("sessions_revoked", self._apply_sessions_revoked)
         bus.on("link_changed", self._apply_link_changed)
+        bus.on("device_revoked", self._apply_device_revoked)
 
     def attach(self, app: web.Application) -> None:
         self.sio.attach(app, socketio_path="socket.io")
@@ -80,20 +88,32 @@ class Realtime:
             addr = environ["HTTP_X_FORWARDED_FOR"].split(",")[0].strip()
         return Client(addr=addr, user_agent=environ.get("HTTP_USER_AGENT"))
 
+    async def _authenticate(self, auth: Any) -> Principal:
+        auth = auth if isinstance(auth, dict) else {}
+        device_token, token = auth.get("device_token"), auth.get("token")
+        if isinstance(device_token, str) and device_token:
+            principal, _ = await authenticate_device(device_token)
+            return principal
+        if not isinstance(token, str) or not token:
+            raise ApiError("token_missing", "Connect with auth={'token': <access token>} "
+                           "(or {'device_token': <device credential>})", 401)
+        return await self.auth.authenticate(token)
+
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        token = auth.get("token") if isinstance(auth, dict) else None
         try:
-            if not isinstance(token, str) or not token:
-                raise ApiError("token_missing", "Connect with auth={'token': <access token>}", 401)
-            principal = await self.auth.authenticate(token)
+            principal = await self._authenticate(auth)
         except ApiError as err:
             raise socketio.exceptions.ConnectionRefusedError(err.message, err.body()) from None
         self.principals[sid] = principal
         self.clients[sid] = self._client(environ)
-        await self.sio.enter_room(sid, user_room(principal.user_id))
-        await self.sio.enter_room(sid, f"session:{principal.sid}")
-        for pid in await self.patients_of(principal):
-            await self.sio.enter_room(sid, patient_room(pid))
+        if principal.is_device:
+            # A device hears only what is addressed to it, not its patient's personal events.
+            await self.sio.enter_room(sid, device_room(principal.sid))
+        else:
+            await self.sio.enter_room(sid, user_room(principal.user_id))
+            await self.sio.enter_room(sid, f"session:{principal.sid}")
+            for pid in await self.patients_of(principal):
+                await self.sio.enter_room(sid, patient_room(pid))
         for hook in self.connect_hooks:
             await hook(sid, principal)
 
@@ -111,8 +131,10 @@ class Realtime:
 
     # --- events ------------------------------------------------------------------------------------
 
-    def event(self, name: str, model: type[BaseModel] | None = None) -> Callable[[Handler], Handler]:
-        """Register ``handler(ctx, payload)`` for event ``name``; ``payload`` is validated by ``model``."""
+    def event(self, name: str, model: type[BaseModel] | None = None,
+              roles: frozenset[str] = USER_ROLES) -> Callable[[Handler], Handler]:
+        """Register ``handler(ctx, payload)`` for event ``name``; ``payload`` is validated by ``model``.
+        Only principals with one of ``roles`` may send it (users by default, not devices)."""
 
         def register(handler: Handler) -> Handler:
             if name in self.events:
@@ -120,18 +142,20 @@ class Realtime:
             self.events[name] = (handler, model)
 
             async def dispatch(sid: str, *args: Any) -> dict[str, Any]:
-                return await self._dispatch(name, handler, model, sid, args)
+                return await self._dispatch(name, handler, model, roles, sid, args)
 
             self.sio.on(name, dispatch)
             return handler
 
         return register
 
-    async def _dispatch(self, name: str, handler: Handler, model: type[BaseModel] | None, sid: str,
-                        args: tuple[Any, ...]) -> dict[str, Any]:
+    async def _dispatch(self, name: str, handler: Handler, model: type[BaseModel] | None, roles: frozenset[str],
+                        sid: str, args: tuple[Any, ...]) -> dict[str, Any]:
         principal = self.principals.get(sid)
         if principal is None:
             return {"ok": False, **error_body("unauthorized", "Not authenticated")}
+        if principal.role not in roles:
+            return {"ok": False, **error_body("forbidden", f"{name} is not for a {principal.role}")}
         try:
             data = args[0] if args else None
             if model is not None:
@@ -167,6 +191,10 @@ class Realtime:
         for session in msg["sids"]:
             for sid in self._local(f"session:{session}"):
                 await self.sio.disconnect(sid)
+
+    async def _apply_device_revoked(self, msg: dict[str, Any]) -> None:
+        for sid in self._local(device_room(msg["device_id"])):
+            await self.sio.disconnect(sid)
 
     async def _apply_link_changed(self, msg: dict[str, Any]) -> None:
         room = patient_room(msg["patient_id"])

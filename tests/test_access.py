@@ -13,6 +13,9 @@ from tests.helpers import Api
 # (method, path) with {patient_id} to fill in; the body, if any.
 ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/patients/{patient_id}", None),
+    ("GET", "/api/patients/{patient_id}/devices", None),
+    ("POST", "/api/patients/{patient_id}/devices", {"kind": "ppg", "serial": "PPG-7", "model": "Ring"}),
+    ("DELETE", "/api/patients/{patient_id}/devices/{device_id}", None),
 ]
 # (event, payload) with "{patient_id}" to fill in.
 EVENTS: list[tuple[str, dict[str, Any]]] = [
@@ -20,11 +23,13 @@ EVENTS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def _fill(value: Any, pid: str) -> Any:
+def _fill(value: Any, ids: dict[str, str]) -> Any:
     if isinstance(value, str):
-        return value.replace("{patient_id}", pid)
+        for key, real in ids.items():
+            value = value.replace("{" + key + "}", real)
+        return value
     if isinstance(value, dict):
-        return {k: _fill(v, pid) for k, v in value.items()}
+        return {k: _fill(v, ids) for k, v in value.items()}
     return value
 
 
@@ -44,18 +49,22 @@ async def test_unlinked_users_refused_everywhere(api: Api) -> None:
     await api.link(patient, linked)
     strangers = [await api.register(role) for role in ("caregiver", "clinician", "patient")]
     sockets = {u.id: await api.socket(u) for u in [linked, *strangers]}
+    status, device = await api.request("POST", f"/api/patients/{patient.id}/devices", patient,
+                                       json={"kind": "ecg", "serial": "E-1", "model": "Patch"})
+    assert status == 201
+    ids = {"patient_id": patient.id, "device_id": device["device"]["id"]}
     for method, path, body in ROUTES:
-        url = _fill(path, patient.id)
-        status, _ = await api.request(method, url, linked, json=_fill(body, patient.id))
-        assert status < 300, (method, path)
+        url = _fill(path, ids)
         for stranger in strangers:
-            status, err = await api.request(method, url, stranger, json=_fill(body, patient.id))
+            status, err = await api.request(method, url, stranger, json=_fill(body, ids))
             assert status == 403 and err["error"]["code"] == "forbidden", (method, path, stranger.role)
+        status, _ = await api.request(method, url, linked, json=_fill(body, ids))
+        assert status < 300, (method, path)
     for event, payload in EVENTS:
-        assert (await sockets[linked.id].call(event, _fill(payload, patient.id)))["ok"] is True, event
         for stranger in strangers:
-            reply = await sockets[stranger.id].call(event, _fill(payload, patient.id))
+            reply = await sockets[stranger.id].call(event, _fill(payload, ids))
             assert reply["ok"] is False and reply["error"]["code"] == "forbidden", (event, stranger.role)
             assert "data" not in reply
+        assert (await sockets[linked.id].call(event, _fill(payload, ids)))["ok"] is True, event
     denied = await AuditEntry.find(AuditEntry.outcome == "denied").count()
     assert denied == len(strangers) * (len(ROUTES) + len(EVENTS))
