@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# Order: cheap first. Each entry is a module under bench/.
-BENCHES = ["startup"]
+# Every module under bench/ not starting with "_" is a benchmark; they run in name order.
+BENCHES = sorted(p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_"))
 
 
 def machine() -> dict[str, object]:

@@ -3,6 +3,7 @@ start-up sequence (embedded store if no MongoDB URL, Beanie, migrations, control
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,18 +11,23 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import accounts, audit, device_registry, health, linking, patients
+from server import accounts, audit, device_registry, health, linking, patients, waveform_store
+from server import vitals as vitals_module
 from server.auth import AuthService
 from server.bus import ControlBus
 from server.config import Settings
 from server.db import init_documents, make_client
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
+from server.live import LiveHub
 from server.migrations import run_migrations
 from server.ratelimit import FailureCounter
 from server.realtime import Realtime
 from server.security import TokenService
 from server.services import Services
+from server.streams import StreamService
+from server.vitals import Vitals
+from server.waveform_store import HistoryWriter, apply_retention
 
 log = logging.getLogger(__name__)
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -42,14 +48,34 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         await svc.bus.start()
+        await svc.live.start()
+        svc.writer.start()
+        svc.streams.start()
+        retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
         yield
     finally:
+        if "retention" in locals():
+            retention.cancel()
+        await svc.streams.stop()
+        await svc.writer.stop()
+        await svc.live.stop()
         await svc.bus.stop()
         await svc.mongo.close()
         if svc.redis is not None:
             await svc.redis.aclose()
         if svc.store is not None:
             await svc.store.stop()
+
+
+async def _retention(raw_days: int) -> None:
+    while True:
+        try:
+            removed = await apply_retention(raw_days)
+            if removed:
+                log.info("retention: removed %d raw waveform buckets older than %d days", removed, raw_days)
+        except Exception as exc:
+            log.warning("retention pass failed: %s", exc)
+        await asyncio.sleep(3600)
 
 
 def _doc_route(name: str, content_type: str) -> web.RouteDef:
@@ -73,8 +99,14 @@ def create_app(settings: Settings) -> web.Application:
     failures = FailureCounter(settings.login_failure_window_s, redis)
     auth = AuthService(settings, tokens, failures, bus)
     realtime = Realtime(settings, auth, bus)
+    live = LiveHub(realtime, redis)
+    bus.on("link_changed", live.revoke_member)
+    vitals = Vitals(realtime, bus)
+    writer = HistoryWriter()
+    streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
+    vitals.on_thresholds_changed.append(streams.apply_thresholds)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
-                   redis=redis)
+                   live=live, vitals=vitals, writer=writer, streams=streams, redis=redis)
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)
@@ -82,6 +114,8 @@ def create_app(settings: Settings) -> web.Application:
     patients.setup(app, realtime)
     audit.setup(app)
     device_registry.setup(app)
+    waveform_store.setup(app)
+    vitals_module.setup(app)
     health.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])

@@ -24,11 +24,11 @@ Handler = Callable[[dict[str, Any]], Awaitable[None]]
 class ControlBus:
     def __init__(self, redis: Redis | None = None) -> None:
         self.redis = redis
-        self._handlers: dict[str, Handler] = {}
+        self._handlers: dict[str, list[Handler]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def on(self, op: str, handler: Handler) -> None:
-        self._handlers[op] = handler
+        self._handlers.setdefault(op, []).append(handler)
 
     async def publish(self, op: str, **data: Any) -> None:
         message = {"op": op, **data}
@@ -38,13 +38,11 @@ class ControlBus:
             await self.redis.publish(CHANNEL, json.dumps(message))
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
-        handler = self._handlers.get(message.get("op", ""))
-        if handler is None:
-            return
-        try:
-            await handler(message)
-        except Exception:
-            log.exception("control message %s failed", message.get("op"))
+        for handler in self._handlers.get(message.get("op", ""), ()):
+            try:
+                await handler(message)
+            except Exception:
+                log.exception("control message %s failed", message.get("op"))
 
     async def start(self) -> None:
         if self.redis is None:

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     trust_forwarded: bool = False  # take the client address from X-Forwarded-For (behind nginx)
     max_message_bytes: int = 1_000_000  # largest Socket.IO message accepted (transport limit)
     max_body_bytes: int = 1_000_000  # largest JSON REST body (uploads have their own limit)
+    analysis_workers: int = Field(1, ge=1, le=64)  # processes running the streaming analysis
+    raw_retention_days: int = Field(30, ge=1)  # raw waveforms; analyses are kept
     demo: bool = False
     log_level: str = "INFO"
 

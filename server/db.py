@@ -7,8 +7,11 @@ from pymongo import AsyncMongoClient
 
 from server.device_registry import Device
 from server.models import CORE_DOCUMENTS
+from server.vitals import PatientThresholds, VitalEvent
+from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
-DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device]
+DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
+                                   PatientThresholds]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

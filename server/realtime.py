@@ -70,6 +70,7 @@ class Realtime:
         self.clients: dict[str, Client] = {}
         self.events: dict[str, tuple[Handler, type[BaseModel] | None]] = {}
         self.connect_hooks: list[ConnectHook] = []
+        self.disconnect_hooks: list[Callable[[str], Awaitable[None]]] = []
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         bus.on("sessions_revoked", self._apply_sessions_revoked)
@@ -118,6 +119,11 @@ class Realtime:
             await hook(sid, principal)
 
     async def _on_disconnect(self, sid: str, *_: Any) -> None:
+        for hook in self.disconnect_hooks:
+            try:
+                await hook(sid)
+            except Exception:
+                log.exception("disconnect hook failed for %s", sid)
         self.principals.pop(sid, None)
         self.clients.pop(sid, None)
 

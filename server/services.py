@@ -13,9 +13,13 @@ if TYPE_CHECKING:
     from server.bus import ControlBus
     from server.config import Settings
     from server.embedded_store import EmbeddedStore
+    from server.live import LiveHub
     from server.ratelimit import FailureCounter
     from server.realtime import Realtime
     from server.security import TokenService
+    from server.streams import StreamService
+    from server.vitals import Vitals
+    from server.waveform_store import HistoryWriter
 
 
 @dataclass
@@ -26,6 +30,10 @@ class Services:
     failures: FailureCounter
     auth: AuthService
     realtime: Realtime
+    live: LiveHub
+    vitals: Vitals
+    writer: HistoryWriter
+    streams: StreamService
     mongo: AsyncMongoClient | None = None
     redis: Redis | None = None
     store: EmbeddedStore | None = None

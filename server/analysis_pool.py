@@ -1,0 +1,214 @@
+"""Runs the streaming analysis (``ml``) in worker processes, off the event loop.
+
+Analysis is CPU work; on the event loop it would delay connects, acks and watcher frames.
+Each stream is pinned to one worker (its analyser is stateful). A sender thread per worker
+batches whatever ops are queued into one pipe message, and a receiver thread hands results
+back to the loop, so neither side blocks the loop on the pipe. A worker that dies is
+restarted and its streams re-opened (their analysis restarts, as after a gap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing as mp
+import queue
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+MAX_QUEUED_OPS = 50_000  # per worker; past it new samples are dropped and the stream gets a gap
+BATCH = 2_000
+
+Op = tuple[Any, ...]
+# (stream_id, [analysis...], [event...], receive time of the newest samples in that push)
+Result = tuple[str, list[dict[str, Any]], list[dict[str, Any]], float]
+
+
+def _worker(inbox: Any, outbox: Any) -> None:
+    """Worker process: owns the analysers of its streams."""
+    from ml.rhythm_events import EventDetector, Thresholds
+    from ml.signal_stream import StreamAnalyser
+
+    sessions: dict[str, tuple[StreamAnalyser, EventDetector]] = {}
+    while True:
+        try:
+            ops = inbox.recv()
+        except EOFError:
+            return
+        if ops is None:
+            return
+        results: list[Result] = []
+        for op in ops:
+            name, stream_id = op[0], op[1]
+            try:
+                if name == "open":
+                    _, _, kind, rate, thresholds = op
+                    sessions[stream_id] = (StreamAnalyser(kind, rate), EventDetector(Thresholds(**thresholds)))
+                elif name == "push":
+                    session = sessions.get(stream_id)
+                    if session is None:
+                        continue
+                    _, _, samples, received_at = op
+                    analyses = session[0].push(samples)
+                    events = [e for a in analyses for e in session[1].update(a)]
+                    if analyses or events:
+                        results.append((stream_id, analyses, events, received_at))
+                elif name == "gap" and stream_id in sessions:
+                    sessions[stream_id][0].gap(op[2])
+                elif name == "stalled" and stream_id in sessions:
+                    events = session_stalled(sessions[stream_id][1], op[2])
+                    if events:
+                        results.append((stream_id, [], events, 0.0))
+                elif name == "thresholds" and stream_id in sessions:
+                    analyser, _ = sessions[stream_id]
+                    sessions[stream_id] = (analyser, EventDetector(Thresholds(**op[2])))
+                elif name == "close":
+                    sessions.pop(stream_id, None)
+            except Exception as exc:  # one stream's bad luck must not take the others down
+                results.append((stream_id, [], [{"type": "analysis_error", "severity": "warning",
+                                                 "detail": {"error": repr(exc)[:200]}}], 0.0))
+        if results:
+            outbox.send(results)
+
+
+def session_stalled(detector: Any, seconds_since_frame: float) -> list[dict[str, Any]]:
+    return list(detector.stalled(seconds_since_frame))
+
+
+class _Worker:
+    def __init__(self, index: int, pool: AnalysisPool) -> None:
+        self.index = index
+        self.pool = pool
+        self.ops: queue.Queue[Op | None] = queue.Queue(MAX_QUEUED_OPS)
+        self.proc: Any = None
+        self.streams: dict[str, Op] = {}  # stream id -> its open op, to re-open after a restart
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")
+        in_recv, self.in_send = ctx.Pipe(duplex=False)
+        self.out_recv, out_send = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=_worker, args=(in_recv, out_send), daemon=True, name=f"analysis-{self.index}")
+        self.proc.start()
+        in_recv.close()
+        out_send.close()
+        self.sender = threading.Thread(target=self._send_loop, daemon=True, name=f"analysis-send-{self.index}")
+        self.receiver = threading.Thread(target=self._recv_loop, daemon=True, name=f"analysis-recv-{self.index}")
+        self.sender.start()
+        self.receiver.start()
+        for op in self.streams.values():
+            self.ops.put(op)
+
+    def _send_loop(self) -> None:
+        while True:
+            op = self.ops.get()
+            if op is None:
+                with contextlib.suppress(OSError):
+                    self.in_send.send(None)
+                return
+            batch = [op]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < BATCH:
+                    nxt = self.ops.get_nowait()
+                    if nxt is None:
+                        self.ops.put(None)
+                        break
+                    batch.append(nxt)
+            try:
+                self.in_send.send(batch)
+            except OSError:
+                return
+
+    def _recv_loop(self) -> None:
+        while True:
+            try:
+                results = self.out_recv.recv()
+            except (EOFError, OSError):
+                self.pool._worker_died(self)
+                return
+            self.pool._results_from_thread(results)
+
+
+class AnalysisPool:
+    def __init__(self, workers: int, on_results: Callable[[list[Result]], None]) -> None:
+        self.on_results = on_results
+        self.workers = [_Worker(i, self) for i in range(max(1, workers))]
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.dropped_ops = 0
+        self._stopping = False
+
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        for w in self.workers:
+            w.start()
+
+    def _worker_for(self, stream_id: str) -> _Worker:
+        return self.workers[zlib.crc32(stream_id.encode()) % len(self.workers)]
+
+    def _put(self, stream_id: str, op: Op) -> bool:
+        try:
+            self._worker_for(stream_id).ops.put_nowait(op)
+            return True
+        except queue.Full:
+            self.dropped_ops += 1
+            return False
+
+    def open(self, stream_id: str, kind: str, rate: float, thresholds: Any) -> None:
+        op = ("open", stream_id, kind, rate, asdict(thresholds) if not isinstance(thresholds, dict) else thresholds)
+        self._worker_for(stream_id).streams[stream_id] = op
+        self._put(stream_id, op)
+
+    def push(self, stream_id: str, samples: np.ndarray, received_at: float) -> bool:
+        """Queue samples; False if the worker is so far behind that they were dropped (record a gap)."""
+        return self._put(stream_id, ("push", stream_id, samples, received_at))
+
+    def gap(self, stream_id: str, missing_samples: int) -> None:
+        self._put(stream_id, ("gap", stream_id, missing_samples))
+
+    def stalled(self, stream_id: str, seconds: float) -> None:
+        self._put(stream_id, ("stalled", stream_id, seconds))
+
+    def set_thresholds(self, stream_id: str, thresholds: Any) -> None:
+        values = asdict(thresholds) if not isinstance(thresholds, dict) else thresholds
+        op = self._worker_for(stream_id).streams.get(stream_id)
+        if op is not None:
+            self._worker_for(stream_id).streams[stream_id] = (*op[:4], values)
+        self._put(stream_id, ("thresholds", stream_id, values))
+
+    def close(self, stream_id: str) -> None:
+        self._worker_for(stream_id).streams.pop(stream_id, None)
+        self._put(stream_id, ("close", stream_id))
+
+    def _results_from_thread(self, results: list[Result]) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.on_results, results)
+
+    def _worker_died(self, worker: _Worker) -> None:
+        if self._stopping:
+            return
+        log.error("analysis worker %d died (exit %s); restarting it and re-opening %d streams",
+                  worker.index, worker.proc.exitcode if worker.proc else None, len(worker.streams))
+        worker.ops.put(None)
+        worker.ops = queue.Queue(MAX_QUEUED_OPS)
+        worker.start()
+
+    @property
+    def backlog(self) -> int:
+        return sum(w.ops.qsize() for w in self.workers)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for w in self.workers:
+            with contextlib.suppress(queue.Full):
+                w.ops.put_nowait(None)
+        for w in self.workers:
+            if w.proc is not None:
+                await asyncio.get_running_loop().run_in_executor(None, w.proc.join, 5)
+                if w.proc.is_alive():
+                    w.proc.kill()

@@ -1,0 +1,157 @@
+"""``healthmate simulate``: a real device over Socket.IO streaming NeuroKit2-generated ECG/PPG.
+
+It pairs itself through REST with a patient's login (or uses a given device credential),
+opens a stream and sends binary float32 frames in real time. Scenarios come from
+``devices.signal_scenarios``; ``network_drop`` really disconnects and reconnects, carrying on
+with the next sequence number so the server records the gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import socketio
+
+from devices.signal_scenarios import drop_schedule, scenario_signal
+
+log = logging.getLogger("healthmate.simulate")
+SCENARIOS = ("normal", "exercise_ramp", "bradycardia", "tachycardia", "irregular", "motion_artefacts", "lead_off",
+             "network_drop")
+
+
+@dataclass
+class DeviceRun:
+    url: str
+    credential: str
+    kind: str = "ecg"
+    sampling_rate: float = 250.0
+    scenario: str = "normal"
+    heart_rate: float = 72.0
+    seed: int = 0
+    frame_s: float = 1.0
+    duration_s: float | None = None
+    clock_drift_ppm: float = 0.0
+    frames_sent: int = 0
+    frames_acked: int = 0
+    stream_id: str | None = None
+
+
+async def pair_device(url: str, email: str, password: str, kind: str) -> str:
+    """Log in as the patient and pair a new simulated device; return its credential."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/api/auth/login", json={"email": email, "password": password}) as resp:
+            body = await resp.json()
+            if resp.status != 200:
+                raise SystemExit(f"login failed: {body['error']['message']}")
+        headers = {"Authorization": f"Bearer {body['access_token']}"}
+        serial = f"SIM-{kind.upper()}-{secrets.token_hex(3)}"
+        async with http.post(f"{url}/api/patients/{body['user']['id']}/devices", headers=headers,
+                             json={"kind": kind, "serial": serial, "model": "Health Mate simulator"}) as resp:
+            paired = await resp.json()
+            if resp.status != 201:
+                raise SystemExit(f"pairing failed: {paired['error']['message']}")
+    return paired["credential"]
+
+
+async def _connect(run: DeviceRun) -> socketio.AsyncClient:
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(run.url, auth={"device_token": run.credential}, transports=["websocket"], wait_timeout=10)
+    return client
+
+
+async def stream(run: DeviceRun, stop: asyncio.Event | None = None) -> DeviceRun:
+    """Stream in real time until ``duration_s`` passes or ``stop`` is set."""
+    stop = stop or asyncio.Event()
+    client = await _connect(run)
+    opened = await client.call("stream:open", {"kind": run.kind, "sampling_rate": run.sampling_rate,
+                                               "units": "mV" if run.kind == "ecg" else "au"}, timeout=10)
+    if not opened.get("ok"):
+        raise RuntimeError(f"stream:open refused: {opened}")
+    run.stream_id = opened["data"]["stream_id"]
+    offline = drop_schedule(run.scenario, run.seed)
+    per_frame = max(1, round(run.sampling_rate * run.frame_s))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    boot_ms = secrets.randbelow(10_000_000)  # the device's clock: ms since its own boot
+    seq = 0
+    pending: set[asyncio.Task[Any]] = set()
+    signal = scenario_signal(run.kind, run.scenario, run.sampling_rate, run.heart_rate, run.seed)
+    buffer: list[float] = []
+    try:
+        while not stop.is_set():
+            elapsed = seq * per_frame / run.sampling_rate
+            if run.duration_s is not None and elapsed >= run.duration_s:
+                break
+            while len(buffer) < per_frame:
+                buffer.extend(next(signal).tolist())
+            samples, buffer = buffer[:per_frame], buffer[per_frame:]
+            # Real time: a frame leaves when its last sample has been "measured".
+            due = start + elapsed + run.frame_s
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            t0 = boot_ms + elapsed * 1000 * (1 + run.clock_drift_ppm / 1e6)
+            if offline(int(elapsed)):
+                if client.connected:
+                    log.info("network drop: device offline")
+                    await client.disconnect()
+                seq += 1
+                continue
+            if not client.connected:
+                client = await _connect(run)
+                log.info("device back online; resuming at seq %d", seq)
+            payload = {"stream_id": run.stream_id, "seq": seq, "t0": round(t0, 3), "dtype": "float32",
+                       "samples": array.array("f", samples).tobytes()}
+            task = asyncio.create_task(client.call("stream:frame", payload, timeout=10))
+            pending.add(task)
+            task.add_done_callback(lambda t: (pending.discard(t), _count_ack(run, t)))
+            run.frames_sent += 1
+            seq += 1
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        if client.connected:
+            await client.call("stream:close", {"stream_id": run.stream_id}, timeout=10)
+    finally:
+        if client.connected:
+            await client.disconnect()
+    return run
+
+
+def _count_ack(run: DeviceRun, task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is None and task.result().get("ok"):
+        run.frames_acked += 1
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default="http://127.0.0.1:8080")
+    p.add_argument("--device-token", help="an existing device credential")
+    p.add_argument("--email", help="the patient's login, to pair a new simulated device")
+    p.add_argument("--password")
+    p.add_argument("--kind", choices=("ecg", "ppg"), default="ecg")
+    p.add_argument("--rate", type=float, help="sampling rate (default 250 Hz ECG, 100 Hz PPG)")
+    p.add_argument("--scenario", choices=SCENARIOS, default="normal")
+    p.add_argument("--hr", type=float, default=72.0, help="heart rate per minute")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duration", type=float, help="seconds to stream (default: until stopped)")
+
+
+async def main(args: argparse.Namespace) -> None:
+    credential = args.device_token
+    if not credential:
+        if not (args.email and args.password):
+            raise SystemExit("give --device-token, or --email and --password of the patient to pair a device")
+        credential = await pair_device(args.url, args.email, args.password, args.kind)
+    run = DeviceRun(url=args.url, credential=credential, kind=args.kind,
+                    sampling_rate=args.rate or (250.0 if args.kind == "ecg" else 100.0), scenario=args.scenario,
+                    heart_rate=args.hr, seed=args.seed, duration_s=args.duration)
+    started = time.monotonic()
+    log.info("streaming %s (%s, %.0f/min) to %s", run.kind, run.scenario, run.heart_rate, run.url)
+    await stream(run)
+    log.info("sent %d frames (%d acknowledged) in %.0f s", run.frames_sent, run.frames_acked,
+             time.monotonic() - started)

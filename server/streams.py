@@ -1,0 +1,276 @@
+"""Device streams over Socket.IO: open, frames, close; each frame validated, sequenced, clocked,
+stored in buckets, sent to live watchers and to the analysis workers; the analyses and events
+that come back are stored, pushed live, and turned into vital events.
+
+A device that reconnects keeps sending on its stream id: the sequence numbers say what was
+missed, and the gap is recorded and shown to watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from beanie import PydanticObjectId
+from pydantic import BaseModel, ConfigDict, Field
+
+from devices.clock import DeviceClock
+from devices.frames import Frame, FrameError, StreamOpen, decode_samples
+from devices.stream_sequencer import StreamSequencer
+from server.analysis_pool import AnalysisPool, Result
+from server.auth import as_object_id
+from server.errors import ApiError, forbidden
+from server.live import LiveHub, SubscribeIn, UnsubscribeIn
+from server.models import iso, utcnow
+from server.realtime import DEVICE_ROLES, EventContext, Realtime
+from server.vitals import Vitals
+from server.waveform_store import AnalysisChunk, BucketBuilder, HistoryWriter, Stream
+
+log = logging.getLogger(__name__)
+STALL_CHECK_S = 1.0
+IDLE_CLOSE_S = 600.0  # a stream silent this long is closed (its device may reopen another)
+
+
+class StreamRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stream_id: str = Field(max_length=64)
+
+
+@dataclass(eq=False)
+class LiveStream:
+    doc: Stream
+    sequencer: StreamSequencer
+    clock: DeviceClock
+    bucket: BucketBuilder
+    last_frame: float = field(default_factory=time.monotonic)
+    stall_reported_at: float = 0.0
+    analyses: list[dict[str, Any]] = field(default_factory=list)
+    lag_ms: float | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.doc.id)
+
+
+class StreamService:
+    def __init__(self, realtime: Realtime, live: LiveHub, vitals: Vitals, writer: HistoryWriter,
+                 analysis_workers: int) -> None:
+        self.rt = realtime
+        self.live = live
+        self.vitals = vitals
+        self.writer = writer
+        self.pool = AnalysisPool(analysis_workers, self._on_results)
+        self.streams: dict[str, LiveStream] = {}
+        self.frames_in = 0
+        self._watchdog: asyncio.Task[None] | None = None
+        self._register()
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.pool.start()
+        self._watchdog = asyncio.create_task(self._watch(), name="stream-watchdog")
+
+    async def stop(self) -> None:
+        if self._watchdog:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        for stream in list(self.streams.values()):
+            await self._close(stream, "server_shutdown", announce=False)
+        await self.pool.stop()
+
+    # --- events -------------------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        rt = self.rt
+
+        @rt.event("stream:open", StreamOpen, roles=DEVICE_ROLES)
+        async def _open(ctx: EventContext, body: StreamOpen) -> dict[str, Any]:
+            return await self.open(ctx, body)
+
+        @rt.event("stream:frame", Frame, roles=DEVICE_ROLES)
+        async def _frame(ctx: EventContext, frame: Frame) -> dict[str, Any]:
+            return await self.frame(ctx, frame)
+
+        @rt.event("stream:close", StreamRef, roles=DEVICE_ROLES)
+        async def _close(ctx: EventContext, body: StreamRef) -> dict[str, Any]:
+            stream = await self._owned(ctx, body.stream_id)
+            await self._close(stream, "device_closed")
+            return {"stream_id": stream.id, "counters": stream.doc.counters}
+
+        @rt.event("live:subscribe", SubscribeIn)
+        async def _subscribe(ctx: EventContext, body: SubscribeIn) -> dict[str, Any]:
+            watcher = await self.live.subscribe(ctx, body)
+            open_streams = await Stream.find(Stream.patient_id == PydanticObjectId(watcher.patient_id),
+                                             Stream.closed_at == None).to_list()  # noqa: E711
+            return {"patient_id": watcher.patient_id, "display_rate": watcher.display_rate,
+                    "streams": [s.public() for s in open_streams]}
+
+        @rt.event("live:unsubscribe", UnsubscribeIn)
+        async def _unsubscribe(ctx: EventContext, body: UnsubscribeIn) -> dict[str, Any]:
+            return {"unsubscribed": await self.live.unsubscribe(ctx.sid, str(as_object_id(body.patient_id)))}
+
+    async def open(self, ctx: EventContext, body: StreamOpen) -> dict[str, Any]:
+        device_kind = ctx.principal.name.split(":", 1)[0]
+        if device_kind != body.kind:
+            raise ApiError("wrong_kind", f"This device is paired as {device_kind}, not {body.kind}", 422)
+        doc = Stream(patient_id=ctx.principal.user_id, device_id=PydanticObjectId(ctx.principal.sid), kind=body.kind,
+                     sampling_rate=body.sampling_rate, units=body.units, channel=body.channel)
+        await doc.insert()
+        stream = self._track(doc)
+        meta = doc.public()
+        await self.live.publish(str(doc.patient_id), "live:stream", {"change": "opened", "stream": meta})
+        return {"stream_id": stream.id, "max_samples": int(2 * body.sampling_rate)}
+
+    def _track(self, doc: Stream) -> LiveStream:
+        stream = LiveStream(doc=doc, sequencer=StreamSequencer(), clock=DeviceClock(),
+                            bucket=BucketBuilder(doc.id, doc.patient_id, doc.sampling_rate))  # type: ignore[arg-type]
+        if doc.last_seq is not None:
+            stream.sequencer.resume(doc.last_seq + 1)
+        self.streams[stream.id] = stream
+        self.pool.open(stream.id, doc.kind, doc.sampling_rate, self.vitals.thresholds_for(doc.patient_id))
+        return stream
+
+    async def _owned(self, ctx: EventContext, stream_id: str) -> LiveStream:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            # Not in this process: a device that reconnected here after a restart or a failover.
+            doc = await Stream.get(as_object_id(stream_id, "stream_id"))
+            if doc is None or doc.closed_at is not None or str(doc.device_id) != ctx.principal.sid:
+                raise ApiError("unknown_stream", "No open stream with that id for this device; open one", 404)
+            await self.vitals.load_thresholds(doc.patient_id)
+            stream = self._track(doc)
+        if str(stream.doc.device_id) != ctx.principal.sid:
+            raise forbidden("That stream belongs to another device")
+        return stream
+
+    async def frame(self, ctx: EventContext, frame: Frame) -> dict[str, Any]:
+        stream = await self._owned(ctx, frame.stream_id)
+        rate = stream.doc.sampling_rate
+        try:
+            samples = decode_samples(frame, rate)
+        except FrameError as err:
+            stream.doc.counters["malformed"] = stream.doc.counters.get("malformed", 0) + 1
+            raise ApiError(err.code, err.message, 422, err.details) from None
+        verdict = stream.sequencer.accept(frame.seq)
+        status = verdict.kind
+        counters = stream.doc.counters
+        counters[status] = counters.get(status, 0) + 1
+        if status in ("duplicate", "late"):
+            return {"seq": frame.seq, "status": status}
+        now = time.time()
+        stream.last_frame = time.monotonic()
+        stream.clock.observe(frame.t0, now)
+        received = datetime.fromtimestamp(stream.clock.to_server(frame.t0), UTC)
+        pid = str(stream.doc.patient_id)
+        gap = None
+        if status == "gap":
+            gap = {"after_seq": frame.seq - verdict.missing - 1, "missing_frames": verdict.missing, "at": iso(received)}
+            counters["missing_frames"] = counters.get("missing_frames", 0) + verdict.missing
+            self.pool.gap(stream.id, int(verdict.missing * samples.size))
+            await self.live.publish(pid, "live:gap", {"stream_id": stream.id, **gap})
+        bucket = stream.bucket.add(frame.seq, received, samples, gap)
+        if bucket is not None:
+            self.writer.add(bucket)
+            self._checkpoint(stream)
+        if not self.pool.push(stream.id, samples, now):
+            counters["analysis_dropped"] = counters.get("analysis_dropped", 0) + 1
+        self.frames_in += 1
+        meta = {"stream_id": stream.id, "kind": stream.doc.kind, "seq": frame.seq, "t0": frame.t0,
+                "server_ts": round(now * 1000, 1)}
+        await self.live.publish_frame(pid, meta, samples, rate)
+        return {"seq": frame.seq, "status": status}
+
+    def _checkpoint(self, stream: LiveStream) -> None:
+        """Record where the stream is, so a failover can resume its sequence (batched with the bucket write)."""
+        doc = stream.doc
+        doc.last_seq = stream.sequencer.last_seq
+        doc.last_frame_at = utcnow()
+        doc.drift_ppm = stream.clock.drift_ppm
+        asyncio.get_running_loop().create_task(self._save(doc))
+
+    @staticmethod
+    async def _save(doc: Stream) -> None:
+        try:
+            await doc.set({"last_seq": doc.last_seq, "last_frame_at": doc.last_frame_at, "drift_ppm": doc.drift_ppm,
+                           "counters": doc.counters})
+        except Exception as exc:
+            log.warning("stream %s checkpoint failed: %s", doc.id, exc)
+
+    async def _close(self, stream: LiveStream, reason: str, announce: bool = True) -> None:
+        self.streams.pop(stream.id, None)
+        self.pool.close(stream.id)
+        bucket = stream.bucket.flush()
+        if bucket is not None:
+            self.writer.add(bucket)
+        self._flush_analyses(stream)
+        doc = stream.doc
+        try:
+            await doc.set({"closed_at": utcnow(), "close_reason": reason, "last_seq": stream.sequencer.last_seq,
+                           "counters": doc.counters, "drift_ppm": stream.clock.drift_ppm})
+        except Exception as exc:
+            log.warning("closing stream %s: %s", doc.id, exc)
+        if announce:
+            await self.live.publish(str(doc.patient_id), "live:stream", {"change": "closed", "stream": doc.public()})
+
+    # --- analysis results ---------------------------------------------------------------------------
+
+    def _on_results(self, results: list[Result]) -> None:
+        asyncio.get_running_loop().create_task(self._handle_results(results))
+
+    async def _handle_results(self, results: list[Result]) -> None:
+        now = time.time()
+        for stream_id, analyses, events, received_at in results:
+            stream = self.streams.get(stream_id)
+            if stream is None:
+                continue
+            pid = str(stream.doc.patient_id)
+            if received_at:
+                stream.lag_ms = (now - received_at) * 1000
+            for a in analyses:
+                item = {"at": datetime.fromtimestamp(received_at or now, UTC), "hr": a.get("hr"),
+                        "rmssd": a.get("hrv", {}).get("rmssd"), "sdnn": a.get("hrv", {}).get("sdnn"),
+                        "quality": a.get("quality"), "beats": a.get("beats")}
+                stream.analyses.append(item)
+                await self.live.publish(pid, "live:analysis", {
+                    "stream_id": stream_id, "kind": stream.doc.kind, **a, "at": iso(item["at"]),
+                    "lag_ms": round(stream.lag_ms or 0.0, 1)})
+            if len(stream.analyses) >= 10:
+                self._flush_analyses(stream)
+            for event in events:
+                await self.vitals.record(stream.doc.patient_id, stream.doc.id, stream.doc.kind, event)
+
+    def _flush_analyses(self, stream: LiveStream) -> None:
+        if stream.analyses:
+            self.writer.add(AnalysisChunk(stream_id=stream.doc.id, patient_id=stream.doc.patient_id,  # type: ignore[arg-type]
+                                          start=stream.analyses[0]["at"], items=stream.analyses))
+            stream.analyses = []
+
+    # --- watchdog -----------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(STALL_CHECK_S)
+            now = time.monotonic()
+            for stream in list(self.streams.values()):
+                silent = now - stream.last_frame
+                if silent >= IDLE_CLOSE_S:
+                    await self._close(stream, "idle")
+                elif silent >= 1.0:
+                    self.pool.stalled(stream.id, silent)
+
+    def apply_thresholds(self, patient_id: PydanticObjectId, thresholds: Any) -> None:
+        for stream in self.streams.values():
+            if stream.doc.patient_id == patient_id:
+                self.pool.set_thresholds(stream.id, thresholds)
+
+    def stats(self) -> dict[str, Any]:
+        lags = [s.lag_ms for s in self.streams.values() if s.lag_ms is not None]
+        return {"open_streams": len(self.streams), "frames_in": self.frames_in, "analysis_backlog": self.pool.backlog,
+                "analysis_dropped_ops": self.pool.dropped_ops, "max_lag_ms": max(lags) if lags else None,
+                "history_dropped": self.writer.dropped}

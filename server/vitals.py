@@ -1,0 +1,142 @@
+"""Vital events from the live analysis (tachycardia, bradycardia, irregular rhythm, poor signal,
+stalled stream): persisted before they are pushed to the patient's room, listed over REST, and
+the per-patient thresholds a linked clinician sets."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from beanie import PydanticObjectId
+from pydantic import BaseModel, ConfigDict, Field
+from pymongo import ASCENDING, DESCENDING, IndexModel
+
+from ml.rhythm_events import Thresholds
+from server.access import require_patient
+from server.bus import ControlBus
+from server.errors import forbidden
+from server.http import client_of, cursor_page, page_params, require_principal
+from server.models import VersionedDocument, iso, utcnow
+from server.realtime import EventContext, Realtime
+
+EventSink = Callable[["VitalEvent"], Awaitable[None]]
+
+
+class VitalEvent(VersionedDocument):
+    patient_id: PydanticObjectId
+    stream_id: PydanticObjectId | None = None
+    signal: str | None = None
+    type: str
+    phase: str = "started"  # started | ended
+    severity: str = "warning"
+    at: datetime = Field(default_factory=utcnow)
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+    class Settings:
+        name = "vital_events"
+        indexes = [IndexModel([("patient_id", ASCENDING), ("_id", DESCENDING)], name="patient_recent")]
+
+    def public(self) -> dict[str, Any]:
+        return {"id": str(self.id), "patient_id": str(self.patient_id),
+                "stream_id": str(self.stream_id) if self.stream_id else None, "signal": self.signal,
+                "type": self.type, "phase": self.phase, "severity": self.severity, "at": iso(self.at),
+                "detail": self.detail}
+
+
+class ThresholdsIn(BaseModel):
+    """What a clinician may tune; anything left out keeps its default."""
+
+    model_config = ConfigDict(extra="forbid")
+    patient_id: str = Field(max_length=64)
+    tachycardia_hr: float | None = Field(None, ge=80, le=250)
+    tachycardia_sustained_s: float | None = Field(None, ge=5, le=600)
+    bradycardia_hr: float | None = Field(None, ge=20, le=70)
+    bradycardia_sustained_s: float | None = Field(None, ge=5, le=600)
+    poor_quality: float | None = Field(None, ge=0.05, le=0.95)
+    poor_signal_s: float | None = Field(None, ge=3, le=120)
+    stalled_s: float | None = Field(None, ge=2, le=120)
+
+
+class PatientRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    patient_id: str = Field(max_length=64)
+
+
+class PatientThresholds(VersionedDocument):
+    id: PydanticObjectId  # type: ignore[assignment]  # the patient's id
+    values: dict[str, float] = Field(default_factory=dict)
+    set_by: PydanticObjectId | None = None
+    set_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "patient_thresholds"
+
+
+class Vitals:
+    def __init__(self, realtime: Realtime, bus: ControlBus) -> None:
+        self.rt = realtime
+        self.bus = bus
+        self._thresholds: dict[PydanticObjectId, dict[str, float]] = {}
+        self.sinks: list[EventSink] = []  # e.g. the alert path, for critical events
+        self.on_thresholds_changed: list[Callable[[PydanticObjectId, Thresholds], None]] = []
+        realtime.event("vitals:get-thresholds", PatientRef)(self._get)
+        realtime.event("vitals:set-thresholds", ThresholdsIn)(self._set)
+        bus.on("thresholds_changed", self._reload)
+
+    def thresholds_for(self, patient_id: PydanticObjectId) -> Thresholds:
+        return Thresholds(**self._thresholds.get(patient_id, {}))
+
+    async def load_thresholds(self, patient_id: PydanticObjectId) -> Thresholds:
+        doc = await PatientThresholds.get(patient_id)
+        self._thresholds[patient_id] = dict(doc.values) if doc else {}
+        return self.thresholds_for(patient_id)
+
+    async def record(self, patient_id: PydanticObjectId, stream_id: PydanticObjectId | None, signal: str | None,
+                     event: dict[str, Any]) -> VitalEvent:
+        """Persist, then push: an event is never shown that is not stored."""
+        doc = VitalEvent(patient_id=patient_id, stream_id=stream_id, signal=signal, type=event["type"],
+                         phase=event.get("phase", "started"), severity=event.get("severity", "warning"),
+                         detail=event.get("detail", {}))
+        await doc.insert()
+        await self.rt.to_patient(patient_id, "vitals:event", doc.public())
+        for sink in self.sinks:
+            await sink(doc)
+        return doc
+
+    async def _get(self, ctx: EventContext, body: PatientRef) -> dict[str, Any]:
+        pid = await require_patient(ctx.principal, body.patient_id, "thresholds.read", ctx.client)
+        return {"patient_id": str(pid), **vars(await self.load_thresholds(pid))}
+
+    async def _set(self, ctx: EventContext, body: ThresholdsIn) -> dict[str, Any]:
+        if ctx.principal.role != "clinician":
+            raise forbidden("Only a linked clinician sets a patient's alert thresholds")
+        changes = body.model_dump(exclude_none=True, exclude={"patient_id"})
+        pid = await require_patient(ctx.principal, body.patient_id, "thresholds.write", ctx.client, **changes)
+        current = (await PatientThresholds.get(pid)) or PatientThresholds(id=pid)
+        current.values = {**current.values, **changes}
+        Thresholds(**current.values)  # still a valid combination
+        current.set_by, current.set_at = ctx.principal.user_id, utcnow()
+        await current.save()
+        await self.bus.publish("thresholds_changed", patient_id=str(pid))
+        return {"patient_id": str(pid), **vars(Thresholds(**current.values))}
+
+    async def _reload(self, msg: dict[str, Any]) -> None:
+        """Thresholds changed (in any process): reload them and apply them to running streams."""
+        pid = PydanticObjectId(msg["patient_id"])
+        thresholds = await self.load_thresholds(pid)
+        for listener in self.on_thresholds_changed:
+            listener(pid, thresholds)
+
+
+async def list_events(request: web.Request) -> web.Response:
+    principal = await require_principal(request)
+    pid = await require_patient(principal, request.match_info["patient_id"], "vital_events.read", client_of(request))
+    before, limit = page_params(request)
+    page = await cursor_page(VitalEvent, VitalEvent.patient_id == pid, before, limit, VitalEvent.public)
+    return web.json_response(page)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/api/patients/{patient_id}/vital-events", list_events)
