@@ -215,43 +215,61 @@ def ppg_findpeaks_window(cleaned: np.ndarray, sampling_rate: float, last_peak: i
 # =============================================================================
 # Rate and HRV from RR intervals
 # =============================================================================
-def rr_valid(rr: np.ndarray, min_rr: float = 0.3, max_rr: float = 2.0, max_deviation: float = 0.3,
-             size: int = 5, max_rejected: float = 0.2) -> np.ndarray:
-    """Mask of plausible RR intervals (seconds): within ``[min_rr, max_rr]`` and within 30 % of the
-    local (5-beat running) median. Missed or extra beats make one or two intervals ~2x or ~0.5x
-    their neighbours; dropping them keeps rate and HRV from jumping. Detection artefacts are rare,
-    so if more than ``max_rejected`` of the intervals fail the median test the rhythm itself is
-    irregular (e.g. atrial fibrillation) and only the range test applies: rejecting half of an
-    irregular rhythm's intervals would bias its rate. NaN (no interval, e.g. the first beat after a
-    gap) is invalid."""
+def rr_beat_counts(rr: np.ndarray, min_rr: float = 0.3, max_rr: float = 2.0, max_deviation: float = 0.3,
+                   size: int = 5, max_rejected: float = 0.2) -> np.ndarray:
+    """How many beats each RR interval (seconds) stands for: 1 if plausible, k (2 or 3) if it holds
+    k - 1 missed beats, 0 if it is an artefact. Plausible: within ``[min_rr, max_rr]`` and within 30 %
+    of the local (5-beat running) median; a missed beat makes an interval ~2x its neighbours (small
+    pulses after a short interval are what Elgendi's PPG detector misses, in NeuroKit2 as here), an
+    extra beat two intervals ~0.5x. At either end the median is the nearest whole window's (not a
+    mirrored one: mirroring two consecutive missed beats at the newest end makes 3 doubled intervals
+    of 5, which the median then accepts). Detection artefacts are rare, so if more than
+    ``max_rejected`` of the intervals fail the median test the rhythm itself is irregular (e.g.
+    atrial fibrillation) and only the range test applies: rejecting half of an irregular rhythm's
+    intervals would bias its rate. NaN (no interval, e.g. the first beat after a gap) counts 0."""
     rr = np.asarray(rr, dtype=float)
     ok = np.isfinite(rr)
+    counts = np.zeros(rr.size, dtype=np.int64)
     ok[ok] = (rr[ok] >= min_rr) & (rr[ok] <= max_rr)
     idx = np.flatnonzero(ok)
     if idx.size == 0:
-        return ok
+        return counts
     values = rr[idx]
-    if values.size >= size:  # running median, edges mirrored (an outlier at an edge must not vote twice)
+    if values.size >= size:  # running median; at the ends, that of the nearest whole window
         half = size // 2
-        padded = np.concatenate((values[half:0:-1], values, values[-2:-half - 2:-1]))
-        windows = np.lib.stride_tricks.sliding_window_view(padded, size)
-        median = np.partition(windows, half, axis=1)[:, half]
+        windows = np.lib.stride_tricks.sliding_window_view(values, size)
+        medians = np.partition(windows, half, axis=1)[:, half]
+        median = medians[np.clip(np.arange(values.size) - half, 0, medians.size - 1)]
     else:
         median = np.full_like(values, np.median(values))
-    close = np.abs(values - median) <= max_deviation * median
-    if np.count_nonzero(~close) <= max_rejected * values.size:
-        ok[idx] = close
-    return ok
+    ratio = values / median
+    k = np.rint(ratio)
+    close = np.abs(ratio - k) <= max_deviation * k
+    if np.count_nonzero(~close | (k != 1)) > max_rejected * values.size:
+        counts[idx] = 1
+        return counts
+    counts[idx] = np.where(close & (k <= 3), k, 0).astype(np.int64)
+    return counts
+
+
+def rr_valid(rr: np.ndarray, **options: Any) -> np.ndarray:
+    """Mask of the plausible RR intervals (``rr_beat_counts == 1``; same options)."""
+    return rr_beat_counts(rr, **options) == 1
 
 
 def rr_rate(rr: np.ndarray, valid: np.ndarray | None = None, min_intervals: int = 2) -> float | None:
     """Heart rate (/min) as 60 / mean RR. This equals the time average of NeuroKit2's interpolated
-    ``ECG_Rate`` / ``PPG_Rate`` over the same beats (each interval weighs its own duration)."""
+    ``ECG_Rate`` / ``PPG_Rate`` over the same beats (each interval weighs its own duration).
+    ``valid`` is a mask, or ``rr_beat_counts`` (an interval holding missed beats then counts for
+    as many beats, so the rate still covers the whole window instead of skipping that interval)."""
     rr = np.asarray(rr, dtype=float)
-    values = rr[valid] if valid is not None else rr[np.isfinite(rr)]
-    if values.size < min_intervals:
+    if valid is None:
+        valid = np.isfinite(rr)
+    counts = np.asarray(valid).astype(np.int64)
+    beats = int(counts.sum())
+    if np.count_nonzero(counts == 1) < min_intervals:
         return None
-    return float(60.0 * values.size / values.sum())
+    return float(60.0 * beats / rr[counts > 0].sum())
 
 
 def rr_hrv(rr: np.ndarray, valid: np.ndarray | None = None, min_intervals: int = 5) -> dict[str, float | None]:
@@ -313,8 +331,9 @@ def beats_template_quality(cleaned: np.ndarray, peaks: np.ndarray, sampling_rate
     ``ecg_quality("averageQRS")`` compare beats to the average beat. Quality is the mean of the
     squared correlations (negative ones count as 0): the share of each beat's variance that the
     template explains, so that 0.5 means "as much noise as beat" (r = 0.71); plain r stays above
-    0.6 with noise of the signal's own power, which is already hard to read. If ``recent_from`` is given, the result is the lower of the
-    mean over all beats and over those at or after it, so that a burst of bad beats shows at once.
+    0.6 with noise of the signal's own power, which is already hard to read. If ``recent_from`` is
+    given, the result is the lower of the mean over all beats and over those at or after it, so that
+    a burst of bad beats shows at once.
     Two beats are compared with each other; fewer give 0. Peaks whose segment falls outside
     ``cleaned`` are ignored.
     """
@@ -323,8 +342,8 @@ def beats_template_quality(cleaned: np.ndarray, peaks: np.ndarray, sampling_rate
         return 0.0
     intervals = sorted((peaks[1:] - peaks[:-1]).tolist())
     rr = min(max(intervals[len(intervals) // 2] / sampling_rate, 0.3), 2.0)
-    before = int(round(min(0.35 * rr, 0.3) * sampling_rate))
-    after = int(round(min(0.55 * rr, 0.45) * sampling_rate))
+    before = round(min(0.35 * rr, 0.3) * sampling_rate)
+    after = round(min(0.55 * rr, 0.45) * sampling_rate)
     peaks = peaks[(peaks - before >= 0) & (peaks + after <= len(cleaned))]
     if peaks.size < 2:
         return 0.0
@@ -376,10 +395,13 @@ class StreamAnalyser:
             self._find = ppg_findpeaks_window
             half = (PPG_PEAKS["peakwindow"] + PPG_PEAKS["beatwindow"]) / 2
         self._mindelay = int(np.rint(0.3 * fs))
-        self._guard = int(math.ceil((half + 0.15) * fs))  # peaks before now - guard are final
-        self._context = int(round(1.0 * fs))  # detector context before the newly searched part
-        self._tolerance = int(round(0.1 * fs))  # a peak may shift a little between windows
-        capacity = int(math.ceil(max(buffer_s, quality_window_s + 2.0, 4.0) * fs))
+        # Peaks before now - guard are final: the detector's centred windows reach ``half`` past a
+        # sample, and a QRS / pulse region ends < 0.1 s after its peak.
+        self._guard = math.ceil((half + 0.1) * fs)
+        self.lag_s = self._guard / fs  # beats reach the analyses this late; the rate window ends here
+        self._context = round(1.0 * fs)  # detector context before the newly searched part
+        self._tolerance = round(0.1 * fs)  # a peak may shift a little between windows
+        capacity = math.ceil(max(buffer_s, quality_window_s + 2.0, 4.0) * fs)
         self._raw = np.zeros(capacity)
         self._clean = np.zeros(capacity)
         self._n = 0  # samples since the stream started, gaps included (absolute index of the next one)
@@ -387,8 +409,8 @@ class StreamAnalyser:
         self._searched_to = 0  # peaks before this absolute index are final
         self._last_peak: int | None = None
         self._tick = 1
-        self._next_tick = int(round(fs))
-        beats = int(math.ceil(self.hrv_window_s * 240 / 60)) + 8  # >= hrv_window_s at up to 240 /min
+        self._next_tick = round(fs)
+        beats = math.ceil(self.hrv_window_s * 240 / 60) + 8  # >= hrv_window_s at up to 240 /min
         self._peaks: deque[int] = deque(maxlen=beats)
         self._rr: deque[float] = deque(maxlen=beats)  # samples; NaN after a discontinuity
         self._ptp: deque[float] = deque(maxlen=30)  # per-second cleaned peak-to-peak, for the reference
@@ -440,7 +462,7 @@ class StreamAnalyser:
         self._zi = None
         while self._next_tick <= self._n:
             self._tick += 1
-            self._next_tick = int(round(self._tick * self.sampling_rate))
+            self._next_tick = round(self._tick * self.sampling_rate)
 
     def _align(self, x: np.ndarray, t0_ms: float) -> np.ndarray:
         fs = self.sampling_rate
@@ -450,9 +472,9 @@ class StreamAnalyser:
         offset = (t0_ms - self._origin_ms) * fs / 1000.0 - self._n  # samples ahead of expectation
         slack = max(3.0, 0.04 * fs)
         if offset > slack:
-            self.gap(int(round(offset)))
+            self.gap(round(offset))
         elif offset < -slack:
-            x = x[int(round(-offset)):]
+            x = x[round(-offset):]
         return x
 
     def _feed(self, x: np.ndarray) -> list[dict[str, Any]]:
@@ -468,7 +490,7 @@ class StreamAnalyser:
             if self._n == self._next_tick:
                 out.append(self._analyse())
                 self._tick += 1
-                self._next_tick = int(round(self._tick * self.sampling_rate))
+                self._next_tick = round(self._tick * self.sampling_rate)
         return out
 
     def _append(self, raw: np.ndarray, clean: np.ndarray) -> None:
@@ -521,12 +543,12 @@ class StreamAnalyser:
         no beat was found for longer than 1.6 median RR (min 1.5 s: heavy noise raises the detector's
         threshold above every QRS), else ``beats_template_quality`` of the last ``quality_window_s``."""
         fs, n, cap = self.sampling_rate, self._n, self._raw.size
-        recent = int(round(2.0 * fs))
+        recent = round(2.0 * fs)
         first = max(n - recent, self._valid_from, n - cap)
         if n - first < int(0.25 * fs):
             return 0.0
         reference = sorted(self._ptp)[len(self._ptp) // 2] if len(self._ptp) >= 5 else None
-        check = signal_plausibility(self._raw[cap - (n - max(first, n - int(round(fs)))):],
+        check = signal_plausibility(self._raw[cap - (n - max(first, n - round(fs))):],
                                     self._clean[cap - (n - first):], reference)
         if check["reason"] in (None, "amplitude"):
             self._ptp.append(check["ptp"])
@@ -553,9 +575,13 @@ class StreamAnalyser:
         rr = np.fromiter(self._rr, dtype=float, count=len(self._rr))
         in_hrv = peaks >= n - self.hrv_window_s * fs
         rr_s = rr[in_hrv] / fs
-        valid = rr_valid(rr_s)
-        in_window = peaks[in_hrv] >= n - self.window_s * fs
-        rate = rr_rate(rr_s, valid & in_window)
+        counts = rr_beat_counts(rr_s)
+        valid = counts == 1
+        # The rate window is the last window_s of *final* signal (beats are final up to _searched_to,
+        # ~0.6 s behind n), holding only intervals that start and end inside it: an interval that
+        # straddles the window's start would weigh a beat from outside it (biasing irregular rhythms).
+        in_window = peaks[in_hrv] - rr[in_hrv] >= self._searched_to - self.window_s * fs
+        rate = rr_rate(rr_s, counts * in_window)
         hrv = rr_hrv(rr_s, valid)
         quality = self._quality(peaks)
         k = len(new)
@@ -566,7 +592,7 @@ class StreamAnalyser:
             "hrv": hrv,
             "quality": round(quality, 3),
             "beats": k,
-            "window": round(self._signal_seconds(n - int(round(self.window_s * fs))), 3),
+            "window": round(self._signal_seconds(n - round(self.window_s * fs)), 3),
             "beats_t": [p / fs for p in new],
             "rr": [None if math.isnan(v) else float(v) for v in new_rr.tolist()],
         }

@@ -137,42 +137,46 @@ def test_detectors_match_neurokit2_offline() -> None:
 
 
 # ----------------------------------------------------------------------------- rate vs NeuroKit2
-def reference_rate(kind: str, signal: np.ndarray, fs: int) -> tuple[np.ndarray, np.ndarray]:
+def reference_rate(kind: str, signal: np.ndarray, fs: int) -> np.ndarray:
+    """NeuroKit2's rate (per sample) from its own pipeline, its peaks corrected by its own artefact
+    correction (``signal_fixpeaks``, Kubios): at ~170/min (``ppg_simulate(heart_rate=150)`` with its
+    frequency modulation) Elgendi's detector misses the smaller pulse after a short interval, in
+    NeuroKit2 as in the port, and an uncorrected reference rate is then off by 10/min."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if kind == "ecg":
-            signals, info = nk.ecg_process(signal, sampling_rate=fs)
-            return signals["ECG_Rate"].to_numpy(), np.asarray(info["ECG_R_Peaks"])
-        signals, info = nk.ppg_process(signal, sampling_rate=fs)
-        return signals["PPG_Rate"].to_numpy(), np.asarray(info["PPG_Peaks"])
+            _, info = nk.ecg_process(signal, sampling_rate=fs)
+            peaks = info["ECG_R_Peaks"]
+        else:
+            _, info = nk.ppg_process(signal, sampling_rate=fs)
+            peaks = info["PPG_Peaks"]
+        _, fixed = nk.signal_fixpeaks(peaks, sampling_rate=fs, method="kubios", iterative=True)
+        return nk.signal_rate(fixed, sampling_rate=fs, desired_length=signal.size)
 
 
 @pytest.mark.parametrize("noisy", [False, True], ids=["clean", "noisy"])
 @pytest.mark.parametrize("hr", RATES)
 @pytest.mark.parametrize("kind", ["ecg", "ppg"])
 def test_rate_matches_neurokit2(kind: str, hr: int, noisy: bool) -> None:
+    """After the first 10 s, every second's rate is within 2/min of NeuroKit2's over the same window
+    (the last 10 s of final signal: beats are final ``lag_s`` after they happen)."""
     fs = ECG_FS if kind == "ecg" else PPG_FS
     signal = ecg(hr, 0.05 if noisy else 0.0) if kind == "ecg" else ppg(hr, noisy)
-    rate, peaks = reference_rate(kind, signal, fs)
+    rate = reference_rate(kind, signal, fs)
     analyses, events = stream(signal, kind, fs)
     assert [a["t"] for a in analyses] == list(range(1, 41))
+    lag = round(StreamAnalyser(kind, fs).lag_s * fs)
 
-    compared = 0
     for a in analyses:
-        if a["t"] < 10:
+        # From the first window that lies wholly within the signal, to the last whose beats all have
+        # a successor (NeuroKit2's peak correction cannot fix the signal's last interval).
+        if not 11 <= a["t"] <= 39:
             continue
-        end = int(a["t"] * fs)
-        # Where NeuroKit2's own peaks hold a missed / extra beat (an interval off its neighbours by
-        # > 30 %), its rate is wrong and ours (which rejects that interval) is not comparable.
-        in_window = peaks[(peaks >= end - 10 * fs - fs) & (peaks < end + fs)]
-        if not rr_valid(np.diff(in_window) / fs).all():
-            continue
-        compared += 1
+        end = int(a["t"] * fs) - lag
         expected = rate[end - 10 * fs:end].mean()
         assert a["hr"] is not None and abs(a["hr"] - expected) <= 2.0, (a["t"], a["hr"], expected)
         assert a["window"] == 10.0
         assert a["hrv"]["sdnn"] is not None and a["hrv"]["rmssd"] is not None
-    assert compared >= 15  # of 31 windows
 
     assert all(a["quality"] > 0.7 for a in analyses if a["t"] >= 8), [a["quality"] for a in analyses]
     expected = {"tachycardia"} if hr > 120 else set()  # 150/min for 40 s is a tachycardia
@@ -294,11 +298,21 @@ def test_irregular_rhythm() -> None:
     t, event = irregular[0]
     assert t <= 60 + 5 and event["detail"]["cv"] > 0.12 and event["detail"]["nrmssd"] > 0.12
     assert not started(events, "poor_signal")
-    # The rate is the true one: irregular intervals are not rejected as artefacts.
+    # The rate is the true one: irregular intervals are not rejected as artefacts. The rate window
+    # is the last 10 s of final signal, [t - lag - 10, t - lag] (beats are final lag_s after them),
+    # holding the intervals that start and end inside it; beats are detected a few ms late (causal
+    # filters), so the true beat times are shifted by that delay before windowing.
     beats = 0.5 + 0.25 + np.concatenate(([0.0], np.cumsum(rr)))
+    detected = np.array([b for a in analyses for b in a["beats_t"]])
+    delay = float(np.median([detected[np.argmin(np.abs(detected - b))] - b for b in beats[beats < 70]]))
+    assert abs(delay) < 0.04
+    lag = StreamAnalyser("ecg", ECG_FS).lag_s
     for a in analyses:
         if a["t"] >= 12:
-            inside = beats[(beats > a["t"] - 10.5) & (beats <= a["t"] - 0.55)]
+            end = a["t"] - lag - delay
+            if np.min(np.abs(np.concatenate((beats - end, beats - end + 10)))) < 2 / ECG_FS:
+                continue  # a beat on the window's edge: in or out by a sample's rounding
+            inside = beats[(beats >= end - 10) & (beats <= end)]
             assert abs(a["hr"] - 60 * (inside.size - 1) / (inside[-1] - inside[0])) < 2.5, a
 
 
@@ -351,7 +365,8 @@ def test_event_detector_episodes_thresholds_and_stalled() -> None:
 # ----------------------------------------------------------------------------- gaps and memory
 def test_gap_makes_no_beat_and_no_jump() -> None:
     signal = ecg(75, 0.05)
-    _, reference = reference_rate("ecg", signal, ECG_FS)
+    _, info = nk.ecg_process(signal, sampling_rate=ECG_FS)
+    reference = np.asarray(info["ECG_R_Peaks"])
     analyser = StreamAnalyser("ecg", ECG_FS)
     analyses = []
     lost = range(100, 110)  # frames of 0.2 s: 20 s to 22 s never arrive
