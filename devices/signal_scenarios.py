@@ -1,84 +1,179 @@
 """Realistic device signals for the simulator: NeuroKit2's ECG/PPG simulators, with scenarios.
 
-``scenario_signal`` yields consecutive chunks (one per simulated 10 s) forever, so a device can
+``scenario_signal`` yields consecutive chunks (about ``CHUNK_S`` each) forever, so a device can
 stream for as long as it likes with bounded memory. Scenarios: ``normal``, ``exercise_ramp``
 (rate rising to 150/min and back), ``bradycardia`` (40/min), ``tachycardia`` (140/min),
-``irregular`` (atrial-fibrillation-like random RR), ``motion_artefacts`` (bursts of large
-movement noise), ``lead_off`` (the electrode loses contact: a flat, railed signal for a while),
+``irregular`` (atrial-fibrillation-like random RR), ``motion_artefacts`` (20 s of movement every
+40 s), ``lead_off`` (the electrode loses contact: a railed / flat signal for 20 s every 40 s),
 ``network_drop`` (a normal signal; ``drop_schedule`` takes the device offline for a while).
+
+Chunks join seamlessly: each simulated stretch is cut at the same phase of the beat at both ends
+(ECG: midway between R-peaks, on the isoelectric line; PPG: at a pulse's foot) and its start is
+level-matched to the previous chunk's end, so the junction holds an ordinary beat-to-beat interval
+and no step. (Independent 10 s simulations glued end to end put an interval of anywhere between
+0 and 2 RR, and for PPG ``ppg_simulate``'s flat last second, at every junction.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 
 import neurokit2 as nk
 import numpy as np
+import scipy.signal
 
-CHUNK_S = 10
+CHUNK_S = 20
 SCENARIO_RATES = {"bradycardia": 40.0, "tachycardia": 140.0}
+ARTEFACT_START_S, ARTEFACT_ON_S, ARTEFACT_PERIOD_S = 10.0, 20.0, 40.0  # motion_artefacts / lead_off schedule
+ECG_RAIL_MV = 4.0  # where a detached electrode drives an ECG front end (its rail)
+JOIN_S = 0.2  # level-matching ramp at a chunk's start
 
 
-def _simulate(kind: str, seconds: int, rate: float, hr: float, seed: int, noise: float) -> np.ndarray:
+def _simulate(kind: str, seconds: float, rate: float, hr: float, seed: int) -> np.ndarray:
     if kind == "ecg":
-        return nk.ecg_simulate(duration=seconds, sampling_rate=int(rate), heart_rate=hr, noise=noise,
+        return nk.ecg_simulate(duration=seconds, sampling_rate=int(rate), heart_rate=hr, noise=0.01,
                                random_state=seed)
-    return nk.ppg_simulate(duration=seconds, sampling_rate=int(rate), heart_rate=hr, frequency_modulation=0.1,
-                           ibi_randomness=0.05, drift=0.1, motion_amplitude=0.05, powerline_amplitude=0.0,
-                           burst_amplitude=0.0, random_state=seed)
+    # ppg_simulate ends on a flat stretch (its last pulse is not completed): simulate 2 s more, cut them.
+    x = nk.ppg_simulate(duration=seconds + 2, sampling_rate=int(rate), heart_rate=hr, frequency_modulation=0.1,
+                        ibi_randomness=0.05, drift=0.1, motion_amplitude=0.05, powerline_amplitude=0.0,
+                        burst_amplitude=0.0, random_state=seed)
+    return x[:int(seconds * rate)]
 
 
-def _beat(kind: str, rate: float, seed: int) -> np.ndarray:
-    """One beat's waveform (a cycle cut from a simulated 60/min signal), for irregular rhythms."""
-    one = _simulate(kind, 4, rate, 60.0, seed, 0.0)
-    n = int(rate)
-    return one[n:2 * n]
+def beat_marks(kind: str, x: np.ndarray, rate: float) -> np.ndarray:
+    """Indices at the same phase of every beat: ECG midway between successive R-peaks, PPG the foot
+    (minimum) before each systolic peak."""
+    fs = int(rate)
+    if kind == "ecg":
+        _, info = nk.ecg_peaks(nk.ecg_clean(x, sampling_rate=fs), sampling_rate=fs)
+        peaks = np.asarray(info["ECG_R_Peaks"], dtype=int)
+        return (peaks[:-1] + peaks[1:]) // 2
+    peaks = np.asarray(nk.ppg_findpeaks(nk.ppg_clean(x, sampling_rate=fs), sampling_rate=fs)["PPG_Peaks"], dtype=int)
+    return np.array([a + int(np.argmin(x[a:b])) for a, b in pairwise(peaks.tolist())], dtype=int)
 
 
-def _irregular(kind: str, seconds: int, rate: float, hr: float, rng: np.random.Generator, beat: np.ndarray) -> np.ndarray:
-    """Beats placed at random RR intervals (coefficient of variation ~25%), as in atrial fibrillation."""
-    n = int(seconds * rate)
-    out = np.zeros(n + beat.size) + (0.0 if kind == "ecg" else float(beat.min()))
-    t = 0
-    mean_rr = 60.0 / hr
-    while t < n:
-        rr = float(np.clip(rng.normal(mean_rr, 0.25 * mean_rr), 0.35, 2.0))
-        width = min(beat.size, int(rr * rate))
-        seg = beat[:width]
-        out[t:t + width] = seg
-        t += int(rr * rate)
-    return out[:n] + rng.normal(0, 0.01, n)
+def _whole_beats(kind: str, x: np.ndarray, rate: float) -> np.ndarray:
+    """``x`` from its first beat mark to its last: a whole number of beats."""
+    marks = beat_marks(kind, x, rate)
+    return x[marks[0]:marks[-1]] if marks.size >= 2 else x
 
 
-def scenario_signal(kind: str, scenario: str, rate: float, heart_rate: float = 72.0, seed: int = 0) -> Iterator[np.ndarray]:
-    """Consecutive chunks of a simulated signal for ``scenario``."""
-    rng = np.random.default_rng(seed)
-    beat = _beat(kind, rate, seed) if scenario == "irregular" else None
-    chunk = 0
-    while True:
-        t_s = chunk * CHUNK_S
-        hr = SCENARIO_RATES.get(scenario, heart_rate)
-        if scenario == "exercise_ramp":  # up over 2 minutes to 150/min, hold a minute, down over 2 minutes
-            phase = t_s % 300
-            peak = 150.0
-            if phase < 120:
-                hr = heart_rate + (peak - heart_rate) * phase / 120
-            elif phase < 180:
-                hr = peak
+def _beat_template(kind: str, rate: float, seed: int) -> np.ndarray:
+    """One beat, zero at both ends: ECG 0.25 s before to 0.5 s after an R-peak (tapered); PPG one
+    pulse foot to foot (its baseline trend removed), to be stretched to each interval."""
+    fs = int(rate)
+    x = _simulate(kind, 12, rate, 60.0, seed)
+    if kind == "ecg":
+        x = x - np.median(x)
+        _, info = nk.ecg_peaks(nk.ecg_clean(x, sampling_rate=fs), sampling_rate=fs)
+        r = int(info["ECG_R_Peaks"][5])
+        beat = x[r - int(0.25 * fs):r + int(0.5 * fs)]
+        return beat * scipy.signal.windows.tukey(beat.size, 0.3)
+    marks = beat_marks(kind, x, rate)
+    pulse = x[marks[4]:marks[5] + 1]
+    return pulse - np.linspace(pulse[0], pulse[-1], pulse.size)
+
+
+class _IrregularBeats:
+    """Beats at random intervals (coefficient of variation ~25 %, 0.35-2 s), as in atrial fibrillation:
+    ECG beats overlap-added at each onset; PPG pulses stretched to each interval (a short interval
+    gives a short, a long one a long pulse wave). Continuous across chunks."""
+
+    def __init__(self, kind: str, rate: float, seed: int) -> None:
+        self.kind, self.rate = kind, rate
+        self.beat = _beat_template(kind, rate, seed)
+        self.rng = np.random.default_rng(seed)
+        self.carry = np.zeros(0)  # ECG: the tails of beats that run into the next chunk
+
+    def chunk(self, seconds: float, hr: float) -> np.ndarray:
+        n = int(seconds * self.rate)
+        mean_rr = 60.0 / hr
+        out = np.zeros(n + self.beat.size)
+        out[:self.carry.size] += self.carry
+        t = 0
+        while t < n:
+            rr = int(float(np.clip(self.rng.normal(mean_rr, 0.25 * mean_rr), 0.35, 2.0)) * self.rate)
+            if self.kind == "ecg":
+                out[t:t + self.beat.size] += self.beat
             else:
-                hr = peak - (peak - heart_rate) * (phase - 180) / 120
-        if beat is not None:
-            x = _irregular(kind, CHUNK_S, rate, hr, rng, beat)
+                out[t:t + rr] = np.interp(np.linspace(0, self.beat.size - 1, rr), np.arange(self.beat.size), self.beat)
+            t += rr
+        if self.kind == "ecg":
+            self.carry = out[n:].copy()
+            x = out[:n]
         else:
-            x = _simulate(kind, CHUNK_S, rate, hr, seed + chunk, 0.01)
+            x = out[:t]  # whole pulses only
+        return x + self.rng.normal(0, 0.01, x.size)
+
+
+def _motion(n: int, rate: float, kind: str, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """Movement: band-limited random motion (ECG 0.3-15 Hz, PPG 0.2-4 Hz, where motion puts its power)
+    of ``scale`` RMS, plus, for ECG, random electrode-contact steps of the baseline."""
+    band = [0.3, 15.0] if kind == "ecg" else [0.2, 4.0]
+    band[1] = min(band[1], 0.45 * rate)
+    sos = scipy.signal.butter(2, band, btype="bandpass", fs=rate, output="sos")
+    wobble = scipy.signal.sosfilt(sos, rng.standard_normal(n + int(2 * rate)))[int(2 * rate):]
+    wobble *= scale / (wobble.std() or 1.0)
+    if kind == "ecg":
+        wobble += np.cumsum(rng.standard_normal(n) * (rng.random(n) < 3 / rate)) * scale
+    return wobble
+
+
+def artefact_envelope(t: np.ndarray) -> np.ndarray:
+    """1 while the motion / lead-off artefact is on (20 s every 40 s from 10 s), else 0."""
+    return ((t >= ARTEFACT_START_S) & ((t - ARTEFACT_START_S) % ARTEFACT_PERIOD_S < ARTEFACT_ON_S)).astype(float)
+
+
+def exercise_rate(t_s: float, rest: float, peak: float = 150.0) -> float:
+    """Exercise ramp: up over 2 minutes to ``peak``/min, hold a minute, down over 2 minutes, repeat."""
+    phase = t_s % 300
+    if phase < 120:
+        return rest + (peak - rest) * phase / 120
+    if phase < 180:
+        return peak
+    return peak - (peak - rest) * (phase - 180) / 120
+
+
+def scenario_signal(kind: str, scenario: str, rate: float, heart_rate: float = 72.0,
+                    seed: int = 0) -> Iterator[np.ndarray]:
+    """Consecutive chunks of a simulated signal for ``scenario`` (ECG in mV, PPG in arbitrary units)."""
+    rng = np.random.default_rng(seed)
+    irregular = _IrregularBeats(kind, rate, seed) if scenario == "irregular" else None
+    join = max(int(JOIN_S * rate), 1)
+    last: float | None = None
+    elapsed = 0  # samples yielded so far
+    chunk = 0
+    scale = None  # the clean signal's RMS, for artefact amplitudes
+    while True:
+        t_s = elapsed / rate
+        hr = SCENARIO_RATES.get(scenario, heart_rate)
+        if scenario == "exercise_ramp":
+            hr = exercise_rate(t_s, heart_rate)
+        if irregular is not None:
+            x = irregular.chunk(CHUNK_S, hr)
+        else:
+            x = _whole_beats(kind, _simulate(kind, CHUNK_S + 3, rate, hr, seed * 1000 + chunk), rate)
+        x = np.array(x, dtype=np.float64)
+        if last is not None:  # level-match the junction
+            ramp = np.linspace(1.0, 0.0, min(join, x.size))
+            x[:ramp.size] += (last - x[0]) * ramp
+        last = float(x[-1])
+        if scale is None:
+            scale = float(np.std(x)) or 1.0
         n = x.size
-        if scenario == "motion_artefacts" and chunk % 3 == 1:  # 10 s of movement every 30 s
-            burst = np.cumsum(rng.normal(0, 0.3, n)) * 0.2 + rng.normal(0, 1.0, n)
-            x = x + burst * (2.0 if kind == "ecg" else 1.5)
-        if scenario == "lead_off" and chunk % 4 in (1, 2):  # 20 s of lost contact every 40 s
-            x = np.full(n, 4.0 if kind == "ecg" else 0.0) + rng.normal(0, 0.002, n)
+        if scenario in ("motion_artefacts", "lead_off"):
+            on = artefact_envelope((elapsed + np.arange(n)) / rate)
+            if on.any():
+                if scenario == "motion_artefacts":
+                    x = x + on * _motion(n, rate, kind, (1.5 if kind == "ecg" else 3.0) * scale, rng)
+                elif kind == "ecg":
+                    x = np.where(on > 0, ECG_RAIL_MV, x)
+                else:  # a PPG sensor off the skin sees ambient light: flat, near zero
+                    x = np.where(on > 0, rng.normal(0.0, 0.002, n), x)
+        elapsed += n
         chunk += 1
-        yield np.asarray(x, dtype=np.float64)
+        yield x
 
 
 def drop_schedule(scenario: str, seed: int = 0) -> Callable[[int], bool]:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
+from devices.signal_scenarios import ARTEFACT_START_S, SCENARIO_RATES, scenario_signal
 from ml.rhythm_events import EventDetector, Thresholds, rr_irregularity
 from ml.signal_stream import (
     StreamAnalyser,
@@ -436,3 +437,59 @@ def test_memory_is_bounded() -> None:
     assert sizes[6] == sizes[10] == sizes[14]  # the beat deque (60 s at 240/min) is full by then
     assert sizes[14][0]["peaks"] == sizes[14][0]["peaks_max"]
     assert sizes[14][1] < 64 * 1024
+
+
+# ----------------------------------------------------------------------------- simulator scenarios
+SCENARIO_EVENTS = {  # scenario -> (seconds to stream, the event types it must raise, nothing else)
+    "normal": (70, set()),
+    "tachycardia": (36, {"tachycardia"}),
+    "bradycardia": (36, {"bradycardia"}),
+    "irregular": (70, {"irregular_rhythm"}),
+    "motion_artefacts": (36, {"poor_signal"}),
+    "lead_off": (36, {"poor_signal"}),
+}
+
+
+@cache
+def scenario(kind: str, name: str, seconds: int) -> np.ndarray:
+    fs = ECG_FS if kind == "ecg" else PPG_FS
+    chunks, n = [], 0
+    for chunk in scenario_signal(kind, name, fs, seed=3):
+        chunks.append(chunk)
+        n += chunk.size
+        if n >= seconds * fs:
+            break
+    signal = np.concatenate(chunks)[:seconds * fs]
+    signal.flags.writeable = False
+    return signal
+
+
+@pytest.mark.parametrize("name", list(SCENARIO_EVENTS))
+@pytest.mark.parametrize("kind", ["ecg", "ppg"])
+def test_simulator_scenarios_raise_their_events(kind: str, name: str) -> None:
+    """The simulator's scenarios (devices.signal_scenarios), streamed through the analysis, raise the
+    events they are meant to, in time: rate alarms 30 s (sustained) + 2 s after the start, poor signal
+    10 s + 2 s after the artefact starts, irregular rhythm within its 60 s window + 5 s; and nothing else."""
+    fs = ECG_FS if kind == "ecg" else PPG_FS
+    seconds, expected = SCENARIO_EVENTS[name]
+    analyses, events = stream(scenario(kind, name, seconds), kind, fs, frame=fs // 4)
+    assert {e["type"] for _, e in events if e["state"] == "started"} == expected, events
+    for kind_, limit in (("tachycardia", 32), ("bradycardia", 32), ("irregular_rhythm", 65),
+                         ("poor_signal", ARTEFACT_START_S + 12)):
+        for t, _ in started(events, kind_):
+            assert t <= limit, (kind_, t, events)
+    if name == "normal":
+        assert all(60 < a["hr"] < 85 for a in analyses if a["t"] >= 11), [a["hr"] for a in analyses]
+        assert all(a["quality"] > 0.5 for a in analyses if a["t"] >= 8)
+    if name in ("tachycardia", "bradycardia"):
+        target = SCENARIO_RATES[name]
+        assert all(abs(a["hr"] - target) < 0.1 * target for a in analyses if a["t"] >= 11)
+
+
+def test_scenario_chunks_join_without_artefacts() -> None:
+    """Chunks are cut at the same phase of a beat: every beat-to-beat interval across the junctions is
+    an ordinary one (no interval of 0-2 RR where two independent simulations meet)."""
+    for kind, fs in (("ecg", ECG_FS), ("ppg", PPG_FS)):
+        analyses, _ = stream(scenario(kind, "normal", 70), kind, fs)
+        rr = np.array([r for a in analyses for r in a["rr"] if r is not None])
+        assert rr_valid(rr).all(), (kind, rr)
