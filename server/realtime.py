@@ -22,13 +22,14 @@ import socketio
 from aiohttp import web
 from beanie import PydanticObjectId
 from pydantic import BaseModel, ValidationError
+from pymongo.errors import ConnectionFailure
 from redis.asyncio import Redis
 
 from server.auth import AuthService, Client, Principal
 from server.bus import ControlBus
 from server.config import Settings
 from server.device_registry import authenticate_device
-from server.errors import ApiError, error_body, validation_error
+from server.errors import ApiError, error_body, store_unavailable, validation_error
 from server.models import Link
 from server.ratelimit import TokenBuckets
 
@@ -173,6 +174,9 @@ class Realtime:
             principal = await self._authenticate(auth)
         except ApiError as err:
             raise socketio.exceptions.ConnectionRefusedError(err.message, err.body()) from None
+        except ConnectionFailure:
+            err = store_unavailable()
+            raise socketio.exceptions.ConnectionRefusedError(err.message, err.body()) from None
         self.principals[sid] = principal
         self.clients[sid] = client
         if principal.is_device:
@@ -256,6 +260,9 @@ class Realtime:
             return {"ok": False, **validation_error(exc).body()}
         except ApiError as err:
             return {"ok": False, **err.body()}
+        except ConnectionFailure as exc:
+            log.warning("store unavailable for %s: %s", name, exc)
+            return {"ok": False, **store_unavailable().body()}
         except Exception:
             log.exception("event %s failed", name)
             return {"ok": False, **error_body("internal", "Something went wrong on our side")}
