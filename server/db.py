@@ -5,13 +5,14 @@ from __future__ import annotations
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
+from server.blood_pressure import BPReading
 from server.device_registry import Device
 from server.models import CORE_DOCUMENTS
 from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds]
+                                   PatientThresholds, BPReading]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from server.auth import AuthService
+    from server.blood_pressure import BloodPressure
     from server.bus import ControlBus
     from server.config import Settings
     from server.embedded_store import EmbeddedStore
@@ -37,4 +38,5 @@ class Services:
     mongo: AsyncMongoClient | None = None
     redis: Redis | None = None
     store: EmbeddedStore | None = None
+    bp: BloodPressure | None = None
     extras: dict[str, Any] = field(default_factory=dict)

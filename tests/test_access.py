@@ -16,10 +16,16 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/patients/{patient_id}/devices", None),
     ("POST", "/api/patients/{patient_id}/devices", {"kind": "ppg", "serial": "PPG-7", "model": "Ring"}),
     ("DELETE", "/api/patients/{patient_id}/devices/{device_id}", None),
+    ("GET", "/api/patients/{patient_id}/bp", None),
+    ("GET", "/api/patients/{patient_id}/bp/stats", None),
+    ("GET", "/api/patients/{patient_id}/bp/fhir", None),
 ]
 # (event, payload) with "{patient_id}" to fill in.
 EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("patient:get", {"patient_id": "{patient_id}"}),
+    ("bp:add", {"patient_id": "{patient_id}", "systolic": 120, "diastolic": 70, "measured_at": "2026-01-01T08:00:00Z"}),
+    ("bp:list", {"patient_id": "{patient_id}"}),
+    ("bp:stats", {"patient_id": "{patient_id}", "window": "month"}),
 ]
 
 
