@@ -6,13 +6,14 @@ from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
 from server.blood_pressure import BPReading
+from server.contacts import MedicalContact
 from server.device_registry import Device
 from server.models import CORE_DOCUMENTS
 from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, BPReading]
+                                   PatientThresholds, BPReading, MedicalContact]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

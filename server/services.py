@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from server.blood_pressure import BloodPressure
     from server.bus import ControlBus
     from server.config import Settings
+    from server.contacts import Contacts
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
     from server.ratelimit import FailureCounter
@@ -39,4 +40,5 @@ class Services:
     redis: Redis | None = None
     store: EmbeddedStore | None = None
     bp: BloodPressure | None = None
+    contacts: Contacts | None = None
     extras: dict[str, Any] = field(default_factory=dict)
