@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from server.contacts import Contacts
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
+    from server.notifications import Notifications
     from server.ratelimit import FailureCounter
     from server.realtime import Realtime
     from server.security import TokenService
@@ -34,6 +35,7 @@ class Services:
     auth: AuthService
     realtime: Realtime
     live: LiveHub
+    notifications: Notifications
     vitals: Vitals
     writer: HistoryWriter
     streams: StreamService
