@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
     from server.notifications import Notifications
+    from server.push import PushDispatcher
     from server.ratelimit import FailureCounter
     from server.realtime import Realtime
     from server.security import TokenService
@@ -45,4 +46,5 @@ class Services:
     bp: BloodPressure | None = None
     contacts: Contacts | None = None
     alerts: Alerts | None = None
+    push: PushDispatcher | None = None
     extras: dict[str, Any] = field(default_factory=dict)
