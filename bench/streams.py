@@ -1,28 +1,39 @@
 """Live waveform streams: how many 250 Hz ECG devices one server analyses in real time, on one core.
 
-One ``healthmate serve`` subprocess on the embedded store (SecantusDB) with ``analysis_workers=1``:
-all streaming analysis runs in that one worker process, i.e. on at most one core. Patients, one
-clinician, their links and one ECG device per patient are set up through REST (registration,
-link code, pairing: the device credential). Then load-generator processes (asyncio, many
-python-socketio clients each) drive, per patient, a device socket that opens a stream and sends
-one binary float32 frame of 250 samples every second (random phase), and a watcher socket (the
-clinician, ``live:subscribe``, 125 Hz display) that timestamps every ``live:frame`` (device send
--> watcher receive: the device's ``t0`` is its send time in ms on the shared clock) and every
-``live:analysis`` (its ``lag_ms``: now minus the arrival of the newest samples it analysed).
+Setup. One ``healthmate serve`` subprocess on the embedded store (SecantusDB) with
+``analysis_workers=1``: all streaming analysis runs in that one worker process, i.e. on at most one
+core. Patients, one clinician, their links and ECG devices are set up through REST (registration,
+link code, pairing: the device credentials). Each patient has PER_PATIENT devices (registration
+hashes a password with argon2id, ~0.4 s of this machine's CPU, so one patient per stream would spend
+minutes on setup) and the clinician one watcher socket per patient (``live:subscribe``, 125 Hz
+display), which receives each of its streams: every frame still goes to exactly one watcher.
 
-Search: a staircase of N (streams kept connected, more added per step, a short probe each) until
-the newest analysis lags >= 1.5 s or the analyses fall behind, then a 60 s confirmation at the
-largest good N. Meanwhile a probe socket times ``live:unsubscribe`` acks: the event loop must not
-stall. The naive baseline (``nk.ecg_process`` on the last 10 s, per stream and second) is timed
-in-process on one core in the same run: naive streams per core = 1 / seconds per analysis.
+Load. Load-generator processes (LOADGENS, asyncio, ``bench._sio``: the real Socket.IO protocol over
+aiohttp websockets, at a fraction of python-socketio's CPU per message) drive the devices: each
+opens a stream and sends one binary float32 frame of 250 samples per second (random phase) with
+``t0`` = its send time (ms, the machine's clock). Watchers time every ``live:frame`` (device send ->
+watcher receive) and collect every ``live:analysis``'s ``lag_ms`` (taken by the server when the
+analysis comes back from the worker: now minus the arrival of the newest samples it covers). A probe
+socket times ``live:unsubscribe`` acks every 20 ms: the event loop must not stall.
 
-CPU accounting (2 cores for everything): the load generators, the server's event loop, the store
-and the analysis worker compete. The figures therefore say how much CPU each took over the
-confirmation window (``cpu_share``, in cores); the worker's CPU per stream-second gives the
-analysis capacity of one whole core (``analysis_capacity_per_core``), which N cannot show when
-the load generator and the event loop, not the analysis, are what run out of CPU first.
-Memory per stream: server + analysis worker RSS with N streams and watchers active, minus the
-same before any socket connected, over N (the store's own growth is storage, not counted).
+Search. A staircase of N (streams stay connected, more are added per step, an 8 s look each, one
+more look if it fails: the machine is shared) until the newest analysis lags >= 1.5 s in some
+second; then 60 s at the largest good N - on a fresh server process (same store and accounts) with
+fresh connections if a step failed, since a step that fell behind leaves backlogs. The naive
+baseline (``nk.ecg_process`` on the last 10 s, per stream and second) is timed in-process on one core
+in the same run: naive streams per core = 1 / (seconds per analysis).
+
+CPU accounting. The load generators, the server's event loop, the store and the analysis worker all
+share the machine's 2 cores (and whatever else runs on it: ``load_avg_1m``). Each window reports the
+cores each took (``cpu_share_cores``, from /proc). ``streams_per_core`` is the N measured end to end;
+``analysis_capacity_per_core`` = N / the worker's cores, what one whole core of analysis carries
+(including its IPC); ``server_streams_per_core`` = N / (event loop + worker + store cores), what the
+whole server needs per stream. When the machine is loaded, N is bounded by the share of CPU the
+server's event loop gets, not by the analysis: the CPU figures show it.
+
+Memory per stream: the growth of server + analysis worker RSS between the first and the largest
+passing step, per added stream (sockets, stream state, analyser, watcher queue); the store's own
+growth is storage and not counted.
 """
 
 from __future__ import annotations
@@ -448,6 +459,7 @@ async def measure(gens: LoadGens, probe: Probe, cpu: Cpu, streams: int, seconds:
     stats = await gens.collect()
     m = summarise(stats, time.monotonic() - t, streams, probe.take())
     m["cpu_cores"] = {k: round((after[k] - before[k]) / m["seconds"], 2) for k in after}
+    m["rss_kb"] = cpu.rss_kb()
     m["load_avg_1m"] = round(os.getloadavg()[0], 1)
     return m
 
@@ -532,7 +544,14 @@ async def _run(data_dir: str, server: subprocess.Popen[bytes], url: str, started
             print(f"restarted the server for the confirmation at N={connected}" +
                   (f"; connect errors: {errors}" if errors else ""), flush=True)
         confirm = await measure(gens, probe, cpu, connected, CONFIRM_S, settle=8.0)
-        mem_kb = (cpu.rss_kb() - base_rss) / max(connected, 1)
+        # Marginal memory per stream: RSS growth between the first and the largest passing step of the
+        # search (what another stream costs once the process is warm); without two such steps, the growth
+        # from the idle server to the confirmation over N (which also counts one-off warm-up allocations).
+        passing = [m for m in steps if keeps_up(m)]
+        if len(passing) >= 2 and passing[-1]["streams"] > passing[0]["streams"]:
+            mem_kb = (passing[-1]["rss_kb"] - passing[0]["rss_kb"]) / (passing[-1]["streams"] - passing[0]["streams"])
+        else:
+            mem_kb = (confirm["rss_kb"] - base_rss) / max(connected, 1)
         print("confirm " + fmt(confirm), flush=True)
     finally:
         await probe.stop()
@@ -560,9 +579,11 @@ def main() -> None:
     streams = confirm.get("streams", 0) if ok else 0
     cpu = confirm.get("cpu_cores", {})
     worker_cpu = cpu.get("analysis_worker")
-    capacity = None
+    capacity = server_capacity = None
     if worker_cpu and confirm.get("streams"):
         capacity = round(confirm["streams"] / worker_cpu)  # streams one whole core of analysis would carry
+        server_cpu = worker_cpu + cpu.get("server_loop", 0.0) + cpu.get("store", 0.0)
+        server_capacity = round(confirm["streams"] / server_cpu)
     figures = {
         "bench": "streams", "store": "embedded SecantusDB",
         "streams_per_core": streams,
@@ -578,6 +599,7 @@ def main() -> None:
         "probe_ack_p99_ms": None if confirm.get("probe_p99_ms") is None else round(confirm["probe_p99_ms"], 2),
         "cpu_share_cores": cpu,
         "analysis_capacity_per_core": capacity,
+        "server_streams_per_core": server_capacity,
         "streaming_inprocess_us_per_stream_s": round(cost["stream_s"] * 1e6, 1),
         "load_avg_1m": confirm.get("load_avg_1m"),
         "streams_per_patient_watcher": PER_PATIENT,
