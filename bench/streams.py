@@ -510,7 +510,7 @@ async def _run(data_dir: str, server: subprocess.Popen[bytes], url: str, started
     try:
         await probe.start()
         cpu = Cpu(server.pid, [p.pid for p in gens.procs if p.pid is not None])
-        base_rss = cpu.rss_kb()
+        base_rss, base_streams = cpu.rss_kb(), 0
         for n in STEPS:
             # Leave time for a restart, the confirmation and the teardown.
             if time.monotonic() - started > BUDGET_S - CONFIRM_S - 60:
@@ -539,19 +539,22 @@ async def _run(data_dir: str, server: subprocess.Popen[bytes], url: str, started
             probe = Probe(url, token)
             await probe.start()
             cpu = Cpu(server.pid, [p.pid for p in gens.procs if p.pid is not None])
-            base_rss = cpu.rss_kb()
-            connected, errors = await gens.add(url, patients[:target // PER_PATIENT])
+            first, errors = await gens.add(url, patients[:1])  # warm the process up before the memory baseline
+            await asyncio.sleep(2)
+            base_rss, base_streams = cpu.rss_kb(), first
+            connected, more = await gens.add(url, patients[1:target // PER_PATIENT])
+            errors += more
             print(f"restarted the server for the confirmation at N={connected}" +
                   (f"; connect errors: {errors}" if errors else ""), flush=True)
         confirm = await measure(gens, probe, cpu, connected, CONFIRM_S, settle=8.0)
         # Marginal memory per stream: RSS growth between the first and the largest passing step of the
         # search (what another stream costs once the process is warm); without two such steps, the growth
-        # from the idle server to the confirmation over N (which also counts one-off warm-up allocations).
+        # from the baseline (idle, or one patient's streams after a restart) to the confirmation.
         passing = [m for m in steps if keeps_up(m)]
         if len(passing) >= 2 and passing[-1]["streams"] > passing[0]["streams"]:
             mem_kb = (passing[-1]["rss_kb"] - passing[0]["rss_kb"]) / (passing[-1]["streams"] - passing[0]["streams"])
         else:
-            mem_kb = (confirm["rss_kb"] - base_rss) / max(connected, 1)
+            mem_kb = (confirm["rss_kb"] - base_rss) / max(connected - base_streams, 1)
         print("confirm " + fmt(confirm), flush=True)
     finally:
         await probe.stop()
