@@ -61,7 +61,7 @@ class SioClient:
         """``handler(data)`` for each ``event`` received (binary attachments as ``bytes``)."""
         self.handlers[event] = handler
 
-    async def connect(self, url: str, auth: dict[str, Any], timeout: float = 20) -> None:
+    async def connect(self, url: str, auth: dict[str, Any], timeout: float = 10) -> None:
         ws_url = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
         self.ws = await self.http.ws_connect(ws_url, timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
                                              autoping=False, max_msg_size=0)
@@ -93,7 +93,7 @@ class SioClient:
             self._callbacks[ack_id] = callback
         await self._send("42", ack_id, [event, data])
 
-    async def call(self, event: str, data: Any, timeout: float = 20) -> Any:
+    async def call(self, event: str, data: Any, timeout: float = 10) -> Any:
         ack_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._acks[ack_id] = future

@@ -513,7 +513,7 @@ async def _run(data_dir: str, server: subprocess.Popen[bytes], url: str, started
         base_rss, base_streams = cpu.rss_kb(), 0
         for n in STEPS:
             # Leave time for a restart, the confirmation and the teardown.
-            if time.monotonic() - started > BUDGET_S - CONFIRM_S - 60:
+            if time.monotonic() - started > BUDGET_S - CONFIRM_S - 90:
                 print(f"stopping the search at N={connected}: time budget", flush=True)
                 break
             connected, errors = await gens.add(url, patients[connected // PER_PATIENT:n // PER_PATIENT])
@@ -564,6 +564,7 @@ async def _run(data_dir: str, server: subprocess.Popen[bytes], url: str, started
 
 
 def _interrupt(*_: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the cleanup stop the server and its store
     raise KeyboardInterrupt
 
 
