@@ -53,6 +53,7 @@ from server.webhook import post_signed
 log = logging.getLogger(__name__)
 Status = Literal["open", "acknowledged", "resolved"]
 REDELIVER_LIMIT = 200  # open alerts sent to a connecting device at most (oldest first)
+RECIPIENT_CACHE = 256  # alerts whose recipients are kept in memory for receipts
 SENT_PER_SOCKET = 512  # push keys remembered per socket (no duplicate pushes to one socket)
 WEBHOOK_ATTEMPTS = 4
 
@@ -230,6 +231,7 @@ class Alerts:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._recipient_cache: OrderedDict[PydanticObjectId, frozenset[PydanticObjectId]] = OrderedDict()
         self.notifications = notifications  # a notification too, pushed to recipients with no connected device
         bus.on("alert_push", self._apply_push)
         realtime.connect_hooks.append(self._on_connect)
@@ -299,7 +301,7 @@ class Alerts:
         if self.notifications is not None and user_ids:
             self._background(self.notifications.notify(
                 user_ids, "alert", alert.title, alert.body, patient_id=alert.patient_id, urgency=alert.urgency,
-                data={"alert_id": str(alert.id), "level": alert.level}))
+                data={"alert_id": str(alert.id), "level": alert.level}, live=False))
 
     # --- pushing to recipients' sockets, in every process -----------------------------------------
 
@@ -354,9 +356,20 @@ class Alerts:
             raise not_found("alert")
         return alert
 
+    async def _recipients(self, alert_id: PydanticObjectId) -> frozenset[PydanticObjectId]:
+        """An alert's recipients, cached (bounded): a thousand receipts must not be a thousand queries."""
+        cached = self._recipient_cache.get(alert_id)
+        if cached is None:
+            alert = await Alert.find_one(Alert.id == alert_id)
+            cached = frozenset(alert.recipient_ids) if alert else frozenset()
+            self._recipient_cache[alert_id] = cached
+            if len(self._recipient_cache) > RECIPIENT_CACHE:
+                self._recipient_cache.popitem(last=False)
+        return cached
+
     async def _received(self, ctx: EventContext, body: AlertRef) -> dict[str, Any]:
         alert_id = as_object_id(body.alert_id, "alert_id")
-        if not await Alert.find({"_id": alert_id, "recipient_ids": ctx.principal.user_id}).count():
+        if ctx.principal.user_id not in await self._recipients(alert_id):
             raise not_found("alert")
         device = self.rt.device_ids.get(ctx.sid, "unknown")
         await self.receipts.record(alert_id, ctx.principal.user_id, device)
