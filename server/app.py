@@ -4,6 +4,7 @@ start-up sequence (embedded store if no MongoDB URL, Beanie, migrations, control
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import accounts, audit, device_registry, health, linking, patients, waveform_store
+from server import accounts, audit, demo, device_registry, health, linking, patients, waveform_store
 from server import vitals as vitals_module
 from server.auth import AuthService
 from server.bus import ControlBus
@@ -42,6 +43,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         url = await svc.store.start()
         log.info("data lives in %s", settings.data_dir.resolve())
     svc.mongo = make_client(url)
+    background: list[asyncio.Task[None]] = []
     try:
         await init_documents(svc.mongo, settings.mongodb_db)
         applied = await run_migrations(svc.mongo[settings.mongodb_db])
@@ -51,11 +53,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
-        retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
+        background.append(asyncio.create_task(_retention(settings.raw_retention_days), name="retention"))
+        if settings.demo and (task := await demo.start(settings)) is not None:
+            background.append(task)
+            svc.extras["demo"] = task
         yield
     finally:
-        if "retention" in locals():
-            retention.cancel()
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await svc.streams.stop()
         await svc.writer.stop()
         await svc.live.stop()
@@ -65,6 +72,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await svc.redis.aclose()
         if svc.store is not None:
             await svc.store.stop()
+
+
+async def _stop_demo(app: web.Application) -> None:
+    """On shutdown, before open connections are waited for: the demo devices are connections too."""
+    task = app[SERVICES].extras.pop("demo", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 async def _retention(raw_days: int) -> None:
@@ -120,4 +136,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_stop_demo)
     return app
