@@ -164,8 +164,7 @@ class StreamService:
         try:
             samples = decode_samples(frame, rate)
         except FrameError as err:
-            self._count(stream, "malformed")
-            stream.dirty = True
+            self._count(stream, "malformed")  # kept with the next checkpoint: a refusal itself writes nothing
             raise ApiError(err.code, err.message, 422, err.details) from None
         verdict = stream.sequencer.accept(frame.seq)
         status = verdict.kind

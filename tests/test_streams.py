@@ -214,6 +214,10 @@ async def test_analysis_each_second_and_thresholds_set_by_a_clinician_only(api: 
     assert event["phase"] == "started" and event["stream_id"] == stream_id and event["signal"] == "ecg"
     status, listed = await api.request("GET", f"/api/patients/{patient.id}/vital-events", clinician)
     assert status == 200 and event["id"] in [e["id"] for e in listed["items"]]
+    # It became an alert for the care team, through the notification path.
+    note = next(n for n in await carer.events.wait("notification:new") if n["kind"] == "alert")
+    assert note["patient_id"] == patient.id and note["data"]["vital_event_id"] == event["id"]
+    assert note["urgency"] in ("high", "critical") and note["title"] == "Fast heart rate"
     status, _ = await api.request("GET", f"/api/patients/{patient.id}/vital-events",
                                   await api.register("clinician"))
     assert status == 403
