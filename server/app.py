@@ -127,6 +127,7 @@ def create_app(settings: Settings) -> web.Application:
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
     vitals.sinks.append(vitals_module.alerts_to(notes))
+    bus.on("device_revoked", streams.device_revoked)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis)
     app[SERVICES] = svc

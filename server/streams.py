@@ -232,9 +232,15 @@ class StreamService:
             self.writer.add(bucket)
         self._flush_analyses(stream)
         doc = stream.doc
+        changes = {"closed_at": utcnow(), "close_reason": reason, "last_seq": stream.sequencer.last_seq,
+                   "counters": dict(doc.counters), "drift_ppm": stream.clock.drift_ppm}
+        # Idle here may mean the device reconnected to another process, which took the stream over and
+        # moved it on: then it is not ours to close.
+        query = {"_id": doc.id, "last_seq": doc.last_seq} if reason == "idle" else {"_id": doc.id}
         try:
-            await doc.set({"closed_at": utcnow(), "close_reason": reason, "last_seq": stream.sequencer.last_seq,
-                           "counters": dict(doc.counters), "drift_ppm": stream.clock.drift_ppm})
+            if (await Stream.get_pymongo_collection().update_one(query, {"$set": changes})).matched_count:
+                for key, value in changes.items():
+                    setattr(doc, key, value)
         except Exception as exc:
             log.warning("closing stream %s: %s", doc.id, exc)
         if announce:
@@ -302,6 +308,12 @@ class StreamService:
                 self.pool.stalled(stream.id, silent)
             if stream.dirty:  # gaps, duplicates, malformed frames: visible in the stream record within a second
                 self._checkpoint(stream)
+
+    async def device_revoked(self, msg: dict[str, Any]) -> None:
+        """A revoked device's streams end with it (it was disconnected at once, in every process)."""
+        for stream in list(self.streams.values()):
+            if str(stream.doc.device_id) == msg["device_id"]:
+                await self._close(stream, "device_revoked")
 
     def apply_thresholds(self, patient_id: PydanticObjectId, thresholds: Any) -> None:
         for stream in self.streams.values():

@@ -241,3 +241,19 @@ async def test_stalled_stream_event_after_5_s_without_frames(api: Api) -> None:
     assert ended[1]["type"] == "stalled" and ended[1]["phase"] == "ended"
     status, listed = await api.request("GET", f"/api/patients/{patient.id}/vital-events", patient)
     assert status == 200 and [e["phase"] for e in listed["items"] if e["type"] == "stalled"] == ["ended", "started"]
+
+
+async def test_revoking_the_device_ends_its_stream(api: Api) -> None:
+    patient = await api.register("patient")
+    me = await api.socket(patient)
+    await me.ok("live:subscribe", {"patient_id": patient.id})
+    paired = await pair(api, patient)
+    dev = await device_socket(api, paired["credential"])
+    stream_id = await open_stream(dev)
+    await dev.ok("stream:frame", frame(stream_id, 0, ecg(1)[:125], RATE))
+    status, _ = await api.request("DELETE", f"/api/patients/{patient.id}/devices/{paired['device']['id']}", patient)
+    assert status == 200
+    closed = [m for m in await me.events.wait("live:stream", 2) if m["change"] == "closed"]
+    assert closed[0]["stream"]["id"] == stream_id and closed[0]["stream"]["close_reason"] == "device_revoked"
+    doc = await _stream_doc(api, patient, patient, stream_id)
+    assert doc["closed_at"] and doc["counters"]["ok"] == 1
