@@ -257,3 +257,34 @@ async def test_revoking_the_device_ends_its_stream(api: Api) -> None:
     assert closed[0]["stream"]["id"] == stream_id and closed[0]["stream"]["close_reason"] == "device_revoked"
     doc = await _stream_doc(api, patient, patient, stream_id)
     assert doc["closed_at"] and doc["counters"]["ok"] == 1
+
+
+async def test_analysis_runs_in_a_worker_process_restarted_if_it_dies(api: Api) -> None:
+    import os
+    import signal
+
+    from server.http import SERVICES
+
+    patient = await api.register("patient")
+    me = await api.socket(patient)
+    await me.ok("live:subscribe", {"patient_id": patient.id})
+    dev = await device_socket(api, (await pair(api, patient))["credential"])
+    stream_id = await open_stream(dev)
+    signal_ = ecg(8)
+    await _stream_signal(dev, stream_id, signal_[:750])
+    await me.events.wait("live:analysis", 3, timeout=20)
+    pool = api.app[SERVICES].streams.pool  # type: ignore[index]
+    worker = pool.workers[0]
+    pid = worker.proc.pid
+    assert pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)
+    await _until(lambda: _restarted(worker, pid), 15)
+    n = len(me.events.of("live:analysis"))
+    await _stream_signal(dev, stream_id, signal_[750:], first_seq=3)
+    # The stream was re-opened in the new worker: its analysis restarts, as after a gap.
+    later = await me.events.wait("live:analysis", n + 2, timeout=20)
+    assert later[-1]["stream_id"] == stream_id
+
+
+async def _restarted(worker: Any, old_pid: int) -> bool:
+    return worker.proc is not None and worker.proc.pid != old_pid and worker.proc.is_alive()
