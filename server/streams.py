@@ -19,7 +19,7 @@ from beanie import PydanticObjectId
 from pydantic import BaseModel, ConfigDict, Field
 
 from devices.clock import DeviceClock
-from devices.frames import Frame, FrameError, StreamOpen, decode_samples
+from devices.frames import Frame, FrameError, StreamOpen, decode_samples, max_samples
 from devices.stream_sequencer import StreamSequencer
 from server.access import require_patient
 from server.analysis_pool import AnalysisPool, Result
@@ -130,7 +130,7 @@ class StreamService:
         stream = self._track(doc)
         meta = doc.public()
         await self.live.publish(str(doc.patient_id), "live:stream", {"change": "opened", "stream": meta})
-        return {"stream_id": stream.id, "max_samples": int(2 * body.sampling_rate)}
+        return {"stream_id": stream.id, "max_samples": max_samples(body.sampling_rate)}
 
     def _track(self, doc: Stream) -> LiveStream:
         stream = LiveStream(doc=doc, sequencer=StreamSequencer(), clock=DeviceClock(),

@@ -173,3 +173,13 @@ def test_drop_schedule_only_for_network_drop() -> None:
     assert not any(drop_schedule("normal")(s) for s in range(200))
     offline = [s for s in range(80) if drop_schedule("network_drop", seed=0)(s)]
     assert offline == [*range(20, 28), *range(60, 68)]
+
+
+def test_clock_offset_is_the_minimum_over_a_sliding_window() -> None:
+    clock = DeviceClock()
+    rng = np.random.default_rng(5)
+    offsets = 10.0 + rng.exponential(0.05, 500)
+    for i, offset in enumerate(offsets):
+        clock.observe(i * 1000.0, i + offset)
+        window = offsets[max(0, i - 119):i + 1]
+        assert clock.offset_s == pytest.approx(window.min())
