@@ -60,6 +60,7 @@ def test_binary_float32_int16_and_json_paths_decode_alike() -> None:
     (np.array([np.inf, 1], "<f4").tobytes(), None, 250, "non_finite_samples"),
     ([1.0, float("nan")], None, 250, "non_finite_samples"),
     ([float("-inf")], None, 250, "non_finite_samples"),
+    ([1.0, 1e39], None, 250, "non_finite_samples"),  # finite, but not as float32
 ])
 def test_malformed_samples_refused_with_a_code(samples: object, dtype: str | None, rate: float, code: str) -> None:
     with pytest.raises(FrameError) as err:
