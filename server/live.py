@@ -171,8 +171,13 @@ class LiveHub:
                     await asyncio.sleep(0.02)  # the client is not keeping up: let our bounded queue absorb it
                     continue
                 item = w.take()
-                if item is not None:
+                if item is None:
+                    continue
+                try:
                     await self.rt.sio.emit(item[0], item[1], to=w.sid, ignore_queue=True)
+                except Exception as exc:  # the socket went away under us: its disconnect ends this watcher
+                    log.debug("watcher %s: %s", w.sid, exc)
+                    return
 
     def _deliver_local(self, patient_id: str, event: str, payload: dict[str, Any],
                        samples: np.ndarray | None = None, rate: float | None = None) -> None:
