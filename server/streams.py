@@ -33,7 +33,8 @@ from server.waveform_store import AnalysisChunk, BucketBuilder, HistoryWriter, S
 
 log = logging.getLogger(__name__)
 STALL_CHECK_S = 1.0
-IDLE_CLOSE_S = 600.0  # a stream silent this long is closed (its device may reopen another)
+IDLE_CLOSE_S = 600.0
+MAX_STREAMS_PER_DEVICE = 4  # a stream silent this long is closed (its device may reopen another)
 
 
 class StreamRef(BaseModel):
@@ -123,6 +124,15 @@ class StreamService:
         device_kind = ctx.principal.name.split(":", 1)[0]
         if device_kind != body.kind:
             raise ApiError("wrong_kind", f"This device is paired as {device_kind}, not {body.kind}", 422)
+        # A device opening a channel again has restarted: its old stream on that channel ends. Other
+        # channels are bounded, so no device can hold more than a few analysers.
+        mine = [s for s in self.streams.values() if str(s.doc.device_id) == ctx.principal.sid]
+        for old in [s for s in mine if s.doc.channel == body.channel]:
+            await self._close(old, "replaced")
+            mine.remove(old)
+        if len(mine) >= MAX_STREAMS_PER_DEVICE:
+            raise ApiError("too_many_streams", f"A device streams at most {MAX_STREAMS_PER_DEVICE} channels at once; "
+                           "close one first", 409, {"open_streams": [s.id for s in mine]})
         await self.vitals.load_thresholds(ctx.principal.user_id)
         doc = Stream(patient_id=ctx.principal.user_id, device_id=PydanticObjectId(ctx.principal.sid), kind=body.kind,
                      sampling_rate=body.sampling_rate, units=body.units, channel=body.channel)

@@ -63,6 +63,15 @@ async def test_open_refuses_wrong_kind_bad_rate_and_users(api: Api) -> None:
     assert (await dev.call("live:subscribe", {"patient_id": patient.id}))["error"]["code"] == "forbidden"
     reply = await dev.call("stream:frame", frame("6b0692aa6601621ba6a0d449", 0, np.zeros(10), RATE))
     assert reply["error"]["code"] == "unknown_stream"
+    # Reopening a channel replaces its stream (the device restarted); channels per device are bounded.
+    again = await open_stream(dev)
+    reply = await dev.call("stream:frame", frame(stream_id, 0, np.zeros(10), RATE))
+    assert reply["error"]["code"] == "unknown_stream"
+    assert (await _stream_doc(api, patient, patient, stream_id))["close_reason"] == "replaced"
+    for channel in ("II", "III", "V1"):
+        await dev.ok("stream:open", {"kind": "ecg", "sampling_rate": 250, "channel": channel})
+    reply = await dev.call("stream:open", {"kind": "ecg", "sampling_rate": 250, "channel": "V2"})
+    assert reply["error"]["code"] == "too_many_streams" and again in reply["error"]["details"]["open_streams"]
 
 
 async def test_malformed_frames_get_the_uniform_error_and_are_not_stored(api: Api) -> None:
