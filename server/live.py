@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from beanie import PydanticObjectId
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
-from server.access import require_patient
+from server.access import may_access, require_patient
+from server.errors import forbidden
 from server.realtime import NAMESPACE, EventContext, Realtime
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,10 @@ class LiveHub:
         self.by_sid.setdefault(ctx.sid, {})[pid] = watcher
         if first_here and self._pubsub is not None:
             await self._pubsub.subscribe(f"hm:live:{pid}")
+        # A link revoked while we were checking found no watcher to end: check again, now that it is there.
+        if not await may_access(ctx.principal, PydanticObjectId(pid)):
+            await self.unsubscribe(ctx.sid, pid)
+            raise forbidden()
         return watcher
 
     async def unsubscribe(self, sid: str, patient_id: str) -> bool:
