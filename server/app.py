@@ -12,17 +12,35 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import accounts, audit, demo, device_registry, health, linking, notifications, patients, waveform_store
+from server import (
+    accounts,
+    alerts,
+    audit,
+    blood_pressure,
+    contacts,
+    demo,
+    device_registry,
+    health,
+    linking,
+    notifications,
+    patients,
+    waveform_store,
+)
 from server import vitals as vitals_module
+from server.alerts import Alerts
 from server.auth import AuthService
+from server.blood_pressure import BloodPressure
 from server.bus import ControlBus
 from server.config import Settings
+from server.contacts import Contacts
 from server.db import init_documents, make_client
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
 from server.migrations import run_migrations
 from server.notifications import Notifications
+from server.push import PushDispatcher
+from server.push_providers import providers_from
 from server.ratelimit import FailureCounter
 from server.realtime import Realtime
 from server.security import TokenService
@@ -55,6 +73,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
+        await svc.alerts.start()  # type: ignore[union-attr]
+        svc.push.start()  # type: ignore[union-attr]
         background.append(asyncio.create_task(_retention(settings.raw_retention_days), name="retention"))
         if settings.demo and (task := await demo.start(settings)) is not None:
             background.append(task)
@@ -65,6 +85,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await svc.alerts.stop()  # type: ignore[union-attr]
+        await svc.push.stop()  # type: ignore[union-attr]
         await svc.streams.stop()
         await svc.writer.stop()
         await svc.live.stop()
@@ -126,10 +148,17 @@ def create_app(settings: Settings) -> web.Application:
     writer = HistoryWriter()
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
-    vitals.sinks.append(vitals_module.alerts_to(notes))
     bus.on("device_revoked", streams.device_revoked)
+    bp = BloodPressure(realtime)
+    alerting = Alerts(settings, realtime, bus, notes)
+    push = PushDispatcher(settings, realtime, providers_from(settings))
+    bp.on_crisis.append(alerting.on_bp_crisis)
+    vitals.sinks.append(alerting.on_vital_event)  # critical events: emergency alerts, escalated
+    vitals.sinks.append(vitals_module.alerts_to(notes))  # the others: notifications
+    notes.pushers.append(push.push)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
-                   live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis)
+                   live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
+                   bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push)
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)
@@ -140,6 +169,9 @@ def create_app(settings: Settings) -> web.Application:
     device_registry.setup(app)
     waveform_store.setup(app)
     vitals_module.setup(app)
+    blood_pressure.setup(app)
+    contacts.setup(app)
+    alerts.setup(app)
     health.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])

@@ -21,6 +21,14 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/patients/{patient_id}/streams/{stream_id}/waveform", None),
     ("GET", "/api/patients/{patient_id}/analyses", None),
     ("GET", "/api/patients/{patient_id}/vital-events", None),
+    ("GET", "/api/patients/{patient_id}/bp", None),
+    ("GET", "/api/patients/{patient_id}/bp/stats", None),
+    ("GET", "/api/patients/{patient_id}/bp/fhir", None),
+    ("GET", "/api/patients/{patient_id}/contacts", None),
+    ("POST", "/api/patients/{patient_id}/contacts", {"kind": "pharmacy", "name": "Farmacia", "phone": "+34911111111"}),
+    ("PATCH", "/api/patients/{patient_id}/contacts/{contact_id}", {"notes": "open late"}),
+    ("DELETE", "/api/patients/{patient_id}/contacts/{contact_id}", None),
+    ("GET", "/api/patients/{patient_id}/alerts", None),
 ]
 # (event, payload) with "{patient_id}" to fill in.
 EVENTS: list[tuple[str, dict[str, Any]]] = [
@@ -29,6 +37,12 @@ EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("live:unsubscribe", {"patient_id": "{patient_id}"}),
     ("vitals:get-thresholds", {"patient_id": "{patient_id}"}),
     ("vitals:set-thresholds", {"patient_id": "{patient_id}", "stalled_s": 10}),
+    ("bp:add", {"patient_id": "{patient_id}", "systolic": 120, "diastolic": 70, "measured_at": "2026-01-01T08:00:00Z"}),
+    ("bp:list", {"patient_id": "{patient_id}"}),
+    ("bp:stats", {"patient_id": "{patient_id}", "window": "month"}),
+    ("contacts:list", {"patient_id": "{patient_id}"}),
+    ("contact:add", {"patient_id": "{patient_id}", "kind": "doctor", "name": "Dr. X", "email": "x@example.org"}),
+    ("alerts:list", {"patient_id": "{patient_id}"}),
 ]
 
 
@@ -65,6 +79,10 @@ async def test_unlinked_users_refused_everywhere(api: Api) -> None:
                     units="mV", channel="lead-I")
     await stream.insert()
     ids = {"patient_id": patient.id, "device_id": device["device"]["id"], "stream_id": str(stream.id)}
+    status, contact = await api.request("POST", f"/api/patients/{patient.id}/contacts", patient,
+                                        json={"kind": "emergency", "name": "Maria", "phone": "+442079460958"})
+    assert status == 201
+    ids = {"patient_id": patient.id, "device_id": device["device"]["id"], "contact_id": contact["id"]}
     for method, path, body in ROUTES:
         url = _fill(path, ids)
         for stranger in strangers:
