@@ -1,6 +1,6 @@
 """Realistic device signals for the simulator: NeuroKit2's ECG/PPG simulators, with scenarios.
 
-``scenario_signal`` yields consecutive chunks (about ``CHUNK_S`` each) forever, so a device can
+``scenario_signal`` yields consecutive chunks of ``CHUNK_S`` seconds forever, so a device can
 stream for as long as it likes with bounded memory. Scenarios: ``normal``, ``exercise_ramp``
 (rate rising to 150/min and back), ``bradycardia`` (40/min), ``tachycardia`` (140/min),
 ``irregular`` (atrial-fibrillation-like random RR), ``motion_artefacts`` (20 s of movement every
@@ -18,19 +18,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from itertools import pairwise
+from typing import Any
 
-import neurokit2 as nk
 import numpy as np
 import scipy.signal
 
-CHUNK_S = 20
+CHUNK_S = 10  # seconds per yielded chunk
+SEGMENT_S = 30  # seconds simulated at a time (then cut at beats and joined)
 SCENARIO_RATES = {"bradycardia": 40.0, "tachycardia": 140.0}
 ARTEFACT_START_S, ARTEFACT_ON_S, ARTEFACT_PERIOD_S = 10.0, 20.0, 40.0  # motion_artefacts / lead_off schedule
 ECG_RAIL_MV = 4.0  # where a detached electrode drives an ECG front end (its rail)
 JOIN_S = 0.2  # level-matching ramp at a chunk's start
 
 
+def _nk() -> Any:
+    import neurokit2  # here: importing it takes seconds, and the CLI must answer --help without it
+
+    return neurokit2
+
+
 def _simulate(kind: str, seconds: float, rate: float, hr: float, seed: int) -> np.ndarray:
+    nk = _nk()
     if kind == "ecg":
         return nk.ecg_simulate(duration=seconds, sampling_rate=int(rate), heart_rate=hr, noise=0.01,
                                random_state=seed)
@@ -44,7 +52,7 @@ def _simulate(kind: str, seconds: float, rate: float, hr: float, seed: int) -> n
 def beat_marks(kind: str, x: np.ndarray, rate: float) -> np.ndarray:
     """Indices at the same phase of every beat: ECG midway between successive R-peaks, PPG the foot
     (minimum) before each systolic peak."""
-    fs = int(rate)
+    fs, nk = int(rate), _nk()
     if kind == "ecg":
         _, info = nk.ecg_peaks(nk.ecg_clean(x, sampling_rate=fs), sampling_rate=fs)
         peaks = np.asarray(info["ECG_R_Peaks"], dtype=int)
@@ -62,7 +70,7 @@ def _whole_beats(kind: str, x: np.ndarray, rate: float) -> np.ndarray:
 def _beat_template(kind: str, rate: float, seed: int) -> np.ndarray:
     """One beat, zero at both ends: ECG 0.25 s before to 0.5 s after an R-peak (tapered); PPG one
     pulse foot to foot (its baseline trend removed), to be stretched to each interval."""
-    fs = int(rate)
+    fs, nk = int(rate), _nk()
     x = _simulate(kind, 12, rate, 60.0, seed)
     if kind == "ecg":
         x = x - np.median(x)
@@ -89,7 +97,7 @@ class _IrregularBeats:
     def chunk(self, seconds: float, hr: float) -> np.ndarray:
         n = int(seconds * self.rate)
         mean_rr = 60.0 / hr
-        out = np.zeros(n + self.beat.size)
+        out = np.zeros(n + self.beat.size + int(2.0 * self.rate))  # the last beat may start at n - 1
         out[:self.carry.size] += self.carry
         t = 0
         while t < n:
@@ -135,51 +143,67 @@ def exercise_rate(t_s: float, rest: float, peak: float = 150.0) -> float:
     return peak - (peak - rest) * (phase - 180) / 120
 
 
-def scenario_signal(kind: str, scenario: str, rate: float, heart_rate: float = 72.0,
-                    seed: int = 0) -> Iterator[np.ndarray]:
-    """Consecutive chunks of a simulated signal for ``scenario`` (ECG in mV, PPG in arbitrary units)."""
-    rng = np.random.default_rng(seed)
+def _beats(kind: str, scenario: str, rate: float, heart_rate: float, seed: int) -> Iterator[np.ndarray]:
+    """Seamless stretches of whole beats (about ``SEGMENT_S`` each), level-matched at each junction."""
     irregular = _IrregularBeats(kind, rate, seed) if scenario == "irregular" else None
     join = max(int(JOIN_S * rate), 1)
     last: float | None = None
-    elapsed = 0  # samples yielded so far
-    chunk = 0
-    scale = None  # the clean signal's RMS, for artefact amplitudes
+    made = 0  # samples so far
+    part = 0
     while True:
-        t_s = elapsed / rate
         hr = SCENARIO_RATES.get(scenario, heart_rate)
         if scenario == "exercise_ramp":
-            hr = exercise_rate(t_s, heart_rate)
+            hr = exercise_rate(made / rate, heart_rate)
         if irregular is not None:
-            x = irregular.chunk(CHUNK_S, hr)
+            x = np.array(irregular.chunk(SEGMENT_S, hr), dtype=np.float64)
         else:
-            x = _whole_beats(kind, _simulate(kind, CHUNK_S + 3, rate, hr, seed * 1000 + chunk), rate)
-        x = np.array(x, dtype=np.float64)
-        if last is not None:  # level-match the junction
+            # The same random state for every stretch: NeuroKit2 draws the beat's morphology from it, and
+            # a different P/QRS/T shape at every junction is not what one patient's heart does.
+            x = np.array(_whole_beats(kind, _simulate(kind, SEGMENT_S + 3, rate, hr, seed), rate), dtype=np.float64)
+        if last is not None:
             ramp = np.linspace(1.0, 0.0, min(join, x.size))
             x[:ramp.size] += (last - x[0]) * ramp
         last = float(x[-1])
-        if scale is None:
-            scale = float(np.std(x)) or 1.0
-        n = x.size
-        if scenario in ("motion_artefacts", "lead_off"):
-            on = artefact_envelope((elapsed + np.arange(n)) / rate)
-            if on.any():
-                if scenario == "motion_artefacts":
-                    x = x + on * _motion(n, rate, kind, (1.5 if kind == "ecg" else 3.0) * scale, rng)
-                elif kind == "ecg":
-                    x = np.where(on > 0, ECG_RAIL_MV, x)
-                else:  # a PPG sensor off the skin sees ambient light: flat, near zero
-                    x = np.where(on > 0, rng.normal(0.0, 0.002, n), x)
-        elapsed += n
-        chunk += 1
+        made += x.size
+        part += 1
         yield x
 
 
-def drop_schedule(scenario: str, seed: int = 0) -> Callable[[int], bool]:
+def scenario_signal(kind: str, scenario: str, rate: float, heart_rate: float = 72.0,
+                    seed: int = 0) -> Iterator[np.ndarray]:
+    """Consecutive chunks of exactly ``CHUNK_S`` seconds of a simulated signal for ``scenario`` (ECG in
+    mV, PPG in arbitrary units), cut from seamless stretches of whole beats; artefacts by the clock."""
+    rng = np.random.default_rng(seed)
+    size = int(CHUNK_S * rate)
+    source = _beats(kind, scenario, rate, heart_rate, seed)
+    buffer = np.zeros(0)
+    elapsed = 0  # samples yielded so far
+    scale = None  # the clean signal's RMS, for artefact amplitudes
+    while True:
+        while buffer.size < size:
+            buffer = np.concatenate((buffer, next(source)))
+        x, buffer = buffer[:size].copy(), buffer[size:]
+        if scale is None:
+            scale = float(np.std(x)) or 1.0
+        if scenario in ("motion_artefacts", "lead_off"):
+            on = artefact_envelope((elapsed + np.arange(size)) / rate)
+            if on.any():
+                if scenario == "motion_artefacts":  # as large as movement gets: several times the signal
+                    x = x + on * _motion(size, rate, kind, (3.5 if kind == "ecg" else 3.0) * scale, rng)
+                elif kind == "ecg":
+                    x = np.where(on > 0, ECG_RAIL_MV, x)
+                else:  # a PPG sensor off the skin sees ambient light: flat, near zero
+                    x = np.where(on > 0, rng.normal(0.0, 0.002, size), x)
+        elapsed += size
+        yield x
+
+
+def drop_schedule(scenario: str, seed: int = 0, online_s: int = 20, offline_s: int = 8) -> Callable[[int], bool]:
     """For ``network_drop``: whether the device is offline in a given second of streaming
-    (8 s offline after 20 s online, repeating); never for other scenarios."""
+    (``offline_s`` offline after ``online_s`` online, then online again for ``online_s + offline_s``,
+    repeating; the seed shifts the first drop by up to 4 s); never for other scenarios."""
     if scenario != "network_drop":
         return lambda second: False
-    offset = seed % 5
-    return lambda second: second >= 20 + offset and (second - 20 - offset) % 40 < 8
+    first = online_s + seed % 5
+    period = 2 * online_s
+    return lambda second: second >= first and (second - first) % period < offline_s
