@@ -401,21 +401,27 @@ class Probe:
 
 # ------------------------------------------------------------------------------------------------ measurement
 class Cpu:
-    """CPU seconds of the server, its analysis worker, the store and the load generators."""
+    """CPU seconds of the server, its analysis worker (spawned with the first stream), the store and the
+    load generators; the server's children are looked up at every sample."""
 
     def __init__(self, server_pid: int, loadgen_pids: list[int]) -> None:
-        kids = descendants(server_pid)
-        self.groups = {"server_loop": [server_pid],
-                       "analysis_worker": [p for p in kids if "multiprocessing" in servers.cmdline(p)],
-                       "store": [p for p in kids if "multiprocessing" not in servers.cmdline(p)],
-                       "load_generators": [*loadgen_pids, os.getpid()]}
+        self.server_pid = server_pid
+        self.loadgen_pids = [*loadgen_pids, os.getpid()]
+
+    def groups(self) -> dict[str, list[int]]:
+        kids = descendants(self.server_pid)
+        workers = [p for p in kids if "spawn_main" in servers.cmdline(p)]
+        return {"server_loop": [self.server_pid], "analysis_worker": workers,
+                "store": [p for p in kids if "multiprocessing" not in servers.cmdline(p)],
+                "load_generators": self.loadgen_pids}
 
     def sample(self) -> dict[str, float]:
-        return {k: sum(cpu_s(p) for p in pids) for k, pids in self.groups.items()}
+        return {k: sum(cpu_s(p) for p in pids) for k, pids in self.groups().items()}
 
     def rss_kb(self) -> int:
         """Resident memory of the server process and its analysis worker (not the store)."""
-        return round(sum(servers.rss_mb(p) for p in self.groups["server_loop"] + self.groups["analysis_worker"]) * 1024)
+        groups = self.groups()
+        return round(sum(servers.rss_mb(p) for p in groups["server_loop"] + groups["analysis_worker"]) * 1024)
 
 
 def summarise(stats: dict[str, Any], seconds: float, streams: int, probe_ms: list[float]) -> dict[str, Any]:
