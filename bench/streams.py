@@ -11,10 +11,11 @@ display), which receives each of its streams: every frame still goes to exactly 
 Load. Load-generator processes (LOADGENS, asyncio, ``bench._sio``: the real Socket.IO protocol over
 aiohttp websockets, at a fraction of python-socketio's CPU per message) drive the devices: each
 opens a stream and sends one binary float32 frame of 250 samples per second (random phase) with
-``t0`` = its send time (ms, the machine's clock). Watchers time every ``live:frame`` (device send ->
-watcher receive) and collect every ``live:analysis``'s ``lag_ms`` (taken by the server when the
-analysis comes back from the worker: now minus the arrival of the newest samples it covers). A probe
-socket times ``live:unsubscribe`` acks every 20 ms: the event loop must not stall.
+``t0`` = its send time minus the frame's duration (ms, the machine's clock: the first sample's
+time). Watchers time every ``live:frame`` (device send -> watcher receive) and collect every
+``live:analysis``'s ``lag_ms`` (taken by the server when the analysis comes back from the worker:
+now minus the arrival of the newest samples it covers). A probe
+socket times ``sys:ping`` acks every 20 ms: the event loop must not stall.
 
 Search. A staircase of N (streams stay connected, more are added per step, an 8 s look each, one
 more look if it fails: the machine is shared) until the newest analysis lags >= 1.5 s in some
@@ -61,6 +62,7 @@ from bench._sio import SioClient
 
 FS = 250
 FRAME = 250
+FRAME_MS = 1000.0 * FRAME / FS
 LAG_LIMIT_MS = 1500.0
 # Overridable for a quick try: BENCH_STREAMS_STEPS="20,40" BENCH_STREAMS_CONFIRM_S=10 python -m bench.streams
 CONFIRM_S = float(os.environ.get("BENCH_STREAMS_CONFIRM_S", 60))
@@ -220,8 +222,9 @@ async def _loadgen(conn: Any, clinician_token: str, seed: int) -> None:
         k = 0
         while device.ws is not None and not device.ws.closed:
             await asyncio.sleep(max(0.0, start + k - loop.time()))
-            payload = {"stream_id": stream_id, "seq": k, "t0": round(time.time() * 1000, 3), "dtype": "float32",
-                       "samples": frames[(offset + k) % len(frames)]}
+            # t0: the device clock (here the machine's) at the frame's first sample, one frame before it leaves.
+            payload = {"stream_id": stream_id, "seq": k, "t0": round(time.time() * 1000 - FRAME_MS, 3),
+                       "dtype": "float32", "samples": frames[(offset + k) % len(frames)]}
             try:
                 await device.emit("stream:frame", payload, callback=acked)
             except Exception:
@@ -231,7 +234,7 @@ async def _loadgen(conn: Any, clinician_token: str, seed: int) -> None:
         stats["lost_devices"] = stats.get("lost_devices", 0) + 1
 
     def on_frame(data: dict[str, Any]) -> None:
-        stats["frame_ms"].append(time.time() * 1000 - data["t0"])
+        stats["frame_ms"].append(time.time() * 1000 - (data["t0"] + FRAME_MS))  # receive - send
 
     def on_analysis(data: dict[str, Any]) -> None:
         stats["analyses"] += 1
@@ -367,7 +370,7 @@ class LoadGens:
 
 # ------------------------------------------------------------------------------------------------ probe
 class Probe:
-    """A clinician socket timing a cheap acknowledged event (``live:unsubscribe`` of nothing) every
+    """A clinician socket timing the cheapest acknowledged event (``sys:ping``: no store access) every
     20 ms: if analysis or fan-out stalled the event loop, these round trips would show it."""
 
     def __init__(self, url: str, token: str) -> None:
@@ -384,7 +387,7 @@ class Probe:
     async def _run(self) -> None:
         while True:
             t = time.perf_counter()
-            await self.client.call("live:unsubscribe", {"patient_id": "0" * 24}, timeout=30)
+            await self.client.call("sys:ping", {"t": time.time() * 1000}, timeout=30)
             self.rtt_ms.append((time.perf_counter() - t) * 1000)
             await asyncio.sleep(0.02)
 
