@@ -556,6 +556,13 @@ async def _run(data_dir: str, server: subprocess.Popen[bytes], url: str, started
             print(f"restarted the server for the confirmation at N={connected}" +
                   (f"; connect errors: {errors}" if errors else ""), flush=True)
         confirm = await measure(gens, probe, cpu, connected, CONFIRM_S, settle=8.0)
+        print("confirm " + fmt(confirm), flush=True)
+        passing = [m for m in steps if keeps_up(m) and m["streams"] < connected]
+        if not keeps_up(confirm) and passing and time.monotonic() - started < BUDGET_S - CONFIRM_S + 20:
+            # Time for one more: the next smaller step that passed its probe.
+            connected = await gens.remove(connected - passing[-1]["streams"])
+            confirm = await measure(gens, probe, cpu, connected, CONFIRM_S, settle=8.0)
+            print("confirm " + fmt(confirm), flush=True)
         # Marginal memory per stream: RSS growth between the first and the largest passing step of the
         # search (what another stream costs once the process is warm); without two such steps, the growth
         # from the baseline (idle, or one patient's streams after a restart) to the confirmation.
@@ -564,7 +571,6 @@ async def _run(data_dir: str, server: subprocess.Popen[bytes], url: str, started
             mem_kb = (passing[-1]["rss_kb"] - passing[0]["rss_kb"]) / (passing[-1]["streams"] - passing[0]["streams"])
         else:
             mem_kb = (confirm["rss_kb"] - base_rss) / max(connected - base_streams, 1)
-        print("confirm " + fmt(confirm), flush=True)
     finally:
         await probe.stop()
         await gens.stop()
