@@ -146,6 +146,28 @@ def start_server(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the server and make sure its store and worker are gone too: a server that closes hundreds
+    of streams on an overloaded store can outlast ``servers.stop``'s wait and be killed, which would
+    leave its store running on the data dir (the restart needs it) after the bench."""
+    kids = descendants(proc.pid)
+    servers.stop(proc)
+    deadline = time.monotonic() + 20
+    while kids and time.monotonic() < deadline:
+        kids = [p for p in kids if Path(f"/proc/{p}").exists() and "Z" not in _state(p)]
+        time.sleep(0.2)
+    for pid in kids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
 class Rest:
     def __init__(self, url: str, http: aiohttp.ClientSession) -> None:
         self.url, self.http = url, http
@@ -488,7 +510,7 @@ async def run(data_dir: str, started: float) -> dict[str, Any]:
     try:
         return await _run(data_dir, server, url, started)
     finally:
-        servers.stop(server)
+        stop_server(server)
 
 
 async def _run(data_dir: str, server: subprocess.Popen[bytes], url: str, started: float) -> dict[str, Any]:
@@ -543,7 +565,7 @@ async def _run(data_dir: str, server: subprocess.Popen[bytes], url: str, started
             # confirm on a fresh server process (same store, same accounts) with fresh connections.
             await gens.drop()
             await probe.stop()
-            servers.stop(server)
+            stop_server(server)
             server, url = start_server(data_dir)
             probe = Probe(url, token)
             await probe.start()
@@ -574,7 +596,7 @@ async def _run(data_dir: str, server: subprocess.Popen[bytes], url: str, started
     finally:
         await probe.stop()
         await gens.stop()
-        servers.stop(server)
+        stop_server(server)
     return {"steps": steps, "confirm": confirm, "mem_per_stream_kb": mem_kb}
 
 
