@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import accounts, audit, device_registry, health, linking, patients, waveform_store
+from server import accounts, audit, device_registry, health, linking, patients, uploads, waveform_store
 from server import vitals as vitals_module
 from server.auth import AuthService
 from server.bus import ControlBus
@@ -117,6 +117,7 @@ def create_app(settings: Settings) -> web.Application:
     waveform_store.setup(app)
     vitals_module.setup(app)
     health.setup(app)
+    uploads.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])
     app.cleanup_ctx.append(_lifecycle)

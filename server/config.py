@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     trust_forwarded: bool = False  # take the client address from X-Forwarded-For (behind nginx)
     max_message_bytes: int = 1_000_000  # largest Socket.IO message accepted (transport limit)
     max_body_bytes: int = 1_000_000  # largest JSON REST body (uploads have their own limit)
+    upload_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # an uploaded image, streamed and cut off past this
+    upload_max_dimension: int = Field(8192, ge=16, le=65535)  # pixels on the longer side of an uploaded image
     analysis_workers: int = Field(1, ge=1, le=64)  # processes running the streaming analysis
     raw_retention_days: int = Field(30, ge=1)  # raw waveforms; analyses are kept
     demo: bool = False
