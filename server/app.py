@@ -17,6 +17,7 @@ from server.auth import AuthService
 from server.bus import ControlBus
 from server.config import Settings
 from server.db import init_documents, make_client
+from server.device_presence import DevicePresence
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
@@ -53,11 +54,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
+        svc.presence.start()  # type: ignore[union-attr]
         retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
         yield
     finally:
         if "retention" in locals():
             retention.cancel()
+        await svc.presence.stop()  # type: ignore[union-attr]
         await svc.streams.stop()
         await svc.writer.stop()
         await svc.live.stop()
@@ -111,7 +114,8 @@ def create_app(settings: Settings) -> web.Application:
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
-                   live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis)
+                   live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
+                   presence=DevicePresence(realtime, notes, settings.device_silence_s))
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)

@@ -39,15 +39,22 @@ class Device(VersionedDocument):
     last_seen_at: datetime | None = None
     battery: float | None = None
     firmware: str | None = None
+    disconnected_at: datetime | None = None  # set when silent too long (server.device_presence)
 
     class Settings:
         name = "devices"
-        indexes = [IndexModel([("patient_id", ASCENDING), ("revoked_at", ASCENDING)], name="patient_active")]
+        indexes = [IndexModel([("patient_id", ASCENDING), ("revoked_at", ASCENDING)], name="patient_active"),
+                   IndexModel([("disconnected_at", ASCENDING), ("last_seen_at", ASCENDING)], name="presence")]
+
+    @property
+    def online(self) -> bool:
+        return self.revoked_at is None and self.last_seen_at is not None and self.disconnected_at is None
 
     def public(self) -> dict[str, Any]:
         return {"id": str(self.id), "patient_id": str(self.patient_id), "kind": self.kind, "serial": self.serial,
                 "model": self.model, "created_at": iso(self.created_at), "revoked_at": iso(self.revoked_at),
-                "last_seen_at": iso(self.last_seen_at), "battery": self.battery, "firmware": self.firmware}
+                "last_seen_at": iso(self.last_seen_at), "battery": self.battery, "firmware": self.firmware,
+                "online": self.online, "disconnected_at": iso(self.disconnected_at)}
 
 
 class PairIn(BaseModel):

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from server.auth import AuthService
     from server.bus import ControlBus
     from server.config import Settings
+    from server.device_presence import DevicePresence
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
     from server.notifications import Notifications
@@ -36,6 +37,7 @@ class Services:
     vitals: Vitals
     writer: HistoryWriter
     streams: StreamService
+    presence: DevicePresence | None = None
     mongo: AsyncMongoClient | None = None
     redis: Redis | None = None
     store: EmbeddedStore | None = None
