@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the test suite drives for real (Redis; compose validation).
-TEST_DEBS := redis-server:redis-server docker-compose:docker-compose
+# Debian packages the test suite drives for real (Redis; compose validation; the MQTT broker).
+TEST_DEBS := redis-server:redis-server docker-compose:docker-compose mosquitto:mosquitto
 
 .PHONY: run test lint bench system-deps clean
 
@@ -26,7 +26,7 @@ run: $(STAMP)
 # Installs what the tests start for real when it is missing (needs root or sudo on Debian).
 system-deps:
 	@missing=""; for pair in $(TEST_DEBS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
-	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	  { command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ]; } || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -15,13 +15,15 @@ from server import accounts, audit, device_registry, health, linking, notificati
 from server import vitals as vitals_module
 from server.auth import AuthService
 from server.bus import ControlBus
-from server.config import Settings
+from server.config import ConfigError, Settings
 from server.db import init_documents, make_client
 from server.device_presence import DevicePresence
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
 from server.migrations import run_migrations
+from server.mqtt_bridge import MqttBridge, parse_url
+from server.mqtt_broker import BrokerFiles
 from server.notifications import Notifications
 from server.ratelimit import FailureCounter
 from server.realtime import Realtime
@@ -55,11 +57,18 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         svc.writer.start()
         svc.streams.start()
         svc.presence.start()  # type: ignore[union-attr]
+        if svc.broker_files is not None:
+            count = await svc.broker_files.sync()
+            log.info("MQTT broker files in %s: %d devices", svc.broker_files.folder, count)
+        if svc.mqtt is not None:
+            svc.mqtt.start()
         retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
         yield
     finally:
         if "retention" in locals():
             retention.cancel()
+        if svc.mqtt is not None:
+            await svc.mqtt.stop()
         await svc.presence.stop()  # type: ignore[union-attr]
         await svc.streams.stop()
         await svc.writer.stop()
@@ -97,6 +106,26 @@ async def index(request: web.Request) -> web.Response:
                               "asyncapi": "/api/asyncapi.yaml"})
 
 
+def _setup_mqtt(svc: Services) -> None:
+    """The MQTT bridge when HEALTHMATE_MQTT_URL is set; the broker's files too when HEALTHMATE_MQTT_BROKER_DIR is."""
+    settings = svc.settings
+    if settings.mqtt_url is None:
+        if settings.mqtt_broker_dir is not None:
+            raise ConfigError("HEALTHMATE_MQTT_BROKER_DIR needs HEALTHMATE_MQTT_URL (the bridge user and password)")
+        return
+    url = settings.mqtt_url.get_secret_value()
+    try:
+        options = parse_url(url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    svc.mqtt = MqttBridge(url, svc.realtime, svc.bus)
+    if settings.mqtt_broker_dir is not None:
+        if not options["username"] or not options["password"]:
+            raise ConfigError("HEALTHMATE_MQTT_URL must name the bridge user and password: mqtt://user:password@host")
+        svc.broker_files = BrokerFiles(settings.mqtt_broker_dir, options["username"], options["password"])
+        svc.broker_files.follow(svc.bus)
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
@@ -116,6 +145,7 @@ def create_app(settings: Settings) -> web.Application:
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
                    presence=DevicePresence(realtime, notes, settings.device_silence_s))
+    _setup_mqtt(svc)
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)

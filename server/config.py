@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     upload_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # an uploaded image, streamed and cut off past this
     upload_max_dimension: int = Field(8192, ge=16, le=65535)  # pixels on the longer side of an uploaded image
     device_silence_s: float = Field(60.0, ge=0.2, le=86400)  # a device silent this long is marked disconnected
+    # MQTT for devices: the bridge's broker connection (mqtt://user:password@host:1883), and the folder
+    # where the server keeps the broker's password and ACL files when it manages the broker.
+    mqtt_url: SecretStr | None = None
+    mqtt_broker_dir: Path | None = None
     analysis_workers: int = Field(1, ge=1, le=64)  # processes running the streaming analysis
     raw_retention_days: int = Field(30, ge=1)  # raw waveforms; analyses are kept
     demo: bool = False

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from server.device_presence import DevicePresence
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
+    from server.mqtt_bridge import MqttBridge
+    from server.mqtt_broker import BrokerFiles
     from server.notifications import Notifications
     from server.ratelimit import FailureCounter
     from server.realtime import Realtime
@@ -38,6 +40,8 @@ class Services:
     writer: HistoryWriter
     streams: StreamService
     presence: DevicePresence | None = None
+    mqtt: MqttBridge | None = None
+    broker_files: BrokerFiles | None = None
     mongo: AsyncMongoClient | None = None
     redis: Redis | None = None
     store: EmbeddedStore | None = None
