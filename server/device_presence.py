@@ -46,8 +46,8 @@ class DevicePresence:
 
         @realtime.event("device:heartbeat", HeartbeatIn, roles=DEVICE_ROLES)
         async def _heartbeat(ctx: EventContext, body: HeartbeatIn) -> dict[str, Any]:
-            online = await self.seen(PydanticObjectId(ctx.principal.sid), body.battery, body.firmware)
-            return {"device_id": ctx.principal.sid, "online": online,
+            await self.seen(PydanticObjectId(ctx.principal.sid), body.battery, body.firmware)
+            return {"device_id": ctx.principal.sid, "online": True,
                     "heartbeat_s": round(self.silence.total_seconds() / 3, 3)}
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ class DevicePresence:
     # --- state changes -------------------------------------------------------------------------------
 
     async def seen(self, device_id: PydanticObjectId, battery: float | None = None,
-                   firmware: str | None = None) -> bool:
+                   firmware: str | None = None) -> None:
         """Record a sign of life; if the device was marked disconnected, clear it and announce it."""
         now = utcnow()
         fields: dict[str, Any] = {"last_seen_at": now}
@@ -77,15 +77,16 @@ class DevicePresence:
         if firmware is not None:
             fields["firmware"] = firmware
         devices = Device.get_pymongo_collection()
+        if (await devices.update_one({"_id": device_id, "disconnected_at": None}, {"$set": fields})).matched_count:
+            return  # the usual case: it was online
         back = await devices.find_one_and_update(
             {"_id": device_id, "revoked_at": None, "disconnected_at": {"$ne": None}},
             {"$set": {**fields, "disconnected_at": None}})
-        if back is None:
+        if back is None:  # another process cleared it in between (and announced it)
             await devices.update_one({"_id": device_id}, {"$set": fields})
-            return True
+            return
         device = Device.model_validate({**back, **fields, "disconnected_at": None})
         await self._announce(device, online=True, at=now, offline_since=back["disconnected_at"])
-        return True
 
     async def sweep(self) -> int:
         """Mark every device silent for longer than the limit as disconnected; return how many this process did."""

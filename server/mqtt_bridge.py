@@ -44,7 +44,7 @@ SHARE_GROUP = "healthmate"
 DEVICE_QUEUE = 256  # messages waiting per device; more are refused with `busy`
 IDLE_S = 60.0  # a device's worker ends after this long without messages
 PRINCIPAL_TTL_S = 30.0  # how long a looked-up device is trusted (revocation also clears it at once)
-RETRY_S = 1.0
+RETRY_S = (1.0, 30.0)  # first and longest wait before connecting to the broker again
 MQTT_CLIENT = Client(addr="mqtt", user_agent="mqtt-bridge")
 
 
@@ -90,6 +90,7 @@ class MqttBridge:
 
     async def _run(self) -> None:
         identifier = f"healthmate-bridge-{self.rt.process_id}"
+        wait = RETRY_S[0]
         while True:
             try:
                 async with aiomqtt.Client(**self.options, identifier=identifier,
@@ -98,15 +99,17 @@ class MqttBridge:
                     await client.subscribe(f"$share/{SHARE_GROUP}/{TOPIC_ROOT}/+/up/#", qos=1)
                     self.client = client
                     self.connected.set()
+                    wait = RETRY_S[0]
                     log.info("MQTT bridge connected to %s:%s", self.options["hostname"], self.options["port"])
                     async for message in client.messages:
                         self._enqueue(message.topic.value, message.payload)
             except aiomqtt.MqttError as exc:
-                log.warning("MQTT bridge lost the broker (%s); retrying", exc)
+                log.warning("MQTT bridge lost the broker (%s); retrying in %.0f s", exc, wait)
             finally:
                 self.client = None
                 self.connected.clear()
-            await asyncio.sleep(RETRY_S)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RETRY_S[1])
 
     # --- device to server ----------------------------------------------------------------------------
 
