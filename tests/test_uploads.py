@@ -11,6 +11,7 @@ import aiohttp
 from PIL import Image
 
 from server.http import SERVICES
+from server.models import AuditEntry
 from tests.helpers import Api, User
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -168,6 +169,8 @@ async def test_only_owner_and_linked_users_see_an_upload(api: Api) -> None:
             assert status == 403 and b"forbidden" in body
             status, _ = await api.request("GET", f"/api/uploads/{upload_id}/info", outsider)
             assert status == 403
+    denied = await AuditEntry.find(AuditEntry.action == "upload.read", AuditEntry.outcome == "denied").count()
+    assert denied == 8  # two uploads, two outsiders, image and info: every refusal audited
     status, meta = await api.request("GET", f"/api/uploads/{med['id']}/info", patient)
     assert status == 200 and meta["purpose"] == "medication" and meta["url"] == f"/api/uploads/{med['id']}"
     # A caregiver's own avatar: the linked patient sees it, a stranger does not.
