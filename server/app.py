@@ -118,7 +118,7 @@ def _setup_mqtt(svc: Services) -> None:
         options = parse_url(url)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    svc.mqtt = MqttBridge(url, svc.realtime, svc.bus)
+    svc.mqtt = MqttBridge(url, svc.realtime, svc.bus, settings.max_message_bytes)
     if settings.mqtt_broker_dir is not None:
         if not options["username"] or not options["password"]:
             raise ConfigError("HEALTHMATE_MQTT_URL must name the bridge user and password: mqtt://user:password@host")

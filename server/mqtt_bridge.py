@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -41,7 +42,8 @@ from server.realtime import Realtime
 
 log = logging.getLogger(__name__)
 SHARE_GROUP = "healthmate"
-DEVICE_QUEUE = 256  # messages waiting per device; more are refused with `busy`
+DEVICE_QUEUE = 64  # messages waiting per device; more are refused with `busy`
+QUEUED_BYTES = 64 * 1024 * 1024  # messages waiting across all devices, in bytes; more are refused with `busy`
 IDLE_S = 60.0  # a device's worker ends after this long without messages
 PRINCIPAL_TTL_S = 30.0  # how long a looked-up device is trusted (revocation also clears it at once)
 RETRY_S = (1.0, 30.0)  # first and longest wait before connecting to the broker again
@@ -63,8 +65,10 @@ def topic_of(device_id: str, direction: str, name: str) -> str:
 
 
 class MqttBridge:
-    def __init__(self, url: str, realtime: Realtime, bus: ControlBus) -> None:
+    def __init__(self, url: str, realtime: Realtime, bus: ControlBus, max_message_bytes: int) -> None:
         self.options = parse_url(url)
+        self.max_message_bytes = max_message_bytes
+        self.queued_bytes = 0
         self.rt = realtime
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
@@ -119,20 +123,32 @@ class MqttBridge:
             return
         device_id, event = parts[2], parts[4]
         body = payload if isinstance(payload, bytes) else str(payload or "").encode()
+        if len(body) > self.max_message_bytes:
+            self._refuse(device_id, event, None, "payload_too_large",
+                         f"A message is at most {self.max_message_bytes} bytes")
+            return
+        if self.queued_bytes + len(body) > QUEUED_BYTES:
+            self._refuse(device_id, event, _correlation(body), "busy", "Too many messages waiting; slow down")
+            return
         queue = self._queues.get(device_id)
         if queue is None:
             queue = self._queues[device_id] = asyncio.Queue(DEVICE_QUEUE)
-            worker = asyncio.create_task(self._drain(device_id, queue), name=f"mqtt-device-{device_id}")
-            self._workers.add(worker)
-            worker.add_done_callback(self._workers.discard)
+            self._spawn(self._drain(device_id, queue))
         try:
             queue.put_nowait((event, body))
         except asyncio.QueueFull:
-            self.refused += 1
-            busy = {"ok": False, **error_body("busy", "Too many messages waiting; slow down")}
-            task = asyncio.create_task(self._ack(device_id, event, _correlation(body), busy))
-            self._workers.add(task)
-            task.add_done_callback(self._workers.discard)
+            self._refuse(device_id, event, _correlation(body), "busy", "Too many messages waiting; slow down")
+            return
+        self.queued_bytes += len(body)
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(job)
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
+
+    def _refuse(self, device_id: str, event: str, correlation: Any, code: str, message: str) -> None:
+        self.refused += 1
+        self._spawn(self._ack(device_id, event, correlation, {"ok": False, **error_body(code, message)}))
 
     async def _drain(self, device_id: str, queue: asyncio.Queue[tuple[str, bytes]]) -> None:
         while True:
@@ -147,13 +163,15 @@ class MqttBridge:
                 await self._handle(device_id, event, body)
             except Exception:
                 log.exception("MQTT message %s from %s failed", event, device_id)
+            finally:
+                self.queued_bytes -= len(body)
 
     async def _handle(self, device_id: str, event: str, body: bytes) -> None:
         try:
             message = json.loads(body) if body else {}
         except (ValueError, UnicodeDecodeError):
             message = None
-        if not isinstance(message, dict) or not set(message) <= {"id", "data"}:
+        if not isinstance(message, dict) or not set(message) <= {"id", "data"} or not _valid_id(message.get("id")):
             await self._ack(device_id, event, None, {"ok": False, **error_body(
                 "invalid_json", 'Publish JSON {"id": <correlation id>, "data": <payload>}')})
             return
@@ -188,7 +206,7 @@ class MqttBridge:
     # --- server to device ----------------------------------------------------------------------------
 
     async def _ack(self, device_id: str, event: str, correlation: Any, reply: dict[str, Any]) -> None:
-        await self._publish(topic_of(device_id, "down", "ack"), {"id": correlation, "event": event, **reply})
+        await self._publish(topic_of(device_id, "down", "ack"), {"id": correlation, "event": event[:64], **reply})
 
     async def command(self, device_id: str, event: str, data: Any) -> None:
         """An event emitted to the device's room, for the device's MQTT side."""
@@ -205,7 +223,14 @@ class MqttBridge:
             log.warning("MQTT publish to %s failed: %s", topic, exc)
 
 
+def _valid_id(value: Any) -> bool:
+    """A correlation id is a short string or a number (or absent)."""
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool)) or (
+        isinstance(value, str) and len(value) <= 64)
+
+
 def _correlation(body: bytes) -> Any:
     with contextlib.suppress(ValueError, UnicodeDecodeError, AttributeError):
-        return json.loads(body).get("id")
+        value = json.loads(body).get("id")
+        return value if _valid_id(value) else None
     return None

@@ -120,6 +120,13 @@ async def test_malformed_messages_get_an_error_ack(api: Api, mosquitto: Broker) 
             await device.publish(f"healthmate/devices/{device_id}/up/device:heartbeat", payload)
             reply = await asyncio.wait_for(future, 5)
             assert reply["ok"] is False and reply["error"]["code"] == "invalid_json", payload
+        for payload, code in ((json.dumps({"id": "x" * 65, "data": None}).encode(), "invalid_json"),
+                              (json.dumps({"data": {"battery": 1}, "pad": "x" * 1_000_000}).encode(),
+                               "payload_too_large")):
+            future = device.acks["None"] = asyncio.get_running_loop().create_future()
+            await device.publish(f"healthmate/devices/{device_id}/up/device:heartbeat", payload)
+            reply = await asyncio.wait_for(future, 5)
+            assert reply["ok"] is False and reply["error"]["code"] == code
         reply = await device.call("no:such-event", {})
         assert reply["ok"] is False and reply["error"]["code"] == "unknown_event"
         reply = await device.call("device:heartbeat", "a string")
