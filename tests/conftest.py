@@ -110,7 +110,7 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     conf.write_text("\n".join([
         f"listener {port} 127.0.0.1", "allow_anonymous false", f"password_file {folder / 'passwd'}",
         f"acl_file {folder / 'acl'}", f"pid_file {folder / 'mosquitto.pid'}",
-        "persistence false", "max_packet_size 1100000",
+        "persistence false", "max_packet_size 1100000", "set_tcp_nodelay true",
         *(["user root"] if os.geteuid() == 0 else []), ""]))
     log = (folder / "mosquitto.log").open("wb")
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)

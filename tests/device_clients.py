@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import aiomqtt
 import socketio
 
+from server.mqtt_bridge import NO_DELAY
 from tests.helpers import Api, Events, User
 
 _clients = itertools.count()
@@ -76,7 +77,7 @@ class MqttDevice:
     async def connect(self) -> None:
         self.client = aiomqtt.Client("127.0.0.1", self.port, username=self.username, password=self.credential,
                                      identifier=f"test-{self.device_id}-{next(_clients)}",
-                                     protocol=aiomqtt.ProtocolVersion.V5, timeout=5)
+                                     protocol=aiomqtt.ProtocolVersion.V5, timeout=5, socket_options=NO_DELAY)
         await self.client.__aenter__()
         await self.client.subscribe(f"healthmate/devices/{self.device_id}/down/#", qos=1)
         self._reader = asyncio.create_task(self._read())
