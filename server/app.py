@@ -11,11 +11,27 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import accounts, audit, device_registry, health, linking, notifications, patients, uploads, waveform_store
+from server import (
+    accounts,
+    alerts,
+    audit,
+    blood_pressure,
+    contacts,
+    device_registry,
+    health,
+    linking,
+    notifications,
+    patients,
+    uploads,
+    waveform_store,
+)
 from server import vitals as vitals_module
+from server.alerts import Alerts
 from server.auth import AuthService
+from server.blood_pressure import BloodPressure
 from server.bus import ControlBus
 from server.config import ConfigError, Settings
+from server.contacts import Contacts
 from server.db import init_documents, make_client
 from server.device_presence import DevicePresence
 from server.embedded_store import EmbeddedStore
@@ -25,6 +41,8 @@ from server.migrations import run_migrations
 from server.mqtt_bridge import MqttBridge, parse_url
 from server.mqtt_broker import BrokerFiles
 from server.notifications import Notifications
+from server.push import PushDispatcher
+from server.push_providers import providers_from
 from server.ratelimit import FailureCounter
 from server.realtime import Realtime
 from server.security import TokenService
@@ -56,6 +74,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
+        await svc.alerts.start()  # type: ignore[union-attr]
+        svc.push.start()  # type: ignore[union-attr]
         svc.presence.start()  # type: ignore[union-attr]
         if svc.broker_files is not None:
             count = await svc.broker_files.sync()
@@ -70,6 +90,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if svc.mqtt is not None:
             await svc.mqtt.stop()
         await svc.presence.stop()  # type: ignore[union-attr]
+        await svc.alerts.stop()  # type: ignore[union-attr]
+        await svc.push.stop()  # type: ignore[union-attr]
         await svc.streams.stop()
         await svc.writer.stop()
         await svc.live.stop()
@@ -142,8 +164,15 @@ def create_app(settings: Settings) -> web.Application:
     writer = HistoryWriter()
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
+    bp = BloodPressure(realtime)
+    alerting = Alerts(settings, realtime, bus, notes)
+    push = PushDispatcher(settings, realtime, providers_from(settings))
+    bp.on_crisis.append(alerting.on_bp_crisis)
+    vitals.sinks.append(alerting.on_vital_event)
+    notes.pushers.append(push.push)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
+                   bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push,
                    presence=DevicePresence(realtime, notes, settings.device_silence_s))
     _setup_mqtt(svc)
     app[SERVICES] = svc
@@ -156,6 +185,9 @@ def create_app(settings: Settings) -> web.Application:
     device_registry.setup(app)
     waveform_store.setup(app)
     vitals_module.setup(app)
+    blood_pressure.setup(app)
+    contacts.setup(app)
+    alerts.setup(app)
     health.setup(app)
     uploads.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
