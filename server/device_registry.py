@@ -72,6 +72,12 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def new_credential(device_id: Any) -> tuple[str, str]:
+    """A fresh credential for a device (shown once) and the hash to store in its place."""
+    secret = secrets.token_urlsafe(32)
+    return f"{TOKEN_PREFIX}{device_id}_{secret}", _digest(secret)
+
+
 async def pair(bus: ControlBus, principal: Principal, patient_id: Any, body: PairIn, client: Any) -> dict[str, Any]:
     pid = await require_patient(principal, patient_id, "device.pair", client, kind=body.kind, serial=body.serial)
     if principal.is_device:
@@ -81,10 +87,9 @@ async def pair(bus: ControlBus, principal: Principal, patient_id: Any, body: Pai
     if duplicate is not None:
         raise ApiError("already_paired", "This device is already paired; revoke it first to pair it again", 409,
                        {"device_id": str(duplicate.id)})
-    secret = secrets.token_urlsafe(32)
     device = Device(id=PydanticObjectId(), patient_id=pid, kind=body.kind, serial=body.serial, model=body.model,
-                    credential_hash=_digest(secret), paired_by=principal.user_id)
-    credential = f"{TOKEN_PREFIX}{device.id}_{secret}"
+                    credential_hash="", paired_by=principal.user_id)
+    credential, device.credential_hash = new_credential(device.id)
     device.mqtt_hash = mosquitto_hash(credential)
     await device.insert()
     await bus.publish("device_paired", device_id=str(device.id))
