@@ -16,12 +16,14 @@ from server import vitals as vitals_module
 from server.auth import AuthService
 from server.bus import ControlBus
 from server.config import Settings
+from server.dashboard import setup as setup_dashboard
 from server.db import init_documents, make_client
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
 from server.migrations import run_migrations
 from server.notifications import Notifications
+from server.overview import setup as setup_overview
 from server.ratelimit import FailureCounter
 from server.realtime import Realtime
 from server.security import TokenService
@@ -89,11 +91,6 @@ def _doc_route(name: str, content_type: str) -> web.RouteDef:
     return web.get(f"/api/{name}", handler)
 
 
-async def index(request: web.Request) -> web.Response:
-    return web.json_response({"service": "healthmate", "openapi": "/api/openapi.yaml",
-                              "asyncapi": "/api/asyncapi.yaml"})
-
-
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
@@ -124,6 +121,8 @@ def create_app(settings: Settings) -> web.Application:
     vitals_module.setup(app)
     health.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
-                           _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])
+                           _doc_route("asyncapi.yaml", "application/yaml")])
+    setup_overview(app)
+    setup_dashboard(app)
     app.cleanup_ctx.append(_lifecycle)
     return app

@@ -1,0 +1,126 @@
+"""The clinician dashboard in a real browser (Debian's headless Chromium driven by Playwright) against the
+real server with simulated devices streaming: sign-in, live waveforms, live analysis, token refresh and
+reconnect; and the files and the overview it is built on."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+from server.http import SERVICES
+from server.security import TokenService
+from tests.browser import chromium, sign_in, streaming_ward
+from tests.conftest import TEST_SECRET
+from tests.helpers import Api
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+HEART_RATE = 72.0
+
+
+async def test_page_static_and_vendor_files(api: Api) -> None:
+    status, body = await api.request("GET", "/")
+    assert status == 200 and b'<script type="module" src="/static/app.js">' in body
+    for path, marker in (("/static/app.js", b"live:subscribe"), ("/static/style.css", b".strip"),
+                         ("/vendor/socket.io.esm.min.js", b"export"), ("/vendor/uPlot.esm.js", b"uPlot"),
+                         ("/vendor/uPlot.min.css", b".uplot")):
+        status, body = await api.request("GET", path)
+        assert status == 200 and marker in body, path
+    for path in ("/vendor/package.json", "/static/..%2Fdashboard.py", "/static/.hidden", "/static/nope.js"):
+        status, err = await api.request("GET", path)
+        assert status == 404 and err["error"]["code"] == "not_found", path
+    status, info = await api.request("GET", "/api")
+    assert status == 200 and info["service"] == "healthmate" and info["dashboard"] == "/"
+
+
+async def test_overview_lists_linked_patients_with_live_status(api: Api) -> None:
+    ward = await streaming_ward(api, kinds=("ecg",))
+    stranger = await api.register("clinician")
+    try:
+        for _ in range(100):
+            status, body = await api.request("GET", "/api/overview", ward.clinician)
+            assert status == 200
+            (item,) = body["items"]
+            if item["streaming"]:
+                break
+            await asyncio.sleep(0.1)
+        assert item["patient"]["id"] == ward.patient.id and [s["kind"] for s in item["streams"]] == ["ecg"]
+        status, body = await api.request("GET", "/api/overview", stranger)
+        assert status == 200 and body["items"] == []
+        status, err = await api.request("GET", "/api/overview")
+        assert status == 401 and err["error"]["code"] == "unauthorized"
+    finally:
+        await ward.close()
+    status, body = await api.request("GET", "/api/overview", ward.clinician)
+    assert body["items"][0]["streaming"] is False
+
+
+async def _canvas_digest(page, selector: str) -> str:
+    data = await page.eval_on_selector(selector, "c => c.toDataURL()")
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+async def test_clinician_watches_live_waveforms(api: Api) -> None:
+    ward = await streaming_ward(api, heart_rate=HEART_RATE)
+    try:
+        async with chromium() as browser:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await sign_in(page, api.base_url, ward.clinician)
+            row = page.locator(f'.patient-row[data-id="{ward.patient.id}"]')
+            await row.wait_for()
+            assert "Ana Ribeiro" in await row.inner_text()
+            await row.click()
+            await page.wait_for_function("window.__dashboard.frames >= 4", timeout=20_000)
+            await page.wait_for_selector("#p-stream[data-state=on]")
+            first = {s: await _canvas_digest(page, s) for s in ("#ecg", "#ppg")}
+            await asyncio.sleep(0.5)
+            second = {s: await _canvas_digest(page, s) for s in ("#ecg", "#ppg")}
+            assert all(first[s] != second[s] for s in first), "the waveforms do not move"
+            # The live analysis: shown once NeuroKit2's window has filled (a few seconds of signal).
+            await page.wait_for_function(
+                "Number.isFinite(parseFloat(document.querySelector('#v-hr').textContent))"
+                " && Number.isFinite(parseFloat(document.querySelector('#v-pr').textContent))", timeout=30_000)
+            await asyncio.sleep(2)
+            hr = float(await page.text_content("#v-hr"))
+            pr = float(await page.text_content("#v-pr"))
+            assert abs(hr - HEART_RATE) <= 3, hr
+            assert abs(pr - HEART_RATE) <= 3, pr
+            assert float(await page.text_content("#v-rmssd")) >= 0
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "dashboard-patient.png"), full_page=True)
+            draws = await page.evaluate("window.__dashboard.draws")
+            assert draws > 30
+            assert errors == []
+    finally:
+        await ward.close()
+
+
+async def test_expired_token_refreshed_and_socket_reconnects_without_reload(api: Api) -> None:
+    ward = await streaming_ward(api, kinds=("ecg",))
+    expired, _ = TokenService(TEST_SECRET, api.app[SERVICES].settings.jwt_issuer, -60, 3600).issue(  # type: ignore[index]
+        "access", ward.clinician.id, "000000000000000000000000", role="clinician")
+    try:
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await sign_in(page, api.base_url, ward.clinician)
+            await page.click(f'.patient-row[data-id="{ward.patient.id}"]')
+            await page.wait_for_function("window.__dashboard.frames >= 2", timeout=20_000)
+            before = await page.evaluate("window.__dashboard.session.state.refresh_token")
+            # The access token in hand expires (the page believes it still valid) and the server drops the socket.
+            await page.evaluate("""t => { const s = window.__dashboard.session.state;
+                                          s.access_token = t; s.expires_at = s.refresh_at = Date.now() + 600000; }""",
+                                expired)
+            realtime = api.app[SERVICES].realtime  # type: ignore[index]
+            for sid, principal in list(realtime.principals.items()):
+                if principal.user_id == ward.clinician.id or str(principal.user_id) == ward.clinician.id:
+                    await realtime.sio.disconnect(sid)
+            await page.wait_for_function("window.__dashboard.session.state.refresh_token !== " + repr(before),
+                                         timeout=15_000)
+            frames = await page.evaluate("window.__dashboard.frames")
+            await page.wait_for_function(f"window.__dashboard.frames > {frames + 1}", timeout=15_000)
+            assert await page.text_content("#conn") == "Live"
+            assert await page.evaluate("location.hash") == f"#patient={ward.patient.id}"
+    finally:
+        await ward.close()
