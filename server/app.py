@@ -44,7 +44,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         svc.store = EmbeddedStore(settings.data_dir)
         url = await svc.store.start()
         log.info("data lives in %s", settings.data_dir.resolve())
-    svc.mongo = make_client(url)
+    svc.mongo = make_client(url, serverSelectionTimeoutMS=settings.store_timeout_ms)
     try:
         await init_documents(svc.mongo, settings.mongodb_db)
         applied = await run_migrations(svc.mongo[settings.mongodb_db])
