@@ -35,7 +35,8 @@ def _beat(kind: str, rate: float, seed: int) -> np.ndarray:
     return one[n:2 * n]
 
 
-def _irregular(kind: str, seconds: int, rate: float, hr: float, rng: np.random.Generator, beat: np.ndarray) -> np.ndarray:
+def _irregular(kind: str, seconds: int, rate: float, hr: float, rng: np.random.Generator,
+               beat: np.ndarray) -> np.ndarray:
     """Beats placed at random RR intervals (coefficient of variation ~25%), as in atrial fibrillation."""
     n = int(seconds * rate)
     out = np.zeros(n + beat.size) + (0.0 if kind == "ecg" else float(beat.min()))
@@ -50,7 +51,8 @@ def _irregular(kind: str, seconds: int, rate: float, hr: float, rng: np.random.G
     return out[:n] + rng.normal(0, 0.01, n)
 
 
-def scenario_signal(kind: str, scenario: str, rate: float, heart_rate: float = 72.0, seed: int = 0) -> Iterator[np.ndarray]:
+def scenario_signal(kind: str, scenario: str, rate: float, heart_rate: float = 72.0,
+                    seed: int = 0) -> Iterator[np.ndarray]:
     """Consecutive chunks of a simulated signal for ``scenario``."""
     rng = np.random.default_rng(seed)
     beat = _beat(kind, rate, seed) if scenario == "irregular" else None

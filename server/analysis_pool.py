@@ -15,6 +15,7 @@ import logging
 import multiprocessing as mp
 import queue
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict
@@ -25,6 +26,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 MAX_QUEUED_OPS = 50_000  # per worker; past it new samples are dropped and the stream gets a gap
 BATCH = 2_000
+RESTART_DELAY_S = 1.0
 
 Op = tuple[Any, ...]
 # (stream_id, [analysis...], [event...], receive time of the newest samples in that push)
@@ -144,12 +146,15 @@ class AnalysisPool:
         self._stopping = False
 
     def start(self) -> None:
+        """Bind to the running loop; a worker process is spawned when its first stream opens, so an
+        idle server (and every test that streams nothing) costs no analysis process."""
         self.loop = asyncio.get_running_loop()
-        for w in self.workers:
-            w.start()
 
     def _worker_for(self, stream_id: str) -> _Worker:
-        return self.workers[zlib.crc32(stream_id.encode()) % len(self.workers)]
+        worker = self.workers[zlib.crc32(stream_id.encode()) % len(self.workers)]
+        if worker.proc is None and self.loop is not None and not self._stopping:
+            worker.start()
+        return worker
 
     def _put(self, stream_id: str, op: Op) -> bool:
         try:
@@ -161,7 +166,8 @@ class AnalysisPool:
 
     def open(self, stream_id: str, kind: str, rate: float, thresholds: Any) -> None:
         op = ("open", stream_id, kind, rate, asdict(thresholds) if not isinstance(thresholds, dict) else thresholds)
-        self._worker_for(stream_id).streams[stream_id] = op
+        worker = self._worker_for(stream_id)
+        worker.streams[stream_id] = op
         self._put(stream_id, op)
 
     def push(self, stream_id: str, samples: np.ndarray, received_at: float) -> bool:
@@ -194,8 +200,10 @@ class AnalysisPool:
             return
         log.error("analysis worker %d died (exit %s); restarting it and re-opening %d streams",
                   worker.index, worker.proc.exitcode if worker.proc else None, len(worker.streams))
-        worker.ops.put(None)
+        with contextlib.suppress(queue.Full):
+            worker.ops.put_nowait(None)  # ends the old sender thread
         worker.ops = queue.Queue(MAX_QUEUED_OPS)
+        time.sleep(RESTART_DELAY_S)  # on the receiver thread: a worker that dies at once cannot spin
         worker.start()
 
     @property

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from devices.clock import DeviceClock
 from devices.frames import Frame, FrameError, StreamOpen, decode_samples
 from devices.stream_sequencer import StreamSequencer
+from server.access import require_patient
 from server.analysis_pool import AnalysisPool, Result
 from server.auth import as_object_id
 from server.errors import ApiError, forbidden
@@ -47,7 +48,9 @@ class LiveStream:
     clock: DeviceClock
     bucket: BucketBuilder
     last_frame: float = field(default_factory=time.monotonic)
-    stall_reported_at: float = 0.0
+    first_t0: float | None = None  # device ms of the first sample analysed here (analysis ``t`` counts from it)
+    next_t0: float | None = None  # device ms the next frame should start at, to size a gap in samples
+    dirty: bool = False  # counters changed since the last checkpoint
     analyses: list[dict[str, Any]] = field(default_factory=list)
     lag_ms: float | None = None
 
@@ -113,12 +116,14 @@ class StreamService:
 
         @rt.event("live:unsubscribe", UnsubscribeIn)
         async def _unsubscribe(ctx: EventContext, body: UnsubscribeIn) -> dict[str, Any]:
-            return {"unsubscribed": await self.live.unsubscribe(ctx.sid, str(as_object_id(body.patient_id)))}
+            pid = await require_patient(ctx.principal, body.patient_id, "live.unsubscribe", ctx.client)
+            return {"unsubscribed": await self.live.unsubscribe(ctx.sid, str(pid))}
 
     async def open(self, ctx: EventContext, body: StreamOpen) -> dict[str, Any]:
         device_kind = ctx.principal.name.split(":", 1)[0]
         if device_kind != body.kind:
             raise ApiError("wrong_kind", f"This device is paired as {device_kind}, not {body.kind}", 422)
+        await self.vitals.load_thresholds(ctx.principal.user_id)
         doc = Stream(patient_id=ctx.principal.user_id, device_id=PydanticObjectId(ctx.principal.sid), kind=body.kind,
                      sampling_rate=body.sampling_rate, units=body.units, channel=body.channel)
         await doc.insert()
@@ -149,37 +154,52 @@ class StreamService:
             raise forbidden("That stream belongs to another device")
         return stream
 
+    @staticmethod
+    def _count(stream: LiveStream, name: str, by: int = 1) -> None:
+        stream.doc.counters[name] = stream.doc.counters.get(name, 0) + by
+
     async def frame(self, ctx: EventContext, frame: Frame) -> dict[str, Any]:
         stream = await self._owned(ctx, frame.stream_id)
         rate = stream.doc.sampling_rate
         try:
             samples = decode_samples(frame, rate)
         except FrameError as err:
-            stream.doc.counters["malformed"] = stream.doc.counters.get("malformed", 0) + 1
+            self._count(stream, "malformed")
+            stream.dirty = True
             raise ApiError(err.code, err.message, 422, err.details) from None
         verdict = stream.sequencer.accept(frame.seq)
         status = verdict.kind
-        counters = stream.doc.counters
-        counters[status] = counters.get(status, 0) + 1
+        self._count(stream, status)
         if status in ("duplicate", "late"):
+            stream.dirty = True
             return {"seq": frame.seq, "status": status}
         now = time.time()
         stream.last_frame = time.monotonic()
-        stream.clock.observe(frame.t0, now)
+        duration_ms = samples.size * 1000.0 / rate
+        # A frame leaves the device after its last sample: that is the instant its arrival bounds.
+        stream.clock.observe(frame.t0 + duration_ms, now)
         received = datetime.fromtimestamp(stream.clock.to_server(frame.t0), UTC)
         pid = str(stream.doc.patient_id)
         gap = None
-        if status == "gap":
-            gap = {"after_seq": frame.seq - verdict.missing - 1, "missing_frames": verdict.missing, "at": iso(received)}
-            counters["missing_frames"] = counters.get("missing_frames", 0) + verdict.missing
-            self.pool.gap(stream.id, int(verdict.missing * samples.size))
+        if stream.first_t0 is None:
+            stream.first_t0 = frame.t0
+        elif status == "gap":
+            # The device clock says how much signal is missing; the frame count is the fallback.
+            by_clock = round((frame.t0 - (stream.next_t0 or frame.t0)) * rate / 1000.0)
+            missing_samples = by_clock if by_clock > 0 else verdict.missing * samples.size
+            gap = {"after_seq": frame.seq - verdict.missing - 1, "missing_frames": verdict.missing,
+                   "missing_s": round(missing_samples / rate, 3), "at": iso(received)}
+            self._count(stream, "missing_frames", verdict.missing)
+            stream.dirty = True
+            self.pool.gap(stream.id, int(missing_samples))
             await self.live.publish(pid, "live:gap", {"stream_id": stream.id, **gap})
+        stream.next_t0 = frame.t0 + duration_ms
         bucket = stream.bucket.add(frame.seq, received, samples, gap)
         if bucket is not None:
             self.writer.add(bucket)
             self._checkpoint(stream)
         if not self.pool.push(stream.id, samples, now):
-            counters["analysis_dropped"] = counters.get("analysis_dropped", 0) + 1
+            self._count(stream, "analysis_dropped")
         self.frames_in += 1
         meta = {"stream_id": stream.id, "kind": stream.doc.kind, "seq": frame.seq, "t0": frame.t0,
                 "server_ts": round(now * 1000, 1)}
@@ -190,15 +210,18 @@ class StreamService:
         """Record where the stream is, so a failover can resume its sequence (batched with the bucket write)."""
         doc = stream.doc
         doc.last_seq = stream.sequencer.last_seq
-        doc.last_frame_at = utcnow()
+        doc.last_frame_at = datetime.fromtimestamp(time.time() - (time.monotonic() - stream.last_frame), UTC)
         doc.drift_ppm = stream.clock.drift_ppm
+        if stream.clock.offset_s is not None:
+            doc.clock_offset_ms = round(stream.clock.offset_s * 1000.0, 1)
+        stream.dirty = False
         asyncio.get_running_loop().create_task(self._save(doc))
 
     @staticmethod
     async def _save(doc: Stream) -> None:
         try:
             await doc.set({"last_seq": doc.last_seq, "last_frame_at": doc.last_frame_at, "drift_ppm": doc.drift_ppm,
-                           "counters": doc.counters})
+                           "clock_offset_ms": doc.clock_offset_ms, "counters": dict(doc.counters)})
         except Exception as exc:
             log.warning("stream %s checkpoint failed: %s", doc.id, exc)
 
@@ -212,7 +235,7 @@ class StreamService:
         doc = stream.doc
         try:
             await doc.set({"closed_at": utcnow(), "close_reason": reason, "last_seq": stream.sequencer.last_seq,
-                           "counters": doc.counters, "drift_ppm": stream.clock.drift_ppm})
+                           "counters": dict(doc.counters), "drift_ppm": stream.clock.drift_ppm})
         except Exception as exc:
             log.warning("closing stream %s: %s", doc.id, exc)
         if announce:
@@ -233,16 +256,24 @@ class StreamService:
             if received_at:
                 stream.lag_ms = (now - received_at) * 1000
             for a in analyses:
-                item = {"at": datetime.fromtimestamp(received_at or now, UTC), "hr": a.get("hr"),
-                        "rmssd": a.get("hrv", {}).get("rmssd"), "sdnn": a.get("hrv", {}).get("sdnn"),
-                        "quality": a.get("quality"), "beats": a.get("beats")}
+                # Server time of the end of the analysed second, through the device clock mapping.
+                at_s = stream.clock.to_server((stream.first_t0 or 0.0) + a["t"] * 1000.0) \
+                    if stream.clock.offset_s is not None else now
+                hrv = a.get("hrv") or {}
+                item = {"at": datetime.fromtimestamp(at_s, UTC), "hr": a.get("hr"), "rmssd": hrv.get("rmssd"),
+                        "sdnn": hrv.get("sdnn"), "quality": a.get("quality"), "beats": a.get("beats")}
                 stream.analyses.append(item)
                 await self.live.publish(pid, "live:analysis", {
-                    "stream_id": stream_id, "kind": stream.doc.kind, **a, "at": iso(item["at"]),
+                    "stream_id": stream_id, "kind": stream.doc.kind, "t": a.get("t"), "hr": a.get("hr"),
+                    "hrv": {"rmssd": hrv.get("rmssd"), "sdnn": hrv.get("sdnn")}, "quality": a.get("quality"),
+                    "beats": a.get("beats"), "window": a.get("window"), "at": iso(item["at"]),
                     "lag_ms": round(stream.lag_ms or 0.0, 1)})
             if len(stream.analyses) >= 10:
                 self._flush_analyses(stream)
             for event in events:
+                if event.get("type") == "analysis_error":
+                    log.warning("analysis of stream %s failed: %s", stream_id, event.get("detail"))
+                    continue
                 await self.vitals.record(stream.doc.patient_id, stream.doc.id, stream.doc.kind, event)
 
     def _flush_analyses(self, stream: LiveStream) -> None:
@@ -256,13 +287,22 @@ class StreamService:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(STALL_CHECK_S)
-            now = time.monotonic()
-            for stream in list(self.streams.values()):
-                silent = now - stream.last_frame
-                if silent >= IDLE_CLOSE_S:
-                    await self._close(stream, "idle")
-                elif silent >= 1.0:
-                    self.pool.stalled(stream.id, silent)
+            try:
+                await self._watch_once()
+            except Exception:
+                log.exception("stream watchdog pass failed")
+
+    async def _watch_once(self) -> None:
+        now = time.monotonic()
+        for stream in list(self.streams.values()):
+            silent = now - stream.last_frame
+            if silent >= IDLE_CLOSE_S:
+                await self._close(stream, "idle")
+                continue
+            if silent >= 1.0:
+                self.pool.stalled(stream.id, silent)
+            if stream.dirty:  # gaps, duplicates, malformed frames: visible in the stream record within a second
+                self._checkpoint(stream)
 
     def apply_thresholds(self, patient_id: PydanticObjectId, thresholds: Any) -> None:
         for stream in self.streams.values():

@@ -14,9 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from ml.rhythm_events import Thresholds
+from server import audit
 from server.access import require_patient
+from server.auth import as_object_id
 from server.bus import ControlBus
-from server.errors import forbidden
+from server.errors import ApiError, forbidden
 from server.http import client_of, cursor_page, page_params, require_principal
 from server.models import VersionedDocument, iso, utcnow
 from server.realtime import EventContext, Realtime
@@ -50,10 +52,13 @@ class ThresholdsIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     patient_id: str = Field(max_length=64)
+    # Names are those of ``ml.rhythm_events.Thresholds``.
     tachycardia_hr: float | None = Field(None, ge=80, le=250)
-    tachycardia_sustained_s: float | None = Field(None, ge=5, le=600)
+    tachycardia_critical_hr: float | None = Field(None, ge=90, le=300)
+    tachycardia_s: float | None = Field(None, ge=5, le=600)
     bradycardia_hr: float | None = Field(None, ge=20, le=70)
-    bradycardia_sustained_s: float | None = Field(None, ge=5, le=600)
+    bradycardia_critical_hr: float | None = Field(None, ge=15, le=70)
+    bradycardia_s: float | None = Field(None, ge=5, le=600)
     poor_quality: float | None = Field(None, ge=0.05, le=0.95)
     poor_signal_s: float | None = Field(None, ge=3, le=120)
     stalled_s: float | None = Field(None, ge=2, le=120)
@@ -96,9 +101,12 @@ class Vitals:
     async def record(self, patient_id: PydanticObjectId, stream_id: PydanticObjectId | None, signal: str | None,
                      event: dict[str, Any]) -> VitalEvent:
         """Persist, then push: an event is never shown that is not stored."""
+        # ``started_at`` / ``ended_at`` from the analysis are seconds of signal since the stream began.
+        detail = {**event.get("detail", {}),
+                  **{k: event[k] for k in ("started_at", "ended_at") if event.get(k) is not None}}
         doc = VitalEvent(patient_id=patient_id, stream_id=stream_id, signal=signal, type=event["type"],
-                         phase=event.get("phase", "started"), severity=event.get("severity", "warning"),
-                         detail=event.get("detail", {}))
+                         phase=event.get("state") or event.get("phase") or "started",
+                         severity=event.get("severity", "warning"), detail=detail)
         await doc.insert()
         await self.rt.to_patient(patient_id, "vitals:event", doc.public())
         for sink in self.sinks:
@@ -110,13 +118,20 @@ class Vitals:
         return {"patient_id": str(pid), **vars(await self.load_thresholds(pid))}
 
     async def _set(self, ctx: EventContext, body: ThresholdsIn) -> dict[str, Any]:
-        if ctx.principal.role != "clinician":
-            raise forbidden("Only a linked clinician sets a patient's alert thresholds")
         changes = body.model_dump(exclude_none=True, exclude={"patient_id"})
+        if ctx.principal.role != "clinician":
+            await audit.record("thresholds.write", principal=ctx.principal, patient_id=as_object_id(body.patient_id),
+                               outcome="denied", client=ctx.client, **changes)
+            raise forbidden("Only a linked clinician sets a patient's alert thresholds")
         pid = await require_patient(ctx.principal, body.patient_id, "thresholds.write", ctx.client, **changes)
         current = (await PatientThresholds.get(pid)) or PatientThresholds(id=pid)
-        current.values = {**current.values, **changes}
-        Thresholds(**current.values)  # still a valid combination
+        values = {**current.values, **changes}
+        th = Thresholds(**values)
+        if th.tachycardia_critical_hr < th.tachycardia_hr or th.bradycardia_critical_hr > th.bradycardia_hr \
+                or th.bradycardia_hr >= th.tachycardia_hr:
+            raise ApiError("invalid_thresholds", "Critical rates must lie beyond their warning rates, and the "
+                           "bradycardia rate below the tachycardia rate", 422, {"thresholds": vars(th)})
+        current.values = values
         current.set_by, current.set_at = ctx.principal.user_id, utcnow()
         await current.save()
         await self.bus.publish("thresholds_changed", patient_id=str(pid))

@@ -22,7 +22,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from server.access import require_patient
 from server.auth import as_object_id
 from server.errors import ApiError, not_found
-from server.http import client_of, require_principal
+from server.http import client_of, require_principal, services
 from server.models import VersionedDocument, aware, iso, utcnow
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,8 @@ class Stream(VersionedDocument):
         return {"id": str(self.id), "patient_id": str(self.patient_id), "device_id": str(self.device_id),
                 "kind": self.kind, "sampling_rate": self.sampling_rate, "units": self.units, "channel": self.channel,
                 "opened_at": iso(self.opened_at), "closed_at": iso(self.closed_at), "close_reason": self.close_reason,
-                "last_seq": self.last_seq, "last_frame_at": iso(self.last_frame_at), "counters": self.counters,
-                "drift_ppm": self.drift_ppm}
+                "last_seq": self.last_seq, "last_frame_at": iso(self.last_frame_at), "counters": dict(self.counters),
+                "drift_ppm": self.drift_ppm, "clock_offset_ms": self.clock_offset_ms}
 
 
 class WaveBucket(VersionedDocument):
@@ -206,7 +206,9 @@ async def list_streams(request: web.Request) -> web.Response:
     principal = await require_principal(request)
     pid = await require_patient(principal, request.match_info["patient_id"], "streams.list", client_of(request))
     streams = await Stream.find(Stream.patient_id == pid).sort(-Stream.id).limit(200).to_list()
-    return web.json_response({"items": [s.public() for s in streams]})
+    # A stream live in this process shows its current counters, not the last checkpoint's.
+    live = services(request).streams.streams
+    return web.json_response({"items": [(live[str(s.id)].doc if str(s.id) in live else s).public() for s in streams]})
 
 
 async def _patient_stream(request: web.Request, action: str) -> Stream:
