@@ -11,11 +11,24 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import accounts, audit, device_registry, health, linking, notifications, patients, waveform_store
+from server import (
+    accounts,
+    audit,
+    blood_pressure,
+    contacts,
+    device_registry,
+    health,
+    linking,
+    notifications,
+    patients,
+    waveform_store,
+)
 from server import vitals as vitals_module
 from server.auth import AuthService
+from server.blood_pressure import BloodPressure
 from server.bus import ControlBus
 from server.config import Settings
+from server.contacts import Contacts
 from server.dashboard import setup as setup_dashboard
 from server.db import init_documents, make_client
 from server.embedded_store import EmbeddedStore
@@ -108,7 +121,8 @@ def create_app(settings: Settings) -> web.Application:
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
-                   live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis)
+                   live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
+                   bp=BloodPressure(realtime), contacts=Contacts(realtime))
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)
@@ -119,6 +133,8 @@ def create_app(settings: Settings) -> web.Application:
     device_registry.setup(app)
     waveform_store.setup(app)
     vitals_module.setup(app)
+    blood_pressure.setup(app)
+    contacts.setup(app)
     health.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml")])
