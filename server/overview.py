@@ -1,6 +1,6 @@
 """The care team's overview: every patient the caller may see with their live status (streaming or not,
 latest heart rate), in one request, so the dashboard's patient list costs one query set however many
-patients a clinician follows."""
+patients a clinician follows: open streams, latest heart rate, latest blood pressure and its category."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from beanie.operators import In
 
 from server import audit
 from server.auth import Principal
+from server.blood_pressure import BPReading
 from server.http import client_of, require_principal
 from server.models import User, aware, iso, utcnow
 from server.realtime import Realtime
@@ -37,12 +38,21 @@ async def _latest_hr(patient_id: PydanticObjectId) -> dict[str, Any] | None:
     return None
 
 
+async def _latest_bp(patient_id: PydanticObjectId) -> dict[str, Any] | None:
+    live = BPReading.find(BPReading.patient_id == patient_id, BPReading.deleted_at == None)  # noqa: E711
+    reading = await live.sort(-BPReading.measured_at).first_or_none()
+    if reading is None:
+        return None
+    return {key: value for key, value in reading.public().items()
+            if key in ("id", "systolic", "diastolic", "pulse", "category", "measured_at")}
+
+
 async def patient_status(patient: User) -> dict[str, Any]:
     open_streams = await Stream.find(Stream.patient_id == patient.id, Stream.closed_at == None).to_list()  # noqa: E711
     live = [s for s in open_streams if _streaming(s)]
     return {"patient": patient.public(), "streaming": bool(live),
             "streams": [{"id": str(s.id), "kind": s.kind, "sampling_rate": s.sampling_rate} for s in live],
-            "hr": await _latest_hr(patient.id)}  # type: ignore[arg-type]
+            "hr": await _latest_hr(patient.id), "bp": await _latest_bp(patient.id)}  # type: ignore[arg-type]
 
 
 async def overview(principal: Principal) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from server.http import SERVICES
@@ -55,6 +56,13 @@ async def test_overview_lists_linked_patients_with_live_status(api: Api) -> None
     assert body["items"][0]["streaming"] is False
 
 
+async def add_bp(api: Api, patient, systolic: float, diastolic: float, minutes_ago: float = 0) -> dict:
+    sock = await api.socket(patient)
+    at = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    return await sock.ok("bp:add", {"systolic": systolic, "diastolic": diastolic, "pulse": 70,
+                                    "measured_at": at.isoformat()})
+
+
 async def _canvas_digest(page, selector: str) -> str:
     data = await page.eval_on_selector(selector, "c => c.toDataURL()")
     return hashlib.sha256(data.encode()).hexdigest()
@@ -62,6 +70,8 @@ async def _canvas_digest(page, selector: str) -> str:
 
 async def test_clinician_watches_live_waveforms(api: Api) -> None:
     ward = await streaming_ward(api, heart_rate=HEART_RATE)
+    for i, (sys_, dia) in enumerate([(118, 76), (127, 79), (134, 84), (142, 91), (131, 83)]):
+        await add_bp(api, ward.patient, sys_, dia, minutes_ago=(5 - i) * 240)
     try:
         async with chromium() as browser:
             page = await browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -71,6 +81,7 @@ async def test_clinician_watches_live_waveforms(api: Api) -> None:
             row = page.locator(f'.patient-row[data-id="{ward.patient.id}"]')
             await row.wait_for()
             assert "Ana Ribeiro" in await row.inner_text()
+            assert "131/83" in await row.inner_text() and "Stage 1" in await row.inner_text()
             await row.click()
             await page.wait_for_function("window.__dashboard.frames >= 4", timeout=20_000)
             await page.wait_for_selector("#p-stream[data-state=on]")
@@ -88,6 +99,15 @@ async def test_clinician_watches_live_waveforms(api: Api) -> None:
             assert abs(hr - HEART_RATE) <= 3, hr
             assert abs(pr - HEART_RATE) <= 3, pr
             assert float(await page.text_content("#v-rmssd")) >= 0
+            # Blood pressure: the history chart, then a new reading shown live in the tile, the chart and the list.
+            await page.wait_for_selector("#bp-chart .uplot canvas")
+            assert await page.evaluate("document.querySelector('#bp-chart .uplot') !== null")
+            assert await page.text_content("#v-bp") == "131/83"
+            await add_bp(api, ward.patient, 122, 78)
+            await page.wait_for_function("document.querySelector('#v-bp').textContent === '122/78'")
+            assert await page.text_content("#v-bp-cat") == "Elevated"
+            assert "122/78" in await row.inner_text()
+            assert await page.evaluate("window.__dashboard.bpPoints") == 6
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "dashboard-patient.png"), full_page=True)
             draws = await page.evaluate("window.__dashboard.draws")

@@ -1,5 +1,6 @@
 // The clinician dashboard: sign-in, the patient list with live status, and one patient's live view.
 
+import { BpChart } from "/static/bp-chart.js";
 import { Live } from "/static/live.js";
 import { Session } from "/static/session.js";
 import { WaveStrip } from "/static/strip.js";
@@ -14,6 +15,7 @@ const strips = {
   ecg: new WaveStrip($("ecg"), { label: "ECG II", color: "#3ddc84", units: "mV" }),
   ppg: new WaveStrip($("ppg"), { label: "PPG", color: "#4cc3ff", units: "a.u." }),
 };
+const bpChart = new BpChart($("bp-chart"));
 // Counters the browser tests and the bench read.
 const stats = (window.__dashboard = { draws: 0, frames: 0, analyses: 0, drawing: false, session });
 const state = {
@@ -41,6 +43,11 @@ function el(tag, attrs = {}, ...children) {
 const fmt = (v, digits = 0) => (v === null || v === undefined || !Number.isFinite(v) ? "–" : v.toFixed(digits));
 const clock = (iso) => new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 const humanize = (s) => String(s || "").replace(/_/g, " ");
+const CATEGORY = { normal: "Normal", elevated: "Elevated", hypertension_stage_1: "Stage 1",
+                   hypertension_stage_2: "Stage 2", hypertensive_crisis: "Crisis" };
+const bpText = (r) => `${fmt(r.systolic)}/${fmt(r.diastolic)}`;
+const categoryChip = (r) => el("span", { class: `chip cat-${r.category}`, title: humanize(r.category) },
+  CATEGORY[r.category] || humanize(r.category));
 
 function pushItem(list, item) {
   list.prepend(item);
@@ -95,6 +102,9 @@ function startApp() {
   live.on("live:stream", onStream);
   live.on("live:ended", onEnded);
   live.on("vitals:event", onVitalEvent);
+  live.on("bp:new", onBp);
+  live.on("bp:updated", onBp);
+  live.on("bp:deleted", onBpDeleted);
   live.connect();
   loadOverview();
   state.overviewTimer = setInterval(loadOverview, OVERVIEW_EVERY_MS);
@@ -134,6 +144,8 @@ function patientRow(item) {
       el("span", { class: "row-name" }, p.name)),
     el("div", { class: "row-meta" },
       el("span", { class: "row-hr", title: "Latest heart rate" }, "♥ ", hr),
+      item.bp ? el("span", { class: "row-bp", title: `Latest blood pressure, ${clock(item.bp.measured_at)}` },
+        bpText(item.bp), " ", categoryChip(item.bp)) : null,
       el("span", { class: "muted" }, item.streaming ? item.streams.map((s) => s.kind.toUpperCase()).join(" · ") : "offline")));
   row.addEventListener("click", () => openPatient(p.id));
   return row;
@@ -152,6 +164,9 @@ async function openPatient(id) {
   for (const s of Object.values(strips)) s.clear();
   for (const t of ["v-hr", "v-pr", "v-rmssd", "v-sdnn", "v-quality"]) $(t).textContent = "–";
   $("v-quality-ppg").textContent = "";
+  bpChart.clear();
+  $("v-bp").textContent = "–";
+  $("v-bp-cat").replaceChildren();
   $("events").replaceChildren();
   $("events-empty").hidden = false;
   $("placeholder").hidden = true;
@@ -169,6 +184,7 @@ async function openPatient(id) {
   }
   if (state.live && state.live.socket.connected) subscribe(id);
   loadEvents(id);
+  loadBp(id);
 }
 
 async function subscribe(id) {
@@ -276,6 +292,46 @@ function addEvent(ev) {
     el("span", { class: "what" }, humanize(ev.type)),
     el("span", { class: "muted" }, [ev.signal ? ev.signal.toUpperCase() : "", text].filter(Boolean).join(" · "))));
   $("events-empty").hidden = true;
+}
+
+// --- blood pressure ----------------------------------------------------------------------------
+
+async function loadBp(id) {
+  try {
+    const page = await session.api("GET", `/api/patients/${id}/bp?limit=200`);
+    if (state.current !== id) return;
+    bpChart.set(page.items);
+    showLatestBp();
+  } catch (err) {
+    console.warn("bp history", err);
+  }
+}
+
+function showLatestBp() {
+  const r = bpChart.readings[bpChart.readings.length - 1];
+  stats.bpPoints = bpChart.readings.length;
+  $("bp-empty").hidden = Boolean(r);
+  $("v-bp").textContent = r ? bpText(r) : "–";
+  $("v-bp-cat").replaceChildren(...(r ? [categoryChip(r)] : []));
+}
+
+function onBp(reading) {
+  const item = state.patients.get(reading.patient_id);
+  if (item && (!item.bp || Date.parse(reading.measured_at) >= Date.parse(item.bp.measured_at))) {
+    item.bp = reading;
+    renderPatients();
+  }
+  if (reading.patient_id !== state.current) return;
+  bpChart.add(reading);
+  showLatestBp();
+}
+
+function onBpDeleted(msg) {
+  if (msg.patient_id === state.current) {
+    bpChart.remove(msg.id);
+    showLatestBp();
+  }
+  loadOverview();
 }
 
 // --- drawing -----------------------------------------------------------------------------------

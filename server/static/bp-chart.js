@@ -1,0 +1,60 @@
+// A patient's blood pressure history as a uPlot chart: systolic and diastolic over time, with the
+// stage 2 thresholds (140/90) drawn for reference.
+
+import uPlot from "/vendor/uPlot.esm.js";
+
+const MAX_READINGS = 200;
+
+export class BpChart {
+  constructor(container) {
+    this.container = container;
+    this.plot = null;
+    this.readings = [];
+  }
+
+  /** Readings as the REST history gives them (any order). */
+  set(readings) {
+    this.readings = [...readings]
+      .sort((a, b) => Date.parse(a.measured_at) - Date.parse(b.measured_at))
+      .slice(-MAX_READINGS);
+    this.render();
+  }
+
+  add(reading) {
+    this.set([...this.readings.filter((r) => r.id !== reading.id), reading]);
+  }
+
+  remove(id) {
+    this.set(this.readings.filter((r) => r.id !== id));
+  }
+
+  render() {
+    const t = this.readings.map((r) => Date.parse(r.measured_at) / 1000);
+    const data = [t, this.readings.map((r) => r.systolic), this.readings.map((r) => r.diastolic),
+                  t.map(() => 140), t.map(() => 90)];
+    const width = Math.max(300, this.container.clientWidth);
+    if (this.plot && this.plot.width === width) {
+      this.plot.setData(data);
+      return;
+    }
+    if (this.plot) this.plot.destroy();
+    const point = (color) => ({ show: true, size: 7, fill: color, stroke: color });
+    const limit = (label) => ({ label, stroke: "#c9d4d8", width: 1, dash: [5, 5], points: { show: false } });
+    this.plot = new uPlot({
+      width, height: 220,
+      scales: { y: { range: (_, lo, hi) => [Math.min(50, lo - 10), Math.max(190, hi + 10)] } },
+      axes: [{ stroke: "#647880", grid: { stroke: "#eef2f4" } },
+             { stroke: "#647880", grid: { stroke: "#eef2f4" }, label: "mmHg", size: 55 }],
+      series: [{}, { label: "Systolic", stroke: "#c62828", width: 2, points: point("#c62828") },
+               { label: "Diastolic", stroke: "#1c7fc0", width: 2, points: point("#1c7fc0") },
+               limit("140"), limit("90")],
+      legend: { live: false },
+    }, data, this.container);
+  }
+
+  clear() {
+    this.readings = [];
+    if (this.plot) this.plot.destroy();
+    this.plot = null;
+  }
+}
