@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import accounts, audit, device_registry, health, linking, patients, waveform_store
+from server import accounts, audit, calls, device_registry, health, linking, patients, waveform_store
 from server import vitals as vitals_module
 from server.auth import AuthService
 from server.bus import ControlBus
@@ -51,11 +51,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
+        if svc.calls is not None:
+            svc.calls.start()
         retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
         yield
     finally:
         if "retention" in locals():
             retention.cancel()
+        if svc.calls is not None:
+            await svc.calls.stop()
         await svc.streams.stop()
         await svc.writer.stop()
         await svc.live.stop()
@@ -116,6 +120,7 @@ def create_app(settings: Settings) -> web.Application:
     device_registry.setup(app)
     waveform_store.setup(app)
     vitals_module.setup(app)
+    svc.calls = calls.setup(app, svc)
     health.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])

@@ -5,13 +5,15 @@ from __future__ import annotations
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
+from server.calls import CallLine, CallSession
 from server.device_registry import Device
 from server.models import CORE_DOCUMENTS
 from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds]
+                                   PatientThresholds,
+                                   CallSession, CallLine]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
     from server.auth import AuthService
     from server.bus import ControlBus
+    from server.calls import CallService
     from server.config import Settings
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
@@ -37,4 +38,5 @@ class Services:
     mongo: AsyncMongoClient | None = None
     redis: Redis | None = None
     store: EmbeddedStore | None = None
+    calls: CallService | None = None
     extras: dict[str, Any] = field(default_factory=dict)

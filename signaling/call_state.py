@@ -2,7 +2,7 @@
 and the two glare rules (crossing invites, crossing offers). Pure: no I/O, no clock.
 
     ringing --accept--> active --drop--> reconnecting --resume--> active
-    ringing --reject | cancel | timeout | drop--> ended
+    ringing --reject | cancel | timeout | drop | busy--> ended
     active | reconnecting --hangup--> ended;  reconnecting --grace_expired--> ended
     active --renegotiate | resume--> active (recorded, state unchanged)
 
@@ -33,6 +33,7 @@ class Action(StrEnum):
     RESUME = "resume"
     GRACE_EXPIRED = "grace_expired"
     RENEGOTIATE = "renegotiate"
+    BUSY = "busy"
 
 
 S, A = CallState, Action
@@ -42,6 +43,7 @@ TRANSITIONS: dict[tuple[CallState, Action], CallState] = {
     (S.RINGING, A.CANCEL): S.ENDED,
     (S.RINGING, A.TIMEOUT): S.ENDED,
     (S.RINGING, A.DROP): S.ENDED,
+    (S.RINGING, A.BUSY): S.ENDED,
     (S.ACTIVE, A.HANGUP): S.ENDED,
     (S.ACTIVE, A.DROP): S.RECONNECTING,
     (S.ACTIVE, A.RESUME): S.ACTIVE,
@@ -57,11 +59,11 @@ END_REASONS: dict[tuple[CallState, Action], str] = {
     (S.RINGING, A.CANCEL): "cancelled",
     (S.RINGING, A.TIMEOUT): "missed",
     (S.RINGING, A.DROP): "cancelled",
+    (S.RINGING, A.BUSY): "busy",  # the callee's line was taken: recorded, never rang
     (S.ACTIVE, A.HANGUP): "hangup",
     (S.RECONNECTING, A.HANGUP): "hangup",
     (S.RECONNECTING, A.GRACE_EXPIRED): "connection_lost",
 }
-BUSY = "busy"  # a call refused at invite because the callee was in another call; recorded already ended
 LIVE_STATES = frozenset({S.RINGING, S.ACTIVE, S.RECONNECTING})
 
 

@@ -32,7 +32,8 @@ def test_a_call_rings_connects_drops_resumes_and_ends() -> None:
 
 
 @pytest.mark.parametrize(("action", "reason"), [(Action.REJECT, "rejected"), (Action.CANCEL, "cancelled"),
-                                                (Action.TIMEOUT, "missed"), (Action.DROP, "cancelled")])
+                                                (Action.TIMEOUT, "missed"), (Action.DROP, "cancelled"),
+                                                (Action.BUSY, "busy")])
 def test_a_ringing_call_ends_with_its_reason(action: Action, reason: str) -> None:
     assert next_state(CallState.RINGING, action) == CallState.ENDED
     assert end_reason(CallState.RINGING, action) == reason
