@@ -268,12 +268,8 @@ class CallService:
 
     async def _notify(self, users: list[PydanticObjectId], kind: str, title: str, call: CallSession,
                       urgency: str = "normal") -> None:
-        notifications = getattr(self.svc, "notifications", None)
-        if notifications is None:
-            log.warning("no notification service: %s for call %s not sent", kind, call.id)
-            return
         try:
-            await notifications.notify(users, kind, title, patient_id=call.patient_id, urgency=urgency,
+            await self.svc.notifications.notify(users, kind, title, patient_id=call.patient_id, urgency=urgency,
                                        data={"call_id": str(call.id), "caller_id": str(call.caller_id),
                                              "caller_name": call.caller_name, "media": call.media})
         except Exception:
@@ -309,7 +305,7 @@ class CallService:
             self._schedule(call, "ring", self.settings.call_ring_timeout_s, Action.TIMEOUT)
             data = call_json(call)
             await self.rt.to_user(callee_id, "call:incoming", data)
-            if not await self._online(callee_id):
+            if not await self.rt.user_online(callee_id):
                 await self._notify([callee_id], "incoming_call", f"{principal.name} is calling", call, urgency="high")
             return call_json(call, principal.id)
         holder, decision = blocking
@@ -355,12 +351,6 @@ class CallService:
                 raise ApiError("conflict", "Could not place the call; try again", 409)
         return None
 
-    async def _online(self, user_id: PydanticObjectId) -> bool:
-        redis = self.svc.redis
-        if redis is not None:
-            return bool(await redis.scard(_presence_key(user_id)))
-        return bool(self.rt._local(user_room(user_id)))
-
     # --- answering, ending --------------------------------------------------------------------------
 
     async def _participant(self, call_id: str, principal: Principal,
@@ -398,8 +388,6 @@ class CallService:
         if call_id is not None and principal is not None:
             with contextlib.suppress(Refused, ApiError):
                 await self.drop(call_id, principal.id, sid)
-        if principal is not None and not principal.is_device and self.svc.redis is not None:
-            await self.svc.redis.srem(_presence_key(principal.user_id), sid)
 
     async def drop(self, call_id: str, user_id: str, sid: str) -> None:
         grace = self.settings.call_grace_s
@@ -532,16 +520,11 @@ class CallService:
             except Exception as exc:
                 log.warning("call sweep failed: %s", exc)
 
-    # --- presence -----------------------------------------------------------------------------------
+    # --- a callee connecting while it rings ------------------------------------------------------------
 
     async def _on_connect(self, sid: str, principal: Principal) -> None:
         if principal.is_device:
             return
-        redis = self.svc.redis
-        if redis is not None:
-            key = _presence_key(principal.user_id)
-            await redis.sadd(key, sid)
-            await redis.expire(key, 86400)
         line = await CallLine.get(principal.id)
         call = await CallSession.get(line.call_id) if line is not None else None
         if call is not None and call.state == CallState.RINGING and call.callee_id == principal.user_id:
@@ -579,10 +562,6 @@ class CallService:
         @rt.event("call:resume", CallRef)
         async def _resume(ctx: EventContext, body: CallRef) -> dict[str, Any]:
             return await self.resume(ctx, body)
-
-
-def _presence_key(user_id: Any) -> str:
-    return f"hm:online:{user_id}"
 
 
 # --- REST ---------------------------------------------------------------------------------------------

@@ -8,12 +8,12 @@ from pymongo import AsyncMongoClient
 from server.calls import CallLine, CallSession
 from server.device_registry import Device
 from server.models import CORE_DOCUMENTS
+from server.notifications import Notification
 from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds,
-                                   CallSession, CallLine]
+                                   PatientThresholds, Notification, CallSession, CallLine]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from server.config import Settings
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
+    from server.notifications import Notifications
     from server.ratelimit import FailureCounter
     from server.realtime import Realtime
     from server.security import TokenService
@@ -32,6 +33,7 @@ class Services:
     auth: AuthService
     realtime: Realtime
     live: LiveHub
+    notifications: Notifications
     vitals: Vitals
     writer: HistoryWriter
     streams: StreamService

@@ -277,13 +277,25 @@ async def test_unanswered_call_times_out_once_and_offline_callee_is_woken(calls_
     patient, carer = await linked_pair(api)
     s_carer = await api.socket(carer)
     call = await s_carer.ok("call:invite", {"callee": patient.id})  # the patient has no socket connected
+    _, notes = await api.request("GET", "/api/notifications", patient)
+    (woken,) = notes["items"]
+    assert woken["kind"] == "incoming_call" and woken["urgency"] == "high" and woken["data"]["call_id"] == call["id"]
     late = await api.socket(patient)  # connects within the ring time (woken by the push): it rings there
     (incoming,) = await late.events.wait("call:incoming")
     assert incoming["id"] == call["id"]
     (end,) = await s_carer.events.wait("call:ended", timeout=RING_S + 3)
     assert end["reason"] == "missed"
+    (missed,) = await late.events.wait("notification:new")
+    assert missed["kind"] == "missed_call" and missed["data"]["caller_id"] == carer.id
+    assert missed["patient_id"] == patient.id
     await asyncio.sleep(0.5)
-    assert len(late.events.of("call:ended")) == 1
+    assert len(late.events.of("call:ended")) == 1 and len(late.events.of("notification:new")) == 1
+    # A callee with a device connected is not pushed to.
+    second = await s_carer.ok("call:invite", {"callee": patient.id})
+    await late.events.wait("call:incoming", 2)
+    await s_carer.ok("call:cancel", {"call_id": second["id"]})
+    _, notes = await api.request("GET", "/api/notifications", patient)
+    assert [n["kind"] for n in notes["items"]] == ["missed_call", "incoming_call"]
     doc = await CallSession.get(call["id"])
     assert doc is not None and [t["action"] for t in doc.transitions] == ["invite", "timeout"]
 
@@ -345,8 +357,13 @@ async def test_calls_across_two_processes(store: EmbeddedStore, redis_url: str, 
             ring = await caller.ok("call:invite", {"callee": patient.id, "media": "video"})
             ends = await caller.events.wait("call:ended", count=2, timeout=5)
             assert ends[-1] == {"call_id": ring["id"], "reason": "missed", "duration_s": 0.0}
+            (missed,) = await back.events.wait("notification:new")
+            assert missed["kind"] == "missed_call" and missed["data"]["call_id"] == ring["id"]
             await asyncio.sleep(1.0)
             assert len(caller.events.of("call:ended")) == 2 and len(back.events.of("call:ended")) == 2
+            assert len(back.events.of("notification:new")) == 1
+            _, notes = await api1.request("GET", "/api/notifications", patient)
+            assert [n["kind"] for n in notes["items"]] == ["missed_call"]
             _, history = await api2.request("GET", "/api/calls", patient)
             assert [c["outcome"] for c in history["items"]] == ["missed", "hangup"]
             assert [t["action"] for t in history["items"][0]["transitions"]] == ["invite", "timeout"]
