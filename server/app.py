@@ -15,6 +15,7 @@ from server import (
     accounts,
     audit,
     blood_pressure,
+    calls,
     contacts,
     device_registry,
     health,
@@ -68,11 +69,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
+        if svc.calls is not None:
+            svc.calls.start()
         retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
         yield
     finally:
         if "retention" in locals():
             retention.cancel()
+        if svc.calls is not None:
+            await svc.calls.stop()
         await svc.streams.stop()
         await svc.writer.stop()
         await svc.live.stop()
@@ -135,6 +140,7 @@ def create_app(settings: Settings) -> web.Application:
     vitals_module.setup(app)
     blood_pressure.setup(app)
     contacts.setup(app)
+    svc.calls = calls.setup(app, svc)
     health.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml")])

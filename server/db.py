@@ -6,6 +6,7 @@ from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
 from server.blood_pressure import BPReading
+from server.calls import CallLine, CallSession
 from server.contacts import MedicalContact
 from server.device_registry import Device
 from server.models import CORE_DOCUMENTS
@@ -14,7 +15,8 @@ from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, Notification, BPReading, MedicalContact]
+                                   PatientThresholds, Notification, BPReading, MedicalContact, CallSession,
+                                   CallLine]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:
