@@ -5,9 +5,15 @@ reconnect; and the files and the overview it is built on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import aioice.ice
+from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
 
 from server.http import SERVICES
 from server.security import TokenService
@@ -144,3 +150,87 @@ async def test_expired_token_refreshed_and_socket_reconnects_without_reload(api:
             assert await page.evaluate("location.hash") == f"#patient={ward.patient.id}"
     finally:
         await ward.close()
+
+
+class PatientPhone:
+    """The patient's side of a call: an aiortc peer that answers on the patient's socket with a tone,
+    counts the audio frames it receives, and uses loopback candidates only."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.pc = RTCPeerConnection()
+        self.frames = 0
+        self.pc.on("track", lambda track: asyncio.ensure_future(self._count(track)))
+
+    async def _count(self, track) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                self.frames += 1
+
+    async def answer(self) -> str:
+        (call,) = await self.sock.events.wait("call:incoming", timeout=15)
+        await self.sock.ok("call:accept", {"call_id": call["id"]})
+        offer = await self._next("offer")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+        self.pc.addTrack(AudioStreamTrack())
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        answer = self.pc.localDescription.sdp
+        await self.sock.ok("call:signal", {"call_id": call["id"], "type": "answer", "sdp": answer})
+        return call["id"]
+
+    async def _next(self, kind: str) -> dict:
+        while True:
+            for msg in self.sock.events.of("call:peer-signal"):
+                if msg["type"] == kind:
+                    return msg
+            await asyncio.sleep(0.05)
+
+    async def take_candidates(self) -> None:
+        """The browser's trickled candidates, loopback ones only (this test sends nothing off the machine)."""
+        seen = 0
+        while True:
+            signals = [m for m in self.sock.events.of("call:peer-signal") if m["type"] == "candidate"]
+            for msg in signals[seen:]:
+                c = msg.get("candidate")
+                if c and " 127.0.0.1 " in c["candidate"]:
+                    ice = candidate_from_sdp(c["candidate"].split(":", 1)[1])
+                    ice.sdpMid, ice.sdpMLineIndex = c.get("sdpMid"), c.get("sdpMLineIndex")
+                    await self.pc.addIceCandidate(ice)
+            seen = len(signals)
+            await asyncio.sleep(0.05)
+
+
+async def test_clinician_calls_the_patient_from_the_page(api: Api, monkeypatch) -> None:
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    patient = await api.register("patient", name="Ana Ribeiro")
+    clinician = await api.register("clinician")
+    await api.link(patient, clinician)
+    phone = PatientPhone(await api.socket(patient))
+    trickle = None
+    try:
+        async with chromium(("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                             "--allow-loopback-in-peer-connection")) as browser:
+            page = await browser.new_page()
+            await sign_in(page, api.base_url, clinician)
+            await page.click(f'.patient-row[data-id="{patient.id}"]')
+            await page.wait_for_selector("#conn[data-state=connected]")
+            await page.click("#call-btn")
+            call_id = await phone.answer()
+            trickle = asyncio.create_task(phone.take_candidates())
+            await page.wait_for_selector("#call-status[data-state=connected]", timeout=20_000)
+            await page.wait_for_function(
+                "window.__dashboard.call.packets().then(p => p.received > 20 && p.sent > 20)", timeout=15_000)
+            for _ in range(100):
+                if phone.frames > 20:
+                    break
+                await asyncio.sleep(0.1)
+            assert phone.frames > 20, "no audio from the browser reached the patient"
+            await page.click("#hangup-btn")
+            ended = await phone.sock.events.wait("call:ended", timeout=10)
+            assert ended[0]["call_id"] == call_id and ended[0]["reason"] == "hangup"
+            await page.wait_for_selector("#call-btn:not([hidden])")
+    finally:
+        if trickle is not None:
+            trickle.cancel()
+        await phone.pc.close()

@@ -1,6 +1,7 @@
 // The clinician dashboard: sign-in, the patient list with live status, and one patient's live view.
 
 import { BpChart } from "/static/bp-chart.js";
+import { AudioCall } from "/static/call.js";
 import { Live } from "/static/live.js";
 import { Session } from "/static/session.js";
 import { WaveStrip } from "/static/strip.js";
@@ -20,6 +21,7 @@ const bpChart = new BpChart($("bp-chart"));
 const stats = (window.__dashboard = { draws: 0, frames: 0, analyses: 0, drawing: false, session });
 const state = {
   live: null,
+  call: null,
   overviewTimer: null,
   patients: new Map(), // id -> overview item
   current: null, // patient id on screen
@@ -96,6 +98,9 @@ function startApp() {
     $("conn").textContent = e.detail === "connected" ? "Live" : "Reconnecting…";
     if (e.detail === "connected" && state.current) subscribe(state.current);
   });
+  state.call = new AudioCall(live, session, $("remote-audio"));
+  stats.call = state.call;
+  state.call.addEventListener("status", (e) => showCall(e.detail));
   live.on("live:frame", onFrame);
   live.on("live:analysis", onAnalysis);
   live.on("live:gap", onGap);
@@ -114,6 +119,8 @@ function startApp() {
 
 function stopApp() {
   clearInterval(state.overviewTimer);
+  if (state.call) state.call.hangup();
+  state.call = null;
   if (state.live) state.live.close();
   state.live = null;
   state.current = null;
@@ -171,6 +178,7 @@ async function openPatient(id) {
   $("events-empty").hidden = false;
   $("placeholder").hidden = true;
   $("patient-view").hidden = false;
+  $("call-btn").hidden = Boolean(state.call && state.call.busy);
   stats.drawing = true;
   renderPatients();
   const known = state.patients.get(id);
@@ -292,6 +300,20 @@ function addEvent(ev) {
     el("span", { class: "what" }, humanize(ev.type)),
     el("span", { class: "muted" }, [ev.signal ? ev.signal.toUpperCase() : "", text].filter(Boolean).join(" · "))));
   $("events-empty").hidden = true;
+}
+
+// --- calls -------------------------------------------------------------------------------------
+
+$("call-btn").addEventListener("click", () => state.call && state.call.start(state.current));
+$("hangup-btn").addEventListener("click", () => state.call && state.call.hangup());
+
+function showCall({ text, state: callState }) {
+  $("call-status").textContent = text;
+  $("call-status").dataset.state = callState;
+  const idle = callState === "idle";
+  $("call-btn").hidden = !idle;
+  $("hangup-btn").hidden = idle;
+  $("hangup-btn").textContent = callState === "ringing" ? "Cancel" : "Hang up";
 }
 
 // --- blood pressure ----------------------------------------------------------------------------
