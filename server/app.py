@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from server import (
     accounts,
+    alerts,
     audit,
     blood_pressure,
     calls,
@@ -25,6 +26,7 @@ from server import (
     waveform_store,
 )
 from server import vitals as vitals_module
+from server.alerts import Alerts
 from server.auth import AuthService
 from server.blood_pressure import BloodPressure
 from server.bus import ControlBus
@@ -71,6 +73,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         svc.streams.start()
         if svc.calls is not None:
             svc.calls.start()
+        await svc.alerts.start()  # type: ignore[union-attr]
         retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
         yield
     finally:
@@ -78,6 +81,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             retention.cancel()
         if svc.calls is not None:
             await svc.calls.stop()
+        await svc.alerts.stop()  # type: ignore[union-attr]
         await svc.streams.stop()
         await svc.writer.stop()
         await svc.live.stop()
@@ -127,7 +131,9 @@ def create_app(settings: Settings) -> web.Application:
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
-                   bp=BloodPressure(realtime), contacts=Contacts(realtime))
+                   bp=BloodPressure(realtime), contacts=Contacts(realtime), alerts=Alerts(settings, realtime, bus))
+    svc.bp.on_crisis.append(svc.alerts.on_bp_crisis)  # type: ignore[union-attr]
+    vitals.sinks.append(svc.alerts.on_vital_event)  # type: ignore[union-attr]
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)
@@ -141,6 +147,7 @@ def create_app(settings: Settings) -> web.Application:
     blood_pressure.setup(app)
     contacts.setup(app)
     svc.calls = calls.setup(app, svc)
+    alerts.setup(app)
     health.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml")])

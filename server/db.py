@@ -5,6 +5,7 @@ from __future__ import annotations
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
+from server.alerts import Alert
 from server.blood_pressure import BPReading
 from server.calls import CallLine, CallSession
 from server.contacts import MedicalContact
@@ -16,7 +17,7 @@ from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
                                    PatientThresholds, Notification, BPReading, MedicalContact, CallSession,
-                                   CallLine]
+                                   CallLine, Alert]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

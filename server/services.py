@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from pymongo import AsyncMongoClient
     from redis.asyncio import Redis
 
+    from server.alerts import Alerts
     from server.auth import AuthService
     from server.blood_pressure import BloodPressure
     from server.bus import ControlBus
@@ -45,4 +46,5 @@ class Services:
     bp: BloodPressure | None = None
     contacts: Contacts | None = None
     calls: CallService | None = None
+    alerts: Alerts | None = None
     extras: dict[str, Any] = field(default_factory=dict)

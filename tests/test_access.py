@@ -23,6 +23,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/api/patients/{patient_id}/contacts", {"kind": "pharmacy", "name": "Farmacia", "phone": "+34911111111"}),
     ("PATCH", "/api/patients/{patient_id}/contacts/{contact_id}", {"notes": "open late"}),
     ("DELETE", "/api/patients/{patient_id}/contacts/{contact_id}", None),
+    ("GET", "/api/patients/{patient_id}/alerts", None),
 ]
 # (event, payload) with "{patient_id}" to fill in.
 EVENTS: list[tuple[str, dict[str, Any]]] = [
@@ -32,6 +33,7 @@ EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("bp:stats", {"patient_id": "{patient_id}", "window": "month"}),
     ("contacts:list", {"patient_id": "{patient_id}"}),
     ("contact:add", {"patient_id": "{patient_id}", "kind": "doctor", "name": "Dr. X", "email": "x@example.org"}),
+    ("alerts:list", {"patient_id": "{patient_id}"}),
 ]
 
 
