@@ -1,6 +1,6 @@
 """The care team's overview: every patient the caller may see with their live status (streaming or not,
 latest heart rate), in one request, so the dashboard's patient list costs one query set however many
-patients a clinician follows: open streams, latest heart rate, latest blood pressure and its category."""
+patients a clinician follows: open streams, latest heart rate, latest blood pressure and its category, open alerts."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from beanie import PydanticObjectId
 from beanie.operators import In
 
 from server import audit
+from server.alerts import Alert
 from server.auth import Principal
 from server.blood_pressure import BPReading
 from server.http import client_of, require_principal
@@ -52,7 +53,8 @@ async def patient_status(patient: User) -> dict[str, Any]:
     live = [s for s in open_streams if _streaming(s)]
     return {"patient": patient.public(), "streaming": bool(live),
             "streams": [{"id": str(s.id), "kind": s.kind, "sampling_rate": s.sampling_rate} for s in live],
-            "hr": await _latest_hr(patient.id), "bp": await _latest_bp(patient.id)}  # type: ignore[arg-type]
+            "hr": await _latest_hr(patient.id), "bp": await _latest_bp(patient.id),  # type: ignore[arg-type]
+            "open_alerts": await Alert.find({"patient_id": patient.id, "status": "open"}).count()}
 
 
 async def overview(principal: Principal) -> list[dict[str, Any]]:

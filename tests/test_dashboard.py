@@ -114,6 +114,26 @@ async def test_clinician_watches_live_waveforms(api: Api) -> None:
             assert await page.text_content("#v-bp-cat") == "Elevated"
             assert "122/78" in await row.inner_text()
             assert await page.evaluate("window.__dashboard.bpPoints") == 6
+            # A crisis reading raises an alert: shown at once (banner, panel, list badge), acknowledged from the page.
+            crisis = await add_bp(api, ward.patient, 192, 124)
+            item = page.locator("#alerts li.alert-item.status-open")
+            await item.wait_for(timeout=10_000)
+            text = (await item.inner_text()).lower()
+            assert "hypertensive crisis" in text and "192/124" in text
+            assert await page.is_visible("#alert-banner")
+            await row.locator(".badge").wait_for()
+            assert await row.locator(".badge").inner_text() == "1"
+            await item.locator("button").click()
+            await page.locator("#alerts li.status-acknowledged").wait_for(timeout=10_000)
+            assert "Dr. Sofia Costa is handling it" in await page.inner_text("#alerts")
+            await page.wait_for_selector("#alert-banner", state="hidden")
+            status, alerts = await api.request("GET", f"/api/patients/{ward.patient.id}/alerts", ward.clinician)
+            assert status == 200
+            (alert,) = alerts["items"]
+            assert alert["status"] == "acknowledged" and alert["acknowledged_by"]["user_id"] == ward.clinician.id
+            assert alert["data"]["reading_id"] == crisis["id"]
+            assert any(d["user_id"] == ward.clinician.id for d in alert["deliveries"]), "receipt not confirmed"
+            await row.locator(".badge").wait_for(state="detached", timeout=15_000)
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "dashboard-patient.png"), full_page=True)
             draws = await page.evaluate("window.__dashboard.draws")

@@ -27,7 +27,9 @@ const state = {
   current: null, // patient id on screen
   streams: new Map(), // stream id -> kind, for the patient on screen
   latest: {}, // kind -> last analysis
+  alerts: new Map(), // alert id -> alert (not resolved) as pushed or listed, newest last
 };
+const MAX_ALERTS = 200;
 
 // --- helpers -----------------------------------------------------------------------------------
 
@@ -110,8 +112,13 @@ function startApp() {
   live.on("bp:new", onBp);
   live.on("bp:updated", onBp);
   live.on("bp:deleted", onBpDeleted);
+  live.on("alert:new", onAlert);
+  live.on("alert:escalated", onAlert);
+  live.on("alert:acknowledged", onAlertAcknowledged);
+  live.on("alert:resolved", onAlertResolved);
   live.connect();
   loadOverview();
+  loadAlerts(null);
   state.overviewTimer = setInterval(loadOverview, OVERVIEW_EVERY_MS);
   const wanted = new URLSearchParams(location.hash.slice(1)).get("patient");
   if (wanted) openPatient(wanted);
@@ -130,6 +137,10 @@ async function loadOverview() {
   try {
     const { items } = await session.api("GET", "/api/overview");
     state.patients = new Map(items.map((i) => [i.patient.id, i]));
+    // The patient on screen: the live analysis is newer than the stored one.
+    const live = state.latest.ecg || state.latest.ppg;
+    const shown = state.patients.get(state.current);
+    if (shown && live && live.hr !== null && live.hr !== undefined) shown.hr = { value: live.hr, at: live.at };
     renderPatients();
   } catch (err) {
     if (err.status !== 401) console.warn("overview", err);
@@ -148,7 +159,8 @@ function patientRow(item) {
   const row = el("li", { class: "patient-row" + (p.id === state.current ? " selected" : ""), "data-id": p.id },
     el("div", { class: "row-top" },
       el("span", { class: "dot", "data-on": String(item.streaming), title: item.streaming ? "Streaming" : "Not streaming" }),
-      el("span", { class: "row-name" }, p.name)),
+      el("span", { class: "row-name" }, p.name),
+      item.open_alerts ? el("span", { class: "badge", title: "Open alerts" }, String(item.open_alerts)) : null),
     el("div", { class: "row-meta" },
       el("span", { class: "row-hr", title: "Latest heart rate" }, "♥ ", hr),
       item.bp ? el("span", { class: "row-bp", title: `Latest blood pressure, ${clock(item.bp.measured_at)}` },
@@ -176,6 +188,7 @@ async function openPatient(id) {
   $("v-bp-cat").replaceChildren();
   $("events").replaceChildren();
   $("events-empty").hidden = false;
+  renderAlerts();
   $("placeholder").hidden = true;
   $("patient-view").hidden = false;
   $("call-btn").hidden = Boolean(state.call && state.call.busy);
@@ -193,6 +206,7 @@ async function openPatient(id) {
   if (state.live && state.live.socket.connected) subscribe(id);
   loadEvents(id);
   loadBp(id);
+  loadAlerts(id);
 }
 
 async function subscribe(id) {
@@ -315,6 +329,100 @@ function showCall({ text, state: callState }) {
   $("hangup-btn").hidden = idle;
   $("hangup-btn").textContent = callState === "ringing" ? "Cancel" : "Hang up";
 }
+
+// --- alerts ------------------------------------------------------------------------------------
+
+function keepAlert(alert) {
+  state.alerts.delete(alert.id);
+  state.alerts.set(alert.id, { ...(state.alerts.get(alert.id) || {}), ...alert });
+  while (state.alerts.size > MAX_ALERTS) state.alerts.delete(state.alerts.keys().next().value);
+}
+
+function onAlert(alert) {
+  keepAlert(alert);
+  // Confirm receipt on this device, so it is not delivered to it again on the next connect.
+  state.live.call("alert:received", { alert_id: alert.id }).catch(() => {});
+  renderAlerts();
+  loadOverview();
+}
+
+function onAlertAcknowledged(msg) {
+  const alert = state.alerts.get(msg.alert_id);
+  if (alert) keepAlert({ ...alert, status: "acknowledged", acknowledged_by: msg.by, message: msg.message });
+  renderAlerts();
+  loadOverview();
+}
+
+function onAlertResolved(msg) {
+  state.alerts.delete(msg.alert_id);
+  renderAlerts();
+  loadOverview();
+}
+
+async function loadAlerts(id) {
+  try {
+    const path = id ? `/api/patients/${id}/alerts?limit=50` : "/api/alerts?status=open&limit=50";
+    const page = await session.api("GET", path);
+    for (const a of page.items.reverse()) {
+      if (a.status === "resolved") state.alerts.delete(a.id);
+      else keepAlert(a);
+    }
+    renderAlerts();
+  } catch (err) {
+    console.warn("alerts", err);
+  }
+}
+
+async function acknowledge(alertId, button) {
+  button.disabled = true;
+  try {
+    const alert = await state.live.call("alert:ack", { alert_id: alertId });
+    keepAlert(alert);
+  } catch (err) {
+    button.disabled = false;
+    console.warn("alert:ack", err);
+  }
+  renderAlerts();
+  loadOverview();
+}
+
+function handledBy(alert) {
+  const by = alert.acknowledged_by;
+  return alert.message || (by ? `${by.name} is handling it` : "Acknowledged");
+}
+
+function renderAlerts() {
+  const mine = [...state.alerts.values()].filter((a) => a.patient.id === state.current).reverse();
+  $("alerts").replaceChildren(...mine.map((a) => {
+    const ack = a.status === "open" ? el("button", { class: "danger small-btn", "data-alert": a.id }, "Acknowledge") : null;
+    if (ack) ack.addEventListener("click", () => acknowledge(a.id, ack));
+    return el("li", { class: `alert-item sev-${a.urgency === "critical" || a.urgency === "high" ? "critical" : "warning"} status-${a.status}`, "data-id": a.id },
+      el("span", { class: "when" }, clock(a.raised_at)),
+      el("span", { class: "grow" },
+        el("span", { class: "what" }, a.title),
+        a.body ? el("span", { class: "muted small" }, a.body) : null,
+        a.status === "acknowledged" ? el("span", { class: "who" }, handledBy(a)) : null),
+      ack);
+  }));
+  $("alerts-empty").hidden = mine.length > 0;
+  const open = mine.filter((a) => a.status === "open").length;
+  $("alerts-count").hidden = open === 0;
+  $("alerts-count").textContent = String(open);
+  // The banner: the newest alert still waiting for someone, whichever patient it is about.
+  const waiting = [...state.alerts.values()].filter((a) => a.status === "open").pop();
+  $("alert-banner").hidden = !waiting;
+  if (waiting) {
+    $("ab-title").textContent = waiting.title;
+    $("ab-patient").textContent = `· ${waiting.patient.name} · ${clock(waiting.raised_at)}`;
+    $("alert-banner").dataset.id = waiting.id;
+    if ($("alert-banner").dataset.id !== waiting.id) $("ab-ack").disabled = false;
+    $("alert-banner").dataset.id = waiting.id;
+    $("alert-banner").dataset.patient = waiting.patient.id;
+  }
+}
+
+$("ab-open").addEventListener("click", () => openPatient($("alert-banner").dataset.patient));
+$("ab-ack").addEventListener("click", (e) => acknowledge($("alert-banner").dataset.id, e.currentTarget));
 
 // --- blood pressure ----------------------------------------------------------------------------
 

@@ -3,6 +3,16 @@
 
 import { io } from "/vendor/socket.io.esm.min.js";
 
+/** This browser's stable id, so the server delivers each alert to it once (and again only if unconfirmed). */
+function deviceId() {
+  let id = localStorage.getItem("healthmate.device");
+  if (!id) {
+    id = `web-${crypto.getRandomValues(new Uint32Array(2)).join("-")}`;
+    localStorage.setItem("healthmate.device", id);
+  }
+  return id;
+}
+
 export class Live extends EventTarget {
   constructor(session) {
     super();
@@ -11,7 +21,7 @@ export class Live extends EventTarget {
       transports: ["websocket"],
       autoConnect: false,
       auth: (cb) => {
-        session.token().then((token) => cb({ token }), () => cb({}));
+        session.token().then((token) => cb({ token, device_id: deviceId() }), () => cb({}));
       },
     });
     this.socket.on("connect", () => this.status("connected"));
