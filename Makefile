@@ -28,7 +28,7 @@ $(NPM_STAMP): package.json package-lock.json
 	@touch $@
 
 run: $(STAMP) $(NPM_STAMP)
-	$(BIN)/healthmate serve
+	$(BIN)/healthmate serve --demo
 
 # Installs what the tests start for real when it is missing (needs root or sudo on Debian).
 system-deps:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import queue
+import signal
 import threading
 import time
 import zlib
@@ -34,7 +35,10 @@ Result = tuple[str, list[dict[str, Any]], list[dict[str, Any]], float]
 
 
 def _worker(inbox: Any, outbox: Any) -> None:
-    """Worker process: owns the analysers of its streams."""
+    """Worker process: owns the analysers of its streams. It ignores SIGINT/SIGTERM (a Ctrl-C reaches the
+    whole process group): the server stops it, and if the server dies the pipe closes and it exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from ml.rhythm_events import EventDetector, Thresholds
     from ml.signal_stream import StreamAnalyser
 

@@ -4,6 +4,7 @@ start-up sequence (embedded store if no MongoDB URL, Beanie, migrations, control
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from server import (
     blood_pressure,
     calls,
     contacts,
+    demo,
     device_registry,
     health,
     linking,
@@ -61,6 +63,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         url = await svc.store.start()
         log.info("data lives in %s", settings.data_dir.resolve())
     svc.mongo = make_client(url, serverSelectionTimeoutMS=settings.store_timeout_ms)
+    background: list[asyncio.Task[None]] = []
     try:
         await init_documents(svc.mongo, settings.mongodb_db)
         applied = await run_migrations(svc.mongo[settings.mongodb_db])
@@ -74,11 +77,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if svc.calls is not None:
             svc.calls.start()
         await svc.alerts.start()  # type: ignore[union-attr]
-        retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
+        background.append(asyncio.create_task(_retention(settings.raw_retention_days), name="retention"))
+        if settings.demo and (task := await demo.start(settings)) is not None:
+            background.append(task)
+            svc.extras["demo"] = task
         yield
     finally:
-        if "retention" in locals():
-            retention.cancel()
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if svc.calls is not None:
             await svc.calls.stop()
         await svc.alerts.stop()  # type: ignore[union-attr]
@@ -93,6 +101,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await svc.redis.aclose()
         if svc.store is not None:
             await svc.store.stop()
+
+
+async def _stop_demo(app: web.Application) -> None:
+    """On shutdown, before open connections are waited for: the demo devices are connections too."""
+    task = app[SERVICES].extras.pop("demo", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 async def _retention(raw_days: int) -> None:
@@ -154,4 +171,5 @@ def create_app(settings: Settings) -> web.Application:
     setup_overview(app)
     setup_dashboard(app)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_stop_demo)
     return app

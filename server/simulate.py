@@ -39,6 +39,8 @@ class DeviceRun:
     frame_s: float = 1.0
     duration_s: float | None = None
     clock_drift_ppm: float = 0.0
+    drop_online_s: int = 20  # network_drop: online this long, then offline for drop_offline_s, repeating
+    drop_offline_s: int = 8
     frames_sent: int = 0
     frames_acked: int = 0
     stream_id: str | None = None
@@ -63,7 +65,12 @@ async def pair_device(url: str, email: str, password: str, kind: str) -> str:
 
 async def _connect(run: DeviceRun) -> socketio.AsyncClient:
     client = socketio.AsyncClient(reconnection=False)
-    await client.connect(run.url, auth={"device_token": run.credential}, transports=["websocket"], wait_timeout=10)
+    try:
+        await client.connect(run.url, auth={"device_token": run.credential}, transports=["websocket"],
+                             wait_timeout=10)
+    except BaseException:
+        await client.shutdown()  # closes its HTTP session too
+        raise
     return client
 
 
@@ -76,22 +83,26 @@ async def stream(run: DeviceRun, stop: asyncio.Event | None = None) -> DeviceRun
     if not opened.get("ok"):
         raise RuntimeError(f"stream:open refused: {opened}")
     run.stream_id = opened["data"]["stream_id"]
-    offline = drop_schedule(run.scenario, run.seed)
+    offline = drop_schedule(run.scenario, run.seed, run.drop_online_s, run.drop_offline_s)
     per_frame = max(1, round(run.sampling_rate * run.frame_s))
     loop = asyncio.get_running_loop()
-    start = loop.time()
     boot_ms = secrets.randbelow(10_000_000)  # the device's clock: ms since its own boot
     seq = 0
     pending: set[asyncio.Task[Any]] = set()
     signal = scenario_signal(run.kind, run.scenario, run.sampling_rate, run.heart_rate, run.seed)
-    buffer: list[float] = []
+    # NeuroKit2 takes ~0.1 s to simulate a chunk: made in a thread (this loop may be the server's), one
+    # chunk ahead, so frames leave on time.
+    buffer: list[float] = (await asyncio.to_thread(next, signal)).tolist()
+    upcoming = asyncio.ensure_future(asyncio.to_thread(next, signal))
+    start = loop.time()
     try:
         while not stop.is_set():
             elapsed = seq * per_frame / run.sampling_rate
             if run.duration_s is not None and elapsed >= run.duration_s:
                 break
             while len(buffer) < per_frame:
-                buffer.extend(next(signal).tolist())
+                buffer.extend((await upcoming).tolist())
+                upcoming = asyncio.ensure_future(asyncio.to_thread(next, signal))
             samples, buffer = buffer[:per_frame], buffer[per_frame:]
             # Real time: a frame leaves when its last sample has been "measured".
             due = start + elapsed + run.frame_s
@@ -104,7 +115,12 @@ async def stream(run: DeviceRun, stop: asyncio.Event | None = None) -> DeviceRun
                 seq += 1
                 continue
             if not client.connected:
-                client = await _connect(run)
+                try:
+                    client = await _connect(run)
+                except (socketio.exceptions.ConnectionError, OSError) as exc:
+                    log.info("device cannot reach the server (%s); frame %d lost", exc, seq)
+                    seq += 1
+                    continue
                 log.info("device back online; resuming at seq %d", seq)
             payload = {"stream_id": run.stream_id, "seq": seq, "t0": round(t0, 3), "dtype": "float32",
                        "samples": array.array("f", samples).tobytes()}
@@ -118,6 +134,7 @@ async def stream(run: DeviceRun, stop: asyncio.Event | None = None) -> DeviceRun
         if client.connected:
             await client.call("stream:close", {"stream_id": run.stream_id}, timeout=10)
     finally:
+        upcoming.cancel()
         if client.connected:
             await client.disconnect()
     return run
@@ -139,6 +156,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hr", type=float, default=72.0, help="heart rate per minute")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, help="seconds to stream (default: until stopped)")
+    p.add_argument("--frame", type=float, default=1.0, help="seconds of signal per frame (0.04-2)")
+    p.add_argument("--drop-after", type=int, default=20, help="network_drop: seconds online before a drop")
+    p.add_argument("--drop-for", type=int, default=8, help="network_drop: seconds offline")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -149,9 +169,11 @@ async def main(args: argparse.Namespace) -> None:
         credential = await pair_device(args.url, args.email, args.password, args.kind)
     run = DeviceRun(url=args.url, credential=credential, kind=args.kind,
                     sampling_rate=args.rate or (250.0 if args.kind == "ecg" else 100.0), scenario=args.scenario,
-                    heart_rate=args.hr, seed=args.seed, duration_s=args.duration)
+                    heart_rate=args.hr, seed=args.seed, duration_s=args.duration,
+                    frame_s=min(max(args.frame, 0.04), 2.0), drop_online_s=args.drop_after,
+                    drop_offline_s=args.drop_for)
     started = time.monotonic()
     log.info("streaming %s (%s, %.0f/min) to %s", run.kind, run.scenario, run.heart_rate, run.url)
     await stream(run)
-    log.info("sent %d frames (%d acknowledged) in %.0f s", run.frames_sent, run.frames_acked,
-             time.monotonic() - started)
+    log.info("stream %s: sent %d frames (%d acknowledged) in %.0f s", run.stream_id, run.frames_sent,
+             run.frames_acked, time.monotonic() - started)
