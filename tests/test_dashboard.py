@@ -254,3 +254,45 @@ async def test_clinician_calls_the_patient_from_the_page(api: Api, monkeypatch) 
         if trickle is not None:
             trickle.cancel()
         await phone.pc.close()
+
+
+STRIP_WITH_A_GAP = """async () => {
+  const { WaveStrip } = await import("/static/strip.js");
+  const canvas = document.createElement("canvas");
+  canvas.style.cssText = "width: 800px; height: 100px; display: block";
+  document.body.replaceChildren(canvas);
+  const strip = new WaveStrip(canvas, { label: "", color: "#ff0000", windowMs: 8000, delayMs: 0, capacity: 512 });
+  const frame = (seq) => Float32Array.from({ length: 125 }, (_, i) => Math.sin((seq * 125 + i) / 6));
+  // One-second frames at 125 Hz arriving at 1..4 s; frames 4 and 5 never come; 6 and 7 arrive at 7 and 8 s.
+  for (const seq of [0, 1, 2, 3, 6, 7]) strip.push("s", seq, frame(seq), 125, (seq + 1) * 1000);
+  strip.draw(8000);
+  const ctx = canvas.getContext("2d");
+  const { width, height } = canvas;
+  const pixels = ctx.getImageData(0, 0, width, height).data;
+  const columns = [];
+  for (let x = 0; x < width; x++) {
+    let red = false;
+    for (let y = 0; y < height && !red; y++) {
+      const i = (y * width + x) * 4;
+      red = pixels[i] > 180 && pixels[i + 1] < 90 && pixels[i + 2] < 90;
+    }
+    columns.push(red);
+  }
+  return { columns, capacity: strip.values.length, count: strip.count };
+}"""
+
+
+async def test_strip_draws_a_gap_as_a_gap_in_a_fixed_buffer(api: Api) -> None:
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(api.base_url + "/")
+        result = await page.evaluate(STRIP_WITH_A_GAP)
+    columns = result["columns"]
+    width = len(columns)
+    at = lambda seconds: round(seconds / 8 * width)  # noqa: E731
+    drawn = lambda a, b: sum(columns[at(a):at(b)]) / (at(b) - at(a))  # noqa: E731
+    assert drawn(2.2, 3.8) > 0.95 and drawn(6.2, 7.8) > 0.95, "the signal is drawn where samples are"
+    assert drawn(4.1, 5.9) == 0, "the missing seconds are left blank, not bridged by a line"
+    # 750 samples went into a 512-sample ring: it keeps the newest 512 (about 4 s) and does not grow.
+    assert result["capacity"] == 512 and result["count"] == 512
+    assert drawn(0.1, 1.8) == 0

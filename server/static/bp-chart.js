@@ -10,6 +10,7 @@ export class BpChart {
     this.container = container;
     this.plot = null;
     this.readings = [];
+    new ResizeObserver(() => this.plot && this.render()).observe(container);
   }
 
   /** Readings as the REST history gives them (any order). */
@@ -29,6 +30,10 @@ export class BpChart {
   }
 
   render() {
+    if (!this.readings.length) {
+      this.clear();
+      return;
+    }
     const t = this.readings.map((r) => Date.parse(r.measured_at) / 1000);
     const data = [t, this.readings.map((r) => r.systolic), this.readings.map((r) => r.diastolic)];
     const width = Math.max(300, this.container.clientWidth);
