@@ -1,9 +1,10 @@
-"""The care team's overview: every patient the caller may see with their live status (streaming or not,
-latest heart rate), in one request, so the dashboard's patient list costs one query set however many
-patients a clinician follows: open streams, latest heart rate, latest blood pressure and its category, open alerts."""
+"""The care team's overview, the dashboard's patient list in one request: every patient the caller may
+see with their status (open streams, latest heart rate, latest blood pressure and its category, how many
+alerts await an acknowledgement). Patients are looked up concurrently; audited once per request."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -60,7 +61,7 @@ async def patient_status(patient: User) -> dict[str, Any]:
 async def overview(principal: Principal) -> list[dict[str, Any]]:
     ids = await Realtime.patients_of(principal)
     patients = await User.find(In(User.id, ids)).sort(+User.name).to_list()
-    return [await patient_status(p) for p in patients]
+    return list(await asyncio.gather(*(patient_status(p) for p in patients)))
 
 
 async def rest_overview(request: web.Request) -> web.Response:

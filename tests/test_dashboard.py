@@ -15,10 +15,11 @@ from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
+from server.app import create_app
 from server.http import SERVICES
 from server.security import TokenService
 from tests.browser import chromium, sign_in, streaming_ward
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers import Api
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -296,3 +297,25 @@ async def test_strip_draws_a_gap_as_a_gap_in_a_fixed_buffer(api: Api) -> None:
     # 750 samples went into a 512-sample ring: it keeps the newest 512 (about 4 s) and does not grow.
     assert result["capacity"] == 512 and result["count"] == 512
     assert drawn(0.1, 1.8) == 0
+
+
+async def test_tokens_refreshed_before_they_expire(store, tmp_path, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
+    """With 30 s access tokens the page refreshes after about 20 s, on its own, and goes on working."""
+    server = await aiohttp_server(create_app(make_settings(store.url, tmp_path, access_token_ttl_s=30)))
+    async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:
+        patient = await api.register("patient", name="Ana Ribeiro")
+        clinician = await api.register("clinician")
+        await api.link(patient, clinician)
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await sign_in(page, api.base_url, clinician)
+            first, first_refresh = await page.evaluate(
+                "[window.__dashboard.session.state.access_token, window.__dashboard.session.state.refresh_token]")
+            await page.wait_for_function(f"window.__dashboard.session.state.access_token !== {first!r}",
+                                         timeout=35_000)
+            # The new token works (a reload signs in from sessionStorage with it); the old refresh token was rotated.
+            await page.reload()
+            await page.locator(f'.patient-row[data-id="{patient.id}"]').wait_for()
+            await page.wait_for_selector("#conn[data-state=connected]")
+            status, err = await api.request("POST", "/api/auth/refresh", json={"refresh_token": first_refresh})
+            assert status == 401 and err["error"]["code"] == "refresh_token_reused"
