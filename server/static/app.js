@@ -1,12 +1,13 @@
 // The clinician dashboard: sign-in, the patient list with live status, and one patient's live view.
 
+import { AlertBoard } from "/static/alerts.js";
 import { BpChart } from "/static/bp-chart.js";
 import { AudioCall } from "/static/call.js";
+import { $, clock, el, fmt, humanize } from "/static/dom.js";
 import { Live } from "/static/live.js";
 import { Session } from "/static/session.js";
 import { WaveStrip } from "/static/strip.js";
 
-const $ = (id) => document.getElementById(id);
 const DISPLAY_RATE = 125;
 const OVERVIEW_EVERY_MS = 10_000;
 const MAX_LIST_ITEMS = 50;
@@ -27,26 +28,13 @@ const state = {
   current: null, // patient id on screen
   streams: new Map(), // stream id -> kind, for the patient on screen
   latest: {}, // kind -> last analysis
-  alerts: new Map(), // alert id -> alert (not resolved) as pushed or listed, newest last
 };
-const MAX_ALERTS = 200;
+const alerts = new AlertBoard(session);
+alerts.addEventListener("change", () => loadOverview());
+alerts.addEventListener("open", (e) => openPatient(e.detail));
 
 // --- helpers -----------------------------------------------------------------------------------
 
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v;
-    else if (k.startsWith("data-")) node.setAttribute(k, v);
-    else node[k] = v;
-  }
-  for (const c of children) if (c !== null && c !== undefined) node.append(c);
-  return node;
-}
-
-const fmt = (v, digits = 0) => (v === null || v === undefined || !Number.isFinite(v) ? "–" : v.toFixed(digits));
-const clock = (iso) => new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-const humanize = (s) => String(s || "").replace(/_/g, " ");
 const CATEGORY = { normal: "Normal", elevated: "Elevated", hypertension_stage_1: "Stage 1",
                    hypertension_stage_2: "Stage 2", hypertensive_crisis: "Crisis" };
 const bpText = (r) => `${fmt(r.systolic)}/${fmt(r.diastolic)}`;
@@ -112,13 +100,10 @@ function startApp() {
   live.on("bp:new", onBp);
   live.on("bp:updated", onBp);
   live.on("bp:deleted", onBpDeleted);
-  live.on("alert:new", onAlert);
-  live.on("alert:escalated", onAlert);
-  live.on("alert:acknowledged", onAlertAcknowledged);
-  live.on("alert:resolved", onAlertResolved);
+  alerts.attach(live);
   live.connect();
   loadOverview();
-  loadAlerts(null);
+  alerts.load(null);
   state.overviewTimer = setInterval(loadOverview, OVERVIEW_EVERY_MS);
   const wanted = new URLSearchParams(location.hash.slice(1)).get("patient");
   if (wanted) openPatient(wanted);
@@ -188,7 +173,7 @@ async function openPatient(id) {
   $("v-bp-cat").replaceChildren();
   $("events").replaceChildren();
   $("events-empty").hidden = false;
-  renderAlerts();
+  alerts.show(id);
   $("placeholder").hidden = true;
   $("patient-view").hidden = false;
   $("call-btn").hidden = Boolean(state.call && state.call.busy);
@@ -206,7 +191,7 @@ async function openPatient(id) {
   if (state.live && state.live.socket.connected) subscribe(id);
   loadEvents(id);
   loadBp(id);
-  loadAlerts(id);
+  alerts.load(id);
 }
 
 async function subscribe(id) {
@@ -329,100 +314,6 @@ function showCall({ text, state: callState }) {
   $("hangup-btn").hidden = idle;
   $("hangup-btn").textContent = callState === "ringing" ? "Cancel" : "Hang up";
 }
-
-// --- alerts ------------------------------------------------------------------------------------
-
-function keepAlert(alert) {
-  state.alerts.delete(alert.id);
-  state.alerts.set(alert.id, { ...(state.alerts.get(alert.id) || {}), ...alert });
-  while (state.alerts.size > MAX_ALERTS) state.alerts.delete(state.alerts.keys().next().value);
-}
-
-function onAlert(alert) {
-  keepAlert(alert);
-  // Confirm receipt on this device, so it is not delivered to it again on the next connect.
-  state.live.call("alert:received", { alert_id: alert.id }).catch(() => {});
-  renderAlerts();
-  loadOverview();
-}
-
-function onAlertAcknowledged(msg) {
-  const alert = state.alerts.get(msg.alert_id);
-  if (alert) keepAlert({ ...alert, status: "acknowledged", acknowledged_by: msg.by, message: msg.message });
-  renderAlerts();
-  loadOverview();
-}
-
-function onAlertResolved(msg) {
-  state.alerts.delete(msg.alert_id);
-  renderAlerts();
-  loadOverview();
-}
-
-async function loadAlerts(id) {
-  try {
-    const path = id ? `/api/patients/${id}/alerts?limit=50` : "/api/alerts?status=open&limit=50";
-    const page = await session.api("GET", path);
-    for (const a of page.items.reverse()) {
-      if (a.status === "resolved") state.alerts.delete(a.id);
-      else keepAlert(a);
-    }
-    renderAlerts();
-  } catch (err) {
-    console.warn("alerts", err);
-  }
-}
-
-async function acknowledge(alertId, button) {
-  button.disabled = true;
-  try {
-    const alert = await state.live.call("alert:ack", { alert_id: alertId });
-    keepAlert(alert);
-  } catch (err) {
-    button.disabled = false;
-    console.warn("alert:ack", err);
-  }
-  renderAlerts();
-  loadOverview();
-}
-
-function handledBy(alert) {
-  const by = alert.acknowledged_by;
-  return alert.message || (by ? `${by.name} is handling it` : "Acknowledged");
-}
-
-function renderAlerts() {
-  const mine = [...state.alerts.values()].filter((a) => a.patient.id === state.current).reverse();
-  $("alerts").replaceChildren(...mine.map((a) => {
-    const ack = a.status === "open" ? el("button", { class: "danger small-btn", "data-alert": a.id }, "Acknowledge") : null;
-    if (ack) ack.addEventListener("click", () => acknowledge(a.id, ack));
-    return el("li", { class: `alert-item sev-${a.urgency === "critical" || a.urgency === "high" ? "critical" : "warning"} status-${a.status}`, "data-id": a.id },
-      el("span", { class: "when" }, clock(a.raised_at)),
-      el("span", { class: "grow" },
-        el("span", { class: "what" }, a.title),
-        a.body ? el("span", { class: "muted small" }, a.body) : null,
-        a.status === "acknowledged" ? el("span", { class: "who" }, handledBy(a)) : null),
-      ack);
-  }));
-  $("alerts-empty").hidden = mine.length > 0;
-  const open = mine.filter((a) => a.status === "open").length;
-  $("alerts-count").hidden = open === 0;
-  $("alerts-count").textContent = String(open);
-  // The banner: the newest alert still waiting for someone, whichever patient it is about.
-  const waiting = [...state.alerts.values()].filter((a) => a.status === "open").pop();
-  $("alert-banner").hidden = !waiting;
-  if (waiting) {
-    $("ab-title").textContent = waiting.title;
-    $("ab-patient").textContent = `· ${waiting.patient.name} · ${clock(waiting.raised_at)}`;
-    $("alert-banner").dataset.id = waiting.id;
-    if ($("alert-banner").dataset.id !== waiting.id) $("ab-ack").disabled = false;
-    $("alert-banner").dataset.id = waiting.id;
-    $("alert-banner").dataset.patient = waiting.patient.id;
-  }
-}
-
-$("ab-open").addEventListener("click", () => openPatient($("alert-banner").dataset.patient));
-$("ab-ack").addEventListener("click", (e) => acknowledge($("alert-banner").dataset.id, e.currentTarget));
 
 // --- blood pressure ----------------------------------------------------------------------------
 
