@@ -47,6 +47,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP) $(NPM_STAMP) system-deps
+	cd bench/node && npm ci --no-audit --no-fund --silent
 	$(BIN)/python -m bench
 
 clean:

@@ -42,6 +42,8 @@ from server.live import LiveHub
 from server.migrations import run_migrations
 from server.notifications import Notifications
 from server.overview import setup as setup_overview
+from server.push import PushDispatcher
+from server.push_providers import providers_from
 from server.ratelimit import FailureCounter
 from server.realtime import Realtime
 from server.security import TokenService
@@ -77,6 +79,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if svc.calls is not None:
             svc.calls.start()
         await svc.alerts.start()  # type: ignore[union-attr]
+        svc.push.start()  # type: ignore[union-attr]
         background.append(asyncio.create_task(_retention(settings.raw_retention_days), name="retention"))
         if settings.demo and (task := await demo.start(settings)) is not None:
             background.append(task)
@@ -90,6 +93,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if svc.calls is not None:
             await svc.calls.stop()
         await svc.alerts.stop()  # type: ignore[union-attr]
+        await svc.push.stop()  # type: ignore[union-attr]
         await svc.streams.stop()
         await svc.writer.stop()
         await svc.live.stop()
@@ -146,11 +150,15 @@ def create_app(settings: Settings) -> web.Application:
     writer = HistoryWriter()
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
+    bp = BloodPressure(realtime)
+    alerting = Alerts(settings, realtime, bus, notes)
+    push = PushDispatcher(settings, realtime, providers_from(settings))
+    bp.on_crisis.append(alerting.on_bp_crisis)
+    vitals.sinks.append(alerting.on_vital_event)
+    notes.pushers.append(push.push)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
-                   bp=BloodPressure(realtime), contacts=Contacts(realtime), alerts=Alerts(settings, realtime, bus))
-    svc.bp.on_crisis.append(svc.alerts.on_bp_crisis)  # type: ignore[union-attr]
-    vitals.sinks.append(svc.alerts.on_vital_event)  # type: ignore[union-attr]
+                   bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push)
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)

@@ -69,6 +69,22 @@ class Settings(BaseSettings):
     alert_emit_lease_s: float = Field(5.0, ge=0.5, le=300)  # after this, another process emits a stalled alert
     emergency_webhook_url: str | None = None  # the emergency contacts' notification channel (e.g. an SMS gateway)
     webhook_secret: SecretStr | None = None  # HMAC key for signed webhooks (defaults to the JWT secret)
+    # Push delivery to users with no connected device (each provider is on when its settings are given).
+    push_queue_size: int = Field(10_000, ge=10)  # pending sends; beyond it new ones are dropped (logged)
+    push_workers: int = Field(4, ge=1, le=64)
+    push_max_attempts: int = Field(5, ge=1, le=20)
+    push_retry_base_s: float = Field(1.0, ge=0.01, le=600)  # backoff: base, 2x base, 4x base, ...
+    fcm_service_account: SecretStr | None = None  # the service-account JSON, or a path to it
+    fcm_endpoint: str = "https://fcm.googleapis.com"
+    fcm_token_uri: str | None = None  # default: the service account's token_uri
+    apns_team_id: str | None = None
+    apns_key_id: str | None = None
+    apns_private_key: SecretStr | None = None  # the .p8 key (PEM), or a path to it
+    apns_topic: str | None = None  # the app's bundle id
+    apns_endpoint: str = "https://api.push.apple.com"
+    vapid_private_key: SecretStr | None = None  # PEM or base64url (py_vapid), or a path to it
+    vapid_subject: str | None = None  # mailto: or https: contact for the push services
+    push_webhook_url: str | None = None
     fault_injection: Literal["", "crash_after_alert_persist"] = ""  # tests only; refused in production
     log_level: str = "INFO"
 

@@ -12,12 +12,13 @@ from server.contacts import MedicalContact
 from server.device_registry import Device
 from server.models import CORE_DOCUMENTS
 from server.notifications import Notification
+from server.push import PushToken
 from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
                                    PatientThresholds, Notification, BPReading, MedicalContact, CallSession,
-                                   CallLine, Alert]
+                                   CallLine, Alert, PushToken]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from pymongo.errors import ConnectionFailure
 from redis.asyncio import Redis
 
+from server import fastjson
 from server.auth import AuthService, Client, Principal
 from server.bus import ControlBus
 from server.config import Settings
@@ -74,7 +75,7 @@ class Realtime:
     def __init__(self, settings: Settings, auth: AuthService, bus: ControlBus, redis: Redis | None = None) -> None:
         manager = socketio.AsyncRedisManager(settings.redis_url) if settings.redis_url else None
         self.sio = socketio.AsyncServer(
-            async_mode="aiohttp", client_manager=manager,
+            async_mode="aiohttp", client_manager=manager, json=fastjson,
             cors_allowed_origins=settings.cors_origins or None,
             max_http_buffer_size=settings.max_message_bytes,
         )

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
     from server.notifications import Notifications
+    from server.push import PushDispatcher
     from server.ratelimit import FailureCounter
     from server.realtime import Realtime
     from server.security import TokenService
@@ -47,4 +48,5 @@ class Services:
     contacts: Contacts | None = None
     calls: CallService | None = None
     alerts: Alerts | None = None
+    push: PushDispatcher | None = None
     extras: dict[str, Any] = field(default_factory=dict)
