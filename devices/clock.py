@@ -17,11 +17,22 @@ class DeviceClock:
     def __init__(self) -> None:
         self.offset_s: float | None = None  # server seconds minus device seconds
         self._obs: deque[tuple[float, float]] = deque(maxlen=WINDOW)  # (server time, offset)
+        self._count = 0
+        self._minima: deque[tuple[int, float]] = deque()  # (observation number, offset), offsets increasing
 
     def observe(self, device_ms: float, server_s: float) -> None:
-        self._obs.append((server_s, server_s - device_ms / 1000.0))
-        # Minimum over a bounded window: drift (tens of ppm) moves it by milliseconds within it.
-        self.offset_s = min(o for _, o in self._obs)
+        offset = server_s - device_ms / 1000.0
+        self._obs.append((server_s, offset))
+        # Minimum over the last WINDOW observations (drift, tens of ppm, moves it by milliseconds within
+        # it), kept as a monotonic queue: O(1) per frame rather than a scan of the window.
+        minima = self._minima
+        while minima and minima[-1][1] >= offset:
+            minima.pop()
+        minima.append((self._count, offset))
+        if minima[0][0] <= self._count - WINDOW:
+            minima.popleft()
+        self._count += 1
+        self.offset_s = minima[0][1]
 
     def to_server(self, device_ms: float) -> float:
         """Server time (epoch seconds) at which the device measured ``device_ms``."""

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
-MAX_QUEUED_OPS = 50_000  # per worker; past it new samples are dropped and the stream gets a gap
+# Per worker: about 5 s of 500 streams' frames (~10 MB of float32 samples); past it new samples are dropped.
+MAX_QUEUED_OPS = 10_000
 BATCH = 2_000
 RESTART_DELAY_S = 1.0
 
@@ -176,7 +177,7 @@ class AnalysisPool:
 
     def push(self, stream_id: str, samples: np.ndarray, received_at: float) -> bool:
         """Queue samples; False if the worker is so far behind that they were dropped (record a gap)."""
-        return self._put(stream_id, ("push", stream_id, samples, received_at))
+        return self._put(stream_id, ("push", stream_id, samples.astype(np.float32), received_at))
 
     def gap(self, stream_id: str, missing_samples: int) -> None:
         self._put(stream_id, ("gap", stream_id, missing_samples))

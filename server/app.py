@@ -156,6 +156,8 @@ def create_app(settings: Settings) -> web.Application:
     bp.on_crisis.append(alerting.on_bp_crisis)
     vitals.sinks.append(alerting.on_vital_event)
     notes.pushers.append(push.push)
+    vitals.sinks.append(vitals_module.alerts_to(notes))
+    bus.on("device_revoked", streams.device_revoked)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
                    bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push)

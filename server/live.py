@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from beanie import PydanticObjectId
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
-from server.access import require_patient
+from server.access import may_access, require_patient
+from server.errors import forbidden
 from server.realtime import NAMESPACE, EventContext, Realtime
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,10 @@ class LiveHub:
         self.by_sid.setdefault(ctx.sid, {})[pid] = watcher
         if first_here and self._pubsub is not None:
             await self._pubsub.subscribe(f"hm:live:{pid}")
+        # A link revoked while we were checking found no watcher to end: check again, now that it is there.
+        if not await may_access(ctx.principal, PydanticObjectId(pid)):
+            await self.unsubscribe(ctx.sid, pid)
+            raise forbidden()
         return watcher
 
     async def unsubscribe(self, sid: str, patient_id: str) -> bool:
@@ -171,8 +177,13 @@ class LiveHub:
                     await asyncio.sleep(0.02)  # the client is not keeping up: let our bounded queue absorb it
                     continue
                 item = w.take()
-                if item is not None:
+                if item is None:
+                    continue
+                try:
                     await self.rt.sio.emit(item[0], item[1], to=w.sid, ignore_queue=True)
+                except Exception as exc:  # the socket went away under us: its disconnect ends this watcher
+                    log.debug("watcher %s: %s", w.sid, exc)
+                    return
 
     def _deliver_local(self, patient_id: str, event: str, payload: dict[str, Any],
                        samples: np.ndarray | None = None, rate: float | None = None) -> None:

@@ -9,7 +9,6 @@ with the next sequence number so the server records the gap.
 from __future__ import annotations
 
 import argparse
-import array
 import asyncio
 import logging
 import secrets
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import numpy as np
 import socketio
 
 from devices.signal_scenarios import drop_schedule, scenario_signal
@@ -44,6 +44,7 @@ class DeviceRun:
     frames_sent: int = 0
     frames_acked: int = 0
     stream_id: str | None = None
+    reopen: bool = False  # the server answered unknown_stream: open a new stream before the next frame
 
 
 async def pair_device(url: str, email: str, password: str, kind: str) -> str:
@@ -78,11 +79,7 @@ async def stream(run: DeviceRun, stop: asyncio.Event | None = None) -> DeviceRun
     """Stream in real time until ``duration_s`` passes or ``stop`` is set."""
     stop = stop or asyncio.Event()
     client = await _connect(run)
-    opened = await client.call("stream:open", {"kind": run.kind, "sampling_rate": run.sampling_rate,
-                                               "units": "mV" if run.kind == "ecg" else "au"}, timeout=10)
-    if not opened.get("ok"):
-        raise RuntimeError(f"stream:open refused: {opened}")
-    run.stream_id = opened["data"]["stream_id"]
+    await _open(client, run)
     offline = drop_schedule(run.scenario, run.seed, run.drop_online_s, run.drop_offline_s)
     per_frame = max(1, round(run.sampling_rate * run.frame_s))
     loop = asyncio.get_running_loop()
@@ -122,8 +119,10 @@ async def stream(run: DeviceRun, stop: asyncio.Event | None = None) -> DeviceRun
                     seq += 1
                     continue
                 log.info("device back online; resuming at seq %d", seq)
+            if run.reopen:  # the server no longer knows our stream (it restarted): a new one
+                await _open(client, run)
             payload = {"stream_id": run.stream_id, "seq": seq, "t0": round(t0, 3), "dtype": "float32",
-                       "samples": array.array("f", samples).tobytes()}
+                       "samples": np.asarray(samples, dtype="<f4").tobytes()}
             task = asyncio.create_task(client.call("stream:frame", payload, timeout=10))
             pending.add(task)
             task.add_done_callback(lambda t: (pending.discard(t), _count_ack(run, t)))
@@ -140,9 +139,22 @@ async def stream(run: DeviceRun, stop: asyncio.Event | None = None) -> DeviceRun
     return run
 
 
+async def _open(client: socketio.AsyncClient, run: DeviceRun) -> None:
+    opened = await client.call("stream:open", {"kind": run.kind, "sampling_rate": run.sampling_rate,
+                                               "units": "mV" if run.kind == "ecg" else "au"}, timeout=10)
+    if not opened.get("ok"):
+        raise RuntimeError(f"stream:open refused: {opened}")
+    run.stream_id, run.reopen = opened["data"]["stream_id"], False
+
+
 def _count_ack(run: DeviceRun, task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is None and task.result().get("ok"):
+    if task.cancelled() or task.exception() is not None:
+        return
+    reply = task.result()
+    if reply.get("ok"):
         run.frames_acked += 1
+    elif reply.get("error", {}).get("code") == "unknown_stream":
+        run.reopen = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ from beanie import PydanticObjectId
 from pydantic import BaseModel, ConfigDict, Field
 
 from devices.clock import DeviceClock
-from devices.frames import Frame, FrameError, StreamOpen, decode_samples
+from devices.frames import Frame, FrameError, StreamOpen, decode_samples, max_samples
 from devices.stream_sequencer import StreamSequencer
 from server.access import require_patient
 from server.analysis_pool import AnalysisPool, Result
@@ -33,7 +33,8 @@ from server.waveform_store import AnalysisChunk, BucketBuilder, HistoryWriter, S
 
 log = logging.getLogger(__name__)
 STALL_CHECK_S = 1.0
-IDLE_CLOSE_S = 600.0  # a stream silent this long is closed (its device may reopen another)
+IDLE_CLOSE_S = 600.0
+MAX_STREAMS_PER_DEVICE = 4  # a stream silent this long is closed (its device may reopen another)
 
 
 class StreamRef(BaseModel):
@@ -123,6 +124,15 @@ class StreamService:
         device_kind = ctx.principal.name.split(":", 1)[0]
         if device_kind != body.kind:
             raise ApiError("wrong_kind", f"This device is paired as {device_kind}, not {body.kind}", 422)
+        # A device opening a channel again has restarted: its old stream on that channel ends. Other
+        # channels are bounded, so no device can hold more than a few analysers.
+        mine = [s for s in self.streams.values() if str(s.doc.device_id) == ctx.principal.sid]
+        for old in [s for s in mine if s.doc.channel == body.channel]:
+            await self._close(old, "replaced")
+            mine.remove(old)
+        if len(mine) >= MAX_STREAMS_PER_DEVICE:
+            raise ApiError("too_many_streams", f"A device streams at most {MAX_STREAMS_PER_DEVICE} channels at once; "
+                           "close one first", 409, {"open_streams": [s.id for s in mine]})
         await self.vitals.load_thresholds(ctx.principal.user_id)
         doc = Stream(patient_id=ctx.principal.user_id, device_id=PydanticObjectId(ctx.principal.sid), kind=body.kind,
                      sampling_rate=body.sampling_rate, units=body.units, channel=body.channel)
@@ -130,7 +140,7 @@ class StreamService:
         stream = self._track(doc)
         meta = doc.public()
         await self.live.publish(str(doc.patient_id), "live:stream", {"change": "opened", "stream": meta})
-        return {"stream_id": stream.id, "max_samples": int(2 * body.sampling_rate)}
+        return {"stream_id": stream.id, "max_samples": max_samples(body.sampling_rate)}
 
     def _track(self, doc: Stream) -> LiveStream:
         stream = LiveStream(doc=doc, sequencer=StreamSequencer(), clock=DeviceClock(),
@@ -164,8 +174,7 @@ class StreamService:
         try:
             samples = decode_samples(frame, rate)
         except FrameError as err:
-            self._count(stream, "malformed")
-            stream.dirty = True
+            self._count(stream, "malformed")  # kept with the next checkpoint: a refusal itself writes nothing
             raise ApiError(err.code, err.message, 422, err.details) from None
         verdict = stream.sequencer.accept(frame.seq)
         status = verdict.kind
@@ -233,9 +242,15 @@ class StreamService:
             self.writer.add(bucket)
         self._flush_analyses(stream)
         doc = stream.doc
+        changes = {"closed_at": utcnow(), "close_reason": reason, "last_seq": stream.sequencer.last_seq,
+                   "counters": dict(doc.counters), "drift_ppm": stream.clock.drift_ppm}
+        # Idle here may mean the device reconnected to another process, which took the stream over and
+        # moved it on: then it is not ours to close.
+        query = {"_id": doc.id, "last_seq": doc.last_seq} if reason == "idle" else {"_id": doc.id}
         try:
-            await doc.set({"closed_at": utcnow(), "close_reason": reason, "last_seq": stream.sequencer.last_seq,
-                           "counters": dict(doc.counters), "drift_ppm": stream.clock.drift_ppm})
+            if (await Stream.get_pymongo_collection().update_one(query, {"$set": changes})).matched_count:
+                for key, value in changes.items():
+                    setattr(doc, key, value)
         except Exception as exc:
             log.warning("closing stream %s: %s", doc.id, exc)
         if announce:
@@ -303,6 +318,12 @@ class StreamService:
                 self.pool.stalled(stream.id, silent)
             if stream.dirty:  # gaps, duplicates, malformed frames: visible in the stream record within a second
                 self._checkpoint(stream)
+
+    async def device_revoked(self, msg: dict[str, Any]) -> None:
+        """A revoked device's streams end with it (it was disconnected at once, in every process)."""
+        for stream in list(self.streams.values()):
+            if str(stream.doc.device_id) == msg["device_id"]:
+                await self._close(stream, "device_revoked")
 
     def apply_thresholds(self, patient_id: PydanticObjectId, thresholds: Any) -> None:
         for stream in self.streams.values():

@@ -4,6 +4,7 @@ the per-patient thresholds a linked clinician sets."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -20,10 +21,12 @@ from server.auth import as_object_id
 from server.bus import ControlBus
 from server.errors import ApiError, forbidden
 from server.http import client_of, cursor_page, page_params, require_principal
-from server.models import VersionedDocument, iso, utcnow
+from server.models import Link, VersionedDocument, iso, utcnow
+from server.notifications import Notifications
 from server.realtime import EventContext, Realtime
 
 EventSink = Callable[["VitalEvent"], Awaitable[None]]
+log = logging.getLogger(__name__)
 
 
 class VitalEvent(VersionedDocument):
@@ -110,7 +113,10 @@ class Vitals:
         await doc.insert()
         await self.rt.to_patient(patient_id, "vitals:event", doc.public())
         for sink in self.sinks:
-            await sink(doc)
+            try:
+                await sink(doc)
+            except Exception:
+                log.exception("vital event sink failed for %s", doc.id)
         return doc
 
     async def _get(self, ctx: EventContext, body: PatientRef) -> dict[str, Any]:
@@ -143,6 +149,33 @@ class Vitals:
         thresholds = await self.load_thresholds(pid)
         for listener in self.on_thresholds_changed:
             listener(pid, thresholds)
+
+
+RHYTHM_EVENTS = {"tachycardia": "Fast heart rate", "bradycardia": "Slow heart rate",
+                 "irregular_rhythm": "Irregular heart rhythm suspected"}
+SIGNAL_EVENTS = {"poor_signal": "Poor sensor signal", "stalled": "Sensor stopped sending"}
+
+
+def alerts_to(notes: Notifications) -> EventSink:
+    """A sink turning started events into notifications: rhythm events to the patient and the whole care
+    team (critical ones as critical alerts), signal problems to the patient, to check the sensor."""
+
+    async def sink(event: VitalEvent) -> None:
+        if event.phase != "started" or event.type not in RHYTHM_EVENTS | SIGNAL_EVENTS:
+            return
+        rate = event.detail.get("rate") or event.detail.get("hr")
+        body = f"{event.signal or 'sensor'}: {rate:.0f}/min" if isinstance(rate, (int, float)) else ""
+        if event.type in SIGNAL_EVENTS:
+            await notes.notify([event.patient_id], "alert", SIGNAL_EVENTS[event.type], "Check the sensor",
+                               patient_id=event.patient_id, data={"vital_event_id": str(event.id)}, urgency="low")
+            return
+        links = Link.find(Link.patient_id == event.patient_id, Link.revoked_at == None)  # noqa: E711
+        team = [event.patient_id, *[link.member_id async for link in links]]
+        await notes.notify(team, "alert", RHYTHM_EVENTS[event.type], body, patient_id=event.patient_id,
+                           data={"vital_event_id": str(event.id), "type": event.type},
+                           urgency="critical" if event.severity == "critical" else "high")
+
+    return sink
 
 
 async def list_events(request: web.Request) -> web.Response:

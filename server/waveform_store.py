@@ -141,7 +141,7 @@ class BucketBuilder:
 class HistoryWriter:
     """Background batched inserts of finished buckets and analysis chunks."""
 
-    def __init__(self, max_pending: int = 20_000) -> None:
+    def __init__(self, max_pending: int = 5_000) -> None:  # per kind: ~100 s of 500 streams, ~50 MB at most
         self.pending: dict[type[VersionedDocument], list[VersionedDocument]] = {WaveBucket: [], AnalysisChunk: []}
         self.max_pending = max_pending
         self.dropped = 0

@@ -60,6 +60,7 @@ def test_binary_float32_int16_and_json_paths_decode_alike() -> None:
     (np.array([np.inf, 1], "<f4").tobytes(), None, 250, "non_finite_samples"),
     ([1.0, float("nan")], None, 250, "non_finite_samples"),
     ([float("-inf")], None, 250, "non_finite_samples"),
+    ([1.0, 1e39], None, 250, "non_finite_samples"),  # finite, but not as float32
 ])
 def test_malformed_samples_refused_with_a_code(samples: object, dtype: str | None, rate: float, code: str) -> None:
     with pytest.raises(FrameError) as err:
@@ -173,3 +174,13 @@ def test_drop_schedule_only_for_network_drop() -> None:
     assert not any(drop_schedule("normal")(s) for s in range(200))
     offline = [s for s in range(80) if drop_schedule("network_drop", seed=0)(s)]
     assert offline == [*range(20, 28), *range(60, 68)]
+
+
+def test_clock_offset_is_the_minimum_over_a_sliding_window() -> None:
+    clock = DeviceClock()
+    rng = np.random.default_rng(5)
+    offsets = 10.0 + rng.exponential(0.05, 500)
+    for i, offset in enumerate(offsets):
+        clock.observe(i * 1000.0, i + offset)
+        window = offsets[max(0, i - 119):i + 1]
+        assert clock.offset_s == pytest.approx(window.min())

@@ -130,7 +130,17 @@ class RawWatcher:
         await self.http.close()
 
 
-async def test_slow_watcher_drops_oldest_without_slowing_device_or_others(api: Api) -> None:
+@pytest.fixture
+async def fast_device_api(store: Any, tmp_path: Path, aiohttp_server: Any) -> Any:
+    """A server whose per-connection event limit lets a device send hundreds of frames a second."""
+    settings = make_settings(store.url, tmp_path, event_rate_per_s=2000.0, event_burst=2000)
+    server = await aiohttp_server(create_app(settings))
+    async with Api(str(server.make_url("")).rstrip("/"), server.app) as client:
+        yield client
+
+
+async def test_slow_watcher_drops_oldest_without_slowing_device_or_others(fast_device_api: Api) -> None:
+    api = fast_device_api
     patient, caregiver = await _watched_patient(api)
     clinician = await api.register("clinician")
     await api.link(patient, clinician)

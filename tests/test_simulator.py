@@ -135,3 +135,24 @@ async def test_demo_data_is_created_once_and_kept_across_restarts(api: Api) -> N
     status, devices = await api.request("GET", f"/api/patients/{patient.id}/devices",
                                         headers={"Authorization": f"Bearer {login['access_token']}"})
     assert status == 200 and sorted(d["kind"] for d in devices["items"]) == ["ecg", "ppg"]
+
+
+async def test_simulator_opens_a_new_stream_when_the_server_forgot_its_own(api: Api) -> None:
+    patient = await api.register("patient")
+    credential = (await pair(api, patient))["credential"]
+    run = DeviceRun(url=api.base_url, credential=credential, frame_s=0.2, duration_s=3.0)
+    task = asyncio.create_task(stream(run))
+    while run.frames_acked < 3:
+        await asyncio.sleep(0.05)
+    first = run.stream_id
+    # The same device opens its channel again elsewhere (as after a restart): the first stream ends.
+    other = await device_socket(api, credential)
+    await other.ok("stream:open", {"kind": "ecg", "sampling_rate": 250})
+    await other.close()
+    await task
+    assert run.stream_id != first
+    status, listed = await api.request("GET", f"/api/patients/{patient.id}/streams", patient)
+    assert status == 200
+    by_id = {s["id"]: s for s in listed["items"]}
+    assert by_id[first]["close_reason"] == "replaced"
+    assert by_id[run.stream_id]["close_reason"] == "device_closed" and by_id[run.stream_id]["counters"]["ok"] >= 3

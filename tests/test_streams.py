@@ -63,6 +63,15 @@ async def test_open_refuses_wrong_kind_bad_rate_and_users(api: Api) -> None:
     assert (await dev.call("live:subscribe", {"patient_id": patient.id}))["error"]["code"] == "forbidden"
     reply = await dev.call("stream:frame", frame("6b0692aa6601621ba6a0d449", 0, np.zeros(10), RATE))
     assert reply["error"]["code"] == "unknown_stream"
+    # Reopening a channel replaces its stream (the device restarted); channels per device are bounded.
+    again = await open_stream(dev)
+    reply = await dev.call("stream:frame", frame(stream_id, 0, np.zeros(10), RATE))
+    assert reply["error"]["code"] == "unknown_stream"
+    assert (await _stream_doc(api, patient, patient, stream_id))["close_reason"] == "replaced"
+    for channel in ("II", "III", "V1"):
+        await dev.ok("stream:open", {"kind": "ecg", "sampling_rate": 250, "channel": channel})
+    reply = await dev.call("stream:open", {"kind": "ecg", "sampling_rate": 250, "channel": "V2"})
+    assert reply["error"]["code"] == "too_many_streams" and again in reply["error"]["details"]["open_streams"]
 
 
 async def test_malformed_frames_get_the_uniform_error_and_are_not_stored(api: Api) -> None:
@@ -214,6 +223,10 @@ async def test_analysis_each_second_and_thresholds_set_by_a_clinician_only(api: 
     assert event["phase"] == "started" and event["stream_id"] == stream_id and event["signal"] == "ecg"
     status, listed = await api.request("GET", f"/api/patients/{patient.id}/vital-events", clinician)
     assert status == 200 and event["id"] in [e["id"] for e in listed["items"]]
+    # It became an alert for the care team, through the notification path.
+    note = next(n for n in await carer.events.wait("notification:new") if n["kind"] == "alert")
+    assert note["patient_id"] == patient.id and note["data"]["vital_event_id"] == event["id"]
+    assert note["urgency"] in ("high", "critical") and note["title"] == "Fast heart rate"
     status, _ = await api.request("GET", f"/api/patients/{patient.id}/vital-events",
                                   await api.register("clinician"))
     assert status == 403
@@ -237,3 +250,50 @@ async def test_stalled_stream_event_after_5_s_without_frames(api: Api) -> None:
     assert ended[1]["type"] == "stalled" and ended[1]["phase"] == "ended"
     status, listed = await api.request("GET", f"/api/patients/{patient.id}/vital-events", patient)
     assert status == 200 and [e["phase"] for e in listed["items"] if e["type"] == "stalled"] == ["ended", "started"]
+
+
+async def test_revoking_the_device_ends_its_stream(api: Api) -> None:
+    patient = await api.register("patient")
+    me = await api.socket(patient)
+    await me.ok("live:subscribe", {"patient_id": patient.id})
+    paired = await pair(api, patient)
+    dev = await device_socket(api, paired["credential"])
+    stream_id = await open_stream(dev)
+    await dev.ok("stream:frame", frame(stream_id, 0, ecg(1)[:125], RATE))
+    status, _ = await api.request("DELETE", f"/api/patients/{patient.id}/devices/{paired['device']['id']}", patient)
+    assert status == 200
+    closed = [m for m in await me.events.wait("live:stream", 2) if m["change"] == "closed"]
+    assert closed[0]["stream"]["id"] == stream_id and closed[0]["stream"]["close_reason"] == "device_revoked"
+    doc = await _stream_doc(api, patient, patient, stream_id)
+    assert doc["closed_at"] and doc["counters"]["ok"] == 1
+
+
+async def test_analysis_runs_in_a_worker_process_restarted_if_it_dies(api: Api) -> None:
+    import os
+    import signal
+
+    from server.http import SERVICES
+
+    patient = await api.register("patient")
+    me = await api.socket(patient)
+    await me.ok("live:subscribe", {"patient_id": patient.id})
+    dev = await device_socket(api, (await pair(api, patient))["credential"])
+    stream_id = await open_stream(dev)
+    signal_ = ecg(8)
+    await _stream_signal(dev, stream_id, signal_[:750])
+    await me.events.wait("live:analysis", 3, timeout=20)
+    pool = api.app[SERVICES].streams.pool  # type: ignore[index]
+    worker = pool.workers[0]
+    pid = worker.proc.pid
+    assert pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)
+    await _until(lambda: _restarted(worker, pid), 15)
+    n = len(me.events.of("live:analysis"))
+    await _stream_signal(dev, stream_id, signal_[750:], first_seq=3)
+    # The stream was re-opened in the new worker: its analysis restarts, as after a gap.
+    later = await me.events.wait("live:analysis", n + 2, timeout=20)
+    assert later[-1]["stream_id"] == stream_id
+
+
+async def _restarted(worker: Any, old_pid: int) -> bool:
+    return worker.proc is not None and worker.proc.pid != old_pid and worker.proc.is_alive()
