@@ -27,7 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from media.relay import MediaRoom, RoomFull
 from server import audit
+from server.access import require_patient
 from server.auth import Principal, as_object_id
 from server.errors import ApiError, forbidden, not_found
 from server.http import cursor_page, page_params, require_principal, services
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 Media = Literal["audio", "video"]
 MAX_TRANSITIONS = 64  # renegotiations beyond this are applied but no longer logged
 CAS_RETRIES = 8
+MAX_MEMBERS = 3  # the two participants and one joiner (a clinician), through the server's media relay
 SWEEP_BATCH = 100
 
 
@@ -73,6 +76,8 @@ class CallSession(VersionedDocument):
     grace_deadline: datetime | None = None
     ring_deadline: datetime | None = None
     offer_from: str | None = None  # user id whose SDP offer awaits an answer
+    joined: dict[str, str] = Field(default_factory=dict)  # joiner's user id -> socket id (relayed calls)
+    media_host: str | None = None  # the process terminating the media of a relayed call
     transitions: list[dict[str, Any]] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
     answered_at: datetime | None = None
@@ -145,6 +150,12 @@ class IceCandidate(BaseModel):
     usernameFragment: str | None = Field(None, max_length=256)
 
 
+class MediaOfferIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    call_id: str = Id
+    sdp: str = Field(min_length=1, max_length=200_000)
+
+
 class SignalIn(BaseModel):
     """An SDP offer or answer, or an ICE candidate (``candidate: null`` ends the candidates)."""
 
@@ -189,6 +200,9 @@ class CallService:
         self.settings = svc.settings
         self.bound: dict[str, str] = {}  # local socket id -> the call it is in
         self.timers: dict[str, asyncio.Task[None]] = {}
+        self.rooms: dict[str, MediaRoom] = {}  # relayed calls whose media this process terminates
+        self.joined_sids: dict[str, str] = {}  # local joiner socket id -> call id
+        svc.bus.on("call_ended", self._close_room)
         self._sweeper: asyncio.Task[None] | None = None
         self.rt.connect_hooks.append(self._on_connect)
         self.rt.disconnect_hooks.append(self._on_disconnect)
@@ -200,6 +214,8 @@ class CallService:
         self._sweeper = asyncio.create_task(self._sweep(), name="call-sweeper")
 
     async def stop(self) -> None:
+        for call_id in list(self.rooms):
+            await self._close_room({"call_id": call_id})
         for task in [self._sweeper, *self.timers.values()]:
             if task is not None:
                 task.cancel()
@@ -263,6 +279,10 @@ class CallService:
         body = {"call_id": str(call.id), "reason": call.end_reason, "duration_s": call.duration_s}
         await self.rt.to_user(call.caller_id, "call:ended", body)
         await self.rt.to_user(call.callee_id, "call:ended", body)
+        for user in call.joined:
+            await self.rt.to_user(user, "call:ended", body)
+        if call.media_host is not None:
+            await self.svc.bus.publish("call_ended", call_id=str(call.id))
         if call.end_reason == "missed":
             await self._notify([call.callee_id], "missed_call", f"Missed call from {call.caller_name}", call)
 
@@ -385,6 +405,10 @@ class CallService:
     async def _on_disconnect(self, sid: str) -> None:
         call_id = self.bound.pop(sid, None)
         principal = self.rt.principals.get(sid)
+        joined = self.joined_sids.pop(sid, None)
+        if joined is not None and principal is not None:
+            with contextlib.suppress(Refused, ApiError):
+                await self._leave(joined, principal.id, sid)
         if call_id is not None and principal is not None:
             with contextlib.suppress(Refused, ApiError):
                 await self.drop(call_id, principal.id, sid)
@@ -464,6 +488,93 @@ class CallService:
             out["candidate"] = None
         await self.to_room(peer, "call:peer-signal", out)
         return {"relayed": body.type}
+
+    # --- a third party through the server's media relay --------------------------------------------
+
+    async def join(self, ctx: EventContext, body: CallRef) -> dict[str, Any]:
+        """A clinician linked to the call's patient joins a connected call. The server then terminates
+        everyone's media: the two participants are told (``call:relay``) to connect to it too."""
+        doc = await CallSession.get(as_object_id(body.call_id, "call_id"))
+        if doc is None:
+            raise not_found("call")
+        me = ctx.principal.id
+        await require_patient(ctx.principal, doc.patient_id, "call.join", ctx.client, call_id=str(doc.id))
+        if ctx.principal.role != "clinician" or doc.side_of(me) is not None:
+            raise forbidden("Only a clinician of the patient, not already in the call, can join it")
+        host = self.rt.process_id
+
+        def change(d: CallSession, now: datetime) -> dict[str, Any]:
+            if d.media_host not in (None, host):
+                raise ApiError("media_elsewhere", "This call's media is served by another server process", 409)
+            if me not in d.joined and 2 + len(d.joined) >= MAX_MEMBERS:
+                raise ApiError("call_full", f"A call has at most {MAX_MEMBERS} people", 409)
+            participants = d.participants if ctx.principal.user_id in d.participants else [*d.participants,
+                                                                                           ctx.principal.user_id]
+            return self.move(d, Action.JOIN, now, me, joined={**d.joined, me: ctx.sid}, media_host=host,
+                             participants=participants)
+
+        _, call = await self._update(doc.id, change)
+        call_id = str(call.id)
+        if call_id not in self.rooms:
+            self.rooms[call_id] = MediaRoom(MAX_MEMBERS)
+        self.joined_sids[ctx.sid] = call_id
+        relay = {"call_id": call_id, "joined": {"id": me, "name": ctx.principal.name}, "slots": MAX_MEMBERS - 1}
+        caller, callee = call.caller_sid, call.callee_sid
+        await self.to_room(caller, "call:relay", relay)
+        await self.to_room(callee, "call:relay", relay)
+        return {**call_json(call, me), "relay": True, "slots": MAX_MEMBERS - 1}
+
+    async def media_offer(self, ctx: EventContext, body: MediaOfferIn) -> dict[str, Any]:
+        """A member of a relayed call connects its media to the server: offer in, answer back."""
+        doc = await CallSession.get(as_object_id(body.call_id, "call_id"))
+        me = ctx.principal.id
+        if doc is None or doc.state not in (CallState.ACTIVE, CallState.RECONNECTING) or \
+                ctx.sid not in (doc.caller_sid, doc.callee_sid, doc.joined.get(me)):
+            raise not_found("call")
+        room = self.rooms.get(str(doc.id))
+        if room is None:
+            if doc.media_host not in (None, self.rt.process_id):
+                raise ApiError("media_elsewhere", "This call's media is served by another server process", 409)
+            raise ApiError("not_relayed", "This call's media goes directly between its two participants", 409)
+        try:
+            answer = await room.connect(me, body.sdp)
+        except RoomFull as exc:
+            raise ApiError("call_full", str(exc), 409) from None
+        except Exception as exc:
+            log.info("media offer for call %s refused: %s", doc.id, exc)
+            raise ApiError("invalid_sdp", "The SDP offer could not be used", 422) from None
+        return {"type": "answer", "sdp": answer}
+
+    async def _leave(self, call_id: str, user_id: str, sid: str | None) -> CallSession:
+        def change(d: CallSession, now: datetime) -> dict[str, Any]:
+            if user_id not in d.joined or (sid is not None and d.joined[user_id] != sid):
+                raise Refused
+            return self.move(d, Action.LEAVE, now, user_id,
+                             joined={u: s for u, s in d.joined.items() if u != user_id})
+
+        _, call = await self._update(call_id, change)
+        room = self.rooms.get(call_id)
+        if room is not None:
+            await room.leave(user_id)
+        return call
+
+    async def leave(self, ctx: EventContext, body: CallRef) -> dict[str, Any]:
+        doc = await CallSession.get(as_object_id(body.call_id, "call_id"))
+        if doc is None or ctx.principal.id not in doc.joined:
+            raise not_found("call")
+        try:
+            call = await self._leave(str(doc.id), ctx.principal.id, None)
+        except Refused:
+            raise not_found("call") from None
+        return call_json(call, ctx.principal.id)
+
+    async def _close_room(self, msg: dict[str, Any]) -> None:
+        room = self.rooms.pop(msg["call_id"], None)
+        if room is not None:
+            await room.close()
+        for sid, call_id in list(self.joined_sids.items()):
+            if call_id == msg["call_id"]:
+                del self.joined_sids[sid]
 
     # --- timers -------------------------------------------------------------------------------------
 
@@ -562,6 +673,18 @@ class CallService:
         @rt.event("call:resume", CallRef)
         async def _resume(ctx: EventContext, body: CallRef) -> dict[str, Any]:
             return await self.resume(ctx, body)
+
+        @rt.event("call:join", CallRef)
+        async def _join(ctx: EventContext, body: CallRef) -> dict[str, Any]:
+            return await self.join(ctx, body)
+
+        @rt.event("call:leave", CallRef)
+        async def _leave(ctx: EventContext, body: CallRef) -> dict[str, Any]:
+            return await self.leave(ctx, body)
+
+        @rt.event("call:media-offer", MediaOfferIn)
+        async def _media_offer(ctx: EventContext, body: MediaOfferIn) -> dict[str, Any]:
+            return await self.media_offer(ctx, body)
 
 
 # --- REST ---------------------------------------------------------------------------------------------
