@@ -17,6 +17,7 @@ from server.auth import AuthService
 from server.bus import ControlBus
 from server.config import Settings
 from server.db import init_documents, make_client
+from server.device_rtc import DeviceRtc
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
@@ -127,6 +128,7 @@ def create_app(settings: Settings) -> web.Application:
     waveform_store.setup(app)
     vitals_module.setup(app)
     svc.calls = calls.setup(app, svc)
+    svc.extras["device_rtc"] = DeviceRtc.setup(app, realtime, streams)
     health.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])
