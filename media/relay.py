@@ -22,6 +22,8 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, VideoFrame
 
+from media.recording import CallRecording
+
 log = logging.getLogger(__name__)
 AUDIO_RATE, AUDIO_SAMPLES = 48000, 960  # what aiortc's Opus decoder produces: 20 ms, s16 stereo
 VIDEO_CLOCK, VIDEO_FPS = 90000, 15
@@ -126,6 +128,8 @@ class MediaRoom:
         self.members: dict[str, Member] = {}
         self.max_members = max_members
         self.config = RTCConfiguration(iceServers=ice_servers or [])
+        self.recording: CallRecording | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def connect(self, member_id: str, offer_sdp: str) -> str:
         """Answer ``member_id``'s offer (replacing an earlier connection of theirs); returns the answer SDP."""
@@ -139,6 +143,7 @@ class MediaRoom:
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             member.tracks.append(track)
+            self._record(track)
             for other in self.members.values():
                 if other is not member:
                     self._feed(other, member, track)
@@ -177,6 +182,24 @@ class MediaRoom:
             return
         free.attach(self.relay.subscribe(track, buffered=False), source.id)
 
+    def _record(self, track: MediaStreamTrack) -> None:
+        if self.recording is not None:
+            task = asyncio.create_task(self.recording.add(self.relay.subscribe(track, buffered=False)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def record(self, recording: CallRecording) -> None:
+        """Record from now on: the tracks already here, and those that arrive."""
+        self.recording = recording
+        for member in self.members.values():
+            for track in member.tracks:
+                self._record(track)
+
+    async def stop_recording(self) -> int | None:
+        """Finish the recording; its size in bytes (None if there was none)."""
+        recording, self.recording = self.recording, None
+        return await recording.stop() if recording is not None else None
+
     async def leave(self, member_id: str) -> None:
         member = self.members.pop(member_id, None)
         if member is None:
@@ -188,9 +211,12 @@ class MediaRoom:
         with contextlib.suppress(Exception):
             await member.pc.close()
 
-    async def close(self) -> None:
+    async def close(self) -> int | None:
+        """End the room; the size of its recording, if it had one."""
+        size = await self.stop_recording()
         for member_id in list(self.members):
             await self.leave(member_id)
+        return size
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Frames forwarded to each member, by the member they came from."""

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     turn_urls: list[str] = []
     turn_secret: SecretStr | None = None  # coturn's static-auth-secret (use-auth-secret)
     turn_ttl_s: int = Field(6 * 3600, ge=60, le=7 * 24 * 3600)
+    call_retention_days: int = Field(365, ge=1)  # call history and recordings
     demo: bool = False
     log_level: str = "INFO"
 

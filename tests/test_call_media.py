@@ -4,8 +4,13 @@ other; a clinician joins and the server relays everyone's audio so all three hea
 from __future__ import annotations
 
 import asyncio
+import io
+from datetime import timedelta
+
+import av
 
 from server.http import SERVICES
+from server.models import utcnow
 from tests.call_peers import CallPeer
 from tests.helpers import Api
 
@@ -72,3 +77,65 @@ async def test_two_peers_exchange_audio_then_a_clinician_joins_through_the_relay
             await peer.close()
         if "doctor" in locals():
             await doctor.close()
+
+
+async def test_recording_only_with_both_consents_downloadable_by_the_participants_and_retained(api: Api) -> None:
+    patient, carer, clinician = [await api.register(r) for r in ("patient", "caregiver", "clinician")]
+    await api.link(patient, carer)
+    await api.link(patient, clinician)
+    s_carer, s_patient = await api.socket(carer), await api.socket(patient)
+    call = await s_carer.ok("call:invite", {"callee": patient.id})
+    await s_patient.events.wait("call:incoming")
+    await s_patient.ok("call:accept", {"call_id": call["id"]})
+    outsider = await api.socket(clinician)
+    reply = await outsider.call("call:consent", {"call_id": call["id"], "record": True})
+    assert reply["error"]["code"] == "not_found"
+    one = await s_carer.ok("call:consent", {"call_id": call["id"], "record": True})
+    assert one["consent"] == {carer.id: True} and one["recording"] is None
+    await asyncio.sleep(0.2)
+    assert s_patient.events.of("call:relay") == []  # one consent records nothing
+    both = await s_patient.ok("call:consent", {"call_id": call["id"], "record": True})
+    assert both["recording"]["url"] == f"/api/calls/{call['id']}/recording"
+    for sock in (s_carer, s_patient):
+        (relay,) = await sock.events.wait("call:relay")
+        assert relay["reason"] == "recording"
+    caller, callee = CallPeer(s_carer, 440), CallPeer(s_patient, 660)
+    try:
+        await asyncio.gather(caller.connect_relay(call["id"], relay["slots"]),
+                             callee.connect_relay(call["id"], relay["slots"]))
+        await caller.heard(1)
+        await callee.heard(1)
+        await asyncio.sleep(1.5)
+        status, err = await api.request("GET", both["recording"]["url"], patient)
+        assert status == 409 and err["error"]["code"] == "recording_in_progress"
+        await s_carer.ok("call:hangup", {"call_id": call["id"]})
+    finally:
+        await caller.close()
+        await callee.close()
+    for _ in range(100):
+        _, history = await api.request("GET", "/api/calls", patient)
+        if history["items"][0]["recording"]["stopped_at"]:
+            break
+        await asyncio.sleep(0.05)
+    recording = history["items"][0]["recording"]
+    assert recording["bytes"] > 0
+    for user in (clinician, await api.register("patient")):  # linked but not in the call, or a stranger
+        status, err = await api.request("GET", recording["url"], user)
+        assert status == 404 and err["error"]["code"] == "not_found"
+    status, body = await api.request("GET", recording["url"], carer)
+    assert status == 200 and len(body) == recording["bytes"]
+    with av.open(io.BytesIO(body)) as container:
+        audio = container.streams.audio
+        assert len(audio) == 2  # both participants
+        decoded = {s.index: 0 for s in audio}
+        for packet in container.demux(*audio):
+            decoded[packet.stream.index] += len(packet.decode())
+    assert all(n > 25 for n in decoded.values()), decoded  # each side: more than half a second of sound
+    # Retention deletes the call and its recording together.
+    svc = api.app[SERVICES].calls  # type: ignore[index]
+    path = svc.recording_path(call["id"])
+    assert path.exists()
+    assert await svc.apply_retention(utcnow() + timedelta(days=1)) >= 1
+    assert not path.exists()
+    _, history = await api.request("GET", "/api/calls", patient)
+    assert history["items"] == []
