@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the test suite drives for real (Redis; compose validation).
-TEST_DEBS := redis-server:redis-server docker-compose:docker-compose
+# Debian packages the test suite drives for real (Redis; compose validation; a browser for calls).
+TEST_DEBS := redis-server:redis-server docker-compose:docker-compose chromium:chromium
 
 .PHONY: run test lint bench system-deps clean
 
@@ -33,7 +33,12 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-test: $(STAMP) system-deps
+# The official socket.io JavaScript client, loaded by the browser tests' page.
+node_modules/.package-lock.json: package.json
+	@command -v npm >/dev/null 2>&1 || { echo "error: npm not found (Debian: apt-get install npm)"; exit 1; }
+	npm install --no-audit --no-fund
+
+test: $(STAMP) system-deps node_modules/.package-lock.json
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

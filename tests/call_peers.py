@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from aiortc import AudioStreamTrack, MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
 
 from tests.helpers import Sock
@@ -67,6 +68,7 @@ class CallPeer:
         self.tone = ToneTrack(hz)
         self.pc = RTCPeerConnection()
         self.sinks: list[Sink] = []
+        self._trickle: asyncio.Task[None] | None = None
         self.pc.on("track", self._on_track)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
@@ -95,12 +97,28 @@ class CallPeer:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
 
     async def answer(self, call_id: str) -> None:
-        """Callee: wait for the offer, answer it."""
+        """Callee: wait for the offer, answer it, then apply the candidates the other side trickles
+        (a browser sends them separately, possibly even before its offer)."""
         offer = await self._next_signal("offer")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
         self.pc.addTrack(self.tone)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self._signal(call_id, "answer", self.pc.localDescription.sdp)
+        self._trickle = asyncio.create_task(self._apply_candidates())
+
+    async def _apply_candidates(self) -> None:
+        done = 0
+        while True:
+            signals = self.sock.events.of("call:peer-signal")
+            for signal in signals[done:]:
+                c = signal.get("candidate") if signal["type"] == "candidate" else None
+                if c and c["candidate"]:
+                    candidate = candidate_from_sdp(c["candidate"].split(":", 1)[1])
+                    candidate.sdpMid, candidate.sdpMLineIndex = c.get("sdpMid"), c.get("sdpMLineIndex")
+                    await self.pc.addIceCandidate(candidate)
+            done = len(signals)
+            with contextlib.suppress(TimeoutError):
+                await self.sock.events.wait("call:peer-signal", done + 1, timeout=1)
 
     async def connect_relay(self, call_id: str, slots: int) -> None:
         """Connect to the server's relay instead: our tone out, ``slots`` audio tracks in."""
@@ -128,6 +146,8 @@ class CallPeer:
                              f"connection {self.pc.connectionState}, ice {self.pc.iceConnectionState}")
 
     async def close(self) -> None:
+        if self._trickle is not None:
+            self._trickle.cancel()
         for sink in self.sinks:
             if sink.task is not None:
                 sink.task.cancel()
