@@ -3,9 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the test suite drives for real (Redis; compose validation; the dashboard's browser tests).
+# Debian packages the test suite drives for real (Redis; compose validation; Chromium for the dashboard's and
+# the calls' browser tests).
 TEST_DEBS := redis-server:redis-server docker-compose:docker-compose chromium:chromium
-# The dashboard's browser libraries (package.json), served from node_modules/ under /vendor/.
+# Browser libraries from npm (package.json): the dashboard's, served under /vendor/, and the socket.io
+# client the call browser tests load.
 NPM_STAMP := node_modules/.package-lock.json
 
 .PHONY: run test lint bench system-deps clean

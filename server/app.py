@@ -36,6 +36,7 @@ from server.config import Settings
 from server.contacts import Contacts
 from server.dashboard import setup as setup_dashboard
 from server.db import init_documents, make_client
+from server.device_rtc import DeviceRtc
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
@@ -175,6 +176,7 @@ def create_app(settings: Settings) -> web.Application:
     contacts.setup(app)
     svc.calls = calls.setup(app, svc)
     alerts.setup(app)
+    svc.extras["device_rtc"] = DeviceRtc.setup(app, realtime, streams)
     health.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml")])

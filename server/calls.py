@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
@@ -27,7 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from media.recording import CallRecording
+from media.relay import MediaRoom, RoomFull
 from server import audit
+from server.access import require_patient
 from server.auth import Principal, as_object_id
 from server.errors import ApiError, forbidden, not_found
 from server.http import cursor_page, page_params, require_principal, services
@@ -54,6 +58,7 @@ log = logging.getLogger(__name__)
 Media = Literal["audio", "video"]
 MAX_TRANSITIONS = 64  # renegotiations beyond this are applied but no longer logged
 CAS_RETRIES = 8
+MAX_MEMBERS = 3  # the two participants and one joiner (a clinician), through the server's media relay
 SWEEP_BATCH = 100
 
 
@@ -73,6 +78,10 @@ class CallSession(VersionedDocument):
     grace_deadline: datetime | None = None
     ring_deadline: datetime | None = None
     offer_from: str | None = None  # user id whose SDP offer awaits an answer
+    joined: dict[str, str] = Field(default_factory=dict)  # joiner's user id -> socket id (relayed calls)
+    media_host: str | None = None  # the process terminating the media of a relayed call
+    consent: dict[str, bool] = Field(default_factory=dict)  # participant's user id -> consents to recording
+    recording: dict[str, Any] | None = None  # {file, started_at, stopped_at, bytes} once both consented
     transitions: list[dict[str, Any]] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
     answered_at: datetime | None = None
@@ -115,6 +124,10 @@ def call_json(c: CallSession, viewer: str | None = None) -> dict[str, Any]:
         "created_at": iso(c.created_at), "answered_at": iso(c.answered_at), "ended_at": iso(c.ended_at),
         "end_reason": c.end_reason, "duration_s": c.duration_s,
         "transitions": [{**t, "at": iso(t["at"])} for t in c.transitions],
+        "consent": c.consent,
+        "recording": None if c.recording is None else {
+            "url": f"/api/calls/{c.id}/recording", "started_at": iso(c.recording.get("started_at")),
+            "stopped_at": iso(c.recording.get("stopped_at")), "bytes": c.recording.get("bytes")},
     }
     if viewer is not None:
         body["direction"] = "outgoing" if viewer == str(c.caller_id) else "incoming"
@@ -143,6 +156,18 @@ class IceCandidate(BaseModel):
     sdpMid: str | None = Field(None, max_length=64)  # the browser's RTCIceCandidateInit names
     sdpMLineIndex: int | None = Field(None, ge=0, le=255)
     usernameFragment: str | None = Field(None, max_length=256)
+
+
+class ConsentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    call_id: str = Id
+    record: bool
+
+
+class MediaOfferIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    call_id: str = Id
+    sdp: str = Field(min_length=1, max_length=200_000)
 
 
 class SignalIn(BaseModel):
@@ -189,7 +214,11 @@ class CallService:
         self.settings = svc.settings
         self.bound: dict[str, str] = {}  # local socket id -> the call it is in
         self.timers: dict[str, asyncio.Task[None]] = {}
+        self.rooms: dict[str, MediaRoom] = {}  # relayed calls whose media this process terminates
+        self.joined_sids: dict[str, str] = {}  # local joiner socket id -> call id
+        svc.bus.on("call_ended", self._close_room)
         self._sweeper: asyncio.Task[None] | None = None
+        self._retainer: asyncio.Task[None] | None = None
         self.rt.connect_hooks.append(self._on_connect)
         self.rt.disconnect_hooks.append(self._on_disconnect)
         self._register()
@@ -198,9 +227,12 @@ class CallService:
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="call-sweeper")
+        self._retainer = asyncio.create_task(self._retention(), name="call-retention")
 
     async def stop(self) -> None:
-        for task in [self._sweeper, *self.timers.values()]:
+        for call_id in list(self.rooms):
+            await self._close_room({"call_id": call_id})
+        for task in [self._sweeper, self._retainer, *self.timers.values()]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -263,6 +295,10 @@ class CallService:
         body = {"call_id": str(call.id), "reason": call.end_reason, "duration_s": call.duration_s}
         await self.rt.to_user(call.caller_id, "call:ended", body)
         await self.rt.to_user(call.callee_id, "call:ended", body)
+        for user in call.joined:
+            await self.rt.to_user(user, "call:ended", body)
+        if call.media_host is not None:
+            await self.svc.bus.publish("call_ended", call_id=str(call.id))  # its host ends the media
         if call.end_reason == "missed":
             await self._notify([call.callee_id], "missed_call", f"Missed call from {call.caller_name}", call)
 
@@ -385,6 +421,10 @@ class CallService:
     async def _on_disconnect(self, sid: str) -> None:
         call_id = self.bound.pop(sid, None)
         principal = self.rt.principals.get(sid)
+        joined = self.joined_sids.pop(sid, None)
+        if joined is not None and principal is not None:
+            with contextlib.suppress(Refused, ApiError):
+                await self._leave(joined, principal.id, sid)
         if call_id is not None and principal is not None:
             with contextlib.suppress(Refused, ApiError):
                 await self.drop(call_id, principal.id, sid)
@@ -464,6 +504,161 @@ class CallService:
             out["candidate"] = None
         await self.to_room(peer, "call:peer-signal", out)
         return {"relayed": body.type}
+
+    # --- a third party through the server's media relay --------------------------------------------
+
+    async def join(self, ctx: EventContext, body: CallRef) -> dict[str, Any]:
+        """A clinician linked to the call's patient joins a connected call. The server then terminates
+        everyone's media: the two participants are told (``call:relay``) to connect to it too."""
+        doc = await CallSession.get(as_object_id(body.call_id, "call_id"))
+        if doc is None:
+            raise not_found("call")
+        me = ctx.principal.id
+        await require_patient(ctx.principal, doc.patient_id, "call.join", ctx.client, call_id=str(doc.id))
+        if ctx.principal.role != "clinician" or doc.side_of(me) is not None:
+            raise forbidden("Only a clinician of the patient, not already in the call, can join it")
+        host = self.rt.process_id
+
+        def change(d: CallSession, now: datetime) -> dict[str, Any]:
+            if d.media_host not in (None, host):
+                raise ApiError("media_elsewhere", "This call's media is served by another server process", 409)
+            if me not in d.joined and 2 + len(d.joined) >= MAX_MEMBERS:
+                raise ApiError("call_full", f"A call has at most {MAX_MEMBERS} people", 409)
+            participants = d.participants if ctx.principal.user_id in d.participants else [*d.participants,
+                                                                                           ctx.principal.user_id]
+            return self.move(d, Action.JOIN, now, me, joined={**d.joined, me: ctx.sid}, media_host=host,
+                             participants=participants)
+
+        _, call = await self._update(doc.id, change)
+        call_id = str(call.id)
+        self._room(call_id)
+        self.joined_sids[ctx.sid] = call_id
+        relay = {"call_id": call_id, "reason": "join", "joined": {"id": me, "name": ctx.principal.name},
+                 "slots": MAX_MEMBERS - 1}
+        caller, callee = call.caller_sid, call.callee_sid
+        await self.to_room(caller, "call:relay", relay)
+        await self.to_room(callee, "call:relay", relay)
+        return {**call_json(call, me), "relay": True, "slots": MAX_MEMBERS - 1}
+
+    async def media_offer(self, ctx: EventContext, body: MediaOfferIn) -> dict[str, Any]:
+        """A member of a relayed call connects its media to the server: offer in, answer back."""
+        doc = await CallSession.get(as_object_id(body.call_id, "call_id"))
+        me = ctx.principal.id
+        if doc is None or doc.state not in (CallState.ACTIVE, CallState.RECONNECTING) or \
+                ctx.sid not in (doc.caller_sid, doc.callee_sid, doc.joined.get(me)):
+            raise not_found("call")
+        room = self.rooms.get(str(doc.id))
+        if room is None:
+            if doc.media_host not in (None, self.rt.process_id):
+                raise ApiError("media_elsewhere", "This call's media is served by another server process", 409)
+            raise ApiError("not_relayed", "This call's media goes directly between its two participants", 409)
+        try:
+            answer = await room.connect(me, body.sdp)
+        except RoomFull as exc:
+            raise ApiError("call_full", str(exc), 409) from None
+        except Exception as exc:
+            log.info("media offer for call %s refused: %s", doc.id, exc)
+            raise ApiError("invalid_sdp", "The SDP offer could not be used", 422) from None
+        return {"type": "answer", "sdp": answer}
+
+    async def _leave(self, call_id: str, user_id: str, sid: str | None) -> CallSession:
+        def change(d: CallSession, now: datetime) -> dict[str, Any]:
+            if user_id not in d.joined or (sid is not None and d.joined[user_id] != sid):
+                raise Refused
+            return self.move(d, Action.LEAVE, now, user_id,
+                             joined={u: s for u, s in d.joined.items() if u != user_id})
+
+        _, call = await self._update(call_id, change)
+        room = self.rooms.get(call_id)
+        if room is not None:
+            await room.leave(user_id)
+        return call
+
+    async def leave(self, ctx: EventContext, body: CallRef) -> dict[str, Any]:
+        doc = await CallSession.get(as_object_id(body.call_id, "call_id"))
+        if doc is None or ctx.principal.id not in doc.joined:
+            raise not_found("call")
+        try:
+            call = await self._leave(str(doc.id), ctx.principal.id, None)
+        except Refused:
+            raise not_found("call") from None
+        return call_json(call, ctx.principal.id)
+
+    def _room(self, call_id: str) -> MediaRoom:
+        room = self.rooms.get(call_id)
+        if room is None:
+            room = self.rooms[call_id] = MediaRoom(MAX_MEMBERS)
+        return room
+
+    def recording_path(self, call_id: str) -> Path:
+        return self.settings.data_dir / "recordings" / f"{call_id}.mka"
+
+    async def consent(self, ctx: EventContext, body: ConsentIn) -> dict[str, Any]:
+        """A participant gives (or withdraws) consent to recording. With both consents the server takes
+        the call's media (``call:relay`` to both) and records it; a withdrawal stops the recording."""
+        doc = await self._participant(body.call_id, ctx.principal)
+        me, host = ctx.principal.id, self.rt.process_id
+
+        def change(d: CallSession, now: datetime) -> dict[str, Any]:
+            consent = {**d.consent, me: body.record}
+            both = consent.get(str(d.caller_id)) is True and consent.get(str(d.callee_id)) is True
+            fields: dict[str, Any] = {"consent": consent}
+            if both and d.recording is None:
+                if d.media_host not in (None, host):
+                    raise ApiError("media_elsewhere", "This call's media is served by another server process", 409)
+                fields.update(media_host=host, recording={"file": f"{d.id}.mka", "started_at": now,
+                                                         "stopped_at": None, "bytes": None})
+            return self.move(d, Action.CONSENT, now, me, **fields)
+
+        audit_details = {"call_id": str(doc.id), "record": body.record}
+        await audit.record("call.consent", principal=ctx.principal, patient_id=doc.patient_id, client=ctx.client,
+                           **audit_details)
+        old, call = await self._update(doc.id, change)
+        call_id = str(call.id)
+        if call.recording is not None and old.recording is None:
+            tracks = 2 if call.media == "audio" else 4
+            self._room(call_id).record(CallRecording(self.recording_path(call_id), tracks))
+            relay = {"call_id": call_id, "reason": "recording", "slots": MAX_MEMBERS - 1}
+            caller, callee = call.caller_sid, call.callee_sid
+            await self.to_room(caller, "call:relay", relay)
+            await self.to_room(callee, "call:relay", relay)
+        elif not body.record and call.recording is not None and call_id in self.rooms:
+            await self._finish_recording(call_id, await self.rooms[call_id].stop_recording())
+        return call_json(call, me)
+
+    async def _finish_recording(self, call_id: str, size: int | None) -> None:
+        if size is not None:
+            await CallSession.get_pymongo_collection().update_one(
+                {"_id": PydanticObjectId(call_id), "recording.stopped_at": None},
+                {"$set": {"recording.stopped_at": utcnow(), "recording.bytes": size}, "$inc": {"rev": 1}})
+
+    async def apply_retention(self, before: datetime) -> int:
+        """Delete ended calls (and their recordings) that ended before ``before``."""
+        removed = 0
+        async for call in CallSession.find({"state": "ended", "ended_at": {"$lt": before}}):
+            if call.recording is not None:
+                self.recording_path(str(call.id)).unlink(missing_ok=True)
+            await call.delete()
+            removed += 1
+        return removed
+
+    async def _retention(self) -> None:
+        while True:
+            try:
+                removed = await self.apply_retention(utcnow() - timedelta(days=self.settings.call_retention_days))
+                if removed:
+                    log.info("retention: removed %d calls", removed)
+            except Exception as exc:
+                log.warning("call retention pass failed: %s", exc)
+            await asyncio.sleep(3600)
+
+    async def _close_room(self, msg: dict[str, Any]) -> None:
+        room = self.rooms.pop(msg["call_id"], None)
+        if room is not None:
+            await self._finish_recording(msg["call_id"], await room.close())
+        for sid, call_id in list(self.joined_sids.items()):
+            if call_id == msg["call_id"]:
+                del self.joined_sids[sid]
 
     # --- timers -------------------------------------------------------------------------------------
 
@@ -563,6 +758,22 @@ class CallService:
         async def _resume(ctx: EventContext, body: CallRef) -> dict[str, Any]:
             return await self.resume(ctx, body)
 
+        @rt.event("call:join", CallRef)
+        async def _join(ctx: EventContext, body: CallRef) -> dict[str, Any]:
+            return await self.join(ctx, body)
+
+        @rt.event("call:leave", CallRef)
+        async def _leave(ctx: EventContext, body: CallRef) -> dict[str, Any]:
+            return await self.leave(ctx, body)
+
+        @rt.event("call:consent", ConsentIn)
+        async def _consent(ctx: EventContext, body: ConsentIn) -> dict[str, Any]:
+            return await self.consent(ctx, body)
+
+        @rt.event("call:media-offer", MediaOfferIn)
+        async def _media_offer(ctx: EventContext, body: MediaOfferIn) -> dict[str, Any]:
+            return await self.media_offer(ctx, body)
+
 
 # --- REST ---------------------------------------------------------------------------------------------
 
@@ -581,7 +792,28 @@ async def get_calls(request: web.Request) -> web.Response:
     return web.json_response(page)
 
 
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    """A finished recording, to the people who were in the call (the same 404 for anyone else)."""
+    principal = await require_principal(request)
+    call = await CallSession.get(as_object_id(request.match_info["call_id"], "call_id"))
+    if call is None or principal.user_id not in call.participants or call.recording is None:
+        raise not_found("recording")
+    if call.recording.get("stopped_at") is None:
+        raise ApiError("recording_in_progress", "The recording is still going on", 409)
+    calls_service = services(request).calls
+    assert calls_service is not None
+    path = calls_service.recording_path(str(call.id))
+    if not path.exists():
+        raise not_found("recording")
+    await audit.record("call.recording_download", principal=principal, patient_id=call.patient_id,
+                       call_id=str(call.id))
+    kind = "audio" if call.media == "audio" else "video"
+    return web.FileResponse(path, headers={"Content-Type": f"{kind}/x-matroska", "Cache-Control": "no-store",
+                                           "Content-Disposition": f'attachment; filename="call-{call.id}.mka"'})
+
+
 def setup(app: web.Application, svc: Services) -> CallService:
     app.router.add_get("/api/calls/ice-servers", get_ice_servers)
     app.router.add_get("/api/calls", get_calls)
+    app.router.add_get("/api/calls/{call_id}/recording", get_recording)
     return CallService(svc)

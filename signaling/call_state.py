@@ -4,7 +4,7 @@ and the two glare rules (crossing invites, crossing offers). Pure: no I/O, no cl
     ringing --accept--> active --drop--> reconnecting --resume--> active
     ringing --reject | cancel | timeout | drop | busy--> ended
     active | reconnecting --hangup--> ended;  reconnecting --grace_expired--> ended
-    active --renegotiate | resume--> active (recorded, state unchanged)
+    active --renegotiate | resume | join | leave | consent--> active (recorded, state unchanged)
 
 A caller's socket dropping while it rings ends the call (nobody is left to answer to); a
 participant's socket dropping in a connected call starts a grace period instead.
@@ -34,6 +34,9 @@ class Action(StrEnum):
     GRACE_EXPIRED = "grace_expired"
     RENEGOTIATE = "renegotiate"
     BUSY = "busy"
+    JOIN = "join"  # a third party (a clinician) joins through the server's media relay
+    LEAVE = "leave"
+    CONSENT = "consent"  # a participant gives or withdraws consent to recording
 
 
 S, A = CallState, Action
@@ -48,6 +51,11 @@ TRANSITIONS: dict[tuple[CallState, Action], CallState] = {
     (S.ACTIVE, A.DROP): S.RECONNECTING,
     (S.ACTIVE, A.RESUME): S.ACTIVE,
     (S.ACTIVE, A.RENEGOTIATE): S.ACTIVE,
+    (S.ACTIVE, A.JOIN): S.ACTIVE,
+    (S.ACTIVE, A.LEAVE): S.ACTIVE,
+    (S.RECONNECTING, A.LEAVE): S.RECONNECTING,
+    (S.ACTIVE, A.CONSENT): S.ACTIVE,
+    (S.RECONNECTING, A.CONSENT): S.RECONNECTING,
     (S.RECONNECTING, A.DROP): S.RECONNECTING,
     (S.RECONNECTING, A.RESUME): S.ACTIVE,
     (S.RECONNECTING, A.HANGUP): S.ENDED,

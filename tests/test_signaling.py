@@ -24,6 +24,7 @@ from signaling.call_state import (
 def test_a_call_rings_connects_drops_resumes_and_ends() -> None:
     state = CallState.RINGING
     for action, expected in [(Action.ACCEPT, CallState.ACTIVE), (Action.RENEGOTIATE, CallState.ACTIVE),
+                             (Action.JOIN, CallState.ACTIVE), (Action.LEAVE, CallState.ACTIVE),
                              (Action.DROP, CallState.RECONNECTING), (Action.RESUME, CallState.ACTIVE),
                              (Action.HANGUP, CallState.ENDED)]:
         state = next_state(state, action)
@@ -51,6 +52,7 @@ def test_every_move_not_in_the_table_is_refused() -> None:
         assert (CallState.ENDED, action) not in TRANSITIONS
     assert (CallState.RINGING, Action.HANGUP) not in TRANSITIONS
     assert (CallState.ACTIVE, Action.GRACE_EXPIRED) not in TRANSITIONS
+    assert (CallState.RINGING, Action.JOIN) not in TRANSITIONS  # nobody joins a call before it is answered
 
 
 def test_every_move_into_ended_has_a_reason_and_no_other_does() -> None:
