@@ -169,6 +169,14 @@ async def test_expired_token_refreshed_and_socket_reconnects_without_reload(api:
             await page.wait_for_function(f"window.__dashboard.frames > {frames + 1}", timeout=15_000)
             assert await page.text_content("#conn") == "Live"
             assert await page.evaluate("location.hash") == f"#patient={ward.patient.id}"
+            # Signing out ends the session on the server and leaves nothing of it in the page.
+            token = await page.evaluate("window.__dashboard.session.state.access_token")
+            await page.click("#logout")
+            await page.wait_for_selector("#login-view:not([hidden])")
+            assert await page.evaluate("sessionStorage.length") == 0
+            assert await page.locator(".patient-row").count() == 0
+            status, err = await api.request("GET", "/api/me", headers={"Authorization": f"Bearer {token}"})
+            assert status == 401 and err["error"]["code"] == "session_revoked"
     finally:
         await ward.close()
 

@@ -37,6 +37,12 @@ export class AlertBoard extends EventTarget {
     });
   }
 
+  reset() {
+    this.alerts.clear();
+    this.patientId = null;
+    this.render();
+  }
+
   keep(alert) {
     const known = this.alerts.get(alert.id) || {};
     this.alerts.delete(alert.id);

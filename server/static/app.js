@@ -115,7 +115,15 @@ function stopApp() {
   state.call = null;
   if (state.live) state.live.close();
   state.live = null;
+  // Nothing of the previous user's stays on the page.
   state.current = null;
+  state.patients.clear();
+  stats.drawing = false;
+  alerts.reset();
+  $("patients").replaceChildren();
+  $("patient-view").hidden = true;
+  $("placeholder").hidden = false;
+  history.replaceState(null, "", location.pathname);
 }
 
 async function loadOverview() {
