@@ -4,6 +4,7 @@ from npm by the Makefile (``package.json`` at the repository root) and never cop
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from aiohttp import web
@@ -20,6 +21,7 @@ VENDOR = {
 }
 TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png",
          ".svg": "image/svg+xml"}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")  # one flat folder: no way out of it
 NO_CACHE = {"Cache-Control": "no-cache"}  # revalidated each load, so a deploy is seen at once
 
 
@@ -37,7 +39,7 @@ async def index(request: web.Request) -> web.FileResponse:
 
 async def static_file(request: web.Request) -> web.FileResponse:
     name = request.match_info["name"]
-    if "/" in name or name.startswith("."):  # one flat folder: no way out of it
+    if not NAME.fullmatch(name):
         raise not_found("file")
     return _file(STATIC / name)
 
