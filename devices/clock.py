@@ -42,14 +42,21 @@ class DeviceClock:
 
     @property
     def drift_ppm(self) -> float:
-        """How fast the device clock runs slow (+) or fast (-) against the server's, in parts per million."""
-        if len(self._obs) < 10:
+        """How fast the device clock runs slow (+) or fast (-) against the server's, in parts per million.
+
+        Delays only ever add to an offset, so the slope is fitted through the lower envelope: the smallest
+        offset of each of up to 8 consecutive groups of observations, not through every (delayed) one."""
+        obs = list(self._obs)
+        if len(obs) < 10:
             return 0.0
-        xs = [x for x, _ in self._obs]
-        ys = [y for _, y in self._obs]
+        groups = min(8, len(obs) // 3)
+        size = len(obs) / groups
+        points = [min(obs[int(i * size):int((i + 1) * size)], key=lambda p: p[1]) for i in range(groups)]
+        xs = [x for x, _ in points]
+        ys = [y for _, y in points]
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
         sxx = sum((x - mx) ** 2 for x in xs)
-        if sxx < 1.0:
+        if sxx < 0.5:
             return 0.0
         slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
         return round(slope * 1e6, 2)

@@ -151,14 +151,14 @@ def create_app(settings: Settings) -> web.Application:
     writer = HistoryWriter()
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
+    bus.on("device_revoked", streams.device_revoked)
     bp = BloodPressure(realtime)
     alerting = Alerts(settings, realtime, bus, notes)
     push = PushDispatcher(settings, realtime, providers_from(settings))
     bp.on_crisis.append(alerting.on_bp_crisis)
-    vitals.sinks.append(alerting.on_vital_event)
+    vitals.sinks.append(alerting.on_vital_event)  # critical events: emergency alerts, escalated
+    vitals.sinks.append(vitals_module.alerts_to(notes))  # the others: notifications
     notes.pushers.append(push.push)
-    vitals.sinks.append(vitals_module.alerts_to(notes))
-    bus.on("device_revoked", streams.device_revoked)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
                    bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push)

@@ -108,6 +108,8 @@ async def stream(run: DeviceRun, stop: asyncio.Event | None = None) -> DeviceRun
             if offline(int(elapsed)):
                 if client.connected:
                     log.info("network drop: device offline")
+                    if pending:  # the frames already sent get through; those measured offline are lost
+                        await asyncio.wait(pending, timeout=2)
                     await client.disconnect()
                 seq += 1
                 continue

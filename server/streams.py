@@ -143,8 +143,10 @@ class StreamService:
         return {"stream_id": stream.id, "max_samples": max_samples(body.sampling_rate)}
 
     def _track(self, doc: Stream) -> LiveStream:
-        stream = LiveStream(doc=doc, sequencer=StreamSequencer(), clock=DeviceClock(),
-                            bucket=BucketBuilder(doc.id, doc.patient_id, doc.sampling_rate))  # type: ignore[arg-type]
+        clock = DeviceClock()
+        stream = LiveStream(doc=doc, sequencer=StreamSequencer(), clock=clock,
+                            bucket=BucketBuilder(doc.id, doc.patient_id, doc.sampling_rate,  # type: ignore[arg-type]
+                                                 clock.to_server))
         if doc.last_seq is not None:
             stream.sequencer.resume(doc.last_seq + 1)
         self.streams[stream.id] = stream
@@ -187,7 +189,6 @@ class StreamService:
         duration_ms = samples.size * 1000.0 / rate
         # A frame leaves the device after its last sample: that is the instant its arrival bounds.
         stream.clock.observe(frame.t0 + duration_ms, now)
-        received = datetime.fromtimestamp(stream.clock.to_server(frame.t0), UTC)
         pid = str(stream.doc.patient_id)
         gap = None
         if stream.first_t0 is None:
@@ -197,13 +198,14 @@ class StreamService:
             by_clock = round((frame.t0 - (stream.next_t0 or frame.t0)) * rate / 1000.0)
             missing_samples = by_clock if by_clock > 0 else verdict.missing * samples.size
             gap = {"after_seq": frame.seq - verdict.missing - 1, "missing_frames": verdict.missing,
-                   "missing_s": round(missing_samples / rate, 3), "at": iso(received)}
+                   "missing_s": round(missing_samples / rate, 3),
+                   "at": iso(datetime.fromtimestamp(stream.clock.to_server(frame.t0), UTC))}
             self._count(stream, "missing_frames", verdict.missing)
             stream.dirty = True
             self.pool.gap(stream.id, int(missing_samples))
             await self.live.publish(pid, "live:gap", {"stream_id": stream.id, **gap})
         stream.next_t0 = frame.t0 + duration_ms
-        bucket = stream.bucket.add(frame.seq, received, samples, gap)
+        bucket = stream.bucket.add(frame.seq, frame.t0, samples, gap)
         if bucket is not None:
             self.writer.add(bucket)
             self._checkpoint(stream)

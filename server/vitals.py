@@ -158,10 +158,11 @@ SIGNAL_EVENTS = {"poor_signal": "Poor sensor signal", "stalled": "Sensor stopped
 
 def alerts_to(notes: Notifications) -> EventSink:
     """A sink turning started events into notifications: rhythm events to the patient and the whole care
-    team (critical ones as critical alerts), signal problems to the patient, to check the sensor."""
+    team, signal problems to the patient, to check the sensor. Critical ones are left to the emergency
+    alert path (``server.alerts``), which escalates them."""
 
     async def sink(event: VitalEvent) -> None:
-        if event.phase != "started" or event.type not in RHYTHM_EVENTS | SIGNAL_EVENTS:
+        if event.phase != "started" or event.severity == "critical" or event.type not in RHYTHM_EVENTS | SIGNAL_EVENTS:
             return
         rate = event.detail.get("rate") or event.detail.get("hr")
         body = f"{event.signal or 'sensor'}: {rate:.0f}/min" if isinstance(rate, (int, float)) else ""
@@ -173,7 +174,7 @@ def alerts_to(notes: Notifications) -> EventSink:
         team = [event.patient_id, *[link.member_id async for link in links]]
         await notes.notify(team, "alert", RHYTHM_EVENTS[event.type], body, patient_id=event.patient_id,
                            data={"vital_event_id": str(event.id), "type": event.type},
-                           urgency="critical" if event.severity == "critical" else "high")
+                           urgency="high")
 
     return sink
 

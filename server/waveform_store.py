@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -93,47 +94,53 @@ class AnalysisChunk(VersionedDocument):
 
 
 class BucketBuilder:
-    """Collects one stream's frames into 10-second buckets."""
+    """Collects one stream's frames into 10-second buckets. Frames carry device time; it is mapped to
+    server time (``to_server``: device ms -> epoch seconds) when the bucket is written, so a bucket gets
+    the best clock estimate available then rather than the rougher one of its first frame."""
 
-    def __init__(self, stream_id: PydanticObjectId, patient_id: PydanticObjectId, rate: float) -> None:
-        self.stream_id, self.patient_id, self.rate = stream_id, patient_id, rate
+    def __init__(self, stream_id: PydanticObjectId, patient_id: PydanticObjectId, rate: float,
+                 to_server: Callable[[float], float]) -> None:
+        self.stream_id, self.patient_id, self.rate, self.to_server = stream_id, patient_id, rate, to_server
         self._reset()
 
     def _reset(self) -> None:
         self.parts: list[np.ndarray] = []
-        self.runs: list[dict[str, Any]] = []
+        self.runs: list[dict[str, Any]] = []  # {"t0": device ms, "n", "seq"} until written
         self.gaps: list[dict[str, Any]] = []
         self.n = 0
         self.first_seq: int | None = None
         self.last_seq = 0
-        self.start: datetime | None = None
+        self.end_ms = 0.0  # device time just after the last sample
         self._contiguous = False
 
-    def add(self, seq: int, at: datetime, samples: np.ndarray, gap: dict[str, Any] | None) -> WaveBucket | None:
-        """Append a frame (``at``: server time of its first sample); return a bucket once 10 s are full."""
+    def add(self, seq: int, t0_ms: float, samples: np.ndarray, gap: dict[str, Any] | None) -> WaveBucket | None:
+        """Append a frame (``t0_ms``: device time of its first sample); return a bucket once 10 s are full."""
         if gap is not None:
             self.gaps.append(gap)
             self._contiguous = False
-        if self.start is None:
-            self.start, self.first_seq = at, seq
+        if self.first_seq is None:
+            self.first_seq = seq
         if not self._contiguous:
-            self.runs.append({"t": iso(at), "n": 0, "seq": seq})
+            self.runs.append({"t0": t0_ms, "n": 0, "seq": seq})
             self._contiguous = True
         self.parts.append(samples.astype("<f4", copy=False))
         self.runs[-1]["n"] += samples.size
         self.n += samples.size
         self.last_seq = seq
-        if self.n >= BUCKET_S * self.rate:
-            return self.flush(end=at + timedelta(seconds=samples.size / self.rate))
-        return None
+        self.end_ms = t0_ms + samples.size * 1000.0 / self.rate
+        return self.flush() if self.n >= BUCKET_S * self.rate else None
 
-    def flush(self, end: datetime | None = None) -> WaveBucket | None:
-        if not self.n or self.start is None or self.first_seq is None:
+    def _at(self, device_ms: float) -> datetime:
+        return datetime.fromtimestamp(self.to_server(device_ms), UTC)
+
+    def flush(self) -> WaveBucket | None:
+        if not self.n or self.first_seq is None:
             return None
-        bucket = WaveBucket(stream_id=self.stream_id, patient_id=self.patient_id, start=self.start,
-                            end=end or self.start + timedelta(seconds=self.n / self.rate), sampling_rate=self.rate,
-                            first_seq=self.first_seq, last_seq=self.last_seq,
-                            samples=np.concatenate(self.parts).tobytes(), runs=self.runs, gaps=self.gaps)
+        runs = [{"t": iso(self._at(r["t0"])), "n": r["n"], "seq": r["seq"]} for r in self.runs]
+        bucket = WaveBucket(stream_id=self.stream_id, patient_id=self.patient_id, start=self._at(self.runs[0]["t0"]),
+                            end=self._at(self.end_ms), sampling_rate=self.rate, first_seq=self.first_seq,
+                            last_seq=self.last_seq, samples=np.concatenate(self.parts).tobytes(), runs=runs,
+                            gaps=self.gaps)
         self._reset()
         return bucket
 

@@ -81,6 +81,12 @@ async def test_unlinked_users_refused_everywhere(api: Api) -> None:
     stream = Stream(patient_id=patient.id, device_id=device["device"]["id"], kind="ecg", sampling_rate=250,
                     units="mV", channel="lead-I")
     await stream.insert()
+    stream = Stream(patient_id=patient.id, device_id=device["device"]["id"], kind="ecg", sampling_rate=250,
+                    units="mV", channel="lead-I")
+    await stream.insert()
+    status, contact = await api.request("POST", f"/api/patients/{patient.id}/contacts", patient,
+                                        json={"kind": "emergency", "name": "Maria", "phone": "+442079460958"})
+    assert status == 201
     ids = {"patient_id": patient.id, "device_id": device["device"]["id"], "contact_id": contact["id"],
            "stream_id": str(stream.id)}
     for method, path, body in ROUTES:

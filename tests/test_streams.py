@@ -162,17 +162,17 @@ async def test_device_clock_is_mapped_to_server_time_and_drift_recorded(api: Api
     dev = await device_socket(api, (await pair(api, patient))["credential"])
     stream_id = await open_stream(dev)
     signal = ecg(3)
-    n = 25  # 0.1 s frames, sent in real time by a device whose clock runs 2 % slow
+    n = 25  # 0.1 s frames, sent in real time by a device whose clock runs 5 % slow
     start = time.monotonic()
     for seq in range(25):
         await asyncio.sleep(start + (seq + 1) * 0.1 - time.monotonic())  # on a fixed schedule: no accumulating lag
-        t0 = 7_000.0 + seq * 100.0 * 0.98
+        t0 = 7_000.0 + seq * 100.0 * 0.95
         await dev.ok("stream:frame", {"stream_id": stream_id, "seq": seq, "t0": t0, "dtype": "float32",
                                       "samples": signal[seq * n:(seq + 1) * n].astype("<f4").tobytes()})
     closed = await dev.ok("stream:close", {"stream_id": stream_id})
     assert closed["counters"]["ok"] == 25
     doc = await _stream_doc(api, patient, patient, stream_id)
-    assert 12_000 < doc["drift_ppm"] < 28_000, doc  # 2 % = 20,000 ppm
+    assert 35_000 < doc["drift_ppm"] < 65_000, doc  # 5 % = 50,000 ppm (with a loaded machine's jitter)
     body = await _until(lambda: _stored(api, patient, stream_id, 25 * n))
     start = datetime.fromisoformat(body["runs"][0]["t"])
     # Device time 7 s since boot became wall-clock time of about 2.5 s ago, not 1970.
