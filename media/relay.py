@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 AUDIO_RATE, AUDIO_SAMPLES = 48000, 960  # what aiortc's Opus decoder produces: 20 ms, s16 stereo
 VIDEO_CLOCK, VIDEO_FPS = 90000, 15
 QUEUE_FRAMES = 8  # per outgoing slot: 160 ms of audio
+CLOSE_TIMEOUT_S = 5.0
 SOURCE_WAIT_S = 0.06  # a source silent this long is replaced by filler until it speaks again
 
 
@@ -209,7 +210,7 @@ class MediaRoom:
                 if slot.source_id == member_id:
                     slot.attach(None)
         with contextlib.suppress(Exception):
-            await member.pc.close()
+            await asyncio.wait_for(member.pc.close(), CLOSE_TIMEOUT_S)
 
     async def close(self) -> int | None:
         """End the room; the size of its recording, if it had one."""

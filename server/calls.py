@@ -216,6 +216,7 @@ class CallService:
         self.timers: dict[str, asyncio.Task[None]] = {}
         self.rooms: dict[str, MediaRoom] = {}  # relayed calls whose media this process terminates
         self.joined_sids: dict[str, str] = {}  # local joiner socket id -> call id
+        self.teardowns: set[asyncio.Task[None]] = set()
         svc.bus.on("call_ended", self._close_room)
         self._sweeper: asyncio.Task[None] | None = None
         self._retainer: asyncio.Task[None] | None = None
@@ -232,6 +233,8 @@ class CallService:
     async def stop(self) -> None:
         for call_id in list(self.rooms):
             await self._close_room({"call_id": call_id})
+        if self.teardowns:
+            await asyncio.wait(self.teardowns, timeout=10)
         for task in [self._sweeper, self._retainer, *self.timers.values()]:
             if task is not None:
                 task.cancel()
@@ -653,12 +656,22 @@ class CallService:
             await asyncio.sleep(3600)
 
     async def _close_room(self, msg: dict[str, Any]) -> None:
+        """The call ended: tear its media down in the background (closing peer connections takes a
+        while, and nobody's hang-up should wait for it)."""
         room = self.rooms.pop(msg["call_id"], None)
         if room is not None:
-            await self._finish_recording(msg["call_id"], await room.close())
+            task = asyncio.create_task(self._teardown(msg["call_id"], room))
+            self.teardowns.add(task)
+            task.add_done_callback(self.teardowns.discard)
         for sid, call_id in list(self.joined_sids.items()):
             if call_id == msg["call_id"]:
                 del self.joined_sids[sid]
+
+    async def _teardown(self, call_id: str, room: MediaRoom) -> None:
+        try:
+            await self._finish_recording(call_id, await room.close())
+        except Exception:
+            log.exception("tearing down the media of call %s", call_id)
 
     # --- timers -------------------------------------------------------------------------------------
 
