@@ -11,11 +11,27 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import accounts, audit, calls, device_registry, health, linking, notifications, patients, waveform_store
+from server import (
+    accounts,
+    alerts,
+    audit,
+    blood_pressure,
+    calls,
+    contacts,
+    device_registry,
+    health,
+    linking,
+    notifications,
+    patients,
+    waveform_store,
+)
 from server import vitals as vitals_module
+from server.alerts import Alerts
 from server.auth import AuthService
+from server.blood_pressure import BloodPressure
 from server.bus import ControlBus
 from server.config import Settings
+from server.contacts import Contacts
 from server.db import init_documents, make_client
 from server.device_rtc import DeviceRtc
 from server.embedded_store import EmbeddedStore
@@ -23,6 +39,8 @@ from server.http import SERVICES, error_middleware
 from server.live import LiveHub
 from server.migrations import run_migrations
 from server.notifications import Notifications
+from server.push import PushDispatcher
+from server.push_providers import providers_from
 from server.ratelimit import FailureCounter
 from server.realtime import Realtime
 from server.security import TokenService
@@ -43,7 +61,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         svc.store = EmbeddedStore(settings.data_dir)
         url = await svc.store.start()
         log.info("data lives in %s", settings.data_dir.resolve())
-    svc.mongo = make_client(url)
+    svc.mongo = make_client(url, serverSelectionTimeoutMS=settings.store_timeout_ms)
     try:
         await init_documents(svc.mongo, settings.mongodb_db)
         applied = await run_migrations(svc.mongo[settings.mongodb_db])
@@ -54,6 +72,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
+        await svc.alerts.start()  # type: ignore[union-attr]
+        svc.push.start()  # type: ignore[union-attr]
         if svc.calls is not None:
             svc.calls.start()
         retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
@@ -61,6 +81,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     finally:
         if "retention" in locals():
             retention.cancel()
+        await svc.alerts.stop()  # type: ignore[union-attr]
+        await svc.push.stop()  # type: ignore[union-attr]
         if svc.calls is not None:
             await svc.calls.stop()
         await svc.streams.stop()
@@ -115,8 +137,15 @@ def create_app(settings: Settings) -> web.Application:
     writer = HistoryWriter()
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
+    bp = BloodPressure(realtime)
+    alerting = Alerts(settings, realtime, bus, notes)
+    push = PushDispatcher(settings, realtime, providers_from(settings))
+    bp.on_crisis.append(alerting.on_bp_crisis)
+    vitals.sinks.append(alerting.on_vital_event)
+    notes.pushers.append(push.push)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
-                   live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis)
+                   live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
+                   bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push)
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)
@@ -127,6 +156,9 @@ def create_app(settings: Settings) -> web.Application:
     device_registry.setup(app)
     waveform_store.setup(app)
     vitals_module.setup(app)
+    blood_pressure.setup(app)
+    contacts.setup(app)
+    alerts.setup(app)
     svc.calls = calls.setup(app, svc)
     svc.extras["device_rtc"] = DeviceRtc.setup(app, realtime, streams)
     health.setup(app)

@@ -5,15 +5,20 @@ from __future__ import annotations
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
+from server.alerts import Alert
+from server.blood_pressure import BPReading
 from server.calls import CallLine, CallSession
+from server.contacts import MedicalContact
 from server.device_registry import Device
 from server.models import CORE_DOCUMENTS
 from server.notifications import Notification
+from server.push import PushToken
 from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, Notification, CallSession, CallLine]
+                                   PatientThresholds, Notification, BPReading, MedicalContact, Alert,
+                                   PushToken, CallSession, CallLine]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:
