@@ -220,8 +220,14 @@ class MediaRoom:
         return size
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Frames forwarded to each member, by the member they came from."""
-        return {m.id: {s.source_id or "-": s.forwarded for s in m.slots} for m in self.members.values()}
+        """Frames forwarded to each member (audio and video), by the member they came from."""
+        out: dict[str, dict[str, int]] = {}
+        for m in self.members.values():
+            counts = out.setdefault(m.id, {})
+            for slot in m.slots:
+                if slot.source_id is not None:
+                    counts[slot.source_id] = counts.get(slot.source_id, 0) + slot.forwarded
+        return out
 
 
 class RoomFull(Exception):
