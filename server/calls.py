@@ -218,6 +218,7 @@ class CallService:
         self.joined_sids: dict[str, str] = {}  # local joiner socket id -> call id
         self.teardowns: set[asyncio.Task[None]] = set()
         svc.bus.on("call_ended", self._close_room)
+        svc.bus.on("link_changed", self._on_link_changed)
         self._sweeper: asyncio.Task[None] | None = None
         self._retainer: asyncio.Task[None] | None = None
         self.rt.connect_hooks.append(self._on_connect)
@@ -507,6 +508,20 @@ class CallService:
             out["candidate"] = None
         await self.to_room(peer, "call:peer-signal", out)
         return {"relayed": body.type}
+
+    async def _on_link_changed(self, msg: dict[str, Any]) -> None:
+        """A care-team link ended: the two stop talking (every process hears this; one moves each call)."""
+        if msg.get("active"):
+            return
+        patient, member = PydanticObjectId(msg["patient_id"]), PydanticObjectId(msg["member_id"])
+        live = await CallSession.find({"state": {"$in": [str(s) for s in LIVE_STATES]},
+                                       "participants": {"$all": [patient, member]}}).to_list()
+        for call in live:
+            with contextlib.suppress(ApiError, Refused):
+                if msg["member_id"] in call.joined:
+                    await self._leave(str(call.id), msg["member_id"], None)
+                else:
+                    await self._update(call.id, lambda d, now: self.move(d, Action.REVOKE, now, None))
 
     # --- a third party through the server's media relay --------------------------------------------
 

@@ -140,9 +140,14 @@ async def test_only_linked_users_and_bad_input_refused(calls_api: Api) -> None:
                 None, "text", {"callee": patient.id, "media": "video", "sdp": "v=0"}]:
         await refused(s_carer, "call:invite", bad, "invalid_payload")
     assert await CallSession.find_all().count() == 0
-    # Revoking the link stops the calls.
+    # Revoking the link ends the call in progress and stops new ones.
+    live = await s_carer.ok("call:invite", {"callee": patient.id})
+    await s_patient.events.wait("call:incoming")
+    await s_patient.ok("call:accept", {"call_id": live["id"]})
     _, links = await api.request("GET", "/api/links", patient)
     await api.request("DELETE", f"/api/links/{links['items'][0]['id']}", patient)
+    (end,) = await s_carer.events.wait("call:ended")
+    assert end["call_id"] == live["id"] and end["reason"] == "link_revoked"
     await refused(s_carer, "call:invite", {"callee": patient.id}, "forbidden")
     _, _, caller, callee, call_id = await connected_call(api)
     for bad in [{"call_id": call_id, "type": "offer"}, {"call_id": call_id, "type": "answer", "sdp": ""},
