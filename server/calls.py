@@ -36,7 +36,7 @@ from server.auth import Principal, as_object_id
 from server.errors import ApiError, forbidden, not_found
 from server.http import cursor_page, page_params, require_principal, services
 from server.models import Link, User, VersionedDocument, aware, iso, utcnow
-from server.realtime import EventContext, user_room
+from server.realtime import ONLINE_KEY, PROCESS_KEY, EventContext, user_room
 from signaling.call_state import (
     LIVE_STATES,
     Action,
@@ -60,6 +60,7 @@ MAX_TRANSITIONS = 64  # renegotiations beyond this are applied but no longer log
 CAS_RETRIES = 8
 MAX_MEMBERS = 3  # the two participants and one joiner (a clinician), through the server's media relay
 SWEEP_BATCH = 100
+STALE_EVERY = 10  # every this many sweeps, look for calls held by sockets of processes that died
 
 
 class CallSession(VersionedDocument):
@@ -728,8 +729,10 @@ class CallService:
             log.exception("expiring call %s", call_id)
 
     async def _sweep(self) -> None:
+        passes = 0
         while True:
             await asyncio.sleep(self.settings.call_sweep_s)
+            passes += 1
             try:
                 now = utcnow()
                 coll = CallSession.get_pymongo_collection()
@@ -738,10 +741,32 @@ class CallService:
                     cursor = coll.find({"state": str(state), field: {"$lte": now}}, {"_id": 1}).limit(SWEEP_BATCH)
                     for raw in await cursor.to_list():
                         await self._expire(raw["_id"], action)
+                if passes % STALE_EVERY == 0:
+                    await self._drop_orphans()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("call sweep failed: %s", exc)
+
+    async def _drop_orphans(self) -> None:
+        """A process that died took its sockets without running their disconnect: treat a call's socket
+        that is neither here nor in a live process as dropped (so the grace period, then the end, follow
+        and nobody stays busy forever)."""
+        live = CallSession.find({"state": {"$in": [str(s) for s in LIVE_STATES]}}).limit(SWEEP_BATCH)
+        async for call in live:
+            for user, sid in ((call.caller_id, call.caller_sid), (call.callee_id, call.callee_sid)):
+                if sid is not None and not await self._socket_alive(user, sid):
+                    with contextlib.suppress(Refused, ApiError):
+                        await self.drop(str(call.id), str(user), sid)
+
+    async def _socket_alive(self, user_id: Any, sid: str) -> bool:
+        if sid in self.rt.principals:
+            return True
+        redis = self.svc.redis
+        if redis is None:
+            return False  # one process: a socket not here is gone
+        owner = await redis.hget(ONLINE_KEY + str(user_id), sid)
+        return owner is not None and bool(await redis.exists(PROCESS_KEY + owner.decode()))
 
     # --- a callee connecting while it rings ------------------------------------------------------------
 
