@@ -265,7 +265,10 @@ class CallService:
             if raw is not None:
                 new = CallSession.model_validate(raw)
                 if new.state == CallState.ENDED and doc.state != CallState.ENDED:
-                    await self._ended(new)
+                    try:
+                        await self._ended(new)
+                    except Exception:  # the call has ended all the same; the sweeps tidy what is left
+                        log.exception("after ending call %s", new.id)
                 return doc, new
         raise ApiError("conflict", "The call changed while we applied that; try again", 409)
 
@@ -310,9 +313,10 @@ class CallService:
     async def _notify(self, users: list[PydanticObjectId], kind: str, title: str, call: CallSession,
                       urgency: str = "normal") -> None:
         try:
+            data = {"call_id": str(call.id), "caller_id": str(call.caller_id), "caller_name": call.caller_name,
+                    "media": call.media}
             await self.svc.notifications.notify(users, kind, title, patient_id=call.patient_id, urgency=urgency,
-                                       data={"call_id": str(call.id), "caller_id": str(call.caller_id),
-                                             "caller_name": call.caller_name, "media": call.media})
+                                                data=data)
         except Exception:
             log.exception("notifying %s for call %s failed", kind, call.id)
 
