@@ -45,6 +45,12 @@ async def test_two_peers_exchange_audio_then_a_clinician_joins_through_the_relay
 
         joined = await s_clin.ok("call:join", {"call_id": call["id"]})
         assert joined["relay"] is True and joined["slots"] == 2
+        # A fourth person (another of the patient's clinicians) does not fit; a linked caregiver may not join.
+        for role, code in (("clinician", "call_full"), ("caregiver", "forbidden")):
+            other = await api.register(role)
+            await api.link(patient, other)
+            reply = await (await api.socket(other)).call("call:join", {"call_id": call["id"]})
+            assert reply["error"]["code"] == code, reply
         for sock in (s_carer, s_patient):
             (relay,) = await sock.events.wait("call:relay")
             assert relay["joined"]["id"] == clinician.id and relay["slots"] == 2
