@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -60,6 +62,8 @@ MAX_TRANSITIONS = 64  # renegotiations beyond this are applied but no longer log
 CAS_RETRIES = 8
 MAX_MEMBERS = 3  # the two participants and one joiner (a clinician), through the server's media relay
 SWEEP_BATCH = 100
+MEDIA_CHANNEL = "healthmate:calls:media:"  # + host process id: media offers forwarded to the host
+FORWARD_TIMEOUT_S = 10.0
 STALE_EVERY = 10  # every this many sweeps, look for calls held by sockets of processes that died
 
 
@@ -222,6 +226,7 @@ class CallService:
         svc.bus.on("link_changed", self._on_link_changed)
         self._sweeper: asyncio.Task[None] | None = None
         self._retainer: asyncio.Task[None] | None = None
+        self._media_server: asyncio.Task[None] | None = None
         self.rt.connect_hooks.append(self._on_connect)
         self.rt.disconnect_hooks.append(self._on_disconnect)
         self._register()
@@ -231,13 +236,15 @@ class CallService:
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="call-sweeper")
         self._retainer = asyncio.create_task(self._retention(), name="call-retention")
+        if self.svc.redis is not None:
+            self._media_server = asyncio.create_task(self._serve_media_requests(), name="call-media-requests")
 
     async def stop(self) -> None:
         for call_id in list(self.rooms):
             await self._close_room({"call_id": call_id})
         if self.teardowns:
             await asyncio.wait(self.teardowns, timeout=10)
-        for task in [self._sweeper, self._retainer, *self.timers.values()]:
+        for task in [self._sweeper, self._retainer, self._media_server, *self.timers.values()]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -532,7 +539,8 @@ class CallService:
 
     async def join(self, ctx: EventContext, body: CallRef) -> dict[str, Any]:
         """A clinician linked to the call's patient joins a connected call. The server then terminates
-        everyone's media: the two participants are told (``call:relay``) to connect to it too."""
+        everyone's media: the two participants are told (``call:relay``) to connect to it too. The media
+        is served by one process; offers reaching another are forwarded to it."""
         doc = await CallSession.get(as_object_id(body.call_id, "call_id"))
         if doc is None:
             raise not_found("call")
@@ -540,21 +548,19 @@ class CallService:
         await require_patient(ctx.principal, doc.patient_id, "call.join", ctx.client, call_id=str(doc.id))
         if ctx.principal.role != "clinician" or doc.side_of(me) is not None:
             raise forbidden("Only a clinician of the patient, not already in the call, can join it")
-        host = self.rt.process_id
-
         def change(d: CallSession, now: datetime) -> dict[str, Any]:
-            if d.media_host not in (None, host):
-                raise ApiError("media_elsewhere", "This call's media is served by another server process", 409)
             if me not in d.joined and 2 + len(d.joined) >= MAX_MEMBERS:
                 raise ApiError("call_full", f"A call has at most {MAX_MEMBERS} people", 409)
             participants = d.participants if ctx.principal.user_id in d.participants else [*d.participants,
                                                                                            ctx.principal.user_id]
-            return self.move(d, Action.JOIN, now, me, joined={**d.joined, me: ctx.sid}, media_host=host,
-                             participants=participants)
+            # The media stays where it is already served, else it is served here.
+            return self.move(d, Action.JOIN, now, me, joined={**d.joined, me: ctx.sid},
+                             media_host=d.media_host or self.rt.process_id, participants=participants)
 
         _, call = await self._update(doc.id, change)
         call_id = str(call.id)
-        self._room(call_id)
+        if call.media_host == self.rt.process_id:
+            self._room(call_id)
         self.joined_sids[ctx.sid] = call_id
         relay = {"call_id": call_id, "reason": "join", "joined": {"id": me, "name": ctx.principal.name},
                  "slots": MAX_MEMBERS - 1}
@@ -570,19 +576,84 @@ class CallService:
         if doc is None or doc.state not in (CallState.ACTIVE, CallState.RECONNECTING) or \
                 ctx.sid not in (doc.caller_sid, doc.callee_sid, doc.joined.get(me)):
             raise not_found("call")
-        room = self.rooms.get(str(doc.id))
-        if room is None:
-            if doc.media_host not in (None, self.rt.process_id):
-                raise ApiError("media_elsewhere", "This call's media is served by another server process", 409)
+        if doc.media_host is None:
             raise ApiError("not_relayed", "This call's media goes directly between its two participants", 409)
+        if doc.media_host != self.rt.process_id:
+            return {"type": "answer", "sdp": await self._forward_offer(doc.media_host, str(doc.id), me, body.sdp)}
+        return {"type": "answer", "sdp": await self._connect_media(str(doc.id), me, body.sdp)}
+
+    async def _connect_media(self, call_id: str, member: str, sdp: str) -> str:
+        room = self.rooms.get(call_id)
+        if room is None:
+            raise ApiError("not_relayed", "This call's media is no longer served", 409)
         try:
-            answer = await room.connect(me, body.sdp)
+            return await room.connect(member, sdp)
         except RoomFull as exc:
             raise ApiError("call_full", str(exc), 409) from None
         except Exception as exc:
-            log.info("media offer for call %s refused: %s", doc.id, exc)
+            log.info("media offer for call %s refused: %s", call_id, exc)
             raise ApiError("invalid_sdp", "The SDP offer could not be used", 422) from None
-        return {"type": "answer", "sdp": answer}
+
+    # The media of a relayed call lives in one process; an offer arriving at another is passed to it
+    # over Redis (a request on the host's channel, the answer on a one-off reply channel).
+
+    async def _forward_offer(self, host: str, call_id: str, member: str, sdp: str) -> str:
+        redis = self.svc.redis
+        if redis is None:
+            raise ApiError("media_elsewhere", "This call's media is served by another server process", 409)
+        reply_channel = f"{MEDIA_CHANNEL}reply:{secrets.token_hex(8)}"
+        pubsub = redis.pubsub()
+        try:
+            await pubsub.subscribe(reply_channel)
+            request = {"call_id": call_id, "member": member, "sdp": sdp, "reply": reply_channel}
+            if not await redis.publish(MEDIA_CHANNEL + host, json.dumps(request)):
+                raise ApiError("media_elsewhere", "The server process holding this call's media is gone", 409)
+            deadline = time.monotonic() + FORWARD_TIMEOUT_S
+            while time.monotonic() < deadline:
+                item = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if item is not None:
+                    reply = json.loads(item["data"])
+                    if "error" in reply:
+                        raise ApiError(reply["error"]["code"], reply["error"]["message"], reply.get("status", 409))
+                    return str(reply["sdp"])
+            raise ApiError("media_timeout", "The server process holding this call's media did not answer", 504)
+        finally:
+            await pubsub.aclose()
+
+    async def _serve_media_requests(self) -> None:
+        redis = self.svc.redis
+        assert redis is not None
+        pubsub = redis.pubsub()
+        await pubsub.subscribe(MEDIA_CHANNEL + self.rt.process_id)
+        try:
+            while True:
+                try:
+                    async for item in pubsub.listen():
+                        if item.get("type") == "message":
+                            task = asyncio.create_task(self._answer_forwarded(json.loads(item["data"])))
+                            self.teardowns.add(task)
+                            task.add_done_callback(self.teardowns.discard)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("media requests lost Redis (%s); retrying", exc)
+                    await asyncio.sleep(1)
+                    with contextlib.suppress(Exception):
+                        await pubsub.subscribe(MEDIA_CHANNEL + self.rt.process_id)
+        finally:
+            await pubsub.aclose()
+
+    async def _answer_forwarded(self, request: dict[str, Any]) -> None:
+        try:
+            reply: dict[str, Any] = {"sdp": await self._connect_media(request["call_id"], request["member"],
+                                                                      request["sdp"])}
+        except ApiError as err:
+            reply = {**err.body(), "status": err.status}
+        except Exception:
+            log.exception("forwarded media offer failed")
+            reply = {"error": {"code": "internal", "message": "Something went wrong on our side"}, "status": 500}
+        assert self.svc.redis is not None
+        await self.svc.redis.publish(request["reply"], json.dumps(reply))
 
     async def _leave(self, call_id: str, user_id: str, sid: str | None) -> CallSession:
         def change(d: CallSession, now: datetime) -> dict[str, Any]:
