@@ -224,6 +224,8 @@ class CallService:
         self.teardowns: set[asyncio.Task[None]] = set()
         svc.bus.on("call_ended", self._close_room)
         svc.bus.on("link_changed", self._on_link_changed)
+        svc.bus.on("call_record", self._start_recording)
+        svc.bus.on("call_record_stop", self._stop_recording)
         self._sweeper: asyncio.Task[None] | None = None
         self._retainer: asyncio.Task[None] | None = None
         self._media_server: asyncio.Task[None] | None = None
@@ -691,34 +693,42 @@ class CallService:
         """A participant gives (or withdraws) consent to recording. With both consents the server takes
         the call's media (``call:relay`` to both) and records it; a withdrawal stops the recording."""
         doc = await self._participant(body.call_id, ctx.principal)
-        me, host = ctx.principal.id, self.rt.process_id
+        me = ctx.principal.id
 
         def change(d: CallSession, now: datetime) -> dict[str, Any]:
             consent = {**d.consent, me: body.record}
             both = consent.get(str(d.caller_id)) is True and consent.get(str(d.callee_id)) is True
             fields: dict[str, Any] = {"consent": consent}
             if both and d.recording is None:
-                if d.media_host not in (None, host):
-                    raise ApiError("media_elsewhere", "This call's media is served by another server process", 409)
-                fields.update(media_host=host, recording={"file": f"{d.id}.mka", "started_at": now,
-                                                         "stopped_at": None, "bytes": None})
+                fields.update(media_host=d.media_host or self.rt.process_id,
+                              recording={"file": f"{d.id}.mka", "started_at": now, "stopped_at": None, "bytes": None})
             return self.move(d, Action.CONSENT, now, me, **fields)
 
-        audit_details = {"call_id": str(doc.id), "record": body.record}
         await audit.record("call.consent", principal=ctx.principal, patient_id=doc.patient_id, client=ctx.client,
-                           **audit_details)
+                           call_id=str(doc.id), record=body.record)
         old, call = await self._update(doc.id, change)
         call_id = str(call.id)
         if call.recording is not None and old.recording is None:
-            tracks = 2 if call.media == "audio" else 4
-            self._room(call_id).record(CallRecording(self.recording_path(call_id), tracks))
-            relay = {"call_id": call_id, "reason": "recording", "slots": MAX_MEMBERS - 1}
-            caller, callee = call.caller_sid, call.callee_sid
-            await self.to_room(caller, "call:relay", relay)
-            await self.to_room(callee, "call:relay", relay)
-        elif not body.record and call.recording is not None and call_id in self.rooms:
-            await self._finish_recording(call_id, await self.rooms[call_id].stop_recording())
+            # The process serving the media records it (this one, or the one a joiner's media went to).
+            await self.svc.bus.publish("call_record", call_id=call_id, host=call.media_host, media=call.media)
+            if old.media_host is None:  # the two were talking directly: bring them to the server
+                relay = {"call_id": call_id, "reason": "recording", "slots": MAX_MEMBERS - 1}
+                caller, callee = call.caller_sid, call.callee_sid
+                await self.to_room(caller, "call:relay", relay)
+                await self.to_room(callee, "call:relay", relay)
+        elif not body.record and call.recording is not None and call.recording.get("stopped_at") is None:
+            await self.svc.bus.publish("call_record_stop", call_id=call_id, host=call.media_host)
         return call_json(call, me)
+
+    async def _start_recording(self, msg: dict[str, Any]) -> None:
+        if msg["host"] == self.rt.process_id:
+            tracks = 2 if msg["media"] == "audio" else 4  # each participant's audio (and video)
+            self._room(msg["call_id"]).record(CallRecording(self.recording_path(msg["call_id"]), tracks))
+
+    async def _stop_recording(self, msg: dict[str, Any]) -> None:
+        room = self.rooms.get(msg["call_id"])
+        if msg["host"] == self.rt.process_id and room is not None:
+            await self._finish_recording(msg["call_id"], await room.stop_recording())
 
     async def _finish_recording(self, call_id: str, size: int | None) -> None:
         if size is not None:

@@ -121,6 +121,15 @@ async def test_recording_only_with_both_consents_downloadable_by_the_participant
         await asyncio.sleep(1.5)
         status, err = await api.request("GET", both["recording"]["url"], patient)
         assert status == 409 and err["error"]["code"] == "recording_in_progress"
+        # The patient withdraws consent: the recording stops, the call goes on.
+        withdrawn = await s_patient.ok("call:consent", {"call_id": call["id"], "record": False})
+        assert withdrawn["state"] == "active" and withdrawn["consent"][patient.id] is False
+        for _ in range(100):
+            _, history = await api.request("GET", "/api/calls", patient)
+            if history["items"][0]["recording"]["stopped_at"]:
+                break
+            await asyncio.sleep(0.05)
+        assert history["items"][0]["state"] == "active" and history["items"][0]["recording"]["bytes"] > 0
         await s_carer.ok("call:hangup", {"call_id": call["id"]})
     finally:
         await caller.close()
