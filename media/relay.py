@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 AUDIO_RATE, AUDIO_SAMPLES = 48000, 960  # what aiortc's Opus decoder produces: 20 ms, s16 stereo
 VIDEO_CLOCK, VIDEO_FPS = 90000, 15
 QUEUE_FRAMES = 8  # per outgoing slot: 160 ms of audio
+CLOSE_TIMEOUT_S = 5.0
 SOURCE_WAIT_S = 0.06  # a source silent this long is replaced by filler until it speaks again
 
 
@@ -209,7 +210,7 @@ class MediaRoom:
                 if slot.source_id == member_id:
                     slot.attach(None)
         with contextlib.suppress(Exception):
-            await member.pc.close()
+            await asyncio.wait_for(member.pc.close(), CLOSE_TIMEOUT_S)
 
     async def close(self) -> int | None:
         """End the room; the size of its recording, if it had one."""
@@ -219,8 +220,14 @@ class MediaRoom:
         return size
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Frames forwarded to each member, by the member they came from."""
-        return {m.id: {s.source_id or "-": s.forwarded for s in m.slots} for m in self.members.values()}
+        """Frames forwarded to each member (audio and video), by the member they came from."""
+        out: dict[str, dict[str, int]] = {}
+        for m in self.members.values():
+            counts = out.setdefault(m.id, {})
+            for slot in m.slots:
+                if slot.source_id is not None:
+                    counts[slot.source_id] = counts.get(slot.source_id, 0) + slot.forwarded
+        return out
 
 
 class RoomFull(Exception):

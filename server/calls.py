@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -36,7 +38,7 @@ from server.auth import Principal, as_object_id
 from server.errors import ApiError, forbidden, not_found
 from server.http import cursor_page, page_params, require_principal, services
 from server.models import Link, User, VersionedDocument, aware, iso, utcnow
-from server.realtime import EventContext, user_room
+from server.realtime import ONLINE_KEY, PROCESS_KEY, EventContext, user_room
 from signaling.call_state import (
     LIVE_STATES,
     Action,
@@ -60,6 +62,9 @@ MAX_TRANSITIONS = 64  # renegotiations beyond this are applied but no longer log
 CAS_RETRIES = 8
 MAX_MEMBERS = 3  # the two participants and one joiner (a clinician), through the server's media relay
 SWEEP_BATCH = 100
+MEDIA_CHANNEL = "healthmate:calls:media:"  # + host process id: media offers forwarded to the host
+FORWARD_TIMEOUT_S = 10.0
+STALE_EVERY = 10  # every this many sweeps, look for calls held by sockets of processes that died
 
 
 class CallSession(VersionedDocument):
@@ -216,9 +221,14 @@ class CallService:
         self.timers: dict[str, asyncio.Task[None]] = {}
         self.rooms: dict[str, MediaRoom] = {}  # relayed calls whose media this process terminates
         self.joined_sids: dict[str, str] = {}  # local joiner socket id -> call id
+        self.teardowns: set[asyncio.Task[None]] = set()
         svc.bus.on("call_ended", self._close_room)
+        svc.bus.on("link_changed", self._on_link_changed)
+        svc.bus.on("call_record", self._start_recording)
+        svc.bus.on("call_record_stop", self._stop_recording)
         self._sweeper: asyncio.Task[None] | None = None
         self._retainer: asyncio.Task[None] | None = None
+        self._media_server: asyncio.Task[None] | None = None
         self.rt.connect_hooks.append(self._on_connect)
         self.rt.disconnect_hooks.append(self._on_disconnect)
         self._register()
@@ -228,11 +238,15 @@ class CallService:
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="call-sweeper")
         self._retainer = asyncio.create_task(self._retention(), name="call-retention")
+        if self.svc.redis is not None:
+            self._media_server = asyncio.create_task(self._serve_media_requests(), name="call-media-requests")
 
     async def stop(self) -> None:
         for call_id in list(self.rooms):
             await self._close_room({"call_id": call_id})
-        for task in [self._sweeper, self._retainer, *self.timers.values()]:
+        if self.teardowns:
+            await asyncio.wait(self.teardowns, timeout=10)
+        for task in [self._sweeper, self._retainer, self._media_server, *self.timers.values()]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -260,7 +274,10 @@ class CallService:
             if raw is not None:
                 new = CallSession.model_validate(raw)
                 if new.state == CallState.ENDED and doc.state != CallState.ENDED:
-                    await self._ended(new)
+                    try:
+                        await self._ended(new)
+                    except Exception:  # the call has ended all the same; the sweeps tidy what is left
+                        log.exception("after ending call %s", new.id)
                 return doc, new
         raise ApiError("conflict", "The call changed while we applied that; try again", 409)
 
@@ -305,9 +322,10 @@ class CallService:
     async def _notify(self, users: list[PydanticObjectId], kind: str, title: str, call: CallSession,
                       urgency: str = "normal") -> None:
         try:
+            data = {"call_id": str(call.id), "caller_id": str(call.caller_id), "caller_name": call.caller_name,
+                    "media": call.media}
             await self.svc.notifications.notify(users, kind, title, patient_id=call.patient_id, urgency=urgency,
-                                       data={"call_id": str(call.id), "caller_id": str(call.caller_id),
-                                             "caller_name": call.caller_name, "media": call.media})
+                                                data=data)
         except Exception:
             log.exception("notifying %s for call %s failed", kind, call.id)
 
@@ -505,11 +523,26 @@ class CallService:
         await self.to_room(peer, "call:peer-signal", out)
         return {"relayed": body.type}
 
+    async def _on_link_changed(self, msg: dict[str, Any]) -> None:
+        """A care-team link ended: the two stop talking (every process hears this; one moves each call)."""
+        if msg.get("active"):
+            return
+        patient, member = PydanticObjectId(msg["patient_id"]), PydanticObjectId(msg["member_id"])
+        live = await CallSession.find({"state": {"$in": [str(s) for s in LIVE_STATES]},
+                                       "participants": {"$all": [patient, member]}}).to_list()
+        for call in live:
+            with contextlib.suppress(ApiError, Refused):
+                if msg["member_id"] in call.joined:
+                    await self._leave(str(call.id), msg["member_id"], None)
+                else:
+                    await self._update(call.id, lambda d, now: self.move(d, Action.REVOKE, now, None))
+
     # --- a third party through the server's media relay --------------------------------------------
 
     async def join(self, ctx: EventContext, body: CallRef) -> dict[str, Any]:
         """A clinician linked to the call's patient joins a connected call. The server then terminates
-        everyone's media: the two participants are told (``call:relay``) to connect to it too."""
+        everyone's media: the two participants are told (``call:relay``) to connect to it too. The media
+        is served by one process; offers reaching another are forwarded to it."""
         doc = await CallSession.get(as_object_id(body.call_id, "call_id"))
         if doc is None:
             raise not_found("call")
@@ -517,21 +550,19 @@ class CallService:
         await require_patient(ctx.principal, doc.patient_id, "call.join", ctx.client, call_id=str(doc.id))
         if ctx.principal.role != "clinician" or doc.side_of(me) is not None:
             raise forbidden("Only a clinician of the patient, not already in the call, can join it")
-        host = self.rt.process_id
-
         def change(d: CallSession, now: datetime) -> dict[str, Any]:
-            if d.media_host not in (None, host):
-                raise ApiError("media_elsewhere", "This call's media is served by another server process", 409)
             if me not in d.joined and 2 + len(d.joined) >= MAX_MEMBERS:
                 raise ApiError("call_full", f"A call has at most {MAX_MEMBERS} people", 409)
             participants = d.participants if ctx.principal.user_id in d.participants else [*d.participants,
                                                                                            ctx.principal.user_id]
-            return self.move(d, Action.JOIN, now, me, joined={**d.joined, me: ctx.sid}, media_host=host,
-                             participants=participants)
+            # The media stays where it is already served, else it is served here.
+            return self.move(d, Action.JOIN, now, me, joined={**d.joined, me: ctx.sid},
+                             media_host=d.media_host or self.rt.process_id, participants=participants)
 
         _, call = await self._update(doc.id, change)
         call_id = str(call.id)
-        self._room(call_id)
+        if call.media_host == self.rt.process_id:
+            self._room(call_id)
         self.joined_sids[ctx.sid] = call_id
         relay = {"call_id": call_id, "reason": "join", "joined": {"id": me, "name": ctx.principal.name},
                  "slots": MAX_MEMBERS - 1}
@@ -547,19 +578,84 @@ class CallService:
         if doc is None or doc.state not in (CallState.ACTIVE, CallState.RECONNECTING) or \
                 ctx.sid not in (doc.caller_sid, doc.callee_sid, doc.joined.get(me)):
             raise not_found("call")
-        room = self.rooms.get(str(doc.id))
-        if room is None:
-            if doc.media_host not in (None, self.rt.process_id):
-                raise ApiError("media_elsewhere", "This call's media is served by another server process", 409)
+        if doc.media_host is None:
             raise ApiError("not_relayed", "This call's media goes directly between its two participants", 409)
+        if doc.media_host != self.rt.process_id:
+            return {"type": "answer", "sdp": await self._forward_offer(doc.media_host, str(doc.id), me, body.sdp)}
+        return {"type": "answer", "sdp": await self._connect_media(str(doc.id), me, body.sdp)}
+
+    async def _connect_media(self, call_id: str, member: str, sdp: str) -> str:
+        room = self.rooms.get(call_id)
+        if room is None:
+            raise ApiError("not_relayed", "This call's media is no longer served", 409)
         try:
-            answer = await room.connect(me, body.sdp)
+            return await room.connect(member, sdp)
         except RoomFull as exc:
             raise ApiError("call_full", str(exc), 409) from None
         except Exception as exc:
-            log.info("media offer for call %s refused: %s", doc.id, exc)
+            log.info("media offer for call %s refused: %s", call_id, exc)
             raise ApiError("invalid_sdp", "The SDP offer could not be used", 422) from None
-        return {"type": "answer", "sdp": answer}
+
+    # The media of a relayed call lives in one process; an offer arriving at another is passed to it
+    # over Redis (a request on the host's channel, the answer on a one-off reply channel).
+
+    async def _forward_offer(self, host: str, call_id: str, member: str, sdp: str) -> str:
+        redis = self.svc.redis
+        if redis is None:
+            raise ApiError("media_elsewhere", "This call's media is served by another server process", 409)
+        reply_channel = f"{MEDIA_CHANNEL}reply:{secrets.token_hex(8)}"
+        pubsub = redis.pubsub()
+        try:
+            await pubsub.subscribe(reply_channel)
+            request = {"call_id": call_id, "member": member, "sdp": sdp, "reply": reply_channel}
+            if not await redis.publish(MEDIA_CHANNEL + host, json.dumps(request)):
+                raise ApiError("media_elsewhere", "The server process holding this call's media is gone", 409)
+            deadline = time.monotonic() + FORWARD_TIMEOUT_S
+            while time.monotonic() < deadline:
+                item = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if item is not None:
+                    reply = json.loads(item["data"])
+                    if "error" in reply:
+                        raise ApiError(reply["error"]["code"], reply["error"]["message"], reply.get("status", 409))
+                    return str(reply["sdp"])
+            raise ApiError("media_timeout", "The server process holding this call's media did not answer", 504)
+        finally:
+            await pubsub.aclose()
+
+    async def _serve_media_requests(self) -> None:
+        redis = self.svc.redis
+        assert redis is not None
+        pubsub = redis.pubsub()
+        await pubsub.subscribe(MEDIA_CHANNEL + self.rt.process_id)
+        try:
+            while True:
+                try:
+                    async for item in pubsub.listen():
+                        if item.get("type") == "message":
+                            task = asyncio.create_task(self._answer_forwarded(json.loads(item["data"])))
+                            self.teardowns.add(task)
+                            task.add_done_callback(self.teardowns.discard)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("media requests lost Redis (%s); retrying", exc)
+                    await asyncio.sleep(1)
+                    with contextlib.suppress(Exception):
+                        await pubsub.subscribe(MEDIA_CHANNEL + self.rt.process_id)
+        finally:
+            await pubsub.aclose()
+
+    async def _answer_forwarded(self, request: dict[str, Any]) -> None:
+        try:
+            reply: dict[str, Any] = {"sdp": await self._connect_media(request["call_id"], request["member"],
+                                                                      request["sdp"])}
+        except ApiError as err:
+            reply = {**err.body(), "status": err.status}
+        except Exception:
+            log.exception("forwarded media offer failed")
+            reply = {"error": {"code": "internal", "message": "Something went wrong on our side"}, "status": 500}
+        assert self.svc.redis is not None
+        await self.svc.redis.publish(request["reply"], json.dumps(reply))
 
     async def _leave(self, call_id: str, user_id: str, sid: str | None) -> CallSession:
         def change(d: CallSession, now: datetime) -> dict[str, Any]:
@@ -597,34 +693,42 @@ class CallService:
         """A participant gives (or withdraws) consent to recording. With both consents the server takes
         the call's media (``call:relay`` to both) and records it; a withdrawal stops the recording."""
         doc = await self._participant(body.call_id, ctx.principal)
-        me, host = ctx.principal.id, self.rt.process_id
+        me = ctx.principal.id
 
         def change(d: CallSession, now: datetime) -> dict[str, Any]:
             consent = {**d.consent, me: body.record}
             both = consent.get(str(d.caller_id)) is True and consent.get(str(d.callee_id)) is True
             fields: dict[str, Any] = {"consent": consent}
             if both and d.recording is None:
-                if d.media_host not in (None, host):
-                    raise ApiError("media_elsewhere", "This call's media is served by another server process", 409)
-                fields.update(media_host=host, recording={"file": f"{d.id}.mka", "started_at": now,
-                                                         "stopped_at": None, "bytes": None})
+                fields.update(media_host=d.media_host or self.rt.process_id,
+                              recording={"file": f"{d.id}.mka", "started_at": now, "stopped_at": None, "bytes": None})
             return self.move(d, Action.CONSENT, now, me, **fields)
 
-        audit_details = {"call_id": str(doc.id), "record": body.record}
         await audit.record("call.consent", principal=ctx.principal, patient_id=doc.patient_id, client=ctx.client,
-                           **audit_details)
+                           call_id=str(doc.id), record=body.record)
         old, call = await self._update(doc.id, change)
         call_id = str(call.id)
         if call.recording is not None and old.recording is None:
-            tracks = 2 if call.media == "audio" else 4
-            self._room(call_id).record(CallRecording(self.recording_path(call_id), tracks))
-            relay = {"call_id": call_id, "reason": "recording", "slots": MAX_MEMBERS - 1}
-            caller, callee = call.caller_sid, call.callee_sid
-            await self.to_room(caller, "call:relay", relay)
-            await self.to_room(callee, "call:relay", relay)
-        elif not body.record and call.recording is not None and call_id in self.rooms:
-            await self._finish_recording(call_id, await self.rooms[call_id].stop_recording())
+            # The process serving the media records it (this one, or the one a joiner's media went to).
+            await self.svc.bus.publish("call_record", call_id=call_id, host=call.media_host, media=call.media)
+            if old.media_host is None:  # the two were talking directly: bring them to the server
+                relay = {"call_id": call_id, "reason": "recording", "slots": MAX_MEMBERS - 1}
+                caller, callee = call.caller_sid, call.callee_sid
+                await self.to_room(caller, "call:relay", relay)
+                await self.to_room(callee, "call:relay", relay)
+        elif not body.record and call.recording is not None and call.recording.get("stopped_at") is None:
+            await self.svc.bus.publish("call_record_stop", call_id=call_id, host=call.media_host)
         return call_json(call, me)
+
+    async def _start_recording(self, msg: dict[str, Any]) -> None:
+        if msg["host"] == self.rt.process_id:
+            tracks = 2 if msg["media"] == "audio" else 4  # each participant's audio (and video)
+            self._room(msg["call_id"]).record(CallRecording(self.recording_path(msg["call_id"]), tracks))
+
+    async def _stop_recording(self, msg: dict[str, Any]) -> None:
+        room = self.rooms.get(msg["call_id"])
+        if msg["host"] == self.rt.process_id and room is not None:
+            await self._finish_recording(msg["call_id"], await room.stop_recording())
 
     async def _finish_recording(self, call_id: str, size: int | None) -> None:
         if size is not None:
@@ -653,12 +757,22 @@ class CallService:
             await asyncio.sleep(3600)
 
     async def _close_room(self, msg: dict[str, Any]) -> None:
+        """The call ended: tear its media down in the background (closing peer connections takes a
+        while, and nobody's hang-up should wait for it)."""
         room = self.rooms.pop(msg["call_id"], None)
         if room is not None:
-            await self._finish_recording(msg["call_id"], await room.close())
+            task = asyncio.create_task(self._teardown(msg["call_id"], room))
+            self.teardowns.add(task)
+            task.add_done_callback(self.teardowns.discard)
         for sid, call_id in list(self.joined_sids.items()):
             if call_id == msg["call_id"]:
                 del self.joined_sids[sid]
+
+    async def _teardown(self, call_id: str, room: MediaRoom) -> None:
+        try:
+            await self._finish_recording(call_id, await room.close())
+        except Exception:
+            log.exception("tearing down the media of call %s", call_id)
 
     # --- timers -------------------------------------------------------------------------------------
 
@@ -700,8 +814,10 @@ class CallService:
             log.exception("expiring call %s", call_id)
 
     async def _sweep(self) -> None:
+        passes = 0
         while True:
             await asyncio.sleep(self.settings.call_sweep_s)
+            passes += 1
             try:
                 now = utcnow()
                 coll = CallSession.get_pymongo_collection()
@@ -710,10 +826,32 @@ class CallService:
                     cursor = coll.find({"state": str(state), field: {"$lte": now}}, {"_id": 1}).limit(SWEEP_BATCH)
                     for raw in await cursor.to_list():
                         await self._expire(raw["_id"], action)
+                if passes % STALE_EVERY == 0:
+                    await self._drop_orphans()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("call sweep failed: %s", exc)
+
+    async def _drop_orphans(self) -> None:
+        """A process that died took its sockets without running their disconnect: treat a call's socket
+        that is neither here nor in a live process as dropped (so the grace period, then the end, follow
+        and nobody stays busy forever)."""
+        live = CallSession.find({"state": {"$in": [str(s) for s in LIVE_STATES]}}).limit(SWEEP_BATCH)
+        async for call in live:
+            for user, sid in ((call.caller_id, call.caller_sid), (call.callee_id, call.callee_sid)):
+                if sid is not None and not await self._socket_alive(user, sid):
+                    with contextlib.suppress(Refused, ApiError):
+                        await self.drop(str(call.id), str(user), sid)
+
+    async def _socket_alive(self, user_id: Any, sid: str) -> bool:
+        if sid in self.rt.principals:
+            return True
+        redis = self.svc.redis
+        if redis is None:
+            return False  # one process: a socket not here is gone
+        owner = await redis.hget(ONLINE_KEY + str(user_id), sid)
+        return owner is not None and bool(await redis.exists(PROCESS_KEY + owner.decode()))
 
     # --- a callee connecting while it rings ------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 and the two glare rules (crossing invites, crossing offers). Pure: no I/O, no clock.
 
     ringing --accept--> active --drop--> reconnecting --resume--> active
-    ringing --reject | cancel | timeout | drop | busy--> ended
-    active | reconnecting --hangup--> ended;  reconnecting --grace_expired--> ended
+    ringing --reject | cancel | timeout | drop | busy | revoke--> ended
+    active | reconnecting --hangup | revoke--> ended;  reconnecting --grace_expired--> ended
     active --renegotiate | resume | join | leave | consent--> active (recorded, state unchanged)
 
 A caller's socket dropping while it rings ends the call (nobody is left to answer to); a
@@ -37,6 +37,7 @@ class Action(StrEnum):
     JOIN = "join"  # a third party (a clinician) joins through the server's media relay
     LEAVE = "leave"
     CONSENT = "consent"  # a participant gives or withdraws consent to recording
+    REVOKE = "revoke"  # the care-team link between the two ended
 
 
 S, A = CallState, Action
@@ -60,6 +61,9 @@ TRANSITIONS: dict[tuple[CallState, Action], CallState] = {
     (S.RECONNECTING, A.RESUME): S.ACTIVE,
     (S.RECONNECTING, A.HANGUP): S.ENDED,
     (S.RECONNECTING, A.GRACE_EXPIRED): S.ENDED,
+    (S.RINGING, A.REVOKE): S.ENDED,
+    (S.ACTIVE, A.REVOKE): S.ENDED,
+    (S.RECONNECTING, A.REVOKE): S.ENDED,
 }
 # Why a call ended, by the action that ended it (and the state it was in).
 END_REASONS: dict[tuple[CallState, Action], str] = {
@@ -71,6 +75,9 @@ END_REASONS: dict[tuple[CallState, Action], str] = {
     (S.ACTIVE, A.HANGUP): "hangup",
     (S.RECONNECTING, A.HANGUP): "hangup",
     (S.RECONNECTING, A.GRACE_EXPIRED): "connection_lost",
+    (S.RINGING, A.REVOKE): "link_revoked",
+    (S.ACTIVE, A.REVOKE): "link_revoked",
+    (S.RECONNECTING, A.REVOKE): "link_revoked",
 }
 LIVE_STATES = frozenset({S.RINGING, S.ACTIVE, S.RECONNECTING})
 

@@ -1,18 +1,25 @@
 """Real WebRTC media: two aiortc peers signal through the project's Socket.IO events and hear each
-other; a clinician joins and the server relays everyone's audio so all three hear the other two."""
+other; a clinician joins and the server relays everyone's audio so all three hear the other two (also
+when their sockets are on two server processes); consented recording."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 from datetime import timedelta
+from pathlib import Path
 
 import av
 
+from server.embedded_store import EmbeddedStore, free_port
 from server.http import SERVICES
 from server.models import utcnow
 from tests.call_peers import CallPeer
-from tests.helpers import Api
+from tests.conftest import TEST_SECRET
+from tests.helpers import Api, ServerProcess
+
+_dbs = itertools.count()
 
 
 async def test_two_peers_exchange_audio_then_a_clinician_joins_through_the_relay(api: Api) -> None:
@@ -45,6 +52,12 @@ async def test_two_peers_exchange_audio_then_a_clinician_joins_through_the_relay
 
         joined = await s_clin.ok("call:join", {"call_id": call["id"]})
         assert joined["relay"] is True and joined["slots"] == 2
+        # A fourth person (another of the patient's clinicians) does not fit; a linked caregiver may not join.
+        for role, code in (("clinician", "call_full"), ("caregiver", "forbidden")):
+            other = await api.register(role)
+            await api.link(patient, other)
+            reply = await (await api.socket(other)).call("call:join", {"call_id": call["id"]})
+            assert reply["error"]["code"] == code, reply
         for sock in (s_carer, s_patient):
             (relay,) = await sock.events.wait("call:relay")
             assert relay["joined"]["id"] == clinician.id and relay["slots"] == 2
@@ -108,6 +121,15 @@ async def test_recording_only_with_both_consents_downloadable_by_the_participant
         await asyncio.sleep(1.5)
         status, err = await api.request("GET", both["recording"]["url"], patient)
         assert status == 409 and err["error"]["code"] == "recording_in_progress"
+        # The patient withdraws consent: the recording stops, the call goes on.
+        withdrawn = await s_patient.ok("call:consent", {"call_id": call["id"], "record": False})
+        assert withdrawn["state"] == "active" and withdrawn["consent"][patient.id] is False
+        for _ in range(100):
+            _, history = await api.request("GET", "/api/calls", patient)
+            if history["items"][0]["recording"]["stopped_at"]:
+                break
+            await asyncio.sleep(0.05)
+        assert history["items"][0]["state"] == "active" and history["items"][0]["recording"]["bytes"] > 0
         await s_carer.ok("call:hangup", {"call_id": call["id"]})
     finally:
         await caller.close()
@@ -139,3 +161,36 @@ async def test_recording_only_with_both_consents_downloadable_by_the_participant
     assert not path.exists()
     _, history = await api.request("GET", "/api/calls", patient)
     assert history["items"] == []
+
+
+async def test_relay_when_the_members_are_on_different_processes(store: EmbeddedStore, redis_url: str,
+                                                                  tmp_path: Path) -> None:
+    env = {"HEALTHMATE_MONGODB_URL": store.url, "HEALTHMATE_MONGODB_DB": f"hm_relay_{next(_dbs)}",
+           "HEALTHMATE_REDIS_URL": redis_url, "HEALTHMATE_JWT_SECRET": TEST_SECRET,
+           "HEALTHMATE_DATA_DIR": str(tmp_path)}
+    one, two = ServerProcess(env, free_port()), ServerProcess(env, free_port())
+    await asyncio.gather(one.start(), two.start())
+    peers: list[CallPeer] = []
+    try:
+        async with Api(one.url) as api1, Api(two.url) as api2:
+            patient, carer, clinician = [await api1.register(r) for r in ("patient", "caregiver", "clinician")]
+            await api1.link(patient, carer)
+            await api1.link(patient, clinician)
+            s_carer, s_patient, s_clin = await api1.socket(carer), await api2.socket(patient), await api1.socket(
+                clinician)
+            call = await s_carer.ok("call:invite", {"callee": patient.id})
+            await s_patient.events.wait("call:incoming")
+            await s_patient.ok("call:accept", {"call_id": call["id"]})
+            joined = await s_clin.ok("call:join", {"call_id": call["id"]})  # process one serves the media
+            await s_patient.events.wait("call:relay")
+            peers = [CallPeer(s_carer, 440), CallPeer(s_patient, 660), CallPeer(s_clin, 880)]
+            # The patient's offer reaches process two and is answered by process one's relay.
+            await asyncio.gather(*(p.connect_relay(call["id"], joined["slots"]) for p in peers))
+            for peer in peers:
+                assert len(await peer.heard(2, timeout=20)) == 2
+            await s_patient.ok("call:hangup", {"call_id": call["id"]})
+            await s_clin.events.wait("call:ended")
+    finally:
+        for peer in peers:
+            await peer.close()
+        await asyncio.gather(one.stop(), two.stop())

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bson import ObjectId
 
 from server.app import create_app
 from server.calls import CallLine, CallSession
@@ -140,9 +141,14 @@ async def test_only_linked_users_and_bad_input_refused(calls_api: Api) -> None:
                 None, "text", {"callee": patient.id, "media": "video", "sdp": "v=0"}]:
         await refused(s_carer, "call:invite", bad, "invalid_payload")
     assert await CallSession.find_all().count() == 0
-    # Revoking the link stops the calls.
+    # Revoking the link ends the call in progress and stops new ones.
+    live = await s_carer.ok("call:invite", {"callee": patient.id})
+    await s_patient.events.wait("call:incoming")
+    await s_patient.ok("call:accept", {"call_id": live["id"]})
     _, links = await api.request("GET", "/api/links", patient)
     await api.request("DELETE", f"/api/links/{links['items'][0]['id']}", patient)
+    (end,) = await s_carer.events.wait("call:ended")
+    assert end["call_id"] == live["id"] and end["reason"] == "link_revoked"
     await refused(s_carer, "call:invite", {"callee": patient.id}, "forbidden")
     _, _, caller, callee, call_id = await connected_call(api)
     for bad in [{"call_id": call_id, "type": "offer"}, {"call_id": call_id, "type": "answer", "sdp": ""},
@@ -266,6 +272,13 @@ async def test_dropped_socket_resumes_within_grace_or_the_call_ends(calls_api: A
     assert end["reason"] == "connection_lost"
     call = await CallSession.get(call_id)
     assert call is not None and [t["action"] for t in call.transitions][-3:] == ["resume", "drop", "grace_expired"]
+    # A participant's socket that vanished with its process (no disconnect ran) is found and dropped too.
+    _, _, _, survivor, ghost_call = await connected_call(api)
+    await CallSession.get_pymongo_collection().update_one({"_id": ObjectId(ghost_call)},
+                                                        {"$set": {"caller_sid": "ghost-of-a-dead-process"}})
+    await survivor.events.wait("call:peer-dropped", timeout=5)
+    (end,) = await survivor.events.wait("call:ended", timeout=GRACE_S + 5)
+    assert end["reason"] == "connection_lost"
     # A caller who drops while it still rings cancels the call.
     patient2, carer2 = await linked_pair(api)
     s1, s2 = await api.socket(carer2), await api.socket(patient2)
