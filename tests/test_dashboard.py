@@ -133,7 +133,8 @@ async def test_clinician_watches_live_waveforms(api: Api) -> None:
             (alert,) = alerts["items"]
             assert alert["status"] == "acknowledged" and alert["acknowledged_by"]["user_id"] == ward.clinician.id
             assert alert["data"]["reading_id"] == crisis["id"]
-            assert any(d["user_id"] == ward.clinician.id for d in alert["deliveries"]), "receipt not confirmed"
+            status, story = await api.request("GET", f"/api/alerts/{alert['id']}", ward.clinician)
+            assert any(d["user_id"] == ward.clinician.id for d in story["deliveries"]), "receipt not confirmed"
             await row.locator(".badge").wait_for(state="detached", timeout=15_000)
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "dashboard-patient.png"), full_page=True)
