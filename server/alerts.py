@@ -68,7 +68,7 @@ class Alert(VersionedDocument):
     level: int = 0  # escalation level: 0 raised, 1 repeated louder, 2 outward
     source: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
-    recipients: list[dict[str, Any]] = Field(default_factory=list)  # {user_id, role, name}
+    recipients: list[dict[str, Any]] = Field(default_factory=list)  # {user_id, role}
     recipient_ids: list[PydanticObjectId] = Field(default_factory=list)
     emergency_contacts: list[dict[str, Any]] = Field(default_factory=list)
     raised_at: datetime = Field(default_factory=utcnow)
@@ -140,8 +140,11 @@ async def lifecycle(alert: Alert) -> dict[str, Any]:
     """Everything about an alert, including which device received it when."""
     deliveries = await AlertDelivery.find(AlertDelivery.alert_id == alert.id).sort(+AlertDelivery.received_at) \
         .limit(10_000).to_list()
-    return {**alert.public(), "deliveries": [{"user_id": str(d.user_id), "device_id": d.device_id,
-                                              "received_at": iso(d.received_at)} for d in deliveries]}
+    names = {u["_id"]: u.get("name") async for u in User.get_pymongo_collection().find(
+        {"_id": {"$in": alert.recipient_ids}}, {"name": 1})}
+    recipients = [{**r, "name": names.get(PydanticObjectId(r["user_id"]))} for r in alert.recipients]
+    return {**alert.public(), "recipients": recipients, "deliveries": [
+        {"user_id": str(d.user_id), "device_id": d.device_id, "received_at": iso(d.received_at)} for d in deliveries]}
 
 
 class AlertRef(BaseModel):
@@ -274,12 +277,12 @@ class Alerts:
             return existing
         patient = await User.get(pid)
         links = await Link.find(Link.patient_id == pid, Link.revoked_at == None).to_list()  # noqa: E711
-        members = {u.id: u for u in await User.find(In(User.id, [lk.member_id for lk in links])).to_list()}
-        recipients = [{"user_id": str(m.id), "role": m.role, "name": m.name} for m in members.values()]
+        # Names are looked up only when the lifecycle is read: a thousand-user lookup here would delay the alert.
+        recipients = [{"user_id": str(lk.member_id), "role": lk.member_role} for lk in links]
         now = utcnow()
         alert = Alert(patient_id=pid, patient_name=patient.name if patient else "", kind=kind[:40],
                       title=title[:200], body=body[:1000], source=source or {}, data=data or {},
-                      recipients=recipients, recipient_ids=list(members),
+                      recipients=recipients, recipient_ids=[lk.member_id for lk in links],
                       emergency_contacts=await emergency_contacts(pid), raised_at=now,
                       raised_by={"user_id": raised_by.id, "role": raised_by.role} if raised_by else None,
                       emit_lease_until=now + timedelta(seconds=self.settings.alert_emit_lease_s),

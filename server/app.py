@@ -55,6 +55,7 @@ from server.waveform_store import HistoryWriter, apply_retention
 
 log = logging.getLogger(__name__)
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+RETENTION_FIRST_S = 60
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -118,14 +119,16 @@ async def _stop_demo(app: web.Application) -> None:
 
 
 async def _retention(raw_days: int) -> None:
+    """Hourly; the first pass a minute after start-up, not in the middle of it."""
     while True:
+        await asyncio.sleep(RETENTION_FIRST_S)
         try:
             removed = await apply_retention(raw_days)
             if removed:
                 log.info("retention: removed %d raw waveform buckets older than %d days", removed, raw_days)
         except Exception as exc:
             log.warning("retention pass failed: %s", exc)
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600 - RETENTION_FIRST_S)
 
 
 def _doc_route(name: str, content_type: str) -> web.RouteDef:

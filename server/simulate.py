@@ -79,7 +79,11 @@ async def stream(run: DeviceRun, stop: asyncio.Event | None = None) -> DeviceRun
     """Stream in real time until ``duration_s`` passes or ``stop`` is set."""
     stop = stop or asyncio.Event()
     client = await _connect(run)
-    await _open(client, run)
+    try:
+        await _open(client, run)
+    except BaseException:
+        await client.disconnect()
+        raise
     offline = drop_schedule(run.scenario, run.seed, run.drop_online_s, run.drop_offline_s)
     per_frame = max(1, round(run.sampling_rate * run.frame_s))
     loop = asyncio.get_running_loop()
@@ -188,6 +192,9 @@ async def main(args: argparse.Namespace) -> None:
                     drop_offline_s=args.drop_for)
     started = time.monotonic()
     log.info("streaming %s (%s, %.0f/min) to %s", run.kind, run.scenario, run.heart_rate, run.url)
-    await stream(run)
+    try:
+        await stream(run)
+    except (RuntimeError, socketio.exceptions.ConnectionError) as exc:
+        raise SystemExit(f"simulate: {exc}") from None
     log.info("stream %s: sent %d frames (%d acknowledged) in %.0f s", run.stream_id, run.frames_sent,
              run.frames_acked, time.monotonic() - started)

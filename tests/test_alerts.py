@@ -123,6 +123,7 @@ async def test_offline_devices_get_open_alerts_in_order_until_they_confirm(api: 
     status, life = await api.request("GET", f"/api/alerts/{ids[1]}", carer)
     assert status == 200 and sorted(d["device_id"] for d in life["deliveries"]) == ["phone-1", "tablet-1"]
     assert life["acknowledged_by"]["user_id"] == carer.id and life["emitted_at"] and life["raised_at"]
+    assert life["recipients"] == [{"user_id": carer.id, "role": "caregiver", "name": carer.data["name"]}]
     status, mine = await api.request("GET", "/api/alerts?status=acknowledged", carer)
     assert [a["id"] for a in mine["items"]] == ids[::-1]
     status, theirs = await api.request("GET", f"/api/patients/{first.id}/alerts", first)

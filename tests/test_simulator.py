@@ -76,6 +76,8 @@ async def test_cli_simulate_pairs_with_a_patient_login_or_uses_a_credential(api:
         == [("ecg", 250.0, 2, "device_closed"), ("ppg", 100.0, 4, "device_closed")]
     code, out = await _cli("--url", api.base_url, "--email", patient.email, "--password", "wrong-password-123")
     assert code != 0 and "login failed" in out
+    code, out = await _cli("--url", api.base_url, "--device-token", credential, "--kind", "ppg", "--duration", "1")
+    assert code == 1 and "wrong_kind" in out and "Traceback" not in out
     code, out = await _cli("--url", api.base_url, "--scenario", "volcano")
     assert code == 2 and "invalid choice" in out
 
