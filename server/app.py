@@ -17,6 +17,7 @@ from server import (
     alerts,
     audit,
     blood_pressure,
+    calls,
     contacts,
     demo,
     device_registry,
@@ -33,12 +34,15 @@ from server.blood_pressure import BloodPressure
 from server.bus import ControlBus
 from server.config import Settings
 from server.contacts import Contacts
+from server.dashboard import setup as setup_dashboard
 from server.db import init_documents, make_client
+from server.device_rtc import DeviceRtc
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
 from server.migrations import run_migrations
 from server.notifications import Notifications
+from server.overview import setup as setup_overview
 from server.push import PushDispatcher
 from server.push_providers import providers_from
 from server.ratelimit import FailureCounter
@@ -74,6 +78,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
+        if svc.calls is not None:
+            svc.calls.start()
         await svc.alerts.start()  # type: ignore[union-attr]
         svc.push.start()  # type: ignore[union-attr]
         background.append(asyncio.create_task(_retention(settings.raw_retention_days), name="retention"))
@@ -86,6 +92,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if svc.calls is not None:
+            await svc.calls.stop()
         await svc.alerts.stop()  # type: ignore[union-attr]
         await svc.push.stop()  # type: ignore[union-attr]
         await svc.streams.stop()
@@ -130,11 +138,6 @@ def _doc_route(name: str, content_type: str) -> web.RouteDef:
     return web.get(f"/api/{name}", handler)
 
 
-async def index(request: web.Request) -> web.Response:
-    return web.json_response({"service": "healthmate", "openapi": "/api/openapi.yaml",
-                              "asyncapi": "/api/asyncapi.yaml"})
-
-
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
@@ -174,10 +177,14 @@ def create_app(settings: Settings) -> web.Application:
     vitals_module.setup(app)
     blood_pressure.setup(app)
     contacts.setup(app)
+    svc.calls = calls.setup(app, svc)
     alerts.setup(app)
+    svc.extras["device_rtc"] = DeviceRtc.setup(app, realtime, streams)
     health.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
-                           _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])
+                           _doc_route("asyncapi.yaml", "application/yaml")])
+    setup_overview(app)
+    setup_dashboard(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_stop_demo)
     return app
