@@ -5,7 +5,7 @@ from __future__ import annotations
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
-from server.alerts import Alert
+from server.alerts import Alert, AlertDelivery
 from server.blood_pressure import BPReading
 from server.contacts import MedicalContact
 from server.device_registry import Device
@@ -17,7 +17,7 @@ from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
                                    PatientThresholds, Notification, BPReading, MedicalContact, Alert,
-                                   PushToken]
+                                   AlertDelivery, PushToken]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:
