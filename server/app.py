@@ -90,8 +90,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     finally:
         for task in background:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if background:  # bounded: a task cancelled inside a store call must not hold up the shutdown
+            await asyncio.wait(background, timeout=5)
         if svc.calls is not None:
             await svc.calls.stop()
         await svc.alerts.stop()  # type: ignore[union-attr]
