@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@touch $@
 
 run: $(STAMP)
-	$(BIN)/healthmate serve
+	$(BIN)/healthmate serve --demo
 
 # Installs what the tests start for real when it is missing (needs root or sudo on Debian).
 system-deps:

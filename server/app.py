@@ -4,6 +4,7 @@ start-up sequence (embedded store if no MongoDB URL, Beanie, migrations, control
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from server import (
     blood_pressure,
     calls,
     contacts,
+    demo,
     device_registry,
     health,
     linking,
@@ -51,6 +53,7 @@ from server.waveform_store import HistoryWriter, apply_retention
 
 log = logging.getLogger(__name__)
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+RETENTION_FIRST_S = 60
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -62,6 +65,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         url = await svc.store.start()
         log.info("data lives in %s", settings.data_dir.resolve())
     svc.mongo = make_client(url, serverSelectionTimeoutMS=settings.store_timeout_ms)
+    background: list[asyncio.Task[None]] = []
     try:
         await init_documents(svc.mongo, settings.mongodb_db)
         applied = await run_migrations(svc.mongo[settings.mongodb_db])
@@ -76,11 +80,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         svc.push.start()  # type: ignore[union-attr]
         if svc.calls is not None:
             svc.calls.start()
-        retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
+        background.append(asyncio.create_task(_retention(settings.raw_retention_days), name="retention"))
+        if settings.demo and (task := await demo.start(settings)) is not None:
+            background.append(task)
+            svc.extras["demo"] = task
         yield
     finally:
-        if "retention" in locals():
-            retention.cancel()
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await svc.alerts.stop()  # type: ignore[union-attr]
         await svc.push.stop()  # type: ignore[union-attr]
         if svc.calls is not None:
@@ -98,15 +107,26 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await svc.store.stop()
 
 
+async def _stop_demo(app: web.Application) -> None:
+    """On shutdown, before open connections are waited for: the demo devices are connections too."""
+    task = app[SERVICES].extras.pop("demo", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 async def _retention(raw_days: int) -> None:
+    """Hourly; the first pass a minute after start-up, not in the middle of it."""
     while True:
+        await asyncio.sleep(RETENTION_FIRST_S)
         try:
             removed = await apply_retention(raw_days)
             if removed:
                 log.info("retention: removed %d raw waveform buckets older than %d days", removed, raw_days)
         except Exception as exc:
             log.warning("retention pass failed: %s", exc)
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600 - RETENTION_FIRST_S)
 
 
 def _doc_route(name: str, content_type: str) -> web.RouteDef:
@@ -137,11 +157,13 @@ def create_app(settings: Settings) -> web.Application:
     writer = HistoryWriter()
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
+    bus.on("device_revoked", streams.device_revoked)
     bp = BloodPressure(realtime)
     alerting = Alerts(settings, realtime, bus, notes)
     push = PushDispatcher(settings, realtime, providers_from(settings))
     bp.on_crisis.append(alerting.on_bp_crisis)
-    vitals.sinks.append(alerting.on_vital_event)
+    vitals.sinks.append(alerting.on_vital_event)  # critical events: emergency alerts, escalated
+    vitals.sinks.append(vitals_module.alerts_to(notes))  # the others: notifications
     notes.pushers.append(push.push)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
@@ -165,4 +187,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_stop_demo)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
-from server.alerts import Alert
+from server.alerts import Alert, AlertDelivery
 from server.blood_pressure import BPReading
 from server.calls import CallLine, CallSession
 from server.contacts import MedicalContact
@@ -18,7 +18,7 @@ from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
                                    PatientThresholds, Notification, BPReading, MedicalContact, Alert,
-                                   PushToken, CallSession, CallLine]
+                                   AlertDelivery, PushToken, CallSession, CallLine]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

@@ -8,6 +8,7 @@ from typing import Any
 
 from server.http import SERVICES
 from server.models import AuditEntry
+from server.waveform_store import Stream
 from tests.helpers import Api
 
 # (method, path) with {patient_id} to fill in; the body, if any.
@@ -16,6 +17,10 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/patients/{patient_id}/devices", None),
     ("POST", "/api/patients/{patient_id}/devices", {"kind": "ppg", "serial": "PPG-7", "model": "Ring"}),
     ("DELETE", "/api/patients/{patient_id}/devices/{device_id}", None),
+    ("GET", "/api/patients/{patient_id}/streams", None),
+    ("GET", "/api/patients/{patient_id}/streams/{stream_id}/waveform", None),
+    ("GET", "/api/patients/{patient_id}/analyses", None),
+    ("GET", "/api/patients/{patient_id}/vital-events", None),
     ("GET", "/api/patients/{patient_id}/bp", None),
     ("GET", "/api/patients/{patient_id}/bp/stats", None),
     ("GET", "/api/patients/{patient_id}/bp/fhir", None),
@@ -28,6 +33,10 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
 # (event, payload) with "{patient_id}" to fill in.
 EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("patient:get", {"patient_id": "{patient_id}"}),
+    ("live:subscribe", {"patient_id": "{patient_id}"}),
+    ("live:unsubscribe", {"patient_id": "{patient_id}"}),
+    ("vitals:get-thresholds", {"patient_id": "{patient_id}"}),
+    ("vitals:set-thresholds", {"patient_id": "{patient_id}", "stalled_s": 10}),
     ("bp:add", {"patient_id": "{patient_id}", "systolic": 120, "diastolic": 70, "measured_at": "2026-01-01T08:00:00Z"}),
     ("bp:list", {"patient_id": "{patient_id}"}),
     ("bp:stats", {"patient_id": "{patient_id}", "window": "month"}),
@@ -59,17 +68,21 @@ def test_table_names_every_patient_scoped_route_and_event(api: Api) -> None:
 
 async def test_unlinked_users_refused_everywhere(api: Api) -> None:
     patient = await api.register("patient")
-    linked = await api.register("caregiver")
+    linked = await api.register("clinician")  # a clinician may do all a caregiver may, and set thresholds
     await api.link(patient, linked)
     strangers = [await api.register(role) for role in ("caregiver", "clinician", "patient")]
     sockets = {u.id: await api.socket(u) for u in [linked, *strangers]}
     status, device = await api.request("POST", f"/api/patients/{patient.id}/devices", patient,
                                        json={"kind": "ecg", "serial": "E-1", "model": "Patch"})
     assert status == 201
+    stream = Stream(patient_id=patient.id, device_id=device["device"]["id"], kind="ecg", sampling_rate=250,
+                    units="mV", channel="lead-I")
+    await stream.insert()
     status, contact = await api.request("POST", f"/api/patients/{patient.id}/contacts", patient,
                                         json={"kind": "emergency", "name": "Maria", "phone": "+442079460958"})
     assert status == 201
-    ids = {"patient_id": patient.id, "device_id": device["device"]["id"], "contact_id": contact["id"]}
+    ids = {"patient_id": patient.id, "device_id": device["device"]["id"], "contact_id": contact["id"],
+           "stream_id": str(stream.id)}
     for method, path, body in ROUTES:
         url = _fill(path, ids)
         for stranger in strangers:
