@@ -64,6 +64,7 @@ MAX_MEMBERS = 3  # the two participants and one joiner (a clinician), through th
 SWEEP_BATCH = 100
 MEDIA_CHANNEL = "healthmate:calls:media:"  # + host process id: media offers forwarded to the host
 FORWARD_TIMEOUT_S = 10.0
+ROUTE_FIELDS = {"state": 1, "caller_sid": 1, "callee_sid": 1, "offer_from": 1, "media": 1}
 STALE_EVERY = 10  # every this many sweeps, look for calls held by sockets of processes that died
 
 
@@ -494,12 +495,14 @@ class CallService:
     # --- signaling ----------------------------------------------------------------------------------
 
     async def signal(self, ctx: EventContext, body: SignalIn) -> dict[str, Any]:
-        """Relay an offer, answer or candidate to the other socket in the call, and to nobody else."""
-        doc = await CallSession.get(as_object_id(body.call_id, "call_id"))
+        """Relay an offer, answer or candidate to the other socket in the call, and to nobody else.
+        Candidates (most signals) cost one read of the few fields that route them."""
+        call_id = as_object_id(body.call_id, "call_id")
+        route = await CallSession.get_pymongo_collection().find_one({"_id": call_id}, ROUTE_FIELDS)
         side = None
-        if doc is not None and doc.state in (CallState.ACTIVE, CallState.RECONNECTING):
-            side = "caller" if ctx.sid == doc.caller_sid else "callee" if ctx.sid == doc.callee_sid else None
-        if doc is None or side is None:
+        if route is not None and route["state"] in (CallState.ACTIVE, CallState.RECONNECTING):
+            side = "caller" if ctx.sid == route["caller_sid"] else "callee" if ctx.sid == route["callee_sid"] else None
+        if route is None or side is None:
             raise not_found("call")
         me = ctx.principal.id
         if body.type == "offer":
@@ -510,14 +513,16 @@ class CallService:
                 if body.media is not None and body.media != d.media:
                     return self.move(d, Action.RENEGOTIATE, now, me, offer_from=me, media=body.media)
                 return {"offer_from": me}
-            _, doc = await self._update(doc.id, offer)
-        elif body.type == "answer" and doc.offer_from not in (None, me):
-            _, doc = await self._update(doc.id, lambda d, now: {"offer_from": None} if d.offer_from != me else {})
-        peer = doc.peer_sid(side)
+            _, doc = await self._update(call_id, offer)
+            route = doc.model_dump(include=set(ROUTE_FIELDS))
+        elif body.type == "answer" and route["offer_from"] not in (None, me):
+            _, doc = await self._update(call_id, lambda d, now: {"offer_from": None} if d.offer_from != me else {})
+            route = doc.model_dump(include=set(ROUTE_FIELDS))
+        peer = route["callee_sid"] if side == "caller" else route["caller_sid"]
         if peer is None:
             raise ApiError("peer_away", "The other side is reconnecting; send this again once it is back", 409)
         out = body.model_dump(exclude_none=True)
-        out.update(call_id=str(doc.id), from_user=me, media=doc.media)
+        out.update(call_id=str(call_id), from_user=me, media=route["media"])
         if body.type == "candidate" and body.candidate is None:
             out["candidate"] = None
         await self.to_room(peer, "call:peer-signal", out)
