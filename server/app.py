@@ -17,6 +17,7 @@ from server import (
     alerts,
     audit,
     blood_pressure,
+    calls,
     contacts,
     demo,
     device_registry,
@@ -34,8 +35,10 @@ from server.blood_pressure import BloodPressure
 from server.bus import ControlBus
 from server.config import ConfigError, Settings
 from server.contacts import Contacts
+from server.dashboard import setup as setup_dashboard
 from server.db import init_documents, make_client
 from server.device_presence import DevicePresence
+from server.device_rtc import DeviceRtc
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
@@ -43,6 +46,7 @@ from server.migrations import run_migrations
 from server.mqtt_bridge import MqttBridge, parse_url
 from server.mqtt_broker import BrokerFiles
 from server.notifications import Notifications
+from server.overview import setup as setup_overview
 from server.push import PushDispatcher
 from server.push_providers import providers_from
 from server.ratelimit import FailureCounter
@@ -78,6 +82,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
+        if svc.calls is not None:
+            svc.calls.start()
         await svc.alerts.start()  # type: ignore[union-attr]
         svc.push.start()  # type: ignore[union-attr]
         svc.presence.start()  # type: ignore[union-attr]
@@ -94,8 +100,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     finally:
         for task in background:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if background:  # bounded: a task cancelled inside a store call must not hold up the shutdown
+            await asyncio.wait(background, timeout=5)
+        if svc.calls is not None:
+            await svc.calls.stop()
         if svc.mqtt is not None:
             await svc.mqtt.stop()
         await svc.presence.stop()  # type: ignore[union-attr]
@@ -141,11 +149,6 @@ def _doc_route(name: str, content_type: str) -> web.RouteDef:
         return web.Response(body=(DOCS / name).read_bytes(), content_type=content_type)
 
     return web.get(f"/api/{name}", handler)
-
-
-async def index(request: web.Request) -> web.Response:
-    return web.json_response({"service": "healthmate", "openapi": "/api/openapi.yaml",
-                              "asyncapi": "/api/asyncapi.yaml"})
 
 
 def _setup_mqtt(svc: Services) -> None:
@@ -209,11 +212,15 @@ def create_app(settings: Settings) -> web.Application:
     vitals_module.setup(app)
     blood_pressure.setup(app)
     contacts.setup(app)
+    svc.calls = calls.setup(app, svc)
     alerts.setup(app)
+    svc.extras["device_rtc"] = DeviceRtc.setup(app, realtime, streams)
     health.setup(app)
     uploads.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
-                           _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])
+                           _doc_route("asyncapi.yaml", "application/yaml")])
+    setup_overview(app)
+    setup_dashboard(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_stop_demo)
     return app

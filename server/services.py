@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from server.auth import AuthService
     from server.blood_pressure import BloodPressure
     from server.bus import ControlBus
+    from server.calls import CallService
     from server.config import Settings
     from server.contacts import Contacts
     from server.device_presence import DevicePresence
@@ -51,6 +52,7 @@ class Services:
     store: EmbeddedStore | None = None
     bp: BloodPressure | None = None
     contacts: Contacts | None = None
+    calls: CallService | None = None
     alerts: Alerts | None = None
     push: PushDispatcher | None = None
     extras: dict[str, Any] = field(default_factory=dict)
