@@ -36,7 +36,7 @@ import socketio
 RECIPIENTS = int(os.environ.get("BENCH_RECIPIENTS", 1000))
 ALERTS = int(os.environ.get("BENCH_ALERTS", 20))
 PATIENTS = int(os.environ.get("BENCH_PATIENTS", 500))
-SUSTAIN_S = int(os.environ.get("BENCH_SUSTAIN_S", 20))
+SUSTAIN_S = int(os.environ.get("BENCH_SUSTAIN_S", 15))
 CALL_TIMEOUT_S = 10
 LOADERS = 4
 SECRET = "bench-secret-" + "b" * 40
@@ -240,7 +240,7 @@ async def fanout(urls: list[str], patient_token: str, acker_token: str, results:
         worst.append(max(0.0, max(times) - t_ack) * 1000)  # 0 when everyone had it before the ack
         every += [(t - t_send) * 1000 for t in times]
         await acker.call("alert:ack", {"alert_id": alert["id"]}, timeout=30)
-        await asyncio.sleep(0.5)  # let the acknowledgement and the notifications settle
+        await asyncio.sleep(0.25)  # let the acknowledgement settle
     await patient.disconnect()
     await acker.disconnect()
     stop = True
