@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from server.auth import AuthService
     from server.blood_pressure import BloodPressure
     from server.bus import ControlBus
+    from server.calls import CallService
     from server.config import Settings
     from server.contacts import Contacts
     from server.embedded_store import EmbeddedStore
@@ -45,6 +46,7 @@ class Services:
     store: EmbeddedStore | None = None
     bp: BloodPressure | None = None
     contacts: Contacts | None = None
+    calls: CallService | None = None
     alerts: Alerts | None = None
     push: PushDispatcher | None = None
     extras: dict[str, Any] = field(default_factory=dict)
