@@ -11,11 +11,26 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import accounts, audit, device_registry, health, linking, notifications, patients, waveform_store
+from server import (
+    accounts,
+    alerts,
+    audit,
+    blood_pressure,
+    contacts,
+    device_registry,
+    health,
+    linking,
+    notifications,
+    patients,
+    waveform_store,
+)
 from server import vitals as vitals_module
+from server.alerts import Alerts
 from server.auth import AuthService
+from server.blood_pressure import BloodPressure
 from server.bus import ControlBus
 from server.config import Settings
+from server.contacts import Contacts
 from server.db import init_documents, make_client
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
@@ -53,11 +68,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
+        await svc.alerts.start()  # type: ignore[union-attr]
         retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
         yield
     finally:
         if "retention" in locals():
             retention.cancel()
+        await svc.alerts.stop()  # type: ignore[union-attr]
         await svc.streams.stop()
         await svc.writer.stop()
         await svc.live.stop()
@@ -111,7 +128,10 @@ def create_app(settings: Settings) -> web.Application:
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
-                   live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis)
+                   live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
+                   bp=BloodPressure(realtime), contacts=Contacts(realtime), alerts=Alerts(settings, realtime, bus))
+    svc.bp.on_crisis.append(svc.alerts.on_bp_crisis)  # type: ignore[union-attr]
+    vitals.sinks.append(svc.alerts.on_vital_event)  # type: ignore[union-attr]
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)
@@ -122,6 +142,9 @@ def create_app(settings: Settings) -> web.Application:
     device_registry.setup(app)
     waveform_store.setup(app)
     vitals_module.setup(app)
+    blood_pressure.setup(app)
+    contacts.setup(app)
+    alerts.setup(app)
     health.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])

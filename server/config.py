@@ -46,10 +46,19 @@ class Settings(BaseSettings):
     analysis_workers: int = Field(1, ge=1, le=64)  # processes running the streaming analysis
     raw_retention_days: int = Field(30, ge=1)  # raw waveforms; analyses are kept
     demo: bool = False
+    # Emergency alerts: unacknowledged for this long, an alert escalates (twice: louder, then outward).
+    alert_escalation_s: float = Field(120.0, ge=1, le=3600)
+    alert_sweep_s: float = Field(1.0, ge=0.1, le=60)  # how often each process resumes pending emits/escalations
+    alert_emit_lease_s: float = Field(5.0, ge=0.5, le=300)  # after this, another process emits a stalled alert
+    emergency_webhook_url: str | None = None  # the emergency contacts' notification channel (e.g. an SMS gateway)
+    webhook_secret: SecretStr | None = None  # HMAC key for signed webhooks (defaults to the JWT secret)
+    fault_injection: Literal["", "crash_after_alert_persist"] = ""  # tests only; refused in production
     log_level: str = "INFO"
 
     def resolve_secrets(self) -> Settings:
         """Fill the JWT secret: required in production, generated once and persisted in development."""
+        if self.env == "production" and self.fault_injection:
+            raise ConfigError("HEALTHMATE_FAULT_INJECTION is for tests; unset it in production")
         if self.jwt_secret is not None and self.jwt_secret.get_secret_value():
             if len(self.jwt_secret.get_secret_value()) < 32:
                 raise ConfigError("HEALTHMATE_JWT_SECRET must be at least 32 characters")
@@ -69,6 +78,10 @@ class Settings(BaseSettings):
             with os.fdopen(fd, "w") as f:
                 f.write(secret)
         return self.model_copy(update={"jwt_secret": SecretStr(secret)})
+
+    @property
+    def signing_secret(self) -> str:
+        return self.webhook_secret.get_secret_value() if self.webhook_secret else self.secret
 
     @property
     def secret(self) -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
+from server.alerts import Alert
+from server.blood_pressure import BPReading
+from server.contacts import MedicalContact
 from server.device_registry import Device
 from server.models import CORE_DOCUMENTS
 from server.notifications import Notification
@@ -12,7 +15,7 @@ from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, Notification]
+                                   PatientThresholds, Notification, BPReading, MedicalContact, Alert]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

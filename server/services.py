@@ -9,9 +9,12 @@ if TYPE_CHECKING:
     from pymongo import AsyncMongoClient
     from redis.asyncio import Redis
 
+    from server.alerts import Alerts
     from server.auth import AuthService
+    from server.blood_pressure import BloodPressure
     from server.bus import ControlBus
     from server.config import Settings
+    from server.contacts import Contacts
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
     from server.notifications import Notifications
@@ -39,4 +42,7 @@ class Services:
     mongo: AsyncMongoClient | None = None
     redis: Redis | None = None
     store: EmbeddedStore | None = None
+    bp: BloodPressure | None = None
+    contacts: Contacts | None = None
+    alerts: Alerts | None = None
     extras: dict[str, Any] = field(default_factory=dict)

@@ -16,10 +16,24 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/patients/{patient_id}/devices", None),
     ("POST", "/api/patients/{patient_id}/devices", {"kind": "ppg", "serial": "PPG-7", "model": "Ring"}),
     ("DELETE", "/api/patients/{patient_id}/devices/{device_id}", None),
+    ("GET", "/api/patients/{patient_id}/bp", None),
+    ("GET", "/api/patients/{patient_id}/bp/stats", None),
+    ("GET", "/api/patients/{patient_id}/bp/fhir", None),
+    ("GET", "/api/patients/{patient_id}/contacts", None),
+    ("POST", "/api/patients/{patient_id}/contacts", {"kind": "pharmacy", "name": "Farmacia", "phone": "+34911111111"}),
+    ("PATCH", "/api/patients/{patient_id}/contacts/{contact_id}", {"notes": "open late"}),
+    ("DELETE", "/api/patients/{patient_id}/contacts/{contact_id}", None),
+    ("GET", "/api/patients/{patient_id}/alerts", None),
 ]
 # (event, payload) with "{patient_id}" to fill in.
 EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("patient:get", {"patient_id": "{patient_id}"}),
+    ("bp:add", {"patient_id": "{patient_id}", "systolic": 120, "diastolic": 70, "measured_at": "2026-01-01T08:00:00Z"}),
+    ("bp:list", {"patient_id": "{patient_id}"}),
+    ("bp:stats", {"patient_id": "{patient_id}", "window": "month"}),
+    ("contacts:list", {"patient_id": "{patient_id}"}),
+    ("contact:add", {"patient_id": "{patient_id}", "kind": "doctor", "name": "Dr. X", "email": "x@example.org"}),
+    ("alerts:list", {"patient_id": "{patient_id}"}),
 ]
 
 
@@ -52,7 +66,10 @@ async def test_unlinked_users_refused_everywhere(api: Api) -> None:
     status, device = await api.request("POST", f"/api/patients/{patient.id}/devices", patient,
                                        json={"kind": "ecg", "serial": "E-1", "model": "Patch"})
     assert status == 201
-    ids = {"patient_id": patient.id, "device_id": device["device"]["id"]}
+    status, contact = await api.request("POST", f"/api/patients/{patient.id}/contacts", patient,
+                                        json={"kind": "emergency", "name": "Maria", "phone": "+442079460958"})
+    assert status == 201
+    ids = {"patient_id": patient.id, "device_id": device["device"]["id"], "contact_id": contact["id"]}
     for method, path, body in ROUTES:
         url = _fill(path, ids)
         for stranger in strangers:
