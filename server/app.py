@@ -28,6 +28,7 @@ from server import vitals as vitals_module
 from server.alerts import Alerts
 from server.auth import AuthService
 from server.blood_pressure import BloodPressure
+from server.bp_forecast import BPForecasts
 from server.bus import ControlBus
 from server.config import Settings
 from server.contacts import Contacts
@@ -36,6 +37,7 @@ from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
 from server.migrations import run_migrations
+from server.model_registry import ModelRegistry
 from server.notifications import Notifications
 from server.ratelimit import FailureCounter
 from server.realtime import Realtime
@@ -69,11 +71,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         svc.writer.start()
         svc.streams.start()
         await svc.alerts.start()  # type: ignore[union-attr]
+        await svc.models.start()  # type: ignore[union-attr]
         retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
         yield
     finally:
         if "retention" in locals():
             retention.cancel()
+        await svc.forecasts.stop()  # type: ignore[union-attr]
         await svc.alerts.stop()  # type: ignore[union-attr]
         await svc.streams.stop()
         await svc.writer.stop()
@@ -132,6 +136,9 @@ def create_app(settings: Settings) -> web.Application:
                    bp=BloodPressure(realtime), contacts=Contacts(realtime), alerts=Alerts(settings, realtime, bus))
     svc.bp.on_crisis.append(svc.alerts.on_bp_crisis)  # type: ignore[union-attr]
     vitals.sinks.append(svc.alerts.on_vital_event)  # type: ignore[union-attr]
+    svc.models = ModelRegistry(bus)
+    svc.forecasts = BPForecasts(realtime, svc.models)
+    svc.bp.on_added.append(svc.forecasts.on_reading)  # type: ignore[union-attr]
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)

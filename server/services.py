@@ -12,11 +12,13 @@ if TYPE_CHECKING:
     from server.alerts import Alerts
     from server.auth import AuthService
     from server.blood_pressure import BloodPressure
+    from server.bp_forecast import BPForecasts
     from server.bus import ControlBus
     from server.config import Settings
     from server.contacts import Contacts
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
+    from server.model_registry import ModelRegistry
     from server.notifications import Notifications
     from server.ratelimit import FailureCounter
     from server.realtime import Realtime
@@ -45,4 +47,6 @@ class Services:
     bp: BloodPressure | None = None
     contacts: Contacts | None = None
     alerts: Alerts | None = None
+    models: ModelRegistry | None = None
+    forecasts: BPForecasts | None = None
     extras: dict[str, Any] = field(default_factory=dict)
