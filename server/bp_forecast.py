@@ -27,6 +27,7 @@ from server.realtime import EventContext, Realtime
 
 log = logging.getLogger(__name__)
 MODEL = "bp"
+UNAVAILABLE = frozenset({"model_unavailable", "not_enough_data"})
 MAX_PENDING = 1_000  # forecasts after new readings being computed at once; more are skipped
 DISCLAIMER = ("A statistical forecast from past home readings, not a diagnosis or medical advice. "
               "Talk to your clinician about your blood pressure; call emergency services for severe symptoms.")
@@ -59,7 +60,7 @@ class BPForecasts:
         output = {"systolic": round(float(out["systolic"][0]), 1), "diastolic": round(float(out["diastolic"][0]), 1),
                   "p_stage2_week": round(float(out["p_stage2"][0]), 3)}
         prediction = await self.registry.record(mv, patient_id, as_of, output, trigger, requested_by)
-        return {"id": str(prediction.id), "patient_id": str(patient_id), "as_of": iso(as_of),
+        return {"id": str(prediction.id), "patient_id": str(patient_id), "available": True, "as_of": iso(as_of),
                 "horizon_days": HORIZON_DAYS,
                 "next_7d_mean": {"systolic": output["systolic"], "diastolic": output["diastolic"]},
                 "p_stage2_week": output["p_stage2_week"],
@@ -69,8 +70,17 @@ class BPForecasts:
                 "synthetic": mv.synthetic, "label": mv.card.get("label"), "disclaimer": DISCLAIMER}
 
     async def _request(self, ctx: EventContext, body: ForecastIn) -> dict[str, Any]:
+        """The forecast (``available: true``), or why there is none yet (``available: false``: no active
+        model, too few readings) — a normal state the app shows, not a failure."""
         pid = await require_patient(ctx.principal, body.patient_id, "ml.bp_forecast", ctx.client)
-        return await self.forecast(pid, utcnow(), "request", ctx.principal.user_id)
+        try:
+            return await self.forecast(pid, utcnow(), "request", ctx.principal.user_id)
+        except ApiError as err:
+            if err.code not in UNAVAILABLE:
+                raise
+            return {"patient_id": str(pid), "available": False,
+                    "reason": {"code": err.code, "message": err.message, "details": err.details},
+                    "disclaimer": DISCLAIMER}
 
     # --- after each new reading --------------------------------------------------------------------
 

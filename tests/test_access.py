@@ -34,6 +34,7 @@ EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("contacts:list", {"patient_id": "{patient_id}"}),
     ("contact:add", {"patient_id": "{patient_id}", "kind": "doctor", "name": "Dr. X", "email": "x@example.org"}),
     ("alerts:list", {"patient_id": "{patient_id}"}),
+    ("ml:bp-forecast", {"patient_id": "{patient_id}"}),
 ]
 
 
