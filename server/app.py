@@ -44,6 +44,7 @@ from server.realtime import Realtime
 from server.security import TokenService
 from server.services import Services
 from server.streams import StreamService
+from server.triage import Triage
 from server.vitals import Vitals
 from server.waveform_store import HistoryWriter, apply_retention
 
@@ -139,6 +140,7 @@ def create_app(settings: Settings) -> web.Application:
     svc.models = ModelRegistry(bus)
     svc.forecasts = BPForecasts(realtime, svc.models)
     svc.bp.on_added.append(svc.forecasts.on_reading)  # type: ignore[union-attr]
+    svc.triage = Triage(realtime, svc.alerts)  # type: ignore[arg-type]
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)

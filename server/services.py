@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from server.realtime import Realtime
     from server.security import TokenService
     from server.streams import StreamService
+    from server.triage import Triage
     from server.vitals import Vitals
     from server.waveform_store import HistoryWriter
 
@@ -49,4 +50,5 @@ class Services:
     alerts: Alerts | None = None
     models: ModelRegistry | None = None
     forecasts: BPForecasts | None = None
+    triage: Triage | None = None
     extras: dict[str, Any] = field(default_factory=dict)

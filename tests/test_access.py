@@ -35,6 +35,7 @@ EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("contact:add", {"patient_id": "{patient_id}", "kind": "doctor", "name": "Dr. X", "email": "x@example.org"}),
     ("alerts:list", {"patient_id": "{patient_id}"}),
     ("ml:bp-forecast", {"patient_id": "{patient_id}"}),
+    ("ml:triage", {"patient_id": "{patient_id}", "symptoms": ["cough"]}),
 ]
 
 
