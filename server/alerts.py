@@ -44,6 +44,7 @@ from server.contacts import emergency_contacts
 from server.errors import ApiError, forbidden, not_found
 from server.http import client_of, cursor_page, page_params, require_principal, services
 from server.models import Link, User, VersionedDocument, iso, utcnow
+from server.notifications import Notifications
 from server.realtime import EventContext, Realtime, user_room
 from server.webhook import post_signed
 
@@ -190,7 +191,8 @@ class Receipts:
 
 
 class Alerts:
-    def __init__(self, settings: Settings, realtime: Realtime, bus: ControlBus) -> None:
+    def __init__(self, settings: Settings, realtime: Realtime, bus: ControlBus,
+                 notifications: Notifications | None = None) -> None:
         self.settings = settings
         self.rt = realtime
         self.bus = bus
@@ -200,7 +202,7 @@ class Alerts:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
-        self.on_raised: list[Any] = []  # async callables (alert) -> None, e.g. notifications for offline users
+        self.notifications = notifications  # a notification too, pushed to recipients with no connected device
         bus.on("alert_push", self._apply_push)
         realtime.connect_hooks.append(self._on_connect)
         realtime.disconnect_hooks.append(self._on_disconnect)
@@ -262,8 +264,14 @@ class Alerts:
         await self._push("alert:new", alert.push(), alert.recipient_ids, key=str(alert.id))
         await Alert.get_pymongo_collection().update_one(
             {"_id": alert.id, "emitted_at": None}, {"$set": {"emitted_at": utcnow(), "emitted_by": self.node}})
-        for listener in self.on_raised:
-            self._background(listener(alert))
+        self._notify(alert, alert.recipient_ids)
+
+    def _notify(self, alert: Alert, user_ids: list[PydanticObjectId]) -> None:
+        """In the background: a notification document per recipient (and push to their offline devices)."""
+        if self.notifications is not None and user_ids:
+            self._background(self.notifications.notify(
+                user_ids, "alert", alert.title, alert.body, patient_id=alert.patient_id, urgency=alert.urgency,
+                data={"alert_id": str(alert.id), "level": alert.level}))
 
     # --- pushing to recipients' sockets, in every process -----------------------------------------
 
@@ -432,9 +440,11 @@ class Alerts:
         data = {**alert.push(), "escalation": alert.level}
         if alert.level == 1:
             await self._push("alert:escalated", data, alert.recipient_ids, key=f"{alert.id}/1")
+            self._notify(alert, alert.recipient_ids)
             return
         clinicians = [PydanticObjectId(r["user_id"]) for r in alert.recipients if r["role"] == "clinician"]
         await self._push("alert:escalated", data, clinicians, key=f"{alert.id}/2")
+        self._notify(alert, clinicians)
         if self.settings.emergency_webhook_url and alert.emergency_contacts:
             self._background(self._call_webhook(alert))
 

@@ -39,6 +39,8 @@ from server.live import LiveHub
 from server.migrations import run_migrations
 from server.model_registry import ModelRegistry
 from server.notifications import Notifications
+from server.push import PushDispatcher
+from server.push_providers import providers_from
 from server.ratelimit import FailureCounter
 from server.realtime import Realtime
 from server.security import TokenService
@@ -60,7 +62,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         svc.store = EmbeddedStore(settings.data_dir)
         url = await svc.store.start()
         log.info("data lives in %s", settings.data_dir.resolve())
-    svc.mongo = make_client(url)
+    svc.mongo = make_client(url, serverSelectionTimeoutMS=settings.store_timeout_ms)
     try:
         await init_documents(svc.mongo, settings.mongodb_db)
         applied = await run_migrations(svc.mongo[settings.mongodb_db])
@@ -73,6 +75,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         svc.streams.start()
         await svc.alerts.start()  # type: ignore[union-attr]
         await svc.models.start()  # type: ignore[union-attr]
+        svc.push.start()  # type: ignore[union-attr]
         retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
         yield
     finally:
@@ -80,6 +83,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             retention.cancel()
         await svc.forecasts.stop()  # type: ignore[union-attr]
         await svc.alerts.stop()  # type: ignore[union-attr]
+        await svc.push.stop()  # type: ignore[union-attr]
         await svc.streams.stop()
         await svc.writer.stop()
         await svc.live.stop()
@@ -132,15 +136,19 @@ def create_app(settings: Settings) -> web.Application:
     writer = HistoryWriter()
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
+    bp = BloodPressure(realtime)
+    alerting = Alerts(settings, realtime, bus, notes)
+    push = PushDispatcher(settings, realtime, providers_from(settings))
+    bp.on_crisis.append(alerting.on_bp_crisis)
+    vitals.sinks.append(alerting.on_vital_event)
+    notes.pushers.append(push.push)
+    models = ModelRegistry(bus)
+    forecasts = BPForecasts(realtime, models)
+    bp.on_added.append(forecasts.on_reading)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
-                   bp=BloodPressure(realtime), contacts=Contacts(realtime), alerts=Alerts(settings, realtime, bus))
-    svc.bp.on_crisis.append(svc.alerts.on_bp_crisis)  # type: ignore[union-attr]
-    vitals.sinks.append(svc.alerts.on_vital_event)  # type: ignore[union-attr]
-    svc.models = ModelRegistry(bus)
-    svc.forecasts = BPForecasts(realtime, svc.models)
-    svc.bp.on_added.append(svc.forecasts.on_reading)  # type: ignore[union-attr]
-    svc.triage = Triage(realtime, svc.alerts)  # type: ignore[arg-type]
+                   bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push, models=models, forecasts=forecasts,
+                   triage=Triage(realtime, alerting))
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)

@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     trust_forwarded: bool = False  # take the client address from X-Forwarded-For (behind nginx)
     max_message_bytes: int = 1_000_000  # largest Socket.IO message accepted (transport limit)
     max_body_bytes: int = 1_000_000  # largest JSON REST body (uploads have their own limit)
+    # Rate limits: events per connection and per user (per process), connects per client address.
+    event_rate_per_s: float = Field(50.0, gt=0)
+    event_burst: int = Field(200, ge=1)
+    user_event_rate_per_s: float = Field(150.0, gt=0)
+    user_event_burst: int = Field(500, ge=1)
+    connect_rate_per_s: float = Field(10.0, gt=0)
+    connect_burst: int = Field(100, ge=1)
+    store_timeout_ms: int = Field(5000, ge=100, le=60_000)  # how long a request waits for an unavailable store
     analysis_workers: int = Field(1, ge=1, le=64)  # processes running the streaming analysis
     raw_retention_days: int = Field(30, ge=1)  # raw waveforms; analyses are kept
     demo: bool = False
@@ -52,6 +60,22 @@ class Settings(BaseSettings):
     alert_emit_lease_s: float = Field(5.0, ge=0.5, le=300)  # after this, another process emits a stalled alert
     emergency_webhook_url: str | None = None  # the emergency contacts' notification channel (e.g. an SMS gateway)
     webhook_secret: SecretStr | None = None  # HMAC key for signed webhooks (defaults to the JWT secret)
+    # Push delivery to users with no connected device (each provider is on when its settings are given).
+    push_queue_size: int = Field(10_000, ge=10)  # pending sends; beyond it new ones are dropped (logged)
+    push_workers: int = Field(4, ge=1, le=64)
+    push_max_attempts: int = Field(5, ge=1, le=20)
+    push_retry_base_s: float = Field(1.0, ge=0.01, le=600)  # backoff: base, 2x base, 4x base, ...
+    fcm_service_account: SecretStr | None = None  # the service-account JSON, or a path to it
+    fcm_endpoint: str = "https://fcm.googleapis.com"
+    fcm_token_uri: str | None = None  # default: the service account's token_uri
+    apns_team_id: str | None = None
+    apns_key_id: str | None = None
+    apns_private_key: SecretStr | None = None  # the .p8 key (PEM), or a path to it
+    apns_topic: str | None = None  # the app's bundle id
+    apns_endpoint: str = "https://api.push.apple.com"
+    vapid_private_key: SecretStr | None = None  # PEM or base64url (py_vapid), or a path to it
+    vapid_subject: str | None = None  # mailto: or https: contact for the push services
+    push_webhook_url: str | None = None
     fault_injection: Literal["", "crash_after_alert_persist"] = ""  # tests only; refused in production
     log_level: str = "INFO"
 

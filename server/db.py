@@ -12,12 +12,13 @@ from server.device_registry import Device
 from server.model_registry import ModelVersion, Prediction
 from server.models import CORE_DOCUMENTS
 from server.notifications import Notification
+from server.push import PushToken
 from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, Notification, BPReading, MedicalContact, Alert, ModelVersion,
-                                   Prediction]
+                                   PatientThresholds, Notification, BPReading, MedicalContact, Alert,
+                                   PushToken, ModelVersion, Prediction]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

@@ -23,14 +23,17 @@ import socketio
 from aiohttp import web
 from beanie import PydanticObjectId
 from pydantic import BaseModel, ValidationError
+from pymongo.errors import ConnectionFailure
 from redis.asyncio import Redis
 
+from server import fastjson
 from server.auth import AuthService, Client, Principal
 from server.bus import ControlBus
 from server.config import Settings
 from server.device_registry import authenticate_device
-from server.errors import ApiError, error_body, validation_error
+from server.errors import ApiError, error_body, store_unavailable, validation_error
 from server.models import Link
+from server.ratelimit import TokenBuckets
 
 log = logging.getLogger(__name__)
 NAMESPACE = "/"
@@ -72,7 +75,7 @@ class Realtime:
     def __init__(self, settings: Settings, auth: AuthService, bus: ControlBus, redis: Redis | None = None) -> None:
         manager = socketio.AsyncRedisManager(settings.redis_url) if settings.redis_url else None
         self.sio = socketio.AsyncServer(
-            async_mode="aiohttp", client_manager=manager,
+            async_mode="aiohttp", client_manager=manager, json=fastjson,
             cors_allowed_origins=settings.cors_origins or None,
             max_http_buffer_size=settings.max_message_bytes,
         )
@@ -87,6 +90,10 @@ class Realtime:
         self.events: dict[str, tuple[Handler, type[BaseModel] | None]] = {}
         self.connect_hooks: list[ConnectHook] = []
         self.disconnect_hooks: list[Callable[[str], Awaitable[None]]] = []
+        self.conn_limit = TokenBuckets(settings.event_rate_per_s, settings.event_burst)
+        self.user_limit = TokenBuckets(settings.user_event_rate_per_s, settings.user_event_burst)
+        self.addr_limit = TokenBuckets(settings.connect_rate_per_s, settings.connect_burst)
+        self.sio.on("*", self._unknown_event)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         bus.on("sessions_revoked", self._apply_sessions_revoked)
@@ -161,14 +168,23 @@ class Realtime:
         return await self.auth.authenticate(token)
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        client = self._client(environ)
+        wait = self.addr_limit.take(client.addr or "?")
+        if wait:
+            err = ApiError("too_many_connections", "Too many connections from this address; retry later", 429,
+                           {"retry_after_s": round(wait, 1)})
+            raise socketio.exceptions.ConnectionRefusedError(err.message, err.body())
         try:
             principal = await self._authenticate(auth)
             device_id = self._device_id(sid, auth)
         except ApiError as err:
             raise socketio.exceptions.ConnectionRefusedError(err.message, err.body()) from None
+        except ConnectionFailure:
+            err = store_unavailable()
+            raise socketio.exceptions.ConnectionRefusedError(err.message, err.body()) from None
         self.principals[sid] = principal
         self.device_ids[sid] = device_id
-        self.clients[sid] = self._client(environ)
+        self.clients[sid] = client
         if principal.is_device:
             # A device hears only what is addressed to it, not its patient's personal events.
             await self.sio.enter_room(sid, device_room(principal.sid))
@@ -201,6 +217,7 @@ class Realtime:
         principal = self.principals.pop(sid, None)
         self.clients.pop(sid, None)
         self.device_ids.pop(sid, None)
+        self.conn_limit.forget(sid)
         if principal is not None and not principal.is_device:
             await self._mark_online(principal.user_id, sid, False)
 
@@ -232,11 +249,19 @@ class Realtime:
 
         return register
 
+    async def _unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+        return {"ok": False, **error_body("unknown_event", "No such event", {"event": str(event)[:64]})}
+
     async def _dispatch(self, name: str, handler: Handler, model: type[BaseModel] | None, roles: frozenset[str],
                         sid: str, args: tuple[Any, ...]) -> dict[str, Any]:
         principal = self.principals.get(sid)
         if principal is None:
             return {"ok": False, **error_body("unauthorized", "Not authenticated")}
+        wait = self.conn_limit.take(sid) or self.user_limit.take(
+            principal.sid if principal.is_device else str(principal.user_id))
+        if wait:
+            return {"ok": False, **error_body("rate_limited", "Too many events; slow down",
+                                              {"retry_after_s": round(wait, 2)})}
         if principal.role not in roles:
             return {"ok": False, **error_body("forbidden", f"{name} is not for a {principal.role}")}
         try:
@@ -253,6 +278,9 @@ class Realtime:
             return {"ok": False, **validation_error(exc).body()}
         except ApiError as err:
             return {"ok": False, **err.body()}
+        except ConnectionFailure as exc:
+            log.warning("store unavailable for %s: %s", name, exc)
+            return {"ok": False, **store_unavailable().body()}
         except Exception:
             log.exception("event %s failed", name)
             return {"ok": False, **error_body("internal", "Something went wrong on our side")}

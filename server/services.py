@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from server.live import LiveHub
     from server.model_registry import ModelRegistry
     from server.notifications import Notifications
+    from server.push import PushDispatcher
     from server.ratelimit import FailureCounter
     from server.realtime import Realtime
     from server.security import TokenService
@@ -48,6 +49,7 @@ class Services:
     bp: BloodPressure | None = None
     contacts: Contacts | None = None
     alerts: Alerts | None = None
+    push: PushDispatcher | None = None
     models: ModelRegistry | None = None
     forecasts: BPForecasts | None = None
     triage: Triage | None = None

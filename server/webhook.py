@@ -27,10 +27,16 @@ def signed_request(secret: str, event: str, payload: dict[str, Any]) -> tuple[by
                   SIGNATURE_HEADER: sign(secret, timestamp, body)}
 
 
+class WebhookError(RuntimeError):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"webhook answered {status}")
+        self.status = status
+
+
 async def post_signed(session: aiohttp.ClientSession, url: str, secret: str, event: str,
                       payload: dict[str, Any], timeout_s: float = 10) -> None:
     """POST once; raises on a transport error or a non-2xx answer (the caller retries)."""
     body, headers = signed_request(secret, event, payload)
     async with session.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
         if resp.status >= 300:
-            raise RuntimeError(f"webhook answered {resp.status}")
+            raise WebhookError(resp.status)
