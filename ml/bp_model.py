@@ -92,6 +92,8 @@ def build_dataset(cohort: Sequence[PatientSeries], step_days: float = 2.0) -> Da
 def time_split(ds: Dataset, test_fraction: float = 0.3) -> tuple[Dataset, Dataset, float]:
     """Train on weeks that end before the cut, test on weeks that start after it: no labelled day is on
     both sides. The cut is the as-of time leaving ``test_fraction`` of the rows after it."""
+    if len(ds) == 0:
+        raise ValueError("no labelled weeks to train on (a week needs 28 days of history and 3 readings after)")
     cut = float(np.quantile(ds.as_of, 1 - test_fraction))
     train = ds.take(ds.as_of + HORIZON_DAYS * DAY_S <= cut)
     test = ds.take(ds.as_of >= cut)

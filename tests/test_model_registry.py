@@ -12,15 +12,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from beanie import PydanticObjectId
 
 from ml.bp_cohort import describe, generate_cohort
 from ml.bp_model import build_dataset, fit, time_split, train_and_report
 from server.app import create_app
+from server.bp_history import patient_series, store_cohort
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES
 from server.model_registry import ModelVersion, Prediction
+from server.waveform_store import AnalysisChunk
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers import Api, Sock
 
@@ -100,6 +103,20 @@ async def test_activate_and_rollback_reach_a_second_process(store: EmbeddedStore
         assert pushed["model"]["version"] == 1 and pushed["reading_id"] and pushed["synthetic"] is True
         assert (await Prediction.find(Prediction.trigger == "reading").count()) >= 1
 
+        # What training from the store reads: the patient's readings, soft-deleted ones left out.
+        (last,) = (await on_one.ok("bp:list", {"patient_id": patient.id, "limit": 1}))["items"]
+        await on_one.ok("bp:delete", {"reading_id": last["id"]})
+        (series,) = [s async for s in store_cohort(min_readings=5)]
+        assert series.patient == patient.id and series.times.size == 8 and series.hr is None
+        assert list(series.systolic) == [138 + i for i in range(8)] and list(np.diff(series.times) > 0) == [True] * 7
+
+        # Streamed analyses become daily heart-rate / RMSSD summaries.
+        pid = PydanticObjectId(patient.id)
+        await AnalysisChunk(stream_id=PydanticObjectId(), patient_id=pid, start=datetime.now(UTC) - timedelta(days=1),
+                            items=[{"at": 0, "hr": 70.0, "rmssd": 40.0}, {"at": 1, "hr": 74.0, "rmssd": None}]).insert()
+        series = await patient_series(pid, datetime.now(UTC))
+        assert series.hr is not None and list(series.hr) == [72.0] and list(series.rmssd) == [40.0]
+
         # A stranger is refused, and the refusal is audited.
         reply = await (await api2.socket(stranger)).call("ml:bp-forecast", {"patient_id": patient.id})
         assert reply["ok"] is False and reply["error"]["code"] == "forbidden"
@@ -128,3 +145,7 @@ async def test_training_cli_prints_the_report_and_registers(store: EmbeddedStore
     rolled = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "server.cli", "models", "rollback", "bp"],
                                      env=env, capture_output=True, text=True, timeout=60)
     assert rolled.returncode == 1 and "No earlier active version" in rolled.stderr
+    from_store = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "server.cli", "train", "bp",
+                                                          "--from-store"], env=env, capture_output=True, text=True,
+                                         timeout=60)
+    assert from_store.returncode == 2 and "no labelled weeks" in from_store.stderr, from_store.stderr
