@@ -4,6 +4,7 @@ start-up sequence (embedded store if no MongoDB URL, Beanie, migrations, control
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,9 @@ from server import (
     alerts,
     audit,
     blood_pressure,
+    calls,
     contacts,
+    demo,
     device_registry,
     health,
     linking,
@@ -32,13 +35,16 @@ from server.bp_forecast import BPForecasts
 from server.bus import ControlBus
 from server.config import Settings
 from server.contacts import Contacts
+from server.dashboard import setup as setup_dashboard
 from server.db import init_documents, make_client
+from server.device_rtc import DeviceRtc
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
 from server.migrations import run_migrations
 from server.model_registry import ModelRegistry
 from server.notifications import Notifications
+from server.overview import setup as setup_overview
 from server.push import PushDispatcher
 from server.push_providers import providers_from
 from server.ratelimit import FailureCounter
@@ -52,6 +58,7 @@ from server.waveform_store import HistoryWriter, apply_retention
 
 log = logging.getLogger(__name__)
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+RETENTION_FIRST_S = 60
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -63,6 +70,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         url = await svc.store.start()
         log.info("data lives in %s", settings.data_dir.resolve())
     svc.mongo = make_client(url, serverSelectionTimeoutMS=settings.store_timeout_ms)
+    background: list[asyncio.Task[None]] = []
     try:
         await init_documents(svc.mongo, settings.mongodb_db)
         applied = await run_migrations(svc.mongo[settings.mongodb_db])
@@ -73,14 +81,23 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
+        if svc.calls is not None:
+            svc.calls.start()
         await svc.alerts.start()  # type: ignore[union-attr]
         await svc.models.start()  # type: ignore[union-attr]
         svc.push.start()  # type: ignore[union-attr]
-        retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
+        background.append(asyncio.create_task(_retention(settings.raw_retention_days), name="retention"))
+        if settings.demo and (task := await demo.start(settings)) is not None:
+            background.append(task)
+            svc.extras["demo"] = task
         yield
     finally:
-        if "retention" in locals():
-            retention.cancel()
+        for task in background:
+            task.cancel()
+        if background:  # bounded: a task cancelled inside a store call must not hold up the shutdown
+            await asyncio.wait(background, timeout=5)
+        if svc.calls is not None:
+            await svc.calls.stop()
         await svc.forecasts.stop()  # type: ignore[union-attr]
         await svc.alerts.stop()  # type: ignore[union-attr]
         await svc.push.stop()  # type: ignore[union-attr]
@@ -97,15 +114,26 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await svc.store.stop()
 
 
+async def _stop_demo(app: web.Application) -> None:
+    """On shutdown, before open connections are waited for: the demo devices are connections too."""
+    task = app[SERVICES].extras.pop("demo", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 async def _retention(raw_days: int) -> None:
+    """Hourly; the first pass a minute after start-up, not in the middle of it."""
     while True:
+        await asyncio.sleep(RETENTION_FIRST_S)
         try:
             removed = await apply_retention(raw_days)
             if removed:
                 log.info("retention: removed %d raw waveform buckets older than %d days", removed, raw_days)
         except Exception as exc:
             log.warning("retention pass failed: %s", exc)
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600 - RETENTION_FIRST_S)
 
 
 def _doc_route(name: str, content_type: str) -> web.RouteDef:
@@ -113,11 +141,6 @@ def _doc_route(name: str, content_type: str) -> web.RouteDef:
         return web.Response(body=(DOCS / name).read_bytes(), content_type=content_type)
 
     return web.get(f"/api/{name}", handler)
-
-
-async def index(request: web.Request) -> web.Response:
-    return web.json_response({"service": "healthmate", "openapi": "/api/openapi.yaml",
-                              "asyncapi": "/api/asyncapi.yaml"})
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -136,11 +159,13 @@ def create_app(settings: Settings) -> web.Application:
     writer = HistoryWriter()
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
+    bus.on("device_revoked", streams.device_revoked)
     bp = BloodPressure(realtime)
     alerting = Alerts(settings, realtime, bus, notes)
     push = PushDispatcher(settings, realtime, providers_from(settings))
     bp.on_crisis.append(alerting.on_bp_crisis)
-    vitals.sinks.append(alerting.on_vital_event)
+    vitals.sinks.append(alerting.on_vital_event)  # critical events: emergency alerts, escalated
+    vitals.sinks.append(vitals_module.alerts_to(notes))  # the others: notifications
     notes.pushers.append(push.push)
     models = ModelRegistry(bus)
     forecasts = BPForecasts(realtime, models)
@@ -161,9 +186,14 @@ def create_app(settings: Settings) -> web.Application:
     vitals_module.setup(app)
     blood_pressure.setup(app)
     contacts.setup(app)
+    svc.calls = calls.setup(app, svc)
     alerts.setup(app)
+    svc.extras["device_rtc"] = DeviceRtc.setup(app, realtime, streams)
     health.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
-                           _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])
+                           _doc_route("asyncapi.yaml", "application/yaml")])
+    setup_overview(app)
+    setup_dashboard(app)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_stop_demo)
     return app

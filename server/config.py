@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     store_timeout_ms: int = Field(5000, ge=100, le=60_000)  # how long a request waits for an unavailable store
     analysis_workers: int = Field(1, ge=1, le=64)  # processes running the streaming analysis
     raw_retention_days: int = Field(30, ge=1)  # raw waveforms; analyses are kept
+    # Calls: how long an invite rings, how long a dropped participant has to come back, how often
+    # every process sweeps for timers a dead process left behind; ICE servers handed to clients.
+    call_ring_timeout_s: float = Field(30.0, gt=0, le=600)
+    call_grace_s: float = Field(20.0, ge=0, le=600)
+    call_sweep_s: float = Field(2.0, gt=0, le=60)
+    stun_urls: list[str] = []
+    turn_urls: list[str] = []
+    turn_secret: SecretStr | None = None  # coturn's static-auth-secret (use-auth-secret)
+    turn_ttl_s: int = Field(6 * 3600, ge=60, le=7 * 24 * 3600)
+    call_retention_days: int = Field(365, ge=1)  # call history and recordings
     demo: bool = False
     # Emergency alerts: unacknowledged for this long, an alert escalates (twice: louder, then outward).
     alert_escalation_s: float = Field(120.0, ge=1, le=3600)

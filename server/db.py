@@ -5,8 +5,9 @@ from __future__ import annotations
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
-from server.alerts import Alert
+from server.alerts import Alert, AlertDelivery
 from server.blood_pressure import BPReading
+from server.calls import CallLine, CallSession
 from server.contacts import MedicalContact
 from server.device_registry import Device
 from server.model_registry import ModelVersion, Prediction
@@ -17,8 +18,8 @@ from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, Notification, BPReading, MedicalContact, Alert,
-                                   PushToken, ModelVersion, Prediction]
+                                   PatientThresholds, Notification, BPReading, MedicalContact, CallSession,
+                                   CallLine, Alert, AlertDelivery, PushToken, ModelVersion, Prediction]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

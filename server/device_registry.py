@@ -63,6 +63,12 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def new_credential(device_id: Any) -> tuple[str, str]:
+    """A fresh credential for a device (shown once) and the hash to store in its place."""
+    secret = secrets.token_urlsafe(32)
+    return f"{TOKEN_PREFIX}{device_id}_{secret}", _digest(secret)
+
+
 async def pair(principal: Principal, patient_id: Any, body: PairIn, client: Any) -> dict[str, Any]:
     pid = await require_patient(principal, patient_id, "device.pair", client, kind=body.kind, serial=body.serial)
     if principal.is_device:

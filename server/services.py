@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from server.blood_pressure import BloodPressure
     from server.bp_forecast import BPForecasts
     from server.bus import ControlBus
+    from server.calls import CallService
     from server.config import Settings
     from server.contacts import Contacts
     from server.embedded_store import EmbeddedStore
@@ -48,6 +49,7 @@ class Services:
     store: EmbeddedStore | None = None
     bp: BloodPressure | None = None
     contacts: Contacts | None = None
+    calls: CallService | None = None
     alerts: Alerts | None = None
     push: PushDispatcher | None = None
     models: ModelRegistry | None = None
