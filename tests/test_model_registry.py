@@ -116,6 +116,14 @@ async def test_activate_and_rollback_reach_a_second_process(store: EmbeddedStore
                             items=[{"at": 0, "hr": 70.0, "rmssd": 40.0}, {"at": 1, "hr": 74.0, "rmssd": None}]).insert()
         series = await patient_series(pid, datetime.now(UTC))
         assert series.hr is not None and list(series.hr) == [72.0] and list(series.rmssd) == [40.0]
+        # Doses decided by the medication scheduler (its dose_events collection) become daily adherence.
+        yesterday = datetime.now(UTC).replace(hour=8, minute=0) - timedelta(days=1)
+        await Prediction.get_pymongo_collection().database["dose_events"].insert_many([
+            {"patient_id": pid, "due_at": yesterday, "state": "confirmed"},
+            {"patient_id": pid, "due_at": yesterday + timedelta(hours=12), "state": "missed"},
+            {"patient_id": pid, "due_at": yesterday + timedelta(hours=13), "state": "scheduled"}])
+        series = await patient_series(pid, datetime.now(UTC))
+        assert series.adherence is not None and list(series.adherence) == [0.5]
 
         # A stranger is refused, and the refusal is audited.
         reply = await (await api2.socket(stranger)).call("ml:bp-forecast", {"patient_id": patient.id})
