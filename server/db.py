@@ -10,6 +10,7 @@ from server.blood_pressure import BPReading
 from server.calls import CallLine, CallSession
 from server.contacts import MedicalContact
 from server.device_registry import Device
+from server.model_registry import ModelVersion, Prediction
 from server.models import CORE_DOCUMENTS
 from server.notifications import Notification
 from server.push import PushToken
@@ -18,7 +19,7 @@ from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
                                    PatientThresholds, Notification, BPReading, MedicalContact, CallSession,
-                                   CallLine, Alert, AlertDelivery, PushToken]
+                                   CallLine, Alert, AlertDelivery, PushToken, ModelVersion, Prediction]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:
