@@ -36,7 +36,7 @@ import socketio
 RECIPIENTS = int(os.environ.get("BENCH_RECIPIENTS", 1000))
 ALERTS = int(os.environ.get("BENCH_ALERTS", 20))
 PATIENTS = int(os.environ.get("BENCH_PATIENTS", 500))
-SUSTAIN_S = int(os.environ.get("BENCH_SUSTAIN_S", 20))
+SUSTAIN_S = int(os.environ.get("BENCH_SUSTAIN_S", 15))
 CALL_TIMEOUT_S = 10
 LOADERS = 4
 SECRET = "bench-secret-" + "b" * 40
@@ -114,10 +114,11 @@ async def _loader(carers: list[tuple[str, str]], patients: list[tuple[str, str]]
     start_at = (await loop.run_in_executor(None, cmds.get))[1]
     latencies: list[float] = []
     errors = 0
+    in_window = 0  # readings acknowledged before the run's end (the throughput)
 
     async def patient(client: socketio.AsyncClient) -> None:
         """One reading a second while the run lasts; a late reply delays the next (at most one in flight)."""
-        nonlocal errors
+        nonlocal errors, in_window
         await asyncio.sleep(max(0.0, start_at - time.time()) + random.random())
         end = start_at + SUSTAIN_S
         next_at = time.time()
@@ -128,6 +129,7 @@ async def _loader(carers: list[tuple[str, str]], patients: list[tuple[str, str]]
                                                      "pulse": 70, "measured_at": now_iso()}, timeout=CALL_TIMEOUT_S)
                 if reply.get("ok"):
                     latencies.append(time.perf_counter() - t0)
+                    in_window += time.time() <= end
                 else:
                     errors += 1
             except Exception:
@@ -136,7 +138,7 @@ async def _loader(carers: list[tuple[str, str]], patients: list[tuple[str, str]]
             await asyncio.sleep(max(0.0, next_at - time.time()))
 
     await asyncio.gather(*(patient(c) for c in psocks))
-    results.put(("readings", latencies, errors))
+    results.put(("readings", latencies, errors, in_window))
     for c in clients + psocks:
         await c.disconnect()
     del cmd
@@ -240,7 +242,7 @@ async def fanout(urls: list[str], patient_token: str, acker_token: str, results:
         worst.append(max(0.0, max(times) - t_ack) * 1000)  # 0 when everyone had it before the ack
         every += [(t - t_send) * 1000 for t in times]
         await acker.call("alert:ack", {"alert_id": alert["id"]}, timeout=30)
-        await asyncio.sleep(0.5)  # let the acknowledgement and the notifications settle
+        await asyncio.sleep(0.25)  # let the acknowledgement settle
     await patient.disconnect()
     await acker.disconnect()
     stop = True
@@ -296,13 +298,15 @@ async def run(tmp: Path, procs: list[subprocess.Popen[bytes]], loaders: list[Any
         for q in cmds:
             q.put(("go", start_at))
         latencies: list[float] = []
-        errors = 0
+        errors = done = 0
         for _ in range(LOADERS):
             item = await asyncio.to_thread(expect, results, "readings", SUSTAIN_S + CALL_TIMEOUT_S + 60)
             latencies += item[1]
             errors += item[2]
-        per_s = len(latencies) / SUSTAIN_S
-        print(f"sustained: {len(latencies)} readings in {SUSTAIN_S}s from {PATIENTS} patients ({errors} errors), "
+            done += item[3]
+        per_s = done / SUSTAIN_S
+        print(f"sustained: {done} readings acknowledged within {SUSTAIN_S}s ({len(latencies)} in all) from {PATIENTS} "
+              f"patients ({errors} errors), "
               f"ack p50 {pct(latencies, 50) * 1000:.1f} ms p99 {pct(latencies, 99) * 1000:.1f} ms", flush=True)
         return {"bench": "alerts", "recipients": RECIPIENTS, **figures, "readings_per_s": round(per_s, 1),
                 "ack_p50_ms": round(pct(latencies, 50) * 1000, 1), "ack_p99_ms": round(pct(latencies, 99) * 1000, 1),

@@ -17,6 +17,7 @@ from server import (
     alerts,
     audit,
     blood_pressure,
+    calls,
     contacts,
     demo,
     device_registry,
@@ -24,21 +25,30 @@ from server import (
     linking,
     notifications,
     patients,
+    uploads,
     waveform_store,
 )
 from server import vitals as vitals_module
 from server.alerts import Alerts
 from server.auth import AuthService
 from server.blood_pressure import BloodPressure
+from server.bp_forecast import BPForecasts
 from server.bus import ControlBus
-from server.config import Settings
+from server.config import ConfigError, Settings
 from server.contacts import Contacts
+from server.dashboard import setup as setup_dashboard
 from server.db import init_documents, make_client
+from server.device_presence import DevicePresence
+from server.device_rtc import DeviceRtc
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
 from server.migrations import run_migrations
+from server.model_registry import ModelRegistry
+from server.mqtt_bridge import MqttBridge, parse_url
+from server.mqtt_broker import BrokerFiles
 from server.notifications import Notifications
+from server.overview import setup as setup_overview
 from server.push import PushDispatcher
 from server.push_providers import providers_from
 from server.ratelimit import FailureCounter
@@ -46,6 +56,7 @@ from server.realtime import Realtime
 from server.security import TokenService
 from server.services import Services
 from server.streams import StreamService
+from server.triage import Triage
 from server.vitals import Vitals
 from server.waveform_store import HistoryWriter, apply_retention
 
@@ -74,8 +85,17 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
+        if svc.calls is not None:
+            svc.calls.start()
         await svc.alerts.start()  # type: ignore[union-attr]
+        await svc.models.start()  # type: ignore[union-attr]
         svc.push.start()  # type: ignore[union-attr]
+        svc.presence.start()  # type: ignore[union-attr]
+        if svc.broker_files is not None:
+            count = await svc.broker_files.sync()
+            log.info("MQTT broker files in %s: %d devices", svc.broker_files.folder, count)
+        if svc.mqtt is not None:
+            svc.mqtt.start()
         background.append(asyncio.create_task(_retention(settings.raw_retention_days), name="retention"))
         if settings.demo and (task := await demo.start(settings)) is not None:
             background.append(task)
@@ -84,8 +104,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     finally:
         for task in background:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if background:  # bounded: a task cancelled inside a store call must not hold up the shutdown
+            await asyncio.wait(background, timeout=5)
+        if svc.calls is not None:
+            await svc.calls.stop()
+        if svc.mqtt is not None:
+            await svc.mqtt.stop()
+        await svc.presence.stop()  # type: ignore[union-attr]
+        await svc.forecasts.stop()  # type: ignore[union-attr]
         await svc.alerts.stop()  # type: ignore[union-attr]
         await svc.push.stop()  # type: ignore[union-attr]
         await svc.streams.stop()
@@ -130,9 +156,24 @@ def _doc_route(name: str, content_type: str) -> web.RouteDef:
     return web.get(f"/api/{name}", handler)
 
 
-async def index(request: web.Request) -> web.Response:
-    return web.json_response({"service": "healthmate", "openapi": "/api/openapi.yaml",
-                              "asyncapi": "/api/asyncapi.yaml"})
+def _setup_mqtt(svc: Services) -> None:
+    """The MQTT bridge when HEALTHMATE_MQTT_URL is set; the broker's files too when HEALTHMATE_MQTT_BROKER_DIR is."""
+    settings = svc.settings
+    if settings.mqtt_url is None:
+        if settings.mqtt_broker_dir is not None:
+            raise ConfigError("HEALTHMATE_MQTT_BROKER_DIR needs HEALTHMATE_MQTT_URL (the bridge user and password)")
+        return
+    url = settings.mqtt_url.get_secret_value()
+    try:
+        options = parse_url(url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    svc.mqtt = MqttBridge(url, svc.realtime, svc.bus, settings.max_message_bytes)
+    if settings.mqtt_broker_dir is not None:
+        if not options["username"] or not options["password"]:
+            raise ConfigError("HEALTHMATE_MQTT_URL must name the bridge user and password: mqtt://user:password@host")
+        svc.broker_files = BrokerFiles(settings.mqtt_broker_dir, options["username"], options["password"])
+        svc.broker_files.follow(svc.bus)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -159,9 +200,15 @@ def create_app(settings: Settings) -> web.Application:
     vitals.sinks.append(alerting.on_vital_event)  # critical events: emergency alerts, escalated
     vitals.sinks.append(vitals_module.alerts_to(notes))  # the others: notifications
     notes.pushers.append(push.push)
+    models = ModelRegistry(bus)
+    forecasts = BPForecasts(realtime, models)
+    bp.on_added.append(forecasts.on_reading)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
-                   bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push)
+                   bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push,
+                   presence=DevicePresence(realtime, notes, settings.device_silence_s), models=models,
+                   forecasts=forecasts, triage=Triage(realtime, alerting))
+    _setup_mqtt(svc)
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)
@@ -174,10 +221,15 @@ def create_app(settings: Settings) -> web.Application:
     vitals_module.setup(app)
     blood_pressure.setup(app)
     contacts.setup(app)
+    svc.calls = calls.setup(app, svc)
     alerts.setup(app)
+    svc.extras["device_rtc"] = DeviceRtc.setup(app, realtime, streams)
     health.setup(app)
+    uploads.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
-                           _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])
+                           _doc_route("asyncapi.yaml", "application/yaml")])
+    setup_overview(app)
+    setup_dashboard(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_stop_demo)
     return app

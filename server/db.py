@@ -7,8 +7,10 @@ from pymongo import AsyncMongoClient
 
 from server.alerts import Alert, AlertDelivery
 from server.blood_pressure import BPReading
+from server.calls import CallLine, CallSession
 from server.contacts import MedicalContact
 from server.device_registry import Device
+from server.model_registry import ModelVersion, Prediction
 from server.models import CORE_DOCUMENTS
 from server.notifications import Notification
 from server.push import PushToken
@@ -16,8 +18,8 @@ from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, Notification, BPReading, MedicalContact, Alert,
-                                   AlertDelivery, PushToken]
+                                   PatientThresholds, Notification, BPReading, MedicalContact, CallSession,
+                                   CallLine, Alert, AlertDelivery, PushToken, ModelVersion, Prediction]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

@@ -56,7 +56,7 @@ def decimate(samples: np.ndarray, factor: int, carry: np.ndarray | None) -> tupl
     """Block means of ``factor`` samples (a boxcar anti-alias filter), carrying the remainder
     to the next frame so the output is continuous across frames."""
     if factor == 1:
-        return samples, None
+        return samples.astype(np.float32, copy=False), None  # watchers always get float32
     if carry is not None and carry.size:
         samples = np.concatenate([carry, samples])
     usable = samples.size - samples.size % factor

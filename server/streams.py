@@ -230,9 +230,12 @@ class StreamService:
 
     @staticmethod
     async def _save(doc: Stream) -> None:
+        # A snapshot, written without touching the live document: Beanie's ``set`` would assign the snapshot
+        # back to it when the write completes, losing what was counted meanwhile.
+        snapshot = {"last_seq": doc.last_seq, "last_frame_at": doc.last_frame_at, "drift_ppm": doc.drift_ppm,
+                    "clock_offset_ms": doc.clock_offset_ms, "counters": dict(doc.counters)}
         try:
-            await doc.set({"last_seq": doc.last_seq, "last_frame_at": doc.last_frame_at, "drift_ppm": doc.drift_ppm,
-                           "clock_offset_ms": doc.clock_offset_ms, "counters": dict(doc.counters)})
+            await Stream.get_pymongo_collection().update_one({"_id": doc.id}, {"$set": snapshot})
         except Exception as exc:
             log.warning("stream %s checkpoint failed: %s", doc.id, exc)
 

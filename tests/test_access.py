@@ -17,10 +17,6 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/patients/{patient_id}/devices", None),
     ("POST", "/api/patients/{patient_id}/devices", {"kind": "ppg", "serial": "PPG-7", "model": "Ring"}),
     ("DELETE", "/api/patients/{patient_id}/devices/{device_id}", None),
-    ("GET", "/api/patients/{patient_id}/streams", None),
-    ("GET", "/api/patients/{patient_id}/streams/{stream_id}/waveform", None),
-    ("GET", "/api/patients/{patient_id}/analyses", None),
-    ("GET", "/api/patients/{patient_id}/vital-events", None),
     ("GET", "/api/patients/{patient_id}/bp", None),
     ("GET", "/api/patients/{patient_id}/bp/stats", None),
     ("GET", "/api/patients/{patient_id}/bp/fhir", None),
@@ -29,20 +25,26 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("PATCH", "/api/patients/{patient_id}/contacts/{contact_id}", {"notes": "open late"}),
     ("DELETE", "/api/patients/{patient_id}/contacts/{contact_id}", None),
     ("GET", "/api/patients/{patient_id}/alerts", None),
+    ("GET", "/api/patients/{patient_id}/streams", None),
+    ("GET", "/api/patients/{patient_id}/streams/{stream_id}/waveform", None),
+    ("GET", "/api/patients/{patient_id}/analyses", None),
+    ("GET", "/api/patients/{patient_id}/vital-events", None),
 ]
 # (event, payload) with "{patient_id}" to fill in.
 EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("patient:get", {"patient_id": "{patient_id}"}),
-    ("live:subscribe", {"patient_id": "{patient_id}"}),
-    ("live:unsubscribe", {"patient_id": "{patient_id}"}),
-    ("vitals:get-thresholds", {"patient_id": "{patient_id}"}),
-    ("vitals:set-thresholds", {"patient_id": "{patient_id}", "stalled_s": 10}),
     ("bp:add", {"patient_id": "{patient_id}", "systolic": 120, "diastolic": 70, "measured_at": "2026-01-01T08:00:00Z"}),
     ("bp:list", {"patient_id": "{patient_id}"}),
     ("bp:stats", {"patient_id": "{patient_id}", "window": "month"}),
     ("contacts:list", {"patient_id": "{patient_id}"}),
     ("contact:add", {"patient_id": "{patient_id}", "kind": "doctor", "name": "Dr. X", "email": "x@example.org"}),
     ("alerts:list", {"patient_id": "{patient_id}"}),
+    ("live:subscribe", {"patient_id": "{patient_id}"}),
+    ("live:unsubscribe", {"patient_id": "{patient_id}"}),
+    ("vitals:get-thresholds", {"patient_id": "{patient_id}"}),
+    ("vitals:set-thresholds", {"patient_id": "{patient_id}", "stalled_s": 10}),
+    ("ml:bp-forecast", {"patient_id": "{patient_id}"}),
+    ("ml:triage", {"patient_id": "{patient_id}", "symptoms": ["cough"]}),
 ]
 
 
@@ -75,6 +77,12 @@ async def test_unlinked_users_refused_everywhere(api: Api) -> None:
     status, device = await api.request("POST", f"/api/patients/{patient.id}/devices", patient,
                                        json={"kind": "ecg", "serial": "E-1", "model": "Patch"})
     assert status == 201
+    status, contact = await api.request("POST", f"/api/patients/{patient.id}/contacts", patient,
+                                        json={"kind": "emergency", "name": "Maria", "phone": "+442079460958"})
+    assert status == 201
+    stream = Stream(patient_id=patient.id, device_id=device["device"]["id"], kind="ecg", sampling_rate=250,
+                    units="mV", channel="lead-I")
+    await stream.insert()
     stream = Stream(patient_id=patient.id, device_id=device["device"]["id"], kind="ecg", sampling_rate=250,
                     units="mV", channel="lead-I")
     await stream.insert()
