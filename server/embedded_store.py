@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -26,6 +28,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the store's child process: ask Linux to SIGTERM it when the server that started it dies,
+    even by SIGKILL, so no orphaned store outlives its server."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def store_executable() -> str:
@@ -73,6 +82,7 @@ class EmbeddedStore:
             self.proc = await asyncio.create_subprocess_exec(
                 *cmd, stdout=logf, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C on `make run` reaches us; we stop the store in order
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         await self._wait_ready(wait_s)
 
