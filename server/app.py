@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import accounts, audit, device_registry, health, linking, patients, waveform_store
+from server import accounts, audit, device_registry, health, linking, medications, patients, waveform_store
 from server import vitals as vitals_module
 from server.auth import AuthService
 from server.bus import ControlBus
@@ -20,6 +20,7 @@ from server.db import init_documents, make_client
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
+from server.medications import Medications
 from server.migrations import run_migrations
 from server.ratelimit import FailureCounter
 from server.realtime import Realtime
@@ -117,6 +118,8 @@ def create_app(settings: Settings) -> web.Application:
     waveform_store.setup(app)
     vitals_module.setup(app)
     health.setup(app)
+    svc.medications = Medications(svc)
+    medications.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])
     app.cleanup_ctx.append(_lifecycle)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from server.config import Settings
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
+    from server.medications import Medications
     from server.ratelimit import FailureCounter
     from server.realtime import Realtime
     from server.security import TokenService
@@ -38,3 +39,4 @@ class Services:
     redis: Redis | None = None
     store: EmbeddedStore | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    medications: Medications | None = None

@@ -16,10 +16,16 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/patients/{patient_id}/devices", None),
     ("POST", "/api/patients/{patient_id}/devices", {"kind": "ppg", "serial": "PPG-7", "model": "Ring"}),
     ("DELETE", "/api/patients/{patient_id}/devices/{device_id}", None),
+    ("GET", "/api/patients/{patient_id}/medications", None),
+    ("GET", "/api/patients/{patient_id}/medications/history", None),
 ]
 # (event, payload) with "{patient_id}" to fill in.
 EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("patient:get", {"patient_id": "{patient_id}"}),
+    ("med:list", {"patient_id": "{patient_id}"}),
+    ("med:create", {"patient_id": "{patient_id}", "name": "Aspirin", "schedule": {"times": ["08:00"]}}),
+    ("med:update", {"patient_id": "{patient_id}", "medication_id": "{medication_id}", "dose": "2"}),
+    ("med:archive", {"patient_id": "{patient_id}", "medication_id": "{medication_id}"}),
 ]
 
 
@@ -53,6 +59,8 @@ async def test_unlinked_users_refused_everywhere(api: Api) -> None:
                                        json={"kind": "ecg", "serial": "E-1", "model": "Patch"})
     assert status == 201
     ids = {"patient_id": patient.id, "device_id": device["device"]["id"]}
+    ids["medication_id"] = (await sockets[linked.id].ok("med:create", {"patient_id": patient.id, "name": "Statin",
+                                                                        "schedule": {"as_needed": True}}))["id"]
     for method, path, body in ROUTES:
         url = _fill(path, ids)
         for stranger in strangers:
