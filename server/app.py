@@ -12,6 +12,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from server import accounts, audit, device_registry, health, linking, medications, patients, waveform_store
+from server import scheduler as scheduler_module
 from server import vitals as vitals_module
 from server.auth import AuthService
 from server.bus import ControlBus
@@ -24,6 +25,7 @@ from server.medications import Medications
 from server.migrations import run_migrations
 from server.ratelimit import FailureCounter
 from server.realtime import Realtime
+from server.scheduler import Scheduler
 from server.security import TokenService
 from server.services import Services
 from server.streams import StreamService
@@ -52,11 +54,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
+        if svc.scheduler is not None:
+            await svc.scheduler.start()
         retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
         yield
     finally:
         if "retention" in locals():
             retention.cancel()
+        if svc.scheduler is not None:
+            await svc.scheduler.stop()
         await svc.streams.stop()
         await svc.writer.stop()
         await svc.live.stop()
@@ -120,6 +126,8 @@ def create_app(settings: Settings) -> web.Application:
     health.setup(app)
     svc.medications = Medications(svc)
     medications.setup(app)
+    svc.scheduler = Scheduler(svc, svc.medications)
+    scheduler_module.setup(app)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])
     app.cleanup_ctx.append(_lifecycle)

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_000_000  # largest JSON REST body (uploads have their own limit)
     analysis_workers: int = Field(1, ge=1, le=64)  # processes running the streaming analysis
     raw_retention_days: int = Field(30, ge=1)  # raw waveforms; analyses are kept
+    dose_grace_s: int = Field(30 * 60, ge=1, le=24 * 3600)  # unconfirmed this long after due: missed
     demo: bool = False
     log_level: str = "INFO"
 

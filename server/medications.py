@@ -195,7 +195,7 @@ async def notify(svc: Services, user_ids: list[PydanticObjectId], kind: str, tit
         log.exception("could not notify %s (%s)", kind, title)
 
 
-ChangeHook = Callable[[Medication], Awaitable[None]]
+ChangeHook = Callable[[Medication, str, dict[str, Any]], Awaitable[None]]
 
 
 class Medications:
@@ -279,7 +279,7 @@ class Medications:
         await self.svc.realtime.to_patient(med.patient_id, "med:changed",
                                            {"change": change, "medication": med.public(), "by": by})
         for hook in self.on_change:
-            await hook(med)
+            await hook(med, change, changes)
         if med.low_stock and not was_low and med.archived_at is None:
             team = [med.patient_id, *await care_team(med.patient_id, ("caregiver",))]
             await notify(self.svc, team, "low_stock", f"{med.name} is running low",

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from server.medications import Medications
     from server.ratelimit import FailureCounter
     from server.realtime import Realtime
+    from server.scheduler import Scheduler
     from server.security import TokenService
     from server.streams import StreamService
     from server.vitals import Vitals
@@ -40,3 +41,4 @@ class Services:
     store: EmbeddedStore | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     medications: Medications | None = None
+    scheduler: Scheduler | None = None

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from server.http import SERVICES
-from server.models import AuditEntry
+from server.models import AuditEntry, utcnow
+from server.scheduler import DoseEvent
 from tests.helpers import Api
 
 # (method, path) with {patient_id} to fill in; the body, if any.
@@ -18,6 +19,8 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("DELETE", "/api/patients/{patient_id}/devices/{device_id}", None),
     ("GET", "/api/patients/{patient_id}/medications", None),
     ("GET", "/api/patients/{patient_id}/medications/history", None),
+    ("GET", "/api/patients/{patient_id}/doses", None),
+    ("GET", "/api/patients/{patient_id}/adherence", None),
 ]
 # (event, payload) with "{patient_id}" to fill in.
 EVENTS: list[tuple[str, dict[str, Any]]] = [
@@ -26,6 +29,7 @@ EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("med:create", {"patient_id": "{patient_id}", "name": "Aspirin", "schedule": {"times": ["08:00"]}}),
     ("med:update", {"patient_id": "{patient_id}", "medication_id": "{medication_id}", "dose": "2"}),
     ("med:archive", {"patient_id": "{patient_id}", "medication_id": "{medication_id}"}),
+    ("dose:confirm", {"patient_id": "{patient_id}", "dose_id": "{dose_id}"}),
 ]
 
 
@@ -61,6 +65,8 @@ async def test_unlinked_users_refused_everywhere(api: Api) -> None:
     ids = {"patient_id": patient.id, "device_id": device["device"]["id"]}
     ids["medication_id"] = (await sockets[linked.id].ok("med:create", {"patient_id": patient.id, "name": "Statin",
                                                                         "schedule": {"as_needed": True}}))["id"]
+    ids["dose_id"] = str((await DoseEvent(patient_id=patient.id, medication_id=ids["medication_id"], slot="now",
+                                          timezone="UTC", due_at=utcnow(), medication_name="Statin").insert()).id)
     for method, path, body in ROUTES:
         url = _fill(path, ids)
         for stranger in strangers:
