@@ -11,7 +11,17 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import accounts, audit, device_registry, health, linking, medications, patients, waveform_store
+from server import (
+    accounts,
+    audit,
+    device_registry,
+    health,
+    linking,
+    medications,
+    notifications,
+    patients,
+    waveform_store,
+)
 from server import scheduler as scheduler_module
 from server import vitals as vitals_module
 from server.auth import AuthService
@@ -23,6 +33,7 @@ from server.http import SERVICES, error_middleware
 from server.live import LiveHub
 from server.medications import Medications
 from server.migrations import run_migrations
+from server.notifications import Notifications
 from server.ratelimit import FailureCounter
 from server.realtime import Realtime
 from server.scheduler import Scheduler
@@ -44,13 +55,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         svc.store = EmbeddedStore(settings.data_dir)
         url = await svc.store.start()
         log.info("data lives in %s", settings.data_dir.resolve())
-    svc.mongo = make_client(url)
+    svc.mongo = make_client(url, serverSelectionTimeoutMS=settings.store_timeout_ms)
     try:
         await init_documents(svc.mongo, settings.mongodb_db)
         applied = await run_migrations(svc.mongo[settings.mongodb_db])
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         await svc.bus.start()
+        await svc.realtime.start()
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
@@ -66,6 +78,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.streams.stop()
         await svc.writer.stop()
         await svc.live.stop()
+        await svc.notifications.stop()
+        await svc.realtime.stop()
         await svc.bus.stop()
         await svc.mongo.close()
         if svc.redis is not None:
@@ -105,21 +119,23 @@ def create_app(settings: Settings) -> web.Application:
                           settings.refresh_token_ttl_s)
     failures = FailureCounter(settings.login_failure_window_s, redis)
     auth = AuthService(settings, tokens, failures, bus)
-    realtime = Realtime(settings, auth, bus)
+    realtime = Realtime(settings, auth, bus, redis)
     live = LiveHub(realtime, redis)
     bus.on("link_changed", live.revoke_member)
+    notes = Notifications(realtime)
     vitals = Vitals(realtime, bus)
     writer = HistoryWriter()
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
-                   live=live, vitals=vitals, writer=writer, streams=streams, redis=redis)
+                   live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis)
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)
     linking.setup(app, svc)
     patients.setup(app, realtime)
     audit.setup(app)
+    notifications.setup(app)
     device_registry.setup(app)
     waveform_store.setup(app)
     vitals_module.setup(app)

@@ -22,10 +22,15 @@ def serve(args: argparse.Namespace) -> None:
     from server.app import create_app
 
     settings = _settings(args)
+    if args.workers > 1:
+        from server.workers import serve_workers
+
+        asyncio.run(serve_workers(settings, args.workers))
+        return
     app = create_app(settings)
     logging.getLogger("healthmate").info("serving on http://%s:%s", settings.host, settings.port)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
-                handle_signals=True, shutdown_timeout=5)
+                handle_signals=True, shutdown_timeout=5, reuse_port=args.reuse_port or None)
 
 
 def migrate(args: argparse.Namespace) -> None:
@@ -61,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--data-dir")
+    p.add_argument("--workers", type=int, default=1, help="server processes on one port (needs Redis)")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for its children
     p.set_defaults(func=serve)
     p = sub.add_parser("migrate", help="apply data migrations and index changes, then exit")
     p.add_argument("--data-dir")

@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     trust_forwarded: bool = False  # take the client address from X-Forwarded-For (behind nginx)
     max_message_bytes: int = 1_000_000  # largest Socket.IO message accepted (transport limit)
     max_body_bytes: int = 1_000_000  # largest JSON REST body (uploads have their own limit)
+    # Rate limits: events per connection and per user (per process), connects per client address.
+    event_rate_per_s: float = Field(50.0, gt=0)
+    event_burst: int = Field(200, ge=1)
+    user_event_rate_per_s: float = Field(150.0, gt=0)
+    user_event_burst: int = Field(500, ge=1)
+    connect_rate_per_s: float = Field(10.0, gt=0)
+    connect_burst: int = Field(100, ge=1)
+    store_timeout_ms: int = Field(5000, ge=100, le=60_000)  # how long a request waits for an unavailable store
     analysis_workers: int = Field(1, ge=1, le=64)  # processes running the streaming analysis
     raw_retention_days: int = Field(30, ge=1)  # raw waveforms; analyses are kept
     dose_grace_s: int = Field(30 * 60, ge=1, le=24 * 3600)  # unconfirmed this long after due: missed

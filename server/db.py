@@ -8,13 +8,13 @@ from pymongo import AsyncMongoClient
 from server.device_registry import Device
 from server.medications import Medication, MedicationChange
 from server.models import CORE_DOCUMENTS
+from server.notifications import Notification
 from server.scheduler import DoseEvent
 from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, Medication, MedicationChange,
-                                   DoseEvent]
+                                   PatientThresholds, Notification, Medication, MedicationChange, DoseEvent]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

@@ -56,6 +56,7 @@ class EmbeddedStore:
         return self.proc is not None and self.proc.returncode is None
 
     async def start(self, wait_s: float = 30.0) -> str:
+        self._stopping = False
         self.path.mkdir(parents=True, exist_ok=True)
         await self._spawn(wait_s)
         self._supervisor = asyncio.create_task(self._supervise(), name="embedded-store-supervisor")

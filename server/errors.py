@@ -37,6 +37,12 @@ def validation_error(exc: ValidationError) -> ApiError:
     return ApiError("invalid_payload", "The request payload is not valid", 422, {"problems": problems})
 
 
+def store_unavailable() -> ApiError:
+    """The store did not answer: nothing was written; the client may retry."""
+    return ApiError("store_unavailable", "The data store is unavailable right now; nothing was saved, retry shortly",
+                    503, {"retry_after_s": 5}, headers={"Retry-After": "5"})
+
+
 def not_found(what: str = "resource") -> ApiError:
     return ApiError("not_found", f"No such {what}", 404)
 

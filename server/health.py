@@ -13,7 +13,8 @@ from server.http import services
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """Liveness; ``process`` tells the workers of a multi-process server apart."""
+    return web.json_response({"status": "ok", "process": services(request).realtime.process_id})
 
 
 async def _check(probe: Any) -> str:

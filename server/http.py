@@ -12,8 +12,9 @@ from aiohttp import web
 from beanie import Document, PydanticObjectId
 from bson.errors import InvalidId
 from pydantic import BaseModel, ValidationError
+from pymongo.errors import ConnectionFailure
 
-from server.errors import ApiError, error_body, validation_error
+from server.errors import ApiError, error_body, store_unavailable, validation_error
 from server.services import Services
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ async def error_middleware(request: web.Request, handler: Callable[..., Any]) ->
         return await handler(request)
     except ApiError as err:
         return error_response(err)
+    except ConnectionFailure as exc:
+        log.warning("store unavailable on %s %s: %s", request.method, request.path, exc)
+        return error_response(store_unavailable())
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

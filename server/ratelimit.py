@@ -54,3 +54,32 @@ class FailureCounter:
             await self.redis.delete(f"hm:fail:{key}")
         else:
             self._mem.pop(key, None)
+
+
+class TokenBuckets:
+    """Rate limits per key (a connection, a user, an address): ``rate`` per second sustained, bursts up
+    to ``burst``. In memory, per process; idle keys are forgotten so the table stays bounded."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """Spend one token: 0.0 if allowed, else the seconds until one is available."""
+        now = time.monotonic() if now is None else now
+        tokens, at = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            wait = 0.0
+        else:
+            self._buckets[key] = (tokens, now)
+            wait = (1.0 - tokens) / self.rate
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)  # least recently used: the longest idle, nearly full again
+        return wait
+
+    def forget(self, key: str) -> None:
+        self._buckets.pop(key, None)

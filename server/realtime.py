@@ -9,7 +9,11 @@ Every event handler answers through its ack with ``{"ok": true, "data": ...}`` o
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,16 +22,24 @@ import socketio
 from aiohttp import web
 from beanie import PydanticObjectId
 from pydantic import BaseModel, ValidationError
+from pymongo.errors import ConnectionFailure
+from redis.asyncio import Redis
 
 from server.auth import AuthService, Client, Principal
 from server.bus import ControlBus
 from server.config import Settings
 from server.device_registry import authenticate_device
-from server.errors import ApiError, error_body, validation_error
+from server.errors import ApiError, error_body, store_unavailable, validation_error
 from server.models import Link
+from server.ratelimit import TokenBuckets
 
 log = logging.getLogger(__name__)
 NAMESPACE = "/"
+# Who is online across processes: a hash per user (socket id -> process id), trusted only while
+# that process's heartbeat key lives, so a killed process's sockets stop counting within PROCESS_TTL_S.
+ONLINE_KEY = "healthmate:online:"
+PROCESS_KEY = "healthmate:process:"
+PROCESS_TTL_S = 15
 
 
 def user_room(user_id: Any) -> str:
@@ -57,7 +69,7 @@ DEVICE_ROLES = frozenset({"device"})
 
 
 class Realtime:
-    def __init__(self, settings: Settings, auth: AuthService, bus: ControlBus) -> None:
+    def __init__(self, settings: Settings, auth: AuthService, bus: ControlBus, redis: Redis | None = None) -> None:
         manager = socketio.AsyncRedisManager(settings.redis_url) if settings.redis_url else None
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp", client_manager=manager,
@@ -65,12 +77,19 @@ class Realtime:
             max_http_buffer_size=settings.max_message_bytes,
         )
         self.auth = auth
+        self.redis = redis
+        self.process_id = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._heartbeat: asyncio.Task[None] | None = None
         self.trust_forwarded = settings.trust_forwarded
         self.principals: dict[str, Principal] = {}
         self.clients: dict[str, Client] = {}
         self.events: dict[str, tuple[Handler, type[BaseModel] | None]] = {}
         self.connect_hooks: list[ConnectHook] = []
         self.disconnect_hooks: list[Callable[[str], Awaitable[None]]] = []
+        self.conn_limit = TokenBuckets(settings.event_rate_per_s, settings.event_burst)
+        self.user_limit = TokenBuckets(settings.user_event_rate_per_s, settings.user_event_burst)
+        self.addr_limit = TokenBuckets(settings.connect_rate_per_s, settings.connect_burst)
+        self.sio.on("*", self._unknown_event)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         bus.on("sessions_revoked", self._apply_sessions_revoked)
@@ -79,6 +98,50 @@ class Realtime:
 
     def attach(self, app: web.Application) -> None:
         self.sio.attach(app, socketio_path="socket.io")
+
+    async def start(self) -> None:
+        if self.redis is not None:
+            self._heartbeat = asyncio.create_task(self._beat(), name="process-heartbeat")
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            with contextlib.suppress(Exception):
+                await self.redis.delete(PROCESS_KEY + self.process_id)  # type: ignore[union-attr]
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                await self.redis.set(PROCESS_KEY + self.process_id, 1, ex=PROCESS_TTL_S)  # type: ignore[union-attr]
+            except Exception as exc:
+                log.warning("process heartbeat failed: %s", exc)
+            await asyncio.sleep(PROCESS_TTL_S / 3)
+
+    async def user_online(self, user_id: Any) -> bool:
+        """Whether the user has a connected socket in this or any live process."""
+        if self._local(user_room(user_id)):
+            return True
+        if self.redis is None:
+            return False
+        try:
+            owners = set((await self.redis.hgetall(ONLINE_KEY + str(user_id))).values())
+            return any([await self.redis.exists(PROCESS_KEY + p.decode()) for p in owners])
+        except Exception as exc:  # Redis down: say online, so nothing is pushed twice for nothing
+            log.warning("online check failed: %s", exc)
+            return True
+
+    async def _mark_online(self, user_id: Any, sid: str, online: bool) -> None:
+        if self.redis is None:
+            return
+        try:
+            if online:
+                await self.redis.hset(ONLINE_KEY + str(user_id), sid, self.process_id)
+            else:
+                await self.redis.hdel(ONLINE_KEY + str(user_id), sid)
+        except Exception as exc:
+            log.warning("online marker for %s not updated: %s", user_id, exc)
 
     # --- connections -------------------------------------------------------------------------------
 
@@ -101,18 +164,28 @@ class Realtime:
         return await self.auth.authenticate(token)
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        client = self._client(environ)
+        wait = self.addr_limit.take(client.addr or "?")
+        if wait:
+            err = ApiError("too_many_connections", "Too many connections from this address; retry later", 429,
+                           {"retry_after_s": round(wait, 1)})
+            raise socketio.exceptions.ConnectionRefusedError(err.message, err.body())
         try:
             principal = await self._authenticate(auth)
         except ApiError as err:
             raise socketio.exceptions.ConnectionRefusedError(err.message, err.body()) from None
+        except ConnectionFailure:
+            err = store_unavailable()
+            raise socketio.exceptions.ConnectionRefusedError(err.message, err.body()) from None
         self.principals[sid] = principal
-        self.clients[sid] = self._client(environ)
+        self.clients[sid] = client
         if principal.is_device:
             # A device hears only what is addressed to it, not its patient's personal events.
             await self.sio.enter_room(sid, device_room(principal.sid))
         else:
             await self.sio.enter_room(sid, user_room(principal.user_id))
             await self.sio.enter_room(sid, f"session:{principal.sid}")
+            await self._mark_online(principal.user_id, sid, True)
             for pid in await self.patients_of(principal):
                 await self.sio.enter_room(sid, patient_room(pid))
         for hook in self.connect_hooks:
@@ -124,8 +197,11 @@ class Realtime:
                 await hook(sid)
             except Exception:
                 log.exception("disconnect hook failed for %s", sid)
-        self.principals.pop(sid, None)
+        principal = self.principals.pop(sid, None)
         self.clients.pop(sid, None)
+        self.conn_limit.forget(sid)
+        if principal is not None and not principal.is_device:
+            await self._mark_online(principal.user_id, sid, False)
 
     @staticmethod
     async def patients_of(principal: Principal) -> list[PydanticObjectId]:
@@ -155,11 +231,19 @@ class Realtime:
 
         return register
 
+    async def _unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+        return {"ok": False, **error_body("unknown_event", "No such event", {"event": str(event)[:64]})}
+
     async def _dispatch(self, name: str, handler: Handler, model: type[BaseModel] | None, roles: frozenset[str],
                         sid: str, args: tuple[Any, ...]) -> dict[str, Any]:
         principal = self.principals.get(sid)
         if principal is None:
             return {"ok": False, **error_body("unauthorized", "Not authenticated")}
+        wait = self.conn_limit.take(sid) or self.user_limit.take(
+            principal.sid if principal.is_device else str(principal.user_id))
+        if wait:
+            return {"ok": False, **error_body("rate_limited", "Too many events; slow down",
+                                              {"retry_after_s": round(wait, 2)})}
         if principal.role not in roles:
             return {"ok": False, **error_body("forbidden", f"{name} is not for a {principal.role}")}
         try:
@@ -176,6 +260,9 @@ class Realtime:
             return {"ok": False, **validation_error(exc).body()}
         except ApiError as err:
             return {"ok": False, **err.body()}
+        except ConnectionFailure as exc:
+            log.warning("store unavailable for %s: %s", name, exc)
+            return {"ok": False, **store_unavailable().body()}
         except Exception:
             log.exception("event %s failed", name)
             return {"ok": False, **error_body("internal", "Something went wrong on our side")}

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
     from server.medications import Medications
+    from server.notifications import Notifications
     from server.ratelimit import FailureCounter
     from server.realtime import Realtime
     from server.scheduler import Scheduler
@@ -33,6 +34,7 @@ class Services:
     auth: AuthService
     realtime: Realtime
     live: LiveHub
+    notifications: Notifications
     vitals: Vitals
     writer: HistoryWriter
     streams: StreamService

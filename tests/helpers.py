@@ -156,9 +156,10 @@ class Api:
 class ServerProcess:
     """``healthmate serve`` in a subprocess, for multi-process and restart tests."""
 
-    def __init__(self, env: dict[str, str], port: int) -> None:
+    def __init__(self, env: dict[str, str], port: int, args: tuple[str, ...] = ()) -> None:
         self.env = {**os.environ, **env, "HEALTHMATE_PORT": str(port), "HEALTHMATE_HOST": "127.0.0.1"}
         self.port = port
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.output: list[str] = []
 
@@ -167,7 +168,7 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, timeout: float = 30) -> ServerProcess:
-        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", *self.args], env=self.env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         asyncio.get_running_loop().run_in_executor(None, self._drain)
         deadline = asyncio.get_running_loop().time() + timeout

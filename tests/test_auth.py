@@ -8,6 +8,7 @@ import time
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from server.models import AuditEntry, AuthSession, User
 from tests.conftest import TEST_SECRET
@@ -117,8 +118,14 @@ async def test_refresh_token_is_not_an_access_token(api: Api) -> None:
     assert status == 401 and body["error"]["code"] == "token_invalid"
 
 
-def _forge(claims: dict, key: str = TEST_SECRET, alg: str = "HS256") -> str:
-    return jwt.encode(claims, key, algorithm=alg)
+def _forge(claims: dict, key: object = TEST_SECRET, alg: str = "HS256") -> str:
+    return jwt.encode(claims, key, algorithm=alg)  # type: ignore[arg-type]
+
+
+def _swap_alg(token: str, alg: str) -> str:
+    _, payload, sig = token.split(".")
+    header = jwt.utils.base64url_encode(f'{{"alg":"{alg}","typ":"JWT"}}'.encode()).decode()
+    return f"{header}.{payload}.{sig}"
 
 
 @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -135,6 +142,11 @@ async def test_forged_and_expired_tokens_refused(api: Api) -> None:
         "expired": _forge({**good, "iat": now - 3600, "exp": now - 1800}),
         "wrong audience": _forge({**good, "aud": "someone-else"}),
         "no session": _forge({k: v for k, v in good.items() if k != "sid"}),
+        # HS/RS confusion: a token signed with an attacker's RSA key (and one claiming RS256 but MACed
+        # with our secret) must not pass as HS256.
+        "RS256 attacker key": _forge(good, key=rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                                     alg="RS256"),
+        "RS256 header, HS MAC": _swap_alg(_forge(good), "RS256"),
     }
     for name, token in attacks.items():
         status, body = await api.request("GET", "/api/me", headers={"Authorization": f"Bearer {token}"})

@@ -53,9 +53,19 @@ async def test_caregiver_acts_for_patient_and_everyone_linked_hears_it(api: Api)
     assert reply["ok"] is False and reply["error"]["code"] == "forbidden"
     assert await Medication.find_all().count() == 1
 
+    # Stock at its low mark warns the patient and the caregivers once, not on every change below it.
+    for stock in (5, 4):
+        await c_sock.ok("med:update", {"patient_id": patient.id, "medication_id": med["id"], "stock": stock})
+    for sock in (p_sock, c_sock):
+        (note,) = await sock.events.wait("notification:new")
+        assert note["kind"] == "low_stock" and note["data"] == {"medication_id": med["id"], "stock": 5}
+        assert note["patient_id"] == patient.id
+    await c_sock.events.wait("med:changed", count=4)
+    assert (await c_sock.events.wait("med:changed", count=4))[-1]["medication"]["low_stock"] is True
+    assert d_sock.events.of("notification:new") == []  # clinicians are not told about stock
     archived = await c_sock.ok("med:archive", {"patient_id": patient.id, "medication_id": med["id"]})
     assert archived["archived_at"] is not None
-    (*_, last) = await d_sock.events.wait("med:changed", count=3)
+    (*_, last) = await d_sock.events.wait("med:changed", count=5)
     assert last["change"] == "archived"
     assert await p_sock.ok("med:list", {"patient_id": patient.id}) == []
     assert len(await p_sock.ok("med:list", {"patient_id": patient.id, "include_archived": True})) == 1

@@ -75,3 +75,17 @@ async def test_logout_disconnects_that_sessions_sockets_only(api: Api) -> None:
     assert not mine.client.connected
     assert theirs.client.connected
     assert (await theirs.call("links:list"))["ok"] is True
+
+
+async def test_reconnect_with_stale_token_is_refused_then_refresh_works(api: Api) -> None:
+    user = await api.register("caregiver")
+    sock = await api.socket(user)
+    await sock.close()
+    claims = jwt.decode(user.access_token, TEST_SECRET, algorithms=["HS256"], audience="healthmate:access")
+    stale = jwt.encode({**claims, "iat": claims["iat"] - 3600, "exp": claims["iat"] - 1800}, TEST_SECRET)
+    data = await connect_refused(api.base_url, {"token": stale})
+    assert data["error"]["code"] == "token_expired"
+    status, body = await api.request("POST", "/api/auth/refresh", json={"refresh_token": user.refresh_token})
+    assert status == 200
+    fresh = await api.socket(token=body["access_token"])
+    assert (await fresh.call("patients:list"))["ok"] is True

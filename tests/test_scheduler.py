@@ -4,6 +4,7 @@ the grace window with caregivers told, and adherence counted per medication and 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from server.medications import Medication
 from server.models import utcnow
 from server.scheduler import DoseEvent
 from tests.conftest import make_settings
-from tests.helpers import Api, User
+from tests.helpers import Api, Sock, User
 from tests.test_medications import create
 
 GRACE_S = 3
@@ -37,6 +38,16 @@ async def add_dose(patient: User, med: dict[str, Any], due: datetime, state: str
                      dose=med["dose"], drawer=med["drawer"], state=state)  # type: ignore[arg-type]
     await dose.insert()
     return dose
+
+
+async def notes_of(sock: Sock, kind: str, count: int = 1) -> list[dict[str, Any]]:
+    """The notifications of one kind a socket received, once at least ``count`` have arrived."""
+    for _ in range(100):
+        found = [n for n in sock.events.of("notification:new") if n["kind"] == kind]
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {kind} notification")
 
 
 async def test_doses_planned_in_the_patients_time_zone_and_replanned_on_change(api: Api) -> None:
@@ -119,6 +130,16 @@ async def test_reminded_at_due_time_confirmed_in_the_app_or_missed_after_grace(a
 
     (missed,) = await c_sock.events.wait("dose:missed", timeout=GRACE_S + 5)
     assert missed["id"] == str(skipped.id) and missed["state"] == "missed"
+    # The patient was reminded of each dose; the caregiver told of the missed one, once.
+    reminders = [n for n in p_sock.events.of("notification:new") if n["kind"] == "reminder"]
+    assert sorted(n["data"]["dose_id"] for n in reminders) == sorted([str(taken.id), str(skipped.id)])
+    assert reminders[0]["title"] == "Time for Metformin" and "drawer 2" in reminders[0]["body"]
+    lows = [n for n in c_sock.events.of("notification:new") if n["kind"] == "low_stock"]
+    assert len(lows) == 1 and lows[0]["data"]["stock"] == 5  # the confirmed dose took stock to its low mark
+    missed_notes = await notes_of(c_sock, "dose_missed")
+    assert len(missed_notes) == 1 and missed_notes[0]["urgency"] == "high"
+    assert missed_notes[0]["data"]["dose_id"] == str(skipped.id)
+    assert not [n for n in c_sock.events.of("notification:new") if n["kind"] == "reminder"]
     reply = await p_sock.call("dose:confirm", {"patient_id": patient.id, "dose_id": str(skipped.id)})
     assert reply["ok"] is False and reply["error"]["code"] == "dose_missed"
     reply = await p_sock.call("dose:confirm", {"patient_id": patient.id, "dose_id": str(later.id)})

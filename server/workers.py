@@ -1,0 +1,69 @@
+"""``healthmate serve --workers N``: N server processes on one port, sharing rooms through Redis.
+
+The parent starts the embedded store once for all workers (when no MongoDB URL is set), starts N
+``healthmate serve --reuse-port`` children bound to the same address (SO_REUSEPORT: the kernel spreads
+new connections over them), restarts a child that dies, and stops them all on SIGTERM or Ctrl-C.
+A Socket.IO websocket stays on the worker that accepted it. Long-polling needs every request of a
+session to reach one worker, which SO_REUSEPORT does not promise: clients of a multi-worker server use
+the websocket transport, or a balancer with sticky sessions sits in front (compose.yaml's nginx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from server.config import ConfigError, Settings
+from server.embedded_store import EmbeddedStore
+
+log = logging.getLogger("healthmate.workers")
+RESTART_DELAY_S = 1.0
+
+
+async def _run_worker(index: int, env: dict[str, str], stopping: asyncio.Event) -> None:
+    """Keep worker ``index`` running until ``stopping`` is set."""
+    while not stopping.is_set():
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "server.cli", "serve", "--reuse-port",
+                                                    env=env, stdin=asyncio.subprocess.DEVNULL)
+        log.info("worker %d started (pid %d)", index, proc.pid)
+        waiter = asyncio.create_task(proc.wait())
+        stop = asyncio.create_task(stopping.wait())
+        await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.is_set():
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(waiter, 20)
+                except TimeoutError:
+                    proc.kill()
+                    await waiter
+            return
+        stop.cancel()
+        log.error("worker %d (pid %d) exited with %s; restarting", index, proc.pid, proc.returncode)
+        await asyncio.sleep(RESTART_DELAY_S)
+
+
+async def serve_workers(settings: Settings, workers: int) -> None:
+    if not settings.redis_url:
+        raise ConfigError("--workers needs HEALTHMATE_REDIS_URL: the workers share Socket.IO rooms through Redis")
+    env = {**os.environ, "HEALTHMATE_HOST": settings.host, "HEALTHMATE_PORT": str(settings.port),
+           "HEALTHMATE_DATA_DIR": str(settings.data_dir), "HEALTHMATE_JWT_SECRET": settings.secret}
+    store = None
+    if settings.mongodb_url is None:
+        store = EmbeddedStore(settings.data_dir)
+        env["HEALTHMATE_MONGODB_URL"] = await store.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    log.info("serving on http://%s:%s with %d workers", settings.host, settings.port, workers)
+    try:
+        await asyncio.gather(*[_run_worker(i, env, stopping) for i in range(workers)])
+    finally:
+        if store is not None:
+            with contextlib.suppress(Exception):
+                await store.stop()

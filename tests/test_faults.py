@@ -1,0 +1,118 @@
+"""Faults: the store going away and coming back, Redis going away and coming back.
+Nothing acknowledged is lost; what cannot be stored is refused with a clear error."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from pathlib import Path
+
+import aiohttp
+import pytest
+from redis import Redis
+
+from server.app import create_app
+from server.embedded_store import EmbeddedStore, free_port
+from server.models import User
+from tests.conftest import make_settings
+from tests.helpers import Api
+
+
+async def _ready(http: aiohttp.ClientSession, base: str) -> tuple[int, dict]:
+    async with http.get(base + "/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_store_outage_refuses_clearly_and_recovers(tmp_path: Path, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
+    """An external store (as MongoDB would be) stops: requests are refused with `store_unavailable`
+    (503, Retry-After), readiness says not ready, nothing half-written; after it returns, all works."""
+    store = EmbeddedStore(tmp_path / "store")
+    await store.start()
+    settings = make_settings(store.url, tmp_path, store_timeout_ms=800)
+    server = await aiohttp_server(create_app(settings))
+    base = str(server.make_url("")).rstrip("/")
+    async with Api(base, server.app) as api, aiohttp.ClientSession() as http:
+        patient = await api.register("patient")
+        sock = await api.socket(patient)
+        await store.stop()
+        status, body = await _ready(http, base)
+        assert status == 503 and body["error"]["details"]["checks"]["store"].startswith("down")
+        status, body = await api.request("POST", "/api/auth/register", json={
+            "email": "during@example.org", "password": "plenty-long-passphrase-42", "name": "D", "role": "patient"})
+        assert status == 503 and body["error"]["code"] == "store_unavailable"
+        reply = await sock.call("links:create-code")
+        assert reply["ok"] is False and reply["error"]["code"] == "store_unavailable"
+        assert reply["error"]["details"]["retry_after_s"] > 0
+        await store.start()  # same port and files
+        for _ in range(100):
+            if (await _ready(http, base))[0] == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert (await _ready(http, base))[0] == 200
+        assert await User.find(User.email == "during@example.org").count() == 0
+        assert (await sock.call("links:create-code"))["ok"] is True
+        status, _ = await api.request("GET", "/api/me", patient)
+        assert status == 200
+    await store.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A Redis of this test's own, so stopping it touches no other test."""
+    exe = shutil.which("redis-server")
+    assert exe is not None
+    port = free_port()
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                 "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                Redis(port=port).ping()
+                return proc
+            except Exception:
+                import time
+
+                time.sleep(0.05)
+        raise RuntimeError("redis did not start")
+
+    procs = [start()]
+    yield f"redis://127.0.0.1:{port}/0", procs, start
+    for p in procs:
+        p.terminate()
+
+
+async def test_redis_outage_single_process_serves_and_cross_process_resumes(
+        store: EmbeddedStore, own_redis, tmp_path: Path, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
+    url, procs, start = own_redis
+    settings = make_settings(store.url, tmp_path, redis_url=url)
+    one = await aiohttp_server(create_app(settings))
+    two = await aiohttp_server(create_app(settings.model_copy(update={"port": 0})))
+    base_one, base_two = (str(s.make_url("")).rstrip("/") for s in (one, two))
+    async with Api(base_one, one.app) as api_one, Api(base_two, two.app) as api_two:
+        patient = await api_one.register("patient")
+        carer = await api_one.register("caregiver")
+        await api_one.link(patient, carer)
+        carer_on_two = await api_two.socket(carer)
+        procs[0].terminate()
+        procs[0].wait(10)
+        await asyncio.sleep(10)  # Redis down for 10 s
+        # Each process keeps serving what needs no other process: auth, reads, writes to the store.
+        status, _ = await api_one.request("PATCH", "/api/me", patient, json={"name": "Still here"})
+        assert status == 200
+        patient_on_one = await api_one.socket(patient)
+        assert (await patient_on_one.call("patients:list"))["ok"] is True
+        procs.append(start())
+        # Cross-process delivery resumes once Redis is back (the managers reconnect by themselves).
+        for attempt in range(60):
+            await api_one.request("PATCH", "/api/me", patient, json={"name": f"Back {attempt}"})
+            try:
+                await carer_on_two.events.wait("patient:updated", timeout=0.5)
+                break
+            except TimeoutError:
+                continue
+        assert carer_on_two.events.of("patient:updated"), "cross-process delivery did not resume"
+        # What was persisted during the outage is there.
+        status, me = await api_two.request("GET", "/api/me", patient)
+        assert status == 200 and me["name"].startswith("Back")

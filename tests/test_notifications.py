@@ -1,0 +1,116 @@
+"""Notifications: persisted first, pushed live to every device of the user, listed, counted,
+marked read and deleted by their owner only; offline users are handed to the push providers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from server.http import SERVICES
+from server.notifications import Notification
+from tests.conftest import make_settings
+from tests.helpers import Api
+
+
+async def test_persisted_then_pushed_to_every_device(api: Api) -> None:
+    user = await api.register("caregiver")
+    phone, tablet = await api.socket(user), await api.socket(user)
+    other = await api.socket(await api.register("caregiver"))
+    notes = api.app[SERVICES].notifications  # type: ignore[index]
+    [doc] = await notes.notify([user.id], "reminder", "Take your pills", "Metformin 500 mg", urgency="high",
+                               data={"dose_id": "x"})
+    assert await Notification.get(doc.id) is not None
+    for sock in (phone, tablet):
+        [pushed] = await sock.events.wait("notification:new")
+        assert pushed["id"] == str(doc.id) and pushed["title"] == "Take your pills" and pushed["urgency"] == "high"
+    await asyncio.sleep(0.2)
+    assert other.events.of("notification:new") == []
+
+
+async def test_list_count_read_delete(api: Api) -> None:
+    user, stranger = await api.register("patient"), await api.register("patient")
+    sock = await api.socket(user)
+    notes = api.app[SERVICES].notifications  # type: ignore[index]
+    docs = [d for i in range(5) for d in await notes.notify([user.id], "alert", f"n{i}")]
+    [theirs] = await notes.notify([stranger.id], "alert", "not yours")
+    page = await sock.ok("notifications:list", {"limit": 3})
+    assert [n["title"] for n in page["items"]] == ["n4", "n3", "n2"] and page["unread"] == 5
+    rest = await sock.ok("notifications:list", {"limit": 3, "before": page["next_cursor"]})
+    assert [n["title"] for n in rest["items"]] == ["n1", "n0"] and rest["next_cursor"] is None
+    read = await sock.ok("notifications:mark-read", {"id": str(docs[0].id)})
+    assert read == {"marked": 1, "unread": 4}
+    assert (await sock.ok("notifications:unread-count"))["unread"] == 4
+    assert (await sock.ok("notifications:list", {"unread_only": True}))["items"][-1]["title"] == "n1"
+    # Someone else's notification is no different from one that does not exist.
+    for event, payload in (("notifications:mark-read", {"id": str(theirs.id)}),
+                           ("notifications:delete", {"id": str(theirs.id)})):
+        reply = await sock.call(event, payload)
+        assert reply["ok"] is False and reply["error"]["code"] == "not_found", event
+    assert (await Notification.get(theirs.id)).read_at is None  # type: ignore[union-attr]
+    for bad in ({}, {"id": "zz"}, {"all": True, "id": str(docs[1].id)}, {"id": str(docs[1].id), "extra": 1}):
+        reply = await sock.call("notifications:mark-read", bad)
+        assert reply["ok"] is False and set(reply["error"]) == {"code", "message", "details"}, bad
+    assert (await sock.ok("notifications:delete", {"id": str(docs[4].id)}))["unread"] == 3
+    assert (await sock.ok("notifications:mark-read", {"all": True})) == {"marked": 3, "unread": 0}
+    status, body = await api.request("GET", "/api/notifications?limit=10", user)
+    assert status == 200 and [n["title"] for n in body["items"]] == ["n3", "n2", "n1", "n0"]
+
+
+async def test_rest_history(api: Api) -> None:
+    user, stranger = await api.register("clinician"), await api.register("clinician")
+    notes = api.app[SERVICES].notifications  # type: ignore[index]
+    docs = [d for i in range(3) for d in await notes.notify([user.id], "link_request", f"r{i}")]
+    status, body = await api.request("GET", "/api/notifications?unread=1", user)
+    assert status == 200 and body["unread"] == 3 and len(body["items"]) == 3
+    status, _ = await api.request("POST", f"/api/notifications/{docs[0].id}/read", stranger)
+    assert status == 404
+    status, body = await api.request("POST", f"/api/notifications/{docs[0].id}/read", user)
+    assert status == 200 and body["unread"] == 2
+    status, _ = await api.request("DELETE", f"/api/notifications/{docs[1].id}", stranger)
+    assert status == 404
+    status, body = await api.request("DELETE", f"/api/notifications/{docs[1].id}", user)
+    assert status == 200 and body["unread"] == 1
+    status, body = await api.request("POST", "/api/notifications/read-all", user)
+    assert status == 200 and body["marked"] == 1
+    status, body = await api.request("GET", "/api/notifications?limit=0", user)
+    assert status == 422 and body["error"]["code"] == "invalid_query"
+    status, _ = await api.request("GET", "/api/notifications")
+    assert status == 401
+
+
+async def test_offline_users_go_to_pushers(api: Api) -> None:
+    online, offline = await api.register("caregiver"), await api.register("caregiver")
+    await api.socket(online)
+    notes = api.app[SERVICES].notifications  # type: ignore[index]
+    pushed: list[str] = []
+
+    async def pusher(docs: list[Notification]) -> None:
+        pushed.extend(str(d.user_id) for d in docs)
+
+    notes.pushers.append(pusher)
+    await notes.notify([online.id, offline.id], "alert", "Crisis")
+    for _ in range(50):
+        if pushed:
+            break
+        await asyncio.sleep(0.02)
+    assert pushed == [offline.id]
+
+
+async def test_online_is_known_across_processes(store, redis_url, tmp_path, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
+    """With Redis, a socket on one process makes its user online for the other."""
+    from server.app import create_app
+
+    settings = make_settings(store.url, tmp_path, redis_url=redis_url)
+    one = await aiohttp_server(create_app(settings))
+    two = await aiohttp_server(create_app(settings.model_copy(update={"port": 0})))
+    async with Api(str(one.make_url("")).rstrip("/"), one.app) as a:
+        user = await a.register("caregiver")
+        rt_two = two.app[SERVICES].realtime
+        assert await rt_two.user_online(user.id) is False
+        sock = await a.socket(user)
+        assert await rt_two.user_online(user.id) is True
+        await sock.close()
+        for _ in range(50):
+            if not await rt_two.user_online(user.id):
+                break
+            await asyncio.sleep(0.02)
+        assert await rt_two.user_online(user.id) is False

@@ -1,0 +1,66 @@
+"""`healthmate serve --workers 2`: two processes on one port sharing rooms through Redis, on one
+embedded store started by the parent; a worker that dies is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from server.embedded_store import free_port
+from tests.helpers import Api, ServerProcess
+
+
+async def _processes(url: str, tries: int = 40) -> set[str]:
+    seen = set()
+    for _ in range(tries):  # a fresh connection each time, so the kernel may pick another worker
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            async with http.get(url + "/healthz") as resp:
+                seen.add((await resp.json())["process"])
+    return seen
+
+
+async def test_two_workers_share_one_port_and_rooms(redis_url: str, tmp_path: Path) -> None:
+    env = {"HEALTHMATE_DATA_DIR": str(tmp_path / "data"), "HEALTHMATE_MONGODB_URL": "",
+           "HEALTHMATE_REDIS_URL": redis_url, "HEALTHMATE_JWT_SECRET": ""}
+    server = await ServerProcess(env, free_port(), ("--workers", "2")).start()
+    try:
+        workers = await _processes(server.url)
+        assert len(workers) == 2, workers
+        async with Api(server.url) as api:
+            patient = await api.register("patient")
+            carer = await api.register("caregiver")
+            await api.link(patient, carer)
+            sockets = [await api.socket(carer) for _ in range(6)]
+            await api.request("PATCH", "/api/me", patient, json={"name": "Everywhere"})
+            for sock in sockets:  # whichever worker holds it
+                (update,) = await sock.events.wait("patient:updated")
+                assert update["name"] == "Everywhere"
+            # Kill one worker: the parent starts another; the port keeps serving.
+            victim = int(next(iter(workers)).split("-")[0])
+            os.kill(victim, signal.SIGKILL)
+            for _ in range(100):
+                replaced = await _processes(server.url, tries=10)
+                if len(replaced) == 2 and next(iter(workers)) not in replaced:
+                    break
+                await asyncio.sleep(0.2)
+            assert len(replaced) == 2 and next(iter(workers)) not in replaced
+            status, _ = await api.request("POST", "/api/auth/login", json={"email": patient.email,
+                                                                          "password": "plenty-long-passphrase-42"})
+            assert status == 200
+        assert "with 2 workers" in "".join(server.output)
+    finally:
+        assert await server.stop() == 0
+
+
+async def test_workers_need_redis(tmp_path: Path) -> None:
+    env = {"HEALTHMATE_DATA_DIR": str(tmp_path), "HEALTHMATE_REDIS_URL": "", "HEALTHMATE_JWT_SECRET": ""}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server.cli", "serve", "--workers", "2", env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2 and b"--workers needs HEALTHMATE_REDIS_URL" in out
