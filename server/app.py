@@ -32,6 +32,7 @@ from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
 from server.medications import Medications
+from server.medicine_box import MedicineBox
 from server.migrations import run_migrations
 from server.notifications import Notifications
 from server.ratelimit import FailureCounter
@@ -144,6 +145,7 @@ def create_app(settings: Settings) -> web.Application:
     medications.setup(app)
     svc.scheduler = Scheduler(svc, svc.medications)
     scheduler_module.setup(app)
+    svc.medicine_box = MedicineBox(svc, svc.scheduler)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])
     app.cleanup_ctx.append(_lifecycle)

@@ -7,6 +7,7 @@ from pymongo import AsyncMongoClient
 
 from server.device_registry import Device
 from server.medications import Medication, MedicationChange
+from server.medicine_box import BoxEvent, MedicineBoxState
 from server.models import CORE_DOCUMENTS
 from server.notifications import Notification
 from server.scheduler import DoseEvent
@@ -14,7 +15,8 @@ from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, Notification, Medication, MedicationChange, DoseEvent]
+                                   PatientThresholds, Notification, Medication, MedicationChange, DoseEvent,
+                                   MedicineBoxState, BoxEvent]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

@@ -204,6 +204,10 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def wake(self) -> None:
+        """Run a pass now (new doses, or box commands to resend)."""
+        self._wake.set()
+
     async def _run(self) -> None:
         while True:
             try:
@@ -267,13 +271,6 @@ class Scheduler:
             await self.svc.realtime.to_patient(d["patient_id"], "dose:due", dose)
             fields[d["_id"]] = {"state": "reminded", "reminded_at": sent}
         await self._bounded([self._remind_patient(d) for d in claimed])
-        for hook in self.on_due:
-            try:
-                await hook(claimed)
-            except Exception:
-                log.exception("dose hook failed")
-        for d in claimed:  # the hooks may have set box fields
-            fields[d["_id"]].update({k: d[k] for k in ("box_next_at", "box_attempts") if k in d})
         # Only where the dose is still scheduled: a confirmation that came meanwhile stands.
         ops = [UpdateOne({"_id": d["_id"], "lease_owner": d["lease_owner"], "state": "scheduled"},
                          {"$set": {**fields[d["_id"]], "lease_owner": None, "lease_until": None}}) for d in claimed]
@@ -281,6 +278,11 @@ class Scheduler:
         await self.doses.update_many({"_id": {"$in": [d["_id"] for d in claimed]}, "state": {"$ne": "scheduled"},
                                       "lease_owner": {"$in": [d["lease_owner"] for d in claimed]}},
                                      {"$set": {"lease_owner": None, "lease_until": None}})
+        for hook in self.on_due:  # once the doses are stored as reminded
+            try:
+                await hook(claimed)
+            except Exception:
+                log.exception("dose hook failed")
         return len(claimed)
 
     async def _remind_patient(self, d: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
     from server.medications import Medications
+    from server.medicine_box import MedicineBox
     from server.notifications import Notifications
     from server.ratelimit import FailureCounter
     from server.realtime import Realtime
@@ -44,3 +45,4 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
     medications: Medications | None = None
     scheduler: Scheduler | None = None
+    medicine_box: MedicineBox | None = None
