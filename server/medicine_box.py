@@ -110,37 +110,44 @@ class MedicineBox:
                           dose_id=str(d["_id"]), attempt=attempt)
 
     async def on_due(self, doses: list[dict[str, Any]]) -> None:
-        """The scheduler fired these doses: light each one's drawer on the patient's boxes."""
-        now = utcnow()
+        """The scheduler reminded these doses: light each one's drawer on the patient's boxes."""
         boxes: dict[Any, list[PydanticObjectId]] = {}
+        sends = []
         for d in doses:
             if not d.get("drawer"):
                 continue
             if d["patient_id"] not in boxes:
                 boxes[d["patient_id"]] = await self.boxes(d["patient_id"])
-            if not boxes[d["patient_id"]]:
-                continue
-            await self.scheduler.doses.update_one(
-                {"_id": d["_id"]}, {"$set": {"box_attempts": 1, "box_next_at": now + timedelta(seconds=BACKOFF_S[0])}})
-            for device_id in boxes[d["patient_id"]]:
-                await self.command(device_id, self._remind(d, 1), d["_id"])
+            sends += [(device_id, d) for device_id in boxes[d["patient_id"]]]
+        if not sends:
+            return
+        wait = utcnow() + timedelta(seconds=BACKOFF_S[0])
+        await self.scheduler.doses.update_many({"_id": {"$in": list({d["_id"] for _, d in sends})}},
+                                               {"$set": {"box_attempts": 1, "box_next_at": wait}})
+        for device_id, d in sends:
+            await self.command(device_id, self._remind(d, 1), d["_id"])
 
     async def resend(self, now: datetime) -> None:
         """Unacknowledged commands whose wait ran out: resend (claimed, so by one process), or give up."""
-        claimed = await self.scheduler.claim({"state": "reminded", "box_next_at": {"$lte": now}}, now)
+        token, claimed = await self.scheduler.claim(
+            {"state": "reminded", "box_next_at": {"$lte": now}},
+            {"$set": {"box_next_at": now + timedelta(seconds=BACKOFF_S[-1])}, "$inc": {"box_attempts": 1}},
+            owner="box_owner")
+        doses = self.scheduler.doses
+        for attempt in sorted({d["box_attempts"] for d in claimed}):
+            if attempt <= len(BACKOFF_S):
+                wait: dict[str, Any] = {"$set": {"box_next_at": now + timedelta(seconds=BACKOFF_S[attempt - 1])}}
+            else:
+                wait = {"$set": {"box_next_at": None}, "$inc": {"box_attempts": -1}}
+                log.warning("giving up on %d unacknowledged box commands",
+                            sum(d["box_attempts"] == attempt for d in claimed))
+            await doses.update_many({"box_owner": token, "box_attempts": attempt}, wait)
+        if claimed:
+            await doses.update_many({"box_owner": token}, {"$set": {"box_owner": None}})
         for d in claimed:
-            attempt = d.get("box_attempts", 0) + 1
-            more = attempt <= len(BACKOFF_S)
-            wait = timedelta(seconds=BACKOFF_S[min(attempt, len(BACKOFF_S)) - 1])
-            await self.scheduler.doses.update_one(
-                {"_id": d["_id"], "lease_owner": d["lease_owner"]},
-                {"$set": {"box_attempts": attempt if more else d.get("box_attempts", 0),
-                          "box_next_at": now + wait if more else None, "lease_owner": None, "lease_until": None}})
-            if not more:
-                log.warning("medicine box never acknowledged dose %s; giving up", d["_id"])
-                continue
-            for device_id in await self.boxes(d["patient_id"]):
-                await self.command(device_id, self._remind(d, attempt), d["_id"])
+            if d["box_attempts"] <= len(BACKOFF_S):
+                for device_id in await self.boxes(d["patient_id"]):
+                    await self.command(device_id, self._remind(d, d["box_attempts"]), d["_id"])
 
     async def on_confirmed(self, d: dict[str, Any]) -> None:
         if not d.get("drawer"):

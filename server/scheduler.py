@@ -5,15 +5,19 @@ Planning: each active, scheduled medication has its doses written ahead (``HORIZ
 schedule and the patient's time zone (``server.dose_times``); a dose's slot (medication + local
 date and time) is unique in the store, so any number of processes may plan the same doses.
 
-Firing: a process claims due doses with a conditional update in the store (a lease: owner token
-and expiry, taken only if free or expired), pushes ``dose:due`` to the patient's room, notifies
-the patient, tells the box (``on_due`` hooks), then marks them reminded. Two processes never
-claim the same dose, so each reminder goes out once; a process that dies holding a lease lets it
-expire (``LEASE``) and another fires the dose then (at least once, never lost).
+Firing: at due time a process claims the due doses with one conditional update in the store
+(scheduled → reminded, stamped with its token; a dose can leave "scheduled" only once, so no two
+processes claim it) and then pushes ``dose:due`` to the patient's room and tells the box
+(``on_due`` hooks). The ``reminder`` notification is sent by a separate loop that claims reminded,
+unnotified doses the same way, so its cost (a stored notification each) never delays a reminder.
+Should a process die between its claim and the push, the few doses it held are not pushed live
+(the claim is what makes the push single-fire), but their reminder notification still goes out
+from whichever process runs next; a notification claimed and not yet sent at that moment is lost.
 
 A dose not confirmed within the grace window (``HEALTHMATE_DOSE_GRACE_S``, 30 min) is marked
 missed (a conditional update, so once), and the patient's caregivers are notified; that
-notification is itself claimed and recorded, so it too is sent once and retried after a crash.
+notification is claimed with a lease (``LEASE``) and sent again if its process died before
+finishing.
 
 Catch-up after downtime: the loop applies the same rules to whatever it finds at start-up.
 Doses due while the server was down whose grace window has not ended are reminded at once (late,
@@ -37,7 +41,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from beanie import PydanticObjectId
 from pydantic import BaseModel, ConfigDict, Field
-from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
+from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import BulkWriteError
 
 from server.access import require_patient
@@ -57,10 +61,13 @@ DoseState = Literal["scheduled", "reminded", "confirmed", "missed"]
 HORIZON = timedelta(hours=36)  # doses are planned this far ahead
 LOOKBACK = timedelta(hours=24)  # after downtime, doses are planned back this far
 PLAN_EVERY = timedelta(minutes=10)
-LEASE = timedelta(seconds=60)
+LEASE = timedelta(minutes=5)  # a claim not completed by then (its process died) is taken back
+RECOVER_EVERY = timedelta(seconds=30)
 EARLY = timedelta(hours=1)  # a dose may be confirmed this long before it is due
 POLL_S = 1.0  # longest sleep: doses planned by another process are noticed within this
 BATCH = 500
+NOTIFY_BATCH = 32
+UNNOTIFIED = {"state": "reminded", "reminder_notified_at": None}
 MAX_WEEKS = 52
 REPLAN_ON = frozenset({"schedule", "drawer", "name", "dose"})  # what a planned dose carries
 
@@ -79,10 +86,12 @@ class DoseEvent(VersionedDocument):
     confirmed_at: datetime | None = None
     confirmed_via: str | None = None  # app | box
     confirmed_by: PydanticObjectId | None = None
+    reminder_notified_at: datetime | None = None
     missed_at: datetime | None = None
     missed_notified_at: datetime | None = None
     lease_owner: str | None = None
     lease_until: datetime | None = None
+    box_owner: str | None = None
     box_attempts: int = 0
     box_next_at: datetime | None = None  # the next time the box is (re)commanded, while unacknowledged
     box_acked_at: datetime | None = None
@@ -94,7 +103,10 @@ class DoseEvent(VersionedDocument):
             IndexModel([("medication_id", ASCENDING), ("slot", ASCENDING)], unique=True, name="slot_unique"),
             IndexModel([("state", ASCENDING), ("due_at", ASCENDING)], name="state_due"),
             IndexModel([("state", ASCENDING), ("missed_notified_at", ASCENDING)], name="missed_unnotified"),
-            IndexModel([("box_next_at", ASCENDING)], name="box_pending", sparse=True),
+            IndexModel([("state", ASCENDING), ("reminder_notified_at", ASCENDING)], name="reminded_unnotified"),
+            IndexModel([("state", ASCENDING), ("lease_until", ASCENDING)], name="state_lease"),
+            IndexModel([("lease_owner", ASCENDING)], name="lease_owner"),
+            IndexModel([("box_owner", ASCENDING)], name="box_owner"),
             IndexModel([("patient_id", ASCENDING), ("due_at", DESCENDING)], name="patient_due"),
         ]
 
@@ -138,7 +150,13 @@ class Scheduler:
         self.ticks: list[Tick] = []  # extra work each pass (box command retries)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._notifier: asyncio.Task[None] | None = None
+        self._reminded = asyncio.Event()
         self._planned_at: datetime | None = None
+        self._recovered_at: datetime | None = None
+        self._swept_at: datetime | None = None
+        self._firing = False
+        self._next_due_at = utcnow()
         meds.on_change.append(self.replan)
         svc.realtime.event("dose:confirm", ConfirmIn)(self._confirm)
 
@@ -197,12 +215,14 @@ class Scheduler:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="dose-scheduler")
+        self._notifier = asyncio.create_task(self._notify_loop(), name="dose-reminder-notifications")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._notifier):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def wake(self) -> None:
         """Run a pass now (new doses, or box commands to resend)."""
@@ -226,64 +246,113 @@ class Scheduler:
         if self._planned_at is None or now - self._planned_at >= PLAN_EVERY:
             self._planned_at = now
             await self.plan_all(now)
-        await self._mark_missed(now)
-        await self._notify_missed(now)
-        while await self._remind_due(utcnow()) == BATCH:
-            pass
+        if self._recovered_at is None or now - self._recovered_at >= RECOVER_EVERY:
+            self._recovered_at = now
+            await self._recover(now)
+        if self._swept_at is None or now - self._swept_at >= timedelta(seconds=POLL_S):
+            self._swept_at = now
+            await self._mark_missed(now)
+            await self._notify_missed(now)
+        self._firing = True
+        try:
+            while await self._remind_due(utcnow()) == BATCH:
+                pass
+        finally:
+            self._firing = False
         for tick in self.ticks:
             await tick(now)
 
     async def _until_next(self, now: datetime) -> float:
-        nxt = await self.doses.find_one({"state": "scheduled", "due_at": {"$gt": now}}, sort=[("due_at", 1)],
-                                        projection={"due_at": 1})
-        if nxt is None:
-            return POLL_S
-        return min(POLL_S, max(0.0, (aware(nxt["due_at"]) - now).total_seconds()))
+        soon = self.doses.find({"state": "scheduled", "due_at": {"$gt": now, "$lte": now + timedelta(seconds=POLL_S)}},
+                               {"due_at": 1}).limit(1000)
+        dues = [aware(d["due_at"]) async for d in soon]
+        self._next_due_at = min(dues) if dues else now + timedelta(seconds=POLL_S)
+        return max(0.0, (self._next_due_at - now).total_seconds())
 
-    async def claim(self, query: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
-        """Take a lease on up to BATCH matching doses free of any live lease; return the ones this
-        process now holds. The conditional update makes each dose this process's alone."""
-        free = {"$or": [{"lease_until": None}, {"lease_until": {"$lt": now}}]}
-        ids = [d["_id"] async for d in self.doses.find({**query, **free}, {"_id": 1}).sort("due_at", 1).limit(BATCH)]
+    def token(self) -> str:
+        return f"{self.owner}:{uuid.uuid4().hex}"
+
+    async def _matching(self, query: dict[str, Any]) -> list[Any]:
+        return [d["_id"] async for d in self.doses.find(query, {"_id": 1}).limit(BATCH)]
+
+    async def update_where(self, query: dict[str, Any], update: dict[str, Any]) -> int:
+        """``update_many`` by ids found through an index, in batches (the embedded store's ``update_many``
+        scans the collection for any other filter); ``query`` is repeated so it stays a conditional update."""
+        total = 0
+        while ids := await self._matching(query):
+            total += (await self.doses.update_many({"_id": {"$in": ids}, **query}, update)).modified_count
+            if len(ids) < BATCH:
+                break
+        return total
+
+    async def claim(self, query: dict[str, Any], update: dict[str, Any], owner: str = "lease_owner"
+                    ) -> tuple[str, list[dict[str, Any]]]:
+        """Mark up to BATCH doses matching ``query`` as this process's with one conditional update (each
+        dose changes state, or gets an owner, once: no other process can match it after) and return them."""
+        token = self.token()
+        ids = await self._matching(query)
         if not ids:
-            return []
-        token = f"{self.owner}:{uuid.uuid4().hex}"
-        await self.doses.update_many({"_id": {"$in": ids}, **query, **free},
-                                     {"$set": {"lease_owner": token, "lease_until": now + LEASE}})
-        return await self.doses.find({"lease_owner": token}).to_list(None)
+            return token, []
+        update = {**update, "$set": {**update.get("$set", {}), owner: token}}
+        await self.doses.update_many({"_id": {"$in": ids}, **query}, update)
+        return token, await self.doses.find({owner: token}).to_list(None)
 
-    async def release(self, ids: list[Any], token_of: dict[Any, str], fields: dict[Any, dict[str, Any]]) -> None:
-        ops = [UpdateOne({"_id": i, "lease_owner": token_of[i]},
-                         {"$set": {**fields[i], "lease_owner": None, "lease_until": None}}) for i in ids]
-        if ops:
-            await self.doses.bulk_write(ops, ordered=False)
+    async def _recover(self, now: datetime) -> None:
+        """Claims whose process died (the lease ran out) go back to be taken again."""
+        await self.update_where({"state": "missed", "lease_until": {"$lt": now}},
+                                {"$set": {"missed_notified_at": None, "lease_owner": None, "lease_until": None}})
 
     async def _remind_due(self, now: datetime) -> int:
-        claimed = await self.claim({"state": "scheduled", "due_at": {"$lte": now, "$gt": now - self.grace}}, now)
-        if not claimed:
-            return 0
-        fields: dict[Any, dict[str, Any]] = {}
+        """Claim the due doses by marking them reminded (one conditional write each: a dose goes from
+        scheduled to reminded once, in whichever process gets there first), then push ``dose:due``."""
+        _, claimed = await self.claim({"state": "scheduled", "due_at": {"$lte": now, "$gt": now - self.grace}},
+                                      {"$set": {"state": "reminded", "reminded_at": now}})
         for d in claimed:
-            sent = utcnow()
-            d["state"], d["reminded_at"] = "reminded", sent
             dose = dose_json(d)
-            dose["late_ms"] = round((sent - aware(d["due_at"])).total_seconds() * 1000)
+            dose["late_ms"] = round((utcnow() - aware(d["due_at"])).total_seconds() * 1000)
             await self.svc.realtime.to_patient(d["patient_id"], "dose:due", dose)
-            fields[d["_id"]] = {"state": "reminded", "reminded_at": sent}
-        await self._bounded([self._remind_patient(d) for d in claimed])
-        # Only where the dose is still scheduled: a confirmation that came meanwhile stands.
-        ops = [UpdateOne({"_id": d["_id"], "lease_owner": d["lease_owner"], "state": "scheduled"},
-                         {"$set": {**fields[d["_id"]], "lease_owner": None, "lease_until": None}}) for d in claimed]
-        await self.doses.bulk_write(ops, ordered=False)
-        await self.doses.update_many({"_id": {"$in": [d["_id"] for d in claimed]}, "state": {"$ne": "scheduled"},
-                                      "lease_owner": {"$in": [d["lease_owner"] for d in claimed]}},
-                                     {"$set": {"lease_owner": None, "lease_until": None}})
-        for hook in self.on_due:  # once the doses are stored as reminded
+        if claimed:
+            self._reminded.set()
+        for hook in self.on_due:
             try:
                 await hook(claimed)
             except Exception:
                 log.exception("dose hook failed")
         return len(claimed)
+
+    async def _notify_loop(self) -> None:
+        """Reminder notifications, apart from the firing loop so their cost never delays a reminder. Each
+        is claimed by a conditional write on its dose first (so sent by one process only), in small batches
+        that leave the store to the firing loop in between. A crash between claim and send loses that
+        notification (the ``dose:due`` push and the missed-dose path do not depend on it)."""
+        while True:
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._reminded.wait(), POLL_S)
+                self._reminded.clear()
+                while await self._notify_some() == NOTIFY_BATCH:
+                    await self._yield_to_reminders()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reminder notifications failed")
+                await asyncio.sleep(POLL_S)
+
+    async def _yield_to_reminders(self) -> None:
+        """The store is shared: while doses are being reminded or about to fall due, wait (up to 2 s)."""
+        for _ in range(40):
+            if not self._firing and self._next_due_at - utcnow() > timedelta(milliseconds=250):
+                return
+            await asyncio.sleep(0.05)
+
+    async def _notify_some(self) -> int:
+        token = self.token()
+        ids = [d["_id"] async for d in self.doses.find(UNNOTIFIED, {"_id": 1}).limit(NOTIFY_BATCH)]
+        if ids:
+            await self.doses.update_many({"_id": {"$in": ids}, **UNNOTIFIED},
+                                         {"$set": {"reminder_notified_at": utcnow(), "lease_owner": token}})
+            await self._bounded([self._remind_patient(d) async for d in self.doses.find({"lease_owner": token})])
+        return len(ids)
 
     async def _remind_patient(self, d: dict[str, Any]) -> None:
         body = " · ".join(x for x in (d.get("dose"), f"drawer {d['drawer']}" if d.get("drawer") else None) if x)
@@ -296,19 +365,14 @@ class Scheduler:
             await asyncio.gather(*jobs[i:i + width])
 
     async def _mark_missed(self, now: datetime) -> None:
-        """Unconfirmed past the grace window: missed. One conditional update per batch: once per dose."""
-        while True:
-            overdue = {"state": {"$in": ["scheduled", "reminded"]}, "due_at": {"$lte": now - self.grace}}
-            ids = [d["_id"] async for d in self.doses.find(overdue, {"_id": 1}).limit(BATCH)]
-            if not ids:
-                return
-            await self.doses.update_many({"_id": {"$in": ids}, **overdue},
-                                         {"$set": {"state": "missed", "missed_at": now, "box_next_at": None}})
-            if len(ids) < BATCH:
-                return
+        """Unconfirmed past the grace window: missed. A conditional update: once per dose."""
+        for state in ("scheduled", "reminded"):
+            await self.update_where({"state": state, "due_at": {"$lte": now - self.grace}},
+                                    {"$set": {"state": "missed", "missed_at": now, "box_next_at": None}})
 
     async def _notify_missed(self, now: datetime) -> None:
-        claimed = await self.claim({"state": "missed", "missed_notified_at": None}, now)
+        token, claimed = await self.claim({"state": "missed", "missed_notified_at": None},
+                                          {"$set": {"missed_notified_at": now, "lease_until": now + LEASE}})
         if not claimed:
             return
         teams: dict[Any, list[PydanticObjectId]] = {}
@@ -322,9 +386,7 @@ class Scheduler:
                    patient_id=d["patient_id"], urgency="high",
                    data={"dose_id": str(d["_id"]), "medication_id": str(d["medication_id"])})
             for d in claimed])
-        ids = [d["_id"] for d in claimed]
-        await self.release(ids, {d["_id"]: d["lease_owner"] for d in claimed},
-                           {i: {"missed_notified_at": utcnow()} for i in ids})
+        await self.doses.update_many({"lease_owner": token}, {"$set": {"lease_owner": None, "lease_until": None}})
 
     # --- confirming ---------------------------------------------------------------------------------
 
