@@ -40,6 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP) system-deps
+	cd bench/node && npm ci --no-audit --no-fund --silent
 	$(BIN)/python -m bench
 
 clean:

@@ -13,7 +13,10 @@ from redis.asyncio import Redis
 
 from server import (
     accounts,
+    alerts,
     audit,
+    blood_pressure,
+    contacts,
     device_registry,
     health,
     linking,
@@ -24,9 +27,12 @@ from server import (
 )
 from server import scheduler as scheduler_module
 from server import vitals as vitals_module
+from server.alerts import Alerts
 from server.auth import AuthService
+from server.blood_pressure import BloodPressure
 from server.bus import ControlBus
 from server.config import Settings
+from server.contacts import Contacts
 from server.db import init_documents, make_client
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
@@ -35,6 +41,8 @@ from server.medications import Medications
 from server.medicine_box import MedicineBox
 from server.migrations import run_migrations
 from server.notifications import Notifications
+from server.push import PushDispatcher
+from server.push_providers import providers_from
 from server.ratelimit import FailureCounter
 from server.realtime import Realtime
 from server.scheduler import Scheduler
@@ -67,6 +75,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
+        await svc.alerts.start()  # type: ignore[union-attr]
+        svc.push.start()  # type: ignore[union-attr]
         if svc.scheduler is not None:
             await svc.scheduler.start()
         retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
@@ -76,6 +86,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             retention.cancel()
         if svc.scheduler is not None:
             await svc.scheduler.stop()
+        await svc.alerts.stop()  # type: ignore[union-attr]
+        await svc.push.stop()  # type: ignore[union-attr]
         await svc.streams.stop()
         await svc.writer.stop()
         await svc.live.stop()
@@ -128,8 +140,15 @@ def create_app(settings: Settings) -> web.Application:
     writer = HistoryWriter()
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
+    bp = BloodPressure(realtime)
+    alerting = Alerts(settings, realtime, bus, notes)
+    push = PushDispatcher(settings, realtime, providers_from(settings))
+    bp.on_crisis.append(alerting.on_bp_crisis)
+    vitals.sinks.append(alerting.on_vital_event)
+    notes.pushers.append(push.push)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
-                   live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis)
+                   live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
+                   bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push)
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)
@@ -140,6 +159,9 @@ def create_app(settings: Settings) -> web.Application:
     device_registry.setup(app)
     waveform_store.setup(app)
     vitals_module.setup(app)
+    blood_pressure.setup(app)
+    contacts.setup(app)
+    alerts.setup(app)
     health.setup(app)
     svc.medications = Medications(svc)
     medications.setup(app)

@@ -29,8 +29,11 @@ def serve(args: argparse.Namespace) -> None:
         return
     app = create_app(settings)
     logging.getLogger("healthmate").info("serving on http://%s:%s", settings.host, settings.port)
+    import uvloop  # the event loop in C: faster sockets and callbacks for every connection
+
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
-                handle_signals=True, shutdown_timeout=5, reuse_port=args.reuse_port or None)
+                handle_signals=True, shutdown_timeout=5, reuse_port=args.reuse_port or None,
+                loop=uvloop.new_event_loop())
 
 
 def migrate(args: argparse.Namespace) -> None:

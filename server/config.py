@@ -55,10 +55,35 @@ class Settings(BaseSettings):
     raw_retention_days: int = Field(30, ge=1)  # raw waveforms; analyses are kept
     dose_grace_s: int = Field(30 * 60, ge=1, le=24 * 3600)  # unconfirmed this long after due: missed
     demo: bool = False
+    # Emergency alerts: unacknowledged for this long, an alert escalates (twice: louder, then outward).
+    alert_escalation_s: float = Field(120.0, ge=1, le=3600)
+    alert_sweep_s: float = Field(1.0, ge=0.1, le=60)  # how often each process resumes pending emits/escalations
+    alert_emit_lease_s: float = Field(5.0, ge=0.5, le=300)  # after this, another process emits a stalled alert
+    emergency_webhook_url: str | None = None  # the emergency contacts' notification channel (e.g. an SMS gateway)
+    webhook_secret: SecretStr | None = None  # HMAC key for signed webhooks (defaults to the JWT secret)
+    # Push delivery to users with no connected device (each provider is on when its settings are given).
+    push_queue_size: int = Field(10_000, ge=10)  # pending sends; beyond it new ones are dropped (logged)
+    push_workers: int = Field(4, ge=1, le=64)
+    push_max_attempts: int = Field(5, ge=1, le=20)
+    push_retry_base_s: float = Field(1.0, ge=0.01, le=600)  # backoff: base, 2x base, 4x base, ...
+    fcm_service_account: SecretStr | None = None  # the service-account JSON, or a path to it
+    fcm_endpoint: str = "https://fcm.googleapis.com"
+    fcm_token_uri: str | None = None  # default: the service account's token_uri
+    apns_team_id: str | None = None
+    apns_key_id: str | None = None
+    apns_private_key: SecretStr | None = None  # the .p8 key (PEM), or a path to it
+    apns_topic: str | None = None  # the app's bundle id
+    apns_endpoint: str = "https://api.push.apple.com"
+    vapid_private_key: SecretStr | None = None  # PEM or base64url (py_vapid), or a path to it
+    vapid_subject: str | None = None  # mailto: or https: contact for the push services
+    push_webhook_url: str | None = None
+    fault_injection: Literal["", "crash_after_alert_persist"] = ""  # tests only; refused in production
     log_level: str = "INFO"
 
     def resolve_secrets(self) -> Settings:
         """Fill the JWT secret: required in production, generated once and persisted in development."""
+        if self.env == "production" and self.fault_injection:
+            raise ConfigError("HEALTHMATE_FAULT_INJECTION is for tests; unset it in production")
         if self.jwt_secret is not None and self.jwt_secret.get_secret_value():
             if len(self.jwt_secret.get_secret_value()) < 32:
                 raise ConfigError("HEALTHMATE_JWT_SECRET must be at least 32 characters")
@@ -78,6 +103,10 @@ class Settings(BaseSettings):
             with os.fdopen(fd, "w") as f:
                 f.write(secret)
         return self.model_copy(update={"jwt_secret": SecretStr(secret)})
+
+    @property
+    def signing_secret(self) -> str:
+        return self.webhook_secret.get_secret_value() if self.webhook_secret else self.secret
 
     @property
     def secret(self) -> str:

@@ -5,18 +5,22 @@ from __future__ import annotations
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
+from server.alerts import Alert
+from server.blood_pressure import BPReading
+from server.contacts import MedicalContact
 from server.device_registry import Device
 from server.medications import Medication, MedicationChange
 from server.medicine_box import BoxEvent, MedicineBoxState
 from server.models import CORE_DOCUMENTS
 from server.notifications import Notification
+from server.push import PushToken
 from server.scheduler import DoseEvent
 from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, Notification, Medication, MedicationChange, DoseEvent,
-                                   MedicineBoxState, BoxEvent]
+                                   PatientThresholds, Notification, BPReading, MedicalContact, Alert,
+                                   PushToken, Medication, MedicationChange, DoseEvent, MedicineBoxState, BoxEvent]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

@@ -1,15 +1,29 @@
-"""Liveness (``/healthz``: the process answers) and readiness (``/readyz``: the store and,
-when configured, Redis answer within a second)."""
+"""Liveness (``/healthz``: the process answers), readiness (``/readyz``: the store and, when
+configured, Redis answer within a second), and ``sys:ping`` over Socket.IO (round-trip time and the
+server clock, for clients and devices measuring latency and clock offset)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
 
 from server.errors import error_body
-from server.http import services
+from server.http import SERVICES, services
+from server.realtime import DEVICE_ROLES, USER_ROLES, EventContext
+
+
+class PingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    t: float | None = Field(None, allow_inf_nan=False)  # the client's clock, echoed back
+    note: str | None = Field(None, max_length=100)
+
+
+async def ping(ctx: EventContext, body: PingIn) -> dict[str, Any]:
+    return {"t": body.t, "server_time_ms": round(time.time() * 1000, 3)}
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -42,5 +56,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
+    app[SERVICES].realtime.event("sys:ping", PingIn, roles=USER_ROLES | DEVICE_ROLES)(ping)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

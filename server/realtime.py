@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from pymongo.errors import ConnectionFailure
 from redis.asyncio import Redis
 
+from server import fastjson
 from server.auth import AuthService, Client, Principal
 from server.bus import ControlBus
 from server.config import Settings
@@ -66,13 +68,14 @@ Handler = Callable[[EventContext, Any], Awaitable[Any]]
 ConnectHook = Callable[[str, Principal], Awaitable[None]]
 USER_ROLES = frozenset({"patient", "caregiver", "clinician"})
 DEVICE_ROLES = frozenset({"device"})
+CLIENT_DEVICE_ID = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
 
 
 class Realtime:
     def __init__(self, settings: Settings, auth: AuthService, bus: ControlBus, redis: Redis | None = None) -> None:
         manager = socketio.AsyncRedisManager(settings.redis_url) if settings.redis_url else None
         self.sio = socketio.AsyncServer(
-            async_mode="aiohttp", client_manager=manager,
+            async_mode="aiohttp", client_manager=manager, json=fastjson,
             cors_allowed_origins=settings.cors_origins or None,
             max_http_buffer_size=settings.max_message_bytes,
         )
@@ -83,6 +86,7 @@ class Realtime:
         self.trust_forwarded = settings.trust_forwarded
         self.principals: dict[str, Principal] = {}
         self.clients: dict[str, Client] = {}
+        self.device_ids: dict[str, str] = {}  # sid -> the client's stable device id (per-device delivery)
         self.events: dict[str, tuple[Handler, type[BaseModel] | None]] = {}
         self.connect_hooks: list[ConnectHook] = []
         self.disconnect_hooks: list[Callable[[str], Awaitable[None]]] = []
@@ -172,12 +176,14 @@ class Realtime:
             raise socketio.exceptions.ConnectionRefusedError(err.message, err.body())
         try:
             principal = await self._authenticate(auth)
+            device_id = self._device_id(sid, auth)
         except ApiError as err:
             raise socketio.exceptions.ConnectionRefusedError(err.message, err.body()) from None
         except ConnectionFailure:
             err = store_unavailable()
             raise socketio.exceptions.ConnectionRefusedError(err.message, err.body()) from None
         self.principals[sid] = principal
+        self.device_ids[sid] = device_id
         self.clients[sid] = client
         if principal.is_device:
             # A device hears only what is addressed to it, not its patient's personal events.
@@ -191,6 +197,17 @@ class Realtime:
         for hook in self.connect_hooks:
             await hook(sid, principal)
 
+    @staticmethod
+    def _device_id(sid: str, auth: Any) -> str:
+        """The app installation a socket belongs to: ``auth.device_id`` if given (stable across
+        reconnects), else one derived from the socket id."""
+        raw = auth.get("device_id") if isinstance(auth, dict) else None
+        if raw is None:
+            return "sid-" + re.sub(r"[^A-Za-z0-9_-]", "_", sid)
+        if not isinstance(raw, str) or not CLIENT_DEVICE_ID.match(raw):
+            raise ApiError("invalid_device_id", "device_id must be 1-64 letters, digits, '_', '-' or ':'", 422)
+        return raw
+
     async def _on_disconnect(self, sid: str, *_: Any) -> None:
         for hook in self.disconnect_hooks:
             try:
@@ -199,6 +216,7 @@ class Realtime:
                 log.exception("disconnect hook failed for %s", sid)
         principal = self.principals.pop(sid, None)
         self.clients.pop(sid, None)
+        self.device_ids.pop(sid, None)
         self.conn_limit.forget(sid)
         if principal is not None and not principal.is_device:
             await self._mark_online(principal.user_id, sid, False)
@@ -276,6 +294,10 @@ class Realtime:
         await self.sio.emit(event, data, room=user_room(user_id))
 
     # --- control messages, applied to this process's sockets ----------------------------------------
+
+    def local_sids(self, room: str) -> list[str]:
+        """This process's sockets in ``room``."""
+        return self._local(room)
 
     def _local(self, room: str) -> list[str]:
         return [sid for sid, _ in self.sio.manager.get_participants(NAMESPACE, room)]

@@ -9,14 +9,18 @@ if TYPE_CHECKING:
     from pymongo import AsyncMongoClient
     from redis.asyncio import Redis
 
+    from server.alerts import Alerts
     from server.auth import AuthService
+    from server.blood_pressure import BloodPressure
     from server.bus import ControlBus
     from server.config import Settings
+    from server.contacts import Contacts
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
     from server.medications import Medications
     from server.medicine_box import MedicineBox
     from server.notifications import Notifications
+    from server.push import PushDispatcher
     from server.ratelimit import FailureCounter
     from server.realtime import Realtime
     from server.scheduler import Scheduler
@@ -42,6 +46,10 @@ class Services:
     mongo: AsyncMongoClient | None = None
     redis: Redis | None = None
     store: EmbeddedStore | None = None
+    bp: BloodPressure | None = None
+    contacts: Contacts | None = None
+    alerts: Alerts | None = None
+    push: PushDispatcher | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     medications: Medications | None = None
     scheduler: Scheduler | None = None

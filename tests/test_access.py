@@ -21,6 +21,14 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/patients/{patient_id}/medications/history", None),
     ("GET", "/api/patients/{patient_id}/doses", None),
     ("GET", "/api/patients/{patient_id}/adherence", None),
+    ("GET", "/api/patients/{patient_id}/bp", None),
+    ("GET", "/api/patients/{patient_id}/bp/stats", None),
+    ("GET", "/api/patients/{patient_id}/bp/fhir", None),
+    ("GET", "/api/patients/{patient_id}/contacts", None),
+    ("POST", "/api/patients/{patient_id}/contacts", {"kind": "pharmacy", "name": "Farmacia", "phone": "+34911111111"}),
+    ("PATCH", "/api/patients/{patient_id}/contacts/{contact_id}", {"notes": "open late"}),
+    ("DELETE", "/api/patients/{patient_id}/contacts/{contact_id}", None),
+    ("GET", "/api/patients/{patient_id}/alerts", None),
 ]
 # (event, payload) with "{patient_id}" to fill in.
 EVENTS: list[tuple[str, dict[str, Any]]] = [
@@ -30,6 +38,12 @@ EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("med:update", {"patient_id": "{patient_id}", "medication_id": "{medication_id}", "dose": "2"}),
     ("med:archive", {"patient_id": "{patient_id}", "medication_id": "{medication_id}"}),
     ("dose:confirm", {"patient_id": "{patient_id}", "dose_id": "{dose_id}"}),
+    ("bp:add", {"patient_id": "{patient_id}", "systolic": 120, "diastolic": 70, "measured_at": "2026-01-01T08:00:00Z"}),
+    ("bp:list", {"patient_id": "{patient_id}"}),
+    ("bp:stats", {"patient_id": "{patient_id}", "window": "month"}),
+    ("contacts:list", {"patient_id": "{patient_id}"}),
+    ("contact:add", {"patient_id": "{patient_id}", "kind": "doctor", "name": "Dr. X", "email": "x@example.org"}),
+    ("alerts:list", {"patient_id": "{patient_id}"}),
 ]
 
 
@@ -67,6 +81,10 @@ async def test_unlinked_users_refused_everywhere(api: Api) -> None:
                                                                         "schedule": {"as_needed": True}}))["id"]
     ids["dose_id"] = str((await DoseEvent(patient_id=patient.id, medication_id=ids["medication_id"], slot="now",
                                           timezone="UTC", due_at=utcnow(), medication_name="Statin").insert()).id)
+    status, contact = await api.request("POST", f"/api/patients/{patient.id}/contacts", patient,
+                                        json={"kind": "emergency", "name": "Maria", "phone": "+442079460958"})
+    assert status == 201
+    ids = {"patient_id": patient.id, "device_id": device["device"]["id"], "contact_id": contact["id"]}
     for method, path, body in ROUTES:
         url = _fill(path, ids)
         for stranger in strangers:

@@ -89,3 +89,13 @@ async def test_reconnect_with_stale_token_is_refused_then_refresh_works(api: Api
     assert status == 200
     fresh = await api.socket(token=body["access_token"])
     assert (await fresh.call("patients:list"))["ok"] is True
+
+
+async def test_ping_echoes_and_tells_server_time(api: Api) -> None:
+    import time
+
+    sock = await api.socket(await api.register("patient"))
+    reply = await sock.ok("sys:ping", {"t": 12.5})
+    assert reply["t"] == 12.5 and abs(reply["server_time_ms"] - time.time() * 1000) < 5000
+    bad = await sock.call("sys:ping", {"t": "soon"})
+    assert bad["ok"] is False and bad["error"]["code"] == "invalid_payload"

@@ -29,7 +29,11 @@ async def test_two_workers_share_one_port_and_rooms(redis_url: str, tmp_path: Pa
            "HEALTHMATE_REDIS_URL": redis_url, "HEALTHMATE_JWT_SECRET": ""}
     server = await ServerProcess(env, free_port(), ("--workers", "2")).start()
     try:
-        workers = await _processes(server.url)
+        for _ in range(60):  # the second worker may still be starting when the first answers
+            workers = await _processes(server.url)
+            if len(workers) == 2:
+                break
+            await asyncio.sleep(0.5)
         assert len(workers) == 2, workers
         async with Api(server.url) as api:
             patient = await api.register("patient")

@@ -1,0 +1,11 @@
+// Node's own socket.io server with an acked echo handler: the baseline of bench/events.py.
+import { createServer } from "node:http";
+import { Server } from "socket.io";
+
+const port = Number(process.argv[2]);
+const httpServer = createServer();
+const io = new Server(httpServer, { transports: ["websocket", "polling"] });
+io.on("connection", (socket) => {
+  socket.on("echo", (data, ack) => ack({ ok: true, data }));
+});
+httpServer.listen(port, "127.0.0.1", () => console.log(`listening ${port}`));

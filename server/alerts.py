@@ -1,0 +1,517 @@
+"""Emergency alerts that are never lost.
+
+An alert (a hypertensive-crisis reading, a critical event from the live analysis, later triage) goes
+to every caregiver and clinician linked to the patient and lists the patient's emergency contacts.
+
+- **Persisted before emitted.** The alert is stored with an emit lease; then it is pushed, and marked
+  emitted. If the raising process dies in between, any process's sweep finds the expired lease,
+  claims it with a conditional update (one winner) and emits it: nothing is lost.
+- **Every connected device of every recipient.** The push travels on the control bus; each process
+  sends it to its own sockets in the recipients' user rooms, each socket at most once per alert.
+- **Exactly once per device after its ack.** A client confirms receipt with ``alert:received``; the
+  confirmation is stored per device (``deliveries["<user>:<device>"]``, device id from the Socket.IO
+  auth ``device_id``, else the socket id). On connect, a device gets every open alert it has not
+  confirmed, oldest first.
+- **First acknowledgement wins** (``alert:ack``, a conditional update) and is shown to all recipients.
+- **Escalation.** Unacknowledged after ``alert_escalation_s``: pushed again with urgency ``critical``
+  (level 1); after as long again: to the clinicians once more and to the emergency contacts'
+  notification channel, a signed webhook (level 2). Claimed per level in the store, so it happens once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import aiohttp
+from aiohttp import web
+from beanie import PydanticObjectId
+from beanie.operators import In
+from pydantic import BaseModel, ConfigDict, Field
+from pymongo import ASCENDING, DESCENDING, IndexModel
+
+from server.access import require_patient
+from server.auth import Client, Principal, as_object_id
+from server.bus import ControlBus
+from server.config import Settings
+from server.contacts import emergency_contacts
+from server.errors import ApiError, forbidden, not_found
+from server.http import client_of, cursor_page, page_params, require_principal, services
+from server.models import Link, User, VersionedDocument, iso, utcnow
+from server.notifications import Notifications
+from server.realtime import EventContext, Realtime, user_room
+from server.webhook import post_signed
+
+log = logging.getLogger(__name__)
+Status = Literal["open", "acknowledged", "resolved"]
+REDELIVER_LIMIT = 200  # open alerts sent to a connecting device at most (oldest first)
+SENT_PER_SOCKET = 512  # push keys remembered per socket (no duplicate pushes to one socket)
+WEBHOOK_ATTEMPTS = 4
+
+
+class Alert(VersionedDocument):
+    patient_id: PydanticObjectId
+    patient_name: str = ""
+    kind: str
+    title: str
+    body: str = ""
+    urgency: Literal["high", "critical"] = "high"
+    level: int = 0  # escalation level: 0 raised, 1 repeated louder, 2 outward
+    source: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    recipients: list[dict[str, Any]] = Field(default_factory=list)  # {user_id, role, name}
+    recipient_ids: list[PydanticObjectId] = Field(default_factory=list)
+    emergency_contacts: list[dict[str, Any]] = Field(default_factory=list)
+    raised_at: datetime = Field(default_factory=utcnow)
+    raised_by: dict[str, Any] | None = None
+    status: Status = "open"
+    emit_lease_until: datetime
+    emitted_at: datetime | None = None
+    emitted_by: str | None = None
+    escalate_at: datetime | None = None
+    escalations: list[dict[str, Any]] = Field(default_factory=list)
+    deliveries: dict[str, dict[str, Any]] = Field(default_factory=dict)  # "<user>:<device>" -> receipt
+    acknowledged_at: datetime | None = None
+    acknowledged_by: dict[str, Any] | None = None
+    resolved_at: datetime | None = None
+    resolved_by: dict[str, Any] | None = None
+    resolution_note: str | None = None
+
+    class Settings:
+        name = "alerts"
+        indexes = [
+            IndexModel([("recipient_ids", ASCENDING), ("status", ASCENDING), ("raised_at", ASCENDING)],
+                       name="recipient_status"),
+            IndexModel([("recipient_ids", ASCENDING), ("_id", DESCENDING)], name="recipient_recent"),
+            IndexModel([("patient_id", ASCENDING), ("_id", DESCENDING)], name="patient_recent"),
+            IndexModel([("emitted_at", ASCENDING), ("emit_lease_until", ASCENDING)], name="pending_emit"),
+            IndexModel([("status", ASCENDING), ("escalate_at", ASCENDING)], name="pending_escalation"),
+        ]
+
+    def push(self) -> dict[str, Any]:
+        """What a recipient's device is sent: small, whatever the number of recipients."""
+        return {"id": str(self.id), "patient": {"id": str(self.patient_id), "name": self.patient_name},
+                "kind": self.kind, "title": self.title, "body": self.body, "urgency": self.urgency,
+                "level": self.level, "status": self.status, "raised_at": iso(self.raised_at), "data": self.data,
+                "emergency_contacts": self.emergency_contacts, "recipients": len(self.recipients),
+                "acknowledged_by": self._who(self.acknowledged_by, self.acknowledged_at)}
+
+    def public(self) -> dict[str, Any]:
+        """The whole lifecycle: raised, delivered to whom and when, acknowledged by whom, resolved."""
+        deliveries = sorted(({"user_id": d.get("user_id"), "device_id": key.partition(":")[2],
+                              "received_at": iso(d.get("received_at"))} for key, d in self.deliveries.items()),
+                            key=lambda d: d["received_at"] or "")
+        return {**self.push(), "source": self.source, "recipients": self.recipients,
+                "raised_by": self.raised_by, "emitted_at": iso(self.emitted_at), "escalations": [
+                    {**e, "at": iso(e.get("at"))} for e in self.escalations],
+                "deliveries": deliveries, "acknowledged_at": iso(self.acknowledged_at),
+                "resolved_at": iso(self.resolved_at), "resolved_by": self._who(self.resolved_by, self.resolved_at),
+                "resolution_note": self.resolution_note}
+
+    @staticmethod
+    def _who(who: dict[str, Any] | None, at: datetime | None) -> dict[str, Any] | None:
+        return None if who is None else {**who, "at": iso(at)}
+
+
+class AlertRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    alert_id: str = Field(max_length=64)
+
+
+class AlertNote(AlertRef):
+    note: str | None = Field(None, max_length=500)
+
+
+class AlertQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    patient_id: str | None = Field(None, max_length=64)
+    status: Status | None = None
+    before: str | None = Field(None, max_length=64)
+    limit: int = Field(50, ge=1, le=200)
+
+
+class SentKeys:
+    """Per socket, the pushes already sent by this process (bounded), so none is sent twice."""
+
+    def __init__(self) -> None:
+        self._by_sid: dict[str, OrderedDict[str, None]] = {}
+
+    def first_time(self, sid: str, key: str) -> bool:
+        keys = self._by_sid.setdefault(sid, OrderedDict())
+        if key in keys:
+            return False
+        keys[key] = None
+        if len(keys) > SENT_PER_SOCKET:
+            keys.popitem(last=False)
+        return True
+
+    def forget(self, sid: str) -> None:
+        self._by_sid.pop(sid, None)
+
+
+class Receipts:
+    """Group commit of ``alert:received``: the receipts that arrive within a few milliseconds are
+    written with one update per alert; each sender's ack waits until its receipt is stored."""
+
+    def __init__(self, delay_s: float = 0.01) -> None:
+        self.delay_s = delay_s
+        self._pending: dict[PydanticObjectId, dict[str, tuple[str, datetime, list[asyncio.Future[None]]]]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def record(self, alert_id: PydanticObjectId, key: str, user_id: str) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = self._pending.setdefault(alert_id, {}).setdefault(key, (user_id, utcnow(), []))
+        entry[2].append(future)
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self.delay_s)
+        batch, self._pending, self._flusher = self._pending, {}, None
+        coll = Alert.get_pymongo_collection()
+        for alert_id, items in batch.items():
+            update = {"$min": {f"deliveries.{k}.received_at": at for k, (_, at, _) in items.items()},
+                      "$set": {f"deliveries.{k}.user_id": uid for k, (uid, _, _) in items.items()}}
+            try:
+                await coll.update_one({"_id": alert_id}, update)
+                error: BaseException | None = None
+            except Exception as exc:  # the senders are told; they send the receipt again
+                error = exc
+            for _, _, futures in items.values():
+                for f in futures:
+                    if not f.done():
+                        f.set_exception(error) if error else f.set_result(None)
+
+
+class Alerts:
+    def __init__(self, settings: Settings, realtime: Realtime, bus: ControlBus,
+                 notifications: Notifications | None = None) -> None:
+        self.settings = settings
+        self.rt = realtime
+        self.bus = bus
+        self.sent = SentKeys()
+        self.receipts = Receipts()
+        self.node = f"{os.getpid()}"
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self.notifications = notifications  # a notification too, pushed to recipients with no connected device
+        bus.on("alert_push", self._apply_push)
+        realtime.connect_hooks.append(self._on_connect)
+        realtime.disconnect_hooks.append(self._on_disconnect)
+        ev = realtime.event
+        ev("alert:received", AlertRef)(self._received)
+        ev("alert:ack", AlertNote)(self._ack)
+        ev("alert:resolve", AlertNote)(self._resolve)
+        ev("alert:get", AlertRef)(self._get)
+        ev("alerts:list", AlertQuery)(self._list)
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="alert-sweeper")
+
+    async def stop(self) -> None:
+        for task in [self._sweeper, *self._tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._http is not None:
+            await self._http.close()
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- raising -----------------------------------------------------------------------------------
+
+    async def raise_alert(self, patient_id: PydanticObjectId | str, kind: str, title: str, body: str = "", *,
+                          source: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+                          raised_by: Principal | None = None) -> Alert:
+        """Raise an alert to the patient's care team, or return the open one of this kind (no storm)."""
+        pid = PydanticObjectId(patient_id)
+        existing = await Alert.find_one(Alert.patient_id == pid, Alert.kind == kind, Alert.status == "open")
+        if existing is not None:
+            return existing
+        patient = await User.get(pid)
+        links = await Link.find(Link.patient_id == pid, Link.revoked_at == None).to_list()  # noqa: E711
+        members = {u.id: u for u in await User.find(In(User.id, [lk.member_id for lk in links])).to_list()}
+        recipients = [{"user_id": str(m.id), "role": m.role, "name": m.name} for m in members.values()]
+        now = utcnow()
+        alert = Alert(patient_id=pid, patient_name=patient.name if patient else "", kind=kind[:40],
+                      title=title[:200], body=body[:1000], source=source or {}, data=data or {},
+                      recipients=recipients, recipient_ids=list(members),
+                      emergency_contacts=await emergency_contacts(pid), raised_at=now,
+                      raised_by={"user_id": raised_by.id, "role": raised_by.role} if raised_by else None,
+                      emit_lease_until=now + timedelta(seconds=self.settings.alert_emit_lease_s),
+                      escalate_at=now + timedelta(seconds=self.settings.alert_escalation_s))
+        await alert.insert()
+        if self.settings.fault_injection == "crash_after_alert_persist":
+            os._exit(70)  # a process dying between persisting and emitting (tests only)
+        await self._emit(alert)
+        return alert
+
+    async def _emit(self, alert: Alert) -> None:
+        await self._push("alert:new", alert.push(), alert.recipient_ids, key=str(alert.id))
+        await Alert.get_pymongo_collection().update_one(
+            {"_id": alert.id, "emitted_at": None}, {"$set": {"emitted_at": utcnow(), "emitted_by": self.node}})
+        self._notify(alert, alert.recipient_ids)
+
+    def _notify(self, alert: Alert, user_ids: list[PydanticObjectId]) -> None:
+        """In the background: a notification document per recipient (and push to their offline devices)."""
+        if self.notifications is not None and user_ids:
+            self._background(self.notifications.notify(
+                user_ids, "alert", alert.title, alert.body, patient_id=alert.patient_id, urgency=alert.urgency,
+                data={"alert_id": str(alert.id), "level": alert.level}))
+
+    # --- pushing to recipients' sockets, in every process -----------------------------------------
+
+    async def _push(self, event: str, data: dict[str, Any], user_ids: Iterable[Any], key: str) -> None:
+        await self.bus.publish("alert_push", event=event, data=data, users=[str(u) for u in user_ids], key=key)
+
+    async def _apply_push(self, msg: dict[str, Any]) -> None:
+        event, data, key = msg["event"], msg["data"], msg["key"]
+        for user_id in msg["users"]:
+            for sid in self.rt.local_sids(user_room(user_id)):
+                await self._send(sid, event, data, key)
+
+    async def _send(self, sid: str, event: str, data: dict[str, Any], key: str) -> None:
+        if self.sent.first_time(sid, f"{event}/{key}"):
+            await self.rt.sio.emit(event, data, to=sid, ignore_queue=True)
+
+    async def _on_connect(self, sid: str, principal: Principal) -> None:
+        if principal.role in ("caregiver", "clinician"):
+            self._background(self._redeliver(sid, principal))
+
+    async def _on_disconnect(self, sid: str) -> None:
+        self.sent.forget(sid)
+
+    async def _redeliver(self, sid: str, principal: Principal) -> None:
+        """Every open alert this device has not confirmed, oldest first."""
+        device = self.rt.device_ids.get(sid)
+        if device is None:
+            return
+        for _ in range(50):  # the connect handshake completes after the connect hooks
+            if self.rt.sio.manager.is_connected(sid, "/"):
+                break
+            await asyncio.sleep(0.01)
+        pending = await Alert.find({"recipient_ids": principal.user_id, "status": "open",
+                                    f"deliveries.{principal.id}:{device}": {"$exists": False}}) \
+            .sort(+Alert.raised_at, +Alert.id).limit(REDELIVER_LIMIT).to_list()
+        for alert in pending:
+            if sid not in self.rt.principals:
+                return
+            await self._send(sid, "alert:new", alert.push(), str(alert.id))
+
+    # --- the recipients' side ------------------------------------------------------------------------
+
+    async def _recipient_alert(self, ctx: EventContext, alert_id: str) -> Alert:
+        alert = await Alert.get(as_object_id(alert_id, "alert_id"))
+        if alert is None or ctx.principal.user_id not in alert.recipient_ids:
+            raise not_found("alert")
+        return alert
+
+    async def _received(self, ctx: EventContext, body: AlertRef) -> dict[str, Any]:
+        alert_id = as_object_id(body.alert_id, "alert_id")
+        if not await Alert.find({"_id": alert_id, "recipient_ids": ctx.principal.user_id}).count():
+            raise not_found("alert")
+        device = self.rt.device_ids.get(ctx.sid, "unknown")
+        await self.receipts.record(alert_id, f"{ctx.principal.id}:{device}", ctx.principal.id)
+        return {"alert_id": str(alert_id), "device_id": device}
+
+    async def _ack(self, ctx: EventContext, body: AlertNote) -> dict[str, Any]:
+        alert = await self._recipient_alert(ctx, body.alert_id)
+        who = await self._who(ctx.principal)
+        now = utcnow()
+        won = await Alert.get_pymongo_collection().update_one(
+            {"_id": alert.id, "status": "open"},
+            {"$set": {"status": "acknowledged", "acknowledged_at": now, "acknowledged_by": {**who, "note": body.note},
+                      "escalate_at": None}})
+        device = self.rt.device_ids.get(ctx.sid, "unknown")
+        await self.receipts.record(alert.id, f"{ctx.principal.id}:{device}", ctx.principal.id)  # type: ignore[arg-type]
+        alert = await Alert.get(alert.id)
+        assert alert is not None
+        if won.modified_count:
+            await self._push("alert:acknowledged", {
+                "alert_id": str(alert.id), "patient_id": str(alert.patient_id),
+                "by": alert.push()["acknowledged_by"], "message": f"{who['name']} is handling it"},
+                alert.recipient_ids, key=str(alert.id))
+        return {**alert.push(), "acknowledged_by_you": won.modified_count == 1}
+
+    async def _resolve(self, ctx: EventContext, body: AlertNote) -> dict[str, Any]:
+        alert = await self._recipient_alert(ctx, body.alert_id)
+        who = await self._who(ctx.principal)
+        res = await Alert.get_pymongo_collection().update_one(
+            {"_id": alert.id, "status": {"$ne": "resolved"}},
+            {"$set": {"status": "resolved", "resolved_at": utcnow(), "resolved_by": who,
+                      "resolution_note": body.note, "escalate_at": None}})
+        if not res.modified_count:
+            raise ApiError("already_resolved", "This alert is already resolved", 409)
+        alert = await Alert.get(alert.id)
+        assert alert is not None
+        await self._push("alert:resolved", {"alert_id": str(alert.id), "patient_id": str(alert.patient_id),
+                                            "by": alert.public()["resolved_by"], "note": body.note},
+                         alert.recipient_ids, key=str(alert.id))
+        return alert.public()
+
+    @staticmethod
+    async def _who(principal: Principal) -> dict[str, Any]:
+        user = await User.get(principal.user_id)
+        return {"user_id": principal.id, "role": principal.role, "name": user.name if user else principal.name}
+
+    # --- queries ---------------------------------------------------------------------------------------
+
+    async def get(self, principal: Principal, alert_id: str, client: Client | None) -> dict[str, Any]:
+        alert = await Alert.get(as_object_id(alert_id, "alert_id"))
+        if alert is None:
+            raise not_found("alert")
+        if principal.user_id not in alert.recipient_ids:
+            await require_patient(principal, alert.patient_id, "alerts.read", client, alert_id=alert_id)
+        return alert.public()
+
+    async def list(self, principal: Principal, patient_id: str | None, status: str | None,
+                   before: PydanticObjectId | None, limit: int, client: Client | None) -> dict[str, Any]:
+        if patient_id is not None:
+            condition: dict[str, Any] = {"patient_id": await require_patient(principal, patient_id, "alerts.read",
+                                                                             client)}
+        elif principal.role == "patient":
+            condition = {"patient_id": principal.user_id}
+        else:
+            condition = {"recipient_ids": principal.user_id}
+        if status is not None:
+            condition["status"] = status
+        return await cursor_page(Alert, condition, before, limit, Alert.public)
+
+    async def _get(self, ctx: EventContext, body: AlertRef) -> dict[str, Any]:
+        return await self.get(ctx.principal, body.alert_id, ctx.client)
+
+    async def _list(self, ctx: EventContext, body: AlertQuery) -> dict[str, Any]:
+        if ctx.principal.is_device:
+            raise forbidden()
+        before = as_object_id(body.before, "before") if body.before else None
+        return await self.list(ctx.principal, body.patient_id, body.status, before, body.limit, ctx.client)
+
+    # --- the sweep: stalled emits and escalations, claimed in the store --------------------------------
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("alert sweep failed: %s", exc)
+            await asyncio.sleep(self.settings.alert_sweep_s)
+
+    async def sweep(self) -> None:
+        coll = Alert.get_pymongo_collection()
+        now = utcnow()
+        stalled = await Alert.find({"emitted_at": None, "emit_lease_until": {"$lt": now}}).limit(50).to_list()
+        for alert in stalled:
+            lease = now + timedelta(seconds=self.settings.alert_emit_lease_s)
+            claimed = await coll.update_one({"_id": alert.id, "emitted_at": None,
+                                             "emit_lease_until": alert.emit_lease_until},
+                                            {"$set": {"emit_lease_until": lease}})
+            if claimed.modified_count:
+                log.warning("resuming the stalled emit of alert %s", alert.id)
+                await self._emit(alert)
+        due = await Alert.find({"status": "open", "escalate_at": {"$lt": now}}).limit(50).to_list()
+        for alert in due:
+            level = alert.level + 1
+            nxt = now + timedelta(seconds=self.settings.alert_escalation_s) if level < 2 else None
+            claimed = await coll.update_one(
+                {"_id": alert.id, "status": "open", "level": alert.level},
+                {"$set": {"level": level, "urgency": "critical", "escalate_at": nxt},
+                 "$push": {"escalations": {"level": level, "at": now, "by": self.node}}})
+            if claimed.modified_count:
+                alert.level, alert.urgency = level, "critical"
+                await self._escalate(alert)
+
+    async def _escalate(self, alert: Alert) -> None:
+        data = {**alert.push(), "escalation": alert.level}
+        if alert.level == 1:
+            await self._push("alert:escalated", data, alert.recipient_ids, key=f"{alert.id}/1")
+            self._notify(alert, alert.recipient_ids)
+            return
+        clinicians = [PydanticObjectId(r["user_id"]) for r in alert.recipients if r["role"] == "clinician"]
+        await self._push("alert:escalated", data, clinicians, key=f"{alert.id}/2")
+        self._notify(alert, clinicians)
+        if self.settings.emergency_webhook_url and alert.emergency_contacts:
+            self._background(self._call_webhook(alert))
+
+    async def _call_webhook(self, alert: Alert) -> None:
+        """Tell the emergency contacts' channel, retrying with backoff; the outcome is kept on the alert."""
+        assert self.settings.emergency_webhook_url
+        self._http = self._http or aiohttp.ClientSession()
+        payload = {"alert": alert.push(), "emergency_contacts": alert.emergency_contacts,
+                   "message": f"{alert.patient_name or 'A patient'}: {alert.title}. Nobody has answered yet."}
+        outcome: dict[str, Any] = {"channel": "webhook", "ok": False}
+        for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+            try:
+                await post_signed(self._http, self.settings.emergency_webhook_url, self.settings.signing_secret,
+                                  "alert.escalated", payload)
+                outcome = {"channel": "webhook", "ok": True}
+                break
+            except Exception as exc:
+                outcome["error"] = str(exc)[:200]
+                await asyncio.sleep(min(2 ** attempt * 0.5, 30))
+        await Alert.get_pymongo_collection().update_one(
+            {"_id": alert.id}, {"$push": {"escalations": {**outcome, "level": alert.level, "at": utcnow(),
+                                                          "attempts": attempt}}})
+
+    # --- sources -----------------------------------------------------------------------------------
+
+    async def on_bp_crisis(self, reading: Any, principal: Principal) -> None:
+        await self.raise_alert(
+            reading.patient_id, "bp_crisis", "Hypertensive crisis",
+            f"Blood pressure {reading.systolic:g}/{reading.diastolic:g} mmHg",
+            source={"type": "bp_reading", "id": str(reading.id)}, raised_by=principal,
+            data={"systolic": reading.systolic, "diastolic": reading.diastolic, "reading_id": str(reading.id)})
+
+    async def on_vital_event(self, event: Any) -> None:
+        if event.severity == "critical" and event.phase == "started":
+            await self.raise_alert(event.patient_id, f"vital_{event.type}", f"Critical: {event.type}",
+                                   source={"type": "vital_event", "id": str(event.id)}, data=event.detail)
+
+
+def _alerts(request: web.Request) -> Alerts:
+    alerts = services(request).alerts
+    assert alerts is not None
+    return alerts
+
+
+async def rest_mine(request: web.Request) -> web.Response:
+    principal = await require_principal(request)
+    before, limit = page_params(request)
+    status = request.query.get("status")
+    if status not in (None, "open", "acknowledged", "resolved"):
+        raise ApiError("invalid_query", "status must be open, acknowledged or resolved", 422, {"field": "status"})
+    return web.json_response(await _alerts(request).list(principal, None, status, before, limit, client_of(request)))
+
+
+async def rest_patient(request: web.Request) -> web.Response:
+    principal = await require_principal(request)
+    before, limit = page_params(request)
+    return web.json_response(await _alerts(request).list(principal, request.match_info["patient_id"], None, before,
+                                                         limit, client_of(request)))
+
+
+async def rest_get(request: web.Request) -> web.Response:
+    principal = await require_principal(request)
+    return web.json_response(await _alerts(request).get(principal, request.match_info["alert_id"],
+                                                        client_of(request)))
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/api/alerts", rest_mine)
+    app.router.add_get("/api/alerts/{alert_id}", rest_get)
+    app.router.add_get("/api/patients/{patient_id}/alerts", rest_patient)

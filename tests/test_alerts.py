@@ -1,0 +1,196 @@
+"""Emergency alerts over real sockets: raised by a crisis reading to every device of every linked
+caregiver and clinician with the emergency contacts; first acknowledgement shown to all; offline
+devices get what they missed, in order, until they confirm it; escalation to a signed webhook;
+the lifecycle is queryable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from beanie import PydanticObjectId
+
+from server.alerts import Alert
+from server.app import create_app
+from server.embedded_store import EmbeddedStore
+from server.http import SERVICES
+from server.webhook import sign
+from tests.alert_clients import crisis, device_sock
+from tests.conftest import make_settings
+from tests.helpers import Api, User
+
+
+async def team(api: Api) -> tuple[User, User, User, User]:
+    patient = await api.register("patient")
+    maria = await api.register("caregiver", name="Maria")
+    doctor = await api.register("clinician", name="Dr. Lee")
+    stranger = await api.register("caregiver")
+    await api.link(patient, maria)
+    await api.link(patient, doctor)
+    status, _ = await api.request("POST", f"/api/patients/{patient.id}/contacts", patient,
+                                  json={"kind": "emergency", "name": "Son", "phone": "+15551234567"})
+    assert status == 201
+    return patient, maria, doctor, stranger
+
+
+async def test_crisis_reaches_every_device_and_first_ack_is_shown_to_all(api: Api) -> None:
+    patient, maria, doctor, stranger = await team(api)
+    phone, tablet = await device_sock(api.base_url, maria, "maria-phone"), await device_sock(api.base_url, maria)
+    desk, other = await device_sock(api.base_url, doctor, "desk"), await device_sock(api.base_url, stranger)
+    ps = await api.socket(patient)
+    reading = await ps.ok("bp:add", crisis())
+    assert reading["category"] == "hypertensive_crisis"
+    stored = await Alert.find_one(Alert.patient_id == PydanticObjectId(patient.id), Alert.kind == "bp_crisis")
+    assert stored is not None and stored.emitted_at is not None
+    for sock in (phone, tablet, desk):
+        (alert,) = await sock.events.wait("alert:new")
+        assert alert["kind"] == "bp_crisis" and alert["urgency"] == "high" and alert["recipients"] == 2
+        assert alert["emergency_contacts"] == [{"id": alert["emergency_contacts"][0]["id"], "name": "Son",
+                                                "phone": "+15551234567", "email": None, "relationship": None}]
+        assert alert["patient"] == {"id": patient.id, "name": patient.data["name"]}
+    # A second crisis reading while the alert is open joins it instead of raising another.
+    await ps.ok("bp:add", crisis())
+    acked = await phone.ok("alert:ack", {"alert_id": alert["id"], "note": "on my way"})
+    assert acked["acknowledged_by_you"] is True and acked["status"] == "acknowledged"
+    for sock in (phone, tablet, desk):
+        (shown,) = await sock.events.wait("alert:acknowledged")
+        assert shown["message"] == "Maria is handling it" and shown["by"]["user_id"] == maria.id
+    late = await desk.ok("alert:ack", {"alert_id": alert["id"]})
+    assert late["acknowledged_by_you"] is False and late["acknowledged_by"]["name"] == "Maria"
+    await asyncio.sleep(0.3)
+    for sock in (phone, tablet, desk):
+        assert len(sock.events.of("alert:new")) == 1 and len(sock.events.of("alert:acknowledged")) == 1
+    assert other.events.of("alert:new") == [] and ps.events.of("alert:new") == []
+    assert (await other.call("alert:ack", {"alert_id": alert["id"]}))["error"]["code"] == "not_found"
+    resolved = await desk.ok("alert:resolve", {"alert_id": alert["id"], "note": "BP back to 150/95"})
+    assert resolved["status"] == "resolved" and resolved["resolved_by"]["name"] == "Dr. Lee"
+    await phone.events.wait("alert:resolved")
+    assert (await desk.call("alert:resolve", {"alert_id": alert["id"]}))["error"]["code"] == "already_resolved"
+    for sock in (phone, tablet, desk, other):
+        await sock.close()
+
+
+async def test_offline_devices_get_open_alerts_in_order_until_they_confirm(api: Api) -> None:
+    first, second = await api.register("patient"), await api.register("patient")
+    carer = await api.register("caregiver")
+    await api.link(first, carer)
+    await api.link(second, carer)
+    ids = []
+    for p in (first, second):
+        ps = await api.socket(p)
+        await ps.ok("bp:add", crisis())
+        alert = await Alert.find_one(Alert.patient_id == PydanticObjectId(p.id))
+        assert alert is not None
+        ids.append(str(alert.id))
+    phone = await device_sock(api.base_url, carer, "phone-1")
+    got = await phone.events.wait("alert:new", 2)
+    assert [a["id"] for a in got] == ids  # oldest first
+    assert (await phone.ok("alert:received", {"alert_id": ids[0]}))["device_id"] == "phone-1"
+    await phone.close()
+    # Reconnecting, the same device gets only what it has not confirmed; another device gets both.
+    phone = await device_sock(api.base_url, carer, "phone-1")
+    tablet = await device_sock(api.base_url, carer, "tablet-1")
+    assert [a["id"] for a in await phone.events.wait("alert:new")] == [ids[1]]
+    assert [a["id"] for a in await tablet.events.wait("alert:new", 2)] == ids
+    await phone.ok("alert:received", {"alert_id": ids[1]})
+    await asyncio.sleep(0.3)
+    assert len(phone.events.of("alert:new")) == 1
+    await phone.close()
+    phone = await device_sock(api.base_url, carer, "phone-1")
+    await asyncio.sleep(0.5)
+    assert phone.events.of("alert:new") == []
+    # Once acknowledged, nothing is redelivered anywhere.
+    await tablet.ok("alert:ack", {"alert_id": ids[0]})
+    await tablet.ok("alert:ack", {"alert_id": ids[1]})
+    laptop = await device_sock(api.base_url, carer, "laptop")
+    await asyncio.sleep(0.5)
+    assert laptop.events.of("alert:new") == []
+    # The lifecycle shows who received it on which device, and who acknowledged.
+    status, life = await api.request("GET", f"/api/alerts/{ids[1]}", carer)
+    assert status == 200 and {d["device_id"] for d in life["deliveries"]} == {"phone-1", "tablet-1"}
+    assert life["acknowledged_by"]["user_id"] == carer.id and life["emitted_at"] and life["raised_at"]
+    status, mine = await api.request("GET", "/api/alerts?status=acknowledged", carer)
+    assert [a["id"] for a in mine["items"]] == ids[::-1]
+    status, theirs = await api.request("GET", f"/api/patients/{first.id}/alerts", first)
+    assert [a["id"] for a in theirs["items"]] == [ids[0]]
+    listed = await laptop.ok("alerts:list", {"patient_id": second.id})
+    assert [a["id"] for a in listed["items"]] == [ids[1]]
+    assert (await laptop.ok("alert:get", {"alert_id": ids[0]}))["status"] == "acknowledged"
+    for bad in ({"alert_id": "x"}, {"alert_id": ids[0], "extra": 1}, {}):
+        assert (await laptop.call("alert:received", bad))["ok"] is False
+    for sock in (phone, tablet, laptop):
+        await sock.close()
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        received.append((dict(request.headers), await request.read()))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/hook", received
+    await runner.cleanup()
+
+
+async def test_unacknowledged_alert_escalates_then_calls_the_emergency_webhook(
+        store: EmbeddedStore, tmp_path: Path, aiohttp_server: Any, webhook: tuple[str, list[Any]]) -> None:
+    url, received = webhook
+    settings = make_settings(store.url, tmp_path, alert_escalation_s=1, alert_sweep_s=0.2,
+                             emergency_webhook_url=url, webhook_secret="hook-secret-" + "y" * 20)
+    server = await aiohttp_server(create_app(settings))
+    async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:
+        patient, maria, doctor, _ = await team(api)
+        phone, desk = await device_sock(api.base_url, maria, "p"), await device_sock(api.base_url, doctor, "d")
+        await (await api.socket(patient)).ok("bp:add", crisis())
+        (alert,) = await phone.events.wait("alert:new")
+        (louder,) = await phone.events.wait("alert:escalated", timeout=5)
+        assert louder["escalation"] == 1 and louder["urgency"] == "critical" and louder["id"] == alert["id"]
+        escalated = await desk.events.wait("alert:escalated", 2, timeout=5)
+        assert [e["escalation"] for e in escalated] == [1, 2]
+        for _ in range(50):
+            if received:
+                break
+            await asyncio.sleep(0.1)
+        ((headers, body),) = received
+        payload = json.loads(body)
+        assert headers["X-HealthMate-Event"] == "alert.escalated"
+        assert headers["X-HealthMate-Signature"] == sign("hook-secret-" + "y" * 20,
+                                                         headers["X-HealthMate-Timestamp"], body)
+        assert payload["emergency_contacts"][0]["phone"] == "+15551234567"
+        assert payload["alert"]["id"] == alert["id"]
+        await asyncio.sleep(1.5)
+        assert len(phone.events.of("alert:escalated")) == 1  # level 2 goes to clinicians only
+        life = await desk.ok("alert:get", {"alert_id": alert["id"]})
+        assert [e["level"] for e in life["escalations"]] == [1, 2, 2] and life["escalations"][2]["ok"] is True
+        for sock in (phone, desk):
+            await sock.close()
+
+
+async def test_critical_vital_event_raises_an_alert(api: Api) -> None:
+    patient, maria, _, _ = await team(api)
+    phone = await device_sock(api.base_url, maria, "p")
+    assert api.app is not None
+    vitals = api.app[SERVICES].vitals
+    await vitals.record(PydanticObjectId(patient.id), None, "ecg",
+                        {"type": "tachycardia", "severity": "critical", "detail": {"hr": 171}})
+    (alert,) = await phone.events.wait("alert:new")
+    assert alert["kind"] == "vital_tachycardia" and alert["data"] == {"hr": 171}
+    await vitals.record(PydanticObjectId(patient.id), None, "ecg",
+                        {"type": "irregular_rhythm", "severity": "warning"})
+    await asyncio.sleep(0.3)
+    assert len(phone.events.of("alert:new")) == 1
+    await phone.close()
