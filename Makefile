@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the test suite drives for real (Redis; compose validation).
-TEST_DEBS := redis-server:redis-server docker-compose:docker-compose
+# Debian packages the test suite drives for real (Redis; compose validation; Chromium for the dashboard's and
+# the calls' browser tests; the MQTT broker).
+TEST_DEBS := redis-server:redis-server docker-compose:docker-compose chromium:chromium mosquitto:mosquitto
+# Browser libraries from npm (package.json): the dashboard's, served under /vendor/, and the socket.io
+# client the call browser tests load.
+NPM_STAMP := node_modules/.package-lock.json
 
 .PHONY: run test lint bench system-deps clean
 
@@ -20,28 +24,33 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@
 
-run: $(STAMP)
-	$(BIN)/healthmate serve
+$(NPM_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "error: npm not found; install Node.js 18 or newer (Debian: apt-get install nodejs npm)"; exit 1; }
+	npm ci --no-audit --no-fund
+	@touch $@
+
+run: $(STAMP) $(NPM_STAMP)
+	$(BIN)/healthmate serve --demo
 
 # Installs what the tests start for real when it is missing (needs root or sudo on Debian).
 system-deps:
 	@missing=""; for pair in $(TEST_DEBS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
-	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	  { command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ]; } || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-test: $(STAMP) system-deps
+test: $(STAMP) $(NPM_STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: $(STAMP) system-deps
+bench: $(STAMP) $(NPM_STAMP) system-deps
 	cd bench/node && npm ci --no-audit --no-fund --silent
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache node_modules

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MIN_RATE, MAX_RATE = 25.0, 1000.0
 MAX_FRAME_S = 2.0
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
 
 
@@ -86,7 +87,9 @@ def decode_samples(frame: Frame, sampling_rate: float) -> np.ndarray:
     if samples.size > limit:
         raise FrameError("frame_too_long", f"A frame carries at most {MAX_FRAME_S:g} s of samples ({limit})",
                          {"samples": int(samples.size), "max_samples": limit})
-    if not np.isfinite(samples).all():
-        raise FrameError("non_finite_samples", "Samples must be finite numbers",
-                         {"first_bad_index": int(np.argmin(np.isfinite(samples)))})
+    # Stored and sent on as float32: a number beyond its range would become infinite there.
+    ok = np.isfinite(samples) & (np.abs(samples) <= FLOAT32_MAX)
+    if not ok.all():
+        raise FrameError("non_finite_samples", "Samples must be finite numbers within the float32 range",
+                         {"first_bad_index": int(np.argmin(ok))})
     return samples

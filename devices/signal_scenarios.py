@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-import neurokit2 as nk
 import numpy as np
 
 CHUNK_S = 10
@@ -20,6 +19,8 @@ SCENARIO_RATES = {"bradycardia": 40.0, "tachycardia": 140.0}
 
 
 def _simulate(kind: str, seconds: int, rate: float, hr: float, seed: int, noise: float) -> np.ndarray:
+    import neurokit2 as nk  # here: importing it takes seconds, and the CLI must answer --help without it
+
     if kind == "ecg":
         return nk.ecg_simulate(duration=seconds, sampling_rate=int(rate), heart_rate=hr, noise=noise,
                                random_state=seed)
@@ -35,7 +36,8 @@ def _beat(kind: str, rate: float, seed: int) -> np.ndarray:
     return one[n:2 * n]
 
 
-def _irregular(kind: str, seconds: int, rate: float, hr: float, rng: np.random.Generator, beat: np.ndarray) -> np.ndarray:
+def _irregular(kind: str, seconds: int, rate: float, hr: float, rng: np.random.Generator,
+               beat: np.ndarray) -> np.ndarray:
     """Beats placed at random RR intervals (coefficient of variation ~25%), as in atrial fibrillation."""
     n = int(seconds * rate)
     out = np.zeros(n + beat.size) + (0.0 if kind == "ecg" else float(beat.min()))
@@ -50,7 +52,8 @@ def _irregular(kind: str, seconds: int, rate: float, hr: float, rng: np.random.G
     return out[:n] + rng.normal(0, 0.01, n)
 
 
-def scenario_signal(kind: str, scenario: str, rate: float, heart_rate: float = 72.0, seed: int = 0) -> Iterator[np.ndarray]:
+def scenario_signal(kind: str, scenario: str, rate: float, heart_rate: float = 72.0,
+                    seed: int = 0) -> Iterator[np.ndarray]:
     """Consecutive chunks of a simulated signal for ``scenario``."""
     rng = np.random.default_rng(seed)
     beat = _beat(kind, rate, seed) if scenario == "irregular" else None
@@ -81,10 +84,12 @@ def scenario_signal(kind: str, scenario: str, rate: float, heart_rate: float = 7
         yield np.asarray(x, dtype=np.float64)
 
 
-def drop_schedule(scenario: str, seed: int = 0) -> Callable[[int], bool]:
+def drop_schedule(scenario: str, seed: int = 0, online_s: int = 20, offline_s: int = 8) -> Callable[[int], bool]:
     """For ``network_drop``: whether the device is offline in a given second of streaming
-    (8 s offline after 20 s online, repeating); never for other scenarios."""
+    (``offline_s`` offline after ``online_s`` online, then online again for ``online_s + offline_s``,
+    repeating; the seed shifts the first drop by up to 4 s); never for other scenarios."""
     if scenario != "network_drop":
         return lambda second: False
-    offset = seed % 5
-    return lambda second: second >= 20 + offset and (second - 20 - offset) % 40 < 8
+    first = online_s + seed % 5
+    period = 2 * online_s
+    return lambda second: second >= first and (second - first) % period < offline_s

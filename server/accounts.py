@@ -13,6 +13,7 @@ from server import audit
 from server.auth import as_object_id
 from server.http import client_of, read_json, require_principal, services
 from server.models import Role, User
+from server.uploads import require_own_upload
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 Secret = Annotated[str, Field(min_length=1, max_length=256)]
@@ -98,6 +99,8 @@ async def patch_me(request: web.Request) -> web.Response:
     changes = (await read_json(request, ProfilePatch)).model_dump(exclude_unset=True)
     user = await User.get(principal.user_id)
     assert user is not None
+    if changes.get("avatar_id") is not None:
+        await require_own_upload(services(request), principal.user_id, changes["avatar_id"], "avatar")
     if changes:
         await user.set(changes)
     patient_id = user.id if user.role == "patient" else None

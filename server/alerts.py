@@ -9,9 +9,10 @@ to every caregiver and clinician linked to the patient and lists the patient's e
 - **Every connected device of every recipient.** The push travels on the control bus; each process
   sends it to its own sockets in the recipients' user rooms, each socket at most once per alert.
 - **Exactly once per device after its ack.** A client confirms receipt with ``alert:received``; the
-  confirmation is stored per device (``deliveries["<user>:<device>"]``, device id from the Socket.IO
-  auth ``device_id``, else the socket id). On connect, a device gets every open alert it has not
-  confirmed, oldest first.
+  confirmation is stored per device (an ``AlertDelivery`` keyed ``<alert>:<user>:<device>``, device id
+  from the Socket.IO auth ``device_id``, else the socket id; one small document each, written in
+  batches, because rewriting one alert document per receipt does not scale to a thousand recipients).
+  On connect, a device gets every open alert it has not confirmed, oldest first.
 - **First acknowledgement wins** (``alert:ack``, a conditional update) and is shown to all recipients.
 - **Escalation.** Unacknowledged after ``alert_escalation_s``: pushed again with urgency ``critical``
   (level 1); after as long again: to the clinicians once more and to the emergency contacts'
@@ -35,13 +36,14 @@ from beanie import PydanticObjectId
 from beanie.operators import In
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.errors import BulkWriteError
 
-from server.access import require_patient
+from server.access import may_access, require_patient
 from server.auth import Client, Principal, as_object_id
 from server.bus import ControlBus
 from server.config import Settings
 from server.contacts import emergency_contacts
-from server.errors import ApiError, forbidden, not_found
+from server.errors import ApiError, not_found
 from server.http import client_of, cursor_page, page_params, require_principal, services
 from server.models import Link, User, VersionedDocument, iso, utcnow
 from server.notifications import Notifications
@@ -51,6 +53,7 @@ from server.webhook import post_signed
 log = logging.getLogger(__name__)
 Status = Literal["open", "acknowledged", "resolved"]
 REDELIVER_LIMIT = 200  # open alerts sent to a connecting device at most (oldest first)
+RECIPIENT_CACHE = 256  # alerts whose recipients are kept in memory for receipts
 SENT_PER_SOCKET = 512  # push keys remembered per socket (no duplicate pushes to one socket)
 WEBHOOK_ATTEMPTS = 4
 
@@ -65,7 +68,7 @@ class Alert(VersionedDocument):
     level: int = 0  # escalation level: 0 raised, 1 repeated louder, 2 outward
     source: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
-    recipients: list[dict[str, Any]] = Field(default_factory=list)  # {user_id, role, name}
+    recipients: list[dict[str, Any]] = Field(default_factory=list)  # {user_id, role}
     recipient_ids: list[PydanticObjectId] = Field(default_factory=list)
     emergency_contacts: list[dict[str, Any]] = Field(default_factory=list)
     raised_at: datetime = Field(default_factory=utcnow)
@@ -76,7 +79,6 @@ class Alert(VersionedDocument):
     emitted_by: str | None = None
     escalate_at: datetime | None = None
     escalations: list[dict[str, Any]] = Field(default_factory=list)
-    deliveries: dict[str, dict[str, Any]] = Field(default_factory=dict)  # "<user>:<device>" -> receipt
     acknowledged_at: datetime | None = None
     acknowledged_by: dict[str, Any] | None = None
     resolved_at: datetime | None = None
@@ -103,20 +105,46 @@ class Alert(VersionedDocument):
                 "acknowledged_by": self._who(self.acknowledged_by, self.acknowledged_at)}
 
     def public(self) -> dict[str, Any]:
-        """The whole lifecycle: raised, delivered to whom and when, acknowledged by whom, resolved."""
-        deliveries = sorted(({"user_id": d.get("user_id"), "device_id": key.partition(":")[2],
-                              "received_at": iso(d.get("received_at"))} for key, d in self.deliveries.items()),
-                            key=lambda d: d["received_at"] or "")
+        """The lifecycle: raised, emitted, escalated, acknowledged by whom, resolved (deliveries: ``lifecycle``)."""
         return {**self.push(), "source": self.source, "recipients": self.recipients,
                 "raised_by": self.raised_by, "emitted_at": iso(self.emitted_at), "escalations": [
                     {**e, "at": iso(e.get("at"))} for e in self.escalations],
-                "deliveries": deliveries, "acknowledged_at": iso(self.acknowledged_at),
+                "acknowledged_at": iso(self.acknowledged_at),
                 "resolved_at": iso(self.resolved_at), "resolved_by": self._who(self.resolved_by, self.resolved_at),
                 "resolution_note": self.resolution_note}
 
     @staticmethod
     def _who(who: dict[str, Any] | None, at: datetime | None) -> dict[str, Any] | None:
         return None if who is None else {**who, "at": iso(at)}
+
+
+class AlertDelivery(VersionedDocument):
+    """One device's confirmation that it has an alert; the id makes the first one win."""
+
+    id: str  # type: ignore[assignment]  # "<alert>:<user>:<device>"
+    alert_id: PydanticObjectId
+    user_id: PydanticObjectId
+    device_id: str
+    received_at: datetime
+
+    class Settings:
+        name = "alert_deliveries"
+        indexes = [IndexModel([("alert_id", ASCENDING), ("received_at", ASCENDING)], name="alert")]
+
+    @staticmethod
+    def key(alert_id: Any, user_id: Any, device_id: str) -> str:
+        return f"{alert_id}:{user_id}:{device_id}"
+
+
+async def lifecycle(alert: Alert) -> dict[str, Any]:
+    """Everything about an alert, including which device received it when."""
+    deliveries = await AlertDelivery.find(AlertDelivery.alert_id == alert.id).sort(+AlertDelivery.received_at) \
+        .limit(10_000).to_list()
+    names = {u["_id"]: u.get("name") async for u in User.get_pymongo_collection().find(
+        {"_id": {"$in": alert.recipient_ids}}, {"name": 1})}
+    recipients = [{**r, "name": names.get(PydanticObjectId(r["user_id"]))} for r in alert.recipients]
+    return {**alert.public(), "recipients": recipients, "deliveries": [
+        {"user_id": str(d.user_id), "device_id": d.device_id, "received_at": iso(d.received_at)} for d in deliveries]}
 
 
 class AlertRef(BaseModel):
@@ -157,37 +185,41 @@ class SentKeys:
 
 class Receipts:
     """Group commit of ``alert:received``: the receipts that arrive within a few milliseconds are
-    written with one update per alert; each sender's ack waits until its receipt is stored."""
+    inserted together; each sender's ack waits until its receipt is stored. A device's second
+    receipt for the same alert is a duplicate key, ignored."""
 
     def __init__(self, delay_s: float = 0.01) -> None:
         self.delay_s = delay_s
-        self._pending: dict[PydanticObjectId, dict[str, tuple[str, datetime, list[asyncio.Future[None]]]]] = {}
+        self._pending: dict[str, tuple[AlertDelivery, list[asyncio.Future[None]]]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
-    async def record(self, alert_id: PydanticObjectId, key: str, user_id: str) -> None:
+    async def record(self, alert_id: PydanticObjectId, user_id: PydanticObjectId, device_id: str) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = self._pending.setdefault(alert_id, {}).setdefault(key, (user_id, utcnow(), []))
-        entry[2].append(future)
+        key = AlertDelivery.key(alert_id, user_id, device_id)
+        doc = AlertDelivery(id=key, alert_id=alert_id, user_id=user_id, device_id=device_id, received_at=utcnow())
+        self._pending.setdefault(key, (doc, []))[1].append(future)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         await future
 
     async def _flush(self) -> None:
         await asyncio.sleep(self.delay_s)
-        batch, self._pending, self._flusher = self._pending, {}, None
-        coll = Alert.get_pymongo_collection()
-        for alert_id, items in batch.items():
-            update = {"$min": {f"deliveries.{k}.received_at": at for k, (_, at, _) in items.items()},
-                      "$set": {f"deliveries.{k}.user_id": uid for k, (uid, _, _) in items.items()}}
-            try:
-                await coll.update_one({"_id": alert_id}, update)
-                error: BaseException | None = None
-            except Exception as exc:  # the senders are told; they send the receipt again
+        batch, self._pending = self._pending, {}
+        error: BaseException | None = None
+        try:
+            await AlertDelivery.get_pymongo_collection().insert_many(
+                [doc.model_dump(by_alias=True) for doc, _ in batch.values()], ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                 error = exc
-            for _, _, futures in items.values():
-                for f in futures:
-                    if not f.done():
-                        f.set_exception(error) if error else f.set_result(None)
+        except Exception as exc:  # the senders are told; they send the receipt again
+            error = exc
+        finally:
+            self._flusher = asyncio.create_task(self._flush()) if self._pending else None
+        for _, futures in batch.values():
+            for f in futures:
+                if not f.done():
+                    f.set_exception(error) if error else f.set_result(None)
 
 
 class Alerts:
@@ -202,6 +234,7 @@ class Alerts:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._recipient_cache: OrderedDict[PydanticObjectId, frozenset[PydanticObjectId]] = OrderedDict()
         self.notifications = notifications  # a notification too, pushed to recipients with no connected device
         bus.on("alert_push", self._apply_push)
         realtime.connect_hooks.append(self._on_connect)
@@ -244,12 +277,12 @@ class Alerts:
             return existing
         patient = await User.get(pid)
         links = await Link.find(Link.patient_id == pid, Link.revoked_at == None).to_list()  # noqa: E711
-        members = {u.id: u for u in await User.find(In(User.id, [lk.member_id for lk in links])).to_list()}
-        recipients = [{"user_id": str(m.id), "role": m.role, "name": m.name} for m in members.values()]
+        # Names are looked up only when the lifecycle is read: a thousand-user lookup here would delay the alert.
+        recipients = [{"user_id": str(lk.member_id), "role": lk.member_role} for lk in links]
         now = utcnow()
         alert = Alert(patient_id=pid, patient_name=patient.name if patient else "", kind=kind[:40],
                       title=title[:200], body=body[:1000], source=source or {}, data=data or {},
-                      recipients=recipients, recipient_ids=list(members),
+                      recipients=recipients, recipient_ids=[lk.member_id for lk in links],
                       emergency_contacts=await emergency_contacts(pid), raised_at=now,
                       raised_by={"user_id": raised_by.id, "role": raised_by.role} if raised_by else None,
                       emit_lease_until=now + timedelta(seconds=self.settings.alert_emit_lease_s),
@@ -271,7 +304,7 @@ class Alerts:
         if self.notifications is not None and user_ids:
             self._background(self.notifications.notify(
                 user_ids, "alert", alert.title, alert.body, patient_id=alert.patient_id, urgency=alert.urgency,
-                data={"alert_id": str(alert.id), "level": alert.level}))
+                data={"alert_id": str(alert.id), "level": alert.level}, live=False))
 
     # --- pushing to recipients' sockets, in every process -----------------------------------------
 
@@ -304,10 +337,15 @@ class Alerts:
             if self.rt.sio.manager.is_connected(sid, "/"):
                 break
             await asyncio.sleep(0.01)
+        linked = await Realtime.patients_of(principal)  # not for patients whose link has ended since
         pending = await Alert.find({"recipient_ids": principal.user_id, "status": "open",
-                                    f"deliveries.{principal.id}:{device}": {"$exists": False}}) \
+                                    "patient_id": {"$in": linked}}) \
             .sort(+Alert.raised_at, +Alert.id).limit(REDELIVER_LIMIT).to_list()
-        for alert in pending:
+        if not pending:
+            return
+        keys = [AlertDelivery.key(a.id, principal.user_id, device) for a in pending]
+        confirmed = {d.alert_id for d in await AlertDelivery.find(In(AlertDelivery.id, keys)).to_list()}
+        for alert in (a for a in pending if a.id not in confirmed):
             if sid not in self.rt.principals:
                 return
             await self._send(sid, "alert:new", alert.push(), str(alert.id))
@@ -316,16 +354,28 @@ class Alerts:
 
     async def _recipient_alert(self, ctx: EventContext, alert_id: str) -> Alert:
         alert = await Alert.get(as_object_id(alert_id, "alert_id"))
-        if alert is None or ctx.principal.user_id not in alert.recipient_ids:
+        if alert is None or ctx.principal.user_id not in alert.recipient_ids \
+                or not await may_access(ctx.principal, alert.patient_id):  # the link may have ended since
             raise not_found("alert")
         return alert
 
+    async def _recipients(self, alert_id: PydanticObjectId) -> frozenset[PydanticObjectId]:
+        """An alert's recipients, cached (bounded): a thousand receipts must not be a thousand queries."""
+        cached = self._recipient_cache.get(alert_id)
+        if cached is None:
+            alert = await Alert.find_one(Alert.id == alert_id)
+            cached = frozenset(alert.recipient_ids) if alert else frozenset()
+            self._recipient_cache[alert_id] = cached
+            if len(self._recipient_cache) > RECIPIENT_CACHE:
+                self._recipient_cache.popitem(last=False)
+        return cached
+
     async def _received(self, ctx: EventContext, body: AlertRef) -> dict[str, Any]:
         alert_id = as_object_id(body.alert_id, "alert_id")
-        if not await Alert.find({"_id": alert_id, "recipient_ids": ctx.principal.user_id}).count():
+        if ctx.principal.user_id not in await self._recipients(alert_id):
             raise not_found("alert")
         device = self.rt.device_ids.get(ctx.sid, "unknown")
-        await self.receipts.record(alert_id, f"{ctx.principal.id}:{device}", ctx.principal.id)
+        await self.receipts.record(alert_id, ctx.principal.user_id, device)
         return {"alert_id": str(alert_id), "device_id": device}
 
     async def _ack(self, ctx: EventContext, body: AlertNote) -> dict[str, Any]:
@@ -337,7 +387,7 @@ class Alerts:
             {"$set": {"status": "acknowledged", "acknowledged_at": now, "acknowledged_by": {**who, "note": body.note},
                       "escalate_at": None}})
         device = self.rt.device_ids.get(ctx.sid, "unknown")
-        await self.receipts.record(alert.id, f"{ctx.principal.id}:{device}", ctx.principal.id)  # type: ignore[arg-type]
+        await self.receipts.record(alert.id, ctx.principal.user_id, device)  # type: ignore[arg-type]
         alert = await Alert.get(alert.id)
         assert alert is not None
         if won.modified_count:
@@ -376,7 +426,7 @@ class Alerts:
             raise not_found("alert")
         if principal.user_id not in alert.recipient_ids:
             await require_patient(principal, alert.patient_id, "alerts.read", client, alert_id=alert_id)
-        return alert.public()
+        return await lifecycle(alert)
 
     async def list(self, principal: Principal, patient_id: str | None, status: str | None,
                    before: PydanticObjectId | None, limit: int, client: Client | None) -> dict[str, Any]:
@@ -395,8 +445,6 @@ class Alerts:
         return await self.get(ctx.principal, body.alert_id, ctx.client)
 
     async def _list(self, ctx: EventContext, body: AlertQuery) -> dict[str, Any]:
-        if ctx.principal.is_device:
-            raise forbidden()
         before = as_object_id(body.before, "before") if body.before else None
         return await self.list(ctx.principal, body.patient_id, body.status, before, body.limit, ctx.client)
 

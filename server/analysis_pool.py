@@ -14,7 +14,9 @@ import contextlib
 import logging
 import multiprocessing as mp
 import queue
+import signal
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict
@@ -23,8 +25,10 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
-MAX_QUEUED_OPS = 50_000  # per worker; past it new samples are dropped and the stream gets a gap
+# Per worker: about 5 s of 500 streams' frames (~10 MB of float32 samples); past it new samples are dropped.
+MAX_QUEUED_OPS = 10_000
 BATCH = 2_000
+RESTART_DELAY_S = 1.0
 
 Op = tuple[Any, ...]
 # (stream_id, [analysis...], [event...], receive time of the newest samples in that push)
@@ -32,7 +36,10 @@ Result = tuple[str, list[dict[str, Any]], list[dict[str, Any]], float]
 
 
 def _worker(inbox: Any, outbox: Any) -> None:
-    """Worker process: owns the analysers of its streams."""
+    """Worker process: owns the analysers of its streams. It ignores SIGINT/SIGTERM (a Ctrl-C reaches the
+    whole process group): the server stops it, and if the server dies the pipe closes and it exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from ml.rhythm_events import EventDetector, Thresholds
     from ml.signal_stream import StreamAnalyser
 
@@ -144,12 +151,15 @@ class AnalysisPool:
         self._stopping = False
 
     def start(self) -> None:
+        """Bind to the running loop; a worker process is spawned when its first stream opens, so an
+        idle server (and every test that streams nothing) costs no analysis process."""
         self.loop = asyncio.get_running_loop()
-        for w in self.workers:
-            w.start()
 
     def _worker_for(self, stream_id: str) -> _Worker:
-        return self.workers[zlib.crc32(stream_id.encode()) % len(self.workers)]
+        worker = self.workers[zlib.crc32(stream_id.encode()) % len(self.workers)]
+        if worker.proc is None and self.loop is not None and not self._stopping:
+            worker.start()
+        return worker
 
     def _put(self, stream_id: str, op: Op) -> bool:
         try:
@@ -161,12 +171,13 @@ class AnalysisPool:
 
     def open(self, stream_id: str, kind: str, rate: float, thresholds: Any) -> None:
         op = ("open", stream_id, kind, rate, asdict(thresholds) if not isinstance(thresholds, dict) else thresholds)
-        self._worker_for(stream_id).streams[stream_id] = op
+        worker = self._worker_for(stream_id)
+        worker.streams[stream_id] = op
         self._put(stream_id, op)
 
     def push(self, stream_id: str, samples: np.ndarray, received_at: float) -> bool:
         """Queue samples; False if the worker is so far behind that they were dropped (record a gap)."""
-        return self._put(stream_id, ("push", stream_id, samples, received_at))
+        return self._put(stream_id, ("push", stream_id, samples.astype(np.float32), received_at))
 
     def gap(self, stream_id: str, missing_samples: int) -> None:
         self._put(stream_id, ("gap", stream_id, missing_samples))
@@ -194,8 +205,10 @@ class AnalysisPool:
             return
         log.error("analysis worker %d died (exit %s); restarting it and re-opening %d streams",
                   worker.index, worker.proc.exitcode if worker.proc else None, len(worker.streams))
-        worker.ops.put(None)
+        with contextlib.suppress(queue.Full):
+            worker.ops.put_nowait(None)  # ends the old sender thread
         worker.ops = queue.Queue(MAX_QUEUED_OPS)
+        time.sleep(RESTART_DELAY_S)  # on the receiver thread: a worker that dies at once cannot spin
         worker.start()
 
     @property

@@ -4,6 +4,7 @@ start-up sequence (embedded store if no MongoDB URL, Beanie, migrations, control
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,13 +17,16 @@ from server import (
     alerts,
     audit,
     blood_pressure,
+    calls,
     contacts,
+    demo,
     device_registry,
     health,
     linking,
     medications,
     notifications,
     patients,
+    uploads,
     waveform_store,
 )
 from server import scheduler as scheduler_module
@@ -31,16 +35,22 @@ from server.alerts import Alerts
 from server.auth import AuthService
 from server.blood_pressure import BloodPressure
 from server.bus import ControlBus
-from server.config import Settings
+from server.config import ConfigError, Settings
 from server.contacts import Contacts
+from server.dashboard import setup as setup_dashboard
 from server.db import init_documents, make_client
+from server.device_presence import DevicePresence
+from server.device_rtc import DeviceRtc
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
 from server.medications import Medications
 from server.medicine_box import MedicineBox
 from server.migrations import run_migrations
+from server.mqtt_bridge import MqttBridge, parse_url
+from server.mqtt_broker import BrokerFiles
 from server.notifications import Notifications
+from server.overview import setup as setup_overview
 from server.push import PushDispatcher
 from server.push_providers import providers_from
 from server.ratelimit import FailureCounter
@@ -54,6 +64,7 @@ from server.waveform_store import HistoryWriter, apply_retention
 
 log = logging.getLogger(__name__)
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+RETENTION_FIRST_S = 60
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -65,6 +76,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         url = await svc.store.start()
         log.info("data lives in %s", settings.data_dir.resolve())
     svc.mongo = make_client(url, serverSelectionTimeoutMS=settings.store_timeout_ms)
+    background: list[asyncio.Task[None]] = []
     try:
         await init_documents(svc.mongo, settings.mongodb_db)
         applied = await run_migrations(svc.mongo[settings.mongodb_db])
@@ -75,17 +87,35 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.live.start()
         svc.writer.start()
         svc.streams.start()
+        if svc.calls is not None:
+            svc.calls.start()
         await svc.alerts.start()  # type: ignore[union-attr]
         svc.push.start()  # type: ignore[union-attr]
+        svc.presence.start()  # type: ignore[union-attr]
+        if svc.broker_files is not None:
+            count = await svc.broker_files.sync()
+            log.info("MQTT broker files in %s: %d devices", svc.broker_files.folder, count)
+        if svc.mqtt is not None:
+            svc.mqtt.start()
         if svc.scheduler is not None:
             await svc.scheduler.start()
-        retention = asyncio.create_task(_retention(settings.raw_retention_days), name="retention")
+        background.append(asyncio.create_task(_retention(settings.raw_retention_days), name="retention"))
+        if settings.demo and (task := await demo.start(settings)) is not None:
+            background.append(task)
+            svc.extras["demo"] = task
         yield
     finally:
-        if "retention" in locals():
-            retention.cancel()
+        for task in background:
+            task.cancel()
+        if background:  # bounded: a task cancelled inside a store call must not hold up the shutdown
+            await asyncio.wait(background, timeout=5)
         if svc.scheduler is not None:
             await svc.scheduler.stop()
+        if svc.calls is not None:
+            await svc.calls.stop()
+        if svc.mqtt is not None:
+            await svc.mqtt.stop()
+        await svc.presence.stop()  # type: ignore[union-attr]
         await svc.alerts.stop()  # type: ignore[union-attr]
         await svc.push.stop()  # type: ignore[union-attr]
         await svc.streams.stop()
@@ -101,15 +131,26 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await svc.store.stop()
 
 
+async def _stop_demo(app: web.Application) -> None:
+    """On shutdown, before open connections are waited for: the demo devices are connections too."""
+    task = app[SERVICES].extras.pop("demo", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 async def _retention(raw_days: int) -> None:
+    """Hourly; the first pass a minute after start-up, not in the middle of it."""
     while True:
+        await asyncio.sleep(RETENTION_FIRST_S)
         try:
             removed = await apply_retention(raw_days)
             if removed:
                 log.info("retention: removed %d raw waveform buckets older than %d days", removed, raw_days)
         except Exception as exc:
             log.warning("retention pass failed: %s", exc)
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600 - RETENTION_FIRST_S)
 
 
 def _doc_route(name: str, content_type: str) -> web.RouteDef:
@@ -119,9 +160,24 @@ def _doc_route(name: str, content_type: str) -> web.RouteDef:
     return web.get(f"/api/{name}", handler)
 
 
-async def index(request: web.Request) -> web.Response:
-    return web.json_response({"service": "healthmate", "openapi": "/api/openapi.yaml",
-                              "asyncapi": "/api/asyncapi.yaml"})
+def _setup_mqtt(svc: Services) -> None:
+    """The MQTT bridge when HEALTHMATE_MQTT_URL is set; the broker's files too when HEALTHMATE_MQTT_BROKER_DIR is."""
+    settings = svc.settings
+    if settings.mqtt_url is None:
+        if settings.mqtt_broker_dir is not None:
+            raise ConfigError("HEALTHMATE_MQTT_BROKER_DIR needs HEALTHMATE_MQTT_URL (the bridge user and password)")
+        return
+    url = settings.mqtt_url.get_secret_value()
+    try:
+        options = parse_url(url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    svc.mqtt = MqttBridge(url, svc.realtime, svc.bus, settings.max_message_bytes)
+    if settings.mqtt_broker_dir is not None:
+        if not options["username"] or not options["password"]:
+            raise ConfigError("HEALTHMATE_MQTT_URL must name the bridge user and password: mqtt://user:password@host")
+        svc.broker_files = BrokerFiles(settings.mqtt_broker_dir, options["username"], options["password"])
+        svc.broker_files.follow(svc.bus)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -140,15 +196,19 @@ def create_app(settings: Settings) -> web.Application:
     writer = HistoryWriter()
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
+    bus.on("device_revoked", streams.device_revoked)
     bp = BloodPressure(realtime)
     alerting = Alerts(settings, realtime, bus, notes)
     push = PushDispatcher(settings, realtime, providers_from(settings))
     bp.on_crisis.append(alerting.on_bp_crisis)
-    vitals.sinks.append(alerting.on_vital_event)
+    vitals.sinks.append(alerting.on_vital_event)  # critical events: emergency alerts, escalated
+    vitals.sinks.append(vitals_module.alerts_to(notes))  # the others: notifications
     notes.pushers.append(push.push)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
-                   bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push)
+                   bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push,
+                   presence=DevicePresence(realtime, notes, settings.device_silence_s))
+    _setup_mqtt(svc)
     app[SERVICES] = svc
     realtime.attach(app)
     accounts.setup(app)
@@ -161,14 +221,20 @@ def create_app(settings: Settings) -> web.Application:
     vitals_module.setup(app)
     blood_pressure.setup(app)
     contacts.setup(app)
+    svc.calls = calls.setup(app, svc)
     alerts.setup(app)
+    svc.extras["device_rtc"] = DeviceRtc.setup(app, realtime, streams)
     health.setup(app)
+    uploads.setup(app)
     svc.medications = Medications(svc)
     medications.setup(app)
     svc.scheduler = Scheduler(svc, svc.medications)
     scheduler_module.setup(app)
     svc.medicine_box = MedicineBox(svc, svc.scheduler)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
-                           _doc_route("asyncapi.yaml", "application/yaml"), web.get("/", index)])
+                           _doc_route("asyncapi.yaml", "application/yaml")])
+    setup_overview(app)
+    setup_dashboard(app)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_stop_demo)
     return app

@@ -1,4 +1,4 @@
-"""``healthmate`` command line: ``serve`` and ``migrate``."""
+"""``healthmate`` command line: ``serve``, ``migrate`` and ``simulate``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from server.config import ConfigError, Settings, load_settings
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
-                                   ("data_dir", getattr(args, "data_dir", None))) if v is not None}
+                                   ("data_dir", getattr(args, "data_dir", None)),
+                                   ("demo", getattr(args, "demo", None) or None)) if v is not None}
     return load_settings(**overrides)
 
 
@@ -62,6 +63,21 @@ def migrate(args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
+def simulate_arguments(p: argparse.ArgumentParser) -> None:
+    from server.simulate import add_arguments
+
+    add_arguments(p)
+
+
+def simulate(args: argparse.Namespace) -> None:
+    from server.simulate import main as simulate_main
+
+    try:
+        asyncio.run(simulate_main(args))
+    except KeyboardInterrupt:
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="healthmate", description="Health Mate real-time server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,10 +87,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--workers", type=int, default=1, help="server processes on one port (needs Redis)")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for its children
+    p.add_argument("--demo", action="store_true",
+                   help="development: a demo patient streaming from simulated devices (see README)")
     p.set_defaults(func=serve)
     p = sub.add_parser("migrate", help="apply data migrations and index changes, then exit")
     p.add_argument("--data-dir")
     p.set_defaults(func=migrate)
+    p = sub.add_parser("simulate", help="a simulated ECG/PPG device streaming to a server")
+    simulate_arguments(p)
+    p.set_defaults(func=simulate)
     args = parser.parse_args(argv)
     logging.basicConfig(level=Settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     trust_forwarded: bool = False  # take the client address from X-Forwarded-For (behind nginx)
     max_message_bytes: int = 1_000_000  # largest Socket.IO message accepted (transport limit)
     max_body_bytes: int = 1_000_000  # largest JSON REST body (uploads have their own limit)
+    upload_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # an uploaded image, streamed and cut off past this
+    upload_max_dimension: int = Field(8192, ge=16, le=65535)  # pixels on the longer side of an uploaded image
+    device_silence_s: float = Field(60.0, ge=0.2, le=86400)  # a device silent this long is marked disconnected
+    # MQTT for devices: the bridge's broker connection (mqtt://user:password@host:1883), and the folder
+    # where the server keeps the broker's password and ACL files when it manages the broker.
+    mqtt_url: SecretStr | None = None
+    mqtt_broker_dir: Path | None = None
     # Rate limits: events per connection and per user (per process), connects per client address.
     event_rate_per_s: float = Field(50.0, gt=0)
     event_burst: int = Field(200, ge=1)
@@ -53,6 +60,16 @@ class Settings(BaseSettings):
     store_timeout_ms: int = Field(5000, ge=100, le=60_000)  # how long a request waits for an unavailable store
     analysis_workers: int = Field(1, ge=1, le=64)  # processes running the streaming analysis
     raw_retention_days: int = Field(30, ge=1)  # raw waveforms; analyses are kept
+    # Calls: how long an invite rings, how long a dropped participant has to come back, how often
+    # every process sweeps for timers a dead process left behind; ICE servers handed to clients.
+    call_ring_timeout_s: float = Field(30.0, gt=0, le=600)
+    call_grace_s: float = Field(20.0, ge=0, le=600)
+    call_sweep_s: float = Field(2.0, gt=0, le=60)
+    stun_urls: list[str] = []
+    turn_urls: list[str] = []
+    turn_secret: SecretStr | None = None  # coturn's static-auth-secret (use-auth-secret)
+    turn_ttl_s: int = Field(6 * 3600, ge=60, le=7 * 24 * 3600)
+    call_retention_days: int = Field(365, ge=1)  # call history and recordings
     dose_grace_s: int = Field(30 * 60, ge=1, le=24 * 3600)  # unconfirmed this long after due: missed
     demo: bool = False
     # Emergency alerts: unacknowledged for this long, an alert escalates (twice: louder, then outward).

@@ -5,8 +5,9 @@ from __future__ import annotations
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
-from server.alerts import Alert
+from server.alerts import Alert, AlertDelivery
 from server.blood_pressure import BPReading
+from server.calls import CallLine, CallSession
 from server.contacts import MedicalContact
 from server.device_registry import Device
 from server.medications import Medication, MedicationChange
@@ -19,8 +20,9 @@ from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, Notification, BPReading, MedicalContact, Alert,
-                                   PushToken, Medication, MedicationChange, DoseEvent, MedicineBoxState, BoxEvent]
+                                   PatientThresholds, Notification, BPReading, MedicalContact, CallSession,
+                                   CallLine, Alert, AlertDelivery, PushToken, Medication, MedicationChange,
+                                   DoseEvent, MedicineBoxState, BoxEvent]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

@@ -20,6 +20,7 @@ from server.bus import ControlBus
 from server.errors import ApiError, not_found, unauthorized
 from server.http import client_of, read_json, require_principal, services
 from server.models import VersionedDocument, iso, utcnow
+from server.mqtt_broker import mosquitto_hash
 
 DeviceKind = Literal["ecg", "ppg", "bp_cuff", "medicine_box"]
 TOKEN_PREFIX = "hmd_"
@@ -39,15 +40,23 @@ class Device(VersionedDocument):
     last_seen_at: datetime | None = None
     battery: float | None = None
     firmware: str | None = None
+    disconnected_at: datetime | None = None  # set when silent too long (server.device_presence)
+    mqtt_hash: str | None = None  # the credential hashed for the MQTT broker's password file (server.mqtt_broker)
 
     class Settings:
         name = "devices"
-        indexes = [IndexModel([("patient_id", ASCENDING), ("revoked_at", ASCENDING)], name="patient_active")]
+        indexes = [IndexModel([("patient_id", ASCENDING), ("revoked_at", ASCENDING)], name="patient_active"),
+                   IndexModel([("disconnected_at", ASCENDING), ("last_seen_at", ASCENDING)], name="presence")]
+
+    @property
+    def online(self) -> bool:
+        return self.revoked_at is None and self.last_seen_at is not None and self.disconnected_at is None
 
     def public(self) -> dict[str, Any]:
         return {"id": str(self.id), "patient_id": str(self.patient_id), "kind": self.kind, "serial": self.serial,
                 "model": self.model, "created_at": iso(self.created_at), "revoked_at": iso(self.revoked_at),
-                "last_seen_at": iso(self.last_seen_at), "battery": self.battery, "firmware": self.firmware}
+                "last_seen_at": iso(self.last_seen_at), "battery": self.battery, "firmware": self.firmware,
+                "online": self.online, "disconnected_at": iso(self.disconnected_at)}
 
 
 class PairIn(BaseModel):
@@ -63,7 +72,13 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-async def pair(principal: Principal, patient_id: Any, body: PairIn, client: Any) -> dict[str, Any]:
+def new_credential(device_id: Any) -> tuple[str, str]:
+    """A fresh credential for a device (shown once) and the hash to store in its place."""
+    secret = secrets.token_urlsafe(32)
+    return f"{TOKEN_PREFIX}{device_id}_{secret}", _digest(secret)
+
+
+async def pair(bus: ControlBus, principal: Principal, patient_id: Any, body: PairIn, client: Any) -> dict[str, Any]:
     pid = await require_patient(principal, patient_id, "device.pair", client, kind=body.kind, serial=body.serial)
     if principal.is_device:
         raise ApiError("forbidden", "A device cannot pair devices", 403)
@@ -72,12 +87,14 @@ async def pair(principal: Principal, patient_id: Any, body: PairIn, client: Any)
     if duplicate is not None:
         raise ApiError("already_paired", "This device is already paired; revoke it first to pair it again", 409,
                        {"device_id": str(duplicate.id)})
-    secret = secrets.token_urlsafe(32)
-    device = Device(patient_id=pid, kind=body.kind, serial=body.serial, model=body.model,
-                    credential_hash=_digest(secret), paired_by=principal.user_id)
+    device = Device(id=PydanticObjectId(), patient_id=pid, kind=body.kind, serial=body.serial, model=body.model,
+                    credential_hash="", paired_by=principal.user_id)
+    credential, device.credential_hash = new_credential(device.id)
+    device.mqtt_hash = mosquitto_hash(credential)
     await device.insert()
-    # Shown once: only the hash is kept.
-    return {"device": device.public(), "credential": f"{TOKEN_PREFIX}{device.id}_{secret}"}
+    await bus.publish("device_paired", device_id=str(device.id))
+    # Shown once: only the hashes are kept.
+    return {"device": device.public(), "credential": credential}
 
 
 async def authenticate_device(token: str) -> tuple[Principal, Device]:
@@ -92,8 +109,13 @@ async def authenticate_device(token: str) -> tuple[Principal, Device]:
         raise ApiError("token_invalid", "The device credential is not valid", 401)
     if device.revoked_at is not None:
         raise unauthorized("This device has been revoked", "device_revoked")
+    return device_principal(device), device
+
+
+def device_principal(device: Device) -> Principal:
+    """The principal a device acts as, whichever transport it came in by."""
     return Principal(user_id=device.patient_id, role="device", sid=str(device.id),
-                     name=f"{device.kind}:{device.serial}"), device
+                     name=f"{device.kind}:{device.serial}")
 
 
 async def revoke(bus: ControlBus, principal: Principal, patient_id: Any, device_id: str,
@@ -111,8 +133,8 @@ async def revoke(bus: ControlBus, principal: Principal, patient_id: Any, device_
 async def rest_pair(request: web.Request) -> web.Response:
     principal = await require_principal(request)
     body = await read_json(request, PairIn)
-    return web.json_response(await pair(principal, request.match_info["patient_id"], body, client_of(request)),
-                             status=201)
+    return web.json_response(await pair(services(request).bus, principal, request.match_info["patient_id"], body,
+                                        client_of(request)), status=201)
 
 
 async def rest_list(request: web.Request) -> web.Response:

@@ -22,14 +22,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from beanie import PydanticObjectId
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
-from server.access import require_patient
+from server.access import may_access, require_patient
+from server.errors import forbidden
 from server.realtime import NAMESPACE, EventContext, Realtime
 
 log = logging.getLogger(__name__)
 QUEUE_FRAMES = 64  # per watcher: a few seconds of frames at most
+QUEUE_EVENTS = 64  # per watcher: analyses, gaps, stream changes (about one a second per stream)
 SOCKET_BACKLOG = 16  # packets already waiting on a watcher's websocket before we hold back
 DEFAULT_DISPLAY_RATE = 125.0
 
@@ -53,7 +56,7 @@ def decimate(samples: np.ndarray, factor: int, carry: np.ndarray | None) -> tupl
     """Block means of ``factor`` samples (a boxcar anti-alias filter), carrying the remainder
     to the next frame so the output is continuous across frames."""
     if factor == 1:
-        return samples, None
+        return samples.astype(np.float32, copy=False), None  # watchers always get float32
     if carry is not None and carry.size:
         samples = np.concatenate([carry, samples])
     usable = samples.size - samples.size % factor
@@ -67,17 +70,35 @@ class Watcher:
     user_id: str
     patient_id: str
     display_rate: float
-    queue: deque[tuple[str, dict[str, Any]]] = field(default_factory=lambda: deque(maxlen=QUEUE_FRAMES))
-    dropped: int = 0
+    # Frames and other events queue apart, so a backlog of frames never pushes out an analysis or a gap.
+    frames: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=QUEUE_FRAMES))
+    events: deque[tuple[str, dict[str, Any]]] = field(default_factory=lambda: deque(maxlen=QUEUE_EVENTS))
+    dropped: int = 0  # frames dropped since the last frame sent (reported in it)
+    dropped_total: int = 0
+    dropped_events: int = 0
     carry: dict[str, np.ndarray | None] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
     def put(self, event: str, payload: dict[str, Any]) -> None:
-        if len(self.queue) == self.queue.maxlen and event == "live:frame":
-            self.dropped += 1
-        self.queue.append((event, payload))
+        queue: deque[Any] = self.frames if event == "live:frame" else self.events
+        if len(queue) == queue.maxlen:  # the oldest goes
+            if queue is self.frames:
+                self.dropped += 1
+                self.dropped_total += 1
+            else:
+                self.dropped_events += 1
+        queue.append(payload if queue is self.frames else (event, payload))
         self.wake.set()
+
+    def take(self) -> tuple[str, dict[str, Any]] | None:
+        if self.events:
+            return self.events.popleft()
+        if self.frames:
+            payload = {**self.frames.popleft(), "dropped": self.dropped}
+            self.dropped = 0
+            return "live:frame", payload
+        return None
 
 
 class LiveHub:
@@ -104,6 +125,10 @@ class LiveHub:
         self.by_sid.setdefault(ctx.sid, {})[pid] = watcher
         if first_here and self._pubsub is not None:
             await self._pubsub.subscribe(f"hm:live:{pid}")
+        # A link revoked while we were checking found no watcher to end: check again, now that it is there.
+        if not await may_access(ctx.principal, PydanticObjectId(pid)):
+            await self.unsubscribe(ctx.sid, pid)
+            raise forbidden()
         return watcher
 
     async def unsubscribe(self, sid: str, patient_id: str) -> bool:
@@ -143,7 +168,7 @@ class LiveHub:
         while True:
             await w.wake.wait()
             w.wake.clear()
-            while w.queue:
+            while w.frames or w.events:
                 eio_sid = self.rt.sio.manager.eio_sid_from_sid(w.sid, NAMESPACE)
                 sock = eio.sockets.get(eio_sid) if eio_sid else None
                 if sock is None:
@@ -151,11 +176,14 @@ class LiveHub:
                 if sock.queue.qsize() > SOCKET_BACKLOG:
                     await asyncio.sleep(0.02)  # the client is not keeping up: let our bounded queue absorb it
                     continue
-                event, payload = w.queue.popleft()
-                if event == "live:frame":
-                    payload = {**payload, "dropped": w.dropped}
-                    w.dropped = 0
-                await self.rt.sio.emit(event, payload, to=w.sid, ignore_queue=True)
+                item = w.take()
+                if item is None:
+                    continue
+                try:
+                    await self.rt.sio.emit(item[0], item[1], to=w.sid, ignore_queue=True)
+                except Exception as exc:  # the socket went away under us: its disconnect ends this watcher
+                    log.debug("watcher %s: %s", w.sid, exc)
+                    return
 
     def _deliver_local(self, patient_id: str, event: str, payload: dict[str, Any],
                        samples: np.ndarray | None = None, rate: float | None = None) -> None:

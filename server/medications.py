@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from server.services import Services
 
 log = logging.getLogger(__name__)
-WRITERS = frozenset({"patient", "caregiver"})
+WRITERS = frozenset({"patient", "caregiver", "clinician"})  # the patient, or anyone linked acting for them
 MAX_ACTIVE = 100  # medications per patient
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)]
@@ -211,7 +211,7 @@ class Medications:
     async def _writer(self, ctx: EventContext, patient_id: str, action: str, **details: Any) -> PydanticObjectId:
         pid = await require_patient(ctx.principal, patient_id, action, ctx.client, **details)
         if ctx.principal.role not in WRITERS:
-            raise forbidden("Only the patient or a linked caregiver changes the patient's medications")
+            raise forbidden("Only the patient or their care team changes the patient's medications")
         return pid
 
     async def _create(self, ctx: EventContext, body: MedCreate) -> dict[str, Any]:

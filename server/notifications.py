@@ -85,8 +85,9 @@ class Notifications:
 
     async def notify(self, user_ids: Iterable[PydanticObjectId | str], kind: str, title: str, body: str = "", *,
                      patient_id: PydanticObjectId | str | None = None, data: dict[str, Any] | None = None,
-                     urgency: Urgency = "normal") -> list[Notification]:
-        """Persist one notification per user, then push it live; hand the offline users' to the pushers."""
+                     urgency: Urgency = "normal", live: bool = True) -> list[Notification]:
+        """Persist one notification per user, then push it live (``live=False``: the caller already reached
+        the connected devices with its own event, e.g. ``alert:new``); hand the offline users' to the pushers."""
         pid = PydanticObjectId(patient_id) if patient_id is not None else None
         docs = [Notification(id=PydanticObjectId(), user_id=PydanticObjectId(uid), kind=kind, title=title, body=body,
                              urgency=urgency, patient_id=pid, data=data or {})
@@ -96,7 +97,8 @@ class Notifications:
         await Notification.insert_many(docs)
         offline: list[Notification] = []
         for doc in docs:
-            await self.rt.to_user(doc.user_id, "notification:new", doc.public())
+            if live:
+                await self.rt.to_user(doc.user_id, "notification:new", doc.public())
             if not await self.rt.user_online(doc.user_id):
                 offline.append(doc)
         if offline and self.pushers:

@@ -71,14 +71,36 @@ DEVICE_ROLES = frozenset({"device"})
 CLIENT_DEVICE_ID = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
 
 
+DeviceSink = Callable[[str, str, Any], Awaitable[None]]
+
+
+class _Server(socketio.AsyncServer):
+    """Also hands every event emitted to a device's room to the other device transports (the MQTT
+    bridge), in the process that emits it: emit commands to ``device_room(id)`` to reach every device."""
+
+    device_sinks: list[DeviceSink]
+
+    async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,  # type: ignore[override]
+                   **kwargs: Any) -> None:
+        await super().emit(event, data, to=to, room=room, **kwargs)
+        target = to if to is not None else room
+        if isinstance(target, str) and target.startswith("device:"):
+            for sink in getattr(self, "device_sinks", ()):
+                try:
+                    await sink(target.removeprefix("device:"), event, data)
+                except Exception:
+                    log.exception("device sink failed for %s", event)
+
+
 class Realtime:
     def __init__(self, settings: Settings, auth: AuthService, bus: ControlBus, redis: Redis | None = None) -> None:
         manager = socketio.AsyncRedisManager(settings.redis_url) if settings.redis_url else None
-        self.sio = socketio.AsyncServer(
+        self.sio = _Server(
             async_mode="aiohttp", client_manager=manager, json=fastjson,
             cors_allowed_origins=settings.cors_origins or None,
             max_http_buffer_size=settings.max_message_bytes,
         )
+        self.sio.device_sinks = []
         self.auth = auth
         self.redis = redis
         self.process_id = f"{os.getpid()}-{secrets.token_hex(4)}"
@@ -88,6 +110,7 @@ class Realtime:
         self.clients: dict[str, Client] = {}
         self.device_ids: dict[str, str] = {}  # sid -> the client's stable device id (per-device delivery)
         self.events: dict[str, tuple[Handler, type[BaseModel] | None]] = {}
+        self.roles: dict[str, frozenset[str]] = {}
         self.connect_hooks: list[ConnectHook] = []
         self.disconnect_hooks: list[Callable[[str], Awaitable[None]]] = []
         self.conn_limit = TokenBuckets(settings.event_rate_per_s, settings.event_burst)
@@ -240,9 +263,17 @@ class Realtime:
             if name in self.events:
                 raise ValueError(f"event {name} registered twice")
             self.events[name] = (handler, model)
+            self.roles[name] = roles
 
             async def dispatch(sid: str, *args: Any) -> dict[str, Any]:
-                return await self._dispatch(name, handler, model, roles, sid, args)
+                principal = self.principals.get(sid)
+                if principal is None:
+                    return {"ok": False, **error_body("unauthorized", "Not authenticated")}
+                wait = self.conn_limit.take(sid)
+                if wait:
+                    return _rate_limited(wait)
+                return await self.handle(name, principal, sid, self.clients.get(sid, Client()),
+                                         args[0] if args else None)
 
             self.sio.on(name, dispatch)
             return handler
@@ -250,29 +281,28 @@ class Realtime:
         return register
 
     async def _unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
-        return {"ok": False, **error_body("unknown_event", "No such event", {"event": str(event)[:64]})}
+        return _unknown(event)
 
-    async def _dispatch(self, name: str, handler: Handler, model: type[BaseModel] | None, roles: frozenset[str],
-                        sid: str, args: tuple[Any, ...]) -> dict[str, Any]:
-        principal = self.principals.get(sid)
-        if principal is None:
-            return {"ok": False, **error_body("unauthorized", "Not authenticated")}
-        wait = self.conn_limit.take(sid) or self.user_limit.take(
-            principal.sid if principal.is_device else str(principal.user_id))
+    async def handle(self, name: str, principal: Principal, sid: str, client: Client, data: Any) -> dict[str, Any]:
+        """Run event ``name`` for ``principal`` and return its ack. Every transport comes through here
+        (Socket.IO, and the MQTT bridge for devices), so an event behaves the same on each."""
+        if name not in self.events:
+            return _unknown(name)
+        handler, model = self.events[name]
+        roles = self.roles[name]
+        wait = self.user_limit.take(principal.sid if principal.is_device else str(principal.user_id))
         if wait:
-            return {"ok": False, **error_body("rate_limited", "Too many events; slow down",
-                                              {"retry_after_s": round(wait, 2)})}
+            return _rate_limited(wait)
         if principal.role not in roles:
             return {"ok": False, **error_body("forbidden", f"{name} is not for a {principal.role}")}
         try:
-            data = args[0] if args else None
             if model is not None:
                 payload = model.model_validate({} if data is None else data)
             elif data not in (None, {}):
                 raise ApiError("invalid_payload", f"{name} takes no payload", 422)
             else:
                 payload = None
-            ctx = EventContext(principal, sid, self.clients.get(sid, Client()), self)
+            ctx = EventContext(principal, sid, client, self)
             return {"ok": True, "data": await handler(ctx, payload)}
         except ValidationError as exc:
             return {"ok": False, **validation_error(exc).body()}
@@ -318,3 +348,11 @@ class Realtime:
                 await self.sio.enter_room(sid, room)
             else:
                 await self.sio.leave_room(sid, room)
+
+
+def _unknown(event: Any) -> dict[str, Any]:
+    return {"ok": False, **error_body("unknown_event", "No such event", {"event": str(event)[:64]})}
+
+
+def _rate_limited(wait: float) -> dict[str, Any]:
+    return {"ok": False, **error_body("rate_limited", "Too many events; slow down", {"retry_after_s": round(wait, 2)})}

@@ -414,7 +414,7 @@ class Scheduler:
     async def _confirm(self, ctx: EventContext, body: ConfirmIn) -> dict[str, Any]:
         pid = await require_patient(ctx.principal, body.patient_id, "dose.confirm", ctx.client, dose_id=body.dose_id)
         if ctx.principal.role not in WRITERS:
-            raise forbidden("Only the patient or a linked caregiver confirms a dose")
+            raise forbidden("Only the patient or their care team confirms a dose")
         dose_id = as_object_id(body.dose_id, "dose_id")
         dose = await self.confirm(dose_id, pid, "app", ctx.principal.user_id)
         if dose is not None:

@@ -13,12 +13,16 @@ if TYPE_CHECKING:
     from server.auth import AuthService
     from server.blood_pressure import BloodPressure
     from server.bus import ControlBus
+    from server.calls import CallService
     from server.config import Settings
     from server.contacts import Contacts
+    from server.device_presence import DevicePresence
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
     from server.medications import Medications
     from server.medicine_box import MedicineBox
+    from server.mqtt_bridge import MqttBridge
+    from server.mqtt_broker import BrokerFiles
     from server.notifications import Notifications
     from server.push import PushDispatcher
     from server.ratelimit import FailureCounter
@@ -43,11 +47,15 @@ class Services:
     vitals: Vitals
     writer: HistoryWriter
     streams: StreamService
+    presence: DevicePresence | None = None
+    mqtt: MqttBridge | None = None
+    broker_files: BrokerFiles | None = None
     mongo: AsyncMongoClient | None = None
     redis: Redis | None = None
     store: EmbeddedStore | None = None
     bp: BloodPressure | None = None
     contacts: Contacts | None = None
+    calls: CallService | None = None
     alerts: Alerts | None = None
     push: PushDispatcher | None = None
     extras: dict[str, Any] = field(default_factory=dict)

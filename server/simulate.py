@@ -9,7 +9,6 @@ with the next sequence number so the server records the gap.
 from __future__ import annotations
 
 import argparse
-import array
 import asyncio
 import logging
 import secrets
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import numpy as np
 import socketio
 
 from devices.medicine_box import BOX_SCENARIOS
@@ -41,9 +41,12 @@ class DeviceRun:
     frame_s: float = 1.0
     duration_s: float | None = None
     clock_drift_ppm: float = 0.0
+    drop_online_s: int = 20  # network_drop: online this long, then offline for drop_offline_s, repeating
+    drop_offline_s: int = 8
     frames_sent: int = 0
     frames_acked: int = 0
     stream_id: str | None = None
+    reopen: bool = False  # the server answered unknown_stream: open a new stream before the next frame
 
 
 async def pair_device(url: str, email: str, password: str, kind: str) -> str:
@@ -65,7 +68,12 @@ async def pair_device(url: str, email: str, password: str, kind: str) -> str:
 
 async def _connect(run: DeviceRun) -> socketio.AsyncClient:
     client = socketio.AsyncClient(reconnection=False)
-    await client.connect(run.url, auth={"device_token": run.credential}, transports=["websocket"], wait_timeout=10)
+    try:
+        await client.connect(run.url, auth={"device_token": run.credential}, transports=["websocket"],
+                             wait_timeout=10)
+    except BaseException:
+        await client.shutdown()  # closes its HTTP session too
+        raise
     return client
 
 
@@ -73,27 +81,31 @@ async def stream(run: DeviceRun, stop: asyncio.Event | None = None) -> DeviceRun
     """Stream in real time until ``duration_s`` passes or ``stop`` is set."""
     stop = stop or asyncio.Event()
     client = await _connect(run)
-    opened = await client.call("stream:open", {"kind": run.kind, "sampling_rate": run.sampling_rate,
-                                               "units": "mV" if run.kind == "ecg" else "au"}, timeout=10)
-    if not opened.get("ok"):
-        raise RuntimeError(f"stream:open refused: {opened}")
-    run.stream_id = opened["data"]["stream_id"]
-    offline = drop_schedule(run.scenario, run.seed)
+    try:
+        await _open(client, run)
+    except BaseException:
+        await client.disconnect()
+        raise
+    offline = drop_schedule(run.scenario, run.seed, run.drop_online_s, run.drop_offline_s)
     per_frame = max(1, round(run.sampling_rate * run.frame_s))
     loop = asyncio.get_running_loop()
-    start = loop.time()
     boot_ms = secrets.randbelow(10_000_000)  # the device's clock: ms since its own boot
     seq = 0
     pending: set[asyncio.Task[Any]] = set()
     signal = scenario_signal(run.kind, run.scenario, run.sampling_rate, run.heart_rate, run.seed)
-    buffer: list[float] = []
+    # NeuroKit2 takes ~0.1 s to simulate a chunk: made in a thread (this loop may be the server's), one
+    # chunk ahead, so frames leave on time.
+    buffer: list[float] = (await asyncio.to_thread(next, signal)).tolist()
+    upcoming = asyncio.ensure_future(asyncio.to_thread(next, signal))
+    start = loop.time()
     try:
         while not stop.is_set():
             elapsed = seq * per_frame / run.sampling_rate
             if run.duration_s is not None and elapsed >= run.duration_s:
                 break
             while len(buffer) < per_frame:
-                buffer.extend(next(signal).tolist())
+                buffer.extend((await upcoming).tolist())
+                upcoming = asyncio.ensure_future(asyncio.to_thread(next, signal))
             samples, buffer = buffer[:per_frame], buffer[per_frame:]
             # Real time: a frame leaves when its last sample has been "measured".
             due = start + elapsed + run.frame_s
@@ -102,14 +114,23 @@ async def stream(run: DeviceRun, stop: asyncio.Event | None = None) -> DeviceRun
             if offline(int(elapsed)):
                 if client.connected:
                     log.info("network drop: device offline")
+                    if pending:  # the frames already sent get through; those measured offline are lost
+                        await asyncio.wait(pending, timeout=2)
                     await client.disconnect()
                 seq += 1
                 continue
             if not client.connected:
-                client = await _connect(run)
+                try:
+                    client = await _connect(run)
+                except (socketio.exceptions.ConnectionError, OSError) as exc:
+                    log.info("device cannot reach the server (%s); frame %d lost", exc, seq)
+                    seq += 1
+                    continue
                 log.info("device back online; resuming at seq %d", seq)
+            if run.reopen:  # the server no longer knows our stream (it restarted): a new one
+                await _open(client, run)
             payload = {"stream_id": run.stream_id, "seq": seq, "t0": round(t0, 3), "dtype": "float32",
-                       "samples": array.array("f", samples).tobytes()}
+                       "samples": np.asarray(samples, dtype="<f4").tobytes()}
             task = asyncio.create_task(client.call("stream:frame", payload, timeout=10))
             pending.add(task)
             task.add_done_callback(lambda t: (pending.discard(t), _count_ack(run, t)))
@@ -120,14 +141,28 @@ async def stream(run: DeviceRun, stop: asyncio.Event | None = None) -> DeviceRun
         if client.connected:
             await client.call("stream:close", {"stream_id": run.stream_id}, timeout=10)
     finally:
+        upcoming.cancel()
         if client.connected:
             await client.disconnect()
     return run
 
 
+async def _open(client: socketio.AsyncClient, run: DeviceRun) -> None:
+    opened = await client.call("stream:open", {"kind": run.kind, "sampling_rate": run.sampling_rate,
+                                               "units": "mV" if run.kind == "ecg" else "au"}, timeout=10)
+    if not opened.get("ok"):
+        raise RuntimeError(f"stream:open refused: {opened}")
+    run.stream_id, run.reopen = opened["data"]["stream_id"], False
+
+
 def _count_ack(run: DeviceRun, task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is None and task.result().get("ok"):
+    if task.cancelled() or task.exception() is not None:
+        return
+    reply = task.result()
+    if reply.get("ok"):
         run.frames_acked += 1
+    elif reply.get("error", {}).get("code") == "unknown_stream":
+        run.reopen = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -143,6 +178,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hr", type=float, default=72.0, help="heart rate per minute")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, help="seconds to stream (default: until stopped)")
+    p.add_argument("--frame", type=float, default=1.0, help="seconds of signal per frame (0.04-2)")
+    p.add_argument("--drop-after", type=int, default=20, help="network_drop: seconds online before a drop")
+    p.add_argument("--drop-for", type=int, default=8, help="network_drop: seconds offline")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -156,9 +194,14 @@ async def main(args: argparse.Namespace) -> None:
         return
     run = DeviceRun(url=args.url, credential=credential, kind=args.kind,
                     sampling_rate=args.rate or (250.0 if args.kind == "ecg" else 100.0), scenario=args.scenario,
-                    heart_rate=args.hr, seed=args.seed, duration_s=args.duration)
+                    heart_rate=args.hr, seed=args.seed, duration_s=args.duration,
+                    frame_s=min(max(args.frame, 0.04), 2.0), drop_online_s=args.drop_after,
+                    drop_offline_s=args.drop_for)
     started = time.monotonic()
     log.info("streaming %s (%s, %.0f/min) to %s", run.kind, run.scenario, run.heart_rate, run.url)
-    await stream(run)
-    log.info("sent %d frames (%d acknowledged) in %.0f s", run.frames_sent, run.frames_acked,
-             time.monotonic() - started)
+    try:
+        await stream(run)
+    except (RuntimeError, socketio.exceptions.ConnectionError) as exc:
+        raise SystemExit(f"simulate: {exc}") from None
+    log.info("stream %s: sent %d frames (%d acknowledged) in %.0f s", run.stream_id, run.frames_sent,
+             run.frames_acked, time.monotonic() - started)

@@ -19,8 +19,9 @@ from beanie import PydanticObjectId
 from pydantic import BaseModel, ConfigDict, Field
 
 from devices.clock import DeviceClock
-from devices.frames import Frame, FrameError, StreamOpen, decode_samples
+from devices.frames import Frame, FrameError, StreamOpen, decode_samples, max_samples
 from devices.stream_sequencer import StreamSequencer
+from server.access import require_patient
 from server.analysis_pool import AnalysisPool, Result
 from server.auth import as_object_id
 from server.errors import ApiError, forbidden
@@ -32,7 +33,8 @@ from server.waveform_store import AnalysisChunk, BucketBuilder, HistoryWriter, S
 
 log = logging.getLogger(__name__)
 STALL_CHECK_S = 1.0
-IDLE_CLOSE_S = 600.0  # a stream silent this long is closed (its device may reopen another)
+IDLE_CLOSE_S = 600.0
+MAX_STREAMS_PER_DEVICE = 4  # a stream silent this long is closed (its device may reopen another)
 
 
 class StreamRef(BaseModel):
@@ -47,7 +49,9 @@ class LiveStream:
     clock: DeviceClock
     bucket: BucketBuilder
     last_frame: float = field(default_factory=time.monotonic)
-    stall_reported_at: float = 0.0
+    first_t0: float | None = None  # device ms of the first sample analysed here (analysis ``t`` counts from it)
+    next_t0: float | None = None  # device ms the next frame should start at, to size a gap in samples
+    dirty: bool = False  # counters changed since the last checkpoint
     analyses: list[dict[str, Any]] = field(default_factory=list)
     lag_ms: float | None = None
 
@@ -113,23 +117,36 @@ class StreamService:
 
         @rt.event("live:unsubscribe", UnsubscribeIn)
         async def _unsubscribe(ctx: EventContext, body: UnsubscribeIn) -> dict[str, Any]:
-            return {"unsubscribed": await self.live.unsubscribe(ctx.sid, str(as_object_id(body.patient_id)))}
+            pid = await require_patient(ctx.principal, body.patient_id, "live.unsubscribe", ctx.client)
+            return {"unsubscribed": await self.live.unsubscribe(ctx.sid, str(pid))}
 
     async def open(self, ctx: EventContext, body: StreamOpen) -> dict[str, Any]:
         device_kind = ctx.principal.name.split(":", 1)[0]
         if device_kind != body.kind:
             raise ApiError("wrong_kind", f"This device is paired as {device_kind}, not {body.kind}", 422)
+        # A device opening a channel again has restarted: its old stream on that channel ends. Other
+        # channels are bounded, so no device can hold more than a few analysers.
+        mine = [s for s in self.streams.values() if str(s.doc.device_id) == ctx.principal.sid]
+        for old in [s for s in mine if s.doc.channel == body.channel]:
+            await self._close(old, "replaced")
+            mine.remove(old)
+        if len(mine) >= MAX_STREAMS_PER_DEVICE:
+            raise ApiError("too_many_streams", f"A device streams at most {MAX_STREAMS_PER_DEVICE} channels at once; "
+                           "close one first", 409, {"open_streams": [s.id for s in mine]})
+        await self.vitals.load_thresholds(ctx.principal.user_id)
         doc = Stream(patient_id=ctx.principal.user_id, device_id=PydanticObjectId(ctx.principal.sid), kind=body.kind,
                      sampling_rate=body.sampling_rate, units=body.units, channel=body.channel)
         await doc.insert()
         stream = self._track(doc)
         meta = doc.public()
         await self.live.publish(str(doc.patient_id), "live:stream", {"change": "opened", "stream": meta})
-        return {"stream_id": stream.id, "max_samples": int(2 * body.sampling_rate)}
+        return {"stream_id": stream.id, "max_samples": max_samples(body.sampling_rate)}
 
     def _track(self, doc: Stream) -> LiveStream:
-        stream = LiveStream(doc=doc, sequencer=StreamSequencer(), clock=DeviceClock(),
-                            bucket=BucketBuilder(doc.id, doc.patient_id, doc.sampling_rate))  # type: ignore[arg-type]
+        clock = DeviceClock()
+        stream = LiveStream(doc=doc, sequencer=StreamSequencer(), clock=clock,
+                            bucket=BucketBuilder(doc.id, doc.patient_id, doc.sampling_rate,  # type: ignore[arg-type]
+                                                 clock.to_server))
         if doc.last_seq is not None:
             stream.sequencer.resume(doc.last_seq + 1)
         self.streams[stream.id] = stream
@@ -149,37 +166,51 @@ class StreamService:
             raise forbidden("That stream belongs to another device")
         return stream
 
+    @staticmethod
+    def _count(stream: LiveStream, name: str, by: int = 1) -> None:
+        stream.doc.counters[name] = stream.doc.counters.get(name, 0) + by
+
     async def frame(self, ctx: EventContext, frame: Frame) -> dict[str, Any]:
         stream = await self._owned(ctx, frame.stream_id)
         rate = stream.doc.sampling_rate
         try:
             samples = decode_samples(frame, rate)
         except FrameError as err:
-            stream.doc.counters["malformed"] = stream.doc.counters.get("malformed", 0) + 1
+            self._count(stream, "malformed")  # kept with the next checkpoint: a refusal itself writes nothing
             raise ApiError(err.code, err.message, 422, err.details) from None
         verdict = stream.sequencer.accept(frame.seq)
         status = verdict.kind
-        counters = stream.doc.counters
-        counters[status] = counters.get(status, 0) + 1
+        self._count(stream, status)
         if status in ("duplicate", "late"):
+            stream.dirty = True
             return {"seq": frame.seq, "status": status}
         now = time.time()
         stream.last_frame = time.monotonic()
-        stream.clock.observe(frame.t0, now)
-        received = datetime.fromtimestamp(stream.clock.to_server(frame.t0), UTC)
+        duration_ms = samples.size * 1000.0 / rate
+        # A frame leaves the device after its last sample: that is the instant its arrival bounds.
+        stream.clock.observe(frame.t0 + duration_ms, now)
         pid = str(stream.doc.patient_id)
         gap = None
-        if status == "gap":
-            gap = {"after_seq": frame.seq - verdict.missing - 1, "missing_frames": verdict.missing, "at": iso(received)}
-            counters["missing_frames"] = counters.get("missing_frames", 0) + verdict.missing
-            self.pool.gap(stream.id, int(verdict.missing * samples.size))
+        if stream.first_t0 is None:
+            stream.first_t0 = frame.t0
+        elif status == "gap":
+            # The device clock says how much signal is missing; the frame count is the fallback.
+            by_clock = round((frame.t0 - (stream.next_t0 or frame.t0)) * rate / 1000.0)
+            missing_samples = by_clock if by_clock > 0 else verdict.missing * samples.size
+            gap = {"after_seq": frame.seq - verdict.missing - 1, "missing_frames": verdict.missing,
+                   "missing_s": round(missing_samples / rate, 3),
+                   "at": iso(datetime.fromtimestamp(stream.clock.to_server(frame.t0), UTC))}
+            self._count(stream, "missing_frames", verdict.missing)
+            stream.dirty = True
+            self.pool.gap(stream.id, int(missing_samples))
             await self.live.publish(pid, "live:gap", {"stream_id": stream.id, **gap})
-        bucket = stream.bucket.add(frame.seq, received, samples, gap)
+        stream.next_t0 = frame.t0 + duration_ms
+        bucket = stream.bucket.add(frame.seq, frame.t0, samples, gap)
         if bucket is not None:
             self.writer.add(bucket)
             self._checkpoint(stream)
         if not self.pool.push(stream.id, samples, now):
-            counters["analysis_dropped"] = counters.get("analysis_dropped", 0) + 1
+            self._count(stream, "analysis_dropped")
         self.frames_in += 1
         meta = {"stream_id": stream.id, "kind": stream.doc.kind, "seq": frame.seq, "t0": frame.t0,
                 "server_ts": round(now * 1000, 1)}
@@ -190,15 +221,21 @@ class StreamService:
         """Record where the stream is, so a failover can resume its sequence (batched with the bucket write)."""
         doc = stream.doc
         doc.last_seq = stream.sequencer.last_seq
-        doc.last_frame_at = utcnow()
+        doc.last_frame_at = datetime.fromtimestamp(time.time() - (time.monotonic() - stream.last_frame), UTC)
         doc.drift_ppm = stream.clock.drift_ppm
+        if stream.clock.offset_s is not None:
+            doc.clock_offset_ms = round(stream.clock.offset_s * 1000.0, 1)
+        stream.dirty = False
         asyncio.get_running_loop().create_task(self._save(doc))
 
     @staticmethod
     async def _save(doc: Stream) -> None:
+        # A snapshot, written without touching the live document: Beanie's ``set`` would assign the snapshot
+        # back to it when the write completes, losing what was counted meanwhile.
+        snapshot = {"last_seq": doc.last_seq, "last_frame_at": doc.last_frame_at, "drift_ppm": doc.drift_ppm,
+                    "clock_offset_ms": doc.clock_offset_ms, "counters": dict(doc.counters)}
         try:
-            await doc.set({"last_seq": doc.last_seq, "last_frame_at": doc.last_frame_at, "drift_ppm": doc.drift_ppm,
-                           "counters": doc.counters})
+            await Stream.get_pymongo_collection().update_one({"_id": doc.id}, {"$set": snapshot})
         except Exception as exc:
             log.warning("stream %s checkpoint failed: %s", doc.id, exc)
 
@@ -210,9 +247,15 @@ class StreamService:
             self.writer.add(bucket)
         self._flush_analyses(stream)
         doc = stream.doc
+        changes = {"closed_at": utcnow(), "close_reason": reason, "last_seq": stream.sequencer.last_seq,
+                   "counters": dict(doc.counters), "drift_ppm": stream.clock.drift_ppm}
+        # Idle here may mean the device reconnected to another process, which took the stream over and
+        # moved it on: then it is not ours to close.
+        query = {"_id": doc.id, "last_seq": doc.last_seq} if reason == "idle" else {"_id": doc.id}
         try:
-            await doc.set({"closed_at": utcnow(), "close_reason": reason, "last_seq": stream.sequencer.last_seq,
-                           "counters": doc.counters, "drift_ppm": stream.clock.drift_ppm})
+            if (await Stream.get_pymongo_collection().update_one(query, {"$set": changes})).matched_count:
+                for key, value in changes.items():
+                    setattr(doc, key, value)
         except Exception as exc:
             log.warning("closing stream %s: %s", doc.id, exc)
         if announce:
@@ -233,16 +276,24 @@ class StreamService:
             if received_at:
                 stream.lag_ms = (now - received_at) * 1000
             for a in analyses:
-                item = {"at": datetime.fromtimestamp(received_at or now, UTC), "hr": a.get("hr"),
-                        "rmssd": a.get("hrv", {}).get("rmssd"), "sdnn": a.get("hrv", {}).get("sdnn"),
-                        "quality": a.get("quality"), "beats": a.get("beats")}
+                # Server time of the end of the analysed second, through the device clock mapping.
+                at_s = stream.clock.to_server((stream.first_t0 or 0.0) + a["t"] * 1000.0) \
+                    if stream.clock.offset_s is not None else now
+                hrv = a.get("hrv") or {}
+                item = {"at": datetime.fromtimestamp(at_s, UTC), "hr": a.get("hr"), "rmssd": hrv.get("rmssd"),
+                        "sdnn": hrv.get("sdnn"), "quality": a.get("quality"), "beats": a.get("beats")}
                 stream.analyses.append(item)
                 await self.live.publish(pid, "live:analysis", {
-                    "stream_id": stream_id, "kind": stream.doc.kind, **a, "at": iso(item["at"]),
+                    "stream_id": stream_id, "kind": stream.doc.kind, "t": a.get("t"), "hr": a.get("hr"),
+                    "hrv": {"rmssd": hrv.get("rmssd"), "sdnn": hrv.get("sdnn")}, "quality": a.get("quality"),
+                    "beats": a.get("beats"), "window": a.get("window"), "at": iso(item["at"]),
                     "lag_ms": round(stream.lag_ms or 0.0, 1)})
             if len(stream.analyses) >= 10:
                 self._flush_analyses(stream)
             for event in events:
+                if event.get("type") == "analysis_error":
+                    log.warning("analysis of stream %s failed: %s", stream_id, event.get("detail"))
+                    continue
                 await self.vitals.record(stream.doc.patient_id, stream.doc.id, stream.doc.kind, event)
 
     def _flush_analyses(self, stream: LiveStream) -> None:
@@ -256,13 +307,28 @@ class StreamService:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(STALL_CHECK_S)
-            now = time.monotonic()
-            for stream in list(self.streams.values()):
-                silent = now - stream.last_frame
-                if silent >= IDLE_CLOSE_S:
-                    await self._close(stream, "idle")
-                elif silent >= 1.0:
-                    self.pool.stalled(stream.id, silent)
+            try:
+                await self._watch_once()
+            except Exception:
+                log.exception("stream watchdog pass failed")
+
+    async def _watch_once(self) -> None:
+        now = time.monotonic()
+        for stream in list(self.streams.values()):
+            silent = now - stream.last_frame
+            if silent >= IDLE_CLOSE_S:
+                await self._close(stream, "idle")
+                continue
+            if silent >= 1.0:
+                self.pool.stalled(stream.id, silent)
+            if stream.dirty:  # gaps, duplicates, malformed frames: visible in the stream record within a second
+                self._checkpoint(stream)
+
+    async def device_revoked(self, msg: dict[str, Any]) -> None:
+        """A revoked device's streams end with it (it was disconnected at once, in every process)."""
+        for stream in list(self.streams.values()):
+            if str(stream.doc.device_id) == msg["device_id"]:
+                await self._close(stream, "device_revoked")
 
     def apply_thresholds(self, patient_id: PydanticObjectId, thresholds: Any) -> None:
         for stream in self.streams.values():

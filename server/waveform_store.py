@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from server.access import require_patient
 from server.auth import as_object_id
 from server.errors import ApiError, not_found
-from server.http import client_of, require_principal
+from server.http import client_of, require_principal, services
 from server.models import VersionedDocument, aware, iso, utcnow
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,8 @@ class Stream(VersionedDocument):
         return {"id": str(self.id), "patient_id": str(self.patient_id), "device_id": str(self.device_id),
                 "kind": self.kind, "sampling_rate": self.sampling_rate, "units": self.units, "channel": self.channel,
                 "opened_at": iso(self.opened_at), "closed_at": iso(self.closed_at), "close_reason": self.close_reason,
-                "last_seq": self.last_seq, "last_frame_at": iso(self.last_frame_at), "counters": self.counters,
-                "drift_ppm": self.drift_ppm}
+                "last_seq": self.last_seq, "last_frame_at": iso(self.last_frame_at), "counters": dict(self.counters),
+                "drift_ppm": self.drift_ppm, "clock_offset_ms": self.clock_offset_ms}
 
 
 class WaveBucket(VersionedDocument):
@@ -93,47 +94,53 @@ class AnalysisChunk(VersionedDocument):
 
 
 class BucketBuilder:
-    """Collects one stream's frames into 10-second buckets."""
+    """Collects one stream's frames into 10-second buckets. Frames carry device time; it is mapped to
+    server time (``to_server``: device ms -> epoch seconds) when the bucket is written, so a bucket gets
+    the best clock estimate available then rather than the rougher one of its first frame."""
 
-    def __init__(self, stream_id: PydanticObjectId, patient_id: PydanticObjectId, rate: float) -> None:
-        self.stream_id, self.patient_id, self.rate = stream_id, patient_id, rate
+    def __init__(self, stream_id: PydanticObjectId, patient_id: PydanticObjectId, rate: float,
+                 to_server: Callable[[float], float]) -> None:
+        self.stream_id, self.patient_id, self.rate, self.to_server = stream_id, patient_id, rate, to_server
         self._reset()
 
     def _reset(self) -> None:
         self.parts: list[np.ndarray] = []
-        self.runs: list[dict[str, Any]] = []
+        self.runs: list[dict[str, Any]] = []  # {"t0": device ms, "n", "seq"} until written
         self.gaps: list[dict[str, Any]] = []
         self.n = 0
         self.first_seq: int | None = None
         self.last_seq = 0
-        self.start: datetime | None = None
+        self.end_ms = 0.0  # device time just after the last sample
         self._contiguous = False
 
-    def add(self, seq: int, at: datetime, samples: np.ndarray, gap: dict[str, Any] | None) -> WaveBucket | None:
-        """Append a frame (``at``: server time of its first sample); return a bucket once 10 s are full."""
+    def add(self, seq: int, t0_ms: float, samples: np.ndarray, gap: dict[str, Any] | None) -> WaveBucket | None:
+        """Append a frame (``t0_ms``: device time of its first sample); return a bucket once 10 s are full."""
         if gap is not None:
             self.gaps.append(gap)
             self._contiguous = False
-        if self.start is None:
-            self.start, self.first_seq = at, seq
+        if self.first_seq is None:
+            self.first_seq = seq
         if not self._contiguous:
-            self.runs.append({"t": iso(at), "n": 0, "seq": seq})
+            self.runs.append({"t0": t0_ms, "n": 0, "seq": seq})
             self._contiguous = True
         self.parts.append(samples.astype("<f4", copy=False))
         self.runs[-1]["n"] += samples.size
         self.n += samples.size
         self.last_seq = seq
-        if self.n >= BUCKET_S * self.rate:
-            return self.flush(end=at + timedelta(seconds=samples.size / self.rate))
-        return None
+        self.end_ms = t0_ms + samples.size * 1000.0 / self.rate
+        return self.flush() if self.n >= BUCKET_S * self.rate else None
 
-    def flush(self, end: datetime | None = None) -> WaveBucket | None:
-        if not self.n or self.start is None or self.first_seq is None:
+    def _at(self, device_ms: float) -> datetime:
+        return datetime.fromtimestamp(self.to_server(device_ms), UTC)
+
+    def flush(self) -> WaveBucket | None:
+        if not self.n or self.first_seq is None:
             return None
-        bucket = WaveBucket(stream_id=self.stream_id, patient_id=self.patient_id, start=self.start,
-                            end=end or self.start + timedelta(seconds=self.n / self.rate), sampling_rate=self.rate,
-                            first_seq=self.first_seq, last_seq=self.last_seq,
-                            samples=np.concatenate(self.parts).tobytes(), runs=self.runs, gaps=self.gaps)
+        runs = [{"t": iso(self._at(r["t0"])), "n": r["n"], "seq": r["seq"]} for r in self.runs]
+        bucket = WaveBucket(stream_id=self.stream_id, patient_id=self.patient_id, start=self._at(self.runs[0]["t0"]),
+                            end=self._at(self.end_ms), sampling_rate=self.rate, first_seq=self.first_seq,
+                            last_seq=self.last_seq, samples=np.concatenate(self.parts).tobytes(), runs=runs,
+                            gaps=self.gaps)
         self._reset()
         return bucket
 
@@ -141,7 +148,7 @@ class BucketBuilder:
 class HistoryWriter:
     """Background batched inserts of finished buckets and analysis chunks."""
 
-    def __init__(self, max_pending: int = 20_000) -> None:
+    def __init__(self, max_pending: int = 5_000) -> None:  # per kind: ~100 s of 500 streams, ~50 MB at most
         self.pending: dict[type[VersionedDocument], list[VersionedDocument]] = {WaveBucket: [], AnalysisChunk: []}
         self.max_pending = max_pending
         self.dropped = 0
@@ -206,7 +213,9 @@ async def list_streams(request: web.Request) -> web.Response:
     principal = await require_principal(request)
     pid = await require_patient(principal, request.match_info["patient_id"], "streams.list", client_of(request))
     streams = await Stream.find(Stream.patient_id == pid).sort(-Stream.id).limit(200).to_list()
-    return web.json_response({"items": [s.public() for s in streams]})
+    # A stream live in this process shows its current counters, not the last checkpoint's.
+    live = services(request).streams.streams
+    return web.json_response({"items": [(live[str(s.id)].doc if str(s.id) in live else s).public() for s in streams]})
 
 
 async def _patient_stream(request: web.Request, action: str) -> Stream:

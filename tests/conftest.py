@@ -4,10 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
+import secrets
 import shutil
+import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +22,7 @@ from redis import Redis
 from server.app import create_app
 from server.config import Settings, load_settings
 from server.embedded_store import EmbeddedStore, free_port
+from server.mqtt_broker import BrokerFiles
 from tests.helpers import Api
 
 TEST_SECRET = "test-secret-" + "x" * 40
@@ -79,3 +86,42 @@ async def api(settings: Settings, aiohttp_server) -> AsyncIterator[Api]:  # type
     async with Api(str(server.make_url("")).rstrip("/"), server.app) as client:
         yield client
     await asyncio.sleep(0)
+
+
+@dataclass(frozen=True)
+class Broker:
+    """A Mosquitto broker on a loopback port, with its password and ACL files in ``folder``."""
+
+    port: int
+    folder: Path
+    bridge_url: str
+    pid: int
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if exe is None:
+        pytest.fail("mosquitto is not installed; `make test` installs it (apt-get install mosquitto)")
+    folder = tmp_path_factory.mktemp("mqtt")
+    port, password = free_port(), secrets.token_urlsafe(16)
+    BrokerFiles(folder, "healthmate-bridge", password).write([])
+    conf = folder / "mosquitto.conf"
+    conf.write_text("\n".join([
+        f"listener {port} 127.0.0.1", "allow_anonymous false", f"password_file {folder / 'passwd'}",
+        f"acl_file {folder / 'acl'}", f"pid_file {folder / 'mosquitto.pid'}",
+        "persistence false", "max_packet_size 1100000", "set_tcp_nodelay true",
+        *(["user root"] if os.geteuid() == 0 else []), ""]))
+    log = (folder / "mosquitto.log").open("wb")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(100):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("mosquitto did not start: " + (folder / "mosquitto.log").read_text())
+    yield Broker(port, folder, f"mqtt://healthmate-bridge:{password}@127.0.0.1:{port}", proc.pid)
+    proc.terminate()
+    proc.wait(10)
+    log.close()

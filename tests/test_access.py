@@ -9,6 +9,7 @@ from typing import Any
 from server.http import SERVICES
 from server.models import AuditEntry, utcnow
 from server.scheduler import DoseEvent
+from server.waveform_store import Stream
 from tests.helpers import Api
 
 # (method, path) with {patient_id} to fill in; the body, if any.
@@ -29,6 +30,10 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("PATCH", "/api/patients/{patient_id}/contacts/{contact_id}", {"notes": "open late"}),
     ("DELETE", "/api/patients/{patient_id}/contacts/{contact_id}", None),
     ("GET", "/api/patients/{patient_id}/alerts", None),
+    ("GET", "/api/patients/{patient_id}/streams", None),
+    ("GET", "/api/patients/{patient_id}/streams/{stream_id}/waveform", None),
+    ("GET", "/api/patients/{patient_id}/analyses", None),
+    ("GET", "/api/patients/{patient_id}/vital-events", None),
 ]
 # (event, payload) with "{patient_id}" to fill in.
 EVENTS: list[tuple[str, dict[str, Any]]] = [
@@ -44,6 +49,10 @@ EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("contacts:list", {"patient_id": "{patient_id}"}),
     ("contact:add", {"patient_id": "{patient_id}", "kind": "doctor", "name": "Dr. X", "email": "x@example.org"}),
     ("alerts:list", {"patient_id": "{patient_id}"}),
+    ("live:subscribe", {"patient_id": "{patient_id}"}),
+    ("live:unsubscribe", {"patient_id": "{patient_id}"}),
+    ("vitals:get-thresholds", {"patient_id": "{patient_id}"}),
+    ("vitals:set-thresholds", {"patient_id": "{patient_id}", "stalled_s": 10}),
 ]
 
 
@@ -69,7 +78,7 @@ def test_table_names_every_patient_scoped_route_and_event(api: Api) -> None:
 
 async def test_unlinked_users_refused_everywhere(api: Api) -> None:
     patient = await api.register("patient")
-    linked = await api.register("caregiver")
+    linked = await api.register("clinician")  # a clinician may do all a caregiver may, and set thresholds
     await api.link(patient, linked)
     strangers = [await api.register(role) for role in ("caregiver", "clinician", "patient")]
     sockets = {u.id: await api.socket(u) for u in [linked, *strangers]}
@@ -77,14 +86,24 @@ async def test_unlinked_users_refused_everywhere(api: Api) -> None:
                                        json={"kind": "ecg", "serial": "E-1", "model": "Patch"})
     assert status == 201
     ids = {"patient_id": patient.id, "device_id": device["device"]["id"]}
+    status, contact = await api.request("POST", f"/api/patients/{patient.id}/contacts", patient,
+                                        json={"kind": "emergency", "name": "Maria", "phone": "+442079460958"})
+    assert status == 201
+    stream = Stream(patient_id=patient.id, device_id=device["device"]["id"], kind="ecg", sampling_rate=250,
+                    units="mV", channel="lead-I")
+    await stream.insert()
+    stream = Stream(patient_id=patient.id, device_id=device["device"]["id"], kind="ecg", sampling_rate=250,
+                    units="mV", channel="lead-I")
+    await stream.insert()
+    status, contact = await api.request("POST", f"/api/patients/{patient.id}/contacts", patient,
+                                        json={"kind": "emergency", "name": "Maria", "phone": "+442079460958"})
+    assert status == 201
+    ids = {"patient_id": patient.id, "device_id": device["device"]["id"], "contact_id": contact["id"],
+           "stream_id": str(stream.id)}
     ids["medication_id"] = (await sockets[linked.id].ok("med:create", {"patient_id": patient.id, "name": "Statin",
                                                                         "schedule": {"as_needed": True}}))["id"]
     ids["dose_id"] = str((await DoseEvent(patient_id=patient.id, medication_id=ids["medication_id"], slot="now",
                                           timezone="UTC", due_at=utcnow(), medication_name="Statin").insert()).id)
-    status, contact = await api.request("POST", f"/api/patients/{patient.id}/contacts", patient,
-                                        json={"kind": "emergency", "name": "Maria", "phone": "+442079460958"})
-    assert status == 201
-    ids = {"patient_id": patient.id, "device_id": device["device"]["id"], "contact_id": contact["id"]}
     for method, path, body in ROUTES:
         url = _fill(path, ids)
         for stranger in strangers:

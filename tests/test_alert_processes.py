@@ -71,12 +71,17 @@ async def test_process_killed_between_persisting_and_emitting_loses_nothing(
             on_survivor = await device_sock(survivor.url, maria, "maria-phone")
             ps = await device_sock(doomed.url, patient)
             reply = asyncio.create_task(ps.call("bp:add", crisis(), timeout=5))
+            reply.add_done_callback(lambda t: t.cancelled() or t.exception())  # its process dies: no reply
             assert await asyncio.get_running_loop().run_in_executor(None, doomed.proc.wait, 20) == 70
             # The alert was stored but never emitted; the surviving process resumes it after the lease.
             (alert,) = await on_survivor.events.wait("alert:new", timeout=10)
             assert alert["kind"] == "bp_crisis"
             assert on_doomed.events.of("alert:new") == []
-            status, life = await api.request("GET", f"/api/alerts/{alert['id']}", maria)
+            for _ in range(50):  # emitted_at is recorded right after the emit that delivered it
+                status, life = await api.request("GET", f"/api/alerts/{alert['id']}", maria)
+                if life.get("emitted_at"):
+                    break
+                await asyncio.sleep(0.1)
             assert status == 200 and life["emitted_at"] is not None
             await on_survivor.ok("alert:received", {"alert_id": alert["id"]})
             # The tablet that was on the dead process reconnects to the survivor and gets it once.

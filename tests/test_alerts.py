@@ -22,7 +22,7 @@ from server.http import SERVICES
 from server.webhook import sign
 from tests.alert_clients import crisis, device_sock
 from tests.conftest import make_settings
-from tests.helpers import Api, User
+from tests.helpers import Api, User, connect_refused
 
 
 async def team(api: Api) -> tuple[User, User, User, User]:
@@ -66,6 +66,14 @@ async def test_crisis_reaches_every_device_and_first_ack_is_shown_to_all(api: Ap
     for sock in (phone, tablet, desk):
         assert len(sock.events.of("alert:new")) == 1 and len(sock.events.of("alert:acknowledged")) == 1
     assert other.events.of("alert:new") == [] and ps.events.of("alert:new") == []
+    # The alert is also in each recipient's notifications (not pushed live a second time).
+    for _ in range(40):  # written in the background, after the live fan-out
+        _, notes = await api.request("GET", "/api/notifications", maria)
+        if notes["items"]:
+            break
+        await asyncio.sleep(0.05)
+    assert [n["kind"] for n in notes["items"]] == ["alert"] and notes["items"][0]["data"]["alert_id"] == alert["id"]
+    assert phone.events.of("notification:new") == []
     assert (await other.call("alert:ack", {"alert_id": alert["id"]}))["error"]["code"] == "not_found"
     resolved = await desk.ok("alert:resolve", {"alert_id": alert["id"], "note": "BP back to 150/95"})
     assert resolved["status"] == "resolved" and resolved["resolved_by"]["name"] == "Dr. Lee"
@@ -98,6 +106,7 @@ async def test_offline_devices_get_open_alerts_in_order_until_they_confirm(api: 
     assert [a["id"] for a in await phone.events.wait("alert:new")] == [ids[1]]
     assert [a["id"] for a in await tablet.events.wait("alert:new", 2)] == ids
     await phone.ok("alert:received", {"alert_id": ids[1]})
+    await phone.ok("alert:received", {"alert_id": ids[1]})  # a repeated confirmation changes nothing
     await asyncio.sleep(0.3)
     assert len(phone.events.of("alert:new")) == 1
     await phone.close()
@@ -112,8 +121,9 @@ async def test_offline_devices_get_open_alerts_in_order_until_they_confirm(api: 
     assert laptop.events.of("alert:new") == []
     # The lifecycle shows who received it on which device, and who acknowledged.
     status, life = await api.request("GET", f"/api/alerts/{ids[1]}", carer)
-    assert status == 200 and {d["device_id"] for d in life["deliveries"]} == {"phone-1", "tablet-1"}
+    assert status == 200 and sorted(d["device_id"] for d in life["deliveries"]) == ["phone-1", "tablet-1"]
     assert life["acknowledged_by"]["user_id"] == carer.id and life["emitted_at"] and life["raised_at"]
+    assert life["recipients"] == [{"user_id": carer.id, "role": "caregiver", "name": carer.data["name"]}]
     status, mine = await api.request("GET", "/api/alerts?status=acknowledged", carer)
     assert [a["id"] for a in mine["items"]] == ids[::-1]
     status, theirs = await api.request("GET", f"/api/patients/{first.id}/alerts", first)
@@ -194,3 +204,26 @@ async def test_critical_vital_event_raises_an_alert(api: Api) -> None:
     await asyncio.sleep(0.3)
     assert len(phone.events.of("alert:new")) == 1
     await phone.close()
+
+
+async def test_a_member_whose_link_ended_gets_no_more_of_the_patients_alerts(api: Api) -> None:
+    patient, carer = await api.register("patient"), await api.register("caregiver")
+    await api.link(patient, carer)
+    await (await api.socket(patient)).ok("bp:add", crisis())
+    alert = await Alert.find_one(Alert.patient_id == PydanticObjectId(patient.id))
+    assert alert is not None
+    _, links = await api.request("GET", "/api/links", patient)
+    status, _ = await api.request("DELETE", f"/api/links/{links['items'][0]['id']}", patient)
+    assert status == 200
+    phone = await device_sock(api.base_url, carer, "phone")
+    await asyncio.sleep(0.5)
+    assert phone.events.of("alert:new") == []
+    assert (await phone.call("alert:ack", {"alert_id": str(alert.id)}))["error"]["code"] == "not_found"
+    await phone.close()
+
+
+async def test_a_malformed_device_id_is_refused_at_connect(api: Api) -> None:
+    carer = await api.register("caregiver")
+    for bad in ("has space", "x" * 65, "dot.ted", 42):
+        data = await connect_refused(api.base_url, {"token": carer.access_token, "device_id": bad})
+        assert data["error"]["code"] == "invalid_device_id", bad

@@ -44,3 +44,40 @@ async def test_documents_are_served(api: Api) -> None:
         status, body = await api.request("GET", f"/api/{name}")
         assert status == 200 and yaml.safe_load(body) == doc
     assert OPENAPI["openapi"].startswith("3.") and ASYNCAPI["asyncapi"] == "3.0.0"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Refuses duplicate keys (a merge that repeats a block must not pass silently)."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+    dupes = {k for k in keys if keys.count(k) > 1}
+    assert not dupes, f"duplicate keys {dupes} at line {node.start_mark.line + 1}"
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "$ref" and isinstance(v, str)] + [
+            r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def test_documents_are_well_formed() -> None:
+    """No duplicate keys, every local $ref resolves, every message has a payload."""
+    for name in ("openapi.yaml", "asyncapi.yaml"):
+        doc = yaml.load((ROOT / "docs" / name).read_text(), Loader=_StrictLoader)
+        for ref in _refs(doc):
+            assert ref.startswith("#/"), ref
+            node = doc
+            for part in ref[2:].split("/"):
+                assert isinstance(node, dict) and part in node, f"{name}: unresolved {ref}"
+                node = node[part]
+    for key, message in ASYNCAPI["components"]["messages"].items():
+        assert "payload" in message, key

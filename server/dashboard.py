@@ -1,0 +1,66 @@
+"""The clinician dashboard's files: the page at ``/``, its ES modules and CSS from ``server/static/``,
+and the browser libraries it uses (socket.io client, uPlot) straight from ``node_modules/``, installed
+from npm by the Makefile (``package.json`` at the repository root) and never copied into the repository."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from aiohttp import web
+
+from server.errors import ApiError, not_found
+
+STATIC = Path(__file__).resolve().parent / "static"
+NODE_MODULES = Path(__file__).resolve().parent.parent / "node_modules"
+# The only files served from node_modules: public name -> path inside it.
+VENDOR = {
+    "socket.io.esm.min.js": "socket.io-client/dist/socket.io.esm.min.js",
+    "uPlot.esm.js": "uplot/dist/uPlot.esm.js",
+    "uPlot.min.css": "uplot/dist/uPlot.min.css",
+}
+TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png",
+         ".svg": "image/svg+xml"}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")  # one flat folder: no way out of it
+NO_CACHE = {"Cache-Control": "no-cache"}  # revalidated each load, so a deploy is seen at once
+
+
+def _file(path: Path) -> web.FileResponse:
+    content_type = TYPES.get(path.suffix)
+    if content_type is None or not path.is_file():
+        raise not_found("file")
+    return web.FileResponse(path, headers={**NO_CACHE, "Content-Type": f"{content_type}; charset=utf-8"
+                                           if content_type.startswith("text/") else content_type})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return _file(STATIC / "index.html")
+
+
+async def static_file(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    if not NAME.fullmatch(name):
+        raise not_found("file")
+    return _file(STATIC / name)
+
+
+async def vendor_file(request: web.Request) -> web.FileResponse:
+    rel = VENDOR.get(request.match_info["name"])
+    if rel is None:
+        raise not_found("file")
+    if not (NODE_MODULES / rel).is_file():
+        raise ApiError("not_installed", "The dashboard's npm packages are not installed: run `make run` "
+                       "(or `npm ci` at the repository root)", 503)
+    return _file(NODE_MODULES / rel)
+
+
+async def service_info(request: web.Request) -> web.Response:
+    return web.json_response({"service": "healthmate", "dashboard": "/", "openapi": "/api/openapi.yaml",
+                              "asyncapi": "/api/asyncapi.yaml"})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/static/{name}", static_file)
+    app.router.add_get("/vendor/{name}", vendor_file)
+    app.router.add_get("/api", service_info)

@@ -1,0 +1,76 @@
+"""The care team's overview, the dashboard's patient list in one request: every patient the caller may
+see with their status (open streams, latest heart rate, latest blood pressure and its category, how many
+alerts await an acknowledgement). Patients are looked up concurrently; audited once per request."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+from beanie import PydanticObjectId
+from beanie.operators import In
+
+from server import audit
+from server.alerts import Alert
+from server.auth import Principal
+from server.blood_pressure import BPReading
+from server.http import client_of, require_principal
+from server.models import User, aware, iso, utcnow
+from server.realtime import Realtime
+from server.waveform_store import AnalysisChunk, Stream
+
+STREAMING_WITHIN = timedelta(seconds=30)  # an open stream with a frame this recent counts as streaming
+HR_WITHIN = timedelta(minutes=5)  # an older heart rate is not shown as the latest
+
+
+def _streaming(stream: Stream) -> bool:
+    seen = stream.last_frame_at or stream.opened_at
+    return utcnow() - aware(seen) < STREAMING_WITHIN
+
+
+async def _latest_hr(patient_id: PydanticObjectId) -> dict[str, Any] | None:
+    since = utcnow() - HR_WITHIN
+    chunks = AnalysisChunk.find(AnalysisChunk.patient_id == patient_id, AnalysisChunk.start >= since)
+    async for chunk in chunks.sort(-AnalysisChunk.start).limit(4):
+        for item in reversed(chunk.items):
+            if item.get("hr") is not None:
+                return {"value": round(float(item["hr"]), 1), "at": iso(item["at"]), "quality": item.get("quality")}
+    return None
+
+
+async def _latest_bp(patient_id: PydanticObjectId) -> dict[str, Any] | None:
+    live = BPReading.find(BPReading.patient_id == patient_id, BPReading.deleted_at == None)  # noqa: E711
+    reading = await live.sort(-BPReading.measured_at).first_or_none()
+    if reading is None:
+        return None
+    return {key: value for key, value in reading.public().items()
+            if key in ("id", "systolic", "diastolic", "pulse", "category", "measured_at")}
+
+
+async def patient_status(patient: User) -> dict[str, Any]:
+    open_streams = await Stream.find(Stream.patient_id == patient.id, Stream.closed_at == None).to_list()  # noqa: E711
+    live = [s for s in open_streams if _streaming(s)]
+    return {"patient": patient.public(), "streaming": bool(live),
+            "streams": [{"id": str(s.id), "kind": s.kind, "sampling_rate": s.sampling_rate} for s in live],
+            "hr": await _latest_hr(patient.id), "bp": await _latest_bp(patient.id),  # type: ignore[arg-type]
+            "open_alerts": await Alert.find({"patient_id": patient.id, "status": "open"}).count()}
+
+
+async def overview(principal: Principal) -> list[dict[str, Any]]:
+    ids = await Realtime.patients_of(principal)
+    patients = await User.find(In(User.id, ids)).sort(+User.name).to_list()
+    return list(await asyncio.gather(*(patient_status(p) for p in patients)))
+
+
+async def rest_overview(request: web.Request) -> web.Response:
+    principal = await require_principal(request)
+    items = await overview(principal)
+    await audit.record("patients.overview", principal=principal, client=client_of(request),
+                       patients=[i["patient"]["id"] for i in items])
+    return web.json_response({"items": items, "at": iso(utcnow())})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/api/overview", rest_overview)

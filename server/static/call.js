@@ -1,0 +1,120 @@
+// An audio call from the clinician to the patient over the project's call protocol: `call:invite`,
+// the callee's `call:accepted`, then the caller's SDP offer and both sides' ICE candidates relayed by
+// `call:signal` / `call:peer-signal`; `call:cancel` while ringing, `call:hangup` once connected.
+
+export class AudioCall extends EventTarget {
+  constructor(live, session, audioElement) {
+    super();
+    this.live = live;
+    this.session = session;
+    this.audio = audioElement;
+    this.call = null; // the call as the server describes it
+    this.pc = null;
+    this.local = null;
+    this.pending = []; // candidates that arrived before the answer
+    live.on("call:accepted", (c) => this.onAccepted(c));
+    live.on("call:peer-signal", (m) => this.onSignal(m));
+    live.on("call:ended", (m) => this.onEnded(m));
+  }
+
+  get busy() { return this.call !== null; }
+
+  status(text, state) {
+    this.dispatchEvent(new CustomEvent("status", { detail: { text, state } }));
+  }
+
+  async start(patientId) {
+    if (this.call) return;
+    this.status("Starting…", "starting");
+    try {
+      const [{ ice_servers: iceServers }, local] = await Promise.all([
+        this.session.api("GET", "/api/calls/ice-servers"),
+        navigator.mediaDevices.getUserMedia({ audio: true, video: false }),
+      ]);
+      this.local = local;
+      this.pc = new RTCPeerConnection({ iceServers });
+      for (const track of local.getAudioTracks()) this.pc.addTrack(track, local);
+      this.pc.ontrack = (e) => { this.audio.srcObject = e.streams[0]; };
+      this.pc.onicecandidate = (e) => {
+        if (this.call) this.send({ type: "candidate", candidate: e.candidate ? e.candidate.toJSON() : null });
+      };
+      this.pc.onconnectionstatechange = () => {
+        if (this.pc && this.pc.connectionState === "connected") this.status("In call", "connected");
+      };
+      this.call = await this.live.call("call:invite", { callee: patientId, media: "audio" });
+      this.status("Ringing…", "ringing");
+    } catch (err) {
+      this.cleanup();
+      this.status(`Call failed: ${err.message}`, "idle");
+    }
+  }
+
+  send(body) {
+    return this.live.call("call:signal", { call_id: this.call.id, ...body }).catch((err) => console.warn(err));
+  }
+
+  async onAccepted(call) {
+    if (!this.call || call.id !== this.call.id) return;
+    this.call = call;
+    this.status("Connecting…", "connecting");
+    const offer = await this.pc.createOffer();
+    await this.pc.setLocalDescription(offer);
+    await this.send({ type: "offer", sdp: offer.sdp });
+  }
+
+  async onSignal(msg) {
+    if (!this.call || msg.call_id !== this.call.id || !this.pc) return;
+    if (msg.type === "answer") {
+      await this.pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+      for (const c of this.pending.splice(0)) await this.pc.addIceCandidate(c);
+    } else if (msg.type === "candidate") {
+      const c = msg.candidate || null;
+      if (this.pc.remoteDescription) await this.pc.addIceCandidate(c);
+      else this.pending.push(c);
+    } else if (msg.type === "offer") { // the patient renegotiates
+      await this.pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+      const answer = await this.pc.createAnswer();
+      await this.pc.setLocalDescription(answer);
+      await this.send({ type: "answer", sdp: answer.sdp });
+    }
+  }
+
+  onEnded(msg) {
+    if (!this.call || msg.call_id !== this.call.id) return;
+    this.cleanup();
+    this.status(`Call ended (${String(msg.reason || "").replace(/_/g, " ")})`, "idle");
+  }
+
+  async hangup() {
+    if (!this.call) return;
+    const event = this.call.state === "ringing" ? "call:cancel" : "call:hangup";
+    try {
+      await this.live.call(event, { call_id: this.call.id });
+    } catch (err) {
+      this.cleanup();
+      this.status("", "idle");
+    }
+  }
+
+  /** The calls stats: packets received and sent on the audio track (for the page's tests). */
+  async packets() {
+    if (!this.pc) return { received: 0, sent: 0 };
+    let received = 0;
+    let sent = 0;
+    (await this.pc.getStats()).forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "audio") received += s.packetsReceived || 0;
+      if (s.type === "outbound-rtp" && s.kind === "audio") sent += s.packetsSent || 0;
+    });
+    return { received, sent };
+  }
+
+  cleanup() {
+    if (this.pc) this.pc.close();
+    if (this.local) for (const t of this.local.getTracks()) t.stop();
+    this.pc = null;
+    this.local = null;
+    this.call = null;
+    this.pending = [];
+    this.audio.srcObject = null;
+  }
+}
