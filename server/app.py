@@ -34,6 +34,7 @@ from server import vitals as vitals_module
 from server.alerts import Alerts
 from server.auth import AuthService
 from server.blood_pressure import BloodPressure
+from server.bp_forecast import BPForecasts
 from server.bus import ControlBus
 from server.config import ConfigError, Settings
 from server.contacts import Contacts
@@ -47,6 +48,7 @@ from server.live import LiveHub
 from server.medications import Medications
 from server.medicine_box import MedicineBox
 from server.migrations import run_migrations
+from server.model_registry import ModelRegistry
 from server.mqtt_bridge import MqttBridge, parse_url
 from server.mqtt_broker import BrokerFiles
 from server.notifications import Notifications
@@ -59,6 +61,7 @@ from server.scheduler import Scheduler
 from server.security import TokenService
 from server.services import Services
 from server.streams import StreamService
+from server.triage import Triage
 from server.vitals import Vitals
 from server.waveform_store import HistoryWriter, apply_retention
 
@@ -90,6 +93,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if svc.calls is not None:
             svc.calls.start()
         await svc.alerts.start()  # type: ignore[union-attr]
+        await svc.models.start()  # type: ignore[union-attr]
         svc.push.start()  # type: ignore[union-attr]
         svc.presence.start()  # type: ignore[union-attr]
         if svc.broker_files is not None:
@@ -116,6 +120,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if svc.mqtt is not None:
             await svc.mqtt.stop()
         await svc.presence.stop()  # type: ignore[union-attr]
+        await svc.forecasts.stop()  # type: ignore[union-attr]
         await svc.alerts.stop()  # type: ignore[union-attr]
         await svc.push.stop()  # type: ignore[union-attr]
         await svc.streams.stop()
@@ -204,10 +209,14 @@ def create_app(settings: Settings) -> web.Application:
     vitals.sinks.append(alerting.on_vital_event)  # critical events: emergency alerts, escalated
     vitals.sinks.append(vitals_module.alerts_to(notes))  # the others: notifications
     notes.pushers.append(push.push)
+    models = ModelRegistry(bus)
+    forecasts = BPForecasts(realtime, models)
+    bp.on_added.append(forecasts.on_reading)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
                    bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push,
-                   presence=DevicePresence(realtime, notes, settings.device_silence_s))
+                   presence=DevicePresence(realtime, notes, settings.device_silence_s), models=models,
+                   forecasts=forecasts, triage=Triage(realtime, alerting))
     _setup_mqtt(svc)
     app[SERVICES] = svc
     realtime.attach(app)

@@ -37,6 +37,7 @@ OLDEST = timedelta(days=3650)
 STATS_LIMIT = 20_000  # readings considered in one window (a month of one reading every 2 minutes)
 EXPORT_LIMIT = 50_000
 CrisisListener = Callable[["BPReading", Principal], Awaitable[None]]
+AddedListener = Callable[["BPReading"], Awaitable[None]]  # every new reading, after its push (e.g. a forecast)
 
 
 class BPReading(VersionedDocument):
@@ -140,6 +141,7 @@ class BloodPressure:
     def __init__(self, realtime: Realtime) -> None:
         self.rt = realtime
         self.on_crisis: list[CrisisListener] = []
+        self.on_added: list[AddedListener] = []
         ev = realtime.event
         ev("bp:add", BPIn, roles=USER_ROLES | DEVICE_ROLES)(self._add)
         ev("bp:update", BPUpdate)(self._update)
@@ -164,6 +166,8 @@ class BloodPressure:
         if category == "hypertensive_crisis":
             for listener in self.on_crisis:
                 await listener(reading, principal)
+        for added in self.on_added:
+            await added(reading)
         return reading
 
     async def _add(self, ctx: EventContext, body: BPIn) -> dict[str, Any]:

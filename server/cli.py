@@ -1,14 +1,19 @@
-"""``healthmate`` command line: ``serve``, ``migrate`` and ``simulate``."""
+"""``healthmate`` command line: ``serve``, ``migrate``, ``simulate``, ``train`` and ``models`` (see
+``server.cli_models``)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
+from server.cli_models import add_commands
 from server.config import ConfigError, Settings, load_settings
 
 
@@ -37,28 +42,37 @@ def serve(args: argparse.Namespace) -> None:
                 loop=uvloop.new_event_loop())
 
 
-def migrate(args: argparse.Namespace) -> None:
+@contextlib.asynccontextmanager
+async def connected(settings: Settings) -> AsyncIterator[Any]:
+    """The store (MongoDB, or the embedded store started for the command) with Beanie initialised;
+    yields the PyMongo client."""
     from server.db import init_documents, make_client
     from server.embedded_store import EmbeddedStore
+
+    store = None
+    url = settings.mongodb_url
+    if url is None:
+        store = EmbeddedStore(settings.data_dir)
+        url = await store.start()
+    client = make_client(url)
+    try:
+        await init_documents(client, settings.mongodb_db)
+        yield client
+    finally:
+        await client.close()
+        if store:
+            await store.stop()
+
+
+def migrate(args: argparse.Namespace) -> None:
     from server.migrations import run_migrations
 
     settings = _settings(args)
 
     async def run() -> None:
-        store = None
-        url = settings.mongodb_url
-        if url is None:
-            store = EmbeddedStore(settings.data_dir)
-            url = await store.start()
-        client = make_client(url)
-        try:
-            await init_documents(client, settings.mongodb_db)
+        async with connected(settings) as client:
             applied = await run_migrations(client[settings.mongodb_db])
             print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
-        finally:
-            await client.close()
-            if store:
-                await store.stop()
 
     asyncio.run(run())
 
@@ -96,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("simulate", help="a simulated ECG/PPG device streaming to a server")
     simulate_arguments(p)
     p.set_defaults(func=simulate)
+    add_commands(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=Settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

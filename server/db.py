@@ -12,6 +12,7 @@ from server.contacts import MedicalContact
 from server.device_registry import Device
 from server.medications import Medication, MedicationChange
 from server.medicine_box import BoxEvent, MedicineBoxState
+from server.model_registry import ModelVersion, Prediction
 from server.models import CORE_DOCUMENTS
 from server.notifications import Notification
 from server.push import PushToken
@@ -21,8 +22,8 @@ from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
                                    PatientThresholds, Notification, BPReading, MedicalContact, CallSession,
-                                   CallLine, Alert, AlertDelivery, PushToken, Medication, MedicationChange,
-                                   DoseEvent, MedicineBoxState, BoxEvent]
+                                   CallLine, Alert, AlertDelivery, PushToken, ModelVersion, Prediction, Medication,
+                                   MedicationChange, DoseEvent, MedicineBoxState, BoxEvent]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from server.alerts import Alerts
     from server.auth import AuthService
     from server.blood_pressure import BloodPressure
+    from server.bp_forecast import BPForecasts
     from server.bus import ControlBus
     from server.calls import CallService
     from server.config import Settings
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from server.live import LiveHub
     from server.medications import Medications
     from server.medicine_box import MedicineBox
+    from server.model_registry import ModelRegistry
     from server.mqtt_bridge import MqttBridge
     from server.mqtt_broker import BrokerFiles
     from server.notifications import Notifications
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from server.scheduler import Scheduler
     from server.security import TokenService
     from server.streams import StreamService
+    from server.triage import Triage
     from server.vitals import Vitals
     from server.waveform_store import HistoryWriter
 
@@ -58,6 +61,9 @@ class Services:
     calls: CallService | None = None
     alerts: Alerts | None = None
     push: PushDispatcher | None = None
+    models: ModelRegistry | None = None
+    forecasts: BPForecasts | None = None
+    triage: Triage | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     medications: Medications | None = None
     scheduler: Scheduler | None = None

@@ -53,6 +53,8 @@ EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("live:unsubscribe", {"patient_id": "{patient_id}"}),
     ("vitals:get-thresholds", {"patient_id": "{patient_id}"}),
     ("vitals:set-thresholds", {"patient_id": "{patient_id}", "stalled_s": 10}),
+    ("ml:bp-forecast", {"patient_id": "{patient_id}"}),
+    ("ml:triage", {"patient_id": "{patient_id}", "symptoms": ["cough"]}),
 ]
 
 
