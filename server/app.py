@@ -23,11 +23,13 @@ from server import (
     device_registry,
     health,
     linking,
+    medications,
     notifications,
     patients,
     uploads,
     waveform_store,
 )
+from server import scheduler as scheduler_module
 from server import vitals as vitals_module
 from server.alerts import Alerts
 from server.auth import AuthService
@@ -43,6 +45,8 @@ from server.device_rtc import DeviceRtc
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES, error_middleware
 from server.live import LiveHub
+from server.medications import Medications
+from server.medicine_box import MedicineBox
 from server.migrations import run_migrations
 from server.model_registry import ModelRegistry
 from server.mqtt_bridge import MqttBridge, parse_url
@@ -53,6 +57,7 @@ from server.push import PushDispatcher
 from server.push_providers import providers_from
 from server.ratelimit import FailureCounter
 from server.realtime import Realtime
+from server.scheduler import Scheduler
 from server.security import TokenService
 from server.services import Services
 from server.streams import StreamService
@@ -96,6 +101,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             log.info("MQTT broker files in %s: %d devices", svc.broker_files.folder, count)
         if svc.mqtt is not None:
             svc.mqtt.start()
+        if svc.scheduler is not None:
+            await svc.scheduler.start()
         background.append(asyncio.create_task(_retention(settings.raw_retention_days), name="retention"))
         if settings.demo and (task := await demo.start(settings)) is not None:
             background.append(task)
@@ -106,6 +113,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
         if background:  # bounded: a task cancelled inside a store call must not hold up the shutdown
             await asyncio.wait(background, timeout=5)
+        if svc.scheduler is not None:
+            await svc.scheduler.stop()
         if svc.calls is not None:
             await svc.calls.stop()
         if svc.mqtt is not None:
@@ -226,6 +235,11 @@ def create_app(settings: Settings) -> web.Application:
     svc.extras["device_rtc"] = DeviceRtc.setup(app, realtime, streams)
     health.setup(app)
     uploads.setup(app)
+    svc.medications = Medications(svc)
+    medications.setup(app)
+    svc.scheduler = Scheduler(svc, svc.medications)
+    scheduler_module.setup(app)
+    svc.medicine_box = MedicineBox(svc, svc.scheduler)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml")])
     setup_overview(app)

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     turn_secret: SecretStr | None = None  # coturn's static-auth-secret (use-auth-secret)
     turn_ttl_s: int = Field(6 * 3600, ge=60, le=7 * 24 * 3600)
     call_retention_days: int = Field(365, ge=1)  # call history and recordings
+    dose_grace_s: int = Field(30 * 60, ge=1, le=24 * 3600)  # unconfirmed this long after due: missed
     demo: bool = False
     # Emergency alerts: unacknowledged for this long, an alert escalates (twice: louder, then outward).
     alert_escalation_s: float = Field(120.0, ge=1, le=3600)

@@ -10,16 +10,20 @@ from server.blood_pressure import BPReading
 from server.calls import CallLine, CallSession
 from server.contacts import MedicalContact
 from server.device_registry import Device
+from server.medications import Medication, MedicationChange
+from server.medicine_box import BoxEvent, MedicineBoxState
 from server.model_registry import ModelVersion, Prediction
 from server.models import CORE_DOCUMENTS
 from server.notifications import Notification
 from server.push import PushToken
+from server.scheduler import DoseEvent
 from server.vitals import PatientThresholds, VitalEvent
 from server.waveform_store import AnalysisChunk, Stream, WaveBucket
 
 DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
                                    PatientThresholds, Notification, BPReading, MedicalContact, CallSession,
-                                   CallLine, Alert, AlertDelivery, PushToken, ModelVersion, Prediction]
+                                   CallLine, Alert, AlertDelivery, PushToken, ModelVersion, Prediction, Medication,
+                                   MedicationChange, DoseEvent, MedicineBoxState, BoxEvent]
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from server.device_presence import DevicePresence
     from server.embedded_store import EmbeddedStore
     from server.live import LiveHub
+    from server.medications import Medications
+    from server.medicine_box import MedicineBox
     from server.model_registry import ModelRegistry
     from server.mqtt_bridge import MqttBridge
     from server.mqtt_broker import BrokerFiles
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from server.push import PushDispatcher
     from server.ratelimit import FailureCounter
     from server.realtime import Realtime
+    from server.scheduler import Scheduler
     from server.security import TokenService
     from server.streams import StreamService
     from server.triage import Triage
@@ -62,3 +65,6 @@ class Services:
     forecasts: BPForecasts | None = None
     triage: Triage | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    medications: Medications | None = None
+    scheduler: Scheduler | None = None
+    medicine_box: MedicineBox | None = None

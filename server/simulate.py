@@ -20,7 +20,9 @@ import aiohttp
 import numpy as np
 import socketio
 
+from devices.medicine_box import BOX_SCENARIOS
 from devices.signal_scenarios import drop_schedule, scenario_signal
+from server import simulate_box
 
 log = logging.getLogger("healthmate.simulate")
 SCENARIOS = ("normal", "exercise_ramp", "bradycardia", "tachycardia", "irregular", "motion_artefacts", "lead_off",
@@ -168,9 +170,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-token", help="an existing device credential")
     p.add_argument("--email", help="the patient's login, to pair a new simulated device")
     p.add_argument("--password")
-    p.add_argument("--kind", choices=("ecg", "ppg"), default="ecg")
+    p.add_argument("--kind", choices=("ecg", "ppg", "medicine_box"), default="ecg")
     p.add_argument("--rate", type=float, help="sampling rate (default 250 Hz ECG, 100 Hz PPG)")
-    p.add_argument("--scenario", choices=SCENARIOS, default="normal")
+    p.add_argument("--scenario", choices=SCENARIOS + BOX_SCENARIOS, default="normal",
+                   help=f"medicine_box: one of {', '.join(BOX_SCENARIOS)} (default on_time)")
+    p.add_argument("--drawers", type=int, default=7, help="medicine_box: how many drawers")
     p.add_argument("--hr", type=float, default=72.0, help="heart rate per minute")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, help="seconds to stream (default: until stopped)")
@@ -185,6 +189,9 @@ async def main(args: argparse.Namespace) -> None:
         if not (args.email and args.password):
             raise SystemExit("give --device-token, or --email and --password of the patient to pair a device")
         credential = await pair_device(args.url, args.email, args.password, args.kind)
+    if args.kind == "medicine_box":
+        await simulate_box.main(args, credential)
+        return
     run = DeviceRun(url=args.url, credential=credential, kind=args.kind,
                     sampling_rate=args.rate or (250.0 if args.kind == "ecg" else 100.0), scenario=args.scenario,
                     heart_rate=args.hr, seed=args.seed, duration_s=args.duration,

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from server.http import SERVICES
-from server.models import AuditEntry
+from server.models import AuditEntry, utcnow
+from server.scheduler import DoseEvent
 from server.waveform_store import Stream
 from tests.helpers import Api
 
@@ -17,6 +18,10 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/patients/{patient_id}/devices", None),
     ("POST", "/api/patients/{patient_id}/devices", {"kind": "ppg", "serial": "PPG-7", "model": "Ring"}),
     ("DELETE", "/api/patients/{patient_id}/devices/{device_id}", None),
+    ("GET", "/api/patients/{patient_id}/medications", None),
+    ("GET", "/api/patients/{patient_id}/medications/history", None),
+    ("GET", "/api/patients/{patient_id}/doses", None),
+    ("GET", "/api/patients/{patient_id}/adherence", None),
     ("GET", "/api/patients/{patient_id}/bp", None),
     ("GET", "/api/patients/{patient_id}/bp/stats", None),
     ("GET", "/api/patients/{patient_id}/bp/fhir", None),
@@ -33,6 +38,11 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
 # (event, payload) with "{patient_id}" to fill in.
 EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("patient:get", {"patient_id": "{patient_id}"}),
+    ("med:list", {"patient_id": "{patient_id}"}),
+    ("med:create", {"patient_id": "{patient_id}", "name": "Aspirin", "schedule": {"times": ["08:00"]}}),
+    ("med:update", {"patient_id": "{patient_id}", "medication_id": "{medication_id}", "dose": "2"}),
+    ("med:archive", {"patient_id": "{patient_id}", "medication_id": "{medication_id}"}),
+    ("dose:confirm", {"patient_id": "{patient_id}", "dose_id": "{dose_id}"}),
     ("bp:add", {"patient_id": "{patient_id}", "systolic": 120, "diastolic": 70, "measured_at": "2026-01-01T08:00:00Z"}),
     ("bp:list", {"patient_id": "{patient_id}"}),
     ("bp:stats", {"patient_id": "{patient_id}", "window": "month"}),
@@ -77,6 +87,7 @@ async def test_unlinked_users_refused_everywhere(api: Api) -> None:
     status, device = await api.request("POST", f"/api/patients/{patient.id}/devices", patient,
                                        json={"kind": "ecg", "serial": "E-1", "model": "Patch"})
     assert status == 201
+    ids = {"patient_id": patient.id, "device_id": device["device"]["id"]}
     status, contact = await api.request("POST", f"/api/patients/{patient.id}/contacts", patient,
                                         json={"kind": "emergency", "name": "Maria", "phone": "+442079460958"})
     assert status == 201
@@ -91,6 +102,10 @@ async def test_unlinked_users_refused_everywhere(api: Api) -> None:
     assert status == 201
     ids = {"patient_id": patient.id, "device_id": device["device"]["id"], "contact_id": contact["id"],
            "stream_id": str(stream.id)}
+    ids["medication_id"] = (await sockets[linked.id].ok("med:create", {"patient_id": patient.id, "name": "Statin",
+                                                                        "schedule": {"as_needed": True}}))["id"]
+    ids["dose_id"] = str((await DoseEvent(patient_id=patient.id, medication_id=ids["medication_id"], slot="now",
+                                          timezone="UTC", due_at=utcnow(), medication_name="Statin").insert()).id)
     for method, path, body in ROUTES:
         url = _fill(path, ids)
         for stranger in strangers:

@@ -1,0 +1,185 @@
+"""The dose scheduler in one server over real sockets: doses planned from the schedule in the
+patient's time zone, reminded at due time (``dose:due``), confirmed in the app, marked missed after
+the grace window with caregivers told, and adherence counted per medication and per week."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from beanie import PydanticObjectId
+
+from server.config import Settings
+from server.dose_times import resolve_local
+from server.embedded_store import EmbeddedStore
+from server.medications import Medication
+from server.models import utcnow
+from server.scheduler import DoseEvent
+from tests.conftest import make_settings
+from tests.helpers import Api, Sock, User
+from tests.test_medications import create
+
+GRACE_S = 3
+
+
+@pytest.fixture
+async def settings(store: EmbeddedStore, tmp_path: Path) -> Settings:
+    return make_settings(store.url, tmp_path, dose_grace_s=GRACE_S)
+
+
+async def add_dose(patient: User, med: dict[str, Any], due: datetime, state: str = "scheduled",
+                   slot: str | None = None) -> DoseEvent:
+    dose = DoseEvent(patient_id=PydanticObjectId(patient.id), medication_id=PydanticObjectId(med["id"]),
+                     slot=slot or due.isoformat(), timezone="UTC", due_at=due, medication_name=med["name"],
+                     dose=med["dose"], drawer=med["drawer"], state=state)  # type: ignore[arg-type]
+    await dose.insert()
+    return dose
+
+
+async def notes_of(sock: Sock, kind: str, count: int = 1) -> list[dict[str, Any]]:
+    """The notifications of one kind a socket received, once at least ``count`` have arrived."""
+    for _ in range(100):
+        found = [n for n in sock.events.of("notification:new") if n["kind"] == kind]
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {kind} notification")
+
+
+async def test_doses_planned_in_the_patients_time_zone_and_replanned_on_change(api: Api) -> None:
+    patient = await api.register("patient")
+    status, _ = await api.request("PATCH", "/api/me", patient, json={"timezone": "America/New_York"})
+    assert status == 200
+    sock = await api.socket(patient)
+    med = await create(sock, patient.id, schedule={"times": ["08:00", "20:00"]})
+    await create(sock, patient.id, name="Ibuprofen", schedule={"as_needed": True})
+    now = utcnow()
+    status, body = await api.request("GET", f"/api/patients/{patient.id}/doses", patient,
+                                     params={"from": now.isoformat(), "to": (now + timedelta(hours=36)).isoformat()})
+    assert status == 200
+    ny = ZoneInfo("America/New_York")
+    expected = []
+    for offset in range(-1, 3):
+        day = now.astimezone(ny).date() + timedelta(days=offset)
+        for at in (time(8), time(20)):
+            due = resolve_local(day, at, ny)
+            if now <= due < now + timedelta(hours=36):
+                expected.append((f"{day.isoformat()}T{at.strftime('%H:%M')}", due))
+    got = [(d["planned_at"], datetime.fromisoformat(d["due_at"].replace("Z", "+00:00"))) for d in body["items"]]
+    assert got == expected and len(got) >= 2
+    assert {d["medication_id"] for d in body["items"]} == {med["id"]}  # as needed: nothing planned
+    assert all(d["state"] == "scheduled" and d["timezone"] == "America/New_York" for d in body["items"])
+
+    # A new schedule replaces the doses not yet due; the drawer travels with them.
+    await sock.ok("med:update", {"patient_id": patient.id, "medication_id": med["id"],
+                                 "schedule": {"times": ["12:00"]}, "drawer": 4})
+    status, body = await api.request("GET", f"/api/patients/{patient.id}/doses", patient,
+                                     params={"from": now.isoformat(), "to": (now + timedelta(hours=36)).isoformat()})
+    assert body["items"] and all(d["planned_at"].endswith("T12:00") and d["drawer"] == 4 for d in body["items"])
+    # A stock change alone does not touch them.
+    ids = [d["id"] for d in body["items"]]
+    await sock.ok("med:update", {"patient_id": patient.id, "medication_id": med["id"], "stock": 12})
+    _, again = await api.request("GET", f"/api/patients/{patient.id}/doses", patient,
+                                 params={"from": now.isoformat(), "to": (now + timedelta(hours=36)).isoformat()})
+    assert [d["id"] for d in again["items"]] == ids
+    await sock.ok("med:archive", {"patient_id": patient.id, "medication_id": med["id"]})
+    _, gone = await api.request("GET", f"/api/patients/{patient.id}/doses", patient)
+    assert [d for d in gone["items"] if d["state"] == "scheduled"] == []
+    for bad in ({"from": "yesterday"}, {"from": now.isoformat(), "to": (now - timedelta(hours=1)).isoformat()},
+                {"from": now.isoformat(), "to": (now + timedelta(days=40)).isoformat()}):
+        status, err = await api.request("GET", f"/api/patients/{patient.id}/doses", patient, params=bad)
+        assert status == 422 and err["error"]["code"] == "invalid_query", bad
+
+
+async def test_reminded_at_due_time_confirmed_in_the_app_or_missed_after_grace(api: Api) -> None:
+    patient = await api.register("patient")
+    carer = await api.register("caregiver")
+    await api.link(patient, carer)
+    p_sock, c_sock = await api.socket(patient), await api.socket(carer)
+    med = await create(p_sock, patient.id, schedule={"times": ["03:00"]}, stock=6, low_stock_at=5)
+    soon = utcnow() + timedelta(seconds=1)
+    taken = await add_dose(patient, med, soon, slot="taken")
+    skipped = await add_dose(patient, med, soon + timedelta(milliseconds=200), slot="skipped")
+    later = await add_dose(patient, med, utcnow() + timedelta(hours=5), slot="later")
+
+    due = await p_sock.events.wait("dose:due", count=2)
+    assert {d["id"] for d in due} == {str(taken.id), str(skipped.id)}
+    first = next(d for d in due if d["id"] == str(taken.id))
+    assert first["state"] == "reminded" and first["drawer"] == 2 and first["late_ms"] >= 0
+    assert first["medication_name"] == "Metformin" and first["due_at"].endswith("Z")
+    await c_sock.events.wait("dose:due", count=2)  # everyone linked sees the reminder
+    stored = await DoseEvent.get(taken.id)
+    assert stored is not None and stored.state == "reminded" and stored.reminded_at is not None
+
+    confirmed = await p_sock.ok("dose:confirm", {"patient_id": patient.id, "dose_id": str(taken.id)})
+    assert confirmed["state"] == "confirmed" and confirmed["confirmed_via"] == "app"
+    (pushed,) = await c_sock.events.wait("dose:confirmed")
+    assert pushed["id"] == str(taken.id)
+    # The dose came out of stock, and that is a medication change like any other.
+    changes = await c_sock.events.wait("med:changed", count=2)
+    assert changes[-1]["change"] == "stock" and changes[-1]["medication"]["stock"] == 5
+    assert changes[-1]["medication"]["low_stock"] is True
+    assert (await Medication.get(med["id"])).stock == 5  # type: ignore[union-attr]
+    again = await p_sock.ok("dose:confirm", {"patient_id": patient.id, "dose_id": str(taken.id)})
+    assert again["state"] == "confirmed"
+    assert (await Medication.get(med["id"])).stock == 5  # type: ignore[union-attr]  # once
+
+    (missed,) = await c_sock.events.wait("dose:missed", timeout=GRACE_S + 5)
+    assert missed["id"] == str(skipped.id) and missed["state"] == "missed"
+    # The patient was reminded of each dose; the caregiver told of the missed one, once.
+    reminders = [n for n in p_sock.events.of("notification:new") if n["kind"] == "reminder"]
+    assert sorted(n["data"]["dose_id"] for n in reminders) == sorted([str(taken.id), str(skipped.id)])
+    assert reminders[0]["title"] == "Time for Metformin" and "drawer 2" in reminders[0]["body"]
+    lows = [n for n in c_sock.events.of("notification:new") if n["kind"] == "low_stock"]
+    assert len(lows) == 1 and lows[0]["data"]["stock"] == 5  # the confirmed dose took stock to its low mark
+    missed_notes = await notes_of(c_sock, "dose_missed")
+    assert len(missed_notes) == 1 and missed_notes[0]["urgency"] == "high"
+    assert missed_notes[0]["data"]["dose_id"] == str(skipped.id)
+    assert not [n for n in c_sock.events.of("notification:new") if n["kind"] == "reminder"]
+    reply = await p_sock.call("dose:confirm", {"patient_id": patient.id, "dose_id": str(skipped.id)})
+    assert reply["ok"] is False and reply["error"]["code"] == "dose_missed"
+    reply = await p_sock.call("dose:confirm", {"patient_id": patient.id, "dose_id": str(later.id)})
+    assert reply["ok"] is False and reply["error"]["code"] == "not_due_yet"
+    for bad in ({"patient_id": patient.id, "dose_id": "nope"}, {"patient_id": patient.id},
+                {"patient_id": patient.id, "dose_id": str(PydanticObjectId())}):
+        reply = await p_sock.call("dose:confirm", bad)
+        assert reply["ok"] is False and reply["error"]["code"] in ("invalid_payload", "invalid_id", "not_found")
+    assert [(await DoseEvent.get(d.id)).state for d in (taken, skipped, later)] == [  # type: ignore[union-attr]
+        "confirmed", "missed", "scheduled"]
+    assert len(p_sock.events.of("dose:due")) == 2  # each reminder once
+
+
+async def test_adherence_per_medication_and_per_week(api: Api) -> None:
+    patient = await api.register("patient")
+    status, _ = await api.request("PATCH", "/api/me", patient, json={"timezone": "Europe/Lisbon"})
+    sock = await api.socket(patient)
+    med = await create(sock, patient.id, schedule={"as_needed": True})
+    other = await create(sock, patient.id, name="Lisinopril", schedule={"as_needed": True})
+    lisbon = ZoneInfo("Europe/Lisbon")
+    today = utcnow().astimezone(lisbon).date()
+    monday = today - timedelta(days=today.weekday())
+    last_week = monday - timedelta(days=7)
+    at = lambda day: resolve_local(day, time(0, 30), lisbon)  # noqa: E731
+    for i, state in enumerate(["confirmed", "confirmed", "missed"]):
+        await add_dose(patient, med, at(last_week + timedelta(days=i)), state, slot=f"m{i}")
+    await add_dose(patient, other, at(last_week), "missed", slot="o1")
+    await add_dose(patient, med, at(monday), "confirmed", slot="m9")
+    await add_dose(patient, med, at(monday - timedelta(days=60)), "missed", slot="old")  # outside the window
+    status, body = await api.request("GET", f"/api/patients/{patient.id}/adherence?weeks=2", patient)
+    assert status == 200 and body["timezone"] == "Europe/Lisbon"
+    per_med = {m["medication_id"]: m for m in body["medications"]}
+    assert per_med[med["id"]]["confirmed"] == 3 and per_med[med["id"]]["missed"] == 1
+    assert per_med[med["id"]]["adherence"] == 0.75 and per_med[other["id"]]["adherence"] == 0.0
+    weeks = {w["week_start"]: w for w in body["weeks"]}
+    assert set(weeks) == {last_week.isoformat(), monday.isoformat()}
+    assert weeks[last_week.isoformat()]["due"] == 4 and weeks[last_week.isoformat()]["adherence"] == 0.5
+    assert weeks[last_week.isoformat()]["medications"][other["id"]]["missed"] == 1
+    assert weeks[monday.isoformat()]["adherence"] == 1.0
+    for bad in ("0", "53", "x"):
+        status, err = await api.request("GET", f"/api/patients/{patient.id}/adherence?weeks={bad}", patient)
+        assert status == 422 and err["error"]["code"] == "invalid_query"
+    assert date.fromisoformat(body["weeks"][0]["week_start"]).weekday() == 0
