@@ -132,8 +132,9 @@ class RawWatcher:
 
 @pytest.fixture
 async def fast_device_api(store: Any, tmp_path: Path, aiohttp_server: Any) -> Any:
-    """A server whose per-connection event limit lets a device send hundreds of frames a second."""
-    settings = make_settings(store.url, tmp_path, event_rate_per_s=2000.0, event_burst=2000)
+    """A server whose per-connection and per-sender event limits let a device send hundreds of frames a second."""
+    settings = make_settings(store.url, tmp_path, event_rate_per_s=2000.0, event_burst=2000,
+                             user_event_rate_per_s=2000.0, user_event_burst=2000)
     server = await aiohttp_server(create_app(settings))
     async with Api(str(server.make_url("")).rstrip("/"), server.app) as client:
         yield client

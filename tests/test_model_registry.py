@@ -118,10 +118,11 @@ async def test_activate_and_rollback_reach_a_second_process(store: EmbeddedStore
         assert series.hr is not None and list(series.hr) == [72.0] and list(series.rmssd) == [40.0]
         # Doses decided by the medication scheduler (its dose_events collection) become daily adherence.
         yesterday = datetime.now(UTC).replace(hour=8, minute=0) - timedelta(days=1)
+        med = PydanticObjectId()
         await Prediction.get_pymongo_collection().database["dose_events"].insert_many([
-            {"patient_id": pid, "due_at": yesterday, "state": "confirmed"},
-            {"patient_id": pid, "due_at": yesterday + timedelta(hours=12), "state": "missed"},
-            {"patient_id": pid, "due_at": yesterday + timedelta(hours=13), "state": "scheduled"}])
+            {"patient_id": pid, "medication_id": med, "slot": f"slot-{i}", "due_at": yesterday + timedelta(hours=h),
+             "state": state}
+            for i, (h, state) in enumerate(((0, "confirmed"), (12, "missed"), (13, "scheduled")))])
         series = await patient_series(pid, datetime.now(UTC))
         assert series.adherence is not None and list(series.adherence) == [0.5]
 
