@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -872,50 +873,19 @@ class CallService:
 
     def _register(self) -> None:
         rt = self.rt
+        for name, model, handler in (
+            ("call:invite", InviteIn, self.invite), ("call:accept", CallRef, self.accept),
+            ("call:signal", SignalIn, self.signal), ("call:resume", CallRef, self.resume),
+            ("call:join", CallRef, self.join), ("call:leave", CallRef, self.leave),
+            ("call:consent", ConsentIn, self.consent), ("call:media-offer", MediaOfferIn, self.media_offer),
+        ):
+            rt.event(name, model)(handler)
+        for name, action, side in (("call:reject", Action.REJECT, "callee"), ("call:cancel", Action.CANCEL, "caller"),
+                                   ("call:hangup", Action.HANGUP, None)):
+            rt.event(name, CallRef)(functools.partial(self._end_event, action=action, side=side))
 
-        @rt.event("call:invite", InviteIn)
-        async def _invite(ctx: EventContext, body: InviteIn) -> dict[str, Any]:
-            return await self.invite(ctx, body)
-
-        @rt.event("call:accept", CallRef)
-        async def _accept(ctx: EventContext, body: CallRef) -> dict[str, Any]:
-            return await self.accept(ctx, body)
-
-        @rt.event("call:reject", CallRef)
-        async def _reject(ctx: EventContext, body: CallRef) -> dict[str, Any]:
-            return await self._end(ctx, body.call_id, Action.REJECT, "callee")
-
-        @rt.event("call:cancel", CallRef)
-        async def _cancel(ctx: EventContext, body: CallRef) -> dict[str, Any]:
-            return await self._end(ctx, body.call_id, Action.CANCEL, "caller")
-
-        @rt.event("call:hangup", CallRef)
-        async def _hangup(ctx: EventContext, body: CallRef) -> dict[str, Any]:
-            return await self._end(ctx, body.call_id, Action.HANGUP, None)
-
-        @rt.event("call:signal", SignalIn)
-        async def _signal(ctx: EventContext, body: SignalIn) -> dict[str, Any]:
-            return await self.signal(ctx, body)
-
-        @rt.event("call:resume", CallRef)
-        async def _resume(ctx: EventContext, body: CallRef) -> dict[str, Any]:
-            return await self.resume(ctx, body)
-
-        @rt.event("call:join", CallRef)
-        async def _join(ctx: EventContext, body: CallRef) -> dict[str, Any]:
-            return await self.join(ctx, body)
-
-        @rt.event("call:leave", CallRef)
-        async def _leave(ctx: EventContext, body: CallRef) -> dict[str, Any]:
-            return await self.leave(ctx, body)
-
-        @rt.event("call:consent", ConsentIn)
-        async def _consent(ctx: EventContext, body: ConsentIn) -> dict[str, Any]:
-            return await self.consent(ctx, body)
-
-        @rt.event("call:media-offer", MediaOfferIn)
-        async def _media_offer(ctx: EventContext, body: MediaOfferIn) -> dict[str, Any]:
-            return await self.media_offer(ctx, body)
+    async def _end_event(self, ctx: EventContext, body: CallRef, *, action: Action, side: str | None) -> dict[str, Any]:
+        return await self._end(ctx, body.call_id, action, side)
 
 
 # --- REST ---------------------------------------------------------------------------------------------
