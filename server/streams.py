@@ -142,13 +142,15 @@ class StreamService:
         await self.live.publish(str(doc.patient_id), "live:stream", {"change": "opened", "stream": meta})
         return {"stream_id": stream.id, "max_samples": max_samples(body.sampling_rate)}
 
-    def _track(self, doc: Stream) -> LiveStream:
+    def _track(self, doc: Stream, takeover: bool = False) -> LiveStream:
         clock = DeviceClock()
         stream = LiveStream(doc=doc, sequencer=StreamSequencer(), clock=clock,
                             bucket=BucketBuilder(doc.id, doc.patient_id, doc.sampling_rate,  # type: ignore[arg-type]
                                                  clock.to_server))
-        if doc.last_seq is not None:
-            stream.sequencer.resume(doc.last_seq + 1)
+        if doc.last_seq is not None or takeover:
+            # Taken over from a process that died: what it had not checkpointed (its unflushed bucket, up to
+            # a bucket's length of signal) is lost, so the gap is counted from the last stored position.
+            stream.sequencer.resume(doc.last_seq + 1 if doc.last_seq is not None else 0)
         self.streams[stream.id] = stream
         self.pool.open(stream.id, doc.kind, doc.sampling_rate, self.vitals.thresholds_for(doc.patient_id))
         return stream
@@ -161,7 +163,7 @@ class StreamService:
             if doc is None or doc.closed_at is not None or str(doc.device_id) != ctx.principal.sid:
                 raise ApiError("unknown_stream", "No open stream with that id for this device; open one", 404)
             await self.vitals.load_thresholds(doc.patient_id)
-            stream = self._track(doc)
+            stream = self._track(doc, takeover=True)
         if str(stream.doc.device_id) != ctx.principal.sid:
             raise forbidden("That stream belongs to another device")
         return stream
@@ -193,7 +195,7 @@ class StreamService:
         gap = None
         if stream.first_t0 is None:
             stream.first_t0 = frame.t0
-        elif status == "gap":
+        if status == "gap":  # also the first frame after a takeover, sized by the frame count then
             # The device clock says how much signal is missing; the frame count is the fallback.
             by_clock = round((frame.t0 - (stream.next_t0 or frame.t0)) * rate / 1000.0)
             missing_samples = by_clock if by_clock > 0 else verdict.missing * samples.size

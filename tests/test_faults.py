@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from redis import Redis
 from server.app import create_app
 from server.embedded_store import EmbeddedStore, free_port
 from server.models import User
-from tests.conftest import make_settings
-from tests.helpers import Api
+from tests.alert_clients import crisis, device_sock
+from tests.conftest import TEST_SECRET, make_settings
+from tests.helpers import Api, ServerProcess
+from tests.streaming import device_socket, ecg, frame, open_stream, pair
 
 
 async def _ready(http: aiohttp.ClientSession, base: str) -> tuple[int, dict]:
@@ -116,3 +119,51 @@ async def test_redis_outage_single_process_serves_and_cross_process_resumes(
         # What was persisted during the outage is there.
         status, me = await api_two.request("GET", "/api/me", patient)
         assert status == 200 and me["name"].startswith("Back")
+
+
+async def test_server_killed_mid_stream_devices_and_watchers_fail_over(store: EmbeddedStore, redis_url: str,
+                                                                        tmp_path: Path) -> None:
+    """Two processes behind a balancer; the one holding a streaming device and a watcher is SIGKILLed.
+    Both reconnect to the other: the stream goes on under its id with the gap recorded and shown, and
+    the crisis alert raised just before the crash reaches the caregiver there."""
+    env = {"HEALTHMATE_MONGODB_URL": store.url, "HEALTHMATE_MONGODB_DB": f"hm_failover_{free_port()}",
+           "HEALTHMATE_REDIS_URL": redis_url, "HEALTHMATE_JWT_SECRET": TEST_SECRET,
+           "HEALTHMATE_DATA_DIR": str(tmp_path)}
+    doomed, survivor = ServerProcess(env, free_port()), ServerProcess(env, free_port())
+    await asyncio.gather(doomed.start(), survivor.start())
+    try:
+        async with Api(doomed.url) as api_a, Api(survivor.url) as api_b:
+            patient = await api_a.register("patient")
+            carer = await api_a.register("caregiver")
+            await api_a.link(patient, carer)
+            credential = (await pair(api_a, patient))["credential"]
+            device = await device_socket(api_a, credential)
+            stream_id = await open_stream(device)
+            watcher = await device_sock(doomed.url, carer, "carer-phone")
+            await watcher.ok("live:subscribe", {"patient_id": patient.id})
+            samples = ecg(1.0)
+            for seq in range(5):
+                assert (await device.ok("stream:frame", frame(stream_id, seq, samples, 250.0)))["status"] == "ok"
+            await watcher.events.wait("live:frame", count=5)
+            await (await device_sock(doomed.url, patient)).ok("bp:add", crisis())
+            await watcher.events.wait("alert:new")
+            await asyncio.sleep(1.5)  # the stream's position is checkpointed within a second
+            assert await doomed.stop(signal.SIGKILL) == -signal.SIGKILL
+
+            device = await device_socket(api_b, credential)
+            watcher = await device_sock(survivor.url, carer, "carer-phone")
+            await watcher.ok("live:subscribe", {"patient_id": patient.id})
+            replies = [await device.ok("stream:frame", frame(stream_id, seq, samples, 250.0)) for seq in range(8, 12)]
+            assert [r["status"] for r in replies] == ["gap", "ok", "ok", "ok"]
+            (gap,) = await watcher.events.wait("live:gap")
+            # At least the 3 frames never sent; also those the dead process held unflushed (lost with it).
+            assert gap["stream_id"] == stream_id and 3 <= gap["missing_frames"] <= 8
+            await watcher.events.wait("live:frame", count=4)
+            (alert,) = await watcher.events.wait("alert:new")  # not confirmed on the dead process: redelivered
+            assert alert["kind"] == "bp_crisis" and alert["patient"]["id"] == patient.id
+            status, streams = await api_b.request("GET", f"/api/patients/{patient.id}/streams", carer)
+            assert status == 200 and streams["items"][0]["id"] == stream_id
+            for sock in (device, watcher):
+                await sock.close()
+    finally:
+        await asyncio.gather(doomed.stop(), survivor.stop())
