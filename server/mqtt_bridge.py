@@ -8,7 +8,10 @@ name = its device id and password = its device credential, and talks on its own 
 - ``healthmate/devices/<id>/down/ack``: the server's answer, ``{"id", "event", "ok", "data" | "error"}``,
   exactly the ack the same event gets over Socket.IO;
 - ``healthmate/devices/<id>/down/<event>``: server-to-device commands (anything emitted to the
-  device's Socket.IO room, e.g. ``box:command``), the JSON payload as is.
+  device's Socket.IO room, e.g. ``box:command``), the JSON payload as is. A command the server wants
+  acknowledged (as a Socket.IO emit with a callback) carries MQTT 5 request/response properties: the
+  device publishes ``{"id": <its CorrelationData>, "data": <reply>}`` to its ``ResponseTopic``
+  (``.../<id>/up/command-ack``), and the server's callback runs, in whichever process emitted it.
 
 The bridge logs in as the privileged bridge user, subscribes to every device's ``up`` topics (as a
 shared subscription, so with several server processes each message is handled by one of them), and
@@ -26,13 +29,17 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Coroutine
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from beanie import PydanticObjectId
 from bson.errors import InvalidId
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from server.auth import Client, Principal
 from server.bus import ControlBus
@@ -63,6 +70,10 @@ def parse_url(url: str) -> dict[str, Any]:
             "password": unquote(parts.password) if parts.password else None}
 
 
+COMMAND_ACK = "command-ack"
+MAX_AWAITING = 10_000
+
+
 def topic_of(device_id: str, direction: str, name: str) -> str:
     return f"{TOPIC_ROOT}/{device_id}/{direction}/{name}"
 
@@ -80,8 +91,12 @@ class MqttBridge:
         self._queues: dict[str, asyncio.Queue[tuple[str, bytes]]] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._principals: dict[str, tuple[float, Principal | None]] = {}
+        self.bus = bus
+        # Commands awaiting the device's acknowledgement: correlation -> (device id, callback); bounded.
+        self._awaiting: OrderedDict[str, tuple[str, Callable[..., Any]]] = OrderedDict()
         realtime.sio.device_sinks.append(self.command)
         bus.on("device_revoked", self._forget)
+        bus.on("mqtt_command_ack", self._command_acked)
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -179,6 +194,10 @@ class MqttBridge:
                 "invalid_json", 'Publish JSON {"id": <correlation id>, "data": <payload>}')})
             return
         correlation = message.get("id")
+        if event == COMMAND_ACK:  # the device's answer to a command: no ack of an ack
+            await self.bus.publish("mqtt_command_ack", device_id=device_id, id=str(correlation),
+                                   data=message.get("data"))
+            return
         principal = await self._principal(device_id)
         if principal is None:
             self.refused += 1
@@ -211,17 +230,37 @@ class MqttBridge:
     async def _ack(self, device_id: str, event: str, correlation: Any, reply: dict[str, Any]) -> None:
         await self._publish(topic_of(device_id, "down", "ack"), {"id": correlation, "event": event[:64], **reply})
 
-    async def command(self, device_id: str, event: str, data: Any) -> None:
-        """An event emitted to the device's room, for the device's MQTT side."""
-        await self._publish(topic_of(device_id, "down", event), data)
+    async def command(self, device_id: str, event: str, data: Any, callback: Callable[..., Any] | None = None) -> None:
+        """An event emitted to the device's room, for the device's MQTT side; with ``callback``, as a request
+        whose acknowledgement (on the response topic) calls it, like a Socket.IO emit's callback."""
+        properties = None
+        if callback is not None:
+            correlation = uuid.uuid4().hex
+            self._awaiting[correlation] = (device_id, callback)
+            while len(self._awaiting) > MAX_AWAITING:
+                self._awaiting.popitem(last=False)
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ResponseTopic = topic_of(device_id, "up", COMMAND_ACK)
+            properties.CorrelationData = correlation.encode()
+        await self._publish(topic_of(device_id, "down", event), data, properties)
 
-    async def _publish(self, topic: str, data: Any) -> None:
+    async def _command_acked(self, msg: dict[str, Any]) -> None:
+        """Run the callback of an acknowledged command, if this process emitted it (and to that device)."""
+        pending = self._awaiting.get(msg["id"])
+        if pending is None or pending[0] != msg["device_id"]:
+            return
+        del self._awaiting[msg["id"]]
+        result = pending[1]() if msg.get("data") is None else pending[1](msg["data"])
+        if asyncio.iscoroutine(result):
+            await result
+
+    async def _publish(self, topic: str, data: Any, properties: Properties | None = None) -> None:
         client = self.client
         if client is None:
             log.warning("MQTT broker not connected; %s dropped", topic)
             return
         try:
-            await client.publish(topic, json.dumps(data, default=str), qos=1)
+            await client.publish(topic, json.dumps(data, default=str), qos=1, properties=properties)
         except aiomqtt.MqttError as exc:
             log.warning("MQTT publish to %s failed: %s", topic, exc)
 

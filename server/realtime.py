@@ -71,7 +71,7 @@ DEVICE_ROLES = frozenset({"device"})
 CLIENT_DEVICE_ID = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
 
 
-DeviceSink = Callable[[str, str, Any], Awaitable[None]]
+DeviceSink = Callable[[str, str, Any, Callable[..., Any] | None], Awaitable[None]]
 
 
 class _Server(socketio.AsyncServer):
@@ -87,7 +87,7 @@ class _Server(socketio.AsyncServer):
         if isinstance(target, str) and target.startswith("device:"):
             for sink in getattr(self, "device_sinks", ()):
                 try:
-                    await sink(target.removeprefix("device:"), event, data)
+                    await sink(target.removeprefix("device:"), event, data, kwargs.get("callback"))
                 except Exception:
                     log.exception("device sink failed for %s", event)
 

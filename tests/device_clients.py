@@ -94,6 +94,10 @@ class MqttDevice:
                     future.set_result(data)
             else:
                 await self.commands.add(name, data)
+                correlation = getattr(message.properties, "CorrelationData", None)
+                if correlation is not None:  # a command the server wants acknowledged, as Socket.IO clients do
+                    await self.publish(message.properties.ResponseTopic,  # type: ignore[union-attr]
+                                       json.dumps({"id": correlation.decode(), "data": None}))
 
     async def publish(self, topic: str, payload: bytes | str) -> None:
         assert self.client is not None

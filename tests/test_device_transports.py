@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,14 @@ import pytest
 from server.app import create_app
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES
+from server.models import utcnow
 from server.realtime import device_room
+from server.scheduler import DoseEvent
 from tests.conftest import Broker, make_settings
 from tests.device_clients import DeviceClient, MqttDevice, SioDevice, pair_device
 from tests.helpers import Api
+from tests.test_medications import create
+from tests.test_scheduler import add_dose
 
 SILENCE_S = 1.0
 
@@ -143,8 +148,45 @@ async def test_commands_reach_the_device_and_only_it(rig: Rig) -> None:
     assert (await other.call("device:heartbeat"))["ok"] is True
     assert api.app is not None
     command = {"command_id": "c-1", "drawer": 3, "led": "on", "buzzer": True}
-    await api.app[SERVICES].realtime.sio.emit("box:command", command, room=device_room(box.device_id))
+    acked = asyncio.Event()
+    await api.app[SERVICES].realtime.sio.emit("box:command", command, room=device_room(box.device_id),
+                                              callback=lambda *reply: acked.set())
     (received,) = await box.commands.wait("box:command")
     assert received == command
+    await asyncio.wait_for(acked.wait(), 5)  # the device's acknowledgement reaches the emitter's callback
     await asyncio.sleep(0.3)
     assert other.commands.of("box:command") == []
+
+
+async def test_medicine_box_dose_flow(rig: Rig) -> None:
+    """The same box behaviour on either transport: hello, the dose's command acknowledged (so not
+    resent), the wrong drawer flagged, the right drawer confirming the dose, the LED cleared."""
+    api = rig.api
+    patient = await api.register("patient")
+    p_sock = await api.socket(patient)
+    med = await create(p_sock, patient.id, schedule={"as_needed": True}, drawer=2, stock=20)
+    box = await rig.paired(patient, kind="medicine_box", serial="BOX-1")
+    hello = await box.call("box:hello", {"drawers": [{"index": i} for i in range(1, 5)], "firmware": "fw-2"})
+    assert hello["ok"] is True and hello["data"]["assigned"][0]["drawer"] == 2
+    dose = await add_dose(patient, med, utcnow() + timedelta(milliseconds=200))
+    (remind,) = await box.commands.wait("box:command", timeout=10)
+    assert (remind["action"], remind["drawer"], remind["led"], remind["dose_id"]) == ("remind", 2, "on", str(dose.id))
+    for _ in range(100):  # the acknowledgement reached the server, whichever transport carried it
+        stored = await DoseEvent.get(dose.id)
+        if stored is not None and stored.box_acked_at is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert stored is not None and stored.box_acked_at is not None and stored.box_attempts == 1
+    wrong = await box.call("box:drawer-opened", {"drawer": 3})
+    assert wrong["ok"] is True
+    (flag,) = await p_sock.events.wait("box:wrong-drawer")
+    assert flag["expected"] == [2]
+    opened = await box.call("box:drawer-opened", {"drawer": 2})
+    assert opened["ok"] is True and opened["data"]["confirmed"] == [str(dose.id)]
+    (confirmed,) = await p_sock.events.wait("dose:confirmed")
+    assert confirmed["confirmed_via"] == "box"
+    clear = await box.commands.wait("box:command", count=2)
+    assert (clear[1]["action"], clear[1]["led"]) == ("clear", "off")
+    assert (await box.call("box:drawer-closed", {"drawer": 2}))["ok"] is True
+    await asyncio.sleep(1.5)  # acknowledged: never resent
+    assert [c["action"] for c in box.commands.of("box:command")] == ["remind", "clear"]
