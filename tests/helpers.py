@@ -73,7 +73,9 @@ class Sock:
         await self.client.disconnect()
 
 
-async def connect(base_url: str, token: str | None, transports: tuple[str, ...] = ("websocket",)) -> Sock:
+async def connect(base_url: str, token: str | None, transports: tuple[str, ...] = ("websocket",),
+                  auth: dict[str, str] | None = None) -> Sock:
+    """A socket recording what it receives; ``auth`` (e.g. a device credential) instead of a user token."""
     client = socketio.AsyncClient(reconnection=False)
     events = Events()
 
@@ -81,7 +83,9 @@ async def connect(base_url: str, token: str | None, transports: tuple[str, ...] 
     async def catch_all(event: str, data: Any = None) -> None:
         await events.add(event, data)
 
-    await client.connect(base_url, auth={"token": token} if token is not None else None,
+    if auth is None and token is not None:
+        auth = {"token": token}
+    await client.connect(base_url, auth=auth,
                          transports=list(transports), wait_timeout=10)
     return Sock(client, events)
 

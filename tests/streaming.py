@@ -6,9 +6,8 @@ import itertools
 from typing import Any
 
 import numpy as np
-import socketio
 
-from tests.helpers import Api, Events, Sock, User
+from tests.helpers import Api, Sock, User, connect
 
 _serials = itertools.count(1)
 
@@ -22,15 +21,7 @@ async def pair(api: Api, patient: User, kind: str = "ecg", serial: str | None = 
 
 
 async def device_socket(api: Api, credential: str) -> Sock:
-    client = socketio.AsyncClient(reconnection=False)
-    events = Events()
-
-    @client.on("*")
-    async def catch_all(event: str, data: Any = None) -> None:
-        await events.add(event, data)
-
-    await client.connect(api.base_url, auth={"device_token": credential}, transports=["websocket"], wait_timeout=10)
-    sock = Sock(client, events)
+    sock = await connect(api.base_url, None, auth={"device_token": credential})
     api.sockets.append(sock)
     return sock
 

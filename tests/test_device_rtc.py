@@ -8,28 +8,14 @@ import json
 from typing import Any
 
 import numpy as np
-import socketio
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from server.http import SERVICES
 from server.waveform_store import Stream
-from tests.helpers import Api, Events, Sock
+from tests.helpers import Api
+from tests.streaming import device_socket
 
 RATE, PER_FRAME, FRAMES = 250.0, 50, 20
-
-
-async def device_socket(api: Api, credential: str) -> Sock:
-    client = socketio.AsyncClient(reconnection=False)
-    events = Events()
-
-    @client.on("*")
-    async def catch_all(event: str, data: Any = None) -> None:
-        await events.add(event, data)
-
-    await client.connect(api.base_url, auth={"device_token": credential}, transports=["websocket"])
-    sock = Sock(client, events)
-    api.sockets.append(sock)
-    return sock
 
 
 async def test_device_frames_over_a_data_channel_reach_the_stream_service(api: Api) -> None:
