@@ -99,3 +99,13 @@ async def test_ping_echoes_and_tells_server_time(api: Api) -> None:
     assert reply["t"] == 12.5 and abs(reply["server_time_ms"] - time.time() * 1000) < 5000
     bad = await sock.call("sys:ping", {"t": "soon"})
     assert bad["ok"] is False and bad["error"]["code"] == "invalid_payload"
+
+
+async def test_websocket_declines_per_message_deflate(api: Api) -> None:
+    """Clients offer permessage-deflate; the server declines it (server/realtime.py says why) and the
+    websocket works uncompressed."""
+    url = api.base_url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+    async with api.http.ws_connect(url, compress=15) as ws:
+        assert ws.compress == 0
+        opened = await ws.receive_str(timeout=5)
+        assert opened.startswith("0{") and '"sid"' in opened
