@@ -1,5 +1,6 @@
 """The embedded store: durability of acknowledged writes across SIGKILL, data across restarts,
-a crash reported and recovered from, and migrations that run once and in order."""
+a crash reported and recovered from, migrations that run once and in order, and writes sent without
+the retryable-write bookkeeping that slows SecantusDB down."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession
+from pymongo import monitoring
 
 from server.app import create_app
 from server.db import init_documents, make_client
@@ -121,3 +123,34 @@ async def test_migrations_run_once_in_order(store: EmbeddedStore) -> None:
     results = await asyncio.gather(run_migrations(client[db_name]), run_migrations(client[db_name]))
     assert sorted(len(r) for r in results) == [0, len(MIGRATIONS)]
     await client.close()
+
+
+class _Commands(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.commands: list[dict[str, object]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands.append(dict(event.command))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_writes_to_the_embedded_store_are_not_retryable(store: EmbeddedStore) -> None:
+    """A retryable write carries a transaction number that SecantusDB records and rescans on every later
+    write (server/embedded_store.py); the store's URL turns them off for every client given it."""
+    listener = _Commands()
+    client = make_client(store.url, event_listeners=[listener])
+    try:
+        coll = client["hm_retry"]["docs"]
+        await coll.insert_one({"n": 1})
+        await coll.update_one({"n": 1}, {"$set": {"n": 2}})
+        await coll.delete_one({"n": 2})
+    finally:
+        await client.close()
+    writes = [c for c in listener.commands if {"insert", "update", "delete"} & c.keys()]
+    assert len(writes) == 3
+    assert all("txnNumber" not in c for c in writes), writes
