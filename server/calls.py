@@ -52,6 +52,7 @@ from signaling.call_state import (
     resolve_invite,
     resolve_offer,
 )
+from signaling.route_cache import RouteCache
 from signaling.turn import turn_credential
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ MAX_MEMBERS = 3  # the two participants and one joiner (a clinician), through th
 SWEEP_BATCH = 100
 MEDIA_CHANNEL = "healthmate:calls:media:"  # + host process id: media offers forwarded to the host
 FORWARD_TIMEOUT_S = 10.0
-ROUTE_FIELDS = {"state": 1, "caller_sid": 1, "callee_sid": 1, "offer_from": 1, "media": 1}
+ROUTE_FIELDS = {"state": 1, "caller_sid": 1, "callee_sid": 1, "offer_from": 1, "media": 1, "rev": 1}
 STALE_EVERY = 10  # every this many sweeps, look for calls held by sockets of processes that died
 
 
@@ -224,6 +225,8 @@ class CallService:
         self.rooms: dict[str, MediaRoom] = {}  # relayed calls whose media this process terminates
         self.joined_sids: dict[str, str] = {}  # local joiner socket id -> call id
         self.teardowns: set[asyncio.Task[None]] = set()
+        self.routes = RouteCache()
+        svc.bus.on("call_changed", self._route_changed)
         svc.bus.on("call_ended", self._close_room)
         svc.bus.on("link_changed", self._on_link_changed)
         svc.bus.on("call_record", self._start_recording)
@@ -275,6 +278,7 @@ class CallService:
                                                  return_document=ReturnDocument.AFTER)
             if raw is not None:
                 new = CallSession.model_validate(raw)
+                await self._announce_change(new)
                 if new.state == CallState.ENDED and doc.state != CallState.ENDED:
                     try:
                         await self._ended(new)
@@ -282,6 +286,26 @@ class CallService:
                         log.exception("after ending call %s", new.id)
                 return doc, new
         raise ApiError("conflict", "The call changed while we applied that; try again", 409)
+
+    async def _announce_change(self, call: CallSession) -> None:
+        """Every process drops its cached route of the call (here at once; elsewhere over the bus)."""
+        self.routes.forget(str(call.id), call.rev)
+        try:
+            await self.svc.bus.publish("call_changed", call_id=str(call.id), rev=call.rev)
+        except Exception as exc:  # Redis down: the other processes' routes expire on their own
+            log.warning("could not announce the change of call %s: %s", call.id, exc)
+
+    async def _route_changed(self, msg: dict[str, Any]) -> None:
+        self.routes.forget(msg["call_id"], msg["rev"])
+
+    async def _route(self, call_id: PydanticObjectId) -> dict[str, Any] | None:
+        """The fields that route a call's signals: from this process's cache, else one store read."""
+        route = self.routes.get(str(call_id))
+        if route is None:
+            route = await CallSession.get_pymongo_collection().find_one({"_id": call_id}, ROUTE_FIELDS)
+            if route is not None:
+                self.routes.put(str(call_id), route)
+        return route
 
     @staticmethod
     def move(doc: CallSession, action: Action, now: datetime, by: str | None, target: CallState | None = None,
@@ -497,9 +521,9 @@ class CallService:
 
     async def signal(self, ctx: EventContext, body: SignalIn) -> dict[str, Any]:
         """Relay an offer, answer or candidate to the other socket in the call, and to nobody else.
-        Candidates (most signals) cost one read of the few fields that route them."""
+        Candidates (most signals) are routed from the cached route (no store access)."""
         call_id = as_object_id(body.call_id, "call_id")
-        route = await CallSession.get_pymongo_collection().find_one({"_id": call_id}, ROUTE_FIELDS)
+        route = await self._route(call_id)
         side = None
         if route is not None and route["state"] in (CallState.ACTIVE, CallState.RECONNECTING):
             side = "caller" if ctx.sid == route["caller_sid"] else "callee" if ctx.sid == route["callee_sid"] else None

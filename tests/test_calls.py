@@ -384,5 +384,26 @@ async def test_calls_across_two_processes(store: EmbeddedStore, redis_url: str, 
             _, history = await api2.request("GET", "/api/calls", patient)
             assert [c["outcome"] for c in history["items"]] == ["missed", "hangup"]
             assert [t["action"] for t in history["items"][0]["transitions"]] == ["invite", "timeout"]
+
+            # Candidates are relayed from a route each process caches; a change made in the other
+            # process (the callee's drop, then its resume there) replaces it at once.
+            callee = await api2.socket(patient)
+            third = await caller.ok("call:invite", {"callee": patient.id})
+            await callee.events.wait("call:incoming")
+            await callee.ok("call:accept", {"call_id": third["id"]})
+            await caller.events.wait("call:accepted", count=2)
+            candidate = {"call_id": third["id"], "type": "candidate", "candidate": {"candidate": "candidate:1 1 udp 1"}}
+            await caller.ok("call:signal", candidate)
+            await callee.events.wait("call:peer-signal")
+            await callee.close()
+            await caller.events.wait("call:peer-dropped", count=2)
+            await refused(caller, "call:signal", candidate, "peer_away")
+            again = await api2.socket(patient)
+            await again.ok("call:resume", {"call_id": third["id"]})
+            await caller.events.wait("call:peer-resumed", count=2)
+            await caller.ok("call:signal", candidate)
+            (relayed,) = await again.events.wait("call:peer-signal")
+            assert relayed["candidate"] == {"candidate": "candidate:1 1 udp 1"}
+            await caller.ok("call:hangup", {"call_id": third["id"]})
     finally:
         await asyncio.gather(one.stop(), two.stop())

@@ -19,6 +19,7 @@ from signaling.call_state import (
     resolve_invite,
     resolve_offer,
 )
+from signaling.route_cache import RouteCache
 
 
 def test_a_call_rings_connects_drops_resumes_and_ends() -> None:
@@ -83,3 +84,19 @@ def test_crossing_offers_the_caller_wins() -> None:
     assert resolve_offer("callee", "callee", caller="caller")  # a re-offer of one's own
     assert resolve_offer("callee", "caller", caller="caller")
     assert not resolve_offer("caller", "callee", caller="caller")
+
+
+def test_route_cache_never_keeps_a_route_older_than_a_change_it_heard_of() -> None:
+    cache = RouteCache(ttl_s=5, max_calls=2)
+    cache.put("a", {"rev": 3, "callee_sid": "old"}, now=0)
+    assert cache.get("a", now=1) == {"rev": 3, "callee_sid": "old"}
+    cache.forget("a", 4)
+    assert cache.get("a", now=1) is None
+    cache.put("a", {"rev": 3, "callee_sid": "old"}, now=1)  # a read that raced with the change
+    assert cache.get("a", now=1) is None
+    cache.put("a", {"rev": 4, "callee_sid": "new"}, now=1)
+    assert cache.get("a", now=2) == {"rev": 4, "callee_sid": "new"}
+    assert cache.get("a", now=6.5) is None  # expired: read again
+    cache.put("b", {"rev": 0}, now=7)
+    cache.put("c", {"rev": 0}, now=7)  # bounded: the least recently used goes
+    assert cache.get("a", now=7) is None and cache.get("c", now=7) == {"rev": 0}
