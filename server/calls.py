@@ -356,9 +356,8 @@ class CallService:
             log.exception("notifying %s for call %s failed", kind, call.id)
 
     async def to_room(self, room: str | None, event: str, data: Any, skip_sid: str | None = None) -> None:
-        """To a room, or to one socket (a socket id is a room too); in any process."""
         if room is not None:
-            await self.rt.sio.emit(event, data, room=room, skip_sid=skip_sid)
+            await self.rt.to_room(room, event, data, skip_sid)
 
     # --- invite -------------------------------------------------------------------------------------
 

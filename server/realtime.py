@@ -338,6 +338,11 @@ class Realtime:
     async def to_user(self, user_id: Any, event: str, data: Any) -> None:
         await self.sio.emit(event, data, room=user_room(user_id))
 
+    async def to_room(self, room: str, event: str, data: Any, skip_sid: str | None = None) -> None:
+        """To a room or one socket (a socket id is a room too), in whichever process holds it. A socket of
+        this process is reached directly: nothing goes through Redis for the other processes to discard."""
+        await self.sio.emit(event, data, room=room, skip_sid=skip_sid, ignore_queue=room in self.principals)
+
     # --- control messages, applied to this process's sockets ----------------------------------------
 
     def local_sids(self, room: str) -> list[str]:
