@@ -72,11 +72,16 @@ def _up(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def main() -> None:
+def ensure_node() -> None:
+    """Node and bench/node's packages (the official socket.io client and server)."""
     if subprocess.run(["node", "--version"], capture_output=True).returncode != 0:
         raise SystemExit("node is required (the official socket.io client is the load generator)")
     if not (NODE / "node_modules" / "socket.io").exists():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(NODE)], check=True)
+
+
+def main() -> None:
+    ensure_node()
     print(f"{CONNECTIONS} connections x {WINDOW} in flight, {DURATION_S:.0f} s each", flush=True)
     one = project()
     with redis_server() as redis_url:

@@ -83,28 +83,6 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 2) if values else None
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError):
-        return 0.0
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            kids = [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        except OSError:
-            kids = []
-        out += kids
-        todo += kids
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ naive
 def naive_and_streaming_cost() -> dict[str, float]:
     """Seconds per naive analysis (``nk.ecg_process`` on 10 s at 250 Hz) and per stream-second of the
@@ -150,7 +128,7 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
     """Stop the server and make sure its store and worker are gone too: a server that closes hundreds
     of streams on an overloaded store can outlast ``servers.stop``'s wait and be killed, which would
     leave its store running on the data dir (the restart needs it) after the bench."""
-    kids = descendants(proc.pid)
+    kids = servers.descendants(proc.pid)
     servers.stop(proc)
     deadline = time.monotonic() + 20
     while kids and time.monotonic() < deadline:
@@ -434,14 +412,14 @@ class Cpu:
         self.loadgen_pids = [*loadgen_pids, os.getpid()]
 
     def groups(self) -> dict[str, list[int]]:
-        kids = descendants(self.server_pid)
+        kids = servers.descendants(self.server_pid)
         workers = [p for p in kids if "spawn_main" in servers.cmdline(p)]
         return {"server_loop": [self.server_pid], "analysis_worker": workers,
                 "store": [p for p in kids if "multiprocessing" not in servers.cmdline(p)],
                 "load_generators": self.loadgen_pids}
 
     def sample(self) -> dict[str, float]:
-        return {k: sum(cpu_s(p) for p in pids) for k, pids in self.groups().items()}
+        return {k: sum(servers.cpu_s(p) for p in pids) for k, pids in self.groups().items()}
 
     def rss_kb(self) -> int:
         """Resident memory of the server process and its analysis worker (not the store)."""
