@@ -5,22 +5,15 @@ emitting it loses nothing (the other process resumes the emit)."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 from pathlib import Path
 
 from server.embedded_store import EmbeddedStore, free_port
 from tests.alert_clients import crisis, device_sock
-from tests.conftest import TEST_SECRET
-from tests.helpers import Api, ServerProcess
-
-_dbs = itertools.count()
+from tests.helpers import Api, ServerProcess, process_env
 
 
 def env(store: EmbeddedStore, redis_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {"HEALTHMATE_MONGODB_URL": store.url, "HEALTHMATE_MONGODB_DB": f"hm_alerts_{next(_dbs)}",
-            "HEALTHMATE_REDIS_URL": redis_url, "HEALTHMATE_JWT_SECRET": TEST_SECRET,
-            "HEALTHMATE_DATA_DIR": str(tmp_path), "HEALTHMATE_ALERT_SWEEP_S": "0.2",
-            "HEALTHMATE_ALERT_EMIT_LEASE_S": "1", **extra}
+    return {**process_env(store.url, tmp_path, redis_url, alert_sweep_s=0.2, alert_emit_lease_s=1), **extra}
 
 
 async def test_alert_raised_on_one_process_reaches_and_is_acked_across_both(

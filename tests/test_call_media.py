@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,10 +15,7 @@ from server.embedded_store import EmbeddedStore, free_port
 from server.http import SERVICES
 from server.models import utcnow
 from tests.call_peers import CallPeer
-from tests.conftest import TEST_SECRET
-from tests.helpers import Api, ServerProcess
-
-_dbs = itertools.count()
+from tests.helpers import Api, ServerProcess, process_env
 
 
 async def test_two_peers_exchange_audio_then_a_clinician_joins_through_the_relay(api: Api) -> None:
@@ -165,9 +161,7 @@ async def test_recording_only_with_both_consents_downloadable_by_the_participant
 
 async def test_relay_when_the_members_are_on_different_processes(store: EmbeddedStore, redis_url: str,
                                                                   tmp_path: Path) -> None:
-    env = {"HEALTHMATE_MONGODB_URL": store.url, "HEALTHMATE_MONGODB_DB": f"hm_relay_{next(_dbs)}",
-           "HEALTHMATE_REDIS_URL": redis_url, "HEALTHMATE_JWT_SECRET": TEST_SECRET,
-           "HEALTHMATE_DATA_DIR": str(tmp_path)}
+    env = process_env(store.url, tmp_path, redis_url)
     one, two = ServerProcess(env, free_port()), ServerProcess(env, free_port())
     await asyncio.gather(one.start(), two.start())
     peers: list[CallPeer] = []

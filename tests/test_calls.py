@@ -8,7 +8,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,12 +19,11 @@ from bson import ObjectId
 from server.app import create_app
 from server.calls import CallLine, CallSession
 from server.embedded_store import EmbeddedStore, free_port
-from tests.conftest import TEST_SECRET, make_settings
-from tests.helpers import Api, ServerProcess, Sock, User
+from tests.conftest import make_settings
+from tests.helpers import Api, ServerProcess, Sock, User, process_env
 
 RING_S, GRACE_S = 1.0, 1.0  # the ring time of the test that waits for it; others ring for LONG_RING_S
 LONG_RING_S = 30.0
-_dbs = itertools.count()
 
 
 @pytest.fixture
@@ -333,10 +331,7 @@ async def test_ice_servers_carry_time_limited_turn_credentials(calls_api: Api) -
 
 
 async def test_calls_across_two_processes(store: EmbeddedStore, redis_url: str, tmp_path: Path) -> None:
-    env = {"HEALTHMATE_MONGODB_URL": store.url, "HEALTHMATE_MONGODB_DB": f"hm_calls_{next(_dbs)}",
-           "HEALTHMATE_REDIS_URL": redis_url, "HEALTHMATE_JWT_SECRET": TEST_SECRET,
-           "HEALTHMATE_DATA_DIR": str(tmp_path), "HEALTHMATE_CALL_RING_TIMEOUT_S": "1.5",
-           "HEALTHMATE_CALL_SWEEP_S": "0.1", "HEALTHMATE_CALL_GRACE_S": "5"}
+    env = process_env(store.url, tmp_path, redis_url, call_ring_timeout_s=1.5, call_sweep_s=0.1, call_grace_s=5)
     one, two = ServerProcess(env, free_port()), ServerProcess(env, free_port())
     await asyncio.gather(one.start(), two.start())
     try:

@@ -5,7 +5,6 @@ server processes the change is still announced once."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,12 +12,11 @@ import pytest
 
 from server.app import create_app
 from server.embedded_store import EmbeddedStore, free_port
-from tests.conftest import TEST_SECRET, make_settings
+from tests.conftest import make_settings
 from tests.device_clients import SioDevice, pair_device
-from tests.helpers import Api, ServerProcess, User
+from tests.helpers import Api, ServerProcess, User, process_env
 
 SILENCE_S = 1.0
-_dbs = itertools.count()
 
 
 @pytest.fixture
@@ -139,9 +137,7 @@ async def test_reconnecting_socket_counts_as_a_sign_of_life(fast: Api) -> None:
 
 async def test_two_processes_announce_a_disconnection_once(store: EmbeddedStore, redis_url: str,
                                                            tmp_path: Path) -> None:
-    env = {"HEALTHMATE_MONGODB_URL": store.url, "HEALTHMATE_MONGODB_DB": f"hm_presence_{next(_dbs)}",
-           "HEALTHMATE_REDIS_URL": redis_url, "HEALTHMATE_JWT_SECRET": TEST_SECRET,
-           "HEALTHMATE_DATA_DIR": str(tmp_path), "HEALTHMATE_DEVICE_SILENCE_S": "1.0"}
+    env = process_env(store.url, tmp_path, redis_url, device_silence_s=1.0)
     one, two = ServerProcess(env, free_port()), ServerProcess(env, free_port())
     await asyncio.gather(one.start(), two.start())
     try:

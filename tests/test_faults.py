@@ -17,8 +17,8 @@ from server.app import create_app
 from server.embedded_store import EmbeddedStore, free_port
 from server.models import User
 from tests.alert_clients import crisis, device_sock
-from tests.conftest import TEST_SECRET, make_settings
-from tests.helpers import Api, ServerProcess
+from tests.conftest import make_settings
+from tests.helpers import Api, ServerProcess, process_env
 from tests.streaming import device_socket, ecg, frame, open_stream, pair
 
 
@@ -126,9 +126,7 @@ async def test_server_killed_mid_stream_devices_and_watchers_fail_over(store: Em
     """Two processes behind a balancer; the one holding a streaming device and a watcher is SIGKILLed.
     Both reconnect to the other: the stream goes on under its id with the gap recorded and shown, and
     the crisis alert raised just before the crash reaches the caregiver there."""
-    env = {"HEALTHMATE_MONGODB_URL": store.url, "HEALTHMATE_MONGODB_DB": f"hm_failover_{free_port()}",
-           "HEALTHMATE_REDIS_URL": redis_url, "HEALTHMATE_JWT_SECRET": TEST_SECRET,
-           "HEALTHMATE_DATA_DIR": str(tmp_path)}
+    env = process_env(store.url, tmp_path, redis_url)
     doomed, survivor = ServerProcess(env, free_port()), ServerProcess(env, free_port())
     await asyncio.gather(doomed.start(), survivor.start())
     try:

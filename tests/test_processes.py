@@ -4,20 +4,14 @@ on the embedded store keeping users, data and its development secret across a re
 from __future__ import annotations
 
 import asyncio
-import itertools
 from pathlib import Path
 
 from server.embedded_store import EmbeddedStore, free_port
-from tests.conftest import TEST_SECRET
-from tests.helpers import PASSWORD, Api, ServerProcess
-
-_dbs = itertools.count()
+from tests.helpers import PASSWORD, Api, ServerProcess, process_env
 
 
 async def test_two_processes_share_rooms_through_redis(store: EmbeddedStore, redis_url: str, tmp_path: Path) -> None:
-    env = {"HEALTHMATE_MONGODB_URL": store.url, "HEALTHMATE_MONGODB_DB": f"hm_two_{next(_dbs)}",
-           "HEALTHMATE_REDIS_URL": redis_url, "HEALTHMATE_JWT_SECRET": TEST_SECRET,
-           "HEALTHMATE_DATA_DIR": str(tmp_path)}
+    env = process_env(store.url, tmp_path, redis_url)
     one, two = ServerProcess(env, free_port()), ServerProcess(env, free_port())
     await asyncio.gather(one.start(), two.start())
     try:

@@ -4,7 +4,6 @@ and two processes on one Redis and one store firing each dose exactly once."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,17 +13,12 @@ from pymongo import AsyncMongoClient
 
 from server.embedded_store import EmbeddedStore, free_port
 from server.models import utcnow
-from tests.conftest import TEST_SECRET
-from tests.helpers import Api, ServerProcess, User
+from tests.helpers import Api, ServerProcess, User, process_env
 from tests.test_medications import create
-
-_dbs = itertools.count()
 
 
 def env_for(store: EmbeddedStore, tmp_path: Path, redis_url: str = "", grace_s: int = 60) -> dict[str, str]:
-    return {"HEALTHMATE_MONGODB_URL": store.url, "HEALTHMATE_MONGODB_DB": f"hm_sched_{next(_dbs)}",
-            "HEALTHMATE_REDIS_URL": redis_url, "HEALTHMATE_JWT_SECRET": TEST_SECRET,
-            "HEALTHMATE_DATA_DIR": str(tmp_path), "HEALTHMATE_DOSE_GRACE_S": str(grace_s)}
+    return process_env(store.url, tmp_path, redis_url, dose_grace_s=grace_s)
 
 
 def dose_row(patient: User, med: dict[str, Any], due: datetime, slot: str) -> dict[str, Any]:
