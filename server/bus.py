@@ -21,6 +21,23 @@ CHANNEL = "healthmate:control"
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+async def listen_forever(pubsub: Any, on_message: Handler, channels: Callable[[], list[str]], what: str) -> None:
+    """Hand each message of ``pubsub`` (the redis-py item) to ``on_message`` until cancelled. When Redis
+    goes away, wait a second and subscribe to ``channels()`` again (redis-py reconnects on its own)."""
+    while True:
+        try:
+            async for item in pubsub.listen():
+                if item.get("type") == "message":
+                    await on_message(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s lost Redis (%s); retrying", what, exc)
+            await asyncio.sleep(1)
+            with contextlib.suppress(Exception):
+                await pubsub.subscribe(*channels())
+
+
 class ControlBus:
     def __init__(self, redis: Redis | None = None) -> None:
         self.redis = redis
@@ -52,18 +69,10 @@ class ControlBus:
         self._task = asyncio.create_task(self._listen(pubsub), name="control-bus")
 
     async def _listen(self, pubsub: Any) -> None:
-        while True:
-            try:
-                async for item in pubsub.listen():
-                    if item.get("type") == "message":
-                        await self._dispatch(json.loads(item["data"]))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis went away: retry, the subscription is restored on reconnect
-                log.warning("control bus lost Redis (%s); retrying", exc)
-                await asyncio.sleep(1)
-                with contextlib.suppress(Exception):
-                    await pubsub.subscribe(CHANNEL)
+        async def on_message(item: dict[str, Any]) -> None:
+            await self._dispatch(json.loads(item["data"]))
+
+        await listen_forever(pubsub, on_message, lambda: [CHANNEL], "control bus")
 
     async def stop(self) -> None:
         if self._task:

@@ -36,6 +36,7 @@ from media.relay import MediaRoom, RoomFull
 from server import audit
 from server.access import require_patient
 from server.auth import Principal, as_object_id
+from server.bus import listen_forever
 from server.errors import ApiError, forbidden, not_found
 from server.http import cursor_page, page_params, require_principal, services
 from server.models import Link, User, VersionedDocument, aware, iso, utcnow
@@ -655,22 +656,16 @@ class CallService:
         redis = self.svc.redis
         assert redis is not None
         pubsub = redis.pubsub()
-        await pubsub.subscribe(MEDIA_CHANNEL + self.rt.process_id)
+        channel = MEDIA_CHANNEL + self.rt.process_id
+        await pubsub.subscribe(channel)
+
+        async def on_request(item: dict[str, Any]) -> None:
+            task = asyncio.create_task(self._answer_forwarded(json.loads(item["data"])))
+            self.teardowns.add(task)
+            task.add_done_callback(self.teardowns.discard)
+
         try:
-            while True:
-                try:
-                    async for item in pubsub.listen():
-                        if item.get("type") == "message":
-                            task = asyncio.create_task(self._answer_forwarded(json.loads(item["data"])))
-                            self.teardowns.add(task)
-                            task.add_done_callback(self.teardowns.discard)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("media requests lost Redis (%s); retrying", exc)
-                    await asyncio.sleep(1)
-                    with contextlib.suppress(Exception):
-                        await pubsub.subscribe(MEDIA_CHANNEL + self.rt.process_id)
+            await listen_forever(pubsub, on_request, lambda: [channel], "media requests")
         finally:
             await pubsub.aclose()
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from server.access import may_access, require_patient
+from server.bus import listen_forever
 from server.errors import forbidden
 from server.realtime import NAMESPACE, EventContext, Realtime
 
@@ -220,28 +221,19 @@ class LiveHub:
         self._listener = asyncio.create_task(self._listen(), name="live-listener")
 
     async def _listen(self) -> None:
-        while True:
-            try:
-                async for item in self._pubsub.listen():
-                    if item.get("type") != "message":
-                        continue
-                    header, _, body = item["data"].partition(b"\n")
-                    msg = json.loads(header)
-                    if msg["o"] == self.origin:
-                        continue
-                    patient_id = item["channel"].decode().rsplit(":", 1)[1]
-                    if msg["e"] == "live:frame":
-                        samples = np.frombuffer(body, dtype="<f4")
-                        self._deliver_local(patient_id, "live:frame", msg["m"], samples, msg["r"])
-                    else:
-                        self._deliver_local(patient_id, msg["e"], msg["m"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("live fan-out lost Redis (%s); retrying", exc)
-                await asyncio.sleep(1)
-                with contextlib.suppress(Exception):
-                    await self._pubsub.subscribe(*[f"hm:live:{p}" for p in self.watchers] or ["hm:live:_"])
+        await listen_forever(self._pubsub, self._on_published, lambda: [f"hm:live:{p}" for p in self.watchers]
+                             or ["hm:live:_"], "live fan-out")
+
+    async def _on_published(self, item: dict[str, Any]) -> None:
+        header, _, body = item["data"].partition(b"\n")
+        msg = json.loads(header)
+        if msg["o"] == self.origin:
+            return
+        patient_id = item["channel"].decode().rsplit(":", 1)[1]
+        if msg["e"] == "live:frame":
+            self._deliver_local(patient_id, "live:frame", msg["m"], np.frombuffer(body, dtype="<f4"), msg["r"])
+        else:
+            self._deliver_local(patient_id, msg["e"], msg["m"])
 
     async def stop(self) -> None:
         for sid in list(self.by_sid):
