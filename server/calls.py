@@ -40,6 +40,7 @@ from server.bus import listen_forever
 from server.errors import ApiError, forbidden, not_found
 from server.http import cursor_page, page_params, require_principal, services
 from server.models import Link, User, VersionedDocument, aware, iso, utcnow
+from server.patients import PatientRef
 from server.realtime import ONLINE_KEY, PROCESS_KEY, EventContext, user_room
 from signaling.call_state import (
     LIVE_STATES,
@@ -280,6 +281,10 @@ class CallService:
             if raw is not None:
                 new = CallSession.model_validate(raw)
                 await self._announce_change(new)
+                if new.state != doc.state:  # the patient's care team sees a call start, drop and end
+                    await self.rt.to_patient(new.patient_id, "patient:call", {
+                        "patient_id": str(new.patient_id), "call_id": str(new.id), "state": str(new.state),
+                        "media": new.media})
                 if new.state == CallState.ENDED and doc.state != CallState.ENDED:
                     try:
                         await self._ended(new)
@@ -601,6 +606,13 @@ class CallService:
         await self.to_room(callee, "call:relay", relay)
         return {**call_json(call, me), "relay": True, "slots": MAX_MEMBERS - 1}
 
+    async def ongoing(self, ctx: EventContext, body: PatientRef) -> list[dict[str, Any]]:
+        """The patient's calls in progress (ringing, connected or reconnecting), for their care team: a
+        clinician's dashboard offers to join a connected one."""
+        pid = await require_patient(ctx.principal, body.patient_id, "calls.ongoing", ctx.client)
+        live = await CallSession.find({"patient_id": pid, "state": {"$in": [str(s) for s in LIVE_STATES]}}).to_list()
+        return [{**call_json(c), "joined": sorted(c.joined)} for c in live]
+
     async def media_offer(self, ctx: EventContext, body: MediaOfferIn) -> dict[str, Any]:
         """A member of a relayed call connects its media to the server: offer in, answer back."""
         doc = await CallSession.get(as_object_id(body.call_id, "call_id"))
@@ -896,6 +908,7 @@ class CallService:
             ("call:signal", SignalIn, self.signal), ("call:resume", CallRef, self.resume),
             ("call:join", CallRef, self.join), ("call:leave", CallRef, self.leave),
             ("call:consent", ConsentIn, self.consent), ("call:media-offer", MediaOfferIn, self.media_offer),
+            ("calls:ongoing", PatientRef, self.ongoing),
         ):
             rt.event(name, model)(handler)
         for name, action, side in (("call:reject", Action.REJECT, "callee"), ("call:cancel", Action.CANCEL, "caller"),

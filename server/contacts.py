@@ -19,6 +19,7 @@ from server.auth import Client, Principal, as_object_id
 from server.errors import ApiError, not_found
 from server.http import client_of, read_json, require_principal
 from server.models import VersionedDocument, iso, utcnow
+from server.patients import PatientRef
 from server.realtime import EventContext, Realtime
 
 Kind = Literal["doctor", "clinic", "pharmacy", "emergency"]
@@ -111,11 +112,6 @@ class ContactUpdate(ContactFields):
 class ContactRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
     contact_id: str = Field(max_length=64)
-
-
-class PatientRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    patient_id: str = Field(max_length=64)
 
 
 def check_reachable(kind: str, phone: str | None, email: str | None) -> None:

@@ -23,6 +23,7 @@ from server.errors import ApiError, forbidden
 from server.http import client_of, cursor_page, page_params, require_principal
 from server.models import Link, VersionedDocument, iso, utcnow
 from server.notifications import Notifications
+from server.patients import PatientRef
 from server.realtime import EventContext, Realtime
 
 EventSink = Callable[["VitalEvent"], Awaitable[None]]
@@ -65,11 +66,6 @@ class ThresholdsIn(BaseModel):
     poor_quality: float | None = Field(None, ge=0.05, le=0.95)
     poor_signal_s: float | None = Field(None, ge=3, le=120)
     stalled_s: float | None = Field(None, ge=2, le=120)
-
-
-class PatientRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    patient_id: str = Field(max_length=64)
 
 
 class PatientThresholds(VersionedDocument):

@@ -55,6 +55,7 @@ EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("vitals:set-thresholds", {"patient_id": "{patient_id}", "stalled_s": 10}),
     ("ml:bp-forecast", {"patient_id": "{patient_id}"}),
     ("ml:triage", {"patient_id": "{patient_id}", "symptoms": ["cough"]}),
+    ("calls:ongoing", {"patient_id": "{patient_id}"}),
 ]
 
 

@@ -19,6 +19,7 @@ from server.app import create_app
 from server.http import SERVICES
 from server.security import TokenService
 from tests.browser import chromium, sign_in, streaming_ward
+from tests.call_peers import CallPeer
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers import Api
 
@@ -266,6 +267,74 @@ async def test_clinician_calls_the_patient_from_the_page(api: Api, monkeypatch) 
         if trickle is not None:
             trickle.cancel()
         await phone.pc.close()
+
+
+BROWSER_TRACKS_HEARD = """async () => {
+  let tracks = 0;
+  (await window.__dashboard.call.pc.getStats()).forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "audio" && s.packetsReceived > 20) tracks++;
+  });
+  return tracks;
+}"""
+
+
+async def test_clinician_joins_the_patients_ongoing_call_from_the_page(api: Api, monkeypatch) -> None:
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    patient, carer, clinician = [await api.register(r) for r in ("patient", "caregiver", "clinician")]
+    await api.link(patient, carer)
+    await api.link(patient, clinician)
+    s_carer, s_patient = await api.socket(carer), await api.socket(patient)
+    caller, callee = CallPeer(s_carer, 440), CallPeer(s_patient, 660)
+    try:
+        async with chromium(("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                             "--allow-loopback-in-peer-connection")) as browser:
+            page = await browser.new_page()
+            await sign_in(page, api.base_url, clinician)
+            await page.click(f'.patient-row[data-id="{patient.id}"]')
+            await page.wait_for_selector("#conn[data-state=connected]")
+            assert await page.locator("#join-btn").is_hidden()  # no call in progress
+
+            # The caregiver calls the patient; the page learns of it (patient:call) and offers to join.
+            call = await s_carer.ok("call:invite", {"callee": patient.id, "media": "audio"})
+            await s_patient.events.wait("call:incoming")
+            await s_patient.ok("call:accept", {"call_id": call["id"]})
+            await asyncio.gather(caller.offer(call["id"]), callee.answer(call["id"]))
+            await page.wait_for_selector("#join-btn:not([hidden])", timeout=10_000)
+            assert await page.locator("#call-btn").is_hidden()
+
+            await page.click("#join-btn")
+            for sock in (s_carer, s_patient):
+                (relay,) = await sock.events.wait("call:relay", timeout=15)
+                assert relay["joined"]["id"] == clinician.id
+            await asyncio.gather(caller.connect_relay(call["id"], 2), callee.connect_relay(call["id"], 2))
+            await page.wait_for_selector("#call-status[data-state=connected]", timeout=20_000)
+            # The browser hears both members, and its microphone reaches both through the relay.
+            await page.wait_for_function(f"({BROWSER_TRACKS_HEARD})().then(n => n === 2)", timeout=20_000)
+            for peer in (caller, callee):
+                assert len(await peer.heard(1, timeout=15)) >= 1  # the other member's tone
+            room = api.app[SERVICES].calls.rooms[call["id"]]  # type: ignore[union-attr,index]
+            for _ in range(100):
+                forwarded = room.stats()
+                if forwarded[clinician.id][carer.id] > 20 and forwarded[clinician.id][patient.id] > 20:
+                    break
+                await asyncio.sleep(0.1)
+            assert forwarded[clinician.id][carer.id] > 20 and forwarded[clinician.id][patient.id] > 20, forwarded
+
+            # Leaving leaves the two talking, and the call can be joined again; when it ends, it cannot.
+            assert (await page.text_content("#hangup-btn")) == "Leave call"
+            await page.click("#hangup-btn")
+            await page.wait_for_selector("#join-btn:not([hidden])", timeout=10_000)
+            ongoing = await s_carer.ok("calls:ongoing", {"patient_id": patient.id})
+            assert [(c["id"], c["state"], c["joined"]) for c in ongoing] == [(call["id"], "active", [])]
+            await s_carer.ok("call:hangup", {"call_id": call["id"]})
+            await page.wait_for_selector("#join-btn", state="hidden", timeout=10_000)
+            await page.wait_for_selector("#call-btn:not([hidden])")
+            stranger = await api.socket(await api.register("caregiver"))
+            refused = await stranger.call("calls:ongoing", {"patient_id": patient.id})
+            assert refused["ok"] is False and refused["error"]["code"] == "forbidden"
+    finally:
+        for peer in (caller, callee):
+            await peer.close()
 
 
 STRIP_WITH_A_GAP = """async () => {

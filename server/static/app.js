@@ -26,6 +26,7 @@ const state = {
   overviewTimer: null,
   patients: new Map(), // id -> overview item
   current: null, // patient id on screen
+  ongoing: null, // the call in progress of the patient on screen that this clinician may join
   streams: new Map(), // stream id -> kind, for the patient on screen
   latest: {}, // kind -> last analysis
 };
@@ -100,6 +101,7 @@ function startApp() {
   live.on("bp:new", onBp);
   live.on("bp:updated", onBp);
   live.on("bp:deleted", onBpDeleted);
+  live.on("patient:call", (msg) => { if (msg.patient_id === state.current) loadOngoing(msg.patient_id); });
   alerts.attach(live);
   live.connect();
   loadOverview();
@@ -185,6 +187,8 @@ async function openPatient(id) {
   $("placeholder").hidden = true;
   $("patient-view").hidden = false;
   $("call-btn").hidden = Boolean(state.call && state.call.busy);
+  state.ongoing = null;
+  showJoin();
   stats.drawing = true;
   renderPatients();
   const known = state.patients.get(id);
@@ -199,6 +203,7 @@ async function openPatient(id) {
   if (state.live && state.live.socket.connected) subscribe(id);
   loadEvents(id);
   loadBp(id);
+  loadOngoing(id);
   alerts.load(id);
 }
 
@@ -312,6 +317,28 @@ function addEvent(ev) {
 // --- calls -------------------------------------------------------------------------------------
 
 $("call-btn").addEventListener("click", () => state.call && state.call.start(state.current));
+$("join-btn").addEventListener("click", () => state.call && state.ongoing && state.call.join(state.ongoing));
+
+/** The patient's connected call that this clinician is not in, if any: it can be joined. */
+async function loadOngoing(id) {
+  let calls = [];
+  try {
+    calls = await state.live.call("calls:ongoing", { patient_id: id });
+  } catch (err) {
+    console.warn("calls:ongoing", err);
+  }
+  if (state.current !== id) return;
+  const me = session.user && session.user.id;
+  state.ongoing = calls.find((c) => c.state === "active" && c.caller.id !== me && c.callee.id !== me
+                                    && !c.joined.includes(me)) || null;
+  showJoin();
+}
+
+function showJoin() {
+  const idle = !(state.call && state.call.busy);
+  $("join-btn").hidden = !(idle && state.ongoing && session.user && session.user.role === "clinician");
+  $("call-btn").hidden = !idle || !$("join-btn").hidden; // one call at a time: join the one in progress
+}
 $("hangup-btn").addEventListener("click", () => state.call && state.call.hangup());
 
 function showCall({ text, state: callState }) {
@@ -320,7 +347,10 @@ function showCall({ text, state: callState }) {
   const idle = callState === "idle";
   $("call-btn").hidden = !idle;
   $("hangup-btn").hidden = idle;
-  $("hangup-btn").textContent = callState === "ringing" ? "Cancel" : "Hang up";
+  $("hangup-btn").textContent = callState === "ringing" ? "Cancel" : state.call && state.call.call && state.call.call.joined
+    ? "Leave call" : "Hang up";
+  if (idle && state.current) loadOngoing(state.current);
+  else $("join-btn").hidden = true;
 }
 
 // --- blood pressure ----------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 // An audio call from the clinician to the patient over the project's call protocol: `call:invite`,
 // the callee's `call:accepted`, then the caller's SDP offer and both sides' ICE candidates relayed by
 // `call:signal` / `call:peer-signal`; `call:cancel` while ringing, `call:hangup` once connected.
+// Or joining the patient's ongoing call: `call:join`, then one peer connection to the server's relay
+// (`call:media-offer`, candidates gathered into the offer) that brings the other two members' audio;
+// `call:leave` leaves the two talking.
 
 export class AudioCall extends EventTarget {
   constructor(live, session, audioElement) {
@@ -49,6 +52,38 @@ export class AudioCall extends EventTarget {
     }
   }
 
+  async join(ongoing) {
+    if (this.call) return;
+    this.status("Joining…", "starting");
+    try {
+      const [{ ice_servers: iceServers }, local] = await Promise.all([
+        this.session.api("GET", "/api/calls/ice-servers"),
+        navigator.mediaDevices.getUserMedia({ audio: true, video: false }),
+      ]);
+      this.local = local;
+      const joined = await this.live.call("call:join", { call_id: ongoing.id });
+      this.call = { ...joined, joined: true };
+      this.pc = new RTCPeerConnection({ iceServers });
+      for (const track of local.getAudioTracks()) this.pc.addTrack(track, local);
+      for (let i = 1; i < joined.slots; i++) this.pc.addTransceiver("audio", { direction: "recvonly" });
+      const heard = new MediaStream(); // the other members' tracks, played together
+      this.audio.srcObject = heard;
+      this.pc.ontrack = (e) => heard.addTrack(e.track);
+      this.pc.onconnectionstatechange = () => {
+        if (this.pc && this.pc.connectionState === "connected") this.status("In call (joined)", "connected");
+      };
+      await this.pc.setLocalDescription(await this.pc.createOffer());
+      await gathered(this.pc);
+      const answer = await this.live.call("call:media-offer", { call_id: joined.id, sdp: this.pc.localDescription.sdp });
+      await this.pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+      this.status("Connecting…", "connecting");
+    } catch (err) {
+      if (this.call) this.live.call("call:leave", { call_id: this.call.id }).catch(() => {});
+      this.cleanup();
+      this.status(`Could not join: ${err.message}`, "idle");
+    }
+  }
+
   send(body) {
     return this.live.call("call:signal", { call_id: this.call.id, ...body }).catch((err) => console.warn(err));
   }
@@ -87,6 +122,12 @@ export class AudioCall extends EventTarget {
 
   async hangup() {
     if (!this.call) return;
+    if (this.call.joined) { // leave; the others go on talking
+      await this.live.call("call:leave", { call_id: this.call.id }).catch((err) => console.warn(err));
+      this.cleanup();
+      this.status("", "idle");
+      return;
+    }
     const event = this.call.state === "ringing" ? "call:cancel" : "call:hangup";
     try {
       await this.live.call(event, { call_id: this.call.id });
@@ -117,4 +158,18 @@ export class AudioCall extends EventTarget {
     this.pending = [];
     this.audio.srcObject = null;
   }
+}
+
+/** Resolves once the peer connection has gathered its candidates (the relay takes them in the offer). */
+function gathered(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState !== "complete") return;
+      pc.removeEventListener("icegatheringstatechange", done);
+      resolve();
+    };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, 5000); // enough host and server-reflexive candidates by then
+  });
 }
