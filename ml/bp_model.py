@@ -18,12 +18,10 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xgboost as xgb
 from scipy.special import ndtr
-from scipy.stats import rankdata
 
 from ml.bp_cohort import DAY_S, PatientSeries
 from ml.bp_features import (
@@ -37,6 +35,17 @@ from ml.bp_features import (
     bp_labels,
     enough_history,
 )
+
+if TYPE_CHECKING:
+    import xgboost as xgb
+
+
+def _xgb() -> Any:
+    """xgboost, imported on first use: with the scikit-learn it loads it costs a server that never
+    forecasts ~150 MB and 0.3 s of start-up."""
+    import xgboost
+
+    return xgboost
 
 MODEL_NAME = "bp"
 BASELINES = ("last_week_mean", "linear_trend")
@@ -109,6 +118,8 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
+    from scipy.stats import rankdata  # on first use, like xgboost
+
     ranks = rankdata(score)
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
@@ -183,7 +194,7 @@ class BPForecaster:
             card = json.loads(z.read("card.json"))
             boosters = {}
             for name in ("sys", "dia", "risk"):
-                b = xgb.Booster()
+                b = _xgb().Booster()
                 b.load_model(bytearray(z.read(f"{name}.ubj")))
                 boosters[name] = b
         if card.get("features") != FEATURES:
@@ -246,7 +257,7 @@ def decide(model: dict[str, Any], best: dict[str, float]) -> tuple[bool, list[st
 
 
 def _dmatrix(x: np.ndarray, y: np.ndarray, margin: np.ndarray | None = None) -> xgb.DMatrix:
-    d = xgb.DMatrix(x, label=y, feature_names=FEATURES, missing=np.nan)
+    d = _xgb().DMatrix(x, label=y, feature_names=FEATURES, missing=np.nan)
     if margin is not None:
         d.set_base_margin(margin)
     return d
@@ -259,6 +270,7 @@ def fit(train: Dataset, params: dict[str, Any] | None = None, rounds: int = ROUN
     p = {**PARAMS, **(params or {})}
     a_sys, a_dia = anchors(train.x)
     reg = {**p, "objective": "reg:pseudohubererror", "huber_slope": 5.0}
+    xgb = _xgb()
     boosters = {"sys": xgb.train(reg, _dmatrix(train.x, train.y[:, 0], a_sys), rounds),
                 "dia": xgb.train(reg, _dmatrix(train.x, train.y[:, 1], a_dia), rounds)}
     sd_sys, sd_dia = _spread(a_sys, train.y[:, 0]), _spread(a_dia, train.y[:, 1])
@@ -317,7 +329,7 @@ def model_card(report: TrainingReport) -> dict[str, Any]:
         "name": MODEL_NAME,
         "task": "next-7-day mean home systolic/diastolic BP (mmHg) and probability that week is ACC/AHA stage 2 "
                 "or worse (mean >= 140 systolic or >= 90 diastolic)",
-        "algorithm": f"XGBoost {xgb.__version__}: 2 pseudo-Huber regressors correcting the last-week mean; "
+        "algorithm": f"XGBoost {_xgb().__version__}: 2 pseudo-Huber regressors correcting the last-week mean; "
                      "stage-2 probability = mean of a logistic classifier (from the baseline's log-odds) and the "
                      "probability implied by the regressors' forecasts",
         "synthetic": synthetic,

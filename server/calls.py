@@ -31,8 +31,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from media.recording import CallRecording
-from media.relay import MediaRoom, RoomFull
 from server import audit
 from server.access import require_patient
 from server.auth import Principal, as_object_id
@@ -57,7 +55,8 @@ from signaling.call_state import (
 from signaling.route_cache import RouteCache
 from signaling.turn import turn_credential
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # aiortc loads with the first relayed call, not with every server
+    from media.relay import MediaRoom
     from server.services import Services
 
 log = logging.getLogger(__name__)
@@ -630,6 +629,8 @@ class CallService:
         room = self.rooms.get(call_id)
         if room is None:
             raise ApiError("not_relayed", "This call's media is no longer served", 409)
+        from media.relay import RoomFull
+
         try:
             return await room.connect(member, sdp)
         except RoomFull as exc:
@@ -717,6 +718,8 @@ class CallService:
         return call_json(call, ctx.principal.id)
 
     def _room(self, call_id: str) -> MediaRoom:
+        from media.relay import MediaRoom
+
         room = self.rooms.get(call_id)
         if room is None:
             room = self.rooms[call_id] = MediaRoom(MAX_MEMBERS)
@@ -758,6 +761,8 @@ class CallService:
 
     async def _start_recording(self, msg: dict[str, Any]) -> None:
         if msg["host"] == self.rt.process_id:
+            from media.recording import CallRecording
+
             tracks = 2 if msg["media"] == "audio" else 4  # each participant's audio (and video)
             self._room(msg["call_id"]).record(CallRecording(self.recording_path(msg["call_id"]), tracks))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import DuplicateKeyError
 
@@ -20,7 +20,9 @@ from server.config import Settings
 from server.device_registry import Device, new_credential
 from server.models import Link, User
 from server.security import hash_password
-from server.simulate import DeviceRun, stream
+
+if TYPE_CHECKING:  # the simulator (and the scipy it draws signals with) loads only when the demo runs
+    from server.simulate import DeviceRun
 
 log = logging.getLogger("healthmate.demo")
 PASSWORD = "healthmate-demo-2026"
@@ -84,6 +86,8 @@ async def _listening(url: str) -> None:
 
 async def _keep_streaming(run: DeviceRun) -> None:
     """Stream until cancelled; reconnect (on a new stream) if the server drops us."""
+    from server.simulate import stream
+
     await _listening(run.url)
     while True:
         try:
@@ -101,6 +105,8 @@ async def start(settings: Settings) -> asyncio.Task[Any] | None:
     if settings.env == "production":
         log.warning("demo is for development only; not started in production")
         return None
+    from server.simulate import DeviceRun
+
     patient, _ = await ensure_accounts()
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     url = f"http://{host}:{settings.port}"

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devices.frames import Frame, StreamOpen
-from media.datachannel import DataChannelPeer, Message
 from server.errors import ApiError, error_body, validation_error
 from server.realtime import DEVICE_ROLES, EventContext, Realtime
 from server.streams import StreamService
+
+if TYPE_CHECKING:  # aiortc loads with the first data-channel device
+    from media.datachannel import DataChannelPeer, Message
 
 log = logging.getLogger(__name__)
 MAX_PEERS = 200  # data-channel devices one process serves
@@ -71,6 +73,8 @@ class DeviceRtc:
 
         async def handle(message: Message) -> str:
             return json.dumps(await self.handle(ctx, message))
+
+        from media.datachannel import DataChannelPeer
 
         peer = DataChannelPeer(handle)
         try:
