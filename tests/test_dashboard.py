@@ -234,6 +234,20 @@ class PatientPhone:
             await asyncio.sleep(0.05)
 
 
+# A fake microphone, no permission prompt, and loopback candidates (the peers are on this machine).
+CALL_FLAGS = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+              "--allow-loopback-in-peer-connection")
+
+
+async def patient_page(browser, api: Api, clinician, patient):  # type: ignore[no-untyped-def]
+    """The dashboard signed in as ``clinician``, showing ``patient``, connected live."""
+    page = await browser.new_page()
+    await sign_in(page, api.base_url, clinician)
+    await page.click(f'.patient-row[data-id="{patient.id}"]')
+    await page.wait_for_selector("#conn[data-state=connected]")
+    return page
+
+
 async def test_clinician_calls_the_patient_from_the_page(api: Api, monkeypatch) -> None:
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
     patient = await api.register("patient", name="Ana Ribeiro")
@@ -242,12 +256,8 @@ async def test_clinician_calls_the_patient_from_the_page(api: Api, monkeypatch) 
     phone = PatientPhone(await api.socket(patient))
     trickle = None
     try:
-        async with chromium(("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                             "--allow-loopback-in-peer-connection")) as browser:
-            page = await browser.new_page()
-            await sign_in(page, api.base_url, clinician)
-            await page.click(f'.patient-row[data-id="{patient.id}"]')
-            await page.wait_for_selector("#conn[data-state=connected]")
+        async with chromium(CALL_FLAGS) as browser:
+            page = await patient_page(browser, api, clinician, patient)
             await page.click("#call-btn")
             call_id = await phone.answer()
             trickle = asyncio.create_task(phone.take_candidates())
@@ -286,12 +296,8 @@ async def test_clinician_joins_the_patients_ongoing_call_from_the_page(api: Api,
     s_carer, s_patient = await api.socket(carer), await api.socket(patient)
     caller, callee = CallPeer(s_carer, 440), CallPeer(s_patient, 660)
     try:
-        async with chromium(("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                             "--allow-loopback-in-peer-connection")) as browser:
-            page = await browser.new_page()
-            await sign_in(page, api.base_url, clinician)
-            await page.click(f'.patient-row[data-id="{patient.id}"]')
-            await page.wait_for_selector("#conn[data-state=connected]")
+        async with chromium(CALL_FLAGS) as browser:
+            page = await patient_page(browser, api, clinician, patient)
             assert await page.locator("#join-btn").is_hidden()  # no call in progress
 
             # The caregiver calls the patient; the page learns of it (patient:call) and offers to join.

@@ -26,17 +26,22 @@ export class AudioCall extends EventTarget {
     this.dispatchEvent(new CustomEvent("status", { detail: { text, state } }));
   }
 
+  /** The microphone, and a peer connection (with the server's ICE servers) sending it. */
+  async open() {
+    const [{ ice_servers: iceServers }, local] = await Promise.all([
+      this.session.api("GET", "/api/calls/ice-servers"),
+      navigator.mediaDevices.getUserMedia({ audio: true, video: false }),
+    ]);
+    this.local = local;
+    this.pc = new RTCPeerConnection({ iceServers });
+    for (const track of local.getAudioTracks()) this.pc.addTrack(track, local);
+  }
+
   async start(patientId) {
     if (this.call) return;
     this.status("Starting…", "starting");
     try {
-      const [{ ice_servers: iceServers }, local] = await Promise.all([
-        this.session.api("GET", "/api/calls/ice-servers"),
-        navigator.mediaDevices.getUserMedia({ audio: true, video: false }),
-      ]);
-      this.local = local;
-      this.pc = new RTCPeerConnection({ iceServers });
-      for (const track of local.getAudioTracks()) this.pc.addTrack(track, local);
+      await this.open();
       this.pc.ontrack = (e) => { this.audio.srcObject = e.streams[0]; };
       this.pc.onicecandidate = (e) => {
         if (this.call) this.send({ type: "candidate", candidate: e.candidate ? e.candidate.toJSON() : null });
@@ -56,15 +61,9 @@ export class AudioCall extends EventTarget {
     if (this.call) return;
     this.status("Joining…", "starting");
     try {
-      const [{ ice_servers: iceServers }, local] = await Promise.all([
-        this.session.api("GET", "/api/calls/ice-servers"),
-        navigator.mediaDevices.getUserMedia({ audio: true, video: false }),
-      ]);
-      this.local = local;
+      await this.open();
       const joined = await this.live.call("call:join", { call_id: ongoing.id });
       this.call = { ...joined, joined: true };
-      this.pc = new RTCPeerConnection({ iceServers });
-      for (const track of local.getAudioTracks()) this.pc.addTrack(track, local);
       for (let i = 1; i < joined.slots; i++) this.pc.addTransceiver("audio", { direction: "recvonly" });
       const heard = new MediaStream(); // the other members' tracks, played together
       this.audio.srcObject = heard;
