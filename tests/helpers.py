@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,3 +216,16 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return await asyncio.get_running_loop().run_in_executor(None, self.proc.wait, 20)
+
+
+@contextlib.asynccontextmanager
+async def server_processes(*envs: dict[str, str]) -> AsyncIterator[tuple[ServerProcess, ...]]:
+    """One ``healthmate serve`` per environment, each on a free port, started together and stopped together."""
+    from server.embedded_store import free_port
+
+    procs = [ServerProcess(env, free_port()) for env in envs]
+    await asyncio.gather(*(p.start() for p in procs))
+    try:
+        yield tuple(procs)
+    finally:
+        await asyncio.gather(*(p.stop() for p in procs))

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from server.embedded_store import EmbeddedStore, free_port
+from server.embedded_store import EmbeddedStore
 from tests.alert_clients import crisis, device_sock
-from tests.helpers import Api, ServerProcess, process_env
+from tests.helpers import Api, process_env, server_processes
 
 
 def env(store: EmbeddedStore, redis_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -19,9 +19,7 @@ def env(store: EmbeddedStore, redis_url: str, tmp_path: Path, **extra: str) -> d
 async def test_alert_raised_on_one_process_reaches_and_is_acked_across_both(
         store: EmbeddedStore, redis_url: str, tmp_path: Path) -> None:
     shared = env(store, redis_url, tmp_path)
-    one, two = ServerProcess(shared, free_port()), ServerProcess(shared, free_port())
-    await asyncio.gather(one.start(), two.start())
-    try:
+    async with server_processes(shared, shared) as (one, two):
         async with Api(one.url) as api:
             patient = await api.register("patient")
             maria, doctor = await api.register("caregiver", name="Maria"), await api.register("clinician")
@@ -45,17 +43,13 @@ async def test_alert_raised_on_one_process_reaches_and_is_acked_across_both(
                 assert len(s.events.of("alert:new")) == 1 and len(s.events.of("alert:acknowledged")) == 1
             for s in (*socks, ps):
                 await s.close()
-    finally:
-        await asyncio.gather(one.stop(), two.stop())
 
 
 async def test_process_killed_between_persisting_and_emitting_loses_nothing(
         store: EmbeddedStore, redis_url: str, tmp_path: Path) -> None:
     healthy = env(store, redis_url, tmp_path)
     crashing = {**healthy, "HEALTHMATE_FAULT_INJECTION": "crash_after_alert_persist"}
-    doomed, survivor = ServerProcess(crashing, free_port()), ServerProcess(healthy, free_port())
-    await asyncio.gather(doomed.start(), survivor.start())
-    try:
+    async with server_processes(crashing, healthy) as (doomed, survivor):
         async with Api(survivor.url) as api:
             patient = await api.register("patient")
             maria = await api.register("caregiver", name="Maria")
@@ -86,5 +80,3 @@ async def test_process_killed_between_persisting_and_emitting_loses_nothing(
             for s in (on_survivor, tablet):
                 await s.close()
             reply.cancel()
-    finally:
-        await asyncio.gather(doomed.stop(), survivor.stop())

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import av
 
-from server.embedded_store import EmbeddedStore, free_port
+from server.embedded_store import EmbeddedStore
 from server.http import SERVICES
 from server.models import utcnow
 from tests.call_peers import CallPeer
-from tests.helpers import Api, ServerProcess, process_env
+from tests.helpers import Api, process_env, server_processes
 
 
 async def test_two_peers_exchange_audio_then_a_clinician_joins_through_the_relay(api: Api) -> None:
@@ -162,29 +162,27 @@ async def test_recording_only_with_both_consents_downloadable_by_the_participant
 async def test_relay_when_the_members_are_on_different_processes(store: EmbeddedStore, redis_url: str,
                                                                   tmp_path: Path) -> None:
     env = process_env(store.url, tmp_path, redis_url)
-    one, two = ServerProcess(env, free_port()), ServerProcess(env, free_port())
-    await asyncio.gather(one.start(), two.start())
-    peers: list[CallPeer] = []
-    try:
-        async with Api(one.url) as api1, Api(two.url) as api2:
-            patient, carer, clinician = [await api1.register(r) for r in ("patient", "caregiver", "clinician")]
-            await api1.link(patient, carer)
-            await api1.link(patient, clinician)
-            s_carer, s_patient, s_clin = await api1.socket(carer), await api2.socket(patient), await api1.socket(
-                clinician)
-            call = await s_carer.ok("call:invite", {"callee": patient.id})
-            await s_patient.events.wait("call:incoming")
-            await s_patient.ok("call:accept", {"call_id": call["id"]})
-            joined = await s_clin.ok("call:join", {"call_id": call["id"]})  # process one serves the media
-            await s_patient.events.wait("call:relay")
-            peers = [CallPeer(s_carer, 440), CallPeer(s_patient, 660), CallPeer(s_clin, 880)]
-            # The patient's offer reaches process two and is answered by process one's relay.
-            await asyncio.gather(*(p.connect_relay(call["id"], joined["slots"]) for p in peers))
+    async with server_processes(env, env) as (one, two):
+        peers: list[CallPeer] = []
+        try:
+            async with Api(one.url) as api1, Api(two.url) as api2:
+                patient, carer, clinician = [await api1.register(r) for r in ("patient", "caregiver", "clinician")]
+                await api1.link(patient, carer)
+                await api1.link(patient, clinician)
+                s_carer, s_patient, s_clin = await api1.socket(carer), await api2.socket(patient), await api1.socket(
+                    clinician)
+                call = await s_carer.ok("call:invite", {"callee": patient.id})
+                await s_patient.events.wait("call:incoming")
+                await s_patient.ok("call:accept", {"call_id": call["id"]})
+                joined = await s_clin.ok("call:join", {"call_id": call["id"]})  # process one serves the media
+                await s_patient.events.wait("call:relay")
+                peers = [CallPeer(s_carer, 440), CallPeer(s_patient, 660), CallPeer(s_clin, 880)]
+                # The patient's offer reaches process two and is answered by process one's relay.
+                await asyncio.gather(*(p.connect_relay(call["id"], joined["slots"]) for p in peers))
+                for peer in peers:
+                    assert len(await peer.heard(2, timeout=20)) == 2
+                await s_patient.ok("call:hangup", {"call_id": call["id"]})
+                await s_clin.events.wait("call:ended")
+        finally:
             for peer in peers:
-                assert len(await peer.heard(2, timeout=20)) == 2
-            await s_patient.ok("call:hangup", {"call_id": call["id"]})
-            await s_clin.events.wait("call:ended")
-    finally:
-        for peer in peers:
-            await peer.close()
-        await asyncio.gather(one.stop(), two.stop())
+                await peer.close()

@@ -18,9 +18,9 @@ from bson import ObjectId
 
 from server.app import create_app
 from server.calls import CallLine, CallSession
-from server.embedded_store import EmbeddedStore, free_port
+from server.embedded_store import EmbeddedStore
 from tests.conftest import make_settings
-from tests.helpers import Api, ServerProcess, Sock, User, process_env
+from tests.helpers import Api, Sock, User, process_env, server_processes
 
 RING_S, GRACE_S = 1.0, 1.0  # the ring time of the test that waits for it; others ring for LONG_RING_S
 LONG_RING_S = 30.0
@@ -332,9 +332,7 @@ async def test_ice_servers_carry_time_limited_turn_credentials(calls_api: Api) -
 
 async def test_calls_across_two_processes(store: EmbeddedStore, redis_url: str, tmp_path: Path) -> None:
     env = process_env(store.url, tmp_path, redis_url, call_ring_timeout_s=1.5, call_sweep_s=0.1, call_grace_s=5)
-    one, two = ServerProcess(env, free_port()), ServerProcess(env, free_port())
-    await asyncio.gather(one.start(), two.start())
-    try:
+    async with server_processes(env, env) as (one, two):
         async with Api(one.url) as api1, Api(two.url) as api2:
             patient, carer = await linked_pair(api1)
             caller = await api1.socket(carer)
@@ -400,5 +398,3 @@ async def test_calls_across_two_processes(store: EmbeddedStore, redis_url: str, 
             (relayed,) = await again.events.wait("call:peer-signal")
             assert relayed["candidate"] == {"candidate": "candidate:1 1 udp 1"}
             await caller.ok("call:hangup", {"call_id": third["id"]})
-    finally:
-        await asyncio.gather(one.stop(), two.stop())

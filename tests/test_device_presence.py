@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from server.app import create_app
-from server.embedded_store import EmbeddedStore, free_port
+from server.embedded_store import EmbeddedStore
 from tests.conftest import make_settings
 from tests.device_clients import SioDevice, pair_device
-from tests.helpers import Api, ServerProcess, User, process_env
+from tests.helpers import Api, User, process_env, server_processes
 
 SILENCE_S = 1.0
 
@@ -138,9 +138,7 @@ async def test_reconnecting_socket_counts_as_a_sign_of_life(fast: Api) -> None:
 async def test_two_processes_announce_a_disconnection_once(store: EmbeddedStore, redis_url: str,
                                                            tmp_path: Path) -> None:
     env = process_env(store.url, tmp_path, redis_url, device_silence_s=1.0)
-    one, two = ServerProcess(env, free_port()), ServerProcess(env, free_port())
-    await asyncio.gather(one.start(), two.start())
-    try:
+    async with server_processes(env, env) as (one, two):
         async with Api(one.url) as api_one, Api(two.url) as api_two:
             patient = await api_one.register("patient")
             carer = await api_one.register("caregiver")
@@ -162,5 +160,3 @@ async def test_two_processes_announce_a_disconnection_once(store: EmbeddedStore,
                 lost = await notifications(api_two, user, "device_disconnected")
                 back = await notifications(api_two, user, "device_reconnected")
                 assert (len(lost), len(back)) == (6, 3)
-    finally:
-        await asyncio.gather(one.stop(), two.stop())

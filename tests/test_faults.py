@@ -18,7 +18,7 @@ from server.embedded_store import EmbeddedStore, free_port
 from server.models import User
 from tests.alert_clients import crisis, device_sock
 from tests.conftest import make_settings
-from tests.helpers import Api, ServerProcess, process_env
+from tests.helpers import Api, process_env, server_processes
 from tests.streaming import device_socket, ecg, frame, open_stream, pair
 
 
@@ -127,9 +127,7 @@ async def test_server_killed_mid_stream_devices_and_watchers_fail_over(store: Em
     Both reconnect to the other: the stream goes on under its id with the gap recorded and shown, and
     the crisis alert raised just before the crash reaches the caregiver there."""
     env = process_env(store.url, tmp_path, redis_url)
-    doomed, survivor = ServerProcess(env, free_port()), ServerProcess(env, free_port())
-    await asyncio.gather(doomed.start(), survivor.start())
-    try:
+    async with server_processes(env, env) as (doomed, survivor):
         async with Api(doomed.url) as api_a, Api(survivor.url) as api_b:
             patient = await api_a.register("patient")
             carer = await api_a.register("caregiver")
@@ -163,5 +161,3 @@ async def test_server_killed_mid_stream_devices_and_watchers_fail_over(store: Em
             assert status == 200 and streams["items"][0]["id"] == stream_id
             for sock in (device, watcher):
                 await sock.close()
-    finally:
-        await asyncio.gather(doomed.stop(), survivor.stop())

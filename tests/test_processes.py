@@ -7,14 +7,12 @@ import asyncio
 from pathlib import Path
 
 from server.embedded_store import EmbeddedStore, free_port
-from tests.helpers import PASSWORD, Api, ServerProcess, process_env
+from tests.helpers import PASSWORD, Api, ServerProcess, process_env, server_processes
 
 
 async def test_two_processes_share_rooms_through_redis(store: EmbeddedStore, redis_url: str, tmp_path: Path) -> None:
     env = process_env(store.url, tmp_path, redis_url)
-    one, two = ServerProcess(env, free_port()), ServerProcess(env, free_port())
-    await asyncio.gather(one.start(), two.start())
-    try:
+    async with server_processes(env, env) as (one, two):
         async with Api(one.url) as api_one, Api(two.url) as api_two:
             patient = await api_one.register("patient")
             carer = await api_one.register("caregiver")
@@ -44,8 +42,6 @@ async def test_two_processes_share_rooms_through_redis(store: EmbeddedStore, red
                     break
                 await asyncio.sleep(0.05)
             assert not on_two_carer.client.connected
-    finally:
-        await asyncio.gather(one.stop(), two.stop())
 
 
 async def test_serve_on_embedded_store_keeps_data_across_restart(tmp_path: Path) -> None:

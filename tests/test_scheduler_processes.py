@@ -13,7 +13,7 @@ from pymongo import AsyncMongoClient
 
 from server.embedded_store import EmbeddedStore, free_port
 from server.models import utcnow
-from tests.helpers import Api, ServerProcess, User, process_env
+from tests.helpers import Api, ServerProcess, User, process_env, server_processes
 from tests.test_medications import create
 
 
@@ -86,28 +86,26 @@ async def test_restart_catches_up_by_the_stated_policy(store: EmbeddedStore, tmp
 async def test_two_processes_fire_each_dose_exactly_once(store: EmbeddedStore, redis_url: str,
                                                          tmp_path: Path) -> None:
     env = env_for(store, tmp_path, redis_url)
-    one, two = ServerProcess(env, free_port()), ServerProcess(env, free_port())
-    await asyncio.gather(one.start(), two.start())
-    db = AsyncMongoClient(store.url, tz_aware=True)[env["HEALTHMATE_MONGODB_DB"]]
-    try:
-        async with Api(one.url) as api_one, Api(two.url) as api_two:
-            patient = await api_one.register("patient")
-            carer = await api_one.register("caregiver")
-            await api_one.link(patient, carer)
-            on_one = await api_one.socket(patient)
-            on_two = await api_two.socket(carer)
-            med = await create(on_one, patient.id, schedule={"as_needed": True}, drawer=None)
-            count = 80
-            start = utcnow() + timedelta(seconds=2)
-            await db.dose_events.insert_many([dose_row(patient, med, start + timedelta(milliseconds=25 * i), f"d{i}")
-                                              for i in range(count)])
-            for sock in (on_one, on_two):
-                await sock.events.wait("dose:due", count=count, timeout=20)
-            await asyncio.sleep(1.5)  # time for any duplicate to arrive
-            for sock in (on_one, on_two):
-                ids = [d["id"] for d in sock.events.of("dose:due")]
-                assert len(ids) == count and len(set(ids)) == count
-            assert await db.dose_events.count_documents({"state": "reminded"}) == count
-    finally:
-        await asyncio.gather(one.stop(), two.stop())
-        await db.client.close()
+    async with server_processes(env, env) as (one, two):
+        db = AsyncMongoClient(store.url, tz_aware=True)[env["HEALTHMATE_MONGODB_DB"]]
+        try:
+            async with Api(one.url) as api_one, Api(two.url) as api_two:
+                patient = await api_one.register("patient")
+                carer = await api_one.register("caregiver")
+                await api_one.link(patient, carer)
+                on_one = await api_one.socket(patient)
+                on_two = await api_two.socket(carer)
+                med = await create(on_one, patient.id, schedule={"as_needed": True}, drawer=None)
+                count = 80
+                start = utcnow() + timedelta(seconds=2)
+                await db.dose_events.insert_many([
+                    dose_row(patient, med, start + timedelta(milliseconds=25 * i), f"d{i}") for i in range(count)])
+                for sock in (on_one, on_two):
+                    await sock.events.wait("dose:due", count=count, timeout=20)
+                await asyncio.sleep(1.5)  # time for any duplicate to arrive
+                for sock in (on_one, on_two):
+                    ids = [d["id"] for d in sock.events.of("dose:due")]
+                    assert len(ids) == count and len(set(ids)) == count
+                assert await db.dose_events.count_documents({"state": "reminded"}) == count
+        finally:
+            await db.client.close()
