@@ -27,16 +27,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from beanie import PydanticObjectId
+from gridfs import AsyncGridFSBucket, NoFile
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from server import audit
 from server.access import require_patient
 from server.auth import Principal, as_object_id
 from server.bus import listen_forever
 from server.errors import ApiError, forbidden, not_found
-from server.http import cursor_page, page_params, require_principal, services
+from server.http import cursor_page, page_params, require_principal, send_grid_file, services
 from server.models import Link, User, VersionedDocument, aware, iso, utcnow
 from server.patients import PatientRef
 from server.realtime import ONLINE_KEY, PROCESS_KEY, EventContext, user_room
@@ -68,6 +69,8 @@ SWEEP_BATCH = 100
 MEDIA_CHANNEL = "healthmate:calls:media:"  # + host process id: media offers forwarded to the host
 FORWARD_TIMEOUT_S = 10.0
 ROUTE_FIELDS = {"state": 1, "caller_sid": 1, "callee_sid": 1, "offer_from": 1, "media": 1, "rev": 1}
+RECORDINGS = "recordings"  # GridFS bucket of finished recordings
+RECORDING_UPLOAD_ATTEMPTS = 8
 STALE_EVERY = 10  # every this many sweeps, look for calls held by sockets of processes that died
 
 
@@ -726,7 +729,13 @@ class CallService:
         return room
 
     def recording_path(self, call_id: str) -> Path:
+        """Where the recording is written while the call goes on (the process serving its media)."""
         return self.settings.data_dir / "recordings" / f"{call_id}.mka"
+
+    @staticmethod
+    def recordings() -> AsyncGridFSBucket:
+        """Finished recordings: GridFS bucket ``recordings``, the file's id being the call's."""
+        return AsyncGridFSBucket(CallSession.get_pymongo_collection().database, bucket_name=RECORDINGS)
 
     async def consent(self, ctx: EventContext, body: ConsentIn) -> dict[str, Any]:
         """A participant gives (or withdraws) consent to recording. With both consents the server takes
@@ -772,16 +781,38 @@ class CallService:
             await self._finish_recording(msg["call_id"], await room.stop_recording())
 
     async def _finish_recording(self, call_id: str, size: int | None) -> None:
-        if size is not None:
-            await CallSession.get_pymongo_collection().update_one(
-                {"_id": PydanticObjectId(call_id), "recording.stopped_at": None},
-                {"$set": {"recording.stopped_at": utcnow(), "recording.bytes": size}, "$inc": {"rev": 1}})
+        """Move the finished file into the store (any replica serves it, and it is backed up with the
+        database), then mark the recording stopped. While the store is unreachable the upload is
+        retried; the local file is removed only once it is stored."""
+        if size is None:
+            return
+        oid, path = PydanticObjectId(call_id), self.recording_path(call_id)
+        for attempt in range(RECORDING_UPLOAD_ATTEMPTS):
+            try:
+                with contextlib.suppress(NoFile):  # a half-written copy from an earlier attempt
+                    await self.recordings().delete(oid)
+                with path.open("rb") as f:
+                    await self.recordings().upload_from_stream_with_id(oid, path.name, f,
+                                                                       metadata={"call_id": oid})
+                break
+            except PyMongoError as exc:
+                log.warning("storing the recording of call %s (attempt %d): %s", call_id, attempt + 1, exc)
+                await asyncio.sleep(min(2 ** attempt, 30))
+        else:
+            log.error("the recording of call %s could not be stored; it is kept at %s", call_id, path)
+            return
+        await CallSession.get_pymongo_collection().update_one(
+            {"_id": oid, "recording.stopped_at": None},
+            {"$set": {"recording.stopped_at": utcnow(), "recording.bytes": size}, "$inc": {"rev": 1}})
+        path.unlink(missing_ok=True)
 
     async def apply_retention(self, before: datetime) -> int:
         """Delete ended calls (and their recordings) that ended before ``before``."""
         removed = 0
         async for call in CallSession.find({"state": "ended", "ended_at": {"$lt": before}}):
             if call.recording is not None:
+                with contextlib.suppress(NoFile):
+                    await self.recordings().delete(call.id)
                 self.recording_path(str(call.id)).unlink(missing_ok=True)
             await call.delete()
             removed += 1
@@ -949,16 +980,16 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
         raise not_found("recording")
     if call.recording.get("stopped_at") is None:
         raise ApiError("recording_in_progress", "The recording is still going on", 409)
-    calls_service = services(request).calls
-    assert calls_service is not None
-    path = calls_service.recording_path(str(call.id))
-    if not path.exists():
-        raise not_found("recording")
+    try:
+        grid_out = await CallService.recordings().open_download_stream(call.id)
+    except NoFile:
+        raise not_found("recording") from None
     await audit.record("call.recording_download", principal=principal, patient_id=call.patient_id,
                        call_id=str(call.id))
     kind = "audio" if call.media == "audio" else "video"
-    return web.FileResponse(path, headers={"Content-Type": f"{kind}/x-matroska", "Cache-Control": "no-store",
-                                           "Content-Disposition": f'attachment; filename="call-{call.id}.mka"'})
+    return await send_grid_file(request, grid_out, {
+        "Content-Type": f"{kind}/x-matroska", "Cache-Control": "no-store",
+        "Content-Disposition": f'attachment; filename="call-{call.id}.mka"'})
 
 
 def setup(app: web.Application, svc: Services) -> CallService:

@@ -1,5 +1,5 @@
 """REST plumbing: the uniform error middleware, JSON bodies validated by pydantic,
-the caller's identity, and cursor pagination."""
+the caller's identity, cursor pagination, and serving a GridFS file (with byte ranges)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from beanie import Document, PydanticObjectId
 from bson.errors import InvalidId
+from gridfs.asynchronous.grid_file import AsyncGridOut
 from pydantic import BaseModel, ValidationError
 from pymongo.errors import ConnectionFailure
 
@@ -122,3 +123,32 @@ async def cursor_page(doc: type[Document], condition: Any, before: PydanticObjec
     more = len(items) > limit
     items = items[:limit]
     return {"items": [to_json(i) for i in items], "next_cursor": str(items[-1].id) if more else None}
+
+
+async def send_grid_file(request: web.Request, grid_out: AsyncGridOut, headers: dict[str, str]) -> web.StreamResponse:
+    """Stream a stored file; one ``Range: bytes=...`` is honoured (206), as players seeking in a
+    recording ask for, and a range outside the file is refused (416)."""
+    length = grid_out.length
+    try:
+        rng = request.http_range
+    except ValueError:
+        rng = slice(None, None)
+    start, stop, status = 0, length, 200
+    if rng.start is not None or rng.stop is not None:
+        start = max(length + rng.start, 0) if rng.start is not None and rng.start < 0 else (rng.start or 0)
+        stop = min(rng.stop, length) if rng.stop is not None else length
+        if start >= stop:
+            raise ApiError("range_not_satisfiable", "The requested range is outside the file", 416,
+                           {"length": length})
+        status = 206
+        headers = {**headers, "Content-Range": f"bytes {start}-{stop - 1}/{length}"}
+        await grid_out.seek(start)
+    response = web.StreamResponse(status=status, headers={
+        **headers, "Content-Length": str(stop - start), "Accept-Ranges": "bytes"})
+    await response.prepare(request)
+    left = stop - start
+    while left > 0 and (chunk := await grid_out.readchunk()):
+        await response.write(chunk[:left])
+        left -= len(chunk)
+    await response.write_eof()
+    return response

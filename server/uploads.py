@@ -23,7 +23,7 @@ from gridfs.asynchronous.grid_file import AsyncGridIn
 from server.access import require_patient
 from server.auth import Client, Principal, as_object_id
 from server.errors import ApiError, forbidden, not_found
-from server.http import client_of, require_principal, services
+from server.http import client_of, require_principal, send_grid_file, services
 from server.image_probe import ImageInfo, NotAnImage, probe_image
 from server.models import Link, iso
 from server.services import Services
@@ -210,15 +210,10 @@ async def serve(request: web.Request) -> web.StreamResponse:
         raise not_found("upload")
     await require_readable(principal, doc, client_of(request))
     grid_out = await bucket(svc).open_download_stream(doc["_id"])
-    response = web.StreamResponse(headers={
-        "Content-Type": doc["metadata"]["content_type"], "Content-Length": str(doc["length"]),
-        "Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff",
-        "Content-Disposition": "inline", "Content-Security-Policy": "default-src 'none'"})
-    await response.prepare(request)
-    while chunk := await grid_out.readchunk():
-        await response.write(chunk)
-    await response.write_eof()
-    return response
+    return await send_grid_file(request, grid_out, {
+        "Content-Type": doc["metadata"]["content_type"], "Cache-Control": "private, max-age=86400",
+        "X-Content-Type-Options": "nosniff", "Content-Disposition": "inline",
+        "Content-Security-Policy": "default-src 'none'"})
 
 
 async def info(request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import av
+from bson import ObjectId
 
 from server.embedded_store import EmbeddedStore
 from server.http import SERVICES
@@ -149,12 +150,22 @@ async def test_recording_only_with_both_consents_downloadable_by_the_participant
         for packet in container.demux(*audio):
             decoded[packet.stream.index] += len(packet.decode())
     assert all(n > 25 for n in decoded.values()), decoded  # each side: more than half a second of sound
-    # Retention deletes the call and its recording together.
+    # The finished file lives in the store (GridFS), not on this process's disk: any replica serves it.
     svc = api.app[SERVICES].calls  # type: ignore[index]
-    path = svc.recording_path(call["id"])
-    assert path.exists()
+    assert not svc.recording_path(call["id"]).exists()
+    stored = await svc.recordings().find({"_id": ObjectId(call["id"])}).to_list()
+    assert [f.length for f in stored] == [recording["bytes"]]
+    # A player seeking asks for byte ranges.
+    status, part = await api.request("GET", recording["url"], carer, headers={"Range": "bytes=100-199"})
+    assert status == 206 and part == body[100:200]
+    status, tail = await api.request("GET", recording["url"], carer, headers={"Range": "bytes=-50"})
+    assert status == 206 and tail == body[-50:]
+    status, err = await api.request("GET", recording["url"], carer,
+                                    headers={"Range": f"bytes={len(body)}-"})
+    assert status == 416 and err["error"]["code"] == "range_not_satisfiable"
+    # Retention deletes the call and its recording together.
     assert await svc.apply_retention(utcnow() + timedelta(days=1)) >= 1
-    assert not path.exists()
+    assert await svc.recordings().find({"_id": ObjectId(call["id"])}).to_list() == []
     _, history = await api.request("GET", "/api/calls", patient)
     assert history["items"] == []
 
