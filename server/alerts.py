@@ -14,9 +14,18 @@ to every caregiver and clinician linked to the patient and lists the patient's e
   batches, because rewriting one alert document per receipt does not scale to a thousand recipients).
   On connect, a device gets every open alert it has not confirmed, oldest first.
 - **First acknowledgement wins** (``alert:ack``, a conditional update) and is shown to all recipients.
-- **Escalation.** Unacknowledged after ``alert_escalation_s``: pushed again with urgency ``critical``
-  (level 1); after as long again: to the clinicians once more and to the emergency contacts'
-  notification channel, a signed webhook (level 2). Claimed per level in the store, so it happens once.
+- **Escalation, at least once per level.** Unacknowledged after ``alert_escalation_s``: pushed again with
+  urgency ``critical`` (level 1); after as long again: to the clinicians once more and to the emergency
+  contacts' notification channel, a signed webhook (level 2). A process claims a level with a
+  conditional update that also marks the step pending under a lease (``escalation_pending``,
+  ``escalation_lease_until``, ``alert_emit_lease_s``; renewed while the webhook retries); it clears the
+  mark once the push is published, the notifications are stored and, at level 2, the webhook's outcome
+  is recorded. If it dies before, any process's sweep re-claims the expired lease (one winner) and runs
+  that step again, unless the alert has been acknowledged or resolved meanwhile. So a step is never
+  lost but may run twice: a socket that already got it and is still connected does not get it again
+  (push keys ``<alert>/<level>``, remembered per socket), but a device that reconnected can get the same
+  ``alert:escalated`` (same ``id`` and ``escalation``) twice, a recipient a second notification and the
+  webhook a second call (same alert id and level).
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ REDELIVER_LIMIT = 200  # open alerts sent to a connecting device at most (oldest
 RECIPIENT_CACHE = 256  # alerts whose recipients are kept in memory for receipts
 SENT_PER_SOCKET = 512  # push keys remembered per socket (no duplicate pushes to one socket)
 WEBHOOK_ATTEMPTS = 4
+WEBHOOK_TIMEOUT_S = 10.0
 
 
 class Alert(VersionedDocument):
@@ -79,6 +89,8 @@ class Alert(VersionedDocument):
     emitted_by: str | None = None
     escalate_at: datetime | None = None
     escalations: list[dict[str, Any]] = Field(default_factory=list)
+    escalation_pending: int | None = None  # the level claimed whose step has not finished yet
+    escalation_lease_until: datetime | None = None  # then another process runs that step again
     acknowledged_at: datetime | None = None
     acknowledged_by: dict[str, Any] | None = None
     resolved_at: datetime | None = None
@@ -94,6 +106,7 @@ class Alert(VersionedDocument):
             IndexModel([("patient_id", ASCENDING), ("_id", DESCENDING)], name="patient_recent"),
             IndexModel([("emitted_at", ASCENDING), ("emit_lease_until", ASCENDING)], name="pending_emit"),
             IndexModel([("status", ASCENDING), ("escalate_at", ASCENDING)], name="pending_escalation"),
+            IndexModel([("status", ASCENDING), ("escalation_lease_until", ASCENDING)], name="stalled_escalation"),
         ]
 
     def push(self) -> dict[str, Any]:
@@ -301,10 +314,13 @@ class Alerts:
 
     def _notify(self, alert: Alert, user_ids: list[PydanticObjectId]) -> None:
         """In the background: a notification document per recipient (and push to their offline devices)."""
+        self._background(self._notify_now(alert, user_ids))
+
+    async def _notify_now(self, alert: Alert, user_ids: list[PydanticObjectId]) -> None:
         if self.notifications is not None and user_ids:
-            self._background(self.notifications.notify(
+            await self.notifications.notify(
                 user_ids, "alert", alert.title, alert.body, patient_id=alert.patient_id, urgency=alert.urgency,
-                data={"alert_id": str(alert.id), "level": alert.level}, live=False))
+                data={"alert_id": str(alert.id), "level": alert.level}, live=False)
 
     # --- pushing to recipients' sockets, in every process -----------------------------------------
 
@@ -461,60 +477,84 @@ class Alerts:
             await asyncio.sleep(self.settings.alert_sweep_s)
 
     async def sweep(self) -> None:
+        """Resume stalled emits and unfinished escalation steps (leases expired), then escalate due alerts."""
         coll = Alert.get_pymongo_collection()
         now = utcnow()
+        lease = now + timedelta(seconds=self.settings.alert_emit_lease_s)
         stalled = await Alert.find({"emitted_at": None, "emit_lease_until": {"$lt": now}}).limit(50).to_list()
         for alert in stalled:
-            lease = now + timedelta(seconds=self.settings.alert_emit_lease_s)
             claimed = await coll.update_one({"_id": alert.id, "emitted_at": None,
                                              "emit_lease_until": alert.emit_lease_until},
                                             {"$set": {"emit_lease_until": lease}})
             if claimed.modified_count:
                 log.warning("resuming the stalled emit of alert %s", alert.id)
                 await self._emit(alert)
-        due = await Alert.find({"status": "open", "escalate_at": {"$lt": now}}).limit(50).to_list()
+        unfinished = await Alert.find({"status": "open", "escalation_pending": {"$ne": None},
+                                       "escalation_lease_until": {"$lt": now}}).limit(50).to_list()
+        for alert in unfinished:
+            claimed = await coll.update_one(
+                {"_id": alert.id, "status": "open", "escalation_pending": alert.escalation_pending,
+                 "escalation_lease_until": alert.escalation_lease_until},
+                {"$set": {"escalation_lease_until": lease}})
+            if claimed.modified_count:
+                log.warning("resuming escalation level %s of alert %s", alert.escalation_pending, alert.id)
+                await self._escalate(alert)
+        due = await Alert.find({"status": "open", "escalation_pending": None,
+                                "escalate_at": {"$lt": now}}).limit(50).to_list()
         for alert in due:
             level = alert.level + 1
             nxt = now + timedelta(seconds=self.settings.alert_escalation_s) if level < 2 else None
             claimed = await coll.update_one(
-                {"_id": alert.id, "status": "open", "level": alert.level},
-                {"$set": {"level": level, "urgency": "critical", "escalate_at": nxt},
+                {"_id": alert.id, "status": "open", "level": alert.level, "escalation_pending": None},
+                {"$set": {"level": level, "urgency": "critical", "escalate_at": nxt,
+                          "escalation_pending": level, "escalation_lease_until": lease},
                  "$push": {"escalations": {"level": level, "at": now, "by": self.node}}})
             if claimed.modified_count:
                 alert.level, alert.urgency = level, "critical"
                 await self._escalate(alert)
 
     async def _escalate(self, alert: Alert) -> None:
+        """Run the claimed step ``alert.level``; it is marked done when all of it has happened."""
         data = {**alert.push(), "escalation": alert.level}
-        if alert.level == 1:
-            await self._push("alert:escalated", data, alert.recipient_ids, key=f"{alert.id}/1")
-            self._notify(alert, alert.recipient_ids)
-            return
-        clinicians = [PydanticObjectId(r["user_id"]) for r in alert.recipients if r["role"] == "clinician"]
-        await self._push("alert:escalated", data, clinicians, key=f"{alert.id}/2")
-        self._notify(alert, clinicians)
-        if self.settings.emergency_webhook_url and alert.emergency_contacts:
-            self._background(self._call_webhook(alert))
+        users = alert.recipient_ids if alert.level == 1 else [
+            PydanticObjectId(r["user_id"]) for r in alert.recipients if r["role"] == "clinician"]
+        await self._push("alert:escalated", data, users, key=f"{alert.id}/{alert.level}")
+        await self._notify_now(alert, users)
+        if alert.level >= 2 and self.settings.emergency_webhook_url and alert.emergency_contacts:
+            self._background(self._call_webhook(alert))  # marks the step done once its outcome is stored
+        else:
+            await self._step_done(alert)
+
+    async def _step_done(self, alert: Alert) -> None:
+        await Alert.get_pymongo_collection().update_one(
+            {"_id": alert.id, "escalation_pending": alert.level},
+            {"$set": {"escalation_pending": None, "escalation_lease_until": None}})
 
     async def _call_webhook(self, alert: Alert) -> None:
-        """Tell the emergency contacts' channel, retrying with backoff; the outcome is kept on the alert."""
+        """Tell the emergency contacts' channel, retrying with backoff; the outcome is kept on the alert.
+        The step's lease is renewed before each attempt so that no other process calls it meanwhile."""
         assert self.settings.emergency_webhook_url
         self._http = self._http or aiohttp.ClientSession()
+        coll = Alert.get_pymongo_collection()
         payload = {"alert": alert.push(), "emergency_contacts": alert.emergency_contacts,
                    "message": f"{alert.patient_name or 'A patient'}: {alert.title}. Nobody has answered yet."}
         outcome: dict[str, Any] = {"channel": "webhook", "ok": False}
         for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+            backoff = min(2 ** attempt * 0.5, 30)
+            hold = self.settings.alert_emit_lease_s + WEBHOOK_TIMEOUT_S + backoff
+            await coll.update_one({"_id": alert.id, "escalation_pending": alert.level},
+                                  {"$set": {"escalation_lease_until": utcnow() + timedelta(seconds=hold)}})
             try:
                 await post_signed(self._http, self.settings.emergency_webhook_url, self.settings.signing_secret,
-                                  "alert.escalated", payload)
+                                  "alert.escalated", payload, timeout_s=WEBHOOK_TIMEOUT_S)
                 outcome = {"channel": "webhook", "ok": True}
                 break
             except Exception as exc:
                 outcome["error"] = str(exc)[:200]
-                await asyncio.sleep(min(2 ** attempt * 0.5, 30))
-        await Alert.get_pymongo_collection().update_one(
-            {"_id": alert.id}, {"$push": {"escalations": {**outcome, "level": alert.level, "at": utcnow(),
-                                                          "attempts": attempt}}})
+                await asyncio.sleep(backoff)
+        await coll.update_one({"_id": alert.id}, {"$push": {"escalations": {
+            **outcome, "level": alert.level, "at": utcnow(), "attempts": attempt}}})
+        await self._step_done(alert)
 
     # --- sources -----------------------------------------------------------------------------------
 

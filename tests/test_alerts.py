@@ -1,6 +1,7 @@
 """Emergency alerts over real sockets: raised by a crisis reading to every device of every linked
 caregiver and clinician with the emergency contacts; first acknowledgement shown to all; offline
-devices get what they missed, in order, until they confirm it; escalation to a signed webhook;
+devices get what they missed, in order, until they confirm it; escalation to a signed webhook,
+resumed when the process that claimed a step died before finishing it;
 the lifecycle is queryable."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +188,86 @@ async def test_unacknowledged_alert_escalates_then_calls_the_emergency_webhook(
         assert len(phone.events.of("alert:escalated")) == 1  # level 2 goes to clinicians only
         life = await desk.ok("alert:get", {"alert_id": alert["id"]})
         assert [e["level"] for e in life["escalations"]] == [1, 2, 2] and life["escalations"][2]["ok"] is True
+        for sock in (phone, desk):
+            await sock.close()
+
+
+async def claimed_by_a_dead_process(alert_id: str, level: int, escalate_at: datetime | None) -> None:
+    """The store as a process leaves it that dies right after claiming escalation ``level`` (lease expired)."""
+    now = datetime.now(UTC)
+    await Alert.get_pymongo_collection().update_one({"_id": PydanticObjectId(alert_id)}, {
+        "$set": {"level": level, "urgency": "critical", "escalate_at": escalate_at,
+                 "escalation_pending": level, "escalation_lease_until": now - timedelta(seconds=1)},
+        "$push": {"escalations": {"level": level, "at": now, "by": "dead"}}})
+
+
+async def settled(alert_id: str) -> Alert:
+    """The alert once its pending escalation step is marked done (or after 5 s)."""
+    for _ in range(50):
+        alert = await Alert.get(PydanticObjectId(alert_id))
+        assert alert is not None
+        if alert.escalation_pending is None:
+            break
+        await asyncio.sleep(0.1)
+    return alert
+
+
+async def test_an_escalation_step_left_unfinished_by_a_dead_process_is_run_again(
+        store: EmbeddedStore, tmp_path: Path, aiohttp_server: Any) -> None:
+    settings = make_settings(store.url, tmp_path, alert_escalation_s=60, alert_sweep_s=0.2, alert_emit_lease_s=1)
+    server = await aiohttp_server(create_app(settings))
+    async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:
+        patient, maria, doctor, _ = await team(api)
+        other = await api.register("patient")
+        await api.link(other, maria)
+        await api.link(other, doctor)
+        phone, desk = await device_sock(api.base_url, maria, "p"), await device_sock(api.base_url, doctor, "d")
+        for p in (patient, other):
+            await (await api.socket(p)).ok("bp:add", crisis())
+        ids = {a["patient"]["id"]: a["id"] for a in await phone.events.wait("alert:new", 2)}
+        open_id, acked_id = ids[patient.id], ids[other.id]
+        # Acknowledged after a dead process's claim (the ack clears escalate_at): that step is not run again.
+        await desk.ok("alert:ack", {"alert_id": acked_id})
+        await claimed_by_a_dead_process(acked_id, 1, None)
+        await claimed_by_a_dead_process(open_id, 1, datetime.now(UTC) + timedelta(seconds=60))
+        for sock in (phone, desk):
+            (louder,) = await sock.events.wait("alert:escalated")
+            assert louder["id"] == open_id and louder["escalation"] == 1 and louder["urgency"] == "critical"
+        stored = await settled(open_id)
+        assert stored.escalation_pending is None and stored.escalation_lease_until is None
+        _, notes = await api.request("GET", "/api/notifications", maria)
+        assert [n["data"] for n in notes["items"] if n["data"]["level"] == 1] == [{"alert_id": open_id, "level": 1}]
+        await asyncio.sleep(1.5)  # several sweeps and more than a lease later: nothing more
+        for sock in (phone, desk):
+            assert len(sock.events.of("alert:escalated")) == 1
+        stored = await Alert.get(PydanticObjectId(open_id))
+        assert stored is not None and stored.level == 1 and [e["level"] for e in stored.escalations] == [1]
+        acked = await Alert.get(PydanticObjectId(acked_id))
+        assert acked is not None and acked.status == "acknowledged" and acked.escalation_pending == 1
+        for sock in (phone, desk):
+            await sock.close()
+
+
+async def test_an_unfinished_outward_escalation_reaches_the_clinicians_and_the_webhook(
+        store: EmbeddedStore, tmp_path: Path, aiohttp_server: Any, webhook: tuple[str, list[Any]]) -> None:
+    url, received = webhook
+    settings = make_settings(store.url, tmp_path, alert_escalation_s=60, alert_sweep_s=0.2, alert_emit_lease_s=1,
+                             emergency_webhook_url=url)
+    server = await aiohttp_server(create_app(settings))
+    async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:
+        patient, maria, doctor, _ = await team(api)
+        phone, desk = await device_sock(api.base_url, maria, "p"), await device_sock(api.base_url, doctor, "d")
+        await (await api.socket(patient)).ok("bp:add", crisis())
+        (alert,) = await phone.events.wait("alert:new")
+        await claimed_by_a_dead_process(alert["id"], 2, None)
+        (outward,) = await desk.events.wait("alert:escalated")
+        assert outward["id"] == alert["id"] and outward["escalation"] == 2
+        stored = await settled(alert["id"])
+        assert stored.escalation_pending is None and stored.escalations[-1]["ok"] is True
+        assert [json.loads(body)["alert"]["id"] for _, body in received] == [alert["id"]]
+        await asyncio.sleep(1.5)
+        assert len(received) == 1 and len(desk.events.of("alert:escalated")) == 1
+        assert phone.events.of("alert:escalated") == []  # level 2 goes to clinicians only
         for sock in (phone, desk):
             await sock.close()
 
