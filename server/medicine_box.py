@@ -110,11 +110,12 @@ class MedicineBox:
                           dose_id=str(d["_id"]), attempt=attempt)
 
     async def on_due(self, doses: list[dict[str, Any]]) -> None:
-        """The scheduler reminded these doses: light each one's drawer on the patient's boxes."""
+        """The scheduler reminded these doses: light each one's drawer on the patient's boxes. Once per dose:
+        a dose pushed again (its first push's process died) that was already commanded is left to ``resend``."""
         boxes: dict[Any, list[PydanticObjectId]] = {}
         sends = []
         for d in doses:
-            if not d.get("drawer"):
+            if not d.get("drawer") or d.get("box_attempts"):
                 continue
             if d["patient_id"] not in boxes:
                 boxes[d["patient_id"]] = await self.boxes(d["patient_id"])
@@ -122,7 +123,8 @@ class MedicineBox:
         if not sends:
             return
         wait = utcnow() + timedelta(seconds=BACKOFF_S[0])
-        await self.scheduler.doses.update_many({"_id": {"$in": list({d["_id"] for _, d in sends})}},
+        await self.scheduler.doses.update_many({"_id": {"$in": list({d["_id"] for _, d in sends})},
+                                                "box_attempts": {"$in": [0, None]}},
                                                {"$set": {"box_attempts": 1, "box_next_at": wait}})
         for device_id, d in sends:
             await self.command(device_id, self._remind(d, 1), d["_id"])

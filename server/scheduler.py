@@ -1,18 +1,25 @@
 """The durable dose scheduler: every due dose is a stored ``DoseEvent`` that moves
-scheduled → reminded → confirmed | missed, fired exactly once across server processes.
+scheduled → reminded → confirmed | missed, fired once across server processes (pushed again only
+if the process firing it died before it was done).
 
 Planning: each active, scheduled medication has its doses written ahead (``HORIZON``) from its
 schedule and the patient's time zone (``server.dose_times``); a dose's slot (medication + local
 date and time) is unique in the store, so any number of processes may plan the same doses.
 
 Firing: at due time a process claims the due doses with one conditional update in the store
-(scheduled → reminded, stamped with its token; a dose can leave "scheduled" only once, so no two
-processes claim it) and then pushes ``dose:due`` to the patient's room and tells the box
-(``on_due`` hooks). The ``reminder`` notification is sent by a separate loop that claims reminded,
-unnotified doses the same way, so its cost (a stored notification each) never delays a reminder.
-Should a process die between its claim and the push, the few doses it held are not pushed live
-(the claim is what makes the push single-fire), but their reminder notification still goes out
-from whichever process runs next; a notification claimed and not yet sent at that moment is lost.
+(scheduled → reminded, stamped with its token and a push lease, ``due_lease_until``; a dose can
+leave "scheduled" only once, so no two processes claim it), pushes ``dose:due`` to the patient's
+room, tells the box (``on_due`` hooks), and then marks the doses delivered (``due_pushed_at``).
+Should a process die before that, its doses' lease (``LEASE``) runs out and another process (or
+the restarted one) claims them again, conditionally, and pushes them again if they are still
+waiting (reminded, neither confirmed nor missed): ``dose:due`` is delivered at least once, and
+clients tell a repeat by the dose's ``id``; the box is commanded once per dose (``on_due`` skips a
+dose already commanded, whose resends the box schedule carries on).
+
+The ``reminder`` notification is sent by a separate loop that claims reminded, unnotified doses the
+same way (leased, ``reminder_lease_until``), so its cost (a stored notification each) never delays
+a reminder. A notification its process claimed and did not finish before the lease ran out is
+claimed again and sent, unless the dead process had already stored it.
 
 A dose not confirmed within the grace window (``HEALTHMATE_DOSE_GRACE_S``, 30 min) is marked
 missed (a conditional update, so once), and the patient's caregivers are notified; that
@@ -51,6 +58,7 @@ from server.errors import ApiError, forbidden, not_found
 from server.http import client_of, require_principal
 from server.medications import WRITERS, Medication, Medications, care_team, notify
 from server.models import User, VersionedDocument, aware, iso, utcnow
+from server.notifications import Notification
 from server.realtime import EventContext
 
 if TYPE_CHECKING:
@@ -86,7 +94,11 @@ class DoseEvent(VersionedDocument):
     confirmed_at: datetime | None = None
     confirmed_via: str | None = None  # app | box
     confirmed_by: PydanticObjectId | None = None
-    reminder_notified_at: datetime | None = None
+    due_owner: str | None = None  # the process pushing dose:due, until due_lease_until
+    due_lease_until: datetime | None = None
+    due_pushed_at: datetime | None = None  # dose:due pushed and the box told
+    reminder_notified_at: datetime | None = None  # the reminder notification claimed (sent, once its lease is cleared)
+    reminder_lease_until: datetime | None = None
     missed_at: datetime | None = None
     missed_notified_at: datetime | None = None
     lease_owner: str | None = None
@@ -105,6 +117,9 @@ class DoseEvent(VersionedDocument):
             IndexModel([("state", ASCENDING), ("missed_notified_at", ASCENDING)], name="missed_unnotified"),
             IndexModel([("state", ASCENDING), ("reminder_notified_at", ASCENDING)], name="reminded_unnotified"),
             IndexModel([("state", ASCENDING), ("lease_until", ASCENDING)], name="state_lease"),
+            IndexModel([("state", ASCENDING), ("due_lease_until", ASCENDING)], name="state_due_lease"),
+            IndexModel([("state", ASCENDING), ("reminder_lease_until", ASCENDING)], name="state_reminder_lease"),
+            IndexModel([("due_owner", ASCENDING)], name="due_owner"),
             IndexModel([("lease_owner", ASCENDING)], name="lease_owner"),
             IndexModel([("box_owner", ASCENDING)], name="box_owner"),
             IndexModel([("patient_id", ASCENDING), ("due_at", DESCENDING)], name="patient_due"),
@@ -253,6 +268,7 @@ class Scheduler:
             self._swept_at = now
             await self._mark_missed(now)
             await self._notify_missed(now)
+            await self._redeliver(now)
         self._firing = True
         try:
             while await self._remind_due(utcnow()) == BATCH:
@@ -272,8 +288,8 @@ class Scheduler:
     def token(self) -> str:
         return f"{self.owner}:{uuid.uuid4().hex}"
 
-    async def _matching(self, query: dict[str, Any]) -> list[Any]:
-        return [d["_id"] async for d in self.doses.find(query, {"_id": 1}).limit(BATCH)]
+    async def _matching(self, query: dict[str, Any], limit: int = BATCH) -> list[Any]:
+        return [d["_id"] async for d in self.doses.find(query, {"_id": 1}).limit(limit)]
 
     async def update_where(self, query: dict[str, Any], update: dict[str, Any]) -> int:
         """``update_many`` by ids found through an index, in batches (the embedded store's ``update_many``
@@ -285,12 +301,12 @@ class Scheduler:
                 break
         return total
 
-    async def claim(self, query: dict[str, Any], update: dict[str, Any], owner: str = "lease_owner"
-                    ) -> tuple[str, list[dict[str, Any]]]:
-        """Mark up to BATCH doses matching ``query`` as this process's with one conditional update (each
+    async def claim(self, query: dict[str, Any], update: dict[str, Any], owner: str = "lease_owner",
+                    limit: int = BATCH) -> tuple[str, list[dict[str, Any]]]:
+        """Mark up to ``limit`` doses matching ``query`` as this process's with one conditional update (each
         dose changes state, or gets an owner, once: no other process can match it after) and return them."""
         token = self.token()
-        ids = await self._matching(query)
+        ids = await self._matching(query, limit)
         if not ids:
             return token, []
         update = {**update, "$set": {**update.get("$set", {}), owner: token}}
@@ -304,27 +320,46 @@ class Scheduler:
 
     async def _remind_due(self, now: datetime) -> int:
         """Claim the due doses by marking them reminded (one conditional write each: a dose goes from
-        scheduled to reminded once, in whichever process gets there first), then push ``dose:due``."""
-        _, claimed = await self.claim({"state": "scheduled", "due_at": {"$lte": now, "$gt": now - self.grace}},
-                                      {"$set": {"state": "reminded", "reminded_at": now}})
+        scheduled to reminded once, in whichever process gets there first), leased, then deliver them."""
+        token, claimed = await self.claim(
+            {"state": "scheduled", "due_at": {"$lte": now, "$gt": now - self.grace}},
+            {"$set": {"state": "reminded", "reminded_at": now, "due_pushed_at": None, "due_lease_until": now + LEASE}},
+            owner="due_owner")
+        await self._deliver(token, claimed)
+        return len(claimed)
+
+    async def _redeliver(self, now: datetime) -> None:
+        """Reminded doses whose claimer died before delivering them (the lease ran out): claimed again
+        (a conditional update, so by one process) and delivered again."""
+        token, claimed = await self.claim(
+            {"state": "reminded", "due_pushed_at": None, "due_lease_until": {"$lt": now}},
+            {"$set": {"due_lease_until": now + LEASE}}, owner="due_owner")
+        if claimed:
+            log.warning("pushing %d doses again whose process died before pushing them", len(claimed))
+        await self._deliver(token, claimed)
+
+    async def _deliver(self, token: str, claimed: list[dict[str, Any]]) -> None:
+        """Push ``dose:due``, tell the box, then mark the doses delivered (those this claim still holds)."""
+        if not claimed:
+            return
         for d in claimed:
             dose = dose_json(d)
             dose["late_ms"] = round((utcnow() - aware(d["due_at"])).total_seconds() * 1000)
             await self.svc.realtime.to_patient(d["patient_id"], "dose:due", dose)
-        if claimed:
-            self._reminded.set()
+        self._reminded.set()
         for hook in self.on_due:
             try:
                 await hook(claimed)
             except Exception:
                 log.exception("dose hook failed")
-        return len(claimed)
+        await self.doses.update_many({"_id": {"$in": [d["_id"] for d in claimed]}, "due_owner": token},
+                                     {"$set": {"due_pushed_at": utcnow(), "due_owner": None, "due_lease_until": None}})
 
     async def _notify_loop(self) -> None:
         """Reminder notifications, apart from the firing loop so their cost never delays a reminder. Each
         is claimed by a conditional write on its dose first (so sent by one process only), in small batches
-        that leave the store to the firing loop in between. A crash between claim and send loses that
-        notification (the ``dose:due`` push and the missed-dose path do not depend on it)."""
+        that leave the store to the firing loop in between; a claim is leased, and taken again once its
+        lease runs out unfinished (its process died)."""
         while True:
             try:
                 with contextlib.suppress(TimeoutError):
@@ -346,15 +381,24 @@ class Scheduler:
             await asyncio.sleep(0.05)
 
     async def _notify_some(self) -> int:
-        token = self.token()
-        ids = [d["_id"] async for d in self.doses.find(UNNOTIFIED, {"_id": 1}).limit(NOTIFY_BATCH)]
-        if ids:
-            await self.doses.update_many({"_id": {"$in": ids}, **UNNOTIFIED},
-                                         {"$set": {"reminder_notified_at": utcnow(), "lease_owner": token}})
-            await self._bounded([self._remind_patient(d) async for d in self.doses.find({"lease_owner": token})])
-        return len(ids)
+        """Claim and send up to NOTIFY_BATCH unnotified reminders, and as many whose claim's lease ran out."""
+        now = utcnow()
+        lease = {"$set": {"reminder_notified_at": now, "reminder_lease_until": now + LEASE}}
+        found = 0
+        for query, again in ((UNNOTIFIED, False), ({"state": "reminded", "reminder_lease_until": {"$lt": now}}, True)):
+            token, claimed = await self.claim(query, lease, limit=NOTIFY_BATCH)
+            await self._bounded([self._remind_patient(d, again) for d in claimed])
+            if claimed:
+                await self.doses.update_many({"_id": {"$in": [d["_id"] for d in claimed]}, "lease_owner": token},
+                                             {"$set": {"lease_owner": None, "reminder_lease_until": None}})
+            found = max(found, len(claimed))
+        return found
 
-    async def _remind_patient(self, d: dict[str, Any]) -> None:
+    async def _remind_patient(self, d: dict[str, Any], again: bool = False) -> None:
+        """The ``reminder`` notification; ``again`` (a dead process's claim): not if that process stored it."""
+        if again and await Notification.find({"user_id": d["patient_id"], "kind": "reminder",
+                                              "data.dose_id": str(d["_id"])}).count():
+            return
         body = " · ".join(x for x in (d.get("dose"), f"drawer {d['drawer']}" if d.get("drawer") else None) if x)
         await notify(self.svc, [d["patient_id"]], "reminder", f"Time for {d['medication_name']}", body,
                      patient_id=d["patient_id"], data={"dose_id": str(d["_id"]), "due_at": iso(aware(d["due_at"]))})

@@ -1,6 +1,7 @@
 """The dose scheduler in one server over real sockets: doses planned from the schedule in the
 patient's time zone, reminded at due time (``dose:due``), confirmed in the app, marked missed after
-the grace window with caregivers told, and adherence counted per medication and per week."""
+the grace window with caregivers told, reminders a dead process had claimed and not delivered
+delivered once their lease ran out, and adherence counted per medication and per week."""
 
 from __future__ import annotations
 
@@ -18,24 +19,27 @@ from server.dose_times import resolve_local
 from server.embedded_store import EmbeddedStore
 from server.medications import Medication
 from server.models import utcnow
-from server.scheduler import DoseEvent
+from server.notifications import Notification
+from server.scheduler import LEASE, DoseEvent
 from tests.conftest import make_settings
 from tests.helpers import Api, Sock, User
 from tests.test_medications import create
 
 GRACE_S = 3
+DEAD = "4242-deadbeef:0123456789abcdef"  # the claim token of a process that no longer exists
 
 
 @pytest.fixture
-async def settings(store: EmbeddedStore, tmp_path: Path) -> Settings:
-    return make_settings(store.url, tmp_path, dose_grace_s=GRACE_S)
+async def settings(store: EmbeddedStore, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Grace ``GRACE_S``, or the test's ``@pytest.mark.parametrize("settings", [grace_s], indirect=True)``."""
+    return make_settings(store.url, tmp_path, dose_grace_s=getattr(request, "param", GRACE_S))
 
 
 async def add_dose(patient: User, med: dict[str, Any], due: datetime, state: str = "scheduled",
-                   slot: str | None = None) -> DoseEvent:
+                   slot: str | None = None, **fields: Any) -> DoseEvent:
     dose = DoseEvent(patient_id=PydanticObjectId(patient.id), medication_id=PydanticObjectId(med["id"]),
                      slot=slot or due.isoformat(), timezone="UTC", due_at=due, medication_name=med["name"],
-                     dose=med["dose"], drawer=med["drawer"], state=state)  # type: ignore[arg-type]
+                     dose=med["dose"], drawer=med["drawer"], state=state, **fields)  # type: ignore[arg-type]
     await dose.insert()
     return dose
 
@@ -183,3 +187,70 @@ async def test_adherence_per_medication_and_per_week(api: Api) -> None:
         status, err = await api.request("GET", f"/api/patients/{patient.id}/adherence?weeks={bad}", patient)
         assert status == 422 and err["error"]["code"] == "invalid_query"
     assert date.fromisoformat(body["weeks"][0]["week_start"]).weekday() == 0
+
+
+@pytest.mark.parametrize("settings", [600], indirect=True)  # a grace window longer than the lease
+async def test_a_dose_claimed_by_a_dead_process_and_never_pushed_is_pushed_once_its_lease_runs_out(
+        api: Api) -> None:
+    from tests.test_medicine_box import pair_box, running_box, until  # it imports this module
+
+    patient = await api.register("patient")
+    p_sock = await api.socket(patient)
+    med = await create(p_sock, patient.id, schedule={"as_needed": True})
+    async with running_box(api, await pair_box(api, patient), scenario="never") as box:
+        # What a process leaves that claimed doses at due time (scheduled → reminded, leased) and died
+        # before pushing them, the lease since run out: one died before telling the box, one after (the box
+        # acknowledged), and one dose was confirmed in the app meanwhile.
+        at = utcnow() - LEASE - timedelta(seconds=30)
+        claimed = {"reminded_at": at, "due_owner": DEAD, "due_lease_until": at + LEASE, "due_pushed_at": None}
+        crashed = await add_dose(patient, med, at, "reminded", slot="crashed", **claimed)
+        commanded = await add_dose(patient, med, at, "reminded", slot="commanded", **claimed,
+                                   box_attempts=1, box_acked_at=at)
+        taken = await add_dose(patient, med, at, "confirmed", slot="taken", **claimed,
+                               confirmed_at=at + timedelta(minutes=1), confirmed_via="app")
+
+        due = await p_sock.events.wait("dose:due", count=2, timeout=10)
+        assert sorted(d["id"] for d in due) == sorted([str(crashed.id), str(commanded.id)])
+        assert all(d["state"] == "reminded" and d["late_ms"] >= (LEASE.total_seconds() + 30) * 1000 for d in due)
+        await until(lambda: len(box.behaviour.commands) >= 1)
+        notes = await notes_of(p_sock, "reminder", count=2)
+        assert sorted(n["data"]["dose_id"] for n in notes) == sorted([str(crashed.id), str(commanded.id)])
+        await asyncio.sleep(2.5)  # a few scheduler passes: nothing is pushed, commanded or notified twice
+    assert len(p_sock.events.of("dose:due")) == 2
+    # The box is commanded once per dose: not again for the dose the dead process had commanded.
+    assert [(c.action, c.dose_id, c.attempt) for c in box.behaviour.commands] == [("remind", str(crashed.id), 1)]
+    assert len([n for n in p_sock.events.of("notification:new") if n["kind"] == "reminder"]) == 2
+    for dose in (crashed, commanded):
+        row = await DoseEvent.get(dose.id)
+        assert row is not None and row.due_pushed_at is not None  # delivered, the lease given back
+        assert row.due_owner is None and row.due_lease_until is None and row.box_attempts == 1
+        assert row.box_acked_at is not None and row.box_next_at is None
+    left = await DoseEvent.get(taken.id)
+    assert left is not None and left.state == "confirmed" and left.due_pushed_at is None  # confirmed: not pushed
+    assert await Notification.find({"data.dose_id": str(taken.id)}).count() == 0
+
+
+@pytest.mark.parametrize("settings", [600], indirect=True)
+async def test_a_reminder_notification_claimed_by_a_dead_process_is_sent_once_its_lease_runs_out(api: Api) -> None:
+    patient = await api.register("patient")
+    p_sock = await api.socket(patient)
+    med = await create(p_sock, patient.id, schedule={"as_needed": True})
+    # Both pushed; their notifications claimed by a process that died (one of them after storing it),
+    # the lease since run out.
+    at = utcnow() - LEASE - timedelta(seconds=30)
+    dead = {"reminded_at": at, "due_pushed_at": at, "reminder_notified_at": at, "lease_owner": DEAD,
+            "reminder_lease_until": at + LEASE}
+    unsent = await add_dose(patient, med, at, "reminded", slot="unsent", **dead)
+    stored = await add_dose(patient, med, at, "reminded", slot="stored", **dead)
+    await Notification(user_id=PydanticObjectId(patient.id), kind="reminder", title="Time for Metformin",
+                       patient_id=PydanticObjectId(patient.id), data={"dose_id": str(stored.id)}).insert()
+
+    (note,) = await notes_of(p_sock, "reminder")
+    assert note["data"]["dose_id"] == str(unsent.id) and note["title"] == "Time for Metformin"
+    await asyncio.sleep(1.5)  # the loop's next passes send neither again
+    assert len([n for n in p_sock.events.of("notification:new") if n["kind"] == "reminder"]) == 1
+    for dose in (unsent, stored):
+        assert await Notification.find({"data.dose_id": str(dose.id)}).count() == 1
+        row = await DoseEvent.get(dose.id)
+        assert row is not None and row.reminder_lease_until is None and row.lease_owner is None
+    assert p_sock.events.of("dose:due") == []  # pushed already: not again
