@@ -13,6 +13,7 @@ from server import audit
 from server.auth import as_object_id
 from server.http import client_of, read_json, require_principal, services
 from server.models import Role, User
+from server.patch import Patch
 from server.uploads import require_own_upload
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
@@ -51,7 +52,8 @@ class RefreshIn(Strict):
     refresh_token: Annotated[str, Field(min_length=1, max_length=4096)]
 
 
-class ProfilePatch(Strict):
+class ProfilePatch(Patch):
+    keep = frozenset({"name", "timezone", "language"})
     name: Name | None = None
     phone: Annotated[str, StringConstraints(pattern=re.compile(r"^\+[1-9]\d{6,14}$"))] | None = None
     timezone: Annotated[str, Field(max_length=64), AfterValidator(_timezone)] | None = None
@@ -101,9 +103,13 @@ async def patch_me(request: web.Request) -> web.Response:
     assert user is not None
     if changes.get("avatar_id") is not None:
         await require_own_upload(services(request), principal.user_id, changes["avatar_id"], "avatar")
+    moved = "timezone" in changes and changes["timezone"] != user.timezone
     if changes:
         await user.set(changes)
     patient_id = user.id if user.role == "patient" else None
+    scheduler = services(request).scheduler
+    if moved and patient_id is not None and scheduler is not None:
+        await scheduler.replan_patient(patient_id)  # reminders follow the patient's local clock
     await audit.record("profile.update", principal=principal, patient_id=patient_id, client=client_of(request),
                        fields=sorted(changes))
     if patient_id is not None and changes:

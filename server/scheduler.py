@@ -212,6 +212,14 @@ class Scheduler:
         """What a dose carries changed: the doses not yet claimed are planned again from now."""
         if change not in ("created", "archived") and not REPLAN_ON & changes.keys():
             return
+        await self._plan_again(med)
+
+    async def replan_patient(self, patient_id: PydanticObjectId) -> None:
+        """The patient's time zone changed: doses not yet claimed are planned again in the new zone."""
+        async for med in Medication.find(Medication.patient_id == patient_id, Medication.archived_at == None):  # noqa: E711
+            await self._plan_again(med)
+
+    async def _plan_again(self, med: Medication) -> None:
         now = utcnow()
         await self.doses.delete_many({"medication_id": med.id, "state": "scheduled", "due_at": {"$gte": now},
                                       "lease_owner": None})

@@ -78,6 +78,17 @@ async def test_doses_planned_in_the_patients_time_zone_and_replanned_on_change(a
     assert {d["medication_id"] for d in body["items"]} == {med["id"]}  # as needed: nothing planned
     assert all(d["state"] == "scheduled" and d["timezone"] == "America/New_York" for d in body["items"])
 
+    # The patient moves: the doses not yet due follow their local clock in the new zone.
+    status, _ = await api.request("PATCH", "/api/me", patient, json={"timezone": "Europe/Paris"})
+    assert status == 200
+    _, moved = await api.request("GET", f"/api/patients/{patient.id}/doses", patient,
+                                 params={"from": now.isoformat(), "to": (now + timedelta(hours=36)).isoformat()})
+    paris = ZoneInfo("Europe/Paris")
+    assert moved["items"] and all(d["timezone"] == "Europe/Paris" for d in moved["items"])
+    for d in moved["items"]:
+        local = datetime.fromisoformat(d["due_at"].replace("Z", "+00:00")).astimezone(paris)
+        assert local.strftime("%H:%M") in ("08:00", "20:00") and d["planned_at"].endswith(local.strftime("%H:%M"))
+
     # A new schedule replaces the doses not yet due; the drawer travels with them.
     await sock.ok("med:update", {"patient_id": patient.id, "medication_id": med["id"],
                                  "schedule": {"times": ["12:00"]}, "drawer": 4})
