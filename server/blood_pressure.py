@@ -26,6 +26,7 @@ from server.errors import ApiError, forbidden, not_found
 from server.fhir import bp_bundle
 from server.http import client_of, cursor_page, page_params, require_principal
 from server.models import User, VersionedDocument, iso, utcnow
+from server.patch import Patch
 from server.realtime import DEVICE_ROLES, USER_ROLES, EventContext, Realtime
 
 Position = Literal["sitting", "standing", "lying"]
@@ -93,8 +94,8 @@ class BPIn(BPValues):
     patient_id: str | None = Field(None, max_length=64)
 
 
-class BPUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BPUpdate(Patch):
+    keep = frozenset({"systolic", "diastolic", "measured_at"})
     reading_id: str = Field(max_length=64)
     systolic: float | None = Field(None, ge=0, le=1000)
     diastolic: float | None = Field(None, ge=0, le=1000)

@@ -19,6 +19,7 @@ from server.auth import Client, Principal, as_object_id
 from server.errors import ApiError, not_found
 from server.http import client_of, read_json, require_principal
 from server.models import VersionedDocument, iso, utcnow
+from server.patch import Patch
 from server.patients import PatientRef
 from server.realtime import EventContext, Realtime
 
@@ -105,7 +106,11 @@ class ContactAdd(ContactIn):
     patient_id: str = Field(max_length=64)
 
 
-class ContactUpdate(ContactFields):
+class ContactPatch(ContactFields, Patch):
+    keep = frozenset({"kind", "name"})
+
+
+class ContactUpdate(ContactPatch):
     contact_id: str = Field(max_length=64)
 
 
@@ -228,8 +233,9 @@ async def rest_add(request: web.Request) -> web.Response:
 
 async def rest_update(request: web.Request) -> web.Response:
     principal = await require_principal(request)
-    fields = await read_json(request, ContactFields)
-    body = ContactUpdate(contact_id=request.match_info["contact_id"], **fields.model_dump(exclude_unset=True))
+    fields = await read_json(request, ContactPatch)  # validated; the id is checked where it is looked up
+    body = ContactUpdate.model_construct(contact_id=request.match_info["contact_id"],
+                                         **fields.model_dump(exclude_unset=True))
     data = await _contacts(request).update(principal, body, client_of(request), request.match_info["patient_id"])
     return web.json_response(data)
 

@@ -21,6 +21,7 @@ from server.dose_times import WEEKDAYS
 from server.errors import ApiError, forbidden, not_found
 from server.http import client_of, cursor_page, page_params, require_principal
 from server.models import Link, VersionedDocument, iso, utcnow
+from server.patch import Patch
 from server.realtime import EventContext, Realtime
 
 if TYPE_CHECKING:
@@ -79,10 +80,8 @@ class MedCreate(MedFields):
     patient_id: Id
 
 
-class MedUpdate(BaseModel):
-    """Only the fields given change; ``null`` clears an optional one."""
-
-    model_config = ConfigDict(extra="forbid")
+class MedUpdate(Patch):
+    keep = frozenset({"name", "form", "schedule", "low_stock_at"})
     patient_id: Id
     medication_id: Id
     name: Text | None = None
@@ -95,13 +94,6 @@ class MedUpdate(BaseModel):
     stock: int | None = Field(None, ge=0, le=100_000)
     low_stock_at: int | None = Field(None, ge=0, le=10_000)
     image_id: UploadId | None = None
-
-    @model_validator(mode="after")
-    def _required_stay(self) -> MedUpdate:
-        for name in ("name", "form", "schedule", "low_stock_at"):
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be cleared")
-        return self
 
 
 class MedRef(BaseModel):
