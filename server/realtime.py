@@ -77,9 +77,18 @@ DeviceSink = Callable[[str, str, Any, Callable[..., Any] | None], Awaitable[None
 
 class _Server(socketio.AsyncServer):
     """Also hands every event emitted to a device's room to the other device transports (the MQTT
-    bridge), in the process that emits it: emit commands to ``device_room(id)`` to reach every device."""
+    bridge), in the process that emits it: emit commands to ``device_room(id)`` to reach every device.
+    A message that is not a Socket.IO packet closes the connection, as socket.io's own server does
+    (python-socketio would log a traceback and drop it, leaving the sender waiting for an ack)."""
 
     device_sinks: list[DeviceSink]
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except ValueError as exc:
+            log.warning("closing %s: not a Socket.IO packet (%s)", eio_sid, str(exc)[:120])
+            await self.eio.disconnect(eio_sid)
 
     async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,  # type: ignore[override]
                    **kwargs: Any) -> None:

@@ -167,6 +167,65 @@ def test_every_event_survives_arbitrary_payloads(live: Live) -> None:
     assert live.proc.poll() is None and "Traceback" not in "".join(live.output)
 
 
+def test_every_field_of_every_update_survives_arbitrary_values(live: Live) -> None:
+    """Updates of things that exist, which random payloads rarely reach: each field set to any JSON value
+    (null included) is applied or refused uniformly with nothing stored, and everything still reads."""
+    from server.accounts import ProfilePatch
+    from server.blood_pressure import BPUpdate
+    from server.contacts import ContactUpdate
+    from server.medications import MedUpdate
+    from tests.test_contacts import DOCTOR
+    from tests.test_medications import MED
+
+    pid = live.patient["user"]["id"]
+    client = socketio.SimpleClient()
+    client.connect(live.url, auth={"token": live.patient["access_token"]}, transports=["websocket"])
+
+    def ok(event: str, data: Any) -> Any:
+        reply = client.call(event, data, timeout=15)
+        assert reply["ok"] is True, (event, reply)
+        return reply["data"]
+
+    reading = ok("bp:add", {"systolic": 120, "diastolic": 80, "measured_at": "2026-11-20T08:00:00Z"})
+    contact = ok("contact:add", {"patient_id": pid, **DOCTOR})
+    med = ok("med:create", {"patient_id": pid, **MED})
+    targets = {"bp:update": (BPUpdate, {"reading_id": reading["id"]}),
+               "contact:update": (ContactUpdate, {"contact_id": contact["id"]}),
+               "med:update": (MedUpdate, {"patient_id": pid, "medication_id": med["id"]}),
+               "PATCH /api/me": (ProfilePatch, {})}
+    headers = {"Authorization": f"Bearer {live.patient['access_token']}"}
+
+    def reads_back() -> None:
+        for event in ("bp:list", "contacts:list", "med:list"):
+            ok(event, {"patient_id": pid})
+        assert requests.get(live.url + "/api/me", headers=headers, timeout=10).status_code == 200
+
+    @FUZZ_SETTINGS
+    @given(data=st.data())
+    def fuzz(data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(targets)))
+        model, ids = targets[name]
+        fields = st.sampled_from(sorted(set(model.model_fields) - set(ids)))
+        change = {**data.draw(st.dictionaries(fields, json_values, min_size=1, max_size=3)), **ids}
+        before = live.fingerprint()
+        if name.startswith("PATCH"):
+            response = requests.patch(live.url + "/api/me", json=change, headers=headers, timeout=15)
+            reply = {"ok": True} if response.status_code == 200 else {"ok": False, **response.json()}
+            assert response.status_code in (200, 422), (change, response.text)
+        else:
+            reply = client.call(name, change, timeout=15)
+        if not reply["ok"]:
+            assert_uniform({"error": reply["error"]})
+            assert live.fingerprint() == before, (name, change, reply)
+        reads_back()
+
+    try:
+        fuzz()
+    finally:
+        client.disconnect()
+    assert live.proc.poll() is None and "Traceback" not in "".join(live.output)
+
+
 def test_oversized_message_is_refused_at_the_transport(live: Live) -> None:
     client = socketio.SimpleClient(reconnection=False)
     client.connect(live.url, auth={"token": live.patient["access_token"]}, transports=["websocket"])

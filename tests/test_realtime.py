@@ -4,11 +4,16 @@ acks are ``{"ok": true, "data"}`` or the uniform error; several devices per user
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
+import aiohttp
 import jwt
+import pytest
 
 from tests.conftest import TEST_SECRET
 from tests.helpers import Api, connect_refused
+from tests.streaming import device_socket, open_stream, pair
 
 
 async def test_connect_refused_without_valid_token(api: Api) -> None:
@@ -109,3 +114,58 @@ async def test_websocket_declines_per_message_deflate(api: Api) -> None:
         assert ws.compress == 0
         opened = await ws.receive_str(timeout=5)
         assert opened.startswith("0{") and '"sid"' in opened
+
+
+async def raw_socket(api: Api, auth: dict[str, str]) -> aiohttp.ClientWebSocketResponse:
+    """A websocket speaking the Socket.IO protocol by hand (to send what no library client would)."""
+    ws = await api.http.ws_connect(api.base_url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket")
+    assert (await ws.receive_str(timeout=5)).startswith("0{")
+    await ws.send_str("40" + json.dumps(auth))
+    assert (await ws.receive_str(timeout=5)).startswith("40{")
+    return ws
+
+
+async def raw_call(ws: aiohttp.ClientWebSocketResponse, ack: int, event_and_payload: str) -> dict[str, Any]:
+    await ws.send_str(f"42{ack}[{event_and_payload}]")
+    while True:
+        message = await ws.receive_str(timeout=5)
+        if message.startswith(f"43{ack}"):
+            return json.loads(message[2 + len(str(ack)):])[0]
+
+
+async def test_nan_and_infinity_as_python_clients_write_them_get_a_clear_refusal(api: Api) -> None:
+    """Python's json writes NaN and Infinity, which are not JSON: such a payload still reaches
+    validation and is refused with the uniform error, rather than dropped with no ack."""
+    patient = await api.register("patient")
+    device = await pair(api, patient, "ecg")
+    dev = await device_socket(api, device["credential"])
+    stream_id = await open_stream(dev)
+    user_ws = await raw_socket(api, {"token": patient.access_token})
+    dev_ws = await raw_socket(api, {"device_token": device["credential"]})
+    try:
+        reply = await raw_call(user_ws, 1, '"bp:add", {"systolic": Infinity, "diastolic": 80, '
+                                            '"measured_at": "2026-11-20T08:00:00Z"}')
+        assert reply["ok"] is False and reply["error"]["code"] == "invalid_payload", reply
+        reply = await raw_call(user_ws, 2, '"sys:ping", {"t": NaN}')
+        assert reply["ok"] is False and reply["error"]["code"] == "invalid_payload", reply
+        reply = await raw_call(dev_ws, 1, f'"stream:frame", {{"stream_id": "{stream_id}", "seq": 0, "t0": 1000, '
+                                          '"samples": [0.1, NaN, -Infinity]}')
+        assert reply["ok"] is False and reply["error"]["code"] == "non_finite_samples", reply
+        assert (await raw_call(user_ws, 3, '"sys:ping", {"t": 1.5}'))["ok"] is True  # still connected
+    finally:
+        await user_ws.close()
+        await dev_ws.close()
+
+
+async def test_a_message_that_is_not_a_socket_io_packet_closes_the_connection(api: Api) -> None:
+    patient = await api.register("patient")
+    ws = await raw_socket(api, {"token": patient.access_token})
+    try:
+        await ws.send_str('42["sys:ping",{"t": 1')  # cut short
+        message = await ws.receive(timeout=5)  # engine.io's close packet: a client hangs up on it
+        assert message.type == aiohttp.WSMsgType.TEXT and message.data == "1", message
+        await ws.send_str('421["sys:ping",{"t": 1}]')  # one that does not has no session left: no answer
+        with pytest.raises(TimeoutError):
+            await ws.receive(timeout=1)
+    finally:
+        await ws.close()
