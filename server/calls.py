@@ -107,6 +107,8 @@ class CallSession(VersionedDocument):
             IndexModel([("participants", ASCENDING), ("_id", DESCENDING)], name="participant_recent"),
             IndexModel([("state", ASCENDING), ("ring_deadline", ASCENDING)], name="ringing_due"),
             IndexModel([("state", ASCENDING), ("grace_deadline", ASCENDING)], name="grace_due"),
+            IndexModel([("recording.stopped_at", ASCENDING), ("recording.started_at", ASCENDING)],
+                       name="recording_unfinished"),
         ]
 
     def side_of(self, user_id: str) -> Literal["caller", "callee"] | None:
@@ -139,7 +141,8 @@ def call_json(c: CallSession, viewer: str | None = None) -> dict[str, Any]:
         "consent": c.consent,
         "recording": None if c.recording is None else {
             "url": f"/api/calls/{c.id}/recording", "started_at": iso(c.recording.get("started_at")),
-            "stopped_at": iso(c.recording.get("stopped_at")), "bytes": c.recording.get("bytes")},
+            "stopped_at": iso(c.recording.get("stopped_at")), "bytes": c.recording.get("bytes"),
+            "lost": bool(c.recording.get("lost"))},
     }
     if viewer is not None:
         body["direction"] = "outgoing" if viewer == str(c.caller_id) else "incoming"
@@ -801,9 +804,10 @@ class CallService:
         else:
             log.error("the recording of call %s could not be stored; it is kept at %s", call_id, path)
             return
-        await CallSession.get_pymongo_collection().update_one(
-            {"_id": oid, "recording.stopped_at": None},
-            {"$set": {"recording.stopped_at": utcnow(), "recording.bytes": size}, "$inc": {"rev": 1}})
+        await CallSession.get_pymongo_collection().update_one(  # also over a "lost" a stalled heartbeat caused
+            {"_id": oid, "recording.bytes": None},
+            {"$set": {"recording.stopped_at": utcnow(), "recording.bytes": size, "recording.lost": False},
+             "$inc": {"rev": 1}})
         path.unlink(missing_ok=True)
 
     async def apply_retention(self, before: datetime) -> int:
@@ -915,15 +919,32 @@ class CallService:
                 if sid is not None and not await self._socket_alive(user, sid):
                     with contextlib.suppress(Refused, ApiError):
                         await self.drop(str(call.id), str(user), sid)
+        await self._recordings_lost()
+
+    async def _recordings_lost(self) -> None:
+        """A recording whose process died before finishing it will never finish: say so (``lost``) rather
+        than leave it "in progress" for ever. What that process had written stays on its disk."""
+        unfinished = CallSession.find({"recording.stopped_at": None, "recording.started_at": {"$ne": None}})
+        async for call in unfinished.limit(SWEEP_BATCH):
+            if call.media_host is not None and not await self._process_alive(call.media_host):
+                log.warning("the recording of call %s was lost with its process %s", call.id, call.media_host)
+                await CallSession.get_pymongo_collection().update_one(
+                    {"_id": call.id, "recording.stopped_at": None},
+                    {"$set": {"recording.stopped_at": utcnow(), "recording.lost": True}, "$inc": {"rev": 1}})
+
+    async def _process_alive(self, process_id: str) -> bool:
+        if process_id == self.rt.process_id:
+            return True
+        redis = self.svc.redis
+        return redis is not None and bool(await redis.exists(PROCESS_KEY + process_id))
 
     async def _socket_alive(self, user_id: Any, sid: str) -> bool:
         if sid in self.rt.principals:
             return True
-        redis = self.svc.redis
-        if redis is None:
+        if self.svc.redis is None:
             return False  # one process: a socket not here is gone
-        owner = await redis.hget(ONLINE_KEY + str(user_id), sid)
-        return owner is not None and bool(await redis.exists(PROCESS_KEY + owner.decode()))
+        owner = await self.svc.redis.hget(ONLINE_KEY + str(user_id), sid)
+        return owner is not None and await self._process_alive(owner.decode())
 
     # --- a callee connecting while it rings ------------------------------------------------------------
 
@@ -980,6 +1001,8 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
         raise not_found("recording")
     if call.recording.get("stopped_at") is None:
         raise ApiError("recording_in_progress", "The recording is still going on", 409)
+    if call.recording.get("lost"):
+        raise ApiError("recording_lost", "The recording was lost: the server process making it stopped first", 410)
     try:
         grid_out = await CallService.recordings().open_download_stream(call.id)
     except NoFile:

@@ -19,6 +19,8 @@ from bson import ObjectId
 from server.app import create_app
 from server.calls import CallLine, CallSession
 from server.embedded_store import EmbeddedStore
+from server.http import SERVICES
+from server.models import utcnow
 from tests.conftest import make_settings
 from tests.helpers import Api, Sock, User, process_env, server_processes
 
@@ -398,3 +400,30 @@ async def test_calls_across_two_processes(store: EmbeddedStore, redis_url: str, 
             (relayed,) = await again.events.wait("call:peer-signal")
             assert relayed["candidate"] == {"candidate": "candidate:1 1 udp 1"}
             await caller.ok("call:hangup", {"call_id": third["id"]})
+
+
+async def test_a_recording_whose_process_died_is_marked_lost_not_left_in_progress(calls_api: Api) -> None:
+    """What a process that died mid-recording leaves: the call names it as media host and the recording
+    never stops. The sweep of a live process marks it lost (410); its own recordings it leaves alone."""
+    api = calls_api
+    here = api.app[SERVICES].realtime.process_id  # type: ignore[index]
+    started = {"file": "x.mka", "started_at": utcnow(), "stopped_at": None, "bytes": None}
+    calls = {}
+    for host in ("4242-deadbeef", here):
+        carer, *_, call_id = await connected_call(api)
+        await CallSession.get_pymongo_collection().update_one(
+            {"_id": ObjectId(call_id)}, {"$set": {"media_host": host, "recording": started}})
+        calls[host] = (carer, call_id)
+    carer, call_id = calls["4242-deadbeef"]
+    for _ in range(100):  # the orphan check runs every tenth sweep (2 s here)
+        _, history = await api.request("GET", "/api/calls", carer)
+        recording = next(c for c in history["items"] if c["id"] == call_id)["recording"]
+        if recording["lost"]:
+            break
+        await asyncio.sleep(0.1)
+    assert recording["lost"] is True and recording["stopped_at"] and recording["bytes"] is None
+    status, err = await api.request("GET", recording["url"], carer)
+    assert status == 410 and err["error"]["code"] == "recording_lost"
+    carer, call_id = calls[here]
+    status, err = await api.request("GET", f"/api/calls/{call_id}/recording", carer)
+    assert status == 409 and err["error"]["code"] == "recording_in_progress"  # still being made, here
