@@ -20,7 +20,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -679,9 +679,7 @@ class CallService:
         await pubsub.subscribe(channel)
 
         async def on_request(item: dict[str, Any]) -> None:
-            task = asyncio.create_task(self._answer_forwarded(json.loads(item["data"])))
-            self.teardowns.add(task)
-            task.add_done_callback(self.teardowns.discard)
+            self._background(self._answer_forwarded(json.loads(item["data"])))
 
         try:
             await listen_forever(pubsub, on_request, lambda: [channel], "media requests")
@@ -780,8 +778,8 @@ class CallService:
 
     async def _stop_recording(self, msg: dict[str, Any]) -> None:
         room = self.rooms.get(msg["call_id"])
-        if msg["host"] == self.rt.process_id and room is not None:
-            await self._finish_recording(msg["call_id"], await room.stop_recording())
+        if msg["host"] == self.rt.process_id and room is not None:  # stored in the background: may be long
+            self._background(self._teardown(msg["call_id"], room.stop_recording()))
 
     async def _finish_recording(self, call_id: str, size: int | None) -> None:
         """Move the finished file into the store (any replica serves it, and it is backed up with the
@@ -837,18 +835,23 @@ class CallService:
         while, and nobody's hang-up should wait for it)."""
         room = self.rooms.pop(msg["call_id"], None)
         if room is not None:
-            task = asyncio.create_task(self._teardown(msg["call_id"], room))
-            self.teardowns.add(task)
-            task.add_done_callback(self.teardowns.discard)
+            self._background(self._teardown(msg["call_id"], room.close()))
         for sid, call_id in list(self.joined_sids.items()):
             if call_id == msg["call_id"]:
                 del self.joined_sids[sid]
 
-    async def _teardown(self, call_id: str, room: MediaRoom) -> None:
+    async def _teardown(self, call_id: str, closing: Awaitable[int | None]) -> None:
+        """Close the room (or just its recording) and store what was recorded."""
         try:
-            await self._finish_recording(call_id, await room.close())
+            await self._finish_recording(call_id, await closing)
         except Exception:
             log.exception("tearing down the media of call %s", call_id)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Media work nobody's event or the control bus should wait for; awaited (briefly) at stop."""
+        task = asyncio.create_task(work)
+        self.teardowns.add(task)
+        task.add_done_callback(self.teardowns.discard)
 
     # --- timers -------------------------------------------------------------------------------------
 
