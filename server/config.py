@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     turn_ttl_s: int = Field(6 * 3600, ge=60, le=7 * 24 * 3600)
     call_retention_days: int = Field(365, ge=1)  # call history and recordings
     dose_grace_s: int = Field(30 * 60, ge=1, le=24 * 3600)  # unconfirmed this long after due: missed
+    dose_recover_s: float = Field(30, gt=0, le=600)  # how often claims a dead process left are looked for
     demo: bool = False
     # Emergency alerts: unacknowledged for this long, an alert escalates (twice: louder, then outward).
     alert_escalation_s: float = Field(120.0, ge=1, le=3600)

@@ -9,7 +9,8 @@ date and time) is unique in the store, so any number of processes may plan the s
 Firing: at due time a process claims the due doses with one conditional update in the store
 (scheduled → reminded, stamped with its token and a push lease, ``due_lease_until``; a dose can
 leave "scheduled" only once, so no two processes claim it), pushes ``dose:due`` to the patient's
-room, tells the box (``on_due`` hooks), and then marks the doses delivered (``due_pushed_at``).
+room, tells the box (``on_due`` hooks), and marks the doses delivered (``due_pushed_at``) at its next
+sweep (within a second; at shutdown too).
 Should a process die before that, its doses' lease (``LEASE``) runs out and another process (or
 the restarted one) claims them again, conditionally, and pushes them again if they are still
 waiting (reminded, neither confirmed nor missed): ``dose:due`` is delivered at least once, and
@@ -70,7 +71,6 @@ HORIZON = timedelta(hours=36)  # doses are planned this far ahead
 LOOKBACK = timedelta(hours=24)  # after downtime, doses are planned back this far
 PLAN_EVERY = timedelta(minutes=10)
 LEASE = timedelta(minutes=5)  # a claim not completed by then (its process died) is taken back
-RECOVER_EVERY = timedelta(seconds=30)
 EARLY = timedelta(hours=1)  # a dose may be confirmed this long before it is due
 POLL_S = 1.0  # longest sleep: doses planned by another process are noticed within this
 BATCH = 500
@@ -117,9 +117,6 @@ class DoseEvent(VersionedDocument):
             IndexModel([("state", ASCENDING), ("missed_notified_at", ASCENDING)], name="missed_unnotified"),
             IndexModel([("state", ASCENDING), ("reminder_notified_at", ASCENDING)], name="reminded_unnotified"),
             IndexModel([("state", ASCENDING), ("lease_until", ASCENDING)], name="state_lease"),
-            IndexModel([("state", ASCENDING), ("due_lease_until", ASCENDING)], name="state_due_lease"),
-            IndexModel([("state", ASCENDING), ("reminder_lease_until", ASCENDING)], name="state_reminder_lease"),
-            IndexModel([("due_owner", ASCENDING)], name="due_owner"),
             IndexModel([("lease_owner", ASCENDING)], name="lease_owner"),
             IndexModel([("box_owner", ASCENDING)], name="box_owner"),
             IndexModel([("patient_id", ASCENDING), ("due_at", DESCENDING)], name="patient_due"),
@@ -159,6 +156,8 @@ class Scheduler:
         self.svc = svc
         self.meds = meds
         self.grace = timedelta(seconds=svc.settings.dose_grace_s)
+        # Looking for what dead processes left is a scan of the waiting doses: not every pass.
+        self.recover_every = timedelta(seconds=svc.settings.dose_recover_s)
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.on_due: list[DueHook] = []  # the medicine box commands its drawers
         self.on_confirmed: list[ConfirmHook] = []
@@ -172,6 +171,7 @@ class Scheduler:
         self._swept_at: datetime | None = None
         self._firing = False
         self._next_due_at = utcnow()
+        self._delivered: dict[str, list[Any]] = {}  # claim token -> doses delivered, marked at the next sweep
         meds.on_change.append(self.replan)
         svc.realtime.event("dose:confirm", ConfirmIn)(self._confirm)
 
@@ -246,6 +246,8 @@ class Scheduler:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        with contextlib.suppress(Exception):  # what is not marked is delivered again after LEASE
+            await self._mark_delivered()
 
     def wake(self) -> None:
         """Run a pass now (new doses, or box commands to resend)."""
@@ -269,14 +271,16 @@ class Scheduler:
         if self._planned_at is None or now - self._planned_at >= PLAN_EVERY:
             self._planned_at = now
             await self.plan_all(now)
-        if self._recovered_at is None or now - self._recovered_at >= RECOVER_EVERY:
+        if self._recovered_at is None or now - self._recovered_at >= self.recover_every:
             self._recovered_at = now
             await self._recover(now)
+            await self._redeliver(now)
+            await self._renotify(now)
         if self._swept_at is None or now - self._swept_at >= timedelta(seconds=POLL_S):
             self._swept_at = now
+            await self._mark_delivered()
             await self._mark_missed(now)
             await self._notify_missed(now)
-            await self._redeliver(now)
         self._firing = True
         try:
             while await self._remind_due(utcnow()) == BATCH:
@@ -319,7 +323,7 @@ class Scheduler:
             return token, []
         update = {**update, "$set": {**update.get("$set", {}), owner: token}}
         await self.doses.update_many({"_id": {"$in": ids}, **query}, update)
-        return token, await self.doses.find({owner: token}).to_list(None)
+        return token, await self.doses.find({"_id": {"$in": ids}, owner: token}).to_list(None)
 
     async def _recover(self, now: datetime) -> None:
         """Claims whose process died (the lease ran out) go back to be taken again."""
@@ -347,7 +351,8 @@ class Scheduler:
         await self._deliver(token, claimed)
 
     async def _deliver(self, token: str, claimed: list[dict[str, Any]]) -> None:
-        """Push ``dose:due``, tell the box, then mark the doses delivered (those this claim still holds)."""
+        """Push ``dose:due`` and tell the box; the doses are marked delivered at the next sweep (one write a
+        second rather than one more per batch on the reminders' path)."""
         if not claimed:
             return
         for d in claimed:
@@ -360,8 +365,15 @@ class Scheduler:
                 await hook(claimed)
             except Exception:
                 log.exception("dose hook failed")
-        await self.doses.update_many({"_id": {"$in": [d["_id"] for d in claimed]}, "due_owner": token},
-                                     {"$set": {"due_pushed_at": utcnow(), "due_owner": None, "due_lease_until": None}})
+        self._delivered.setdefault(token, []).extend(d["_id"] for d in claimed)
+
+    async def _mark_delivered(self) -> None:
+        """Mark the doses delivered since the last sweep (those our claims still hold)."""
+        done, self._delivered = self._delivered, {}
+        if done:
+            await self.doses.update_many(
+                {"_id": {"$in": [i for ids in done.values() for i in ids]}, "due_owner": {"$in": list(done)}},
+                {"$set": {"due_pushed_at": utcnow(), "due_owner": None, "due_lease_until": None}})
 
     async def _notify_loop(self) -> None:
         """Reminder notifications, apart from the firing loop so their cost never delays a reminder. Each
@@ -388,19 +400,20 @@ class Scheduler:
                 return
             await asyncio.sleep(0.05)
 
-    async def _notify_some(self) -> int:
-        """Claim and send up to NOTIFY_BATCH unnotified reminders, and as many whose claim's lease ran out."""
+    async def _notify_some(self, query: dict[str, Any] = UNNOTIFIED, again: bool = False) -> int:
+        """Claim and send up to NOTIFY_BATCH reminder notifications matching ``query`` (leased), then release."""
         now = utcnow()
-        lease = {"$set": {"reminder_notified_at": now, "reminder_lease_until": now + LEASE}}
-        found = 0
-        for query, again in ((UNNOTIFIED, False), ({"state": "reminded", "reminder_lease_until": {"$lt": now}}, True)):
-            token, claimed = await self.claim(query, lease, limit=NOTIFY_BATCH)
-            await self._bounded([self._remind_patient(d, again) for d in claimed])
-            if claimed:
-                await self.doses.update_many({"_id": {"$in": [d["_id"] for d in claimed]}, "lease_owner": token},
-                                             {"$set": {"lease_owner": None, "reminder_lease_until": None}})
-            found = max(found, len(claimed))
-        return found
+        token, claimed = await self.claim(query, {"$set": {"reminder_notified_at": now,
+                                                           "reminder_lease_until": now + LEASE}}, limit=NOTIFY_BATCH)
+        await self._bounded([self._remind_patient(d, again) for d in claimed])
+        if claimed:
+            await self.doses.update_many({"_id": {"$in": [d["_id"] for d in claimed]}, "lease_owner": token},
+                                         {"$set": {"lease_owner": None, "reminder_lease_until": None}})
+        return len(claimed)
+
+    async def _renotify(self, now: datetime) -> None:
+        """Reminder notifications whose claimer died before sending them (the lease ran out)."""
+        await self._notify_some({"state": "reminded", "reminder_lease_until": {"$lt": now}}, again=True)
 
     async def _remind_patient(self, d: dict[str, Any], again: bool = False) -> None:
         """The ``reminder`` notification; ``again`` (a dead process's claim): not if that process stored it."""

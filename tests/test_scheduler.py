@@ -32,7 +32,7 @@ DEAD = "4242-deadbeef:0123456789abcdef"  # the claim token of a process that no 
 @pytest.fixture
 async def settings(store: EmbeddedStore, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     """Grace ``GRACE_S``, or the test's ``@pytest.mark.parametrize("settings", [grace_s], indirect=True)``."""
-    return make_settings(store.url, tmp_path, dose_grace_s=getattr(request, "param", GRACE_S))
+    return make_settings(store.url, tmp_path, dose_grace_s=getattr(request, "param", GRACE_S), dose_recover_s=0.5)
 
 
 async def add_dose(patient: User, med: dict[str, Any], due: datetime, state: str = "scheduled",
