@@ -1,5 +1,6 @@
 """``make bench``: run every benchmark, echo its output, and collect the JSON lines in
-``bench/results/latest.json`` with the machine they ran on."""
+``bench/results/latest.json`` with the machine they ran on. ``python -m bench NAME ...`` runs those
+only and replaces their entries (each entry says when it ran)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ def machine() -> dict[str, object]:
 
 
 def main(names: list[str]) -> int:
-    results: dict[str, object] = {}
+    latest = HERE / "results" / "latest.json"
+    previous = json.loads(latest.read_text()) if names and latest.exists() else {}
+    results: dict[str, object] = previous.get("results", {})
     failed = []
     for name in names or BENCHES:
         print(f"== bench {name}", flush=True)
@@ -52,10 +55,12 @@ def main(names: list[str]) -> int:
             continue
         figures = json.loads(lines[-1])
         figures["seconds"] = round(time.monotonic() - started, 1)
+        figures["when"] = datetime.now(UTC).isoformat(timespec="seconds")
         results[figures.get("bench", name)] = figures
-    out = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "results": results}
+    out = {"when": previous.get("when", datetime.now(UTC).isoformat(timespec="seconds")),  # of the full run
+           "machine": machine(), "results": results}
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "latest.json").write_text(json.dumps(out, indent=2) + "\n")
+    latest.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote bench/results/latest.json ({len(results)} benches; failed: {failed or 'none'})")
     return 1 if failed else 0
 
