@@ -14,6 +14,7 @@ import aioice.ice
 from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from server.app import create_app
 from server.http import SERVICES
@@ -140,7 +141,10 @@ async def test_clinician_watches_live_waveforms(api: Api) -> None:
             assert any(d["user_id"] == ward.clinician.id for d in story["deliveries"]), "receipt not confirmed"
             await row.locator(".badge").wait_for(state="detached", timeout=15_000)
             ARTIFACTS.mkdir(exist_ok=True)
-            await page.screenshot(path=str(ARTIFACTS / "dashboard-patient.png"), full_page=True)
+            # A picture for people (not a check): on a loaded machine the always-animating page can keep
+            # Chromium from producing a frame for the screenshot in time.
+            with contextlib.suppress(PlaywrightTimeout):
+                await page.screenshot(path=str(ARTIFACTS / "dashboard-patient.png"), full_page=True, timeout=10_000)
             draws = await page.evaluate("window.__dashboard.draws")
             assert draws > 30
             assert errors == []
