@@ -7,6 +7,7 @@ the lifecycle is queryable."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from server.http import SERVICES
 from server.webhook import sign
 from tests.alert_clients import crisis, device_sock
 from tests.conftest import make_settings
-from tests.helpers import Api, User, connect_refused
+from tests.helpers import Api, Sock, User, connect_refused
 
 
 async def team(api: Api) -> tuple[User, User, User, User]:
@@ -158,15 +159,27 @@ async def webhook() -> AsyncIterator[tuple[str, list[tuple[dict[str, str], bytes
     await runner.cleanup()
 
 
-async def test_unacknowledged_alert_escalates_then_calls_the_emergency_webhook(
-        store: EmbeddedStore, tmp_path: Path, aiohttp_server: Any, webhook: tuple[str, list[Any]]) -> None:
-    url, received = webhook
-    settings = make_settings(store.url, tmp_path, alert_escalation_s=1, alert_sweep_s=0.2,
-                             emergency_webhook_url=url, webhook_secret="hook-secret-" + "y" * 20)
-    server = await aiohttp_server(create_app(settings))
+@contextlib.asynccontextmanager
+async def escalation_ward(store: EmbeddedStore, tmp_path: Path, aiohttp_server: Any, **settings: Any
+                          ) -> AsyncIterator[tuple[Api, tuple[User, User, User], Sock, Sock]]:
+    """A server with ``settings``, the team (patient, Maria, the doctor), Maria's phone and the doctor's desk."""
+    server = await aiohttp_server(create_app(make_settings(store.url, tmp_path, **settings)))
     async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:
         patient, maria, doctor, _ = await team(api)
         phone, desk = await device_sock(api.base_url, maria, "p"), await device_sock(api.base_url, doctor, "d")
+        try:
+            yield api, (patient, maria, doctor), phone, desk
+        finally:
+            for sock in (phone, desk):
+                await sock.close()
+
+
+async def test_unacknowledged_alert_escalates_then_calls_the_emergency_webhook(
+        store: EmbeddedStore, tmp_path: Path, aiohttp_server: Any, webhook: tuple[str, list[Any]]) -> None:
+    url, received = webhook
+    async with escalation_ward(store, tmp_path, aiohttp_server, alert_escalation_s=1, alert_sweep_s=0.2,
+                               emergency_webhook_url=url, webhook_secret="hook-secret-" + "y" * 20) as ward:
+        api, (patient, _, _), phone, desk = ward
         await (await api.socket(patient)).ok("bp:add", crisis())
         (alert,) = await phone.events.wait("alert:new")
         (louder,) = await phone.events.wait("alert:escalated", timeout=5)
@@ -188,8 +201,6 @@ async def test_unacknowledged_alert_escalates_then_calls_the_emergency_webhook(
         assert len(phone.events.of("alert:escalated")) == 1  # level 2 goes to clinicians only
         life = await desk.ok("alert:get", {"alert_id": alert["id"]})
         assert [e["level"] for e in life["escalations"]] == [1, 2, 2] and life["escalations"][2]["ok"] is True
-        for sock in (phone, desk):
-            await sock.close()
 
 
 async def claimed_by_a_dead_process(alert_id: str, level: int, escalate_at: datetime | None) -> None:
@@ -214,14 +225,12 @@ async def settled(alert_id: str) -> Alert:
 
 async def test_an_escalation_step_left_unfinished_by_a_dead_process_is_run_again(
         store: EmbeddedStore, tmp_path: Path, aiohttp_server: Any) -> None:
-    settings = make_settings(store.url, tmp_path, alert_escalation_s=60, alert_sweep_s=0.2, alert_emit_lease_s=1)
-    server = await aiohttp_server(create_app(settings))
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:
-        patient, maria, doctor, _ = await team(api)
+    async with escalation_ward(store, tmp_path, aiohttp_server, alert_escalation_s=60, alert_sweep_s=0.2,
+                               alert_emit_lease_s=1) as ward:
+        api, (patient, maria, doctor), phone, desk = ward
         other = await api.register("patient")
         await api.link(other, maria)
         await api.link(other, doctor)
-        phone, desk = await device_sock(api.base_url, maria, "p"), await device_sock(api.base_url, doctor, "d")
         for p in (patient, other):
             await (await api.socket(p)).ok("bp:add", crisis())
         ids = {a["patient"]["id"]: a["id"] for a in await phone.events.wait("alert:new", 2)}
@@ -244,19 +253,14 @@ async def test_an_escalation_step_left_unfinished_by_a_dead_process_is_run_again
         assert stored is not None and stored.level == 1 and [e["level"] for e in stored.escalations] == [1]
         acked = await Alert.get(PydanticObjectId(acked_id))
         assert acked is not None and acked.status == "acknowledged" and acked.escalation_pending == 1
-        for sock in (phone, desk):
-            await sock.close()
 
 
 async def test_an_unfinished_outward_escalation_reaches_the_clinicians_and_the_webhook(
         store: EmbeddedStore, tmp_path: Path, aiohttp_server: Any, webhook: tuple[str, list[Any]]) -> None:
     url, received = webhook
-    settings = make_settings(store.url, tmp_path, alert_escalation_s=60, alert_sweep_s=0.2, alert_emit_lease_s=1,
-                             emergency_webhook_url=url)
-    server = await aiohttp_server(create_app(settings))
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:
-        patient, maria, doctor, _ = await team(api)
-        phone, desk = await device_sock(api.base_url, maria, "p"), await device_sock(api.base_url, doctor, "d")
+    async with escalation_ward(store, tmp_path, aiohttp_server, alert_escalation_s=60, alert_sweep_s=0.2,
+                               alert_emit_lease_s=1, emergency_webhook_url=url) as ward:
+        api, (patient, _, _), phone, desk = ward
         await (await api.socket(patient)).ok("bp:add", crisis())
         (alert,) = await phone.events.wait("alert:new")
         await claimed_by_a_dead_process(alert["id"], 2, None)
@@ -268,8 +272,6 @@ async def test_an_unfinished_outward_escalation_reaches_the_clinicians_and_the_w
         await asyncio.sleep(1.5)
         assert len(received) == 1 and len(desk.events.of("alert:escalated")) == 1
         assert phone.events.of("alert:escalated") == []  # level 2 goes to clinicians only
-        for sock in (phone, desk):
-            await sock.close()
 
 
 async def test_critical_vital_event_raises_an_alert(api: Api) -> None:
