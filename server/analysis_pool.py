@@ -109,8 +109,6 @@ class _Worker:
         self.receiver = threading.Thread(target=self._recv_loop, daemon=True, name=f"analysis-recv-{self.index}")
         self.sender.start()
         self.receiver.start()
-        for op in self.streams.values():
-            self.ops.put(op)
 
     def _send_loop(self) -> None:
         while True:
@@ -207,7 +205,15 @@ class AnalysisPool:
                   worker.index, worker.proc.exitcode if worker.proc else None, len(worker.streams))
         with contextlib.suppress(queue.Full):
             worker.ops.put_nowait(None)  # ends the old sender thread
-        worker.ops = queue.Queue(MAX_QUEUED_OPS)
+        # The streams are re-opened first: samples queued while the worker restarts come after their open.
+        fresh: queue.Queue[Op | None] = queue.Queue(MAX_QUEUED_OPS)
+        known = dict(worker.streams)
+        for op in known.values():
+            fresh.put_nowait(op)
+        worker.ops = fresh
+        for stream_id, op in list(worker.streams.items()):  # opened (into the old queue) meanwhile
+            if known.get(stream_id) is not op:
+                fresh.put_nowait(op)
         time.sleep(RESTART_DELAY_S)  # on the receiver thread: a worker that dies at once cannot spin
         worker.start()
 
