@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from server.embedded_store import free_port
+from server.infra.embedded_store import free_port
 
 # Benchmarks drive many connections and events from one address: lift the abuse limits.
 UNLIMITED = {"HEALTHMATE_EVENT_BURST": "10000000", "HEALTHMATE_EVENT_RATE_PER_S": "10000000",

@@ -170,9 +170,10 @@ async def seed(store_url: str, db: str) -> tuple[str, str, list[str], list[str]]
     """One crisis patient with RECIPIENTS caregivers, and PATIENTS more patients; returns access tokens."""
     from beanie import PydanticObjectId
 
-    from server.db import init_documents, make_client
-    from server.models import AuthSession, Link, User, utcnow
-    from server.security import TokenService, hash_password
+    from server.care.documents import AuthSession, Link, User
+    from server.care.security import TokenService, hash_password
+    from server.core.documents import utcnow
+    from server.infra.store import init_documents, make_client
 
     client = make_client(store_url)
     await init_documents(client, db)
@@ -253,7 +254,7 @@ async def fanout(urls: list[str], patient_token: str, acker_token: str, results:
 
 
 async def run(tmp: Path, procs: list[subprocess.Popen[bytes]], loaders: list[Any]) -> dict[str, Any]:
-    from server.embedded_store import EmbeddedStore, free_port
+    from server.infra.embedded_store import EmbeddedStore, free_port
 
     store = EmbeddedStore(tmp / "store")
     store_url = await store.start()

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiortc import RTCPeerConnection
 
-from server.embedded_store import free_port
+from server.infra.embedded_store import free_port
 from tests.call_peers import CallPeer, Sink, ToneTrack
 from tests.helpers import Api, ServerProcess, Sock, User
 

@@ -17,7 +17,7 @@ import time
 
 from playwright.async_api import CDPSession
 
-from server.embedded_store import free_port
+from server.infra.embedded_store import free_port
 from tests.browser import chromium, sign_in, streaming_ward
 from tests.helpers import Api, ServerProcess
 

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench._servers import UNLIMITED, post, register, start_server, stop
-from server.embedded_store import free_port
-from server.mqtt_broker import BrokerFiles
+from devices.mqtt_broker import BrokerFiles
+from server.infra.embedded_store import free_port
 from tests.device_clients import DeviceClient, MqttDevice, SioDevice
 
 HEARTBEATS = 400

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench._servers import UNLIMITED, redis_server, register, start_server, stop, wait_ready
-from server.embedded_store import free_port
+from server.infra.embedded_store import free_port
 
 NODE = Path(__file__).resolve().parent / "node"
 DURATION_S = float(os.environ.get("BENCH_EVENTS_SECONDS", "10"))

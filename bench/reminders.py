@@ -22,9 +22,9 @@ from aiohttp import web
 from beanie import PydanticObjectId
 
 from server.app import create_app
-from server.config import load_settings
-from server.embedded_store import EmbeddedStore, free_port
-from server.http import SERVICES
+from server.core.config import load_settings
+from server.infra.embedded_store import EmbeddedStore, free_port
+from server.transport.http import SERVICES
 
 DOSES = 10_000
 PATIENTS = 100

@@ -36,7 +36,7 @@ from pymongo import MongoClient
 
 from bench._servers import UNLIMITED, cpu_s, descendants, post, redis_server, register, start_server, stop
 from bench.events import NODE, ensure_node
-from server.embedded_store import EmbeddedStore
+from server.infra.embedded_store import EmbeddedStore
 
 HOUSEHOLDS = int(os.environ.get("BENCH_SCALE_HOUSEHOLDS", "24"))
 LANES = 2

@@ -12,58 +12,49 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import (
-    accounts,
-    alerts,
-    audit,
-    blood_pressure,
-    calls,
-    contacts,
-    demo,
-    device_registry,
-    health,
-    linking,
-    medications,
-    notifications,
-    patients,
-    uploads,
-    waveform_store,
-)
-from server import scheduler as scheduler_module
-from server import vitals as vitals_module
-from server.alerts import Alerts
-from server.auth import AuthService
-from server.blood_pressure import BloodPressure
-from server.bp_forecast import BPForecasts
-from server.bus import ControlBus
-from server.config import ConfigError, Settings
-from server.contacts import Contacts
+from devices import registry as device_registry
+from devices.box_service import MedicineBox
+from devices.mqtt_bridge import MqttBridge, parse_url
+from devices.mqtt_broker import BrokerFiles
+from devices.presence import DevicePresence
+from media.device_host import DeviceRtc
+from server import demo, health
+from server.alerts import alerts, notifications
+from server.alerts.alerts import Alerts
+from server.alerts.notifications import Notifications
+from server.alerts.push import PushDispatcher
+from server.alerts.push_providers import providers_from
+from server.care import accounts, audit, contacts, linking, patients, uploads
+from server.care.auth import AuthService
+from server.care.contacts import Contacts
+from server.care.security import TokenService
+from server.core.config import ConfigError, Settings
 from server.dashboard import setup as setup_dashboard
-from server.db import init_documents, make_client
-from server.device_presence import DevicePresence
-from server.device_rtc import DeviceRtc
-from server.embedded_store import EmbeddedStore
-from server.http import SERVICES, error_middleware
-from server.live import LiveHub
-from server.medications import Medications
-from server.medicine_box import MedicineBox
-from server.migrations import run_migrations
-from server.model_registry import ModelRegistry
-from server.mqtt_bridge import MqttBridge, parse_url
-from server.mqtt_broker import BrokerFiles
-from server.notifications import Notifications
+from server.infra.embedded_store import EmbeddedStore
+from server.infra.migrations import run_migrations
+from server.infra.pubsub import ControlBus
+from server.infra.ratelimit import FailureCounter
+from server.infra.store import init_documents, make_client
+from server.meds import medications
+from server.meds import scheduler as scheduler_module
+from server.meds.medications import Medications
+from server.meds.scheduler import Scheduler
 from server.overview import setup as setup_overview
-from server.push import PushDispatcher
-from server.push_providers import providers_from
-from server.ratelimit import FailureCounter
-from server.realtime import Realtime
-from server.scheduler import Scheduler
-from server.security import TokenService
 from server.services import Services
-from server.streams import StreamService
-from server.triage import Triage
-from server.vitals import Vitals
-from server.waveform_store import HistoryWriter, apply_retention
+from server.streaming import history as waveform_store
+from server.streaming.history import HistoryWriter, apply_retention
+from server.streaming.ingest import StreamService
+from server.streaming.live import LiveHub
+from server.transport.http import SERVICES, error_middleware
+from server.transport.realtime import Realtime
+from server.vitals import blood_pressure
+from server.vitals import events as vitals_module
+from server.vitals.blood_pressure import BloodPressure
+from server.vitals.events import Vitals
+from server.vitals.forecast import BPForecasts
+from server.vitals.model_registry import ModelRegistry
+from server.vitals.triage import Triage
+from signaling import calls
 
 log = logging.getLogger(__name__)
 DOCS = Path(__file__).resolve().parent.parent / "docs"

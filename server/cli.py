@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from server.cli_models import add_commands
-from server.config import ConfigError, Settings, load_settings
+from server.core.config import ConfigError, Settings, load_settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -46,8 +46,8 @@ def serve(args: argparse.Namespace) -> None:
 async def connected(settings: Settings) -> AsyncIterator[Any]:
     """The store (MongoDB, or the embedded store started for the command) with Beanie initialised;
     yields the PyMongo client."""
-    from server.db import init_documents, make_client
-    from server.embedded_store import EmbeddedStore
+    from server.infra.embedded_store import EmbeddedStore
+    from server.infra.store import init_documents, make_client
 
     store = None
     url = settings.mongodb_url
@@ -65,7 +65,7 @@ async def connected(settings: Settings) -> AsyncIterator[Any]:
 
 
 def migrate(args: argparse.Namespace) -> None:
-    from server.migrations import run_migrations
+    from server.infra.migrations import run_migrations
 
     settings = _settings(args)
 
@@ -78,13 +78,13 @@ def migrate(args: argparse.Namespace) -> None:
 
 
 def simulate_arguments(p: argparse.ArgumentParser) -> None:
-    from server.simulate import add_arguments
+    from devices.simulators.sensor import add_arguments
 
     add_arguments(p)
 
 
 def simulate(args: argparse.Namespace) -> None:
-    from server.simulate import main as simulate_main
+    from devices.simulators.sensor import main as simulate_main
 
     try:
         asyncio.run(simulate_main(args))

@@ -24,8 +24,8 @@ def _who() -> str:
 def _registry(settings: Any) -> Any:
     from redis.asyncio import Redis
 
-    from server.bus import ControlBus
-    from server.model_registry import ModelRegistry
+    from server.infra.pubsub import ControlBus
+    from server.vitals.model_registry import ModelRegistry
 
     return ModelRegistry(ControlBus(Redis.from_url(settings.redis_url) if settings.redis_url else None))
 
@@ -38,8 +38,8 @@ async def _close(registry: Any) -> None:
 def train(args: argparse.Namespace) -> None:
     from ml.bp_cohort import describe, generate_cohort
     from ml.bp_model import MODEL_NAME, train_bp
-    from server.bp_history import store_cohort
     from server.cli import _settings, connected
+    from server.vitals.bp_history import store_cohort
 
     settings = _settings(args)
 
@@ -78,7 +78,7 @@ def train(args: argparse.Namespace) -> None:
 
 def models(args: argparse.Namespace) -> None:
     from server.cli import _settings, connected
-    from server.errors import ApiError
+    from server.core.errors import ApiError
 
     settings = _settings(args)
 

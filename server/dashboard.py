@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from server.errors import ApiError, not_found
+from server.core.errors import ApiError, not_found
 
 STATIC = Path(__file__).resolve().parent / "static"
 NODE_MODULES = Path(__file__).resolve().parent.parent / "node_modules"

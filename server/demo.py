@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import DuplicateKeyError
 
-from server.config import Settings
-from server.device_registry import Device, new_credential
-from server.models import Link, User
-from server.security import hash_password
+from devices.registry import Device, new_credential
+from server.care.documents import Link, User
+from server.care.security import hash_password
+from server.core.config import Settings
 
 if TYPE_CHECKING:  # the simulator (and the scipy it draws signals with) loads only when the demo runs
-    from server.simulate import DeviceRun
+    from devices.simulators.sensor import DeviceRun
 
 log = logging.getLogger("healthmate.demo")
 PASSWORD = "healthmate-demo-2026"
@@ -86,7 +86,7 @@ async def _listening(url: str) -> None:
 
 async def _keep_streaming(run: DeviceRun) -> None:
     """Stream until cancelled; reconnect (on a new stream) if the server drops us."""
-    from server.simulate import stream
+    from devices.simulators.sensor import stream
 
     await _listening(run.url)
     while True:
@@ -105,7 +105,7 @@ async def start(settings: Settings) -> asyncio.Task[Any] | None:
     if settings.env == "production":
         log.warning("demo is for development only; not started in production")
         return None
-    from server.simulate import DeviceRun
+    from devices.simulators.sensor import DeviceRun
 
     patient, _ = await ensure_accounts()
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host

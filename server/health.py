@@ -11,9 +11,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.errors import error_body
-from server.http import SERVICES, services
-from server.realtime import DEVICE_ROLES, USER_ROLES, EventContext
+from server.core.errors import error_body
+from server.transport.http import SERVICES, services
+from server.transport.realtime import DEVICE_ROLES, USER_ROLES, EventContext
 
 
 class PingIn(BaseModel):

@@ -12,14 +12,15 @@ from aiohttp import web
 from beanie import PydanticObjectId
 from beanie.operators import In
 
-from server import audit
-from server.alerts import Alert
-from server.auth import Principal
-from server.blood_pressure import BPReading
-from server.http import client_of, require_principal
-from server.models import User, aware, iso, utcnow
-from server.realtime import Realtime
-from server.waveform_store import AnalysisChunk, Stream
+from server.alerts.alerts import Alert
+from server.care import audit
+from server.care.documents import User
+from server.core.documents import aware, iso, utcnow
+from server.core.identity import Principal
+from server.streaming.history import AnalysisChunk, Stream
+from server.transport.http import client_of, require_principal
+from server.transport.realtime import Realtime
+from server.vitals.blood_pressure import BPReading
 
 STREAMING_WITHIN = timedelta(seconds=30)  # an open stream with a frame this recent counts as streaming
 HR_WITHIN = timedelta(minutes=5)  # an older heart rate is not shown as the latest

@@ -9,32 +9,32 @@ if TYPE_CHECKING:
     from pymongo import AsyncMongoClient
     from redis.asyncio import Redis
 
-    from server.alerts import Alerts
-    from server.auth import AuthService
-    from server.blood_pressure import BloodPressure
-    from server.bp_forecast import BPForecasts
-    from server.bus import ControlBus
-    from server.calls import CallService
-    from server.config import Settings
-    from server.contacts import Contacts
-    from server.device_presence import DevicePresence
-    from server.embedded_store import EmbeddedStore
-    from server.live import LiveHub
-    from server.medications import Medications
-    from server.medicine_box import MedicineBox
-    from server.model_registry import ModelRegistry
-    from server.mqtt_bridge import MqttBridge
-    from server.mqtt_broker import BrokerFiles
-    from server.notifications import Notifications
-    from server.push import PushDispatcher
-    from server.ratelimit import FailureCounter
-    from server.realtime import Realtime
-    from server.scheduler import Scheduler
-    from server.security import TokenService
-    from server.streams import StreamService
-    from server.triage import Triage
-    from server.vitals import Vitals
-    from server.waveform_store import HistoryWriter
+    from devices.box_service import MedicineBox
+    from devices.mqtt_bridge import MqttBridge
+    from devices.mqtt_broker import BrokerFiles
+    from devices.presence import DevicePresence
+    from server.alerts.alerts import Alerts
+    from server.alerts.notifications import Notifications
+    from server.alerts.push import PushDispatcher
+    from server.care.auth import AuthService
+    from server.care.contacts import Contacts
+    from server.care.security import TokenService
+    from server.core.config import Settings
+    from server.infra.embedded_store import EmbeddedStore
+    from server.infra.pubsub import ControlBus
+    from server.infra.ratelimit import FailureCounter
+    from server.meds.medications import Medications
+    from server.meds.scheduler import Scheduler
+    from server.streaming.history import HistoryWriter
+    from server.streaming.ingest import StreamService
+    from server.streaming.live import LiveHub
+    from server.transport.realtime import Realtime
+    from server.vitals.blood_pressure import BloodPressure
+    from server.vitals.events import Vitals
+    from server.vitals.forecast import BPForecasts
+    from server.vitals.model_registry import ModelRegistry
+    from server.vitals.triage import Triage
+    from signaling.calls import CallService
 
 
 @dataclass

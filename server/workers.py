@@ -17,8 +17,8 @@ import os
 import signal
 import sys
 
-from server.config import ConfigError, Settings
-from server.embedded_store import EmbeddedStore
+from server.core.config import ConfigError, Settings
+from server.infra.embedded_store import EmbeddedStore
 
 log = logging.getLogger("healthmate.workers")
 RESTART_DELAY_S = 1.0

@@ -12,7 +12,7 @@ from typing import Any
 
 from playwright.async_api import Browser, Page, async_playwright
 
-from server.simulate import DeviceRun, stream
+from devices.simulators.sensor import DeviceRun, stream
 from tests.helpers import PASSWORD, Api, User
 
 CHROMIUM = "/usr/bin/chromium"

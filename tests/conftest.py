@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from devices.mqtt_broker import BrokerFiles
 from server.app import create_app
-from server.config import Settings, load_settings
-from server.embedded_store import EmbeddedStore, free_port
-from server.mqtt_broker import BrokerFiles
+from server.core.config import Settings, load_settings
+from server.infra.embedded_store import EmbeddedStore, free_port
 from tests.helpers import Api
 
 TEST_SECRET = "test-secret-" + "x" * 40

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import aiomqtt
 import socketio
 
-from server.mqtt_bridge import NO_DELAY
+from devices.mqtt_bridge import NO_DELAY
 from tests.helpers import Api, Events, User
 
 _clients = itertools.count()

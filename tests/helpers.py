@@ -221,7 +221,7 @@ class ServerProcess:
 @contextlib.asynccontextmanager
 async def server_processes(*envs: dict[str, str]) -> AsyncIterator[tuple[ServerProcess, ...]]:
     """One ``healthmate serve`` per environment, each on a free port, started together and stopped together."""
-    from server.embedded_store import free_port
+    from server.infra.embedded_store import free_port
 
     procs = [ServerProcess(env, free_port()) for env in envs]
     await asyncio.gather(*(p.start() for p in procs))

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.http import SERVICES
-from server.models import AuditEntry, utcnow
-from server.scheduler import DoseEvent
-from server.waveform_store import Stream
+from server.care.documents import AuditEntry
+from server.core.documents import utcnow
+from server.meds.scheduler import DoseEvent
+from server.streaming.history import Stream
+from server.transport.http import SERVICES
 from tests.helpers import Api
 
 # (method, path) with {patient_id} to fill in; the body, if any.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from server.embedded_store import EmbeddedStore
+from server.infra.embedded_store import EmbeddedStore
 from tests.alert_clients import crisis, device_sock
 from tests.helpers import Api, process_env, server_processes
 

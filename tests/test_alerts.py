@@ -18,11 +18,11 @@ import pytest
 from aiohttp import web
 from beanie import PydanticObjectId
 
-from server.alerts import Alert
+from server.alerts.alerts import Alert
 from server.app import create_app
-from server.embedded_store import EmbeddedStore
-from server.http import SERVICES
-from server.webhook import sign
+from server.infra.embedded_store import EmbeddedStore
+from server.infra.webhook import sign
+from server.transport.http import SERVICES
 from tests.alert_clients import crisis, device_sock
 from tests.conftest import make_settings
 from tests.helpers import Api, Sock, User, connect_refused

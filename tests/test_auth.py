@@ -10,7 +10,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from server.models import AuditEntry, AuthSession, User
+from server.care.documents import AuditEntry, AuthSession, User
 from tests.conftest import TEST_SECRET
 from tests.helpers import PASSWORD, Api
 

@@ -10,8 +10,8 @@ from typing import Any
 import socketio
 from beanie import PydanticObjectId
 
-from server.blood_pressure import BPReading
-from server.models import AuditEntry
+from server.care.documents import AuditEntry
+from server.vitals.blood_pressure import BPReading
 from tests.helpers import Api, User
 
 

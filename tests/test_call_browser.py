@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from server.app import create_app
-from server.embedded_store import EmbeddedStore
+from server.infra.embedded_store import EmbeddedStore
 from tests.call_peers import CallPeer
 from tests.conftest import make_settings
 from tests.helpers import Api

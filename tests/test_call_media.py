@@ -12,9 +12,9 @@ from pathlib import Path
 import av
 from bson import ObjectId
 
-from server.embedded_store import EmbeddedStore
-from server.http import SERVICES
-from server.models import utcnow
+from server.core.documents import utcnow
+from server.infra.embedded_store import EmbeddedStore
+from server.transport.http import SERVICES
 from tests.call_peers import CallPeer
 from tests.helpers import Api, process_env, server_processes
 

@@ -17,10 +17,10 @@ import pytest
 from bson import ObjectId
 
 from server.app import create_app
-from server.calls import CallLine, CallSession
-from server.embedded_store import EmbeddedStore
-from server.http import SERVICES
-from server.models import utcnow
+from server.core.documents import utcnow
+from server.infra.embedded_store import EmbeddedStore
+from server.transport.http import SERVICES
+from signaling.calls import CallLine, CallSession
 from tests.conftest import make_settings
 from tests.helpers import Api, Sock, User, process_env, server_processes
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ConfigError, load_settings
+from server.core.config import ConfigError, load_settings
 
 
 def test_production_without_secret_refuses(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from aiortc.sdp import candidate_from_sdp
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from server.app import create_app
-from server.http import SERVICES
-from server.security import TokenService
+from server.care.security import TokenService
+from server.transport.http import SERVICES
 from tests.browser import chromium, sign_in, streaming_ward
 from tests.call_peers import CallPeer
 from tests.conftest import TEST_SECRET, make_settings

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from server.app import create_app
-from server.embedded_store import EmbeddedStore
+from server.infra.embedded_store import EmbeddedStore
 from tests.conftest import make_settings
 from tests.device_clients import SioDevice, pair_device
 from tests.helpers import Api, User, process_env, server_processes

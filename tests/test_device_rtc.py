@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from server.http import SERVICES
-from server.waveform_store import Stream
+from server.streaming.history import Stream
+from server.transport.http import SERVICES
 from tests.helpers import Api
 from tests.streaming import device_socket
 

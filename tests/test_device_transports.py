@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from server.app import create_app
-from server.embedded_store import EmbeddedStore
-from server.http import SERVICES
-from server.models import utcnow
-from server.realtime import device_room
-from server.scheduler import DoseEvent
+from server.core.documents import utcnow
+from server.infra.embedded_store import EmbeddedStore
+from server.meds.scheduler import DoseEvent
+from server.transport.http import SERVICES
+from server.transport.realtime import device_room
 from tests.conftest import Broker, make_settings
 from tests.device_clients import DeviceClient, MqttDevice, SioDevice, pair_device
 from tests.helpers import Api

@@ -7,7 +7,7 @@ import asyncio
 
 import socketio
 
-from server.device_registry import Device
+from devices.registry import Device
 from tests.helpers import Api, connect_refused
 
 

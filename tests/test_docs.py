@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from server.http import SERVICES
+from server.transport.http import SERVICES
 from tests.helpers import Api
 
 ROOT = Path(__file__).resolve().parent.parent

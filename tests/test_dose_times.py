@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from server.dose_times import dose_times, resolve_local
+from server.meds.dose_times import dose_times, resolve_local
 
 NY = ZoneInfo("America/New_York")  # 2026: spring forward Mar 8 02:00→03:00, fall back Nov 1 02:00→01:00
 LISBON = ZoneInfo("Europe/Lisbon")  # 2026: Mar 29 01:00→02:00, Oct 25 02:00→01:00

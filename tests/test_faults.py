@@ -14,8 +14,8 @@ import pytest
 from redis import Redis
 
 from server.app import create_app
-from server.embedded_store import EmbeddedStore, free_port
-from server.models import User
+from server.care.documents import User
+from server.infra.embedded_store import EmbeddedStore, free_port
 from tests.alert_clients import crisis, device_sock
 from tests.conftest import make_settings
 from tests.helpers import Api, process_env, server_processes

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymongo import MongoClient
 
-from server.embedded_store import free_port
+from server.infra.embedded_store import free_port
 from tests.helpers import PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,10 +170,10 @@ def test_every_event_survives_arbitrary_payloads(live: Live) -> None:
 def test_every_field_of_every_update_survives_arbitrary_values(live: Live) -> None:
     """Updates of things that exist, which random payloads rarely reach: each field set to any JSON value
     (null included) is applied or refused uniformly with nothing stored, and everything still reads."""
-    from server.accounts import ProfilePatch
-    from server.blood_pressure import BPUpdate
-    from server.contacts import ContactUpdate
-    from server.medications import MedUpdate
+    from server.care.accounts import ProfilePatch
+    from server.care.contacts import ContactUpdate
+    from server.meds.medications import MedUpdate
+    from server.vitals.blood_pressure import BPUpdate
     from tests.test_contacts import DOCTOR
     from tests.test_medications import MED
 

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from beanie import PydanticObjectId
 
-from server.models import iso
-from server.waveform_store import AnalysisChunk, WaveBucket, apply_retention
+from server.core.documents import iso
+from server.streaming.history import AnalysisChunk, WaveBucket, apply_retention
 from tests.helpers import Api, User
 from tests.streaming import device_socket, ecg, frame, open_stream, pair
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from server.app import create_app
-from server.embedded_store import EmbeddedStore
-from server.ratelimit import TokenBuckets
+from server.infra.embedded_store import EmbeddedStore
+from server.infra.ratelimit import TokenBuckets
 from tests.conftest import make_settings
 from tests.helpers import Api, connect_refused
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from server.models import Link, LinkCode, utcnow
+from server.care.documents import Link, LinkCode
+from server.core.documents import utcnow
 from tests.helpers import Api
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from server.app import create_app
-from server.http import SERVICES
-from server.live import QUEUE_FRAMES, decimate, decimation_factor
+from server.streaming.live import QUEUE_FRAMES, decimate, decimation_factor
+from server.transport.http import SERVICES
 from tests.conftest import make_settings
 from tests.helpers import Api, User
 from tests.streaming import device_socket, ecg, frame, open_stream, pair

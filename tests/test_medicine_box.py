@@ -17,15 +17,15 @@ import pytest
 import socketio
 from beanie import PydanticObjectId
 
+from devices.box_service import BoxEvent, MedicineBoxState
 from devices.medicine_box import BoxBehaviour
-from server import simulate
-from server.config import Settings
-from server.device_registry import Device
-from server.embedded_store import EmbeddedStore
-from server.medicine_box import BoxEvent, MedicineBoxState
-from server.models import utcnow
-from server.scheduler import DoseEvent
-from server.simulate_box import BoxRun, run_box
+from devices.registry import Device
+from devices.simulators import sensor as simulate
+from devices.simulators.box import BoxRun, run_box
+from server.core.config import Settings
+from server.core.documents import utcnow
+from server.infra.embedded_store import EmbeddedStore
+from server.meds.scheduler import DoseEvent
 from tests.conftest import make_settings
 from tests.helpers import PASSWORD, Api, User
 from tests.test_medications import create

@@ -19,11 +19,11 @@ from beanie import PydanticObjectId
 from ml.bp_cohort import describe, generate_cohort
 from ml.bp_model import build_dataset, fit, time_split, train_and_report
 from server.app import create_app
-from server.bp_history import patient_series, store_cohort
-from server.embedded_store import EmbeddedStore
-from server.http import SERVICES
-from server.model_registry import ModelVersion, Prediction
-from server.waveform_store import AnalysisChunk
+from server.infra.embedded_store import EmbeddedStore
+from server.streaming.history import AnalysisChunk
+from server.transport.http import SERVICES
+from server.vitals.bp_history import patient_series, store_cohort
+from server.vitals.model_registry import ModelVersion, Prediction
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers import Api, Sock
 

@@ -14,9 +14,9 @@ import aiomqtt
 import pytest
 
 from server.app import create_app
-from server.config import ConfigError
-from server.embedded_store import EmbeddedStore
-from server.http import SERVICES
+from server.core.config import ConfigError
+from server.infra.embedded_store import EmbeddedStore
+from server.transport.http import SERVICES
 from tests.conftest import Broker, make_settings
 from tests.device_clients import MqttDevice, pair_device
 from tests.helpers import Api

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from server.http import SERVICES
-from server.notifications import Notification
+from server.alerts.notifications import Notification
+from server.transport.http import SERVICES
 from tests.conftest import make_settings
 from tests.helpers import Api
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from server.embedded_store import EmbeddedStore, free_port
+from server.infra.embedded_store import EmbeddedStore, free_port
 from tests.helpers import PASSWORD, Api, ServerProcess, process_env, server_processes
 
 

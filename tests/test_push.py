@@ -23,11 +23,11 @@ from beanie import PydanticObjectId
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from server.alerts.push import PushToken
 from server.app import create_app
-from server.embedded_store import EmbeddedStore
-from server.http import SERVICES
-from server.push import PushToken
-from server.webhook import sign
+from server.infra.embedded_store import EmbeddedStore
+from server.infra.webhook import sign
+from server.transport.http import SERVICES
 from tests.alert_clients import crisis, device_sock
 from tests.conftest import make_settings
 from tests.helpers import Api

@@ -107,7 +107,7 @@ async def test_ping_echoes_and_tells_server_time(api: Api) -> None:
 
 
 async def test_websocket_declines_per_message_deflate(api: Api) -> None:
-    """Clients offer permessage-deflate; the server declines it (server/realtime.py says why) and the
+    """Clients offer permessage-deflate; the server declines it (server/transport/realtime.py says why) and the
     websocket works uncompressed."""
     url = api.base_url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
     async with api.http.ws_connect(url, compress=15) as ws:

@@ -14,13 +14,13 @@ from zoneinfo import ZoneInfo
 import pytest
 from beanie import PydanticObjectId
 
-from server.config import Settings
-from server.dose_times import resolve_local
-from server.embedded_store import EmbeddedStore
-from server.medications import Medication
-from server.models import utcnow
-from server.notifications import Notification
-from server.scheduler import LEASE, DoseEvent
+from server.alerts.notifications import Notification
+from server.core.config import Settings
+from server.core.documents import utcnow
+from server.infra.embedded_store import EmbeddedStore
+from server.meds.dose_times import resolve_local
+from server.meds.medications import Medication
+from server.meds.scheduler import LEASE, DoseEvent
 from tests.conftest import make_settings
 from tests.helpers import Api, Sock, User
 from tests.test_medications import create

@@ -11,8 +11,8 @@ from typing import Any
 from beanie import PydanticObjectId
 from pymongo import AsyncMongoClient
 
-from server.embedded_store import EmbeddedStore, free_port
-from server.models import utcnow
+from server.core.documents import utcnow
+from server.infra.embedded_store import EmbeddedStore, free_port
 from tests.helpers import Api, ServerProcess, User, process_env, server_processes
 from tests.test_medications import create
 

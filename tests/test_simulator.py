@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from devices.simulators.sensor import DeviceRun, stream
 from server import demo
 from server.cli import _settings
-from server.embedded_store import free_port
-from server.simulate import DeviceRun, stream
+from server.infra.embedded_store import free_port
 from tests.helpers import PASSWORD, Api, ServerProcess, connect_refused
 from tests.streaming import device_socket, pair
 

@@ -15,11 +15,11 @@ from aiohttp import ClientSession
 from pymongo import monitoring
 
 from server.app import create_app
-from server.db import init_documents, make_client
-from server.embedded_store import EmbeddedStore
-from server.http import SERVICES
-from server.migrations import MIGRATIONS, run_migrations
-from server.models import MigrationRecord
+from server.care.documents import MigrationRecord
+from server.infra.embedded_store import EmbeddedStore
+from server.infra.migrations import MIGRATIONS, run_migrations
+from server.infra.store import init_documents, make_client
+from server.transport.http import SERVICES
 from tests.conftest import make_settings
 from tests.helpers import Api
 
@@ -43,7 +43,7 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path, caplog: pytes
     while len(acknowledged) < 400:
         await asyncio.sleep(0.01)
     assert store.proc is not None
-    with caplog.at_level(logging.ERROR, logger="server.embedded_store"):
+    with caplog.at_level(logging.ERROR, logger="server.infra.embedded_store"):
         os.kill(store.proc.pid, signal.SIGKILL)
         await asyncio.gather(*writers)
         # The supervisor reports the crash and brings the store back on the same port.
@@ -141,7 +141,7 @@ class _Commands(monitoring.CommandListener):
 
 async def test_writes_to_the_embedded_store_are_not_retryable(store: EmbeddedStore) -> None:
     """A retryable write carries a transaction number that SecantusDB records and rescans on every later
-    write (server/embedded_store.py); the store's URL turns them off for every client given it."""
+    write (server/infra/embedded_store.py); the store's URL turns them off for every client given it."""
     listener = _Commands()
     client = make_client(store.url, event_listeners=[listener])
     try:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from beanie import PydanticObjectId
 
-from server.waveform_store import Stream, WaveBucket
+from server.streaming.history import Stream, WaveBucket
 from tests.helpers import Api, User
 from tests.streaming import device_socket, ecg, frame, open_stream, pair
 
@@ -272,7 +272,7 @@ async def test_analysis_runs_in_a_worker_process_restarted_if_it_dies(api: Api) 
     import os
     import signal
 
-    from server.http import SERVICES
+    from server.transport.http import SERVICES
 
     patient = await api.register("patient")
     me = await api.socket(patient)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from ml.triage import DISCLAIMER, RULES, SYMPTOMS, symptoms_in_text, triage
-from server.models import AuditEntry
+from server.care.documents import AuditEntry
 from tests.helpers import Api
 
 CASES = [

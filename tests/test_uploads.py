@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 from PIL import Image
 
-from server.http import SERVICES
-from server.models import AuditEntry
+from server.care.documents import AuditEntry
+from server.transport.http import SERVICES
 from tests.helpers import Api, User
 
 MAX_BYTES = 10 * 1024 * 1024

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from server.embedded_store import free_port
+from server.infra.embedded_store import free_port
 from tests.helpers import Api, ServerProcess
 
 

@@ -1,0 +1,233 @@
+"""The medicine box: a paired ``medicine_box`` device reports its drawers; at dose time the server
+commands the right drawer's LED and buzzer (``box:command`` to the device's room, with an ack,
+resent with backoff while unacknowledged, the schedule kept in the store so any process and a
+restart carry it on); opening that drawer confirms the dose, closing it is recorded, and opening
+another drawer while a dose waits is flagged to the patient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from beanie import PydanticObjectId
+from pydantic import Field
+from pymongo import ASCENDING, DESCENDING, IndexModel
+
+from devices.medicine_box import BoxCommand, BoxDrawers, BoxHello, DrawerEvent
+from devices.registry import Device
+from server.care.access import require_patient
+from server.core.documents import VersionedDocument, utcnow
+from server.core.errors import ApiError, forbidden
+from server.meds.medications import Medication, notify
+from server.meds.scheduler import Scheduler
+from server.transport.realtime import DEVICE_ROLES, EventContext, device_room
+
+if TYPE_CHECKING:
+    from server.services import Services
+
+log = logging.getLogger(__name__)
+BACKOFF_S = (1, 2, 4, 8, 16, 30)  # wait before resending an unacknowledged command; then give up
+ACK_WAIT_S = 60  # an ack later than this is ignored (its callback is forgotten, so memory stays bounded)
+
+
+class MedicineBoxState(VersionedDocument):
+    """What a box last reported; ``id`` is the device's id."""
+
+    id: PydanticObjectId  # type: ignore[assignment]
+    patient_id: PydanticObjectId
+    drawers: list[dict[str, Any]] = Field(default_factory=list)
+    firmware: str | None = None
+    battery: float | None = None
+    hello_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "medicine_boxes"
+
+
+class BoxEvent(VersionedDocument):
+    """A drawer opened or closed, or a wrong drawer: the box's record, kept for the patient's history."""
+
+    device_id: PydanticObjectId
+    patient_id: PydanticObjectId
+    kind: str  # opened | closed
+    drawer: int
+    at: datetime = Field(default_factory=utcnow)
+    device_at_ms: float | None = None
+    confirmed: list[str] = Field(default_factory=list)  # dose ids the opening confirmed
+    wrong_drawer: bool = False
+
+    class Settings:
+        name = "box_events"
+        indexes = [IndexModel([("patient_id", ASCENDING), ("_id", DESCENDING)], name="patient_recent")]
+
+
+class MedicineBox:
+    def __init__(self, svc: Services, scheduler: Scheduler) -> None:
+        self.svc = svc
+        self.scheduler = scheduler
+        self.sio = svc.realtime.sio
+        scheduler.on_due.append(self.on_due)
+        scheduler.on_confirmed.append(self.on_confirmed)
+        scheduler.ticks.append(self.resend)
+        rt = svc.realtime
+        rt.event("box:hello", BoxHello, roles=DEVICE_ROLES)(self._hello)
+        rt.event("box:drawers", BoxDrawers, roles=DEVICE_ROLES)(self._drawers)
+        rt.event("box:drawer-opened", DrawerEvent, roles=DEVICE_ROLES)(self._opened)
+        rt.event("box:drawer-closed", DrawerEvent, roles=DEVICE_ROLES)(self._closed)
+
+    # --- commands -----------------------------------------------------------------------------------
+
+    @staticmethod
+    async def boxes(patient_id: PydanticObjectId) -> list[PydanticObjectId]:
+        found = Device.find(Device.patient_id == patient_id, Device.kind == "medicine_box",
+                            Device.revoked_at == None)  # noqa: E711
+        return [d.id async for d in found if d.id is not None]
+
+    async def command(self, device_id: PydanticObjectId, cmd: BoxCommand, dose_id: Any = None) -> None:
+        """Emit to the box's room; its ack (from whichever process holds its socket) is stored on the dose."""
+
+        async def acked(*reply: Any) -> None:
+            if dose_id is not None:
+                await self.scheduler.doses.update_one({"_id": dose_id, "box_acked_at": None},
+                                                      {"$set": {"box_acked_at": utcnow(), "box_next_at": None}})
+
+        await self.sio.emit("box:command", cmd.model_dump(), room=device_room(device_id), callback=acked)
+        asyncio.get_running_loop().call_later(ACK_WAIT_S, self._forget, acked)
+
+    def _forget(self, callback: Any) -> None:
+        for pending in list(self.sio.manager.callbacks.values()):
+            for ack_id, fn in list(pending.items()):
+                if fn is callback:
+                    del pending[ack_id]
+
+    @staticmethod
+    def _remind(d: dict[str, Any], attempt: int) -> BoxCommand:
+        return BoxCommand(command_id=uuid.uuid4().hex, action="remind", drawer=d["drawer"], led="on", buzzer=True,
+                          dose_id=str(d["_id"]), attempt=attempt)
+
+    async def on_due(self, doses: list[dict[str, Any]]) -> None:
+        """The scheduler reminded these doses: light each one's drawer on the patient's boxes. Once per dose:
+        a dose pushed again (its first push's process died) that was already commanded is left to ``resend``."""
+        boxes: dict[Any, list[PydanticObjectId]] = {}
+        sends = []
+        for d in doses:
+            if not d.get("drawer") or d.get("box_attempts"):
+                continue
+            if d["patient_id"] not in boxes:
+                boxes[d["patient_id"]] = await self.boxes(d["patient_id"])
+            sends += [(device_id, d) for device_id in boxes[d["patient_id"]]]
+        if not sends:
+            return
+        wait = utcnow() + timedelta(seconds=BACKOFF_S[0])
+        await self.scheduler.doses.update_many({"_id": {"$in": list({d["_id"] for _, d in sends})},
+                                                "box_attempts": {"$in": [0, None]}},
+                                               {"$set": {"box_attempts": 1, "box_next_at": wait}})
+        for device_id, d in sends:
+            await self.command(device_id, self._remind(d, 1), d["_id"])
+
+    async def resend(self, now: datetime) -> None:
+        """Unacknowledged commands whose wait ran out: resend (claimed, so by one process), or give up."""
+        token, claimed = await self.scheduler.claim(
+            {"state": "reminded", "box_next_at": {"$lte": now}},
+            {"$set": {"box_next_at": now + timedelta(seconds=BACKOFF_S[-1])}, "$inc": {"box_attempts": 1}},
+            owner="box_owner")
+        doses = self.scheduler.doses
+        for attempt in sorted({d["box_attempts"] for d in claimed}):
+            if attempt <= len(BACKOFF_S):
+                wait: dict[str, Any] = {"$set": {"box_next_at": now + timedelta(seconds=BACKOFF_S[attempt - 1])}}
+            else:
+                wait = {"$set": {"box_next_at": None}, "$inc": {"box_attempts": -1}}
+                log.warning("giving up on %d unacknowledged box commands",
+                            sum(d["box_attempts"] == attempt for d in claimed))
+            await doses.update_many({"box_owner": token, "box_attempts": attempt}, wait)
+        if claimed:
+            await doses.update_many({"box_owner": token}, {"$set": {"box_owner": None}})
+        for d in claimed:
+            if d["box_attempts"] <= len(BACKOFF_S):
+                for device_id in await self.boxes(d["patient_id"]):
+                    await self.command(device_id, self._remind(d, d["box_attempts"]), d["_id"])
+
+    async def on_confirmed(self, d: dict[str, Any]) -> None:
+        if not d.get("drawer"):
+            return
+        for device_id in await self.boxes(d["patient_id"]):
+            await self.command(device_id, BoxCommand(command_id=uuid.uuid4().hex, action="clear", drawer=d["drawer"],
+                                                     led="off", buzzer=False, dose_id=str(d["_id"])))
+
+    # --- what the box reports -----------------------------------------------------------------------
+
+    async def _box(self, ctx: EventContext, action: str, **details: Any) -> tuple[PydanticObjectId, PydanticObjectId]:
+        """The sending box's id and its patient (audited); only a paired medicine box may send box events."""
+        device = await Device.get(PydanticObjectId(ctx.principal.sid))
+        if device is None or device.kind != "medicine_box":
+            raise forbidden("Only a medicine box sends box events")
+        pid = await require_patient(ctx.principal, ctx.principal.user_id, action, ctx.client,
+                                    device_id=ctx.principal.sid, **details)
+        assert device.id is not None
+        return device.id, pid
+
+    async def _store_drawers(self, device_id: PydanticObjectId, pid: PydanticObjectId, body: BoxDrawers,
+                             **extra: Any) -> dict[str, Any]:
+        drawers = [d.model_dump() for d in body.drawers]
+        await MedicineBoxState.get_pymongo_collection().update_one(
+            {"_id": device_id}, {"$set": {"patient_id": pid, "drawers": drawers, "hello_at": utcnow(), **extra},
+                                 "$setOnInsert": {"schema_version": 1}}, upsert=True)
+        meds = Medication.find(Medication.patient_id == pid, Medication.archived_at == None,  # noqa: E711
+                               Medication.drawer != None)  # noqa: E711
+        return {"device_id": str(device_id), "drawers": drawers,
+                "assigned": [{"drawer": m.drawer, "medication_id": str(m.id), "name": m.name} async for m in meds]}
+
+    async def _hello(self, ctx: EventContext, body: BoxHello) -> dict[str, Any]:
+        device_id, pid = await self._box(ctx, "box.hello")
+        extra = {k: v for k, v in (("firmware", body.firmware), ("battery", body.battery)) if v is not None}
+        if extra:
+            await Device.get_pymongo_collection().update_one({"_id": device_id}, {"$set": extra})
+        state = await self._store_drawers(device_id, pid, body, **extra)
+        # A box (re)connecting gets the commands for doses still waiting at once.
+        rearmed = await self.scheduler.doses.update_many(
+            {"patient_id": pid, "state": "reminded", "drawer": {"$ne": None}, "box_acked_at": None},
+            {"$set": {"box_next_at": utcnow()}})
+        if rearmed.modified_count:
+            self.scheduler.wake()
+        return state
+
+    async def _drawers(self, ctx: EventContext, body: BoxDrawers) -> dict[str, Any]:
+        device_id, pid = await self._box(ctx, "box.drawers")
+        return await self._store_drawers(device_id, pid, body)
+
+    async def _check_drawer(self, device_id: PydanticObjectId, drawer: int) -> None:
+        state = await MedicineBoxState.get(device_id)
+        if state is not None and drawer not in {d["index"] for d in state.drawers}:
+            raise ApiError("invalid_drawer", f"This box has no drawer {drawer}", 422, {"drawer": drawer})
+
+    async def _opened(self, ctx: EventContext, body: DrawerEvent) -> dict[str, Any]:
+        device_id, pid = await self._box(ctx, "box.drawer_opened", drawer=body.drawer)
+        await self._check_drawer(device_id, body.drawer)
+        waiting = await self.scheduler.doses.find({"patient_id": pid, "state": "reminded"}).to_list(None)
+        confirmed = []
+        for d in waiting:
+            if d.get("drawer") == body.drawer and await self.scheduler.confirm(d["_id"], pid, "box", None):
+                confirmed.append(str(d["_id"]))
+        expected = sorted({d["drawer"] for d in waiting if d.get("drawer")})
+        wrong = not confirmed and bool(expected)
+        await BoxEvent(device_id=device_id, patient_id=pid, kind="opened", drawer=body.drawer,
+                       device_at_ms=body.at_ms, confirmed=confirmed, wrong_drawer=wrong).insert()
+        if wrong:
+            flag = {"patient_id": str(pid), "device_id": str(device_id), "drawer": body.drawer, "expected": expected,
+                    "dose_ids": [str(d["_id"]) for d in waiting if d.get("drawer") in expected]}
+            await self.svc.realtime.to_patient(pid, "box:wrong-drawer", flag)
+            await notify(self.svc, [pid], "wrong_drawer", f"That was drawer {body.drawer}",
+                         f"Your dose is in drawer {', '.join(map(str, expected))}", patient_id=pid, data=flag,
+                         urgency="high")
+        return {"confirmed": confirmed, "wrong_drawer": wrong, "expected": expected}
+
+    async def _closed(self, ctx: EventContext, body: DrawerEvent) -> dict[str, Any]:
+        device_id, pid = await self._box(ctx, "box.drawer_closed", drawer=body.drawer)
+        await self._check_drawer(device_id, body.drawer)
+        await BoxEvent(device_id=device_id, patient_id=pid, kind="closed", drawer=body.drawer,
+                       device_at_ms=body.at_ms).insert()
+        return {"recorded": True}

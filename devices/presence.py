@@ -1,0 +1,148 @@
+"""Device presence: every device heartbeats (``device:heartbeat``, with its battery and firmware);
+one silent for ``device_silence_s`` is marked disconnected, and its patient and the patient's
+caregivers are told once (a ``device_disconnected`` notification and a live ``device:presence``).
+The next heartbeat or connection clears it and says so (``device_reconnected``).
+
+Every process sweeps for silent devices, but a device changes state only through a conditional
+update in the store (``disconnected_at`` still unset / already set), so with several processes each
+change is announced by exactly one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from beanie import PydanticObjectId
+from pydantic import BaseModel, ConfigDict, Field
+
+from devices.registry import Device
+from server.alerts.notifications import Notifications
+from server.care.documents import Link
+from server.core.documents import iso, utcnow
+from server.core.identity import Principal
+from server.transport.realtime import DEVICE_ROLES, EventContext, Realtime
+
+log = logging.getLogger(__name__)
+SWEEP_BATCH = 500
+
+
+class HeartbeatIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    battery: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, description="percent")
+    firmware: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w .:/+()-]+$")
+
+
+class DevicePresence:
+    def __init__(self, realtime: Realtime, notifications: Notifications, silence_s: float) -> None:
+        self.rt = realtime
+        self.notifications = notifications
+        self.silence = timedelta(seconds=silence_s)
+        self.sweep_every = max(0.1, min(5.0, silence_s / 4))
+        self._task: asyncio.Task[None] | None = None
+        realtime.connect_hooks.append(self._on_connect)
+
+        @realtime.event("device:heartbeat", HeartbeatIn, roles=DEVICE_ROLES)
+        async def _heartbeat(ctx: EventContext, body: HeartbeatIn) -> dict[str, Any]:
+            await self.seen(PydanticObjectId(ctx.principal.sid), body.battery, body.firmware)
+            return {"device_id": ctx.principal.sid, "online": True,
+                    "heartbeat_s": round(self.silence.total_seconds() / 3, 3)}
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._sweeping(), name="device-presence")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _on_connect(self, sid: str, principal: Principal) -> None:
+        if principal.is_device:
+            await self.seen(PydanticObjectId(principal.sid))
+
+    # --- state changes -------------------------------------------------------------------------------
+
+    async def seen(self, device_id: PydanticObjectId, battery: float | None = None,
+                   firmware: str | None = None) -> None:
+        """Record a sign of life; if the device was marked disconnected, clear it and announce it."""
+        now = utcnow()
+        fields: dict[str, Any] = {"last_seen_at": now}
+        if battery is not None:
+            fields["battery"] = battery
+        if firmware is not None:
+            fields["firmware"] = firmware
+        devices = Device.get_pymongo_collection()
+        if (await devices.update_one({"_id": device_id, "disconnected_at": None}, {"$set": fields})).matched_count:
+            return  # the usual case: it was online
+        back = await devices.find_one_and_update(
+            {"_id": device_id, "revoked_at": None, "disconnected_at": {"$ne": None}},
+            {"$set": {**fields, "disconnected_at": None}})
+        if back is None:  # another process cleared it in between (and announced it)
+            await devices.update_one({"_id": device_id}, {"$set": fields})
+            return
+        device = Device.model_validate({**back, **fields, "disconnected_at": None})
+        await self._announce(device, online=True, at=now, offline_since=back["disconnected_at"])
+
+    async def sweep(self) -> int:
+        """Mark every device silent for longer than the limit as disconnected; return how many this process did."""
+        now = utcnow()
+        cutoff = now - self.silence
+        devices = Device.get_pymongo_collection()
+        silent = {"revoked_at": None, "disconnected_at": None, "last_seen_at": {"$lt": cutoff}}
+        marked = 0
+        async for doc in devices.find(silent, limit=SWEEP_BATCH):
+            won = await devices.find_one_and_update({"_id": doc["_id"], **silent}, {"$set": {"disconnected_at": now}})
+            if won is None:
+                continue  # another process got there first, or it just heartbeat
+            marked += 1
+            await self._announce(Device.model_validate({**won, "disconnected_at": now}), online=False, at=now)
+        return marked
+
+    async def _sweeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_every)
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("device presence sweep failed: %s", exc)
+
+    # --- telling people ------------------------------------------------------------------------------
+
+    async def _announce(self, device: Device, online: bool, at: datetime,
+                        offline_since: datetime | None = None) -> None:
+        pid = device.patient_id
+        presence = {"device_id": str(device.id), "patient_id": str(pid), "online": online, "at": iso(at),
+                    **{k: v for k, v in device.public().items() if k in ("kind", "serial", "model", "battery",
+                                                                          "firmware", "last_seen_at")}}
+        await self.rt.to_patient(pid, "device:presence", presence)
+        carers = Link.find(Link.patient_id == pid, Link.revoked_at == None,  # noqa: E711
+                           Link.member_role == "caregiver")
+        users = [pid, *[link.member_id async for link in carers]]
+        label = f"{device.model} ({device.serial})"
+        data = {"device_id": str(device.id), "kind": device.kind, "serial": device.serial}
+        if online:
+            away = f" after {_duration(at - offline_since)}" if offline_since is not None else ""
+            await self.notifications.notify(users, "device_reconnected", f"Sensor reconnected: {label}",
+                                            f"The {device.kind} device is sending again{away}.",
+                                            patient_id=pid, data=data, urgency="low")
+        else:
+            silent = f" for {_duration(at - device.last_seen_at)}" if device.last_seen_at else ""
+            await self.notifications.notify(users, "device_disconnected", f"Sensor disconnected: {label}",
+                                            f"No sign of life from the {device.kind} device{silent}. "
+                                            "Check that it is switched on, charged and in range.",
+                                            patient_id=pid, data=data, urgency="high")
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"

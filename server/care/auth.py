@@ -1,0 +1,148 @@
+"""Accounts and login sessions: register, log in, refresh with rotation, log out,
+change password, and turning an access token into a ``Principal``."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from beanie import PydanticObjectId
+from pymongo.errors import DuplicateKeyError
+
+from server.care import audit
+from server.care.documents import AuthSession, Role, User
+from server.care.security import TokenService, check_password, hash_password, normalise_email, verify_password
+from server.core.config import Settings
+from server.core.documents import utcnow
+from server.core.errors import ApiError, unauthorized
+from server.core.identity import Client, Principal, as_object_id
+from server.infra.pubsub import ControlBus
+from server.infra.ratelimit import FailureCounter
+
+log = logging.getLogger(__name__)
+
+
+class AuthService:
+    def __init__(self, settings: Settings, tokens: TokenService, failures: FailureCounter, bus: ControlBus) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.failures = failures
+        self.bus = bus
+
+    async def _new_session(self, user: User, client: Client) -> dict[str, Any]:
+        assert user.id is not None
+        sid = str(PydanticObjectId())
+        jti = secrets.token_urlsafe(12)
+        session = AuthSession(
+            id=PydanticObjectId(sid), user_id=user.id, current_jti=jti,
+            expires_at=utcnow() + timedelta(seconds=self.settings.refresh_token_ttl_s),
+            client_addr=client.addr, user_agent=(client.user_agent or "")[:200] or None,
+        )
+        await session.insert()
+        return self._token_pair(user, sid, jti)
+
+    def _token_pair(self, user: User, sid: str, refresh_jti: str) -> dict[str, Any]:
+        access, _ = self.tokens.issue("access", str(user.id), sid, role=user.role)
+        refresh, _ = self.tokens.issue("refresh", str(user.id), sid, jti=refresh_jti)
+        return {"access_token": access, "refresh_token": refresh, "token_type": "Bearer",
+                "expires_in": self.settings.access_token_ttl_s}
+
+    async def register(self, email: str, password: str, name: str, role: Role, client: Client) -> dict[str, Any]:
+        email = normalise_email(email)
+        check_password(password, email)
+        user = User(email=email, password_hash=await hash_password(password), name=name.strip(), role=role)
+        try:
+            await user.insert()
+        except DuplicateKeyError:
+            raise ApiError("email_taken", "An account with that email already exists", 409,
+                           {"field": "email"}) from None
+        await audit.record("auth.register", user_id=user.id, role=user.role, client=client)
+        return {"user": user.public(), **await self._new_session(user, client)}
+
+    async def _throttle(self, keys: list[tuple[str, int]]) -> None:
+        for key, limit in keys:
+            count, retry = await self.failures.count(key)
+            if count >= limit:
+                raise ApiError("too_many_attempts", "Too many failed attempts; try again later", 429,
+                               {"retry_after_s": retry}, headers={"Retry-After": str(retry)})
+
+    async def login(self, email: str, password: str, client: Client) -> dict[str, Any]:
+        email = email.strip().lower()
+        keys = [(f"login:acct:{email}", self.settings.login_max_failures_per_account),
+                (f"login:ip:{client.addr}", self.settings.login_max_failures_per_ip)]
+        await self._throttle(keys)
+        user = await User.find_one(User.email == email)
+        if not await verify_password(user.password_hash if user else None, password) or user is None:
+            for key, _ in keys:
+                await self.failures.add(key)
+            await audit.record("auth.login", user_id=user.id if user else None, outcome="denied", client=client,
+                               email=email)
+            raise unauthorized("Email or password is wrong", "invalid_credentials")
+        await self.failures.reset(keys[0][0])
+        await audit.record("auth.login", user_id=user.id, role=user.role, client=client)
+        return {"user": user.public(), **await self._new_session(user, client)}
+
+    async def refresh(self, refresh_token: str, client: Client) -> dict[str, Any]:
+        claims = self.tokens.decode("refresh", refresh_token)
+        sid = as_object_id(claims.sid, "sid")
+        new_jti = secrets.token_urlsafe(12)
+        now = utcnow()
+        # Compare-and-swap: only the current refresh token of a live family rotates.
+        rotated = await AuthSession.get_pymongo_collection().find_one_and_update(
+            {"_id": sid, "current_jti": claims.jti, "revoked_at": None, "expires_at": {"$gt": now}},
+            {"$set": {"current_jti": new_jti, "last_used_at": now}},
+        )
+        user = await User.get(as_object_id(claims.sub, "sub"))
+        if rotated is None or user is None:
+            session = await AuthSession.get(sid)
+            if session is not None and session.revoked_at is None and session.current_jti != claims.jti:
+                # A refresh token we issued, used a second time: assume it was stolen.
+                await self.revoke_sessions(session.user_id, [str(sid)], "refresh_token_reused")
+                await audit.record("auth.refresh_reuse", user_id=session.user_id, outcome="denied", client=client)
+                raise unauthorized("This refresh token was already used; the session has been revoked",
+                                   "refresh_token_reused")
+            raise unauthorized("The session has ended; log in again", "session_revoked")
+        await audit.record("auth.refresh", user_id=user.id, role=user.role, client=client)
+        return self._token_pair(user, str(sid), new_jti)
+
+    async def revoke_sessions(self, user_id: PydanticObjectId, sids: list[str], reason: str) -> None:
+        await AuthSession.get_pymongo_collection().update_many(
+            {"_id": {"$in": [PydanticObjectId(s) for s in sids]}, "user_id": user_id, "revoked_at": None},
+            {"$set": {"revoked_at": utcnow(), "revoked_reason": reason}},
+        )
+        await self.bus.publish("sessions_revoked", user_id=str(user_id), sids=sids)
+
+    async def logout(self, principal: Principal, client: Client) -> None:
+        await self.revoke_sessions(principal.user_id, [principal.sid], "logout")
+        await audit.record("auth.logout", principal=principal, client=client)
+
+    async def change_password(self, principal: Principal, current: str, new: str, client: Client) -> None:
+        user = await User.get(principal.user_id)
+        if user is None:
+            raise unauthorized()
+        if not await verify_password(user.password_hash, current):
+            await audit.record("auth.password_change", principal=principal, outcome="denied", client=client)
+            raise ApiError("invalid_credentials", "The current password is wrong", 403, {"field": "current_password"})
+        check_password(new, user.email)
+        user.password_hash = await hash_password(new)
+        user.password_changed_at = utcnow()
+        await user.save()
+        others = [str(s.id) async for s in AuthSession.find(
+            AuthSession.user_id == user.id, AuthSession.revoked_at == None  # noqa: E711 (query, not comparison)
+        ) if str(s.id) != principal.sid]
+        if others:
+            await self.revoke_sessions(principal.user_id, others, "password_changed")
+        await audit.record("auth.password_change", principal=principal, client=client, revoked_sessions=len(others))
+
+    async def authenticate(self, access_token: str) -> Principal:
+        """Verify an access token and that its session is still live."""
+        claims = self.tokens.decode("access", access_token)
+        session = await AuthSession.get(as_object_id(claims.sid, "sid"))
+        if session is None or session.revoked_at is not None or str(session.user_id) != claims.sub:
+            raise unauthorized("This session has been revoked; log in again", "session_revoked")
+        user = await User.get(session.user_id)
+        if user is None:
+            raise unauthorized("The account no longer exists", "session_revoked")
+        return Principal(user_id=session.user_id, role=user.role, sid=claims.sid, name=user.name)

@@ -1,0 +1,125 @@
+"""Passwords (Argon2id) and JWTs (HS256, algorithm pinned on decode)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from server.core.errors import ApiError, unauthorized
+
+_hasher = PasswordHasher()  # argon2id, library defaults (RFC 9106 low-memory profile)
+# Verified against when the account does not exist, so a miss costs as much as a hit.
+_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+MIN_PASSWORD_LENGTH = 10
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$")
+
+
+@cache
+def common_passwords() -> frozenset[str]:
+    text = resources.files("server.care").joinpath("common_passwords.txt").read_text()
+    return frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
+
+
+def normalise_email(email: str) -> str:
+    email = email.strip().lower()
+    if len(email) > 254 or not EMAIL_RE.match(email):
+        raise ApiError("invalid_email", "That is not a valid email address", 422, {"field": "email"})
+    return email
+
+
+def password_problems(password: str, email: str) -> list[str]:
+    problems = []
+    if len(password) < MIN_PASSWORD_LENGTH:
+        problems.append(f"must be at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > 256:
+        problems.append("must be at most 256 characters")
+    lowered = password.lower()
+    if lowered in common_passwords():
+        problems.append("is too common")
+    if lowered in {email.lower(), email.split("@")[0].lower()}:
+        problems.append("must not be your email")
+    return problems
+
+
+def check_password(password: str, email: str) -> None:
+    problems = password_problems(password, email)
+    if problems:
+        raise ApiError("weak_password", "The password " + "; ".join(problems), 422,
+                       {"field": "password", "problems": problems})
+
+
+async def hash_password(password: str) -> str:
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def verify_password(password_hash: str | None, password: str) -> bool:
+    def verify() -> bool:
+        try:
+            return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        except (VerificationError, InvalidHashError):
+            return False
+
+    return await asyncio.to_thread(verify)
+
+
+TokenKind = Literal["access", "refresh"]
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    sub: str
+    sid: str
+    jti: str
+    role: str | None
+    exp: int
+
+
+class TokenService:
+    """Issues and verifies access and refresh JWTs. The two kinds have different audiences,
+    so one can never be used as the other; only HS256 is accepted on decode."""
+
+    ALGORITHM = "HS256"
+
+    def __init__(self, secret: str, issuer: str, access_ttl_s: int, refresh_ttl_s: int) -> None:
+        self._secret = secret
+        self.issuer = issuer
+        self.ttl = {"access": access_ttl_s, "refresh": refresh_ttl_s}
+
+    def _aud(self, kind: TokenKind) -> str:
+        return f"{self.issuer}:{kind}"
+
+    def issue(self, kind: TokenKind, sub: str, sid: str, role: str | None = None,
+              jti: str | None = None) -> tuple[str, TokenClaims]:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer, "aud": self._aud(kind), "sub": sub, "sid": sid,
+            "jti": jti or secrets.token_urlsafe(12), "iat": now, "exp": now + self.ttl[kind],
+        }
+        if role:
+            claims["role"] = role
+        token = jwt.encode(claims, self._secret, algorithm=self.ALGORITHM)
+        return token, TokenClaims(sub, sid, claims["jti"], role, claims["exp"])
+
+    def decode(self, kind: TokenKind, token: str) -> TokenClaims:
+        if not isinstance(token, str) or not token or len(token) > 4096:
+            raise unauthorized("A token is required", "token_missing")
+        try:
+            c = jwt.decode(
+                token, self._secret, algorithms=[self.ALGORITHM], audience=self._aud(kind), issuer=self.issuer,
+                options={"require": ["exp", "iat", "sub", "jti", "aud", "iss", "sid"]}, leeway=5,
+            )
+        except jwt.ExpiredSignatureError:
+            raise unauthorized(f"The {kind} token has expired", "token_expired") from None
+        except jwt.PyJWTError as exc:
+            raise ApiError("token_invalid", f"The {kind} token is not valid", 401, {"reason": str(exc)}) from None
+        return TokenClaims(str(c["sub"]), str(c["sid"]), str(c["jti"]), c.get("role"), int(c["exp"]))

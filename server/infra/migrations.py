@@ -1,0 +1,82 @@
+"""Ordered, idempotent data migrations, recorded in the ``migrations`` collection.
+
+Run by ``healthmate migrate`` and at every start-up. A lock document keeps two processes
+starting together from running the same migration twice. Index changes are declared on
+the documents and applied by ``init_beanie`` before migrations run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from server.care.documents import MigrationRecord
+from server.core.documents import utcnow
+
+log = logging.getLogger(__name__)
+
+Migration = Callable[[AsyncDatabase], Awaitable[None]]
+
+
+async def _backfill_schema_version(db: AsyncDatabase) -> None:
+    """Documents written before schema versions existed are version 1."""
+    for name in ("users", "auth_sessions", "links", "link_codes", "audit"):
+        await db[name].update_many({"schema_version": {"$exists": False}}, {"$set": {"schema_version": 1}})
+
+
+async def _lowercase_emails(db: AsyncDatabase) -> None:
+    """Emails are unique case-insensitively: normalise any stored with capitals."""
+    async for doc in db.users.find({"email": {"$regex": "[A-Z]"}}, {"email": 1}):
+        await db.users.update_one({"_id": doc["_id"]}, {"$set": {"email": doc["email"].strip().lower()}})
+
+
+MIGRATIONS: list[tuple[str, Migration]] = [
+    ("0001_backfill_schema_version", _backfill_schema_version),
+    ("0002_lowercase_emails", _lowercase_emails),
+]
+
+
+async def _acquire_lock(db: AsyncDatabase, owner: str, ttl_s: float = 120) -> None:
+    locks = db["locks"]
+    while True:
+        now = utcnow()
+        try:
+            await locks.insert_one({"_id": "migrations", "owner": owner, "until": now + timedelta(seconds=ttl_s)})
+            return
+        except DuplicateKeyError:
+            # Take over a lock whose holder died.
+            res = await locks.find_one_and_update(
+                {"_id": "migrations", "until": {"$lt": now}},
+                {"$set": {"owner": owner, "until": now + timedelta(seconds=ttl_s)}},
+            )
+            if res is not None:
+                return
+            await asyncio.sleep(0.2)
+
+
+async def run_migrations(db: AsyncDatabase) -> list[str]:
+    """Apply every migration not yet recorded, in order; return the names applied now."""
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    await _acquire_lock(db, owner)
+    applied: list[str] = []
+    try:
+        done = {rec.id async for rec in MigrationRecord.find_all()}
+        for name, fn in MIGRATIONS:
+            if name in done:
+                continue
+            started = time.perf_counter()
+            await fn(db)
+            await MigrationRecord(id=name, duration_ms=(time.perf_counter() - started) * 1000).insert()
+            log.info("migration %s applied", name)
+            applied.append(name)
+    finally:
+        await db["locks"].delete_one({"_id": "migrations", "owner": owner})
+    return applied

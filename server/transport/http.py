@@ -1,0 +1,154 @@
+"""REST plumbing: the uniform error middleware, JSON bodies validated by pydantic,
+the caller's identity, cursor pagination, and serving a GridFS file (with byte ranges)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from beanie import Document, PydanticObjectId
+from bson.errors import InvalidId
+from gridfs.asynchronous.grid_file import AsyncGridOut
+from pydantic import BaseModel, ValidationError
+from pymongo.errors import ConnectionFailure
+
+from server.core.errors import ApiError, error_body, store_unavailable, validation_error
+from server.services import Services
+
+log = logging.getLogger(__name__)
+SERVICES = web.AppKey("services", Services)
+PRINCIPAL = web.RequestKey("principal", object)
+M = TypeVar("M", bound=BaseModel)
+MAX_PAGE = 200
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def error_response(err: ApiError) -> web.Response:
+    return web.json_response(err.body(), status=err.status, headers=err.headers)
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return error_response(err)
+    except ConnectionFailure as exc:
+        log.warning("store unavailable on %s %s: %s", request.method, request.path, exc)
+        return error_response(store_unavailable())
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return web.json_response(error_body(code, exc.reason), status=exc.status,
+                                 headers={k: v for k, v in exc.headers.items() if k.lower() in {"allow"}})
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(error_body("internal", "Something went wrong on our side"), status=500)
+
+
+async def read_json(request: web.Request, model: type[M]) -> M:
+    if request.content_type != "application/json":
+        raise ApiError("unsupported_media_type", "Send a JSON body (Content-Type: application/json)", 415)
+    try:
+        data = await request.json(loads=json.loads)
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError("payload_too_large", "The request body is too large", 413) from None
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError("invalid_json", "The body is not valid JSON", 400) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def client_of(request: web.Request):  # -> Client (import kept local: server.care.auth imports this module's users)
+    from server.core.identity import Client
+
+    addr = request.remote
+    if services(request).settings.trust_forwarded:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        addr = forwarded.split(",")[0].strip() or addr
+    return Client(addr=addr, user_agent=request.headers.get("User-Agent"))
+
+
+async def require_principal(request: web.Request):  # -> Principal
+    cached = request.get(PRINCIPAL)
+    if cached is not None:
+        return cached
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError("unauthorized", "Send an access token: Authorization: Bearer <token>", 401)
+    principal = await services(request).auth.authenticate(token.strip())
+    request[PRINCIPAL] = principal
+    return principal
+
+
+def page_params(request: web.Request) -> tuple[PydanticObjectId | None, int]:
+    before_raw = request.query.get("before")
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        raise ApiError("invalid_query", "limit must be a whole number", 422, {"field": "limit"}) from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise ApiError("invalid_query", f"limit must be between 1 and {MAX_PAGE}", 422, {"field": "limit"})
+    before = None
+    if before_raw:
+        try:
+            before = PydanticObjectId(before_raw)
+        except (InvalidId, TypeError):
+            raise ApiError("invalid_query", "before is not a cursor this API returned", 422,
+                           {"field": "before"}) from None
+    return before, limit
+
+
+async def cursor_page(doc: type[Document], condition: Any, before: PydanticObjectId | None, limit: int,
+                      to_json: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Newest first, by ``_id``; ``next_cursor`` is given back as ``before`` for the next page."""
+    conditions = [condition]
+    if before is not None:
+        conditions.append(doc.id < before)
+    items = await doc.find(*conditions).sort(-doc.id).limit(limit + 1).to_list()
+    more = len(items) > limit
+    items = items[:limit]
+    return {"items": [to_json(i) for i in items], "next_cursor": str(items[-1].id) if more else None}
+
+
+async def send_grid_file(request: web.Request, grid_out: AsyncGridOut, headers: dict[str, str]) -> web.StreamResponse:
+    """Stream a stored file; one ``Range: bytes=...`` is honoured (206), as players seeking in a
+    recording ask for, and a range outside the file is refused (416)."""
+    length = grid_out.length
+    try:
+        rng = request.http_range
+    except ValueError:
+        rng = slice(None, None)
+    start, stop, status = 0, length, 200
+    if rng.start is not None or rng.stop is not None:
+        start = max(length + rng.start, 0) if rng.start is not None and rng.start < 0 else (rng.start or 0)
+        stop = min(rng.stop, length) if rng.stop is not None else length
+        if start >= stop:
+            raise ApiError("range_not_satisfiable", "The requested range is outside the file", 416,
+                           {"length": length})
+        status = 206
+        headers = {**headers, "Content-Range": f"bytes {start}-{stop - 1}/{length}"}
+        await grid_out.seek(start)
+    response = web.StreamResponse(status=status, headers={
+        **headers, "Content-Length": str(stop - start), "Accept-Ranges": "bytes"})
+    await response.prepare(request)
+    left = stop - start
+    while left > 0 and (chunk := await grid_out.readchunk()):
+        await response.write(chunk[:left])
+        left -= len(chunk)
+    await response.write_eof()
+    return response

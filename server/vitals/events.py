@@ -1,0 +1,188 @@
+"""Vital events from the live analysis (tachycardia, bradycardia, irregular rhythm, poor signal,
+stalled stream): persisted before they are pushed to the patient's room, listed over REST, and
+the per-patient thresholds a linked clinician sets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from beanie import PydanticObjectId
+from pydantic import BaseModel, ConfigDict, Field
+from pymongo import ASCENDING, DESCENDING, IndexModel
+
+from ml.rhythm_events import Thresholds
+from server.alerts.notifications import Notifications
+from server.care import audit
+from server.care.access import require_patient
+from server.care.documents import Link
+from server.care.patients import PatientRef
+from server.core.documents import VersionedDocument, iso, utcnow
+from server.core.errors import ApiError, forbidden
+from server.core.identity import as_object_id
+from server.infra.pubsub import ControlBus
+from server.transport.http import client_of, cursor_page, page_params, require_principal
+from server.transport.realtime import EventContext, Realtime
+
+EventSink = Callable[["VitalEvent"], Awaitable[None]]
+log = logging.getLogger(__name__)
+
+
+class VitalEvent(VersionedDocument):
+    patient_id: PydanticObjectId
+    stream_id: PydanticObjectId | None = None
+    signal: str | None = None
+    type: str
+    phase: str = "started"  # started | ended
+    severity: str = "warning"
+    at: datetime = Field(default_factory=utcnow)
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+    class Settings:
+        name = "vital_events"
+        indexes = [IndexModel([("patient_id", ASCENDING), ("_id", DESCENDING)], name="patient_recent")]
+
+    def public(self) -> dict[str, Any]:
+        return {"id": str(self.id), "patient_id": str(self.patient_id),
+                "stream_id": str(self.stream_id) if self.stream_id else None, "signal": self.signal,
+                "type": self.type, "phase": self.phase, "severity": self.severity, "at": iso(self.at),
+                "detail": self.detail}
+
+
+class ThresholdsIn(BaseModel):
+    """What a clinician may tune; anything left out keeps its default."""
+
+    model_config = ConfigDict(extra="forbid")
+    patient_id: str = Field(max_length=64)
+    # Names are those of ``ml.rhythm_events.Thresholds``.
+    tachycardia_hr: float | None = Field(None, ge=80, le=250)
+    tachycardia_critical_hr: float | None = Field(None, ge=90, le=300)
+    tachycardia_s: float | None = Field(None, ge=5, le=600)
+    bradycardia_hr: float | None = Field(None, ge=20, le=70)
+    bradycardia_critical_hr: float | None = Field(None, ge=15, le=70)
+    bradycardia_s: float | None = Field(None, ge=5, le=600)
+    poor_quality: float | None = Field(None, ge=0.05, le=0.95)
+    poor_signal_s: float | None = Field(None, ge=3, le=120)
+    stalled_s: float | None = Field(None, ge=2, le=120)
+
+
+class PatientThresholds(VersionedDocument):
+    id: PydanticObjectId  # type: ignore[assignment]  # the patient's id
+    values: dict[str, float] = Field(default_factory=dict)
+    set_by: PydanticObjectId | None = None
+    set_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "patient_thresholds"
+
+
+class Vitals:
+    def __init__(self, realtime: Realtime, bus: ControlBus) -> None:
+        self.rt = realtime
+        self.bus = bus
+        self._thresholds: dict[PydanticObjectId, dict[str, float]] = {}
+        self.sinks: list[EventSink] = []  # e.g. the alert path, for critical events
+        self.on_thresholds_changed: list[Callable[[PydanticObjectId, Thresholds], None]] = []
+        realtime.event("vitals:get-thresholds", PatientRef)(self._get)
+        realtime.event("vitals:set-thresholds", ThresholdsIn)(self._set)
+        bus.on("thresholds_changed", self._reload)
+
+    def thresholds_for(self, patient_id: PydanticObjectId) -> Thresholds:
+        return Thresholds(**self._thresholds.get(patient_id, {}))
+
+    async def load_thresholds(self, patient_id: PydanticObjectId) -> Thresholds:
+        doc = await PatientThresholds.get(patient_id)
+        self._thresholds[patient_id] = dict(doc.values) if doc else {}
+        return self.thresholds_for(patient_id)
+
+    async def record(self, patient_id: PydanticObjectId, stream_id: PydanticObjectId | None, signal: str | None,
+                     event: dict[str, Any]) -> VitalEvent:
+        """Persist, then push: an event is never shown that is not stored."""
+        # ``started_at`` / ``ended_at`` from the analysis are seconds of signal since the stream began.
+        detail = {**event.get("detail", {}),
+                  **{k: event[k] for k in ("started_at", "ended_at") if event.get(k) is not None}}
+        doc = VitalEvent(patient_id=patient_id, stream_id=stream_id, signal=signal, type=event["type"],
+                         phase=event.get("state") or event.get("phase") or "started",
+                         severity=event.get("severity", "warning"), detail=detail)
+        await doc.insert()
+        await self.rt.to_patient(patient_id, "vitals:event", doc.public())
+        for sink in self.sinks:
+            try:
+                await sink(doc)
+            except Exception:
+                log.exception("vital event sink failed for %s", doc.id)
+        return doc
+
+    async def _get(self, ctx: EventContext, body: PatientRef) -> dict[str, Any]:
+        pid = await require_patient(ctx.principal, body.patient_id, "thresholds.read", ctx.client)
+        return {"patient_id": str(pid), **vars(await self.load_thresholds(pid))}
+
+    async def _set(self, ctx: EventContext, body: ThresholdsIn) -> dict[str, Any]:
+        changes = body.model_dump(exclude_none=True, exclude={"patient_id"})
+        if ctx.principal.role != "clinician":
+            await audit.record("thresholds.write", principal=ctx.principal, patient_id=as_object_id(body.patient_id),
+                               outcome="denied", client=ctx.client, **changes)
+            raise forbidden("Only a linked clinician sets a patient's alert thresholds")
+        pid = await require_patient(ctx.principal, body.patient_id, "thresholds.write", ctx.client, **changes)
+        current = (await PatientThresholds.get(pid)) or PatientThresholds(id=pid)
+        values = {**current.values, **changes}
+        th = Thresholds(**values)
+        if th.tachycardia_critical_hr < th.tachycardia_hr or th.bradycardia_critical_hr > th.bradycardia_hr \
+                or th.bradycardia_hr >= th.tachycardia_hr:
+            raise ApiError("invalid_thresholds", "Critical rates must lie beyond their warning rates, and the "
+                           "bradycardia rate below the tachycardia rate", 422, {"thresholds": vars(th)})
+        current.values = values
+        current.set_by, current.set_at = ctx.principal.user_id, utcnow()
+        await current.save()
+        await self.bus.publish("thresholds_changed", patient_id=str(pid))
+        return {"patient_id": str(pid), **vars(Thresholds(**current.values))}
+
+    async def _reload(self, msg: dict[str, Any]) -> None:
+        """Thresholds changed (in any process): reload them and apply them to running streams."""
+        pid = PydanticObjectId(msg["patient_id"])
+        thresholds = await self.load_thresholds(pid)
+        for listener in self.on_thresholds_changed:
+            listener(pid, thresholds)
+
+
+RHYTHM_EVENTS = {"tachycardia": "Fast heart rate", "bradycardia": "Slow heart rate",
+                 "irregular_rhythm": "Irregular heart rhythm suspected"}
+SIGNAL_EVENTS = {"poor_signal": "Poor sensor signal", "stalled": "Sensor stopped sending"}
+
+
+def alerts_to(notes: Notifications) -> EventSink:
+    """A sink turning started events into notifications: rhythm events to the patient and the whole care
+    team, signal problems to the patient, to check the sensor. Critical ones are left to the emergency
+    alert path (``server.alerts.alerts``), which escalates them."""
+
+    async def sink(event: VitalEvent) -> None:
+        if event.phase != "started" or event.severity == "critical" or event.type not in RHYTHM_EVENTS | SIGNAL_EVENTS:
+            return
+        rate = event.detail.get("rate") or event.detail.get("hr")
+        body = f"{event.signal or 'sensor'}: {rate:.0f}/min" if isinstance(rate, (int, float)) else ""
+        if event.type in SIGNAL_EVENTS:
+            await notes.notify([event.patient_id], "alert", SIGNAL_EVENTS[event.type], "Check the sensor",
+                               patient_id=event.patient_id, data={"vital_event_id": str(event.id)}, urgency="low")
+            return
+        links = Link.find(Link.patient_id == event.patient_id, Link.revoked_at == None)  # noqa: E711
+        team = [event.patient_id, *[link.member_id async for link in links]]
+        await notes.notify(team, "alert", RHYTHM_EVENTS[event.type], body, patient_id=event.patient_id,
+                           data={"vital_event_id": str(event.id), "type": event.type},
+                           urgency="high")
+
+    return sink
+
+
+async def list_events(request: web.Request) -> web.Response:
+    principal = await require_principal(request)
+    pid = await require_patient(principal, request.match_info["patient_id"], "vital_events.read", client_of(request))
+    before, limit = page_params(request)
+    page = await cursor_page(VitalEvent, VitalEvent.patient_id == pid, before, limit, VitalEvent.public)
+    return web.json_response(page)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/api/patients/{patient_id}/vital-events", list_events)
