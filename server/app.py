@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -17,6 +18,7 @@ from devices.box_service import MedicineBox
 from devices.mqtt_bridge import MqttBridge, parse_url
 from devices.mqtt_broker import BrokerFiles
 from devices.presence import DevicePresence
+from devices.registry import authenticate_device
 from media.device_host import DeviceRtc
 from server import demo, health
 from server.alerts import alerts, notifications
@@ -25,14 +27,18 @@ from server.alerts.notifications import Notifications
 from server.alerts.push import PushDispatcher
 from server.alerts.push_providers import providers_from
 from server.care import accounts, audit, contacts, linking, patients, uploads
+from server.care.access import patients_of
 from server.care.auth import AuthService
 from server.care.contacts import Contacts
 from server.care.security import TokenService
 from server.core.config import ConfigError, Settings
+from server.core.errors import ApiError
+from server.core.identity import Principal
 from server.dashboard import setup as setup_dashboard
 from server.infra.embedded_store import EmbeddedStore
 from server.infra.migrations import run_migrations
-from server.infra.pubsub import ControlBus
+from server.infra.presence import Presence
+from server.infra.pubsub import ControlBus, make_pubsub
 from server.infra.ratelimit import FailureCounter
 from server.infra.store import init_documents, make_client
 from server.meds import medications
@@ -45,7 +51,8 @@ from server.streaming import history as waveform_store
 from server.streaming.history import HistoryWriter, apply_retention
 from server.streaming.ingest import StreamService
 from server.streaming.live import LiveHub
-from server.transport.http import SERVICES, error_middleware
+from server.transport.events import EventRouter
+from server.transport.http import REST, SERVICES, Rest, error_middleware
 from server.transport.realtime import Realtime
 from server.vitals import blood_pressure
 from server.vitals import events as vitals_module
@@ -76,13 +83,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         applied = await run_migrations(svc.mongo[settings.mongodb_db])
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
+        await svc.pubsub.start()
         await svc.bus.start()
-        await svc.realtime.start()
-        await svc.live.start()
+        await svc.realtime.presence.start()
         svc.writer.start()
         svc.streams.start()
         if svc.calls is not None:
-            svc.calls.start()
+            await svc.calls.start()
         await svc.alerts.start()  # type: ignore[union-attr]
         await svc.models.start()  # type: ignore[union-attr]
         svc.push.start()  # type: ignore[union-attr]
@@ -118,8 +125,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.writer.stop()
         await svc.live.stop()
         await svc.notifications.stop()
-        await svc.realtime.stop()
+        await svc.realtime.presence.stop()
         await svc.bus.stop()
+        await svc.pubsub.stop()
         await svc.mongo.close()
         if svc.redis is not None:
             await svc.redis.aclose()
@@ -179,13 +187,29 @@ def _setup_mqtt(svc: Services) -> None:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
-    bus = ControlBus(redis)
+    pubsub = make_pubsub(redis)
+    bus = ControlBus(pubsub)
     tokens = TokenService(settings.secret, settings.jwt_issuer, settings.access_token_ttl_s,
                           settings.refresh_token_ttl_s)
     failures = FailureCounter(settings.login_failure_window_s, redis)
     auth = AuthService(settings, tokens, failures, bus)
-    realtime = Realtime(settings, auth, bus, redis)
-    live = LiveHub(realtime, redis)
+
+    async def authenticate(handshake: Any) -> Principal:
+        handshake = handshake if isinstance(handshake, dict) else {}
+        device_token, token = handshake.get("device_token"), handshake.get("token")
+        if isinstance(device_token, str) and device_token:
+            return (await authenticate_device(device_token))[0]
+        if not isinstance(token, str) or not token:
+            raise ApiError("token_missing", "Connect with auth={'token': <access token>} "
+                           "(or {'device_token': <device credential>})", 401)
+        return await auth.authenticate(token)
+
+    realtime = Realtime(settings, EventRouter(settings), Presence(redis), authenticate, patients_of)
+    bus.on("sessions_revoked", realtime.apply_sessions_revoked)
+    bus.on("link_changed", realtime.apply_link_changed)
+    bus.on("device_revoked", realtime.apply_device_revoked)
+    app[REST] = Rest(auth.authenticate, settings.trust_forwarded)
+    live = LiveHub(realtime, pubsub)
     bus.on("link_changed", live.revoke_member)
     notes = Notifications(realtime)
     vitals = Vitals(realtime, bus)
@@ -205,6 +229,7 @@ def create_app(settings: Settings) -> web.Application:
     bp.on_added.append(forecasts.on_reading)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
+                   pubsub=pubsub,
                    bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push,
                    presence=DevicePresence(realtime, notes, settings.device_silence_s), models=models,
                    forecasts=forecasts, triage=Triage(realtime, alerting))

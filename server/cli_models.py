@@ -24,15 +24,16 @@ def _who() -> str:
 def _registry(settings: Any) -> Any:
     from redis.asyncio import Redis
 
-    from server.infra.pubsub import ControlBus
+    from server.infra.pubsub import ControlBus, make_pubsub
     from server.vitals.model_registry import ModelRegistry
 
-    return ModelRegistry(ControlBus(Redis.from_url(settings.redis_url) if settings.redis_url else None))
+    return ModelRegistry(ControlBus(make_pubsub(Redis.from_url(settings.redis_url) if settings.redis_url else None)))
 
 
 async def _close(registry: Any) -> None:
-    if registry.bus.redis is not None:
-        await registry.bus.redis.aclose()
+    redis = getattr(registry.bus.pubsub, "redis", None)
+    if redis is not None:
+        await redis.aclose()
 
 
 def train(args: argparse.Namespace) -> None:

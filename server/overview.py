@@ -14,12 +14,12 @@ from beanie.operators import In
 
 from server.alerts.alerts import Alert
 from server.care import audit
+from server.care.access import patients_of
 from server.care.documents import User
 from server.core.documents import aware, iso, utcnow
 from server.core.identity import Principal
 from server.streaming.history import AnalysisChunk, Stream
 from server.transport.http import client_of, require_principal
-from server.transport.realtime import Realtime
 from server.vitals.blood_pressure import BPReading
 
 STREAMING_WITHIN = timedelta(seconds=30)  # an open stream with a frame this recent counts as streaming
@@ -60,7 +60,7 @@ async def patient_status(patient: User) -> dict[str, Any]:
 
 
 async def overview(principal: Principal) -> list[dict[str, Any]]:
-    ids = await Realtime.patients_of(principal)
+    ids = await patients_of(principal)
     patients = await User.find(In(User.id, ids)).sort(+User.name).to_list()
     return list(await asyncio.gather(*(patient_status(p) for p in patients)))
 

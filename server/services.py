@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from server.care.security import TokenService
     from server.core.config import Settings
     from server.infra.embedded_store import EmbeddedStore
-    from server.infra.pubsub import ControlBus
+    from server.infra.pubsub import ControlBus, PubSub
     from server.infra.ratelimit import FailureCounter
     from server.meds.medications import Medications
     from server.meds.scheduler import Scheduler
@@ -50,6 +50,7 @@ class Services:
     vitals: Vitals
     writer: HistoryWriter
     streams: StreamService
+    pubsub: PubSub
     presence: DevicePresence | None = None
     mqtt: MqttBridge | None = None
     broker_files: BrokerFiles | None = None

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import json
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
@@ -39,9 +38,8 @@ from server.care.patients import PatientRef
 from server.core.documents import VersionedDocument, aware, iso, utcnow
 from server.core.errors import ApiError, forbidden, not_found
 from server.core.identity import Principal, as_object_id
-from server.infra.pubsub import listen_forever
 from server.transport.http import cursor_page, page_params, require_principal, send_grid_file, services
-from server.transport.realtime import ONLINE_KEY, PROCESS_KEY, EventContext, user_room
+from server.transport.realtime import EventContext, user_room
 from signaling.call_state import (
     LIVE_STATES,
     Action,
@@ -227,6 +225,7 @@ class CallService:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
         self.rt = svc.realtime
+        self.pubsub = svc.pubsub
         self.settings = svc.settings
         self.bound: dict[str, str] = {}  # local socket id -> the call it is in
         self.timers: dict[str, asyncio.Task[None]] = {}
@@ -241,25 +240,24 @@ class CallService:
         svc.bus.on("call_record_stop", self._stop_recording)
         self._sweeper: asyncio.Task[None] | None = None
         self._retainer: asyncio.Task[None] | None = None
-        self._media_server: asyncio.Task[None] | None = None
         self.rt.connect_hooks.append(self._on_connect)
         self.rt.disconnect_hooks.append(self._on_disconnect)
         self._register()
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="call-sweeper")
         self._retainer = asyncio.create_task(self._retention(), name="call-retention")
-        if self.svc.redis is not None:
-            self._media_server = asyncio.create_task(self._serve_media_requests(), name="call-media-requests")
+        if self.pubsub.shared:
+            await self.pubsub.subscribe(MEDIA_CHANNEL + self.rt.process_id, self._on_media_request)
 
     async def stop(self) -> None:
         for call_id in list(self.rooms):
             await self._close_room({"call_id": call_id})
         if self.teardowns:
             await asyncio.wait(self.teardowns, timeout=10)
-        for task in [self._sweeper, self._retainer, self._media_server, *self.timers.values()]:
+        for task in [self._sweeper, self._retainer, *self.timers.values()]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -650,42 +648,22 @@ class CallService:
     # over Redis (a request on the host's channel, the answer on a one-off reply channel).
 
     async def _forward_offer(self, host: str, call_id: str, member: str, sdp: str) -> str:
-        redis = self.svc.redis
-        if redis is None:
+        if not self.pubsub.shared:
             raise ApiError("media_elsewhere", "This call's media is served by another server process", 409)
-        reply_channel = f"{MEDIA_CHANNEL}reply:{secrets.token_hex(8)}"
-        pubsub = redis.pubsub()
         try:
-            await pubsub.subscribe(reply_channel)
-            request = {"call_id": call_id, "member": member, "sdp": sdp, "reply": reply_channel}
-            if not await redis.publish(MEDIA_CHANNEL + host, json.dumps(request)):
-                raise ApiError("media_elsewhere", "The server process holding this call's media is gone", 409)
-            deadline = time.monotonic() + FORWARD_TIMEOUT_S
-            while time.monotonic() < deadline:
-                item = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if item is not None:
-                    reply = json.loads(item["data"])
-                    if "error" in reply:
-                        raise ApiError(reply["error"]["code"], reply["error"]["message"], reply.get("status", 409))
-                    return str(reply["sdp"])
-            raise ApiError("media_timeout", "The server process holding this call's media did not answer", 504)
-        finally:
-            await pubsub.aclose()
+            reply = await self.pubsub.request(MEDIA_CHANNEL + host, {"call_id": call_id, "member": member, "sdp": sdp},
+                                              FORWARD_TIMEOUT_S)
+        except TimeoutError:
+            raise ApiError("media_timeout", "The server process holding this call's media did not answer",
+                           504) from None
+        if reply is None:
+            raise ApiError("media_elsewhere", "The server process holding this call's media is gone", 409)
+        if "error" in reply:
+            raise ApiError(reply["error"]["code"], reply["error"]["message"], reply.get("status", 409))
+        return str(reply["sdp"])
 
-    async def _serve_media_requests(self) -> None:
-        redis = self.svc.redis
-        assert redis is not None
-        pubsub = redis.pubsub()
-        channel = MEDIA_CHANNEL + self.rt.process_id
-        await pubsub.subscribe(channel)
-
-        async def on_request(item: dict[str, Any]) -> None:
-            self._background(self._answer_forwarded(json.loads(item["data"])))
-
-        try:
-            await listen_forever(pubsub, on_request, lambda: [channel], "media requests")
-        finally:
-            await pubsub.aclose()
+    async def _on_media_request(self, _channel: str, message: bytes) -> None:
+        self._background(self._answer_forwarded(json.loads(message)))
 
     async def _answer_forwarded(self, request: dict[str, Any]) -> None:
         try:
@@ -696,8 +674,7 @@ class CallService:
         except Exception:
             log.exception("forwarded media offer failed")
             reply = {"error": {"code": "internal", "message": "Something went wrong on our side"}, "status": 500}
-        assert self.svc.redis is not None
-        await self.svc.redis.publish(request["reply"], json.dumps(reply))
+        await self.pubsub.reply(request, reply)
 
     async def _leave(self, call_id: str, user_id: str, sid: str | None) -> CallSession:
         def change(d: CallSession, now: datetime) -> dict[str, Any]:
@@ -937,18 +914,10 @@ class CallService:
                     {"$set": {"recording.stopped_at": utcnow(), "recording.lost": True}, "$inc": {"rev": 1}})
 
     async def _process_alive(self, process_id: str) -> bool:
-        if process_id == self.rt.process_id:
-            return True
-        redis = self.svc.redis
-        return redis is not None and bool(await redis.exists(PROCESS_KEY + process_id))
+        return await self.rt.presence.alive(process_id)
 
     async def _socket_alive(self, user_id: Any, sid: str) -> bool:
-        if sid in self.rt.principals:
-            return True
-        if self.svc.redis is None:
-            return False  # one process: a socket not here is gone
-        owner = await self.svc.redis.hget(ONLINE_KEY + str(user_id), sid)
-        return owner is not None and await self._process_alive(owner.decode())
+        return await self.rt.socket_alive(user_id, sid)
 
     # --- a callee connecting while it rings ------------------------------------------------------------
 

@@ -75,8 +75,8 @@ def test_table_names_every_patient_scoped_route_and_event(api: Api) -> None:
     served = {(r.method, r.resource.canonical) for r in api.app.router.routes()
               if r.resource is not None and "{patient_id}" in r.resource.canonical and r.method != "HEAD"}
     assert served == {(m, p) for m, p, _ in ROUTES}
-    events = api.app[SERVICES].realtime.events
-    scoped = {name for name, (_, model) in events.items() if model is not None and "patient_id" in model.model_fields}
+    events = api.app[SERVICES].realtime.router.events
+    scoped = {name for name, e in events.items() if e.model is not None and "patient_id" in e.model.model_fields}
     assert scoped == {name for name, _ in EVENTS}
 
 

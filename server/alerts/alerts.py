@@ -48,7 +48,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import BulkWriteError
 
 from server.alerts.notifications import Notifications
-from server.care.access import may_access, require_patient
+from server.care.access import may_access, patients_of, require_patient
 from server.care.contacts import emergency_contacts
 from server.care.documents import Link, User
 from server.core.config import Settings
@@ -354,7 +354,7 @@ class Alerts:
             if self.rt.sio.manager.is_connected(sid, "/"):
                 break
             await asyncio.sleep(0.01)
-        linked = await Realtime.patients_of(principal)  # not for patients whose link has ended since
+        linked = await patients_of(principal)  # not for patients whose link has ended since
         pending = await Alert.find({"recipient_ids": principal.user_id, "status": "open",
                                     "patient_id": {"$in": linked}}) \
             .sort(+Alert.raised_at, +Alert.id).limit(REDELIVER_LIMIT).to_list()

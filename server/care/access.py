@@ -26,6 +26,16 @@ async def may_access(principal: Principal, patient_id: PydanticObjectId) -> bool
     return link is not None and link.revoked_at is None
 
 
+async def patients_of(principal: Principal) -> list[PydanticObjectId]:
+    """The patients whose data (and live events) this principal may see now."""
+    if principal.role == "patient":
+        return [principal.user_id]
+    if principal.is_device:
+        return []
+    links = Link.find(Link.member_id == principal.user_id, Link.revoked_at == None)  # noqa: E711
+    return [link.patient_id async for link in links]
+
+
 async def require_patient(principal: Principal, patient_id: Any, action: str, client: Client | None = None,
                           **details: Any) -> PydanticObjectId:
     """Return the patient's id if the principal may act on their data; refuse (and audit) otherwise.

@@ -9,7 +9,7 @@ from aiohttp import web
 from beanie.operators import In
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.care.access import require_patient
+from server.care.access import patients_of, require_patient
 from server.care.documents import User
 from server.core.errors import not_found
 from server.core.identity import Client, Principal
@@ -23,7 +23,7 @@ class PatientRef(BaseModel):
 
 
 async def list_patients(principal: Principal) -> list[dict[str, Any]]:
-    ids = await Realtime.patients_of(principal)
+    ids = await patients_of(principal)
     users = await User.find(In(User.id, ids)).to_list()
     return [u.public() for u in users]
 

@@ -11,11 +11,9 @@ patient subscribes and fans them out to its own sockets.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,11 +22,10 @@ from typing import Any
 import numpy as np
 from beanie import PydanticObjectId
 from pydantic import BaseModel, ConfigDict, Field
-from redis.asyncio import Redis
 
 from server.care.access import may_access, require_patient
 from server.core.errors import forbidden
-from server.infra.pubsub import listen_forever
+from server.infra.pubsub import PubSub
 from server.transport.realtime import NAMESPACE, EventContext, Realtime
 
 log = logging.getLogger(__name__)
@@ -103,14 +100,12 @@ class Watcher:
 
 
 class LiveHub:
-    def __init__(self, realtime: Realtime, redis: Redis | None) -> None:
+    def __init__(self, realtime: Realtime, pubsub: PubSub) -> None:
         self.rt = realtime
-        self.redis = redis
+        self.pubsub = pubsub
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.watchers: dict[str, set[Watcher]] = {}  # patient id -> local watchers
         self.by_sid: dict[str, dict[str, Watcher]] = {}  # sid -> patient id -> watcher
-        self._pubsub: Any = None
-        self._listener: asyncio.Task[None] | None = None
         realtime.disconnect_hooks.append(self._on_disconnect)
 
     # --- subscriptions ------------------------------------------------------------------------------
@@ -124,8 +119,8 @@ class LiveHub:
         first_here = pid not in self.watchers
         self.watchers.setdefault(pid, set()).add(watcher)
         self.by_sid.setdefault(ctx.sid, {})[pid] = watcher
-        if first_here and self._pubsub is not None:
-            await self._pubsub.subscribe(f"hm:live:{pid}")
+        if first_here and self.pubsub.shared:
+            await self.pubsub.subscribe(f"hm:live:{pid}", self._on_published)
         # A link revoked while we were checking found no watcher to end: check again, now that it is there.
         if not await may_access(ctx.principal, PydanticObjectId(pid)):
             await self.unsubscribe(ctx.sid, pid)
@@ -143,8 +138,8 @@ class LiveHub:
             group.discard(watcher)
             if not group:
                 del self.watchers[patient_id]
-                if self._pubsub is not None:
-                    await self._pubsub.unsubscribe(f"hm:live:{patient_id}")
+                if self.pubsub.shared:
+                    await self.pubsub.unsubscribe(f"hm:live:{patient_id}")
         return True
 
     async def _on_disconnect(self, sid: str) -> None:
@@ -200,36 +195,25 @@ class LiveHub:
     async def publish_frame(self, patient_id: str, meta: dict[str, Any], samples: np.ndarray, rate: float) -> None:
         """A validated frame: to local watchers now, and to other processes' watchers through Redis."""
         self._deliver_local(patient_id, "live:frame", meta, samples, rate)
-        if self.redis is not None:
+        if self.pubsub.shared:
             header = json.dumps({"o": self.origin, "e": "live:frame", "m": meta, "r": rate}).encode()
-            await self.redis.publish(f"hm:live:{patient_id}", header + b"\n" + samples.astype("<f4").tobytes())
+            await self.pubsub.publish(f"hm:live:{patient_id}", header + b"\n" + samples.astype("<f4").tobytes())
 
     async def publish(self, patient_id: str, event: str, payload: dict[str, Any]) -> None:
         """A non-frame live message (an analysis, a gap, a stream opening or closing)."""
         self._deliver_local(patient_id, event, payload)
-        if self.redis is not None:
+        if self.pubsub.shared:
             header = json.dumps({"o": self.origin, "e": event, "m": payload}).encode()
-            await self.redis.publish(f"hm:live:{patient_id}", header + b"\n")
+            await self.pubsub.publish(f"hm:live:{patient_id}", header + b"\n")
 
     # --- cross-process ------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        if self.redis is None:
-            return
-        self._pubsub = self.redis.pubsub()
-        await self._pubsub.subscribe("hm:live:_")  # a placeholder so listen() has something to wait on
-        self._listener = asyncio.create_task(self._listen(), name="live-listener")
-
-    async def _listen(self) -> None:
-        await listen_forever(self._pubsub, self._on_published, lambda: [f"hm:live:{p}" for p in self.watchers]
-                             or ["hm:live:_"], "live fan-out")
-
-    async def _on_published(self, item: dict[str, Any]) -> None:
-        header, _, body = item["data"].partition(b"\n")
+    async def _on_published(self, channel: str, message: bytes) -> None:
+        header, _, body = message.partition(b"\n")
         msg = json.loads(header)
         if msg["o"] == self.origin:
             return
-        patient_id = item["channel"].decode().rsplit(":", 1)[1]
+        patient_id = channel.rsplit(":", 1)[1]
         if msg["e"] == "live:frame":
             self._deliver_local(patient_id, "live:frame", msg["m"], np.frombuffer(body, dtype="<f4"), msg["r"])
         else:
@@ -238,13 +222,4 @@ class LiveHub:
     async def stop(self) -> None:
         for sid in list(self.by_sid):
             await self._on_disconnect(sid)
-        if self._listener:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-        if self._pubsub is not None:
-            await self._pubsub.aclose()
 
-
-def now_ms() -> float:
-    return time.time() * 1000

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -16,11 +16,12 @@ from pydantic import BaseModel, ValidationError
 from pymongo.errors import ConnectionFailure
 
 from server.core.errors import ApiError, error_body, store_unavailable, validation_error
+from server.core.identity import Client, Principal
 from server.services import Services
 
 log = logging.getLogger(__name__)
 SERVICES = web.AppKey("services", Services)
-PRINCIPAL = web.RequestKey("principal", object)
+PRINCIPAL = web.RequestKey("principal", Principal)
 M = TypeVar("M", bound=BaseModel)
 MAX_PAGE = 200
 
@@ -72,27 +73,43 @@ async def read_json(request: web.Request, model: type[M]) -> M:
         raise validation_error(exc) from None
 
 
-def client_of(request: web.Request):  # -> Client (import kept local: server.care.auth imports this module's users)
-    from server.core.identity import Client
+class Rest:
+    """What every REST handler needs of the transport, bound once when the routes are made: who the
+    caller is (the bearer token) and where the request came from."""
 
-    addr = request.remote
-    if services(request).settings.trust_forwarded:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        addr = forwarded.split(",")[0].strip() or addr
-    return Client(addr=addr, user_agent=request.headers.get("User-Agent"))
+    def __init__(self, authenticate: Callable[[str], Awaitable[Principal]], trust_forwarded: bool) -> None:
+        self._authenticate = authenticate
+        self.trust_forwarded = trust_forwarded
+
+    def client(self, request: web.Request) -> Client:
+        addr = request.remote
+        if self.trust_forwarded:
+            forwarded = request.headers.get("X-Forwarded-For", "")
+            addr = forwarded.split(",")[0].strip() or addr
+        return Client(addr=addr, user_agent=request.headers.get("User-Agent"))
+
+    async def principal(self, request: web.Request) -> Principal:
+        cached = request.get(PRINCIPAL)
+        if cached is not None:
+            return cached
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError("unauthorized", "Send an access token: Authorization: Bearer <token>", 401)
+        principal = await self._authenticate(token.strip())
+        request[PRINCIPAL] = principal
+        return principal
 
 
-async def require_principal(request: web.Request):  # -> Principal
-    cached = request.get(PRINCIPAL)
-    if cached is not None:
-        return cached
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError("unauthorized", "Send an access token: Authorization: Bearer <token>", 401)
-    principal = await services(request).auth.authenticate(token.strip())
-    request[PRINCIPAL] = principal
-    return principal
+REST = web.AppKey("rest", Rest)
+
+
+def client_of(request: web.Request) -> Client:
+    return request.app[REST].client(request)
+
+
+async def require_principal(request: web.Request) -> Principal:
+    return await request.app[REST].principal(request)
 
 
 def page_params(request: web.Request) -> tuple[PydanticObjectId | None, int]:

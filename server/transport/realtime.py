@@ -9,43 +9,27 @@ Every event handler answers through its ack with ``{"ok": true, "data": ...}`` o
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
 import re
-import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import socketio
 from aiohttp import web
-from beanie import PydanticObjectId
 from multidict import CIMultiDict
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure
-from redis.asyncio import Redis
 
-from devices.registry import authenticate_device
-from server.care.auth import AuthService
-from server.care.documents import Link
 from server.core.config import Settings
-from server.core.errors import ApiError, error_body, store_unavailable, validation_error
+from server.core.errors import ApiError, store_unavailable
 from server.core.identity import Client, Principal
 from server.infra import fastjson
-from server.infra.pubsub import ControlBus
+from server.infra.presence import Presence
 from server.infra.ratelimit import TokenBuckets
+from server.transport.events import DEVICE_ROLES, USER_ROLES, EventContext, EventRouter, Handler, unknown_event
 
 log = logging.getLogger(__name__)
 NAMESPACE = "/"
-# Who is online across processes: a hash per user (socket id -> process id), trusted only while
-# that process's heartbeat key lives, so a killed process's sockets stop counting within PROCESS_TTL_S.
-ONLINE_KEY = "healthmate:online:"
-PROCESS_KEY = "healthmate:process:"
-PROCESS_TTL_S = 15
-
-
 def user_room(user_id: Any) -> str:
     return f"user:{user_id}"
 
@@ -58,19 +42,11 @@ def device_room(device_id: Any) -> str:
     return f"device:{device_id}"
 
 
-@dataclass(frozen=True)
-class EventContext:
-    principal: Principal
-    sid: str
-    client: Client
-    realtime: Realtime
-
-
-Handler = Callable[[EventContext, Any], Awaitable[Any]]
 ConnectHook = Callable[[str, Principal], Awaitable[None]]
-USER_ROLES = frozenset({"patient", "caregiver", "clinician"})
-DEVICE_ROLES = frozenset({"device"})
+Authenticate = Callable[[Any], Awaitable[Principal]]  # the handshake's auth dict -> who connects
+PatientsOf = Callable[[Principal], Awaitable[list[Any]]]  # the patients whose rooms a user joins
 CLIENT_DEVICE_ID = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
+__all__ = ["DEVICE_ROLES", "USER_ROLES", "EventContext", "Handler", "Realtime"]
 
 
 DeviceSink = Callable[[str, str, Any, Callable[..., Any] | None], Awaitable[None]]
@@ -117,7 +93,10 @@ async def _no_websocket_deflate(request: web.Request, handler: Callable[..., Any
 
 
 class Realtime:
-    def __init__(self, settings: Settings, auth: AuthService, bus: ControlBus, redis: Redis | None = None) -> None:
+    """The Socket.IO adapter: connections, rooms, emits, and every event handed to ``router``."""
+
+    def __init__(self, settings: Settings, router: EventRouter, presence: Presence, authenticate: Authenticate,
+                 patients_of: PatientsOf) -> None:
         manager = socketio.AsyncRedisManager(settings.redis_url) if settings.redis_url else None
         self.sio = _Server(
             async_mode="aiohttp", client_manager=manager, json=fastjson,
@@ -125,75 +104,38 @@ class Realtime:
             max_http_buffer_size=settings.max_message_bytes,
         )
         self.sio.device_sinks = []
-        self.auth = auth
-        self.redis = redis
-        self.process_id = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self._heartbeat: asyncio.Task[None] | None = None
+        self.router = router
+        self.presence = presence
+        self._authenticate = authenticate
+        self.patients_of = patients_of
         self.trust_forwarded = settings.trust_forwarded
         self.principals: dict[str, Principal] = {}
         self.clients: dict[str, Client] = {}
         self.device_ids: dict[str, str] = {}  # sid -> the client's stable device id (per-device delivery)
-        self.events: dict[str, tuple[Handler, type[BaseModel] | None]] = {}
-        self.roles: dict[str, frozenset[str]] = {}
         self.connect_hooks: list[ConnectHook] = []
         self.disconnect_hooks: list[Callable[[str], Awaitable[None]]] = []
-        self.conn_limit = TokenBuckets(settings.event_rate_per_s, settings.event_burst)
-        self.user_limit = TokenBuckets(settings.user_event_rate_per_s, settings.user_event_burst)
         self.addr_limit = TokenBuckets(settings.connect_rate_per_s, settings.connect_burst)
         self.sio.on("*", self._unknown_event)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
-        bus.on("sessions_revoked", self._apply_sessions_revoked)
-        bus.on("link_changed", self._apply_link_changed)
-        bus.on("device_revoked", self._apply_device_revoked)
+        router.on_register.append(self._route)
+        for name in router.events:
+            self._route(name)
+
+    @property
+    def process_id(self) -> str:
+        return self.presence.process_id
 
     def attach(self, app: web.Application) -> None:
         app.middlewares.append(_no_websocket_deflate)
         self.sio.attach(app, socketio_path="socket.io")
 
-    async def start(self) -> None:
-        if self.redis is not None:
-            self._heartbeat = asyncio.create_task(self._beat(), name="process-heartbeat")
-
-    async def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            with contextlib.suppress(Exception):
-                await self.redis.delete(PROCESS_KEY + self.process_id)  # type: ignore[union-attr]
-
-    async def _beat(self) -> None:
-        while True:
-            try:
-                await self.redis.set(PROCESS_KEY + self.process_id, 1, ex=PROCESS_TTL_S)  # type: ignore[union-attr]
-            except Exception as exc:
-                log.warning("process heartbeat failed: %s", exc)
-            await asyncio.sleep(PROCESS_TTL_S / 3)
-
     async def user_online(self, user_id: Any) -> bool:
         """Whether the user has a connected socket in this or any live process."""
-        if self._local(user_room(user_id)):
-            return True
-        if self.redis is None:
-            return False
-        try:
-            owners = set((await self.redis.hgetall(ONLINE_KEY + str(user_id))).values())
-            return any([await self.redis.exists(PROCESS_KEY + p.decode()) for p in owners])
-        except Exception as exc:  # Redis down: say online, so nothing is pushed twice for nothing
-            log.warning("online check failed: %s", exc)
-            return True
+        return bool(self._local(user_room(user_id))) or await self.presence.online_elsewhere(user_id)
 
-    async def _mark_online(self, user_id: Any, sid: str, online: bool) -> None:
-        if self.redis is None:
-            return
-        try:
-            if online:
-                await self.redis.hset(ONLINE_KEY + str(user_id), sid, self.process_id)
-            else:
-                await self.redis.hdel(ONLINE_KEY + str(user_id), sid)
-        except Exception as exc:
-            log.warning("online marker for %s not updated: %s", user_id, exc)
+    async def socket_alive(self, user_id: Any, sid: str) -> bool:
+        return sid in self.principals or await self.presence.socket_alive(user_id, sid)
 
     # --- connections -------------------------------------------------------------------------------
 
@@ -203,17 +145,6 @@ class Realtime:
         if self.trust_forwarded and environ.get("HTTP_X_FORWARDED_FOR"):
             addr = environ["HTTP_X_FORWARDED_FOR"].split(",")[0].strip()
         return Client(addr=addr, user_agent=environ.get("HTTP_USER_AGENT"))
-
-    async def _authenticate(self, auth: Any) -> Principal:
-        auth = auth if isinstance(auth, dict) else {}
-        device_token, token = auth.get("device_token"), auth.get("token")
-        if isinstance(device_token, str) and device_token:
-            principal, _ = await authenticate_device(device_token)
-            return principal
-        if not isinstance(token, str) or not token:
-            raise ApiError("token_missing", "Connect with auth={'token': <access token>} "
-                           "(or {'device_token': <device credential>})", 401)
-        return await self.auth.authenticate(token)
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         client = self._client(environ)
@@ -239,7 +170,7 @@ class Realtime:
         else:
             await self.sio.enter_room(sid, user_room(principal.user_id))
             await self.sio.enter_room(sid, f"session:{principal.sid}")
-            await self._mark_online(principal.user_id, sid, True)
+            await self.presence.mark(principal.user_id, sid, True)
             for pid in await self.patients_of(principal):
                 await self.sio.enter_room(sid, patient_room(pid))
         for hook in self.connect_hooks:
@@ -265,80 +196,32 @@ class Realtime:
         principal = self.principals.pop(sid, None)
         self.clients.pop(sid, None)
         self.device_ids.pop(sid, None)
-        self.conn_limit.forget(sid)
+        self.router.forget(sid)
         if principal is not None and not principal.is_device:
-            await self._mark_online(principal.user_id, sid, False)
-
-    @staticmethod
-    async def patients_of(principal: Principal) -> list[PydanticObjectId]:
-        """The patients whose live events this principal receives."""
-        if principal.role == "patient":
-            return [principal.user_id]
-        links = Link.find(Link.member_id == principal.user_id, Link.revoked_at == None)  # noqa: E711
-        return [link.patient_id async for link in links]
+            await self.presence.mark(principal.user_id, sid, False)
 
     # --- events ------------------------------------------------------------------------------------
 
     def event(self, name: str, model: type[BaseModel] | None = None,
               roles: frozenset[str] = USER_ROLES) -> Callable[[Handler], Handler]:
-        """Register ``handler(ctx, payload)`` for event ``name``; ``payload`` is validated by ``model``.
-        Only principals with one of ``roles`` may send it (users by default, not devices)."""
+        return self.router.event(name, model, roles)
 
-        def register(handler: Handler) -> Handler:
-            if name in self.events:
-                raise ValueError(f"event {name} registered twice")
-            self.events[name] = (handler, model)
-            self.roles[name] = roles
+    def _route(self, name: str) -> None:
+        async def dispatch(sid: str, *args: Any) -> dict[str, Any]:
+            principal = self.principals.get(sid)
+            if principal is None:
+                return {"ok": False, "error": {"code": "unauthorized", "message": "Not authenticated",
+                                               "details": None}}
+            return await self.router.handle(name, principal, sid, self.clients.get(sid, Client()),
+                                            args[0] if args else None)
 
-            async def dispatch(sid: str, *args: Any) -> dict[str, Any]:
-                principal = self.principals.get(sid)
-                if principal is None:
-                    return {"ok": False, **error_body("unauthorized", "Not authenticated")}
-                wait = self.conn_limit.take(sid)
-                if wait:
-                    return _rate_limited(wait)
-                return await self.handle(name, principal, sid, self.clients.get(sid, Client()),
-                                         args[0] if args else None)
-
-            self.sio.on(name, dispatch)
-            return handler
-
-        return register
-
-    async def _unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
-        return _unknown(event)
+        self.sio.on(name, dispatch)
 
     async def handle(self, name: str, principal: Principal, sid: str, client: Client, data: Any) -> dict[str, Any]:
-        """Run event ``name`` for ``principal`` and return its ack. Every transport comes through here
-        (Socket.IO, and the MQTT bridge for devices), so an event behaves the same on each."""
-        if name not in self.events:
-            return _unknown(name)
-        handler, model = self.events[name]
-        roles = self.roles[name]
-        wait = self.user_limit.take(principal.sid if principal.is_device else str(principal.user_id))
-        if wait:
-            return _rate_limited(wait)
-        if principal.role not in roles:
-            return {"ok": False, **error_body("forbidden", f"{name} is not for a {principal.role}")}
-        try:
-            if model is not None:
-                payload = model.model_validate({} if data is None else data)
-            elif data not in (None, {}):
-                raise ApiError("invalid_payload", f"{name} takes no payload", 422)
-            else:
-                payload = None
-            ctx = EventContext(principal, sid, client, self)
-            return {"ok": True, "data": await handler(ctx, payload)}
-        except ValidationError as exc:
-            return {"ok": False, **validation_error(exc).body()}
-        except ApiError as err:
-            return {"ok": False, **err.body()}
-        except ConnectionFailure as exc:
-            log.warning("store unavailable for %s: %s", name, exc)
-            return {"ok": False, **store_unavailable().body()}
-        except Exception:
-            log.exception("event %s failed", name)
-            return {"ok": False, **error_body("internal", "Something went wrong on our side")}
+        return await self.router.handle(name, principal, sid, client, data)
+
+    async def _unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+        return unknown_event(event)
 
     # --- emitting ----------------------------------------------------------------------------------
 
@@ -362,16 +245,16 @@ class Realtime:
     def _local(self, room: str) -> list[str]:
         return [sid for sid, _ in self.sio.manager.get_participants(NAMESPACE, room)]
 
-    async def _apply_sessions_revoked(self, msg: dict[str, Any]) -> None:
+    async def apply_sessions_revoked(self, msg: dict[str, Any]) -> None:
         for session in msg["sids"]:
             for sid in self._local(f"session:{session}"):
                 await self.sio.disconnect(sid)
 
-    async def _apply_device_revoked(self, msg: dict[str, Any]) -> None:
+    async def apply_device_revoked(self, msg: dict[str, Any]) -> None:
         for sid in self._local(device_room(msg["device_id"])):
             await self.sio.disconnect(sid)
 
-    async def _apply_link_changed(self, msg: dict[str, Any]) -> None:
+    async def apply_link_changed(self, msg: dict[str, Any]) -> None:
         room = patient_room(msg["patient_id"])
         for sid in self._local(user_room(msg["member_id"])):
             if msg["active"]:
@@ -379,10 +262,3 @@ class Realtime:
             else:
                 await self.sio.leave_room(sid, room)
 
-
-def _unknown(event: Any) -> dict[str, Any]:
-    return {"ok": False, **error_body("unknown_event", "No such event", {"event": str(event)[:64]})}
-
-
-def _rate_limited(wait: float) -> dict[str, Any]:
-    return {"ok": False, **error_body("rate_limited", "Too many events; slow down", {"retry_after_s": round(wait, 2)})}

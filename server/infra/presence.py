@@ -1,0 +1,86 @@
+"""Which server process holds which user's sockets, across processes.
+
+With Redis: a hash per user (socket id -> process id), trusted only while that process's heartbeat
+key lives, so a killed process's sockets stop counting within ``PROCESS_TTL_S``. Without Redis there
+is one process, and only what it holds counts (the caller checks its own sockets first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from typing import Any
+
+from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+ONLINE_KEY = "healthmate:online:"
+PROCESS_KEY = "healthmate:process:"
+PROCESS_TTL_S = 15
+
+
+class Presence:
+    def __init__(self, redis: Redis | None = None) -> None:
+        self.redis = redis
+        self.process_id = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.redis is not None:
+            self._heartbeat = asyncio.create_task(self._beat(), name="process-heartbeat")
+
+    async def stop(self) -> None:
+        if self._heartbeat is None:
+            return
+        self._heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._heartbeat
+        with contextlib.suppress(Exception):
+            await self.redis.delete(PROCESS_KEY + self.process_id)  # type: ignore[union-attr]
+
+    async def _beat(self) -> None:
+        assert self.redis is not None
+        while True:
+            try:
+                await self.redis.set(PROCESS_KEY + self.process_id, 1, ex=PROCESS_TTL_S)
+            except Exception as exc:
+                log.warning("process heartbeat failed: %s", exc)
+            await asyncio.sleep(PROCESS_TTL_S / 3)
+
+    async def mark(self, user_id: Any, sid: str, online: bool) -> None:
+        if self.redis is None:
+            return
+        try:
+            if online:
+                await self.redis.hset(ONLINE_KEY + str(user_id), sid, self.process_id)
+            else:
+                await self.redis.hdel(ONLINE_KEY + str(user_id), sid)
+        except Exception as exc:
+            log.warning("online marker for %s not updated: %s", user_id, exc)
+
+    async def online_elsewhere(self, user_id: Any) -> bool:
+        """Whether a live process other than this one may hold a socket of the user. Redis down: yes,
+        so that nothing is pushed twice for nothing."""
+        if self.redis is None:
+            return False
+        try:
+            owners = set((await self.redis.hgetall(ONLINE_KEY + str(user_id))).values())
+            return any([await self.alive(p.decode()) for p in owners])
+        except Exception as exc:
+            log.warning("online check failed: %s", exc)
+            return True
+
+    async def socket_alive(self, user_id: Any, sid: str) -> bool:
+        """Whether socket ``sid`` of the user is held by a live process (this one's are checked by the caller)."""
+        if self.redis is None:
+            return False
+        owner = await self.redis.hget(ONLINE_KEY + str(user_id), sid)
+        return owner is not None and await self.alive(owner.decode())
+
+    async def alive(self, process_id: str) -> bool:
+        if process_id == self.process_id:
+            return True
+        return self.redis is not None and bool(await self.redis.exists(PROCESS_KEY + process_id))
