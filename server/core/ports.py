@@ -1,0 +1,39 @@
+"""What one concern asks of another, as Protocols: a concern depends on these, never on another
+concern's module, and ``server/app.py`` hands it the object that does the work (as LiveKit's
+``pkg/*/interfaces.go`` do). Tests can hand it a fake."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal, Protocol
+
+Urgency = Literal["normal", "urgent"]
+
+
+class Component(Protocol):
+    """A long-lived part of the server: started in order at start-up, stopped in reverse at shutdown."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Broadcaster(Protocol):
+    """Emits to connected clients, in whichever process holds their sockets."""
+
+    async def to_patient(self, patient_id: Any, event: str, data: Any) -> None:
+        """To the patient's room: the patient's sockets and those of every linked caregiver and clinician."""
+
+    async def to_user(self, user_id: Any, event: str, data: Any) -> None:
+        """To every connected device of one user."""
+
+    async def to_room(self, room: str, event: str, data: Any, skip_sid: str | None = None) -> None:
+        """To a room or one socket (a socket id is a room too)."""
+
+
+class Notifier(Protocol):
+    """Stored notifications, pushed live to connected users and to the devices of the others."""
+
+    async def notify(self, user_ids: Iterable[Any], kind: str, title: str, body: str = "", *,
+                     patient_id: Any = None, data: dict[str, Any] | None = None,
+                     urgency: Urgency = "normal", live: bool = True) -> list[Any]: ...
