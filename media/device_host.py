@@ -4,7 +4,8 @@ The device sends an SDP offer with a data channel (``stream:rtc-offer`` on its S
 and gets the server's answer. On the channel, each message is a stream opening or a frame, handled
 by the same ``StreamService`` as ``stream:open`` / ``stream:frame`` (so stored, shown live and
 analysed the same way), acting as the device's principal; the reply to each comes back on the
-channel in the shape of a Socket.IO ack. Messages:
+channel in the shape of a Socket.IO ack. Each message runs through the same event pipeline as a
+Socket.IO event (rate limits, role check, validation), as ``stream:open`` or ``stream:frame``. Messages:
 
 - text: JSON ``{"op": "open", kind, sampling_rate, ...}`` or ``{"op": "frame", stream_id, seq, t0, samples: [..]}``
 - binary: a JSON header line (``{"op": "frame", stream_id, seq, t0, dtype}``), ``\\n``, then the raw samples.
@@ -16,13 +17,10 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from devices.frames import Frame, StreamOpen
-from server.core.errors import ApiError, error_body, validation_error
-from server.streaming.ingest import StreamService
-from server.transport.realtime import DEVICE_ROLES, EventContext, Realtime
+from server.core.errors import ApiError
+from server.transport.events import EventContext, EventRouter
 
 if TYPE_CHECKING:  # aiortc loads with the first data-channel device
     from media.datachannel import DataChannelPeer, Message
@@ -55,19 +53,16 @@ def parse(message: Message) -> tuple[str, dict[str, Any]]:
     return body.pop("op"), body
 
 
-class DeviceRtc:
-    def __init__(self, realtime: Realtime, streams: StreamService) -> None:
-        self.rt = realtime
-        self.streams = streams
-        self.peers: dict[str, DataChannelPeer] = {}  # device socket id -> its peer
-        realtime.disconnect_hooks.append(self._close)
+OPS = {"open": "stream:open", "frame": "stream:frame"}
 
-        @realtime.event("stream:rtc-offer", RtcOfferIn, roles=DEVICE_ROLES)
-        async def _offer(ctx: EventContext, body: RtcOfferIn) -> dict[str, Any]:
-            return await self.offer(ctx, body.sdp)
+
+class DeviceRtc:
+    def __init__(self, router: EventRouter) -> None:
+        self.router = router
+        self.peers: dict[str, DataChannelPeer] = {}  # device socket id -> its peer
 
     async def offer(self, ctx: EventContext, sdp: str) -> dict[str, Any]:
-        await self._close(ctx.sid)
+        await self.close(ctx.sid)
         if len(self.peers) >= MAX_PEERS:
             raise ApiError("unavailable", "This server takes no more data-channel devices; use stream:frame", 503)
 
@@ -87,36 +82,23 @@ class DeviceRtc:
         return {"type": "answer", "sdp": answer}
 
     async def handle(self, ctx: EventContext, message: Message) -> dict[str, Any]:
-        """One data-channel message through the stream service; the reply as a Socket.IO ack would be."""
-        op, seq = "?", None
+        """One data-channel message through the event pipeline; the reply as a Socket.IO ack would be."""
         try:
             op, body = parse(message)
-            seq = body.get("seq")
-            if op == "open":
-                data = await self.streams.open(ctx, StreamOpen.model_validate(body))
-            else:
-                data = await self.streams.frame(ctx, Frame.model_validate(body))
-            reply = {"ok": True, "data": data}
-        except ValidationError as exc:
-            reply = {"ok": False, **validation_error(exc).body()}
         except ApiError as err:
-            reply = {"ok": False, **err.body()}
-        except Exception:
-            log.exception("data-channel %s failed", op)
-            reply = {"ok": False, **error_body("internal", "Something went wrong on our side")}
+            return {"op": "?", "ok": False, **err.body()}
+        seq = body.get("seq")
+        reply = await self.router.handle(OPS[op], ctx.principal, ctx.sid, ctx.client, body)
         return {"op": op, **({"seq": seq} if isinstance(seq, int) else {}), **reply}
 
-    async def _close(self, sid: str) -> None:
+    async def close(self, sid: str) -> None:
         peer = self.peers.pop(sid, None)
         if peer is not None:
             await peer.close()
 
-    async def close_all(self, _: web.Application | None = None) -> None:
-        for sid in list(self.peers):
-            await self._close(sid)
+    async def start(self) -> None:
+        pass
 
-    @classmethod
-    def setup(cls, app: web.Application, realtime: Realtime, streams: StreamService) -> DeviceRtc:
-        rtc = cls(realtime, streams)
-        app.on_shutdown.append(rtc.close_all)
-        return rtc
+    async def stop(self) -> None:
+        for sid in list(self.peers):
+            await self.close(sid)

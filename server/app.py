@@ -19,6 +19,7 @@ from devices.mqtt_bridge import MqttBridge, parse_url
 from devices.mqtt_broker import BrokerFiles
 from devices.presence import DevicePresence
 from devices.registry import authenticate_device
+from media import api as media_api
 from media.device_host import DeviceRtc
 from server import demo, health
 from server.alerts import alerts, notifications
@@ -207,7 +208,7 @@ def create_app(settings: Settings) -> web.Application:
 
     realtime = Realtime(settings, EventRouter(settings), Presence(redis), authenticate, patients_of)
     rest = Rest(auth.authenticate, settings.trust_forwarded)
-    mount = Mount(realtime.router, app.router, rest, realtime)  # noqa: F841 (each api.mount(mount, ...) takes it)
+    mount = Mount(realtime.router, app.router, rest, realtime)  # what each concern's api.mount() is given
     bus.on("sessions_revoked", realtime.apply_sessions_revoked)
     bus.on("link_changed", realtime.apply_link_changed)
     bus.on("device_revoked", realtime.apply_device_revoked)
@@ -251,7 +252,10 @@ def create_app(settings: Settings) -> web.Application:
     contacts.setup(app)
     svc.calls = calls.setup(app, svc)
     alerts.setup(app)
-    svc.extras["device_rtc"] = DeviceRtc.setup(app, realtime, streams)
+    rtc = DeviceRtc(realtime.router)
+    media_api.mount(mount, rtc)
+    app.on_shutdown.append(lambda _app: rtc.stop())
+    svc.extras["device_rtc"] = rtc
     health.setup(app)
     uploads.setup(app)
     svc.medications = Medications(svc)

@@ -4,16 +4,19 @@ unknown events; each refusal is the uniform error and the connection keeps servi
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from server.app import create_app
 from server.infra.embedded_store import EmbeddedStore
 from server.infra.ratelimit import TokenBuckets
 from tests.conftest import make_settings
 from tests.helpers import Api, connect_refused
+from tests.streaming import device_socket
 
 
 def test_token_buckets_refill_and_stay_bounded() -> None:
@@ -62,3 +65,40 @@ async def test_unknown_event_gets_the_uniform_error(api: Api) -> None:
     reply = await sock.call("no:such-event", {"x": 1})
     assert reply == {"ok": False, "error": {"code": "unknown_event", "message": "No such event",
                                             "details": {"event": "no:such-event"}}}
+
+
+async def test_data_channel_messages_share_the_device_connection_limits(
+        store: EmbeddedStore, tmp_path: Path, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
+    """A device's WebRTC data channel runs each message through the same event pipeline as its Socket.IO
+    connection: the same per-connection budget (10 here, hardly refilled), so the channel is no way around
+    the limits."""
+    settings = make_settings(store.url, tmp_path, event_rate_per_s=0.01, event_burst=10)
+    server = await aiohttp_server(create_app(settings))
+    async with Api(str(server.make_url("")).rstrip("/"), server.app) as tight:
+        await _flood_the_data_channel(tight)
+
+
+async def _flood_the_data_channel(tight: Api) -> None:
+    patient = await tight.register("patient")
+    status, paired = await tight.request("POST", f"/api/patients/{patient.id}/devices", patient,
+                                         json={"kind": "ecg", "serial": "E-LIM", "model": "Patch"})
+    assert status == 201
+    device = await device_socket(tight, paired["credential"])
+    pc = RTCPeerConnection()
+    channel = pc.createDataChannel("frames")
+    replies: asyncio.Queue[dict] = asyncio.Queue()
+    opened = asyncio.Event()
+    channel.on("open", opened.set)
+    channel.on("message", lambda m: replies.put_nowait(json.loads(m)))
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await device.ok("stream:rtc-offer", {"sdp": pc.localDescription.sdp})  # 1 of the 10
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await asyncio.wait_for(opened.wait(), 10)
+        for _ in range(12):
+            channel.send(json.dumps({"op": "open", "kind": "ecg", "sampling_rate": 250}))
+        got = [await asyncio.wait_for(replies.get(), 5) for _ in range(12)]
+        assert sum(r["ok"] for r in got) == 9
+        assert {r["error"]["code"] for r in got if not r["ok"]} == {"rate_limited"}
+    finally:
+        await pc.close()
