@@ -31,7 +31,7 @@ def test_token_buckets_refill_and_stay_bounded() -> None:
 
 @pytest.fixture
 async def tight(store: EmbeddedStore, tmp_path: Path, aiohttp_server) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
-    settings = make_settings(store.url, tmp_path, event_rate_per_s=5, event_burst=10, user_event_rate_per_s=8,
+    settings = make_settings(store.url, tmp_path, event_rate_per_s=1, event_burst=10, user_event_rate_per_s=1,
                              user_event_burst=15, connect_rate_per_s=1, connect_burst=6)
     server = await aiohttp_server(create_app(settings))
     async with Api(str(server.make_url("")).rstrip("/"), server.app) as client:
