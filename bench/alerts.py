@@ -170,13 +170,14 @@ async def seed(store_url: str, db: str) -> tuple[str, str, list[str], list[str]]
     """One crisis patient with RECIPIENTS caregivers, and PATIENTS more patients; returns access tokens."""
     from beanie import PydanticObjectId
 
+    from server.app import DOCUMENTS
     from server.care.documents import AuthSession, Link, User
     from server.care.security import TokenService, hash_password
     from server.core.documents import utcnow
     from server.infra.store import init_documents, make_client
 
     client = make_client(store_url)
-    await init_documents(client, db)
+    await init_documents(client, db, DOCUMENTS)
     tokens = TokenService(SECRET, "healthmate", 3600, 7200)
     password = await hash_password("bench-passphrase-123")
     users = [User(id=PydanticObjectId(), email="p0@bench.example", password_hash=password, name="Ana",

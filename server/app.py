@@ -11,26 +11,28 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from beanie import Document
 from redis.asyncio import Redis
 
 from devices import registry as device_registry
-from devices.box_service import MedicineBox
+from devices.box_service import BoxEvent, MedicineBox, MedicineBoxState
 from devices.mqtt_bridge import MqttBridge, parse_url
 from devices.mqtt_broker import BrokerFiles
 from devices.presence import DevicePresence
-from devices.registry import authenticate_device
+from devices.registry import Device, authenticate_device
 from media import api as media_api
 from media.device_host import DeviceRtc
 from server import demo, health
 from server.alerts import alerts, notifications
-from server.alerts.alerts import Alerts
-from server.alerts.notifications import Notifications
-from server.alerts.push import PushDispatcher
+from server.alerts.alerts import Alert, AlertDelivery, Alerts
+from server.alerts.notifications import Notification, Notifications
+from server.alerts.push import PushDispatcher, PushToken
 from server.alerts.push_providers import providers_from
 from server.care import accounts, audit, contacts, linking, patients, uploads
+from server.care import documents as care_documents
 from server.care.access import patients_of
 from server.care.auth import AuthService
-from server.care.contacts import Contacts
+from server.care.contacts import Contacts, MedicalContact
 from server.care.security import TokenService
 from server.core.config import ConfigError, Settings
 from server.core.errors import ApiError
@@ -44,12 +46,12 @@ from server.infra.ratelimit import FailureCounter
 from server.infra.store import init_documents, make_client
 from server.meds import medications
 from server.meds import scheduler as scheduler_module
-from server.meds.medications import Medications
-from server.meds.scheduler import Scheduler
+from server.meds.medications import Medication, MedicationChange, Medications
+from server.meds.scheduler import DoseEvent, Scheduler
 from server.overview import setup as setup_overview
 from server.services import Services
 from server.streaming import history as waveform_store
-from server.streaming.history import HistoryWriter, apply_retention
+from server.streaming.history import AnalysisChunk, HistoryWriter, Stream, WaveBucket, apply_retention
 from server.streaming.ingest import StreamService
 from server.streaming.live import LiveHub
 from server.transport.events import EventRouter
@@ -58,14 +60,20 @@ from server.transport.mount import Mount
 from server.transport.realtime import Realtime
 from server.vitals import blood_pressure
 from server.vitals import events as vitals_module
-from server.vitals.blood_pressure import BloodPressure
-from server.vitals.events import Vitals
+from server.vitals.blood_pressure import BloodPressure, BPReading
+from server.vitals.events import PatientThresholds, VitalEvent, Vitals
 from server.vitals.forecast import BPForecasts
-from server.vitals.model_registry import ModelRegistry
+from server.vitals.model_registry import ModelRegistry, ModelVersion, Prediction
 from server.vitals.triage import Triage
 from signaling import calls
+from signaling.calls import CallLine, CallSession
 
 log = logging.getLogger(__name__)
+# What the store holds: every concern's documents.
+DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
+                                   PatientThresholds, Notification, BPReading, MedicalContact, CallSession,
+                                   CallLine, Alert, AlertDelivery, PushToken, ModelVersion, Prediction, Medication,
+                                   MedicationChange, DoseEvent, MedicineBoxState, BoxEvent]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 RETENTION_FIRST_S = 60
 
@@ -81,7 +89,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     svc.mongo = make_client(url, serverSelectionTimeoutMS=settings.store_timeout_ms)
     background: list[asyncio.Task[None]] = []
     try:
-        await init_documents(svc.mongo, settings.mongodb_db)
+        await init_documents(svc.mongo, settings.mongodb_db, DOCUMENTS)
         applied = await run_migrations(svc.mongo[settings.mongodb_db])
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))

@@ -46,6 +46,7 @@ def serve(args: argparse.Namespace) -> None:
 async def connected(settings: Settings) -> AsyncIterator[Any]:
     """The store (MongoDB, or the embedded store started for the command) with Beanie initialised;
     yields the PyMongo client."""
+    from server.app import DOCUMENTS
     from server.infra.embedded_store import EmbeddedStore
     from server.infra.store import init_documents, make_client
 
@@ -56,7 +57,7 @@ async def connected(settings: Settings) -> AsyncIterator[Any]:
         url = await store.start()
     client = make_client(url)
     try:
-        await init_documents(client, settings.mongodb_db)
+        await init_documents(client, settings.mongodb_db, DOCUMENTS)
         yield client
     finally:
         await client.close()

@@ -14,10 +14,9 @@ import pytest
 from aiohttp import ClientSession
 from pymongo import monitoring
 
-from server.app import create_app
-from server.care.documents import MigrationRecord
+from server.app import DOCUMENTS, create_app
 from server.infra.embedded_store import EmbeddedStore
-from server.infra.migrations import MIGRATIONS, run_migrations
+from server.infra.migrations import MIGRATIONS, MigrationRecord, run_migrations
 from server.infra.store import init_documents, make_client
 from server.transport.http import SERVICES
 from tests.conftest import make_settings
@@ -111,7 +110,7 @@ async def test_migrations_run_once_in_order(store: EmbeddedStore) -> None:
     db_name = "hm_migrations_test"
     await client[db_name].users.insert_one({"email": "Old.User@Example.ORG", "name": "Old", "role": "patient",
                                             "password_hash": "x"})
-    await init_documents(client, db_name)
+    await init_documents(client, db_name, DOCUMENTS)
     applied = await run_migrations(client[db_name])
     assert applied == [name for name, _ in MIGRATIONS]
     old = await client[db_name].users.find_one({"name": "Old"})

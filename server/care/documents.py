@@ -130,15 +130,4 @@ class AuditEntry(VersionedDocument):
         ]
 
 
-class MigrationRecord(Document):
-    """One applied migration; ``id`` is its name."""
-
-    id: str  # type: ignore[assignment]
-    applied_at: datetime = Field(default_factory=utcnow)
-    duration_ms: float = 0.0
-
-    class Settings:
-        name = "migrations"
-
-
-CORE_DOCUMENTS: list[type[Document]] = [User, AuthSession, Link, LinkCode, AuditEntry, MigrationRecord]
+DOCUMENTS: list[type[Document]] = [User, AuthSession, Link, LinkCode, AuditEntry]

@@ -13,15 +13,28 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from beanie import Document
+from pydantic import Field
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from server.care.documents import MigrationRecord
 from server.core.documents import utcnow
 
 log = logging.getLogger(__name__)
+
+
+class MigrationRecord(Document):
+    """One applied migration; ``id`` is its name."""
+
+    id: str  # type: ignore[assignment]
+    applied_at: datetime = Field(default_factory=utcnow)
+    duration_ms: float = 0.0
+
+    class Settings:
+        name = "migrations"
+
 
 Migration = Callable[[AsyncDatabase], Awaitable[None]]
 

@@ -5,25 +5,7 @@ from __future__ import annotations
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
-from devices.box_service import BoxEvent, MedicineBoxState
-from devices.registry import Device
-from server.alerts.alerts import Alert, AlertDelivery
-from server.alerts.notifications import Notification
-from server.alerts.push import PushToken
-from server.care.contacts import MedicalContact
-from server.care.documents import CORE_DOCUMENTS
-from server.meds.medications import Medication, MedicationChange
-from server.meds.scheduler import DoseEvent
-from server.streaming.history import AnalysisChunk, Stream, WaveBucket
-from server.vitals.blood_pressure import BPReading
-from server.vitals.events import PatientThresholds, VitalEvent
-from server.vitals.model_registry import ModelVersion, Prediction
-from signaling.calls import CallLine, CallSession
-
-DOCUMENTS: list[type[Document]] = [*CORE_DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, Notification, BPReading, MedicalContact, CallSession,
-                                   CallLine, Alert, AlertDelivery, PushToken, ModelVersion, Prediction, Medication,
-                                   MedicationChange, DoseEvent, MedicineBoxState, BoxEvent]
+from server.infra.migrations import MigrationRecord
 
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:
@@ -39,5 +21,6 @@ def make_client(url: str, **kwargs: object) -> AsyncMongoClient:
     return AsyncMongoClient(url, **opts)
 
 
-async def init_documents(client: AsyncMongoClient, db_name: str) -> None:
-    await init_beanie(database=client[db_name], document_models=DOCUMENTS)
+async def init_documents(client: AsyncMongoClient, db_name: str, documents: list[type[Document]]) -> None:
+    """Beanie on ``documents`` (each concern's ``DOCUMENTS``, gathered by ``server.app``), indexes created."""
+    await init_beanie(database=client[db_name], document_models=[*documents, MigrationRecord])
