@@ -37,6 +37,17 @@ class Client:
     addr: str | None = None
     user_agent: str | None = None
 
+    @classmethod
+    def of(cls, remote: str | None, forwarded_for: str | None, user_agent: str | None,
+           trust_forwarded: bool) -> Client:
+        """The transport's peer address; behind a trusted proxy (``trust_forwarded``) the address that proxy
+        appended to ``X-Forwarded-For``, i.e. its last entry: the entries before it are whatever the client
+        sent, so trusting the first would let anyone pick the address audited and rate-limited."""
+        addr = remote
+        if trust_forwarded and forwarded_for:
+            addr = forwarded_for.rsplit(",", 1)[-1].strip() or remote
+        return cls(addr=addr, user_agent=user_agent)
+
 
 def as_object_id(value: Any, what: str = "id") -> PydanticObjectId:
     try:

@@ -82,11 +82,8 @@ class Rest:
         self.trust_forwarded = trust_forwarded
 
     def client(self, request: web.Request) -> Client:
-        addr = request.remote
-        if self.trust_forwarded:
-            forwarded = request.headers.get("X-Forwarded-For", "")
-            addr = forwarded.split(",")[0].strip() or addr
-        return Client(addr=addr, user_agent=request.headers.get("User-Agent"))
+        return Client.of(request.remote, request.headers.get("X-Forwarded-For"), request.headers.get("User-Agent"),
+                         self.trust_forwarded)
 
     async def principal(self, request: web.Request) -> Principal:
         cached = request.get(PRINCIPAL)

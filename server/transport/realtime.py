@@ -141,10 +141,9 @@ class Realtime:
 
     def _client(self, environ: dict[str, Any]) -> Client:
         request = environ.get("aiohttp.request")
-        addr = request.remote if request is not None else environ.get("REMOTE_ADDR")
-        if self.trust_forwarded and environ.get("HTTP_X_FORWARDED_FOR"):
-            addr = environ["HTTP_X_FORWARDED_FOR"].split(",")[0].strip()
-        return Client(addr=addr, user_agent=environ.get("HTTP_USER_AGENT"))
+        remote = request.remote if request is not None else environ.get("REMOTE_ADDR")
+        return Client.of(remote, environ.get("HTTP_X_FORWARDED_FOR"), environ.get("HTTP_USER_AGENT"),
+                         self.trust_forwarded)
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         client = self._client(environ)
