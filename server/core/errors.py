@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import ValidationError
+from pymongo.errors import ConnectionFailure
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -53,3 +57,18 @@ def forbidden(message: str = "You may not access this patient's data") -> ApiErr
 
 def unauthorized(message: str = "Authentication required", code: str = "unauthorized") -> ApiError:
     return ApiError(code, message, 401)
+
+
+def as_api_error(exc: Exception, where: str) -> ApiError:
+    """What the client is told about any exception a handler raised (REST, Socket.IO and every other
+    transport): its own refusal, invalid input, an unavailable store, or, logged with its traceback,
+    ``internal`` without details."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return validation_error(exc)
+    if isinstance(exc, ConnectionFailure):
+        log.warning("store unavailable for %s: %s", where, exc)
+        return store_unavailable()
+    log.error("%s failed", where, exc_info=exc)
+    return ApiError("internal", "Something went wrong on our side", 500)

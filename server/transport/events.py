@@ -10,11 +10,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-from pymongo.errors import ConnectionFailure
+from pydantic import BaseModel
 
 from server.core.config import Settings
-from server.core.errors import ApiError, error_body, store_unavailable, validation_error
+from server.core.errors import ApiError, as_api_error, error_body
 from server.core.identity import Client, Principal
 from server.infra.ratelimit import TokenBuckets
 
@@ -84,16 +83,8 @@ class EventRouter:
             else:
                 payload = None
             return {"ok": True, "data": await event.handler(EventContext(principal, sid, client), payload)}
-        except ValidationError as exc:
-            return {"ok": False, **validation_error(exc).body()}
-        except ApiError as err:
-            return {"ok": False, **err.body()}
-        except ConnectionFailure as exc:
-            log.warning("store unavailable for %s: %s", name, exc)
-            return {"ok": False, **store_unavailable().body()}
-        except Exception:
-            log.exception("event %s failed", name)
-            return {"ok": False, **error_body("internal", "Something went wrong on our side")}
+        except Exception as exc:
+            return {"ok": False, **as_api_error(exc, f"event {name}").body()}
 
     def forget(self, sid: str) -> None:
         """A connection ended: its rate-limit bucket goes."""

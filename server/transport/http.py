@@ -13,9 +13,8 @@ from beanie import Document, PydanticObjectId
 from bson.errors import InvalidId
 from gridfs.asynchronous.grid_file import AsyncGridOut
 from pydantic import BaseModel, ValidationError
-from pymongo.errors import ConnectionFailure
 
-from server.core.errors import ApiError, error_body, store_unavailable, validation_error
+from server.core.errors import ApiError, as_api_error, error_body, validation_error
 from server.core.identity import Client, Principal
 from server.services import Services
 
@@ -42,20 +41,14 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 async def error_middleware(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as err:
-        return error_response(err)
-    except ConnectionFailure as exc:
-        log.warning("store unavailable on %s %s: %s", request.method, request.path, exc)
-        return error_response(store_unavailable())
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
         return web.json_response(error_body(code, exc.reason), status=exc.status,
                                  headers={k: v for k, v in exc.headers.items() if k.lower() in {"allow"}})
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return web.json_response(error_body("internal", "Something went wrong on our side"), status=500)
+    except Exception as exc:
+        return error_response(as_api_error(exc, f"{request.method} {request.path}"))
 
 
 async def read_json(request: web.Request, model: type[M]) -> M:

@@ -18,10 +18,9 @@ import socketio
 from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import BaseModel
-from pymongo.errors import ConnectionFailure
 
 from server.core.config import Settings
-from server.core.errors import ApiError, store_unavailable
+from server.core.errors import ApiError, as_api_error
 from server.core.identity import Client, Principal
 from server.infra import fastjson
 from server.infra.presence import Presence
@@ -155,10 +154,8 @@ class Realtime:
         try:
             principal = await self._authenticate(auth)
             device_id = self._device_id(sid, auth)
-        except ApiError as err:
-            raise socketio.exceptions.ConnectionRefusedError(err.message, err.body()) from None
-        except ConnectionFailure:
-            err = store_unavailable()
+        except Exception as exc:
+            err = as_api_error(exc, "connect")
             raise socketio.exceptions.ConnectionRefusedError(err.message, err.body()) from None
         self.principals[sid] = principal
         self.device_ids[sid] = device_id
