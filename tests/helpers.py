@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -229,3 +230,20 @@ async def server_processes(*envs: dict[str, str]) -> AsyncIterator[tuple[ServerP
         yield tuple(procs)
     finally:
         await asyncio.gather(*(p.stop() for p in procs))
+
+
+async def raw_socket(api: Api, auth: dict[str, str]) -> aiohttp.ClientWebSocketResponse:
+    """A websocket speaking the Socket.IO protocol by hand (to send what no library client would)."""
+    ws = await api.http.ws_connect(api.base_url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket")
+    assert (await ws.receive_str(timeout=5)).startswith("0{")
+    await ws.send_str("40" + json.dumps(auth))
+    assert (await ws.receive_str(timeout=5)).startswith("40{")
+    return ws
+
+
+async def raw_call(ws: aiohttp.ClientWebSocketResponse, ack: int, event_and_payload: str) -> dict[str, Any]:
+    await ws.send_str(f"42{ack}[{event_and_payload}]")
+    while True:
+        message = await ws.receive_str(timeout=5)
+        if message.startswith(f"43{ack}"):
+            return json.loads(message[2 + len(str(ack)):])[0]

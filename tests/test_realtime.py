@@ -4,15 +4,13 @@ acks are ``{"ok": true, "data"}`` or the uniform error; several devices per user
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
 import aiohttp
 import jwt
 import pytest
 
 from tests.conftest import TEST_SECRET
-from tests.helpers import Api, connect_refused
+from tests.helpers import Api, connect_refused, raw_call, raw_socket
 from tests.streaming import device_socket, open_stream, pair
 
 
@@ -114,23 +112,6 @@ async def test_websocket_declines_per_message_deflate(api: Api) -> None:
         assert ws.compress == 0
         opened = await ws.receive_str(timeout=5)
         assert opened.startswith("0{") and '"sid"' in opened
-
-
-async def raw_socket(api: Api, auth: dict[str, str]) -> aiohttp.ClientWebSocketResponse:
-    """A websocket speaking the Socket.IO protocol by hand (to send what no library client would)."""
-    ws = await api.http.ws_connect(api.base_url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket")
-    assert (await ws.receive_str(timeout=5)).startswith("0{")
-    await ws.send_str("40" + json.dumps(auth))
-    assert (await ws.receive_str(timeout=5)).startswith("40{")
-    return ws
-
-
-async def raw_call(ws: aiohttp.ClientWebSocketResponse, ack: int, event_and_payload: str) -> dict[str, Any]:
-    await ws.send_str(f"42{ack}[{event_and_payload}]")
-    while True:
-        message = await ws.receive_str(timeout=5)
-        if message.startswith(f"43{ack}"):
-            return json.loads(message[2 + len(str(ack)):])[0]
 
 
 async def test_nan_and_infinity_as_python_clients_write_them_get_a_clear_refusal(api: Api) -> None:

@@ -44,6 +44,7 @@ def device_room(device_id: Any) -> str:
 ConnectHook = Callable[[str, Principal], Awaitable[None]]
 Authenticate = Callable[[Any], Awaitable[Principal]]  # the handshake's auth dict -> who connects
 PatientsOf = Callable[[Principal], Awaitable[list[Any]]]  # the patients whose rooms a user joins
+RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error"})
 CLIENT_DEVICE_ID = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
 __all__ = ["DEVICE_ROLES", "USER_ROLES", "EventContext", "Handler", "Realtime"]
 
@@ -65,6 +66,17 @@ class _Server(socketio.AsyncServer):
         except ValueError as exc:
             log.warning("closing %s: not a Socket.IO packet (%s)", eio_sid, str(exc)[:120])
             await self.eio.disconnect(eio_sid)
+
+    async def _handle_event_internal(self, server: Any, sid: str, eio_sid: str, data: list[Any], namespace: str,
+                                     id: int | None) -> None:
+        """A client packet naming a reserved event (``connect``, ``disconnect``) would run the server's own
+        connection handlers with the client's payload as their arguments: it is an unknown event."""
+        if data and data[0] in RESERVED_EVENTS:
+            if id is not None:
+                await self._send_packet(eio_sid, self.packet_class(
+                    socketio.packet.ACK, namespace=namespace, id=id, data=[unknown_event(data[0])]))
+            return
+        await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
 
     async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,  # type: ignore[override]
                    **kwargs: Any) -> None:
