@@ -1,8 +1,9 @@
 """Settings from the environment (prefix ``HEALTHMATE_``).
 
 No secret has a usable default in production: ``HEALTHMATE_ENV=production`` without
-``HEALTHMATE_JWT_SECRET`` stops start-up. In development a random secret is generated
-once and kept in the data dir, so tokens survive restarts of ``make run``.
+``HEALTHMATE_JWT_SECRET`` (or, with a webhook configured, ``HEALTHMATE_WEBHOOK_SECRET``) stops start-up.
+In development random secrets are generated once and kept in the data dir (0600), so tokens survive
+restarts of ``make run``.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Settings(BaseSettings):
     alert_sweep_s: float = Field(1.0, ge=0.1, le=60)  # how often each process resumes pending emits/escalations
     alert_emit_lease_s: float = Field(5.0, ge=0.5, le=300)  # after this, another process emits a stalled alert
     emergency_webhook_url: str | None = None  # the emergency contacts' notification channel (e.g. an SMS gateway)
-    webhook_secret: SecretStr | None = None  # HMAC key for signed webhooks (defaults to the JWT secret)
+    webhook_secret: SecretStr | None = None  # HMAC key for signed webhooks: never the JWT secret
     # Push delivery to users with no connected device (each provider is on when its settings are given).
     push_queue_size: int = Field(10_000, ge=10)  # pending sends; beyond it new ones are dropped (logged)
     push_workers: int = Field(4, ge=1, le=64)
@@ -99,37 +100,67 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     def resolve_secrets(self) -> Settings:
-        """Fill the JWT secret: required in production, generated once and persisted in development."""
+        """Fill the JWT and webhook secrets, one key per purpose (RFC 8725): required in production
+        (the webhook secret as soon as a webhook is configured), generated once and kept in the data dir
+        in development, where a kept file must be the owner's alone (0600) and long enough."""
         if self.env == "production" and self.fault_injection:
             raise ConfigError("HEALTHMATE_FAULT_INJECTION is for tests; unset it in production")
-        if self.jwt_secret is not None and self.jwt_secret.get_secret_value():
-            if len(self.jwt_secret.get_secret_value()) < 32:
-                raise ConfigError("HEALTHMATE_JWT_SECRET must be at least 32 characters")
-            return self
+        jwt = _given("HEALTHMATE_JWT_SECRET", self.jwt_secret)
+        hook = _given("HEALTHMATE_WEBHOOK_SECRET", self.webhook_secret)
+        if jwt is not None and hook == jwt:
+            raise ConfigError("HEALTHMATE_WEBHOOK_SECRET must differ from HEALTHMATE_JWT_SECRET (one key per purpose)")
         if self.env == "production":
-            raise ConfigError(
-                "HEALTHMATE_JWT_SECRET is not set; production refuses to start without it "
-                '(generate one: python -c "import secrets; print(secrets.token_urlsafe(48))")'
-            )
-        path = self.data_dir / "jwt_secret"
-        if path.exists():
-            secret = path.read_text().strip()
-        else:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            secret = secrets.token_urlsafe(48)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secret)
-        return self.model_copy(update={"jwt_secret": SecretStr(secret)})
+            if jwt is None:
+                raise ConfigError(
+                    "HEALTHMATE_JWT_SECRET is not set; production refuses to start without it "
+                    '(generate one: python -c "import secrets; print(secrets.token_urlsafe(48))")')
+            if hook is None and (self.emergency_webhook_url or self.push_webhook_url):
+                raise ConfigError("HEALTHMATE_WEBHOOK_SECRET is not set; production refuses to call a webhook "
+                                  "without its own signing key (not the JWT secret)")
+        return self.model_copy(update={
+            "jwt_secret": SecretStr(jwt or _kept_secret(self.data_dir / "jwt_secret")),
+            "webhook_secret": SecretStr(hook or _kept_secret(self.data_dir / "webhook_secret"))
+            if hook or self.env != "production" else None})
 
     @property
     def signing_secret(self) -> str:
-        return self.webhook_secret.get_secret_value() if self.webhook_secret else self.secret
+        assert self.webhook_secret is not None, "a webhook needs HEALTHMATE_WEBHOOK_SECRET"
+        return self.webhook_secret.get_secret_value()
 
     @property
     def secret(self) -> str:
         assert self.jwt_secret is not None, "resolve_secrets() first"
         return self.jwt_secret.get_secret_value()
+
+
+MIN_SECRET = 32
+
+
+def _given(name: str, value: SecretStr | None) -> str | None:
+    if value is None or not value.get_secret_value():
+        return None
+    if len(value.get_secret_value()) < MIN_SECRET:
+        raise ConfigError(f"{name} must be at least {MIN_SECRET} characters")
+    return value.get_secret_value()
+
+
+def _kept_secret(path: Path) -> str:
+    """The development secret in ``path``, made (0600) on first use. A file others may read or write, or
+    one too short, is refused rather than used: anyone who can read it can mint tokens or sign webhooks."""
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise ConfigError(f"{path} is readable or writable by others (mode {mode:o}); chmod 600 it")
+        secret = path.read_text().strip()
+        if len(secret) < MIN_SECRET:
+            raise ConfigError(f"{path} holds a secret under {MIN_SECRET} characters; delete it to make a new one")
+        return secret
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
+    return secret
 
 
 def load_settings(**overrides: object) -> Settings:
