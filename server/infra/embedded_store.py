@@ -5,6 +5,11 @@ SecantusDB is GPL-2.0-only, so it stays behind a process boundary: we start
 as for real MongoDB; nothing here imports it. Its Python work also stays off our GIL.
 A crash is logged at ERROR and the process restarted with backoff; ``healthy`` says
 whether it is up, for ``/readyz``.
+
+It runs with ``--auth``: on first start a user with a random password is created (the store is started
+once without auth on loopback for that, as SecantusDB asks) and the credential kept in
+``<data dir>/store_credential`` (0600), so another local user or process cannot read or change the
+data by connecting to the port. The data dir is the owner's alone (0700).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -45,10 +52,23 @@ def store_executable() -> str:
     return found
 
 
+USER = "healthmate"
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` made (or narrowed to) 0700: the server's data is its owner's alone."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
 class EmbeddedStore:
     def __init__(self, data_dir: Path, port: int | None = None, cache_size: str = "256M") -> None:
+        self.data_dir = data_dir.resolve()
         self.path = (data_dir / "db").resolve()
         self.log_path = (data_dir / "store.log").resolve()
+        self.credential_path = (data_dir / "store_credential").resolve()
+        self.password: str | None = None
         self.port = port or free_port()
         self.cache_size = cache_size
         self.proc: asyncio.subprocess.Process | None = None
@@ -63,7 +83,8 @@ class EmbeddedStore:
         on each new write, so after 10,000 writes its insert rate falls from ~2,000/s to ~150/s. A single
         local node has no failover for a retry to ride out; a write cut off by a store restart fails
         with ``store_unavailable`` instead of being retried."""
-        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true&retryWrites=false"
+        login = f"{USER}:{self.password}@" if self.password else ""
+        return f"mongodb://{login}127.0.0.1:{self.port}/?directConnection=true&retryWrites=false&authSource=admin"
 
     @property
     def healthy(self) -> bool:
@@ -71,19 +92,42 @@ class EmbeddedStore:
 
     async def start(self, wait_s: float = 30.0) -> str:
         self._stopping = False
-        self.path.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
+        private_dir(self.path)
+        if self.credential_path.exists():
+            self.password = self.credential_path.read_text().strip()
+        else:
+            await self._provision(wait_s)
         await self._spawn(wait_s)
         self._supervisor = asyncio.create_task(self._supervise(), name="embedded-store-supervisor")
-        log.info("embedded store (SecantusDB) on %s, data in %s, log in %s", self.url, self.path, self.log_path)
+        log.info("embedded store (SecantusDB) on 127.0.0.1:%d, data in %s, log in %s", self.port, self.path, self.log_path)
         return self.url
 
-    async def _spawn(self, wait_s: float) -> None:
+    async def _provision(self, wait_s: float) -> None:
+        """First start: create the store's user with a new random password, then keep it (0600)."""
+        password = secrets.token_urlsafe(32)
+        await self._spawn(wait_s, auth=False)
+        client: AsyncMongoClient = AsyncMongoClient(self.url, serverSelectionTimeoutMS=5000)
+        try:
+            with contextlib.suppress(Exception):  # a data dir whose credential file was lost: replace the user
+                await client.admin.command("dropUser", USER)
+            await client.admin.command("createUser", USER, pwd=password, roles=["root"])
+        finally:
+            await client.close()
+            await self._terminate()
+        fd = os.open(self.credential_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password)
+        self.password = password
+
+    async def _spawn(self, wait_s: float, auth: bool = True) -> None:
         cmd = [
             store_executable(), "--host", "127.0.0.1", "--port", str(self.port),
             "--storage-path", str(self.path), "--sync-on-commit", "--cache-size", self.cache_size,
-            "--log-level", "WARNING",
+            "--log-level", "WARNING", *(["--auth"] if auth else []),
         ]
-        with open(self.log_path, "ab") as logf:  # noqa: ASYNC230 (a local append-only log, opened once)
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as logf:
             self.proc = await asyncio.create_subprocess_exec(
                 *cmd, stdout=logf, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C on `make run` reaches us; we stop the store in order
@@ -131,7 +175,7 @@ class EmbeddedStore:
             await asyncio.sleep(backoff)
             try:
                 await self._spawn(wait_s=30)
-                log.warning("embedded store restarted on %s", self.url)
+                log.warning("embedded store restarted on 127.0.0.1:%d", self.port)
                 backoff = 0.5
             except Exception as exc:
                 log.error("embedded store restart failed: %s", exc)
@@ -143,6 +187,9 @@ class EmbeddedStore:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
+        await self._terminate()
+
+    async def _terminate(self) -> None:
         if self.proc and self.proc.returncode is None:
             self.proc.terminate()
             try:
