@@ -274,7 +274,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml")])
     setup_overview(app)
-    setup_dashboard(app)
+    setup_dashboard(app, settings.trust_forwarded)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_stop_demo)
     return app

@@ -19,7 +19,7 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout
 from server.app import create_app
 from server.care.security import TokenService
 from server.transport.http import SERVICES
-from tests.browser import chromium, sign_in, streaming_ward
+from tests.browser import HARNESS_EVAL, chromium, sign_in, streaming_ward
 from tests.call_peers import CallPeer
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers import Api
@@ -83,7 +83,7 @@ async def test_clinician_watches_live_waveforms(api: Api) -> None:
         await add_bp(api, ward.patient, sys_, dia, minutes_ago=(5 - i) * 240)
     try:
         async with chromium() as browser:
-            page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = await browser.new_page(viewport={"width": 1400, "height": 1000}, bypass_csp=HARNESS_EVAL)
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             await sign_in(page, api.base_url, ward.clinician)
@@ -158,7 +158,7 @@ async def test_expired_token_refreshed_and_socket_reconnects_without_reload(api:
         "access", ward.clinician.id, "000000000000000000000000", role="clinician")
     try:
         async with chromium() as browser:
-            page = await browser.new_page()
+            page = await browser.new_page(bypass_csp=HARNESS_EVAL)
             await sign_in(page, api.base_url, ward.clinician)
             await page.click(f'.patient-row[data-id="{ward.patient.id}"]')
             await page.wait_for_function("window.__dashboard.frames >= 2", timeout=20_000)
@@ -245,7 +245,7 @@ CALL_FLAGS = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-str
 
 async def patient_page(browser, api: Api, clinician, patient):  # type: ignore[no-untyped-def]
     """The dashboard signed in as ``clinician``, showing ``patient``, connected live."""
-    page = await browser.new_page()
+    page = await browser.new_page(bypass_csp=HARNESS_EVAL)
     await sign_in(page, api.base_url, clinician)
     await page.click(f'.patient-row[data-id="{patient.id}"]')
     await page.wait_for_selector("#conn[data-state=connected]")
@@ -375,7 +375,7 @@ STRIP_WITH_A_GAP = """async () => {
 
 async def test_strip_draws_a_gap_as_a_gap_in_a_fixed_buffer(api: Api) -> None:
     async with chromium() as browser:
-        page = await browser.new_page()
+        page = await browser.new_page(bypass_csp=HARNESS_EVAL)
         await page.goto(api.base_url + "/")
         result = await page.evaluate(STRIP_WITH_A_GAP)
     columns = result["columns"]
@@ -397,7 +397,7 @@ async def test_tokens_refreshed_before_they_expire(store, tmp_path, aiohttp_serv
         clinician = await api.register("clinician")
         await api.link(patient, clinician)
         async with chromium() as browser:
-            page = await browser.new_page()
+            page = await browser.new_page(bypass_csp=HARNESS_EVAL)
             await sign_in(page, api.base_url, clinician)
             first, first_refresh = await page.evaluate(
                 "[window.__dashboard.session.state.access_token, window.__dashboard.session.state.refresh_token]")

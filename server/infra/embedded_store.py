@@ -100,7 +100,8 @@ class EmbeddedStore:
             await self._provision(wait_s)
         await self._spawn(wait_s)
         self._supervisor = asyncio.create_task(self._supervise(), name="embedded-store-supervisor")
-        log.info("embedded store (SecantusDB) on 127.0.0.1:%d, data in %s, log in %s", self.port, self.path, self.log_path)
+        log.info("embedded store (SecantusDB) on 127.0.0.1:%d, data in %s, log in %s", self.port, self.path,
+                 self.log_path)
         return self.url
 
     async def _provision(self, wait_s: float) -> None:
