@@ -66,7 +66,7 @@ from server.vitals.forecast import BPForecasts
 from server.vitals.model_registry import ModelRegistry, ModelVersion, Prediction
 from server.vitals.triage import Triage
 from signaling import calls
-from signaling.calls import CallLine, CallSession
+from signaling.documents import CallLine, CallSession
 
 log = logging.getLogger(__name__)
 # What the store holds: every concern's documents.

@@ -27,15 +27,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiohttp import web
 from beanie import PydanticObjectId
 from gridfs import AsyncGridFSBucket, NoFile
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from server.care import audit
 from server.care.access import require_patient
 from server.care.documents import Link, User
 from server.care.patients import PatientRef
-from server.core.documents import VersionedDocument, aware, iso, utcnow
+from server.core.documents import aware, utcnow
 from server.core.errors import ApiError, forbidden, not_found
 from server.core.identity import Principal, as_object_id
 from server.transport.http import cursor_page, page_params, require_principal, send_grid_file, services
@@ -52,15 +51,16 @@ from signaling.call_state import (
     resolve_invite,
     resolve_offer,
 )
+from signaling.documents import CallLine, CallSession, call_json
+from signaling.models import CallRef, ConsentIn, InviteIn, MediaOfferIn, SignalIn
 from signaling.route_cache import RouteCache
-from signaling.turn import turn_credential
+from signaling.turn import ice_servers
 
 if TYPE_CHECKING:  # aiortc loads with the first relayed call, not with every server
     from media.relay import MediaRoom
     from server.services import Services
 
 log = logging.getLogger(__name__)
-Media = Literal["audio", "video"]
 MAX_TRANSITIONS = 64  # renegotiations beyond this are applied but no longer logged
 CAS_RETRIES = 8
 MAX_MEMBERS = 3  # the two participants and one joiner (a clinician), through the server's media relay
@@ -71,147 +71,6 @@ ROUTE_FIELDS = {"state": 1, "caller_sid": 1, "callee_sid": 1, "offer_from": 1, "
 RECORDINGS = "recordings"  # GridFS bucket of finished recordings
 RECORDING_UPLOAD_ATTEMPTS = 8
 STALE_EVERY = 10  # every this many sweeps, look for calls held by sockets of processes that died
-
-
-class CallSession(VersionedDocument):
-    caller_id: PydanticObjectId
-    callee_id: PydanticObjectId
-    caller_name: str
-    callee_name: str
-    participants: list[PydanticObjectId]
-    patient_id: PydanticObjectId  # the patient of the two (calls are between a patient and their care team)
-    media: Media
-    state: CallState = CallState.RINGING
-    rev: int = 0  # bumped by every write; writes are conditional on it
-    caller_sid: str | None = None  # the sockets in the call
-    callee_sid: str | None = None
-    dropped: dict[str, datetime] = Field(default_factory=dict)  # user id -> end of their grace period
-    grace_deadline: datetime | None = None
-    ring_deadline: datetime | None = None
-    offer_from: str | None = None  # user id whose SDP offer awaits an answer
-    joined: dict[str, str] = Field(default_factory=dict)  # joiner's user id -> socket id (relayed calls)
-    media_host: str | None = None  # the process terminating the media of a relayed call
-    consent: dict[str, bool] = Field(default_factory=dict)  # participant's user id -> consents to recording
-    recording: dict[str, Any] | None = None  # {file, started_at, stopped_at, bytes} once both consented
-    transitions: list[dict[str, Any]] = Field(default_factory=list)
-    created_at: datetime = Field(default_factory=utcnow)
-    answered_at: datetime | None = None
-    ended_at: datetime | None = None
-    end_reason: str | None = None
-    duration_s: float | None = None
-
-    class Settings:
-        name = "calls"
-        indexes = [
-            IndexModel([("participants", ASCENDING), ("_id", DESCENDING)], name="participant_recent"),
-            IndexModel([("state", ASCENDING), ("ring_deadline", ASCENDING)], name="ringing_due"),
-            IndexModel([("state", ASCENDING), ("grace_deadline", ASCENDING)], name="grace_due"),
-            IndexModel([("recording.stopped_at", ASCENDING), ("recording.started_at", ASCENDING)],
-                       name="recording_unfinished"),
-        ]
-
-    def side_of(self, user_id: str) -> Literal["caller", "callee"] | None:
-        return "caller" if user_id == str(self.caller_id) else "callee" if user_id == str(self.callee_id) else None
-
-    def peer_sid(self, side: str) -> str | None:
-        return self.callee_sid if side == "caller" else self.caller_sid
-
-
-class CallLine(VersionedDocument):
-    """A user's one live call; the unique id makes claiming it atomic."""
-
-    id: str  # type: ignore[assignment]
-    call_id: PydanticObjectId
-
-    class Settings:
-        name = "call_lines"
-        indexes = [IndexModel([("call_id", ASCENDING)], name="call")]
-
-
-def call_json(c: CallSession, viewer: str | None = None) -> dict[str, Any]:
-    body = {
-        "id": str(c.id), "patient_id": str(c.patient_id), "media": c.media, "state": str(c.state),
-        "caller": {"id": str(c.caller_id), "name": c.caller_name},
-        "callee": {"id": str(c.callee_id), "name": c.callee_name},
-        "outcome": c.end_reason if c.state == CallState.ENDED else str(c.state),
-        "created_at": iso(c.created_at), "answered_at": iso(c.answered_at), "ended_at": iso(c.ended_at),
-        "end_reason": c.end_reason, "duration_s": c.duration_s,
-        "transitions": [{**t, "at": iso(t["at"])} for t in c.transitions],
-        "consent": c.consent,
-        "recording": None if c.recording is None else {
-            "url": f"/api/calls/{c.id}/recording", "started_at": iso(c.recording.get("started_at")),
-            "stopped_at": iso(c.recording.get("stopped_at")), "bytes": c.recording.get("bytes"),
-            "lost": bool(c.recording.get("lost"))},
-    }
-    if viewer is not None:
-        body["direction"] = "outgoing" if viewer == str(c.caller_id) else "incoming"
-    return body
-
-
-# --- payloads -------------------------------------------------------------------------------------------
-
-Id = Field(max_length=64)
-
-
-class InviteIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    callee: str = Id
-    media: Media = "audio"
-
-
-class CallRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    call_id: str = Id
-
-
-class IceCandidate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    candidate: str = Field(max_length=2000)
-    sdpMid: str | None = Field(None, max_length=64)  # the browser's RTCIceCandidateInit names
-    sdpMLineIndex: int | None = Field(None, ge=0, le=255)
-    usernameFragment: str | None = Field(None, max_length=256)
-
-
-class ConsentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    call_id: str = Id
-    record: bool
-
-
-class MediaOfferIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    call_id: str = Id
-    sdp: str = Field(min_length=1, max_length=200_000)
-
-
-class SignalIn(BaseModel):
-    """An SDP offer or answer, or an ICE candidate (``candidate: null`` ends the candidates)."""
-
-    model_config = ConfigDict(extra="forbid")
-    call_id: str = Id
-    type: Literal["offer", "answer", "candidate"]
-    sdp: str | None = Field(None, max_length=200_000)
-    candidate: IceCandidate | None = None
-    media: Media | None = None  # with an offer: the call's media from now on (audio -> video)
-
-    @model_validator(mode="after")
-    def _shape(self) -> SignalIn:
-        if self.type in ("offer", "answer") and not self.sdp:
-            raise ValueError(f"an {self.type} needs its sdp")
-        if self.type != "offer" and self.media is not None:
-            raise ValueError("media changes come with an offer")
-        return self
-
-
-def ice_servers(settings: Any, user_id: str, now: float) -> dict[str, Any]:
-    servers: list[dict[str, Any]] = []
-    if settings.stun_urls:
-        servers.append({"urls": settings.stun_urls})
-    expires = int(now) + settings.turn_ttl_s
-    if settings.turn_urls and settings.turn_secret is not None:
-        username, credential = turn_credential(settings.turn_secret.get_secret_value(), user_id, expires)
-        servers.append({"urls": settings.turn_urls, "username": username, "credential": credential})
-    return {"ice_servers": servers, "ttl_s": settings.turn_ttl_s, "expires_at": expires}
 
 
 class Refused(Exception):
