@@ -65,7 +65,8 @@ from server.vitals.events import PatientThresholds, VitalEvent, Vitals
 from server.vitals.forecast import BPForecasts
 from server.vitals.model_registry import ModelRegistry, ModelVersion, Prediction
 from server.vitals.triage import Triage
-from signaling import calls
+from signaling import api as calls_api
+from signaling.calls import Calls
 from signaling.documents import CallLine, CallSession
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,8 @@ def create_app(settings: Settings) -> web.Application:
     vitals_module.setup(app)
     blood_pressure.setup(app)
     contacts.setup(app)
-    svc.calls = calls.setup(app, svc)
+    svc.calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)
+    calls_api.mount(mount, svc.calls)
     alerts.setup(app)
     rtc = DeviceRtc(realtime.router)
     media_api.mount(mount, rtc)
