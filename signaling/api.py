@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import Any
 
 from aiohttp import web
 
 from server.care.patients import PatientRef
 from server.core.identity import Principal
+from server.transport.events import EventContext
 from server.transport.http import cursor_page, page_params, send_grid_file
 from server.transport.mount import Mount
 from signaling.call_state import Action
@@ -29,9 +31,12 @@ def mount(m: Mount, calls: Calls) -> None:
         ("call:signal", SignalIn, service.signal), ("call:resume", CallRef, service.resume),
         ("call:join", CallRef, relayed.join), ("call:leave", CallRef, relayed.leave),
         ("call:media-offer", MediaOfferIn, relayed.media_offer), ("call:consent", ConsentIn, calls.recordings.consent),
-        ("calls:ongoing", PatientRef, service.ongoing),
     ):
         m.events.event(name, model)(handler)
+
+    @m.events.event("calls:ongoing", PatientRef)
+    async def ongoing(ctx: EventContext, body: PatientRef) -> list[dict[str, Any]]:
+        return await service.ongoing(ctx, body.patient_id)
 
     async def on_disconnect(sid: str) -> None:
         principal: Principal | None = m.realtime.principals.get(sid)

@@ -20,7 +20,6 @@ from pymongo.errors import DuplicateKeyError
 from server.care import audit
 from server.care.access import require_patient
 from server.care.documents import Link, User
-from server.care.patients import PatientRef
 from server.core.config import Settings
 from server.core.documents import aware, utcnow
 from server.core.errors import ApiError, forbidden, not_found
@@ -251,10 +250,10 @@ class CallService:
                 else:
                     await self.store.update(call.id, lambda d, now: self.store.move(d, Action.REVOKE, now, None))
 
-    async def ongoing(self, ctx: EventContext, body: PatientRef) -> list[dict[str, Any]]:
+    async def ongoing(self, ctx: EventContext, patient_id: str) -> list[dict[str, Any]]:
         """The patient's calls in progress (ringing, connected or reconnecting), for their care team: a
         clinician's dashboard offers to join a connected one."""
-        pid = await require_patient(ctx.principal, body.patient_id, "calls.ongoing", ctx.client)
+        pid = await require_patient(ctx.principal, patient_id, "calls.ongoing", ctx.client)
         live = await CallSession.find({"patient_id": pid, "state": {"$in": [str(s) for s in LIVE_STATES]}}).to_list()
         return [{**call_json(c), "joined": sorted(c.joined)} for c in live]
 
