@@ -9,13 +9,13 @@ so it runs in the background, awaited (briefly) at stop; what was recorded is ha
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server.core.background import Background
 from server.core.errors import ApiError
 from server.infra.pubsub import PubSub
 
@@ -36,7 +36,7 @@ class MediaHost:
         self.max_members = max_members
         self.rooms: dict[str, MediaRoom] = {}
         self.on_recorded: list[Recorded] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.background = Background()  # teardowns: nobody's event or the control bus waits for them
 
     async def start(self) -> None:
         if self.pubsub.shared:
@@ -45,8 +45,7 @@ class MediaHost:
     async def stop(self) -> None:
         for room_id in list(self.rooms):
             self.close(room_id)
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+        await self.background.stop(drain_s=STOP_WAIT_S)
 
     def room(self, room_id: str) -> MediaRoom:
         """The room, opened here if it is not yet."""
@@ -88,13 +87,13 @@ class MediaHost:
     def stop_recording(self, room_id: str) -> None:
         room = self.rooms.get(room_id)
         if room is not None:
-            self._background(self._teardown(room_id, room.stop_recording()))
+            self.background.spawn(self._teardown(room_id, room.stop_recording()))
 
     def close(self, room_id: str) -> None:
         """End the room (nobody's hang-up waits for its peer connections to close)."""
         room = self.rooms.pop(room_id, None)
         if room is not None:
-            self._background(self._teardown(room_id, room.close()))
+            self.background.spawn(self._teardown(room_id, room.close()))
 
     async def _teardown(self, room_id: str, closing: Awaitable[int | None]) -> None:
         """Close the room (or just its recording) and hand on what was recorded."""
@@ -105,12 +104,6 @@ class MediaHost:
                     await hook(room_id, size)
         except Exception:
             log.exception("tearing down the media of %s", room_id)
-
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        """Media work nobody's event or the control bus should wait for."""
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # --- offers for a room served by another process ----------------------------------------------
 
@@ -130,7 +123,7 @@ class MediaHost:
         return str(reply["sdp"])
 
     async def _on_request(self, _channel: str, message: bytes) -> None:
-        self._background(self._answer(json.loads(message)))
+        self.background.spawn(self._answer(json.loads(message)))
 
     async def _answer(self, request: dict[str, Any]) -> None:
         try:
