@@ -10,7 +10,6 @@ from typing import Any
 from aiohttp import web
 
 from server.care.patients import PatientRef
-from server.core.identity import Principal
 from server.transport.events import EventContext
 from server.transport.http import cursor_page, page_params, send_grid_file
 from server.transport.mount import Mount
@@ -39,7 +38,7 @@ def mount(m: Mount, calls: Calls) -> None:
         return await service.ongoing(ctx, body.patient_id)
 
     async def on_disconnect(sid: str) -> None:
-        principal: Principal | None = m.realtime.principals.get(sid)
+        principal = m.realtime.principals.get(sid)  # still there: disconnect hooks run first
         user_id = principal.id if principal is not None else None
         await relayed.disconnected(sid, user_id)
         await service.disconnected(sid, user_id)
