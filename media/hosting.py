@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from server.core.background import Background
-from server.core.errors import ApiError
+from server.core.errors import ApiError, as_api_error
 from server.infra.pubsub import PubSub
 
 if TYPE_CHECKING:  # aiortc loads with the first relayed call, not with every server
@@ -129,9 +129,7 @@ class MediaHost:
         try:
             reply: dict[str, Any] = {"sdp": await self.connect(self.process_id, request["call_id"], request["member"],
                                                                request["sdp"])}
-        except ApiError as err:
+        except Exception as exc:  # told to the member through the process it is connected to
+            err = as_api_error(exc, "forwarded media offer")
             reply = {**err.body(), "status": err.status}
-        except Exception:
-            log.exception("forwarded media offer failed")
-            reply = {"error": {"code": "internal", "message": "Something went wrong on our side"}, "status": 500}
         await self.pubsub.reply(request, reply)
