@@ -66,15 +66,15 @@ from server.vitals.forecast import BPForecasts
 from server.vitals.model_registry import ModelRegistry, ModelVersion, Prediction
 from server.vitals.triage import Triage
 from signaling import api as calls_api
+from signaling import documents as call_documents
 from signaling.calls import Calls
-from signaling.documents import CallLine, CallSession
 
 log = logging.getLogger(__name__)
 # What the store holds: every concern's documents.
-DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, Notification, BPReading, MedicalContact, CallSession,
-                                   CallLine, Alert, AlertDelivery, PushToken, ModelVersion, Prediction, Medication,
-                                   MedicationChange, DoseEvent, MedicineBoxState, BoxEvent]
+DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, *call_documents.DOCUMENTS, Device, Stream, WaveBucket,
+                                   AnalysisChunk, VitalEvent, PatientThresholds, Notification, BPReading,
+                                   MedicalContact, Alert, AlertDelivery, PushToken, ModelVersion, Prediction,
+                                   Medication, MedicationChange, DoseEvent, MedicineBoxState, BoxEvent]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 RETENTION_FIRST_S = 60
 
