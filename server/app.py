@@ -65,15 +65,16 @@ from server.vitals.events import PatientThresholds, VitalEvent, Vitals
 from server.vitals.forecast import BPForecasts
 from server.vitals.model_registry import ModelRegistry, ModelVersion, Prediction
 from server.vitals.triage import Triage
-from signaling import calls
-from signaling.calls import CallLine, CallSession
+from signaling import api as calls_api
+from signaling import documents as call_documents
+from signaling.calls import Calls
 
 log = logging.getLogger(__name__)
 # What the store holds: every concern's documents.
-DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, Notification, BPReading, MedicalContact, CallSession,
-                                   CallLine, Alert, AlertDelivery, PushToken, ModelVersion, Prediction, Medication,
-                                   MedicationChange, DoseEvent, MedicineBoxState, BoxEvent]
+DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, *call_documents.DOCUMENTS, Device, Stream, WaveBucket,
+                                   AnalysisChunk, VitalEvent, PatientThresholds, Notification, BPReading,
+                                   MedicalContact, Alert, AlertDelivery, PushToken, ModelVersion, Prediction,
+                                   Medication, MedicationChange, DoseEvent, MedicineBoxState, BoxEvent]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 RETENTION_FIRST_S = 60
 
@@ -258,7 +259,8 @@ def create_app(settings: Settings) -> web.Application:
     vitals_module.setup(app)
     blood_pressure.setup(app)
     contacts.setup(app)
-    svc.calls = calls.setup(app, svc)
+    svc.calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)
+    calls_api.mount(mount, svc.calls)
     alerts.setup(app)
     rtc = DeviceRtc(realtime.router)
     media_api.mount(mount, rtc)

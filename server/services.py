@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from server.vitals.forecast import BPForecasts
     from server.vitals.model_registry import ModelRegistry
     from server.vitals.triage import Triage
-    from signaling.calls import CallService
+    from signaling.calls import Calls
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Services:
     store: EmbeddedStore | None = None
     bp: BloodPressure | None = None
     contacts: Contacts | None = None
-    calls: CallService | None = None
+    calls: Calls | None = None
     alerts: Alerts | None = None
     push: PushDispatcher | None = None
     models: ModelRegistry | None = None

@@ -20,7 +20,7 @@ from server.app import create_app
 from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore
 from server.transport.http import SERVICES
-from signaling.calls import CallLine, CallSession
+from signaling.documents import CallLine, CallSession
 from tests.conftest import make_settings
 from tests.helpers import Api, Sock, User, process_env, server_processes
 

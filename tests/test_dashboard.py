@@ -322,7 +322,7 @@ async def test_clinician_joins_the_patients_ongoing_call_from_the_page(api: Api,
             await page.wait_for_function(f"({BROWSER_TRACKS_HEARD})().then(n => n === 2)", timeout=20_000)
             for peer in (caller, callee):
                 assert len(await peer.heard(1, timeout=15)) >= 1  # the other member's tone
-            room = api.app[SERVICES].calls.rooms[call["id"]]  # type: ignore[union-attr,index]
+            room = api.app[SERVICES].calls.host.rooms[call["id"]]  # type: ignore[union-attr,index]
             for _ in range(100):
                 forwarded = room.stats()
                 if forwarded[clinician.id][carer.id] > 20 and forwarded[clinician.id][patient.id] > 20:

@@ -37,3 +37,13 @@ class Notifier(Protocol):
     async def notify(self, user_ids: Iterable[Any], kind: str, title: str, body: str = "", *,
                      patient_id: Any = None, data: dict[str, Any] | None = None,
                      urgency: Urgency = "normal", live: bool = True) -> list[Any]: ...
+
+
+class Online(Protocol):
+    """Who is connected, in this process or any live one."""
+
+    async def user_online(self, user_id: Any) -> bool:
+        """Whether the user has a connected socket anywhere."""
+
+    async def socket_alive(self, user_id: Any, sid: str) -> bool:
+        """Whether socket ``sid`` of the user is still held by this or a live process."""
