@@ -19,6 +19,7 @@ from gridfs.asynchronous.grid_file import AsyncGridOut
 from pymongo.errors import PyMongoError
 
 from server.care import audit
+from server.care.access import may_access
 from server.core.config import Settings
 from server.core.documents import utcnow
 from server.core.errors import ApiError, not_found
@@ -144,9 +145,11 @@ class CallRecordings:
                     {"$set": {"recording.stopped_at": utcnow(), "recording.lost": True}, "$inc": {"rev": 1}})
 
     async def download(self, principal: Principal, call_id: str) -> tuple[CallSession, AsyncGridOut]:
-        """A finished recording, to the people who were in the call (the same 404 for anyone else)."""
+        """A finished recording, to the people who were in the call and may still see the patient's data (a
+        member whose link was revoked since gets the same 404 as anyone else)."""
         call = await CallSession.get(as_object_id(call_id, "call_id"))
-        if call is None or principal.user_id not in call.participants or call.recording is None:
+        if (call is None or principal.user_id not in call.participants or call.recording is None
+                or not await may_access(principal, call.patient_id)):
             raise not_found("recording")
         if call.recording.get("stopped_at") is None:
             raise ApiError("recording_in_progress", "The recording is still going on", 409)
