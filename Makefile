@@ -42,11 +42,13 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-test: $(STAMP) $(NPM_STAMP) system-deps
+test: lint $(NPM_STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
+# ruff, and the layer contracts of pyproject.toml's [tool.importlinter] (docs/architecture.md).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP) $(NPM_STAMP) system-deps
 	cd bench/node && npm ci --no-audit --no-fund --silent
