@@ -199,8 +199,9 @@ def test_nginx_terminates_tls_from_files_and_redirects_http(config: dict[str, An
     hsts = [args for args in _args(https, "add_header") if args[0].lower() == "strict-transport-security"]
     assert len(hsts) == 1 and hsts[0][2:] == ["always"]
     assert int(re.fullmatch(r"max-age=(\d+).*", hsts[0][1]).group(1)) >= 365 * 86400  # type: ignore[union-attr]
-    for location in _block(https, "location"):  # an add_header in a location would drop HSTS there
-        assert not _args(location, "add_header")
+    assert _args(https, "proxy_hide_header") == [["Strict-Transport-Security"]]  # one header, not the app's too
+    for location in _block(https, "location"):  # an add_header or proxy_hide_header there would drop these
+        assert not _args(location, "add_header") and not _args(location, "proxy_hide_header")
 
     plain = by_listen[("80",)]
     assert [d["directive"] for d in plain] == ["listen", "return"]
