@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Literal, Protocol
 
-Urgency = Literal["normal", "urgent"]
+from server.core.identity import Principal
+
+Urgency = Literal["low", "normal", "high", "critical"]  # as stored on a notification
 
 
 class Component(Protocol):
@@ -47,3 +49,14 @@ class Online(Protocol):
 
     async def socket_alive(self, user_id: Any, sid: str) -> bool:
         """Whether socket ``sid`` of the user is still held by this or a live process."""
+
+
+class AlertRaiser(Protocol):
+    """Raises an emergency alert to a patient's care team: stored before it is pushed to every device of every
+    linked caregiver and clinician, escalated until someone acknowledges it (``server.alerts.alerts.Alerts``).
+    While one of the same ``kind`` is open for the patient, that one is returned and no other is raised."""
+
+    async def raise_alert(self, patient_id: Any, kind: str, title: str, body: str = "", *,
+                          source: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+                          raised_by: Principal | None = None) -> Any:
+        """The alert (its ``id`` names it)."""
