@@ -23,10 +23,11 @@ from devices.registry import Device, authenticate_device
 from media import api as media_api
 from media.device_host import DeviceRtc
 from server import demo, health
-from server.alerts import alerts, notifications
-from server.alerts.alerts import Alert, AlertDelivery, Alerts
-from server.alerts.notifications import Notification, Notifications
-from server.alerts.push import PushDispatcher, PushToken
+from server.alerts import api as alerts_api
+from server.alerts import documents as alert_documents
+from server.alerts.alerts import Alerts
+from server.alerts.notifications import Notifications
+from server.alerts.push import PushDispatcher
 from server.alerts.push_providers import providers_from
 from server.care import accounts, audit, contacts, linking, patients, uploads
 from server.care import documents as care_documents
@@ -71,10 +72,10 @@ from signaling.calls import Calls
 
 log = logging.getLogger(__name__)
 # What the store holds: every concern's documents.
-DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, *call_documents.DOCUMENTS, Device, Stream, WaveBucket,
-                                   AnalysisChunk, VitalEvent, PatientThresholds, Notification, BPReading,
-                                   MedicalContact, Alert, AlertDelivery, PushToken, ModelVersion, Prediction,
-                                   Medication, MedicationChange, DoseEvent, MedicineBoxState, BoxEvent]
+DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, *call_documents.DOCUMENTS, *alert_documents.DOCUMENTS,
+                                   Device, Stream, WaveBucket, AnalysisChunk, VitalEvent, PatientThresholds, BPReading,
+                                   MedicalContact, ModelVersion, Prediction, Medication, MedicationChange, DoseEvent,
+                                   MedicineBoxState, BoxEvent]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 RETENTION_FIRST_S = 60
 
@@ -103,7 +104,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await svc.calls.start()
         await svc.alerts.start()  # type: ignore[union-attr]
         await svc.models.start()  # type: ignore[union-attr]
-        svc.push.start()  # type: ignore[union-attr]
+        await svc.push.start()  # type: ignore[union-attr]
         svc.presence.start()  # type: ignore[union-attr]
         if svc.broker_files is not None:
             count = await svc.broker_files.sync()
@@ -224,15 +225,16 @@ def create_app(settings: Settings) -> web.Application:
     app[REST] = rest  # for the handlers not yet bound at mount (to go)
     live = LiveHub(realtime, pubsub)
     bus.on("link_changed", live.revoke_member)
-    notes = Notifications(realtime)
+    notes = Notifications(realtime, realtime.user_online)
     vitals = Vitals(realtime, bus)
     writer = HistoryWriter()
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
     bus.on("device_revoked", streams.device_revoked)
     bp = BloodPressure(realtime)
-    alerting = Alerts(settings, realtime, bus, notes)
-    push = PushDispatcher(settings, realtime, providers_from(settings))
+    alerting = Alerts(settings, bus, realtime, notes)
+    push = PushDispatcher(settings, providers_from(settings))
+    alerts_api.mount(mount, alerting, notes, push)
     bp.on_crisis.append(alerting.on_bp_crisis)
     vitals.sinks.append(alerting.on_vital_event)  # critical events: emergency alerts, escalated
     vitals.sinks.append(vitals_module.alerts_to(notes))  # the others: notifications
@@ -253,7 +255,6 @@ def create_app(settings: Settings) -> web.Application:
     linking.setup(app, svc)
     patients.setup(app, realtime)
     audit.setup(app)
-    notifications.setup(app)
     device_registry.setup(app)
     waveform_store.setup(app)
     vitals_module.setup(app)
@@ -261,7 +262,6 @@ def create_app(settings: Settings) -> web.Application:
     contacts.setup(app)
     svc.calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)
     calls_api.mount(mount, svc.calls)
-    alerts.setup(app)
     rtc = DeviceRtc(realtime.router)
     media_api.mount(mount, rtc)
     app.on_shutdown.append(lambda _app: rtc.stop())

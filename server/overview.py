@@ -12,7 +12,7 @@ from aiohttp import web
 from beanie import PydanticObjectId
 from beanie.operators import In
 
-from server.alerts.alerts import Alert
+from server.alerts.documents import Alert
 from server.care import audit
 from server.care.access import patients_of
 from server.care.documents import User

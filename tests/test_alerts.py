@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from beanie import PydanticObjectId
 
-from server.alerts.alerts import Alert
+from server.alerts.documents import Alert
 from server.app import create_app
 from server.infra.embedded_store import EmbeddedStore
 from server.infra.webhook import sign

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.alerts.notifications import Notification
+from server.alerts.documents import Notification
 from server.transport.http import SERVICES
 from tests.conftest import make_settings
 from tests.helpers import Api

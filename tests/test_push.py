@@ -23,7 +23,7 @@ from beanie import PydanticObjectId
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from server.alerts.push import PushToken
+from server.alerts.documents import PushToken
 from server.app import create_app
 from server.infra.embedded_store import EmbeddedStore
 from server.infra.webhook import sign

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from beanie import PydanticObjectId
 
-from server.alerts.notifications import Notification
+from server.alerts.documents import Notification
 from server.core.config import Settings
 from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore

@@ -2,7 +2,8 @@
 (``push:register``), and a dispatcher that hands each offline user's notifications to the providers
 (``server.alerts.push_providers``) from a bounded queue, in background workers, retrying failures with
 exponential backoff; a token the provider calls dead is dropped. It never blocks live delivery:
-``Notifications.notify`` pushes live first and gives the offline users' notifications to ``push``."""
+``Notifications.notify`` pushes live first and gives the offline users' notifications to ``push``.
+(The registration events are in ``api.py``.)"""
 
 from __future__ import annotations
 
@@ -10,81 +11,18 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from beanie import PydanticObjectId
 from beanie.operators import In
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
-from pymongo import ASCENDING, IndexModel
 
-from server.alerts.notifications import Notification
+from server.alerts.documents import Notification, ProviderName, PushToken, RegisterIn
 from server.alerts.push_providers import Provider, PushError, PushMessage
 from server.core.config import Settings
-from server.core.documents import VersionedDocument, iso, utcnow
 from server.core.errors import ApiError
-from server.transport.realtime import EventContext, Realtime
 
 log = logging.getLogger(__name__)
-ProviderName = Literal["fcm", "apns", "webpush", "webhook"]
 TOKENS_PER_USER = 20
-
-
-class PushToken(VersionedDocument):
-    """One device's address at one provider; the id is ``<user>:<device>:<provider>`` so a device
-    re-registering replaces its token."""
-
-    id: str  # type: ignore[assignment]
-    user_id: PydanticObjectId
-    device_id: str
-    provider: ProviderName
-    token: str | None = None
-    subscription: dict[str, Any] | None = None  # Web Push
-    created_at: datetime = Field(default_factory=utcnow)
-
-    class Settings:
-        name = "push_tokens"
-        indexes = [IndexModel([("user_id", ASCENDING)], name="user")]
-
-    @property
-    def target(self) -> Any:
-        return self.subscription if self.provider == "webpush" else self.token
-
-    def public(self) -> dict[str, Any]:
-        return {"device_id": self.device_id, "provider": self.provider, "created_at": iso(self.created_at)}
-
-
-class SubscriptionKeys(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    p256dh: str = Field(min_length=20, max_length=200, pattern=r"^[A-Za-z0-9_=-]+$")
-    auth: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_=-]+$")
-
-
-class Subscription(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # browsers add expirationTime
-    endpoint: HttpUrl
-    keys: SubscriptionKeys
-
-
-class RegisterIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    provider: ProviderName
-    token: str | None = Field(None, min_length=8, max_length=4096, pattern=r"^[A-Za-z0-9_:.\-]+$")
-    subscription: Subscription | None = None
-
-    @model_validator(mode="after")
-    def one_target(self) -> RegisterIn:
-        if (self.provider == "webpush") != (self.subscription is not None) or \
-                (self.provider != "webpush") != (self.token is not None):
-            raise ValueError("webpush takes a subscription; fcm, apns and webhook take a token")
-        if self.provider == "apns" and not all(c in "0123456789abcdefABCDEF" for c in self.token or ""):
-            raise ValueError("an APNs device token is hexadecimal")
-        return self
-
-
-class UnregisterIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    provider: ProviderName | None = None
 
 
 @dataclass(frozen=True)
@@ -105,19 +43,16 @@ def message_of(note: Notification) -> PushMessage:
 
 
 class PushDispatcher:
-    def __init__(self, settings: Settings, realtime: Realtime, providers: dict[str, Provider]) -> None:
+    def __init__(self, settings: Settings, providers: dict[str, Provider]) -> None:
         self.settings = settings
-        self.rt = realtime
         self.providers = providers
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=settings.push_queue_size)
         self.dropped = 0
         self.sent = 0
         self._workers: list[asyncio.Task[None]] = []
         self._retries: set[asyncio.TimerHandle] = set()
-        realtime.event("push:register", RegisterIn)(self._register)
-        realtime.event("push:unregister", UnregisterIn)(self._unregister)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         if self.providers:
             self._workers = [asyncio.create_task(self._work(), name=f"push-{i}")
                              for i in range(self.settings.push_workers)]
@@ -135,9 +70,8 @@ class PushDispatcher:
 
     # --- registration ------------------------------------------------------------------------------
 
-    async def _register(self, ctx: EventContext, body: RegisterIn) -> dict[str, Any]:
-        device = self.rt.device_ids.get(ctx.sid, "unknown")
-        user = ctx.principal.user_id
+    async def register(self, user: PydanticObjectId, device: str, body: RegisterIn) -> dict[str, Any]:
+        """This device's address at a provider (replacing the one it had there)."""
         key = f"{user}:{device}:{body.provider}"
         if await PushToken.find(PushToken.user_id == user, PushToken.id != key).count() >= TOKENS_PER_USER:
             raise ApiError("too_many_tokens", f"At most {TOKENS_PER_USER} push registrations per user", 409)
@@ -147,11 +81,12 @@ class PushDispatcher:
         await doc.save()
         return {**doc.public(), "enabled": body.provider in self.providers}
 
-    async def _unregister(self, ctx: EventContext, body: UnregisterIn) -> dict[str, Any]:
-        query: dict[str, Any] = {"user_id": ctx.principal.user_id,
-                                 "device_id": self.rt.device_ids.get(ctx.sid, "unknown")}
-        if body.provider:
-            query["provider"] = body.provider
+    @staticmethod
+    async def unregister(user: PydanticObjectId, device: str, provider: ProviderName | None) -> dict[str, Any]:
+        """This device's addresses, at one provider or all."""
+        query: dict[str, Any] = {"user_id": user, "device_id": device}
+        if provider:
+            query["provider"] = provider
         result = await PushToken.get_pymongo_collection().delete_many(query)
         return {"removed": result.deleted_count}
 

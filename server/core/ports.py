@@ -60,3 +60,11 @@ class AlertRaiser(Protocol):
                           source: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
                           raised_by: Principal | None = None) -> Any:
         """The alert (its ``id`` names it)."""
+
+
+class NotificationLookup(Notifier, Protocol):
+    """A Notifier that also tells whether a notification is stored already, so that work re-run after its
+    process died (a lease that ran out) does not notify twice."""
+
+    async def notified(self, user_id: Any, kind: str, data: dict[str, Any]) -> bool:
+        """Whether ``user_id`` has a notification of ``kind`` whose data holds every item of ``data``."""

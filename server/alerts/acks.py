@@ -1,0 +1,130 @@
+"""What recipients do with an alert: confirm that a device has it (``alert:received``, stored per device,
+written in batches), acknowledge it (the first acknowledgement wins and is shown to all recipients), resolve
+it. A recipient whose link to the patient has ended may do none of these."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import Any
+
+from beanie import PydanticObjectId
+
+from server.alerts.documents import Alert, AlertDelivery
+from server.alerts.fanout import Fanout
+from server.care.access import may_access
+from server.care.documents import User
+from server.core.documents import utcnow
+from server.core.errors import ApiError, not_found
+from server.core.identity import Principal, as_object_id
+from server.infra.bulk import insert_new
+
+RECIPIENT_CACHE = 256  # alerts whose recipients are kept in memory for receipts
+
+
+class Receipts:
+    """Group commit of ``alert:received``: the receipts that arrive within a few milliseconds are
+    inserted together; each sender's ack waits until its receipt is stored. A device's second
+    receipt for the same alert is a duplicate key, ignored."""
+
+    def __init__(self, delay_s: float = 0.01) -> None:
+        self.delay_s = delay_s
+        self._pending: dict[str, tuple[AlertDelivery, list[asyncio.Future[None]]]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def record(self, alert_id: PydanticObjectId, user_id: PydanticObjectId, device_id: str) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        key = AlertDelivery.key(alert_id, user_id, device_id)
+        doc = AlertDelivery(id=key, alert_id=alert_id, user_id=user_id, device_id=device_id, received_at=utcnow())
+        self._pending.setdefault(key, (doc, []))[1].append(future)
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self.delay_s)
+        batch, self._pending = self._pending, {}
+        error: BaseException | None = None
+        try:
+            await insert_new(AlertDelivery.get_pymongo_collection(),
+                             [doc.model_dump(by_alias=True) for doc, _ in batch.values()])
+        except Exception as exc:  # the senders are told; they send the receipt again
+            error = exc
+        finally:
+            self._flusher = asyncio.create_task(self._flush()) if self._pending else None
+        for _, futures in batch.values():
+            for f in futures:
+                if not f.done():
+                    f.set_exception(error) if error else f.set_result(None)
+
+
+class Acknowledgements:
+    def __init__(self, fanout: Fanout) -> None:
+        self.fanout = fanout
+        self.receipts = Receipts()
+        self._recipient_cache: OrderedDict[PydanticObjectId, frozenset[PydanticObjectId]] = OrderedDict()
+
+    async def received(self, principal: Principal, alert_id: str, device: str) -> dict[str, Any]:
+        """This device has the alert."""
+        oid = as_object_id(alert_id, "alert_id")
+        if principal.user_id not in await self._recipients(oid):
+            raise not_found("alert")
+        await self.receipts.record(oid, principal.user_id, device)
+        return {"alert_id": str(oid), "device_id": device}
+
+    async def ack(self, principal: Principal, alert_id: str, note: str | None, device: str) -> dict[str, Any]:
+        """The first acknowledgement wins; every recipient is told who is handling it."""
+        alert = await self._recipient_alert(principal, alert_id)
+        who = await self._who(principal)
+        won = await Alert.get_pymongo_collection().update_one(
+            {"_id": alert.id, "status": "open"},
+            {"$set": {"status": "acknowledged", "acknowledged_at": utcnow(), "acknowledged_by": {**who, "note": note},
+                      "escalate_at": None}})
+        await self.receipts.record(alert.id, principal.user_id, device)  # type: ignore[arg-type]
+        alert = await Alert.get(alert.id)
+        assert alert is not None
+        if won.modified_count:
+            await self.fanout.push("alert:acknowledged", {
+                "alert_id": str(alert.id), "patient_id": str(alert.patient_id),
+                "by": alert.push()["acknowledged_by"], "message": f"{who['name']} is handling it"},
+                alert.recipient_ids, key=str(alert.id))
+        return {**alert.push(), "acknowledged_by_you": won.modified_count == 1}
+
+    async def resolve(self, principal: Principal, alert_id: str, note: str | None) -> dict[str, Any]:
+        alert = await self._recipient_alert(principal, alert_id)
+        who = await self._who(principal)
+        res = await Alert.get_pymongo_collection().update_one(
+            {"_id": alert.id, "status": {"$ne": "resolved"}},
+            {"$set": {"status": "resolved", "resolved_at": utcnow(), "resolved_by": who,
+                      "resolution_note": note, "escalate_at": None}})
+        if not res.modified_count:
+            raise ApiError("already_resolved", "This alert is already resolved", 409)
+        alert = await Alert.get(alert.id)
+        assert alert is not None
+        await self.fanout.push("alert:resolved", {"alert_id": str(alert.id), "patient_id": str(alert.patient_id),
+                                                  "by": alert.public()["resolved_by"], "note": note},
+                               alert.recipient_ids, key=str(alert.id))
+        return alert.public()
+
+    async def _recipient_alert(self, principal: Principal, alert_id: str) -> Alert:
+        alert = await Alert.get(as_object_id(alert_id, "alert_id"))
+        if alert is None or principal.user_id not in alert.recipient_ids \
+                or not await may_access(principal, alert.patient_id):  # the link may have ended since
+            raise not_found("alert")
+        return alert
+
+    async def _recipients(self, alert_id: PydanticObjectId) -> frozenset[PydanticObjectId]:
+        """An alert's recipients, cached (bounded): a thousand receipts must not be a thousand queries."""
+        cached = self._recipient_cache.get(alert_id)
+        if cached is None:
+            alert = await Alert.find_one(Alert.id == alert_id)
+            cached = frozenset(alert.recipient_ids) if alert else frozenset()
+            self._recipient_cache[alert_id] = cached
+            if len(self._recipient_cache) > RECIPIENT_CACHE:
+                self._recipient_cache.popitem(last=False)
+        return cached
+
+    @staticmethod
+    async def _who(principal: Principal) -> dict[str, Any]:
+        user = await User.get(principal.user_id)
+        return {"user_id": principal.id, "role": principal.role, "name": user.name if user else principal.name}

@@ -1,0 +1,52 @@
+"""Reading alerts: one alert's lifecycle (raised, emitted, escalated, acknowledged, resolved, and which
+device received it when), and which alerts a principal's list shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from beanie import PydanticObjectId
+
+from server.alerts.documents import Alert, AlertDelivery
+from server.care.access import require_patient
+from server.care.documents import User
+from server.core.documents import iso
+from server.core.errors import not_found
+from server.core.identity import Client, Principal, as_object_id
+
+
+async def lifecycle(alert: Alert) -> dict[str, Any]:
+    """Everything about an alert, including which device received it when."""
+    deliveries = await AlertDelivery.find(AlertDelivery.alert_id == alert.id).sort(+AlertDelivery.received_at) \
+        .limit(10_000).to_list()
+    names = {u["_id"]: u.get("name") async for u in User.get_pymongo_collection().find(
+        {"_id": {"$in": alert.recipient_ids}}, {"name": 1})}
+    recipients = [{**r, "name": names.get(PydanticObjectId(r["user_id"]))} for r in alert.recipients]
+    return {**alert.public(), "recipients": recipients, "deliveries": [
+        {"user_id": str(d.user_id), "device_id": d.device_id, "received_at": iso(d.received_at)} for d in deliveries]}
+
+
+async def get_alert(principal: Principal, alert_id: str, client: Client | None) -> dict[str, Any]:
+    """For its recipients, and for whoever may read the patient's data (audited)."""
+    alert = await Alert.get(as_object_id(alert_id, "alert_id"))
+    if alert is None:
+        raise not_found("alert")
+    if principal.user_id not in alert.recipient_ids:
+        await require_patient(principal, alert.patient_id, "alerts.read", client, alert_id=alert_id)
+    return await lifecycle(alert)
+
+
+async def listed(principal: Principal, patient_id: str | None, status: str | None,
+                 client: Client | None) -> dict[str, Any]:
+    """The query of a principal's alert list: one patient's (access checked), else a patient's own,
+    else those the principal received."""
+    if patient_id is not None:
+        condition: dict[str, Any] = {"patient_id": await require_patient(principal, patient_id, "alerts.read",
+                                                                         client)}
+    elif principal.role == "patient":
+        condition = {"patient_id": principal.user_id}
+    else:
+        condition = {"recipient_ids": principal.user_id}
+    if status is not None:
+        condition["status"] = status
+    return condition
