@@ -34,7 +34,6 @@ receipts, acknowledgement and resolution in ``acks``; reading in ``reads``; the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from datetime import datetime, timedelta
@@ -71,17 +70,12 @@ class Alerts:
         self.fanout = Fanout(bus, broadcaster, notifier, self.background)
         self.escalation = Escalation(settings, self.fanout, self.background, self.node)
         self.acks = Acknowledgements(self.fanout)
-        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="alert-sweeper")
+        self.background.spawn(self._sweep_forever(), name="alert-sweeper")
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._sweeper
-        await self.background.stop()
+        await self.background.stop()  # the sweep, redeliveries, notifications, webhook calls
         await self.escalation.stop()
 
     # --- raising -----------------------------------------------------------------------------------
