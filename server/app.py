@@ -45,10 +45,10 @@ from server.infra.presence import Presence
 from server.infra.pubsub import ControlBus, make_pubsub
 from server.infra.ratelimit import FailureCounter
 from server.infra.store import init_documents, make_client
-from server.meds import medications
-from server.meds import scheduler as scheduler_module
-from server.meds.medications import Medication, MedicationChange, Medications
-from server.meds.scheduler import DoseEvent, Scheduler
+from server.meds import api as meds_api
+from server.meds import documents as meds_documents
+from server.meds.medications import Medications
+from server.meds.scheduler import Scheduler
 from server.overview import setup as setup_overview
 from server.services import Services
 from server.streaming import history as waveform_store
@@ -73,8 +73,8 @@ from signaling.calls import Calls
 log = logging.getLogger(__name__)
 # What the store holds: every concern's documents.
 DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, *call_documents.DOCUMENTS, *alert_documents.DOCUMENTS,
-                                   Device, Stream, WaveBucket, AnalysisChunk, VitalEvent, PatientThresholds, BPReading,
-                                   MedicalContact, ModelVersion, Prediction, Medication, MedicationChange, DoseEvent,
+                                   *meds_documents.DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
+                                   PatientThresholds, BPReading, MedicalContact, ModelVersion, Prediction,
                                    MedicineBoxState, BoxEvent]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 RETENTION_FIRST_S = 60
@@ -268,10 +268,9 @@ def create_app(settings: Settings) -> web.Application:
     svc.extras["device_rtc"] = rtc
     health.setup(app)
     uploads.setup(app)
-    svc.medications = Medications(svc)
-    medications.setup(app)
-    svc.scheduler = Scheduler(svc, svc.medications)
-    scheduler_module.setup(app)
+    svc.medications = Medications(realtime, notes)
+    svc.scheduler = Scheduler(settings, realtime, notes, svc.medications)
+    meds_api.mount(mount, svc.medications, svc.scheduler)
     svc.medicine_box = MedicineBox(svc, svc.scheduler)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml")])

@@ -8,7 +8,7 @@ from typing import Any
 
 from server.care.documents import AuditEntry
 from server.core.documents import utcnow
-from server.meds.scheduler import DoseEvent
+from server.meds.documents import DoseEvent
 from server.streaming.history import Stream
 from server.transport.http import SERVICES
 from tests.helpers import Api

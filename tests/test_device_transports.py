@@ -14,7 +14,7 @@ import pytest
 from server.app import create_app
 from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore
-from server.meds.scheduler import DoseEvent
+from server.meds.documents import DoseEvent
 from server.transport.http import SERVICES
 from server.transport.realtime import device_room
 from tests.conftest import Broker, make_settings

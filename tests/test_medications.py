@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from server.care.documents import AuditEntry
-from server.meds.medications import Medication, MedicationChange
+from server.meds.documents import Medication, MedicationChange
 from tests.helpers import Api, Sock
 
 MED: dict[str, Any] = {"name": "Metformin", "strength": "500 mg", "form": "tablet", "dose": "1 tablet",

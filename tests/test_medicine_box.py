@@ -25,7 +25,7 @@ from devices.simulators.box import BoxRun, run_box
 from server.core.config import Settings
 from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore
-from server.meds.scheduler import DoseEvent
+from server.meds.documents import DoseEvent
 from tests.conftest import make_settings
 from tests.helpers import PASSWORD, Api, User
 from tests.test_medications import create

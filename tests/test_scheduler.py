@@ -18,9 +18,9 @@ from server.alerts.documents import Notification
 from server.core.config import Settings
 from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore
+from server.meds.delivery import LEASE
+from server.meds.documents import DoseEvent, Medication
 from server.meds.dose_times import resolve_local
-from server.meds.medications import Medication
-from server.meds.scheduler import LEASE, DoseEvent
 from tests.conftest import make_settings
 from tests.helpers import Api, Sock, User
 from tests.test_medications import create
@@ -108,6 +108,22 @@ async def test_doses_planned_in_the_patients_time_zone_and_replanned_on_change(a
                 {"from": now.isoformat(), "to": (now + timedelta(days=40)).isoformat()}):
         status, err = await api.request("GET", f"/api/patients/{patient.id}/doses", patient, params=bad)
         assert status == 422 and err["error"]["code"] == "invalid_query", bad
+
+
+async def test_an_empty_window_bound_means_the_default_and_a_malformed_one_is_refused(api: Api) -> None:
+    """``from``/``to`` left empty, as a form sends a field nobody filled in, mean the default window (the last
+    day and the next); a time that is not ISO 8601 is refused, naming the field (``server.core.params``)."""
+    patient = await api.register("patient")
+    await create(await api.socket(patient), patient.id, schedule={"times": ["08:00", "20:00"]})
+    path = f"/api/patients/{patient.id}/doses"
+    _, default = await api.request("GET", path, patient)
+    status, empty = await api.request("GET", path, patient, params={"from": "", "to": ""})
+    assert status == 200 and [d["id"] for d in empty["items"]] == [d["id"] for d in default["items"]]
+    assert len(default["items"]) >= 2
+    for field in ("from", "to"):
+        status, body = await api.request("GET", path, patient, params={field: "yesterday"})
+        assert status == 422 and body["error"]["code"] == "invalid_query", body
+        assert body["error"]["details"] == {"field": field}
 
 
 async def test_reminded_at_due_time_confirmed_in_the_app_or_missed_after_grace(api: Api) -> None:

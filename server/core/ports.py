@@ -4,7 +4,8 @@ concern's module, and ``server/app.py`` hands it the object that does the work (
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from server.core.identity import Principal
@@ -68,3 +69,27 @@ class NotificationLookup(Notifier, Protocol):
 
     async def notified(self, user_id: Any, kind: str, data: dict[str, Any]) -> bool:
         """Whether ``user_id`` has a notification of ``kind`` whose data holds every item of ``data``."""
+
+
+class DoseSchedule(Protocol):
+    """The dose scheduler as the medicine box uses it (``server.meds.scheduler.Scheduler``): hooks run when
+    doses fall due, when one is confirmed and on every pass; the stored doses and the claim that takes work
+    from them under a lease; confirming a dose; waking the loop; the drawers the patient's medications are in."""
+
+    on_due: list[Callable[[list[dict[str, Any]]], Awaitable[None]]]
+    on_confirmed: list[Callable[[dict[str, Any]], Awaitable[None]]]
+    ticks: list[Callable[[datetime], Awaitable[None]]]
+
+    @property
+    def doses(self) -> Any:
+        """The ``dose_events`` collection (PyMongo)."""
+
+    async def claim(self, query: dict[str, Any], update: dict[str, Any], owner: str = "lease_owner",
+                    limit: int = 500) -> tuple[str, list[dict[str, Any]]]: ...
+
+    async def confirm(self, dose_id: Any, patient_id: Any, via: str, by: Any) -> dict[str, Any] | None: ...
+
+    def wake(self) -> None: ...
+
+    async def drawers(self, patient_id: Any) -> list[dict[str, Any]]:
+        """``{drawer, medication_id, name}`` of each active medication of the patient kept in a drawer."""

@@ -74,3 +74,11 @@ def dose_times(times: Iterable[time], tz: ZoneInfo, start: datetime, end: dateti
 def parse_hhmm(value: str) -> time:
     hours, minutes = value.split(":")
     return time(int(hours), int(minutes))
+
+
+def zone(name: str) -> ZoneInfo:
+    """The patient's IANA time zone; UTC if the name is not one."""
+    try:
+        return ZoneInfo(name)
+    except Exception:
+        return ZoneInfo("UTC")

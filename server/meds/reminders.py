@@ -1,0 +1,77 @@
+"""Reminder notifications, apart from the firing loop so their cost (a stored notification each) never
+delays a reminder: a loop claims reminded, unnotified doses with a conditional write (so each is sent by
+one process), leased (``reminder_lease_until``), in small batches that leave the store to the firing loop
+in between. A notification its process claimed and did not finish before the lease ran out is claimed
+again and sent, unless the dead process had already stored it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+from typing import Any
+
+from server.core.documents import aware, iso, utcnow
+from server.core.ports import NotificationLookup
+from server.meds.claims import DoseClaims
+from server.meds.delivery import LEASE, POLL_S, DueDelivery
+from server.meds.medications import bounded, notify_quietly
+
+log = logging.getLogger(__name__)
+NOTIFY_BATCH = 32
+UNNOTIFIED = {"state": "reminded", "reminder_notified_at": None}
+
+
+class Reminders:
+    def __init__(self, claims: DoseClaims, notifier: NotificationLookup, delivery: DueDelivery) -> None:
+        self.claims = claims
+        self.notifier = notifier
+        self.delivery = delivery
+
+    async def run(self) -> None:
+        """The loop: woken when doses were delivered, else every ``POLL_S``."""
+        while True:
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.delivery.reminded.wait(), POLL_S)
+                self.delivery.reminded.clear()
+                while await self._notify_some() == NOTIFY_BATCH:
+                    await self._yield_to_reminders()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reminder notifications failed")
+                await asyncio.sleep(POLL_S)
+
+    async def _yield_to_reminders(self) -> None:
+        """The store is shared: while doses are being reminded or about to fall due, wait (up to 2 s)."""
+        for _ in range(40):
+            if not self.delivery.busy():
+                return
+            await asyncio.sleep(0.05)
+
+    async def _notify_some(self, query: dict[str, Any] = UNNOTIFIED, again: bool = False) -> int:
+        """Claim and send up to NOTIFY_BATCH reminder notifications matching ``query`` (leased), then release."""
+        now = utcnow()
+        token, claimed = await self.claims.claim(
+            query, {"$set": {"reminder_notified_at": now, "reminder_lease_until": now + LEASE}}, limit=NOTIFY_BATCH)
+        await bounded([self._remind_patient(d, again) for d in claimed])
+        if claimed:
+            await self.claims.doses.update_many(
+                {"_id": {"$in": [d["_id"] for d in claimed]}, "lease_owner": token},
+                {"$set": {"lease_owner": None, "reminder_lease_until": None}})
+        return len(claimed)
+
+    async def renotify(self, now: datetime) -> None:
+        """Reminder notifications whose claimer died before sending them (the lease ran out)."""
+        await self._notify_some({"state": "reminded", "reminder_lease_until": {"$lt": now}}, again=True)
+
+    async def _remind_patient(self, d: dict[str, Any], again: bool = False) -> None:
+        """The ``reminder`` notification; ``again`` (a dead process's claim): not if that process stored it."""
+        if again and await self.notifier.notified(d["patient_id"], "reminder", {"dose_id": str(d["_id"])}):
+            return
+        body = " · ".join(x for x in (d.get("dose"), f"drawer {d['drawer']}" if d.get("drawer") else None) if x)
+        await notify_quietly(self.notifier, [d["patient_id"]], "reminder", f"Time for {d['medication_name']}", body,
+                             patient_id=d["patient_id"],
+                             data={"dose_id": str(d["_id"]), "due_at": iso(aware(d["due_at"]))})
