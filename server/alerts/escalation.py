@@ -11,7 +11,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-import aiohttp
+import httpx
 from beanie import PydanticObjectId
 
 from server.alerts.documents import Alert
@@ -33,11 +33,11 @@ class Escalation:
         self.fanout = fanout
         self.background = background
         self.node = node
-        self._http: aiohttp.ClientSession | None = None
+        self._http: httpx.AsyncClient | None = None
 
     async def stop(self) -> None:
         if self._http is not None:
-            await self._http.close()
+            await self._http.aclose()
 
     async def resume(self, now: datetime, lease: datetime) -> None:
         """Steps claimed by a process that did not finish them (their lease ran out): claimed again, run again."""
@@ -89,7 +89,7 @@ class Escalation:
         """Tell the emergency contacts' channel, retrying with backoff; the outcome is kept on the alert.
         The step's lease is renewed before each attempt so that no other process calls it meanwhile."""
         assert self.settings.emergency_webhook_url
-        self._http = self._http or aiohttp.ClientSession()
+        self._http = self._http or httpx.AsyncClient(trust_env=False)
         coll = Alert.get_pymongo_collection()
         payload = {"alert": alert.push(), "emergency_contacts": alert.emergency_contacts,
                    "message": f"{alert.patient_name or 'A patient'}: {alert.title}. Nobody has answered yet."}

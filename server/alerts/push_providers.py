@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiohttp
 import httpx
 import jwt
 from py_vapid import Vapid
@@ -83,11 +82,7 @@ class FCMProvider:
         self.endpoint = endpoint.rstrip("/")
         self.token_uri = token_uri or service_account.get("token_uri", "https://oauth2.googleapis.com/token")
         self._bearer: tuple[str, float] | None = None
-        self._http: aiohttp.ClientSession | None = None
-
-    def _session(self) -> aiohttp.ClientSession:
-        self._http = self._http or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S))
-        return self._http
+        self._http = httpx.AsyncClient(timeout=TIMEOUT_S, trust_env=False)
 
     def assertion(self) -> str:
         now = int(time.time())
@@ -100,10 +95,10 @@ class FCMProvider:
         if self._bearer and self._bearer[1] > time.time():
             return self._bearer[0]
         form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": self.assertion()}
-        async with self._session().post(self.token_uri, data=form) as resp:
-            if resp.status != 200:
-                raise status_error("fcm oauth", resp.status, await resp.text())
-            body = await resp.json()
+        resp = await self._post(self.token_uri, data=form)
+        if resp.status_code != 200:
+            raise status_error("fcm oauth", resp.status_code, resp.text)
+        body = resp.json()
         self._bearer = (body["access_token"], time.time() + int(body.get("expires_in", 3600)) - 60)
         return self._bearer[0]
 
@@ -117,17 +112,22 @@ class FCMProvider:
         }}
         headers = {"Authorization": f"Bearer {await self.bearer()}"}
         url = f"{self.endpoint}/v1/projects/{self.project}/messages:send"
-        async with self._session().post(url, json=body, headers=headers) as resp:
-            if resp.status == 200:
-                return
-            text = await resp.text()
-            if resp.status == 401:
-                self._bearer = None
-            raise status_error("fcm", resp.status, text, gone=resp.status == 404 or "UNREGISTERED" in text)
+        resp = await self._post(url, json=body, headers=headers)
+        if resp.status_code == 200:
+            return
+        if resp.status_code == 401:
+            self._bearer = None
+        raise status_error("fcm", resp.status_code, resp.text,
+                           gone=resp.status_code == 404 or "UNREGISTERED" in resp.text)
+
+    async def _post(self, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self._http.post(url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise PushError(f"fcm unreachable: {exc}", retryable=True) from None
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self._http.aclose()
 
 
 class APNsProvider:
@@ -177,24 +177,21 @@ class WebPushProvider:
         key = private_key.strip()
         self.vapid = Vapid.from_pem(key.encode()) if key.startswith("-----") else Vapid.from_string(key)
         self.subject = subject
-        self._http: aiohttp.ClientSession | None = None
 
     async def send(self, target: dict[str, Any], message: PushMessage) -> None:
-        self._http = self._http or aiohttp.ClientSession()
+        """pywebpush encrypts, signs and posts (over its own aiohttp session: the one HTTP client it takes)."""
         try:
             await webpush_async(subscription_info=target, data=json.dumps(message.payload()),
                                 vapid_private_key=self.vapid, vapid_claims={"sub": self.subject}, ttl=3600,
-                                headers={"Urgency": "high" if message.urgent else "normal"},
-                                timeout=aiohttp.ClientTimeout(total=TIMEOUT_S), aiohttp_session=self._http)
+                                headers={"Urgency": "high" if message.urgent else "normal"}, timeout=TIMEOUT_S)
         except WebPushException as exc:
             status = exc.status_code or 0
             raise status_error("webpush", status, str(exc), gone=status in (404, 410)) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:  # aiohttp's connection errors are OSErrors
             raise PushError(f"webpush unreachable: {exc}", retryable=True) from None
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        pass
 
 
 class WebhookProvider:
@@ -202,21 +199,19 @@ class WebhookProvider:
 
     def __init__(self, url: str, secret: str) -> None:
         self.url, self.secret = url, secret
-        self._http: aiohttp.ClientSession | None = None
+        self._http = httpx.AsyncClient(trust_env=False)
 
     async def send(self, target: str, message: PushMessage) -> None:
-        self._http = self._http or aiohttp.ClientSession()
         try:
             await post_signed(self._http, self.url, self.secret, "notification",
                               {"token": target, "notification": message.payload()}, timeout_s=TIMEOUT_S)
         except WebhookError as exc:
             raise status_error("webhook", exc.status) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except httpx.HTTPError as exc:
             raise PushError(f"webhook unreachable: {exc}", retryable=True) from None
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self._http.aclose()
 
 
 def providers_from(settings: Settings) -> dict[str, Provider]:

@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any
 
-import aiohttp
+import httpx
 
 SIGNATURE_HEADER = "X-HealthMate-Signature"
 TIMESTAMP_HEADER = "X-HealthMate-Timestamp"
@@ -33,10 +33,11 @@ class WebhookError(RuntimeError):
         self.status = status
 
 
-async def post_signed(session: aiohttp.ClientSession, url: str, secret: str, event: str,
+async def post_signed(client: httpx.AsyncClient, url: str, secret: str, event: str,
                       payload: dict[str, Any], timeout_s: float = 10) -> None:
-    """POST once; raises on a transport error or a non-2xx answer (the caller retries)."""
+    """POST once; raises ``httpx.HTTPError`` on a transport error, ``WebhookError`` on an answer that is not
+    2xx (a redirect included: the body would not follow it). The caller retries."""
     body, headers = signed_request(secret, event, payload)
-    async with session.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-        if resp.status >= 300:
-            raise WebhookError(resp.status)
+    resp = await client.post(url, content=body, headers=headers, timeout=timeout_s)
+    if resp.status_code >= 300:
+        raise WebhookError(resp.status_code)
