@@ -225,7 +225,7 @@ def create_app(settings: Settings) -> web.Application:
     app[REST] = rest  # for the handlers not yet bound at mount (to go)
     live = LiveHub(realtime, pubsub)
     bus.on("link_changed", live.revoke_member)
-    notes = Notifications(realtime, realtime.user_online)
+    notes = Notifications(realtime, realtime)
     vitals = Vitals(realtime, bus)
     writer = HistoryWriter()
     streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)

@@ -17,12 +17,11 @@ from server.core.background import Background
 from server.core.documents import utcnow
 from server.core.errors import not_found
 from server.core.identity import as_object_id
-from server.core.ports import Broadcaster
+from server.core.ports import Broadcaster, Online
 
 log = logging.getLogger(__name__)
 # A pusher gets the notifications of users who had no connected socket when they were raised.
 Pusher = Callable[[list[Notification]], Awaitable[None]]
-Online = Callable[[Any], Awaitable[bool]]  # whether a user has a connected socket in any process
 
 
 def mine(user_id: PydanticObjectId, unread_only: bool = False) -> dict[str, Any]:
@@ -35,7 +34,7 @@ class Notifications:
 
     def __init__(self, broadcaster: Broadcaster, online: Online) -> None:
         self.out = broadcaster
-        self.online = online
+        self.online = online  # who has a connected socket, in any process
         self.pushers: list[Pusher] = []
         self.background = Background()
 
@@ -58,7 +57,7 @@ class Notifications:
         for doc in docs:
             if live:
                 await self.out.to_user(doc.user_id, "notification:new", doc.public())
-            if not await self.online(doc.user_id):
+            if not await self.online.user_online(doc.user_id):
                 offline.append(doc)
         if offline and self.pushers:
             self.background.spawn(self._push(offline))
