@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from server.care.contacts import MedicalContact
 from server.care.documents import AuditEntry
-from tests.helpers import Api
+from tests.helpers import PASSWORD, Api
 
 DOCTOR = {"kind": "doctor", "name": "Dr. Ana Ruiz", "phone": "+34 (91) 555-01.23", "email": "ana@Clinic.EXAMPLE",
           "organization": "Centro de Salud"}
@@ -79,3 +79,23 @@ async def test_strangers_cannot_touch_contacts(api: Api) -> None:
     assert status == 404
     assert await MedicalContact.get(contact["id"]) is not None
     assert ss.events.of("contacts:changed") == []
+
+
+async def test_one_email_rule_for_accounts_and_contacts(api: Api) -> None:
+    """An address is spelled one way, as a contact and as an account: trimmed and lower-cased whole (so the
+    two compare equal), international characters allowed; a domain label edged by a hyphen, or a local part
+    over 64 characters, is refused by both."""
+    patient = await api.register("patient")
+    ps = await api.socket(patient)
+    for typed, spelled in ((" Ana.Ruiz@Clinic.EXAMPLE ", "ana.ruiz@clinic.example"),
+                           ("José@Example.org", "josé@example.org")):
+        contact = await ps.ok("contact:add", {"patient_id": patient.id, **DOCTOR, "email": typed})
+        status, account = await api.request("POST", "/api/auth/register", json={
+            "email": typed, "password": PASSWORD, "name": "Ana", "role": "clinician"})
+        assert status == 201 and contact["email"] == account["user"]["email"] == spelled, typed
+    for bad in ("ana@clinic.-example", "ana@-clinic.example", "a" * 65 + "@example.org"):
+        reply = await ps.call("contact:add", {"patient_id": patient.id, **DOCTOR, "email": bad})
+        assert reply["ok"] is False and reply["error"]["code"] == "invalid_payload", bad
+        status, body = await api.request("POST", "/api/auth/register", json={
+            "email": bad, "password": PASSWORD, "name": "Ana", "role": "clinician"})
+        assert status == 422 and body["error"]["code"] == "invalid_email", bad

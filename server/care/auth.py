@@ -50,7 +50,10 @@ class AuthService:
                 "expires_in": self.settings.access_token_ttl_s}
 
     async def register(self, email: str, password: str, name: str, role: Role, client: Client) -> dict[str, Any]:
-        email = normalise_email(email)
+        try:
+            email = normalise_email(email)
+        except ValueError:
+            raise ApiError("invalid_email", "That is not a valid email address", 422, {"field": "email"}) from None
         check_password(password, email)
         user = User(email=email, password_hash=await hash_password(password), name=name.strip(), role=role)
         try:

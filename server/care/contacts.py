@@ -16,6 +16,7 @@ from pymongo import ASCENDING, IndexModel
 from server.care import audit
 from server.care.access import require_patient
 from server.care.patients import PatientRef
+from server.care.security import normalise_email
 from server.core.documents import VersionedDocument, iso, utcnow
 from server.core.errors import ApiError, not_found
 from server.core.identity import Client, Principal, as_object_id
@@ -27,8 +28,6 @@ Kind = Literal["doctor", "clinic", "pharmacy", "emergency"]
 MAX_CONTACTS = 100
 _PHONE_NOISE = re.compile(r"[\s().\-/]")
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
 
 
 def normalise_phone(value: str) -> str:
@@ -39,14 +38,6 @@ def normalise_phone(value: str) -> str:
     if not _E164.match(phone):
         raise ValueError("phone must be an international number like +44 20 7946 0958 (E.164)")
     return phone
-
-
-def normalise_email(value: str) -> str:
-    email = value.strip()
-    if len(email) > 254 or not _EMAIL.match(email):
-        raise ValueError("email is not a valid address")
-    local, _, domain = email.rpartition("@")
-    return f"{local}@{domain.lower()}"
 
 
 Phone = Annotated[str, Field(max_length=40), AfterValidator(normalise_phone)]
