@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from beanie import PydanticObjectId
+
+from server.care.access import care_team, memberships
 from server.care.documents import Link, LinkCode
 from server.core.documents import utcnow
 from tests.helpers import Api
@@ -118,3 +121,20 @@ async def test_relink_after_revoke(api: Api) -> None:
     assert again["id"] == link["id"] and again["revoked_at"] is None
     status, _ = await api.request("GET", f"/api/patients/{patient.id}", carer)
     assert status == 200
+
+
+async def test_care_team_is_the_unrevoked_links_of_the_roles_asked(api: Api) -> None:
+    """The one care-team query (alerts, notifications, presence, medications, listing links, access)."""
+    patient = await api.register("patient")
+    carer, clinician, former = [await api.register(r) for r in ("caregiver", "clinician", "caregiver")]
+    for member in (carer, clinician):
+        await api.link(patient, member)
+    link = await api.link(patient, former)
+    status, _ = await api.request("DELETE", f"/api/links/{link['id']}", former)
+    assert status == 200
+    pid = PydanticObjectId(patient.id)
+    assert {(str(lk.member_id), lk.member_role) for lk in await care_team(pid)} == {
+        (carer.id, "caregiver"), (clinician.id, "clinician")}
+    assert [str(lk.member_id) for lk in await care_team(pid, ("caregiver",))] == [carer.id]
+    assert [str(lk.patient_id) for lk in await memberships(PydanticObjectId(clinician.id))] == [patient.id]
+    assert await memberships(PydanticObjectId(former.id)) == []

@@ -7,14 +7,36 @@ route and event goes through ``require_patient``, which also writes the audit en
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from beanie import PydanticObjectId
+from beanie.operators import In
 
 from server.care import audit
 from server.care.documents import Link
 from server.core.errors import forbidden
 from server.core.identity import Client, Principal, as_object_id
+
+CARE_ROLES = ("caregiver", "clinician")
+
+
+async def linked(patient_id: PydanticObjectId, member_id: PydanticObjectId) -> bool:
+    """Whether an unrevoked care-team link joins the member to the patient."""
+    link = await Link.get(Link.key(patient_id, member_id))
+    return link is not None and link.revoked_at is None
+
+
+async def care_team(patient_id: PydanticObjectId, roles: Iterable[str] = CARE_ROLES) -> list[Link]:
+    """The patient's unrevoked care-team links (``member_id``, ``member_role``), of members in ``roles``:
+    who is told of, and may see, what happens to the patient."""
+    return await Link.find(Link.patient_id == patient_id, Link.revoked_at == None,  # noqa: E711
+                           In(Link.member_role, list(roles))).to_list()
+
+
+async def memberships(member_id: PydanticObjectId) -> list[Link]:
+    """The unrevoked care-team links of a caregiver or clinician: the patients they are on the team of."""
+    return await Link.find(Link.member_id == member_id, Link.revoked_at == None).to_list()  # noqa: E711
 
 
 async def may_access(principal: Principal, patient_id: PydanticObjectId) -> bool:
@@ -22,8 +44,7 @@ async def may_access(principal: Principal, patient_id: PydanticObjectId) -> bool
         return principal.role in ("patient", "device")  # a device acts for its own patient only
     if principal.is_device:
         return False
-    link = await Link.get(Link.key(patient_id, principal.user_id))
-    return link is not None and link.revoked_at is None
+    return await linked(patient_id, principal.user_id)
 
 
 async def patients_of(principal: Principal) -> list[PydanticObjectId]:
@@ -32,8 +53,7 @@ async def patients_of(principal: Principal) -> list[PydanticObjectId]:
         return [principal.user_id]
     if principal.is_device:
         return []
-    links = Link.find(Link.member_id == principal.user_id, Link.revoked_at == None)  # noqa: E711
-    return [link.patient_id async for link in links]
+    return [link.patient_id for link in await memberships(principal.user_id)]
 
 
 async def require_patient(principal: Principal, patient_id: Any, action: str, client: Client | None = None,

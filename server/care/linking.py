@@ -15,6 +15,7 @@ from beanie.operators import In
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 
 from server.care import audit
+from server.care.access import care_team, memberships
 from server.care.documents import Link, LinkCode, User
 from server.core.documents import aware, iso, utcnow
 from server.core.errors import ApiError, forbidden, not_found
@@ -120,8 +121,7 @@ async def redeem(svc: Services, principal: Principal, code: str, client: Client)
 
 
 async def list_links(principal: Principal) -> list[dict[str, Any]]:
-    side = Link.patient_id if principal.role == "patient" else Link.member_id
-    links = await Link.find(side == principal.user_id, Link.revoked_at == None).to_list()  # noqa: E711
+    links = await (care_team if principal.role == "patient" else memberships)(principal.user_id)
     ids = {i for link in links for i in (link.patient_id, link.member_id)}
     users = {u.id: u for u in await User.find(In(User.id, list(ids))).to_list()}
     return [await link_json(link, users) for link in links]  # type: ignore[arg-type]

@@ -20,8 +20,7 @@ from beanie import PydanticObjectId
 from gridfs import AsyncGridFSBucket
 from gridfs.asynchronous.grid_file import AsyncGridIn
 
-from server.care.access import require_patient
-from server.care.documents import Link
+from server.care.access import linked, require_patient
 from server.core.documents import iso
 from server.core.errors import ApiError, forbidden, not_found
 from server.core.identity import Client, Principal, as_object_id
@@ -198,8 +197,7 @@ async def require_readable(principal: Principal, doc: dict[str, Any], client: Cl
         await require_patient(principal, meta["patient_id"], "upload.read", client, upload_id=str(doc["_id"]))
         return
     # A caregiver's or clinician's own avatar: the patients linked to them may see it.
-    link = await Link.get(Link.key(principal.user_id, meta["owner_id"]))
-    if link is None or link.revoked_at is not None:
+    if not await linked(principal.user_id, meta["owner_id"]):
         raise forbidden("You may not see this upload")
 
 

@@ -17,8 +17,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from ml.rhythm_events import Thresholds
 from server.alerts.notifications import Notifications
 from server.care import audit
-from server.care.access import require_patient
-from server.care.documents import Link
+from server.care.access import care_team, require_patient
 from server.care.patients import PatientRef
 from server.core.documents import VersionedDocument, iso, utcnow
 from server.core.errors import ApiError, forbidden
@@ -167,8 +166,7 @@ def alerts_to(notes: Notifications) -> EventSink:
             await notes.notify([event.patient_id], "alert", SIGNAL_EVENTS[event.type], "Check the sensor",
                                patient_id=event.patient_id, data={"vital_event_id": str(event.id)}, urgency="low")
             return
-        links = Link.find(Link.patient_id == event.patient_id, Link.revoked_at == None)  # noqa: E711
-        team = [event.patient_id, *[link.member_id async for link in links]]
+        team = [event.patient_id, *[link.member_id for link in await care_team(event.patient_id)]]
         await notes.notify(team, "alert", RHYTHM_EVENTS[event.type], body, patient_id=event.patient_id,
                            data={"vital_event_id": str(event.id), "type": event.type},
                            urgency="high")
