@@ -29,12 +29,15 @@ from server.alerts.alerts import Alerts
 from server.alerts.notifications import Notifications
 from server.alerts.push import PushDispatcher
 from server.alerts.push_providers import providers_from
-from server.care import accounts, audit, contacts, linking, patients, uploads
+from server.care import api as care_api
 from server.care import documents as care_documents
 from server.care.access import patients_of
+from server.care.accounts import Profiles
 from server.care.auth import AuthService
-from server.care.contacts import Contacts, MedicalContact
+from server.care.contacts import Contacts
+from server.care.linking import Linking
 from server.care.security import TokenService
+from server.care.uploads import Uploads
 from server.core.config import ConfigError, Settings
 from server.core.errors import ApiError
 from server.core.identity import Principal
@@ -74,7 +77,7 @@ log = logging.getLogger(__name__)
 # What the store holds: every concern's documents.
 DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, *call_documents.DOCUMENTS, *alert_documents.DOCUMENTS,
                                    *meds_documents.DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, BPReading, MedicalContact, ModelVersion, Prediction,
+                                   PatientThresholds, BPReading, ModelVersion, Prediction,
                                    MedicineBoxState, BoxEvent]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 RETENTION_FIRST_S = 60
@@ -242,24 +245,23 @@ def create_app(settings: Settings) -> web.Application:
     models = ModelRegistry(bus)
     forecasts = BPForecasts(realtime, models)
     bp.on_added.append(forecasts.on_reading)
+    contacts = Contacts(realtime)
+    uploads = Uploads(settings.upload_max_bytes, settings.upload_max_dimension)
+    profiles = Profiles(realtime, uploads)
     svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
                    pubsub=pubsub,
-                   bp=bp, contacts=Contacts(realtime), alerts=alerting, push=push,
+                   bp=bp, contacts=contacts, alerts=alerting, push=push,
                    presence=DevicePresence(realtime, notes, settings.device_silence_s), models=models,
                    forecasts=forecasts, triage=Triage(realtime, alerting))
     _setup_mqtt(svc)
     app[SERVICES] = svc
     realtime.attach(app)
-    accounts.setup(app)
-    linking.setup(app, svc)
-    patients.setup(app, realtime)
-    audit.setup(app)
+    care_api.mount(mount, auth, profiles, Linking(realtime, bus, failures, settings.link_code_ttl_s), contacts, uploads)
     device_registry.setup(app)
     waveform_store.setup(app)
     vitals_module.setup(app)
     blood_pressure.setup(app)
-    contacts.setup(app)
     svc.calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)
     calls_api.mount(mount, svc.calls)
     rtc = DeviceRtc(realtime.router)
@@ -267,9 +269,9 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(lambda _app: rtc.stop())
     svc.extras["device_rtc"] = rtc
     health.setup(app)
-    uploads.setup(app)
     svc.medications = Medications(realtime, notes)
     svc.scheduler = Scheduler(settings, realtime, notes, svc.medications)
+    profiles.on_timezone_changed.append(svc.scheduler.replan_patient)
     meds_api.mount(mount, svc.medications, svc.scheduler)
     svc.medicine_box = MedicineBox(svc, svc.scheduler)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),

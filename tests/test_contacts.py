@@ -3,8 +3,7 @@ numbers and emails, changes pushed live, strangers refused."""
 
 from __future__ import annotations
 
-from server.care.contacts import MedicalContact
-from server.care.documents import AuditEntry
+from server.care.documents import AuditEntry, MedicalContact
 from tests.helpers import PASSWORD, Api
 
 DOCTOR = {"kind": "doctor", "name": "Dr. Ana Ruiz", "phone": "+34 (91) 555-01.23", "email": "ana@Clinic.EXAMPLE",

@@ -170,8 +170,7 @@ def test_every_event_survives_arbitrary_payloads(live: Live) -> None:
 def test_every_field_of_every_update_survives_arbitrary_values(live: Live) -> None:
     """Updates of things that exist, which random payloads rarely reach: each field set to any JSON value
     (null included) is applied or refused uniformly with nothing stored, and everything still reads."""
-    from server.care.accounts import ProfilePatch
-    from server.care.contacts import ContactUpdate
+    from server.care.documents import ContactUpdate, ProfilePatch
     from server.meds.documents import MedUpdate
     from server.vitals.blood_pressure import BPUpdate
     from tests.test_contacts import DOCTOR

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from beanie import PydanticObjectId
 from beanie.operators import Or
 
 from server.care.documents import AuditEntry
 from server.core.documents import iso
-from server.transport.http import cursor_page, page_params, require_principal
 
 if TYPE_CHECKING:
     from server.core.identity import Client, Principal
@@ -39,14 +37,6 @@ def entry_json(e: AuditEntry) -> dict[str, Any]:
     }
 
 
-async def list_audit(request: web.Request) -> web.Response:
-    """A user pages through every access to their data as a patient and everything they did themselves."""
-    principal = await require_principal(request)
-    before, limit = page_params(request)
-    mine = Or(AuditEntry.patient_id == principal.user_id, AuditEntry.actor_id == principal.user_id)
-    page = await cursor_page(AuditEntry, mine, before, limit, entry_json)
-    return web.json_response(page)
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_get("/api/audit", list_audit)
+def concerning(user_id: PydanticObjectId) -> Any:
+    """What a user may page through: every access to their data as a patient, and all they did themselves."""
+    return Or(AuditEntry.patient_id == user_id, AuditEntry.actor_id == user_id)

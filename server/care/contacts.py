@@ -1,120 +1,22 @@
-"""A patient's medical contacts (doctors, clinics, pharmacies, emergency contacts): CRUD over
-Socket.IO and REST by the patient and linked users, every change audited and pushed to the patient's
-room. Emergency contacts are listed in emergency alerts and reached through the escalation webhook."""
+"""A patient's medical contacts (doctors, clinics, pharmacies, emergency contacts): CRUD by the patient
+and linked users, every change audited and pushed to the patient's room. Emergency contacts are listed in
+emergency alerts and reached through the escalation webhook."""
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from aiohttp import web
 from beanie import PydanticObjectId
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
-from pymongo import ASCENDING, IndexModel
 
 from server.care import audit
 from server.care.access import require_patient
-from server.care.patients import PatientRef
-from server.care.security import normalise_email
-from server.core.documents import VersionedDocument, iso, utcnow
+from server.care.documents import ContactIn, ContactUpdate, MedicalContact, check_reachable
+from server.core.documents import utcnow
 from server.core.errors import ApiError, not_found
 from server.core.identity import Client, Principal, as_object_id
-from server.core.patch import Patch
-from server.transport.http import client_of, read_json, require_principal
-from server.transport.realtime import EventContext, Realtime
+from server.core.ports import Broadcaster
 
-Kind = Literal["doctor", "clinic", "pharmacy", "emergency"]
 MAX_CONTACTS = 100
-_PHONE_NOISE = re.compile(r"[\s().\-/]")
-_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-
-
-def normalise_phone(value: str) -> str:
-    """E.164: ``+`` and 7 to 15 digits; spaces, dots, dashes and brackets are dropped, ``00`` becomes ``+``."""
-    phone = _PHONE_NOISE.sub("", value)
-    if phone.startswith("00"):
-        phone = "+" + phone[2:]
-    if not _E164.match(phone):
-        raise ValueError("phone must be an international number like +44 20 7946 0958 (E.164)")
-    return phone
-
-
-Phone = Annotated[str, Field(max_length=40), AfterValidator(normalise_phone)]
-Email = Annotated[str, Field(max_length=254), AfterValidator(normalise_email)]
-Text = Annotated[str, Field(min_length=1, max_length=200)]
-
-
-class MedicalContact(VersionedDocument):
-    patient_id: PydanticObjectId
-    kind: Kind
-    name: str
-    phone: str | None = None
-    email: str | None = None
-    organization: str | None = None
-    relationship: str | None = None
-    address: str | None = None
-    notes: str | None = None
-    created_by: PydanticObjectId
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime | None = None
-
-    class Settings:
-        name = "medical_contacts"
-        indexes = [IndexModel([("patient_id", ASCENDING), ("kind", ASCENDING)], name="patient_kind")]
-
-    def public(self) -> dict[str, Any]:
-        return {"id": str(self.id), "patient_id": str(self.patient_id), "kind": self.kind, "name": self.name,
-                "phone": self.phone, "email": self.email, "organization": self.organization,
-                "relationship": self.relationship, "address": self.address, "notes": self.notes,
-                "created_by": str(self.created_by), "created_at": iso(self.created_at),
-                "updated_at": iso(self.updated_at)}
-
-
-class ContactFields(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-    kind: Kind | None = None
-    name: Text | None = None
-    phone: Phone | None = None
-    email: Email | None = None
-    organization: Text | None = None
-    relationship: Annotated[str, Field(min_length=1, max_length=60)] | None = None
-    address: Annotated[str, Field(min_length=1, max_length=300)] | None = None
-    notes: Annotated[str, Field(max_length=1000)] | None = None
-
-
-class ContactIn(ContactFields):
-    kind: Kind
-    name: Text
-
-    @model_validator(mode="after")
-    def reachable(self) -> ContactIn:
-        check_reachable(self.kind, self.phone, self.email)
-        return self
-
-
-class ContactAdd(ContactIn):
-    patient_id: str = Field(max_length=64)
-
-
-class ContactPatch(ContactFields, Patch):
-    keep = frozenset({"kind", "name"})
-
-
-class ContactUpdate(ContactPatch):
-    contact_id: str = Field(max_length=64)
-
-
-class ContactRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    contact_id: str = Field(max_length=64)
-
-
-def check_reachable(kind: str, phone: str | None, email: str | None) -> None:
-    if kind == "emergency" and not phone:
-        raise ValueError("an emergency contact needs a phone number")
-    if not phone and not email:
-        raise ValueError("give a phone number or an email")
 
 
 async def emergency_contacts(patient_id: PydanticObjectId) -> list[dict[str, Any]]:
@@ -125,12 +27,8 @@ async def emergency_contacts(patient_id: PydanticObjectId) -> list[dict[str, Any
 
 
 class Contacts:
-    def __init__(self, realtime: Realtime) -> None:
-        self.rt = realtime
-        realtime.event("contacts:list", PatientRef)(self._list)
-        realtime.event("contact:add", ContactAdd)(self._add)
-        realtime.event("contact:update", ContactUpdate)(self._update)
-        realtime.event("contact:delete", ContactRef)(self._delete)
+    def __init__(self, broadcaster: Broadcaster) -> None:
+        self.broadcaster = broadcaster
 
     async def list(self, principal: Principal, patient_id: Any, client: Client | None) -> list[dict[str, Any]]:
         pid = await require_patient(principal, patient_id, "contacts.read", client)
@@ -185,61 +83,5 @@ class Contacts:
 
     async def _changed(self, change: str, contact: MedicalContact) -> dict[str, Any]:
         data = contact.public()
-        await self.rt.to_patient(contact.patient_id, "contacts:changed", {"change": change, "contact": data})
+        await self.broadcaster.to_patient(contact.patient_id, "contacts:changed", {"change": change, "contact": data})
         return data
-
-    async def _list(self, ctx: EventContext, body: PatientRef) -> list[dict[str, Any]]:
-        return await self.list(ctx.principal, body.patient_id, ctx.client)
-
-    async def _add(self, ctx: EventContext, body: ContactAdd) -> dict[str, Any]:
-        return await self.add(ctx.principal, body.patient_id, body, ctx.client)
-
-    async def _update(self, ctx: EventContext, body: ContactUpdate) -> dict[str, Any]:
-        return await self.update(ctx.principal, body, ctx.client)
-
-    async def _delete(self, ctx: EventContext, body: ContactRef) -> dict[str, Any]:
-        return await self.delete(ctx.principal, body.contact_id, ctx.client)
-
-
-def _contacts(request: web.Request) -> Contacts:
-    from server.transport.http import services
-
-    contacts = services(request).contacts
-    assert contacts is not None
-    return contacts
-
-
-async def rest_list(request: web.Request) -> web.Response:
-    principal = await require_principal(request)
-    items = await _contacts(request).list(principal, request.match_info["patient_id"], client_of(request))
-    return web.json_response({"items": items})
-
-
-async def rest_add(request: web.Request) -> web.Response:
-    principal = await require_principal(request)
-    body = await read_json(request, ContactIn)
-    data = await _contacts(request).add(principal, request.match_info["patient_id"], body, client_of(request))
-    return web.json_response(data, status=201)
-
-
-async def rest_update(request: web.Request) -> web.Response:
-    principal = await require_principal(request)
-    fields = await read_json(request, ContactPatch)  # validated; the id is checked where it is looked up
-    body = ContactUpdate.model_construct(contact_id=request.match_info["contact_id"],
-                                         **fields.model_dump(exclude_unset=True))
-    data = await _contacts(request).update(principal, body, client_of(request), request.match_info["patient_id"])
-    return web.json_response(data)
-
-
-async def rest_delete(request: web.Request) -> web.Response:
-    principal = await require_principal(request)
-    data = await _contacts(request).delete(principal, request.match_info["contact_id"], client_of(request),
-                                           request.match_info["patient_id"])
-    return web.json_response(data)
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_get("/api/patients/{patient_id}/contacts", rest_list)
-    app.router.add_post("/api/patients/{patient_id}/contacts", rest_add)
-    app.router.add_patch("/api/patients/{patient_id}/contacts/{contact_id}", rest_update)
-    app.router.add_delete("/api/patients/{patient_id}/contacts/{contact_id}", rest_delete)

@@ -1,4 +1,4 @@
-"""Beanie documents: what the platform core stores.
+"""What the care concern stores (Beanie documents) and the requests it accepts (pydantic models).
 
 Every document carries ``schema_version``; ``server.infra.migrations`` brings older documents
 up to date. Indexes are declared here and created at start-up by ``init_beanie``.
@@ -6,14 +6,19 @@ up to date. Indexes are declared here and created at start-up by ``init_beanie``
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from beanie import Document, PydanticObjectId
-from pydantic import Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
+from server.care.security import normalise_email
 from server.core.documents import VersionedDocument, iso, utcnow
+from server.core.identity import as_object_id
+from server.core.patch import Patch
 
 Role = Literal["patient", "caregiver", "clinician"]
 
@@ -130,4 +135,168 @@ class AuditEntry(VersionedDocument):
         ]
 
 
-DOCUMENTS: list[type[Document]] = [User, AuthSession, Link, LinkCode, AuditEntry]
+ContactKind = Literal["doctor", "clinic", "pharmacy", "emergency"]
+
+
+class MedicalContact(VersionedDocument):
+    """A patient's doctor, clinic, pharmacy or emergency contact."""
+
+    patient_id: PydanticObjectId
+    kind: ContactKind
+    name: str
+    phone: str | None = None
+    email: str | None = None
+    organization: str | None = None
+    relationship: str | None = None
+    address: str | None = None
+    notes: str | None = None
+    created_by: PydanticObjectId
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime | None = None
+
+    class Settings:
+        name = "medical_contacts"
+        indexes = [IndexModel([("patient_id", ASCENDING), ("kind", ASCENDING)], name="patient_kind")]
+
+    def public(self) -> dict[str, Any]:
+        return {"id": str(self.id), "patient_id": str(self.patient_id), "kind": self.kind, "name": self.name,
+                "phone": self.phone, "email": self.email, "organization": self.organization,
+                "relationship": self.relationship, "address": self.address, "notes": self.notes,
+                "created_by": str(self.created_by), "created_at": iso(self.created_at),
+                "updated_at": iso(self.updated_at)}
+
+
+DOCUMENTS: list[type[Document]] = [User, AuthSession, Link, LinkCode, AuditEntry, MedicalContact]
+
+
+# --- requests ----------------------------------------------------------------------------------------
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PatientRef(Strict):
+    patient_id: str = Field(max_length=64)
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("not an IANA time zone (e.g. Europe/Lisbon)") from None
+    return value
+
+
+def _object_id(value: str) -> str:
+    return str(as_object_id(value, "avatar_id"))
+
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Secret = Annotated[str, Field(min_length=1, max_length=256)]
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+class RegisterIn(Strict):
+    email: Annotated[str, Field(max_length=254)]
+    password: Secret
+    name: Name
+    role: Role
+
+
+class LoginIn(Strict):
+    email: Annotated[str, Field(max_length=254)]
+    password: Secret
+
+
+class RefreshIn(Strict):
+    refresh_token: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class ProfilePatch(Patch):
+    keep = frozenset({"name", "timezone", "language"})
+    name: Name | None = None
+    phone: Annotated[str, StringConstraints(pattern=_E164)] | None = None
+    timezone: Annotated[str, Field(max_length=64), AfterValidator(_timezone)] | None = None
+    language: Annotated[str, StringConstraints(pattern=re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$"))] | None = None
+    avatar_id: Annotated[str, AfterValidator(_object_id)] | None = None
+
+
+class PasswordChange(Strict):
+    current_password: Secret
+    new_password: Secret
+
+
+# Typed by hand: case, spaces and dashes do not matter.
+Code = Annotated[str, StringConstraints(min_length=4, max_length=24, pattern=r"^[A-Za-z0-9 -]+$"),
+                 AfterValidator(lambda v: v.replace("-", "").replace(" ", "").upper())]
+
+
+class RedeemIn(Strict):
+    code: Code
+
+
+class RevokeIn(Strict):
+    link_id: Annotated[str, StringConstraints(max_length=60)]
+
+
+_PHONE_NOISE = re.compile(r"[\s().\-/]")
+
+
+def normalise_phone(value: str) -> str:
+    """E.164: ``+`` and 7 to 15 digits; spaces, dots, dashes and brackets are dropped, ``00`` becomes ``+``."""
+    phone = _PHONE_NOISE.sub("", value)
+    if phone.startswith("00"):
+        phone = "+" + phone[2:]
+    if not _E164.match(phone):
+        raise ValueError("phone must be an international number like +44 20 7946 0958 (E.164)")
+    return phone
+
+
+def check_reachable(kind: str, phone: str | None, email: str | None) -> None:
+    if kind == "emergency" and not phone:
+        raise ValueError("an emergency contact needs a phone number")
+    if not phone and not email:
+        raise ValueError("give a phone number or an email")
+
+
+Phone = Annotated[str, Field(max_length=40), AfterValidator(normalise_phone)]
+Email = Annotated[str, Field(max_length=254), AfterValidator(normalise_email)]
+Text = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ContactFields(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    kind: ContactKind | None = None
+    name: Text | None = None
+    phone: Phone | None = None
+    email: Email | None = None
+    organization: Text | None = None
+    relationship: Annotated[str, Field(min_length=1, max_length=60)] | None = None
+    address: Annotated[str, Field(min_length=1, max_length=300)] | None = None
+    notes: Annotated[str, Field(max_length=1000)] | None = None
+
+
+class ContactIn(ContactFields):
+    kind: ContactKind
+    name: Text
+
+    @model_validator(mode="after")
+    def reachable(self) -> ContactIn:
+        check_reachable(self.kind, self.phone, self.email)
+        return self
+
+
+class ContactAdd(ContactIn):
+    patient_id: str = Field(max_length=64)
+
+
+class ContactPatch(ContactFields, Patch):
+    keep = frozenset({"kind", "name"})
+
+
+class ContactUpdate(ContactPatch):
+    contact_id: str = Field(max_length=64)
+
+
+class ContactRef(Strict):
+    contact_id: str = Field(max_length=64)

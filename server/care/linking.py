@@ -6,13 +6,11 @@ from __future__ import annotations
 import io
 import secrets
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Any
 
 import segno
-from aiohttp import web
 from beanie import PydanticObjectId
 from beanie.operators import In
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 
 from server.care import audit
 from server.care.access import care_team, memberships
@@ -20,49 +18,18 @@ from server.care.documents import Link, LinkCode, User
 from server.core.documents import aware, iso, utcnow
 from server.core.errors import ApiError, forbidden, not_found
 from server.core.identity import Client, Principal
-from server.services import Services
-from server.transport.http import client_of, read_json, require_principal, services
-from server.transport.realtime import EventContext, Realtime
+from server.core.ports import Broadcaster
+from server.infra.pubsub import ControlBus
+from server.infra.ratelimit import FailureCounter
 
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"  # no 0/O, 1/I/L, U: read aloud and typed by hand
 CODE_LENGTH = 8
 MAX_OPEN_CODES = 10
 MAX_FAILED_REDEEMS = 10
 
-# Typed by hand: case, spaces and dashes do not matter.
-Code = Annotated[str, StringConstraints(min_length=4, max_length=24, pattern=r"^[A-Za-z0-9 -]+$"),
-                 AfterValidator(lambda v: v.replace("-", "").replace(" ", "").upper())]
-
-
-class RedeemIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    code: Code
-
-
-class RevokeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    link_id: Annotated[str, StringConstraints(max_length=60)]
-
 
 def _code_payload(code: str) -> str:
     return f"healthmate://link?code={code}"
-
-
-async def create_code(svc: Services, principal: Principal, client: Client) -> dict[str, Any]:
-    if principal.role != "patient":
-        raise forbidden("Only a patient can create a link code")
-    now = utcnow()
-    open_codes = await LinkCode.find(LinkCode.patient_id == principal.user_id, LinkCode.redeemed_at == None,  # noqa: E711
-                                     LinkCode.expires_at > now).count()
-    if open_codes >= MAX_OPEN_CODES:
-        raise ApiError("too_many_codes", "Too many unused link codes; wait for them to expire", 429)
-    code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
-    doc = LinkCode(code=code, patient_id=principal.user_id,
-                   expires_at=now + timedelta(seconds=svc.settings.link_code_ttl_s))
-    await doc.insert()
-    await audit.record("link.code_create", principal=principal, patient_id=principal.user_id, client=client)
-    return {"code": code, "expires_at": iso(doc.expires_at), "qr_url": f"/api/links/codes/{code}/qr.png",
-            "qr_payload": _code_payload(code)}
 
 
 async def link_json(link: Link, users: dict[PydanticObjectId, User] | None = None) -> dict[str, Any]:
@@ -79,127 +46,92 @@ async def link_json(link: Link, users: dict[PydanticObjectId, User] | None = Non
     }
 
 
-async def _announce(svc: Services, link: Link, change: str) -> None:
-    """Bring every process's rooms in step first, then tell both sides."""
-    await svc.bus.publish("link_changed", patient_id=str(link.patient_id), member_id=str(link.member_id),
-                          active=link.revoked_at is None)
-    body = {"change": change, "link": await link_json(link)}
-    await svc.realtime.to_user(link.patient_id, "links:changed", body)
-    await svc.realtime.to_user(link.member_id, "links:changed", body)
+class Linking:
+    def __init__(self, broadcaster: Broadcaster, bus: ControlBus, failures: FailureCounter, code_ttl_s: int) -> None:
+        self.broadcaster = broadcaster
+        self.bus = bus
+        self.failures = failures
+        self.code_ttl = timedelta(seconds=code_ttl_s)
 
+    async def create_code(self, principal: Principal, client: Client) -> dict[str, Any]:
+        if principal.role != "patient":
+            raise forbidden("Only a patient can create a link code")
+        now = utcnow()
+        open_codes = await LinkCode.find(LinkCode.patient_id == principal.user_id, LinkCode.redeemed_at == None,  # noqa: E711
+                                         LinkCode.expires_at > now).count()
+        if open_codes >= MAX_OPEN_CODES:
+            raise ApiError("too_many_codes", "Too many unused link codes; wait for them to expire", 429)
+        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+        doc = LinkCode(code=code, patient_id=principal.user_id, expires_at=now + self.code_ttl)
+        await doc.insert()
+        await audit.record("link.code_create", principal=principal, patient_id=principal.user_id, client=client)
+        return {"code": code, "expires_at": iso(doc.expires_at), "qr_url": f"/api/links/codes/{code}/qr.png",
+                "qr_payload": _code_payload(code)}
 
-async def redeem(svc: Services, principal: Principal, code: str, client: Client) -> dict[str, Any]:
-    if principal.role not in ("caregiver", "clinician"):
-        raise forbidden("Only a caregiver or clinician can redeem a link code")
-    throttle_key = f"redeem:{principal.user_id}"
-    failures, retry = await svc.failures.count(throttle_key)
-    if failures >= MAX_FAILED_REDEEMS:
-        raise ApiError("too_many_attempts", "Too many wrong link codes; try again later", 429,
-                       {"retry_after_s": retry}, headers={"Retry-After": str(retry)})
-    now = utcnow()
-    claimed = await LinkCode.get_pymongo_collection().find_one_and_update(
-        {"code": code, "redeemed_at": None, "expires_at": {"$gt": now}},
-        {"$set": {"redeemed_at": now, "redeemed_by": principal.user_id}},
-    )
-    if claimed is None:
-        await svc.failures.add(throttle_key)
-        await audit.record("link.redeem", principal=principal, outcome="denied", client=client)
-        raise ApiError("invalid_code", "This link code is not valid, was already used, or has expired", 404,
-                       {"field": "code"})
-    patient_id = claimed["patient_id"]
-    link = Link(id=Link.key(patient_id, principal.user_id), patient_id=patient_id, member_id=principal.user_id,
-                member_role=principal.role)  # type: ignore[arg-type]
-    await Link.get_pymongo_collection().update_one(
-        {"_id": link.id},
-        {"$set": {"patient_id": patient_id, "member_id": principal.user_id, "member_role": principal.role,
-                  "created_at": link.created_at, "revoked_at": None, "revoked_by": None, "schema_version": 1}},
-        upsert=True,
-    )
-    await audit.record("link.create", principal=principal, patient_id=patient_id, client=client)
-    await _announce(svc, link, "added")
-    return await link_json(link)
+    async def qr_png(self, principal: Principal, code: str) -> bytes:
+        """The QR of one of the patient's own open codes."""
+        code = code.upper()
+        doc = await LinkCode.find_one(LinkCode.code == code)
+        if doc is None or doc.patient_id != principal.user_id or doc.redeemed_at is not None \
+                or aware(doc.expires_at) <= utcnow():
+            raise not_found("link code")
+        buf = io.BytesIO()
+        segno.make(_code_payload(code), error="m").save(buf, kind="png", scale=8, border=2)
+        return buf.getvalue()
 
+    async def _announce(self, link: Link, change: str) -> None:
+        """Bring every process's rooms in step first, then tell both sides."""
+        await self.bus.publish("link_changed", patient_id=str(link.patient_id), member_id=str(link.member_id),
+                               active=link.revoked_at is None)
+        body = {"change": change, "link": await link_json(link)}
+        await self.broadcaster.to_user(link.patient_id, "links:changed", body)
+        await self.broadcaster.to_user(link.member_id, "links:changed", body)
 
-async def list_links(principal: Principal) -> list[dict[str, Any]]:
-    links = await (care_team if principal.role == "patient" else memberships)(principal.user_id)
-    ids = {i for link in links for i in (link.patient_id, link.member_id)}
-    users = {u.id: u for u in await User.find(In(User.id, list(ids))).to_list()}
-    return [await link_json(link, users) for link in links]  # type: ignore[arg-type]
+    async def redeem(self, principal: Principal, code: str, client: Client) -> dict[str, Any]:
+        if principal.role not in ("caregiver", "clinician"):
+            raise forbidden("Only a caregiver or clinician can redeem a link code")
+        throttle_key = f"redeem:{principal.user_id}"
+        failures, retry = await self.failures.count(throttle_key)
+        if failures >= MAX_FAILED_REDEEMS:
+            raise ApiError("too_many_attempts", "Too many wrong link codes; try again later", 429,
+                           {"retry_after_s": retry}, headers={"Retry-After": str(retry)})
+        now = utcnow()
+        claimed = await LinkCode.get_pymongo_collection().find_one_and_update(
+            {"code": code, "redeemed_at": None, "expires_at": {"$gt": now}},
+            {"$set": {"redeemed_at": now, "redeemed_by": principal.user_id}},
+        )
+        if claimed is None:
+            await self.failures.add(throttle_key)
+            await audit.record("link.redeem", principal=principal, outcome="denied", client=client)
+            raise ApiError("invalid_code", "This link code is not valid, was already used, or has expired", 404,
+                           {"field": "code"})
+        patient_id = claimed["patient_id"]
+        link = Link(id=Link.key(patient_id, principal.user_id), patient_id=patient_id, member_id=principal.user_id,
+                    member_role=principal.role)  # type: ignore[arg-type]
+        await Link.get_pymongo_collection().update_one(
+            {"_id": link.id},
+            {"$set": {"patient_id": patient_id, "member_id": principal.user_id, "member_role": principal.role,
+                      "created_at": link.created_at, "revoked_at": None, "revoked_by": None, "schema_version": 1}},
+            upsert=True,
+        )
+        await audit.record("link.create", principal=principal, patient_id=patient_id, client=client)
+        await self._announce(link, "added")
+        return await link_json(link)
 
+    async def links(self, principal: Principal) -> list[dict[str, Any]]:
+        links = await (care_team if principal.role == "patient" else memberships)(principal.user_id)
+        ids = {i for link in links for i in (link.patient_id, link.member_id)}
+        users = {u.id: u for u in await User.find(In(User.id, list(ids))).to_list()}
+        return [await link_json(link, users) for link in links]  # type: ignore[arg-type]
 
-async def revoke(svc: Services, principal: Principal, link_id: str, client: Client) -> dict[str, Any]:
-    link = await Link.get(link_id)
-    if link is None or link.revoked_at is not None or principal.user_id not in (link.patient_id, link.member_id):
-        raise not_found("link")
-    link.revoked_at = utcnow()
-    link.revoked_by = principal.user_id
-    await link.save()
-    await audit.record("link.revoke", principal=principal, patient_id=link.patient_id, client=client,
-                       member_id=str(link.member_id))
-    await _announce(svc, link, "revoked")
-    return await link_json(link)
-
-
-# --- REST ---------------------------------------------------------------------------------------------
-
-async def post_code(request: web.Request) -> web.Response:
-    principal = await require_principal(request)
-    return web.json_response(await create_code(services(request), principal, client_of(request)), status=201)
-
-
-async def get_qr(request: web.Request) -> web.Response:
-    principal = await require_principal(request)
-    code = request.match_info["code"].upper()
-    doc = await LinkCode.find_one(LinkCode.code == code)
-    if doc is None or doc.patient_id != principal.user_id or doc.redeemed_at is not None \
-            or aware(doc.expires_at) <= utcnow():
-        raise not_found("link code")
-    buf = io.BytesIO()
-    segno.make(_code_payload(code), error="m").save(buf, kind="png", scale=8, border=2)
-    return web.Response(body=buf.getvalue(), content_type="image/png", headers={"Cache-Control": "no-store"})
-
-
-async def post_redeem(request: web.Request) -> web.Response:
-    principal = await require_principal(request)
-    body = await read_json(request, RedeemIn)
-    return web.json_response(await redeem(services(request), principal, body.code, client_of(request)), status=201)
-
-
-async def get_links(request: web.Request) -> web.Response:
-    principal = await require_principal(request)
-    return web.json_response({"items": await list_links(principal)})
-
-
-async def delete_link(request: web.Request) -> web.Response:
-    principal = await require_principal(request)
-    link_id = request.match_info["link_id"]
-    return web.json_response(await revoke(services(request), principal, link_id, client_of(request)))
-
-
-def setup(app: web.Application, svc: Services) -> None:
-    r = app.router
-    r.add_post("/api/links/codes", post_code)
-    r.add_get("/api/links/codes/{code}/qr.png", get_qr)
-    r.add_post("/api/links/redeem", post_redeem)
-    r.add_get("/api/links", get_links)
-    r.add_delete("/api/links/{link_id}", delete_link)
-    register_events(svc.realtime, svc)
-
-
-def register_events(rt: Realtime, svc: Services) -> None:
-    @rt.event("links:create-code")
-    async def _create(ctx: EventContext, _: None) -> dict[str, Any]:
-        return await create_code(svc, ctx.principal, ctx.client)
-
-    @rt.event("links:redeem", RedeemIn)
-    async def _redeem(ctx: EventContext, body: RedeemIn) -> dict[str, Any]:
-        return await redeem(svc, ctx.principal, body.code, ctx.client)
-
-    @rt.event("links:list")
-    async def _list(ctx: EventContext, _: None) -> list[dict[str, Any]]:
-        return await list_links(ctx.principal)
-
-    @rt.event("links:revoke", RevokeIn)
-    async def _revoke(ctx: EventContext, body: RevokeIn) -> dict[str, Any]:
-        return await revoke(svc, ctx.principal, body.link_id, ctx.client)
-
+    async def revoke(self, principal: Principal, link_id: str, client: Client) -> dict[str, Any]:
+        link = await Link.get(link_id)
+        if link is None or link.revoked_at is not None or principal.user_id not in (link.patient_id, link.member_id):
+            raise not_found("link")
+        link.revoked_at = utcnow()
+        link.revoked_by = principal.user_id
+        await link.save()
+        await audit.record("link.revoke", principal=principal, patient_id=link.patient_id, client=client,
+                           member_id=str(link.member_id))
+        await self._announce(link, "revoked")
+        return await link_json(link)
