@@ -218,9 +218,6 @@ class TrainingReport:
     kept: bool
     reasons: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
     def to_text(self) -> str:
         data = self.training_data
         head = ("SYNTHETIC data: " if data.get("synthetic") else "") + str(data.get("description", data))
