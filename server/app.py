@@ -62,12 +62,13 @@ from server.transport.events import EventRouter
 from server.transport.http import REST, SERVICES, Rest, error_middleware
 from server.transport.mount import Mount
 from server.transport.realtime import Realtime
-from server.vitals import blood_pressure
-from server.vitals import events as vitals_module
-from server.vitals.blood_pressure import BloodPressure, BPReading
-from server.vitals.events import PatientThresholds, VitalEvent, Vitals
+from server.vitals import api as vitals_api
+from server.vitals import documents as vitals_documents
+from server.vitals.blood_pressure import BloodPressure
+from server.vitals.bp_history import BPHistory
+from server.vitals.events import Vitals, alerts_to
 from server.vitals.forecast import BPForecasts
-from server.vitals.model_registry import ModelRegistry, ModelVersion, Prediction
+from server.vitals.model_registry import ModelRegistry
 from server.vitals.triage import Triage
 from signaling import api as calls_api
 from signaling import documents as call_documents
@@ -75,10 +76,9 @@ from signaling.calls import Calls
 
 log = logging.getLogger(__name__)
 # What the store holds: every concern's documents.
-DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, *call_documents.DOCUMENTS, *alert_documents.DOCUMENTS,
-                                   *meds_documents.DOCUMENTS, Device, Stream, WaveBucket, AnalysisChunk, VitalEvent,
-                                   PatientThresholds, BPReading, ModelVersion, Prediction,
-                                   MedicineBoxState, BoxEvent]
+DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, *vitals_documents.DOCUMENTS, *call_documents.DOCUMENTS,
+                                   *alert_documents.DOCUMENTS, *meds_documents.DOCUMENTS, Device, Stream, WaveBucket,
+                                   AnalysisChunk, MedicineBoxState, BoxEvent]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 RETENTION_FIRST_S = 60
 
@@ -240,11 +240,12 @@ def create_app(settings: Settings) -> web.Application:
     alerts_api.mount(mount, alerting, notes, push)
     bp.on_crisis.append(alerting.on_bp_crisis)
     vitals.sinks.append(alerting.on_vital_event)  # critical events: emergency alerts, escalated
-    vitals.sinks.append(vitals_module.alerts_to(notes))  # the others: notifications
+    vitals.sinks.append(alerts_to(notes))  # the others: notifications
     notes.pushers.append(push.push)
     models = ModelRegistry(bus)
-    forecasts = BPForecasts(realtime, models)
+    forecasts = BPForecasts(realtime, models, BPHistory(AnalysisChunk.get_pymongo_collection))
     bp.on_added.append(forecasts.on_reading)
+    triage = Triage(alerting)
     contacts = Contacts(realtime)
     uploads = Uploads(settings.upload_max_bytes, settings.upload_max_dimension)
     profiles = Profiles(realtime, uploads)
@@ -253,15 +254,14 @@ def create_app(settings: Settings) -> web.Application:
                    pubsub=pubsub,
                    bp=bp, contacts=contacts, alerts=alerting, push=push,
                    presence=DevicePresence(realtime, notes, settings.device_silence_s), models=models,
-                   forecasts=forecasts, triage=Triage(realtime, alerting))
+                   forecasts=forecasts, triage=triage)
     _setup_mqtt(svc)
     app[SERVICES] = svc
     realtime.attach(app)
     care_api.mount(mount, auth, profiles, Linking(realtime, bus, failures, settings.link_code_ttl_s), contacts, uploads)
     device_registry.setup(app)
     waveform_store.setup(app)
-    vitals_module.setup(app)
-    blood_pressure.setup(app)
+    vitals_api.mount(mount, bp, vitals, forecasts, triage)
     svc.calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)
     calls_api.mount(mount, svc.calls)
     rtc = DeviceRtc(realtime.router)

@@ -40,14 +40,16 @@ def train(args: argparse.Namespace) -> None:
     from ml.bp_cohort import describe, generate_cohort
     from ml.bp_model import MODEL_NAME, train_bp
     from server.cli import _settings, connected
-    from server.vitals.bp_history import store_cohort
+    from server.streaming.history import AnalysisChunk
+    from server.vitals.bp_history import BPHistory
 
     settings = _settings(args)
 
     async def run() -> int:
         async with connected(settings):
             if args.from_store:
-                cohort = [s async for s in store_cohort(args.min_readings)]
+                history = BPHistory(AnalysisChunk.get_pymongo_collection)
+                cohort = [s async for s in history.store_cohort(args.min_readings)]
                 readings = sum(int(s.times.size) for s in cohort)
                 data = {"kind": "store", "synthetic": False, "patients": len(cohort), "readings": readings,
                         "description": f"{readings} readings of {len(cohort)} patients from this deployment's store"}

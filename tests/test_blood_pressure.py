@@ -11,7 +11,7 @@ import socketio
 from beanie import PydanticObjectId
 
 from server.care.documents import AuditEntry
-from server.vitals.blood_pressure import BPReading
+from server.vitals.documents import BPReading
 from tests.helpers import Api, User
 
 

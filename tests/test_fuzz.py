@@ -172,7 +172,7 @@ def test_every_field_of_every_update_survives_arbitrary_values(live: Live) -> No
     (null included) is applied or refused uniformly with nothing stored, and everything still reads."""
     from server.care.documents import ContactUpdate, ProfilePatch
     from server.meds.documents import MedUpdate
-    from server.vitals.blood_pressure import BPUpdate
+    from server.vitals.documents import BPUpdate
     from tests.test_contacts import DOCTOR
     from tests.test_medications import MED
 

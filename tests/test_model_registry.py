@@ -22,8 +22,8 @@ from server.app import create_app
 from server.infra.embedded_store import EmbeddedStore
 from server.streaming.history import AnalysisChunk
 from server.transport.http import SERVICES
-from server.vitals.bp_history import patient_series, store_cohort
-from server.vitals.model_registry import ModelVersion, Prediction
+from server.vitals.bp_history import BPHistory
+from server.vitals.documents import ModelVersion, Prediction
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers import Api, Sock
 
@@ -106,7 +106,8 @@ async def test_activate_and_rollback_reach_a_second_process(store: EmbeddedStore
         # What training from the store reads: the patient's readings, soft-deleted ones left out.
         (last,) = (await on_one.ok("bp:list", {"patient_id": patient.id, "limit": 1}))["items"]
         await on_one.ok("bp:delete", {"reading_id": last["id"]})
-        (series,) = [s async for s in store_cohort(min_readings=5)]
+        history = BPHistory(AnalysisChunk.get_pymongo_collection)
+        (series,) = [s async for s in history.store_cohort(min_readings=5)]
         assert series.patient == patient.id and series.times.size == 8 and series.hr is None
         assert list(series.systolic) == [138 + i for i in range(8)] and list(np.diff(series.times) > 0) == [True] * 7
 
@@ -114,7 +115,7 @@ async def test_activate_and_rollback_reach_a_second_process(store: EmbeddedStore
         pid = PydanticObjectId(patient.id)
         await AnalysisChunk(stream_id=PydanticObjectId(), patient_id=pid, start=datetime.now(UTC) - timedelta(days=1),
                             items=[{"at": 0, "hr": 70.0, "rmssd": 40.0}, {"at": 1, "hr": 74.0, "rmssd": None}]).insert()
-        series = await patient_series(pid, datetime.now(UTC))
+        series = await history.patient_series(pid, datetime.now(UTC))
         assert series.hr is not None and list(series.hr) == [72.0] and list(series.rmssd) == [40.0]
         # Doses decided by the medication scheduler (its dose_events collection) become daily adherence.
         yesterday = datetime.now(UTC).replace(hour=8, minute=0) - timedelta(days=1)
@@ -123,7 +124,7 @@ async def test_activate_and_rollback_reach_a_second_process(store: EmbeddedStore
             {"patient_id": pid, "medication_id": med, "slot": f"slot-{i}", "due_at": yesterday + timedelta(hours=h),
              "state": state}
             for i, (h, state) in enumerate(((0, "confirmed"), (12, "missed"), (13, "scheduled")))])
-        series = await patient_series(pid, datetime.now(UTC))
+        series = await history.patient_series(pid, datetime.now(UTC))
         assert series.adherence is not None and list(series.adherence) == [0.5]
 
         # A stranger is refused, and the refusal is audited.

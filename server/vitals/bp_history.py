@@ -2,14 +2,17 @@
 ones left out), daily heart-rate / RMSSD summaries of their streamed analyses, and daily medication
 adherence, as the plain arrays of ``ml.bp_cohort.PatientSeries``.
 
-Adherence comes from the medication scheduler's ``dose_events`` collection (confirmed vs missed doses),
-read by name so this module does not depend on the scheduler's code; without it the series has none.
+Heart rate comes from the streaming concern's per-second analyses, whose collection app.py hands over
+(``BPHistory(analyses)``). Adherence comes from the medication scheduler's ``dose_events`` collection
+(confirmed vs missed doses), read by name so this module does not depend on the scheduler's code; without
+either the series has none of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -18,8 +21,7 @@ from beanie import PydanticObjectId
 from ml.bp_cohort import PatientSeries
 from server.care.documents import User
 from server.core.documents import aware
-from server.streaming.history import AnalysisChunk
-from server.vitals.blood_pressure import BPReading
+from server.vitals.documents import BPReading
 
 FEATURE_DAYS = 28  # how far back a forecast looks
 MAX_READINGS = 5_000  # per forecast window: a reading every 8 minutes for 28 days
@@ -53,21 +55,6 @@ async def readings(patient_id: PydanticObjectId, start: datetime, end: datetime,
             "pulse": np.asarray([np.nan if r.get("pulse") is None else r["pulse"] for r in rows], float)}
 
 
-async def daily_hr(patient_id: PydanticObjectId, start: datetime, end: datetime) -> tuple[np.ndarray, ...] | None:
-    """Per UTC day: (day start, mean heart rate, mean RMSSD) of the streamed per-second analyses."""
-    pipeline = [{"$match": {"patient_id": patient_id, "start": {"$gte": start, "$lt": end}}},
-                {"$unwind": "$items"},
-                {"$group": {"_id": {"$dateTrunc": {"date": "$start", "unit": "day"}},
-                            "hr": {"$avg": "$items.hr"}, "rmssd": {"$avg": "$items.rmssd"}}},
-                {"$sort": {"_id": 1}}]
-    rows = await (await AnalysisChunk.get_pymongo_collection().aggregate(pipeline)).to_list()
-    rows = [r for r in rows if r.get("hr") is not None]
-    if not rows:
-        return None
-    return (_ts([r["_id"] for r in rows]), np.asarray([r["hr"] for r in rows], float),
-            np.asarray([np.nan if r.get("rmssd") is None else r["rmssd"] for r in rows], float))
-
-
 async def daily_adherence(patient_id: PydanticObjectId, start: datetime,
                           end: datetime) -> tuple[np.ndarray, np.ndarray] | None:
     """Per UTC day with a decided dose: (day start, confirmed / (confirmed + missed))."""
@@ -83,36 +70,57 @@ async def daily_adherence(patient_id: PydanticObjectId, start: datetime,
     return _ts([r["_id"] for r in rows]), np.asarray([r["taken"] for r in rows], float)
 
 
-async def patient_series(patient_id: PydanticObjectId, as_of: datetime, days: int = FEATURE_DAYS) -> PatientSeries:
-    """Everything a forecast at ``as_of`` looks at: the last ``days`` days."""
-    start = as_of - timedelta(days=days)
-    return await _series(patient_id, start, as_of)
+class BPHistory:
+    """A patient's series as the models see it. ``analyses`` gives the streaming concern's per-second
+    analyses collection (documents with ``patient_id``, ``start`` and ``items`` of ``hr`` / ``rmssd``)."""
 
+    def __init__(self, analyses: Callable[[], Any]) -> None:
+        self.analyses = analyses
 
-async def _series(patient_id: PydanticObjectId, start: datetime, end: datetime,
-                  limit: int = MAX_READINGS) -> PatientSeries:
-    r = await readings(patient_id, start, end, limit)
-    series = PatientSeries(str(patient_id), r["times"], r["systolic"], r["diastolic"], r["pulse"],
-                           utc_offset_s=await utc_offset_s(patient_id, end))
-    hr = await daily_hr(patient_id, start, end)
-    if hr is not None:
-        series.day_times, series.hr, series.rmssd = hr
-    adherence = await daily_adherence(patient_id, start, end)
-    if adherence is not None:
-        series.adherence_days, series.adherence = adherence
-    return series
+    async def daily_hr(self, patient_id: PydanticObjectId, start: datetime,
+                       end: datetime) -> tuple[np.ndarray, ...] | None:
+        """Per UTC day: (day start, mean heart rate, mean RMSSD) of the streamed per-second analyses."""
+        pipeline = [{"$match": {"patient_id": patient_id, "start": {"$gte": start, "$lt": end}}},
+                    {"$unwind": "$items"},
+                    {"$group": {"_id": {"$dateTrunc": {"date": "$start", "unit": "day"}},
+                                "hr": {"$avg": "$items.hr"}, "rmssd": {"$avg": "$items.rmssd"}}},
+                    {"$sort": {"_id": 1}}]
+        rows = await (await self.analyses().aggregate(pipeline)).to_list()
+        rows = [r for r in rows if r.get("hr") is not None]
+        if not rows:
+            return None
+        return (_ts([r["_id"] for r in rows]), np.asarray([r["hr"] for r in rows], float),
+                np.asarray([np.nan if r.get("rmssd") is None else r["rmssd"] for r in rows], float))
 
+    async def patient_series(self, patient_id: PydanticObjectId, as_of: datetime,
+                             days: int = FEATURE_DAYS) -> PatientSeries:
+        """Everything a forecast at ``as_of`` looks at: the last ``days`` days."""
+        start = as_of - timedelta(days=days)
+        return await self._series(patient_id, start, as_of)
 
-async def store_cohort(min_readings: int = 20, end: datetime | None = None,
-                       max_days: int = 730) -> AsyncIterator[PatientSeries]:
-    """Every patient with at least ``min_readings`` readings, over the last ``max_days`` days: what
-    ``healthmate train bp --from-store`` trains on."""
-    end = end or datetime.now().astimezone()
-    start = end - timedelta(days=max_days)
-    pipeline = [{"$match": {"deleted_at": None, "measured_at": {"$gte": start, "$lt": end}}},
-                {"$group": {"_id": "$patient_id", "n": {"$sum": 1}}}, {"$match": {"n": {"$gte": min_readings}}}]
-    rows = await (await BPReading.get_pymongo_collection().aggregate(pipeline)).to_list()
-    for row in rows:
-        series = await _series(row["_id"], start, end, limit=50_000)
-        if series.times.size >= min_readings:
-            yield series
+    async def _series(self, patient_id: PydanticObjectId, start: datetime, end: datetime,
+                      limit: int = MAX_READINGS) -> PatientSeries:
+        r = await readings(patient_id, start, end, limit)
+        series = PatientSeries(str(patient_id), r["times"], r["systolic"], r["diastolic"], r["pulse"],
+                               utc_offset_s=await utc_offset_s(patient_id, end))
+        hr = await self.daily_hr(patient_id, start, end)
+        if hr is not None:
+            series.day_times, series.hr, series.rmssd = hr
+        adherence = await daily_adherence(patient_id, start, end)
+        if adherence is not None:
+            series.adherence_days, series.adherence = adherence
+        return series
+
+    async def store_cohort(self, min_readings: int = 20, end: datetime | None = None,
+                           max_days: int = 730) -> AsyncIterator[PatientSeries]:
+        """Every patient with at least ``min_readings`` readings, over the last ``max_days`` days: what
+        ``healthmate train bp --from-store`` trains on."""
+        end = end or datetime.now().astimezone()
+        start = end - timedelta(days=max_days)
+        pipeline = [{"$match": {"deleted_at": None, "measured_at": {"$gte": start, "$lt": end}}},
+                    {"$group": {"_id": "$patient_id", "n": {"$sum": 1}}}, {"$match": {"n": {"$gte": min_readings}}}]
+        rows = await (await BPReading.get_pymongo_collection().aggregate(pipeline)).to_list()
+        for row in rows:
+            series = await self._series(row["_id"], start, end, limit=50_000)
+            if series.times.size >= min_readings:
+                yield series

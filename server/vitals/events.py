@@ -1,92 +1,36 @@
 """Vital events from the live analysis (tachycardia, bradycardia, irregular rhythm, poor signal,
-stalled stream): persisted before they are pushed to the patient's room, listed over REST, and
-the per-patient thresholds a linked clinician sets."""
+stalled stream): persisted before they are pushed to the patient's room; and the per-patient thresholds
+a linked clinician sets."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
-from aiohttp import web
 from beanie import PydanticObjectId
-from pydantic import BaseModel, ConfigDict, Field
-from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from ml.rhythm_events import Thresholds
-from server.alerts.notifications import Notifications
 from server.care import audit
 from server.care.access import care_team, require_patient
-from server.care.patients import PatientRef
-from server.core.documents import VersionedDocument, iso, utcnow
+from server.core.documents import utcnow
 from server.core.errors import ApiError, forbidden
-from server.core.identity import as_object_id
+from server.core.identity import Client, Principal, as_object_id
+from server.core.ports import Broadcaster, Notifier
 from server.infra.pubsub import ControlBus
-from server.transport.http import client_of, cursor_page, page_params, require_principal
-from server.transport.realtime import EventContext, Realtime
+from server.vitals.documents import PatientThresholds, ThresholdsIn, VitalEvent
 
-EventSink = Callable[["VitalEvent"], Awaitable[None]]
+EventSink = Callable[[VitalEvent], Awaitable[None]]
 log = logging.getLogger(__name__)
 
 
-class VitalEvent(VersionedDocument):
-    patient_id: PydanticObjectId
-    stream_id: PydanticObjectId | None = None
-    signal: str | None = None
-    type: str
-    phase: str = "started"  # started | ended
-    severity: str = "warning"
-    at: datetime = Field(default_factory=utcnow)
-    detail: dict[str, Any] = Field(default_factory=dict)
-
-    class Settings:
-        name = "vital_events"
-        indexes = [IndexModel([("patient_id", ASCENDING), ("_id", DESCENDING)], name="patient_recent")]
-
-    def public(self) -> dict[str, Any]:
-        return {"id": str(self.id), "patient_id": str(self.patient_id),
-                "stream_id": str(self.stream_id) if self.stream_id else None, "signal": self.signal,
-                "type": self.type, "phase": self.phase, "severity": self.severity, "at": iso(self.at),
-                "detail": self.detail}
-
-
-class ThresholdsIn(BaseModel):
-    """What a clinician may tune; anything left out keeps its default."""
-
-    model_config = ConfigDict(extra="forbid")
-    patient_id: str = Field(max_length=64)
-    # Names are those of ``ml.rhythm_events.Thresholds``.
-    tachycardia_hr: float | None = Field(None, ge=80, le=250)
-    tachycardia_critical_hr: float | None = Field(None, ge=90, le=300)
-    tachycardia_s: float | None = Field(None, ge=5, le=600)
-    bradycardia_hr: float | None = Field(None, ge=20, le=70)
-    bradycardia_critical_hr: float | None = Field(None, ge=15, le=70)
-    bradycardia_s: float | None = Field(None, ge=5, le=600)
-    poor_quality: float | None = Field(None, ge=0.05, le=0.95)
-    poor_signal_s: float | None = Field(None, ge=3, le=120)
-    stalled_s: float | None = Field(None, ge=2, le=120)
-
-
-class PatientThresholds(VersionedDocument):
-    id: PydanticObjectId  # type: ignore[assignment]  # the patient's id
-    values: dict[str, float] = Field(default_factory=dict)
-    set_by: PydanticObjectId | None = None
-    set_at: datetime = Field(default_factory=utcnow)
-
-    class Settings:
-        name = "patient_thresholds"
-
-
 class Vitals:
-    def __init__(self, realtime: Realtime, bus: ControlBus) -> None:
-        self.rt = realtime
+    def __init__(self, broadcaster: Broadcaster, bus: ControlBus) -> None:
+        self.broadcaster = broadcaster
         self.bus = bus
         self._thresholds: dict[PydanticObjectId, dict[str, float]] = {}
         self.sinks: list[EventSink] = []  # e.g. the alert path, for critical events
         self.on_thresholds_changed: list[Callable[[PydanticObjectId, Thresholds], None]] = []
-        realtime.event("vitals:get-thresholds", PatientRef)(self._get)
-        realtime.event("vitals:set-thresholds", ThresholdsIn)(self._set)
         bus.on("thresholds_changed", self._reload)
 
     def thresholds_for(self, patient_id: PydanticObjectId) -> Thresholds:
@@ -107,7 +51,7 @@ class Vitals:
                          phase=event.get("state") or event.get("phase") or "started",
                          severity=event.get("severity", "warning"), detail=detail)
         await doc.insert()
-        await self.rt.to_patient(patient_id, "vitals:event", doc.public())
+        await self.broadcaster.to_patient(patient_id, "vitals:event", doc.public())
         for sink in self.sinks:
             try:
                 await sink(doc)
@@ -115,17 +59,18 @@ class Vitals:
                 log.exception("vital event sink failed for %s", doc.id)
         return doc
 
-    async def _get(self, ctx: EventContext, body: PatientRef) -> dict[str, Any]:
-        pid = await require_patient(ctx.principal, body.patient_id, "thresholds.read", ctx.client)
+    async def get_thresholds(self, principal: Principal, patient_id: str, client: Client) -> dict[str, Any]:
+        pid = await require_patient(principal, patient_id, "thresholds.read", client)
         return {"patient_id": str(pid), **vars(await self.load_thresholds(pid))}
 
-    async def _set(self, ctx: EventContext, body: ThresholdsIn) -> dict[str, Any]:
+    async def set_thresholds(self, principal: Principal, body: ThresholdsIn, client: Client) -> dict[str, Any]:
+        """A linked clinician's values, checked together with the ones kept, announced to every process."""
         changes = body.model_dump(exclude_none=True, exclude={"patient_id"})
-        if ctx.principal.role != "clinician":
-            await audit.record("thresholds.write", principal=ctx.principal, patient_id=as_object_id(body.patient_id),
-                               outcome="denied", client=ctx.client, **changes)
+        if principal.role != "clinician":
+            await audit.record("thresholds.write", principal=principal, patient_id=as_object_id(body.patient_id),
+                               outcome="denied", client=client, **changes)
             raise forbidden("Only a linked clinician sets a patient's alert thresholds")
-        pid = await require_patient(ctx.principal, body.patient_id, "thresholds.write", ctx.client, **changes)
+        pid = await require_patient(principal, body.patient_id, "thresholds.write", client, **changes)
         current = (await PatientThresholds.get(pid)) or PatientThresholds(id=pid)
         values = {**current.values, **changes}
         th = Thresholds(**values)
@@ -134,7 +79,7 @@ class Vitals:
             raise ApiError("invalid_thresholds", "Critical rates must lie beyond their warning rates, and the "
                            "bradycardia rate below the tachycardia rate", 422, {"thresholds": vars(th)})
         current.values = values
-        current.set_by, current.set_at = ctx.principal.user_id, utcnow()
+        current.set_by, current.set_at = principal.user_id, utcnow()
         await current.save()
         await self.bus.publish("thresholds_changed", patient_id=str(pid))
         return {"patient_id": str(pid), **vars(Thresholds(**current.values))}
@@ -152,7 +97,7 @@ RHYTHM_EVENTS = {"tachycardia": "Fast heart rate", "bradycardia": "Slow heart ra
 SIGNAL_EVENTS = {"poor_signal": "Poor sensor signal", "stalled": "Sensor stopped sending"}
 
 
-def alerts_to(notes: Notifications) -> EventSink:
+def alerts_to(notes: Notifier) -> EventSink:
     """A sink turning started events into notifications: rhythm events to the patient and the whole care
     team, signal problems to the patient, to check the sensor. Critical ones are left to the emergency
     alert path (``server.alerts.alerts``), which escalates them."""
@@ -172,15 +117,3 @@ def alerts_to(notes: Notifications) -> EventSink:
                            urgency="high")
 
     return sink
-
-
-async def list_events(request: web.Request) -> web.Response:
-    principal = await require_principal(request)
-    pid = await require_patient(principal, request.match_info["patient_id"], "vital_events.read", client_of(request))
-    before, limit = page_params(request)
-    page = await cursor_page(VitalEvent, VitalEvent.patient_id == pid, before, limit, VitalEvent.public)
-    return web.json_response(page)
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_get("/api/patients/{patient_id}/vital-events", list_events)

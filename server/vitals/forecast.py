@@ -1,5 +1,5 @@
-"""Blood-pressure forecasts over Socket.IO: ``ml:bp-forecast {patient_id}`` (access-checked, audited)
-and, after each new reading, ``bp:forecast`` pushed to the patient's room.
+"""Blood-pressure forecasts: asked for (``ml:bp-forecast {patient_id}``, access-checked, audited) and,
+after each new reading, ``bp:forecast`` pushed to the patient's room.
 
 The active ``bp`` model of the registry makes the prediction in-process (features over the last 28
 days, vectorised; boosters loaded once per version); each prediction is stored with the model version
@@ -15,14 +15,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from beanie import PydanticObjectId
-from pydantic import BaseModel, ConfigDict, Field
 
 from ml.bp_features import FEATURES, HORIZON_DAYS, MIN_READINGS, bp_features, enough_history
 from server.care.access import require_patient
 from server.core.documents import aware, iso, utcnow
 from server.core.errors import ApiError
-from server.transport.realtime import EventContext, Realtime
-from server.vitals.bp_history import FEATURE_DAYS, patient_series
+from server.core.identity import Client, Principal
+from server.core.ports import Broadcaster
+from server.vitals.bp_history import FEATURE_DAYS, BPHistory
 from server.vitals.model_registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -35,22 +35,17 @@ _DAYS_SINCE_LAST = FEATURES.index("days_since_last")
 _COUNT_28D = FEATURES.index("count_28d")
 
 
-class ForecastIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    patient_id: str = Field(max_length=64)
-
-
 class BPForecasts:
-    def __init__(self, realtime: Realtime, registry: ModelRegistry) -> None:
-        self.rt = realtime
+    def __init__(self, broadcaster: Broadcaster, registry: ModelRegistry, history: BPHistory) -> None:
+        self.broadcaster = broadcaster
         self.registry = registry
+        self.history = history
         self._pending: dict[PydanticObjectId, asyncio.Task[None]] = {}
-        realtime.event("ml:bp-forecast", ForecastIn)(self._request)
 
     async def forecast(self, patient_id: PydanticObjectId, as_of: datetime, trigger: str,
                        requested_by: PydanticObjectId | None = None) -> dict[str, Any]:
         mv, model = await self.registry.active(MODEL)
-        series = await patient_series(patient_id, as_of)
+        series = await self.history.patient_series(patient_id, as_of)
         ts = as_of.timestamp()
         if not enough_history(series, ts):
             raise ApiError("not_enough_data", f"A forecast needs at least {MIN_READINGS} readings in the last "
@@ -69,12 +64,12 @@ class BPForecasts:
                 "model": {"name": mv.name, "version": mv.version, "synthetic": mv.synthetic},
                 "synthetic": mv.synthetic, "label": mv.card.get("label"), "disclaimer": DISCLAIMER}
 
-    async def _request(self, ctx: EventContext, body: ForecastIn) -> dict[str, Any]:
+    async def request(self, principal: Principal, patient_id: str, client: Client) -> dict[str, Any]:
         """The forecast (``available: true``), or why there is none yet (``available: false``: no active
         model, too few readings) — a normal state the app shows, not a failure."""
-        pid = await require_patient(ctx.principal, body.patient_id, "ml.bp_forecast", ctx.client)
+        pid = await require_patient(principal, patient_id, "ml.bp_forecast", client)
         try:
-            return await self.forecast(pid, utcnow(), "request", ctx.principal.user_id)
+            return await self.forecast(pid, utcnow(), "request", principal.user_id)
         except ApiError as err:
             if err.code not in UNAVAILABLE:
                 raise
@@ -106,7 +101,7 @@ class BPForecasts:
         except Exception:
             log.exception("forecast after reading %s failed", reading_id)
             return
-        await self.rt.to_patient(pid, "bp:forecast", {**result, "reading_id": reading_id})
+        await self.broadcaster.to_patient(pid, "bp:forecast", {**result, "reading_id": reading_id})
 
     async def stop(self) -> None:
         for task in list(self._pending.values()):

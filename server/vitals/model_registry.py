@@ -20,69 +20,19 @@ from typing import Any
 
 from beanie import PydanticObjectId
 from gridfs import AsyncGridFSBucket
-from pydantic import Field
-from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
 from ml.bp_model import BPForecaster
-from server.core.documents import VersionedDocument, iso, utcnow
+from server.core.documents import utcnow
 from server.core.errors import ApiError, not_found
 from server.infra.pubsub import ControlBus
+from server.vitals.documents import ModelVersion, Prediction
 
 log = logging.getLogger(__name__)
 BUCKET = "models"
 CACHE_SIZE = 4
 REFRESH_S = 30.0  # re-read the active version this often, in case a bus message was missed (no Redis)
 LOADERS = {"bp": BPForecaster.from_bytes}  # model name -> bytes -> loaded model
-
-
-class ModelVersion(VersionedDocument):
-    name: str
-    version: int
-    created_at: datetime = Field(default_factory=utcnow)
-    created_by: str
-    training_data: dict[str, Any]
-    synthetic: bool
-    metrics: dict[str, Any]
-    features: list[str]
-    kept: bool
-    card: dict[str, Any]
-    file_id: PydanticObjectId
-    size: int
-    sha256: str
-    active: bool = False
-    activated_at: datetime | None = None
-    activated_by: str | None = None
-
-    class Settings:
-        name = "model_versions"
-        indexes = [IndexModel([("name", ASCENDING), ("version", ASCENDING)], unique=True, name="name_version"),
-                   IndexModel([("name", ASCENDING), ("active", ASCENDING)], name="name_active")]
-
-    def public(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "created_at": iso(self.created_at),
-                "created_by": self.created_by, "training_data": self.training_data, "synthetic": self.synthetic,
-                "metrics": self.metrics, "features": self.features, "kept": self.kept, "active": self.active,
-                "activated_at": iso(self.activated_at), "size": self.size, "sha256": self.sha256}
-
-
-class Prediction(VersionedDocument):
-    """One prediction, with the model version that made it and whether that model is synthetic-trained."""
-
-    patient_id: PydanticObjectId
-    model_name: str
-    model_version: int
-    synthetic: bool
-    label: str | None = None
-    made_at: datetime = Field(default_factory=utcnow)
-    as_of: datetime
-    trigger: str  # "request" | "reading"
-    requested_by: PydanticObjectId | None = None
-    output: dict[str, Any]
-
-    class Settings:
-        name = "predictions"
-        indexes = [IndexModel([("patient_id", ASCENDING), ("_id", DESCENDING)], name="patient_recent")]
 
 
 def _bucket() -> AsyncGridFSBucket:

@@ -9,50 +9,31 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from ml.triage import SYMPTOMS, TriageModel, triage
-from server.alerts.alerts import Alerts
+from ml.triage import TriageModel, triage
 from server.care import audit
 from server.care.access import require_patient
 from server.core.documents import utcnow
 from server.core.errors import ApiError
-from server.transport.realtime import EventContext, Realtime
+from server.core.identity import Client, Principal
+from server.core.ports import AlertRaiser
 from server.vitals.bp_history import readings
+from server.vitals.documents import TriageIn
 
 RECENT_BP = timedelta(hours=2)
 CLOCK_SLACK = timedelta(minutes=5)
 
 
-class TriageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    patient_id: str | None = Field(None, max_length=64)
-    symptoms: list[str] = Field(default_factory=list, max_length=30)
-    free_text: str | None = Field(None, max_length=2000)
-    systolic: float | None = Field(None, ge=40, le=300)
-    diastolic: float | None = Field(None, ge=20, le=200)
-
-    @field_validator("symptoms")
-    @classmethod
-    def known(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - SYMPTOMS.keys())
-        if unknown:
-            raise ValueError(f"unknown symptom codes {unknown[:5]}; known: {sorted(SYMPTOMS)}")
-        return value
-
-
 class Triage:
-    def __init__(self, realtime: Realtime, alerts: Alerts, model: TriageModel | None = None) -> None:
+    def __init__(self, alerts: AlertRaiser, model: TriageModel | None = None) -> None:
         self.alerts = alerts
         self.model = model  # a trained classifier, if one is plugged in
-        realtime.event("ml:triage", TriageIn)(self._triage)
 
-    async def _triage(self, ctx: EventContext, body: TriageIn) -> dict[str, Any]:
+    async def assess(self, principal: Principal, body: TriageIn, client: Client) -> dict[str, Any]:
         if not body.symptoms and not (body.free_text or "").strip():
             raise ApiError("invalid_payload", "Give symptoms, free_text or both", 422)
-        if body.patient_id is None and ctx.principal.role != "patient":
+        if body.patient_id is None and principal.role != "patient":
             raise ApiError("invalid_payload", "patient_id is required", 422, {"field": "patient_id"})
-        pid = await require_patient(ctx.principal, body.patient_id or ctx.principal.user_id, "ml.triage", ctx.client)
+        pid = await require_patient(principal, body.patient_id or principal.user_id, "ml.triage", client)
         systolic, diastolic, bp_source = body.systolic, body.diastolic, "given"
         if systolic is None and diastolic is None:
             now = utcnow()
@@ -68,10 +49,10 @@ class Triage:
             reasons = " ".join(f["reason"] for f in answer["fired"] if f["level"] == "emergency")
             alert = await self.alerts.raise_alert(
                 pid, "symptom_emergency", "Emergency symptoms reported", reasons or "Emergency symptoms",
-                source={"type": "triage", "rules": [f["rule"] for f in answer["fired"]]}, raised_by=ctx.principal,
+                source={"type": "triage", "rules": [f["rule"] for f in answer["fired"]]}, raised_by=principal,
                 data={"symptoms": answer["recognised"]["symptoms"], "bp": answer["bp"]})
             answer["alert_id"] = str(alert.id)
-        await audit.record("ml.triage.outcome", principal=ctx.principal, patient_id=pid, client=ctx.client,
+        await audit.record("ml.triage.outcome", principal=principal, patient_id=pid, client=client,
                            level=answer["level"], rules=[f["rule"] for f in answer["fired"]],
                            alert_id=answer["alert_id"])
         return answer
