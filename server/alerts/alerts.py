@@ -45,8 +45,9 @@ from server.alerts.acks import Acknowledgements
 from server.alerts.documents import Alert
 from server.alerts.escalation import SWEEP_BATCH, Escalation
 from server.alerts.fanout import Fanout
+from server.care.access import care_team
 from server.care.contacts import emergency_contacts
-from server.care.documents import Link, User
+from server.care.documents import User
 from server.core.background import Background
 from server.core.config import Settings
 from server.core.documents import utcnow
@@ -89,7 +90,7 @@ class Alerts:
         if existing is not None:
             return existing
         patient = await User.get(pid)
-        links = await Link.find(Link.patient_id == pid, Link.revoked_at == None).to_list()  # noqa: E711
+        links = await care_team(pid)
         # Names are looked up only when the lifecycle is read: a thousand-user lookup here would delay the alert.
         recipients = [{"user_id": str(lk.member_id), "role": lk.member_role} for lk in links]
         now = utcnow()

@@ -12,8 +12,7 @@ from typing import Any
 
 from beanie import PydanticObjectId
 
-from server.care.access import require_patient
-from server.care.documents import Link
+from server.care.access import care_team, require_patient
 from server.core.documents import iso, utcnow
 from server.core.errors import ApiError, forbidden, not_found
 from server.core.identity import Client, Principal, as_object_id
@@ -23,12 +22,6 @@ from server.meds.documents import MedCreate, Medication, MedicationChange, MedRe
 log = logging.getLogger(__name__)
 WRITERS = frozenset({"patient", "caregiver", "clinician"})  # the patient, or anyone linked acting for them
 MAX_ACTIVE = 100  # medications per patient
-
-
-async def care_team(patient_id: PydanticObjectId, roles: tuple[str, ...] = ("caregiver", "clinician")
-                    ) -> list[PydanticObjectId]:
-    links = Link.find(Link.patient_id == patient_id, Link.revoked_at == None)  # noqa: E711
-    return [link.member_id async for link in links if link.member_role in roles]
 
 
 async def notify_quietly(notifier: Notifier, user_ids: list[PydanticObjectId], kind: str, title: str,
@@ -164,7 +157,7 @@ class Medications:
         for hook in self.on_change:
             await hook(med, change, changes)
         if med.low_stock and not was_low and med.archived_at is None:
-            team = [med.patient_id, *await care_team(med.patient_id, ("caregiver",))]
+            team = [med.patient_id, *[lk.member_id for lk in await care_team(med.patient_id, ("caregiver",))]]
             await notify_quietly(self.notifier, team, "low_stock", f"{med.name} is running low",
                                  f"{med.stock} left", patient_id=med.patient_id,
                                  data={"medication_id": str(med.id), "stock": med.stock})

@@ -10,11 +10,12 @@ from typing import Any
 
 from beanie import PydanticObjectId
 
+from server.care.access import care_team
 from server.core.ports import Broadcaster, Notifier
 from server.meds.claims import DoseClaims
 from server.meds.delivery import LEASE
 from server.meds.documents import dose_json
-from server.meds.medications import bounded, care_team, notify_quietly
+from server.meds.medications import bounded, notify_quietly
 
 
 class MissedDoses:
@@ -43,7 +44,7 @@ class MissedDoses:
         teams: dict[Any, list[PydanticObjectId]] = {}
         for d in claimed:
             if d["patient_id"] not in teams:
-                teams[d["patient_id"]] = await care_team(d["patient_id"], ("caregiver",))
+                teams[d["patient_id"]] = [lk.member_id for lk in await care_team(d["patient_id"], ("caregiver",))]
             await self.out.to_patient(d["patient_id"], "dose:missed", dose_json(d))
         await bounded([
             notify_quietly(self.notifier, teams[d["patient_id"]], "dose_missed", f"Missed dose: {d['medication_name']}",
