@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymongo import MongoClient
 
-from server.infra.embedded_store import free_port
+from server.infra.embedded_store import USER, free_port
 from tests.helpers import PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,9 +60,11 @@ class Live:
                 pass
             assert self.proc.poll() is None and time.monotonic() < deadline, "".join(self.output)
             time.sleep(0.2)
-        store_url = re.search(r"embedded store \(SecantusDB\) on (\S+),", "".join(self.output))
-        assert store_url, "".join(self.output)
-        self.db = MongoClient(store_url.group(1))["healthmate"]
+        store = re.search(r"embedded store \(SecantusDB\) on 127.0.0.1:(\d+),", "".join(self.output))
+        assert store, "".join(self.output)
+        password = (tmp / "store_credential").read_text().strip()  # the store runs with --auth
+        self.db = MongoClient(f"mongodb://{USER}:{password}@127.0.0.1:{store.group(1)}/?directConnection=true"
+                              "&authSource=admin")["healthmate"]
         self.patient = self._register("patient")
         self.carer = self._register("caregiver")
         code = self._post("/api/links/codes", self.patient, None)["code"]
