@@ -1,6 +1,8 @@
 """Push delivery to users with no connected device, through FCM HTTP v1, APNs, Web Push and a signed
 webhook, each pointed at a local receiver started here that checks the exact request it would get
-(headers, auth, payload); retries with backoff, dead tokens dropped, live delivery never blocked."""
+(headers, auth, payload); retries with backoff, dead tokens dropped, live delivery never blocked.
+The receiver is operator-configured: the FCM/APNs/webhook endpoints, and for Web Push a trusted origin
+(``webpush_trusted_origins``); a user's subscription anywhere else local is refused (tests/security/test_ssrf.py)."""
 
 from __future__ import annotations
 
@@ -113,6 +115,7 @@ async def push_api(store: EmbeddedStore, tmp_path: Path, aiohttp_server: Any,
         apns_team_id="TEAM123456", apns_key_id="KEY1234567", apns_private_key=pem(keys.apns),
         apns_topic="org.healthmate.app", apns_endpoint=receiver.base, vapid_private_key=pem(keys.vapid),
         vapid_subject="mailto:ops@healthmate.example", push_webhook_url=f"{receiver.base}/hook",
+        webpush_trusted_origins=[receiver.base],  # the operator's own push service: subscriptions there are sent
         webhook_secret=HOOK_SECRET, push_retry_base_s=0.05)
     server = await aiohttp_server(create_app(settings))
     async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:

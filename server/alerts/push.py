@@ -1,7 +1,8 @@
 """Push delivery for users with no connected device: device push tokens registered per device
-(``push:register``), and a dispatcher that hands each offline user's notifications to the providers
-(``server.alerts.push_providers``) from a bounded queue, in background workers, retrying failures with
-exponential backoff; a token the provider calls dead is dropped. It never blocks live delivery:
+(``push:register``; a Web Push endpoint must be https and public, ``server.infra.safe_url``), and a
+dispatcher that hands each offline user's notifications to the providers (``server.alerts.push_providers``)
+from a bounded queue, in background workers, retrying failures with exponential backoff; a token the
+provider calls dead, or whose endpoint is refused at send time, is dropped. It never blocks live delivery:
 ``Notifications.notify`` pushes live first and gives the offline users' notifications to ``push``.
 (The registration events are in ``api.py``.)"""
 
@@ -17,9 +18,10 @@ from beanie import PydanticObjectId
 from beanie.operators import In
 
 from server.alerts.documents import Notification, ProviderName, PushToken, RegisterIn
-from server.alerts.push_providers import Provider, PushError, PushMessage
+from server.alerts.push_providers import Provider, PushError, PushMessage, RefusedTarget
 from server.core.config import Settings
 from server.core.errors import ApiError
+from server.infra import safe_url
 
 log = logging.getLogger(__name__)
 TOKENS_PER_USER = 20
@@ -46,6 +48,7 @@ class PushDispatcher:
     def __init__(self, settings: Settings, providers: dict[str, Provider]) -> None:
         self.settings = settings
         self.providers = providers
+        self.trusted = safe_url.trusted_origins(settings.webpush_trusted_origins)
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=settings.push_queue_size)
         self.dropped = 0
         self.sent = 0
@@ -71,8 +74,15 @@ class PushDispatcher:
     # --- registration ------------------------------------------------------------------------------
 
     async def register(self, user: PydanticObjectId, device: str, body: RegisterIn) -> dict[str, Any]:
-        """This device's address at a provider (replacing the one it had there)."""
+        """This device's address at a provider (replacing the one it had there). A Web Push endpoint is a
+        URL the server will post to: https and public only (``unsafe_url`` otherwise), see ``safe_url``."""
         key = f"{user}:{device}:{body.provider}"
+        if body.subscription is not None:
+            try:
+                await safe_url.check(str(body.subscription.endpoint), self.trusted)
+            except safe_url.UnsafeURL as exc:
+                exc.details["field"] = "subscription.endpoint"
+                raise
         if await PushToken.find(PushToken.user_id == user, PushToken.id != key).count() >= TOKENS_PER_USER:
             raise ApiError("too_many_tokens", f"At most {TOKENS_PER_USER} push registrations per user", 409)
         subscription = body.subscription.model_dump(mode="json") if body.subscription else None
@@ -128,7 +138,10 @@ class PushDispatcher:
 
     async def _failed(self, job: Job, exc: PushError) -> None:
         if exc.gone:
-            log.info("dropping a dead %s token (%s)", job.provider, exc)
+            if isinstance(exc, RefusedTarget):  # a registration from before the check, or DNS that changed
+                log.warning("%s for token %s: dropped, not retried", exc, job.token_id)
+            else:
+                log.info("dropping a dead %s token (%s)", job.provider, exc)
             await PushToken.find(PushToken.id == job.token_id).delete()
         elif exc.retryable and job.attempt < self.settings.push_max_attempts:
             delay = self.settings.push_retry_base_s * 2 ** (job.attempt - 1)

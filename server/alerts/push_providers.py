@@ -5,10 +5,12 @@
   ``POST {endpoint}/v1/projects/<project>/messages:send``.
 - APNs: HTTP/2 (``httpx``) ``POST {endpoint}/3/device/<token>`` with a provider token (ES256 JWT from
   the .p8 key, renewed every 50 minutes).
-- Web Push: the browser's subscription, VAPID-signed and aes128gcm-encrypted by ``pywebpush``.
+- Web Push: the browser's subscription, aes128gcm-encrypted by ``pywebpush`` and VAPID-signed, posted to its
+  endpoint (a URL the user gave) over ``server.infra.safe_url.PublicClient``: https, public addresses only.
 - Webhook: an HMAC-signed POST to one configured URL (``server.infra.webhook``).
 
-Every endpoint is a setting, so tests point the providers at a local receiver.
+Every operator endpoint is a setting, so tests point the providers at a local receiver; Web Push
+subscriptions reach one only at an origin the operator trusts (``HEALTHMATE_WEBPUSH_TRUSTED_ORIGINS``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from typing import Any, Protocol
 
 import httpx
 import jwt
-from py_vapid import Vapid
-from pywebpush import WebPushException, webpush_async
+from py_vapid import Vapid, VapidException
+from pywebpush import WebPusher, WebPushException
 
 from server.core.config import Settings
+from server.infra.safe_url import PublicClient, UnsafeURL, trusted_origins
 from server.infra.webhook import WebhookError, post_signed
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -36,6 +39,14 @@ class PushError(Exception):
         super().__init__(message)
         self.retryable = retryable
         self.gone = gone
+
+
+class RefusedTarget(PushError):
+    """A target the server will not send to (a Web Push endpoint that is not https or not public): dropped
+    like a dead token, and logged as a warning, since it may be an attempt at the server's own network."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, gone=True)
 
 
 def status_error(provider: str, status: int, detail: str = "", gone: bool = False) -> PushError:
@@ -173,25 +184,35 @@ class APNsProvider:
 class WebPushProvider:
     name = "webpush"
 
-    def __init__(self, private_key: str, subject: str) -> None:
+    def __init__(self, private_key: str, subject: str, urls: PublicClient) -> None:
         key = private_key.strip()
         self.vapid = Vapid.from_pem(key.encode()) if key.startswith("-----") else Vapid.from_string(key)
         self.subject = subject
+        self.urls = urls
 
     async def send(self, target: dict[str, Any], message: PushMessage) -> None:
-        """pywebpush encrypts, signs and posts (over its own aiohttp session: the one HTTP client it takes)."""
+        """Encrypted (aes128gcm) to the browser's keys by ``pywebpush``, VAPID-signed, and posted to the
+        endpoint, a URL the user gave: through ``PublicClient``, so only to public addresses (or an origin
+        the operator trusts). One that is refused is dead: ``RefusedTarget``, and the token is dropped."""
         try:
-            await webpush_async(subscription_info=target, data=json.dumps(message.payload()),
-                                vapid_private_key=self.vapid, vapid_claims={"sub": self.subject}, ttl=3600,
-                                headers={"Urgency": "high" if message.urgent else "normal"}, timeout=TIMEOUT_S)
-        except WebPushException as exc:
-            status = exc.status_code or 0
-            raise status_error("webpush", status, str(exc), gone=status in (404, 410)) from None
-        except (OSError, TimeoutError) as exc:  # aiohttp's connection errors are OSErrors
+            url = self.urls.allowed(target["endpoint"])  # before anything is made for it
+            body = WebPusher(target).encode(json.dumps(message.payload()).encode(), "aes128gcm")["body"]
+            claims = {"sub": self.subject, "aud": f"{url.scheme}://{url.netloc.decode()}",
+                      "exp": int(time.time()) + 12 * 3600}
+            headers = {**self.vapid.sign(claims), "Content-Encoding": "aes128gcm", "TTL": "3600",
+                       "Content-Type": "application/octet-stream", "Urgency": "high" if message.urgent else "normal"}
+            resp = await self.urls.post(url, content=body, headers=headers)
+        except UnsafeURL as exc:
+            raise RefusedTarget(f"webpush endpoint refused ({exc.details['reason']})") from None
+        except httpx.HTTPError as exc:
             raise PushError(f"webpush unreachable: {exc}", retryable=True) from None
+        except (WebPushException, VapidException, ValueError) as exc:  # keys or endpoint it cannot use
+            raise PushError(f"webpush subscription unusable: {exc}", gone=True) from None
+        if resp.status_code not in (200, 201, 202):
+            raise status_error("webpush", resp.status_code, resp.text, gone=resp.status_code in (404, 410))
 
     async def close(self) -> None:
-        pass
+        await self.urls.aclose()
 
 
 class WebhookProvider:
@@ -225,8 +246,9 @@ def providers_from(settings: Settings) -> dict[str, Provider]:
                                    _secret_text(settings.apns_private_key.get_secret_value()), settings.apns_topic,
                                    settings.apns_endpoint)
     if settings.vapid_private_key and settings.vapid_subject:
+        urls = PublicClient(trusted_origins(settings.webpush_trusted_origins), timeout_s=TIMEOUT_S)
         out["webpush"] = WebPushProvider(_secret_text(settings.vapid_private_key.get_secret_value()),
-                                         settings.vapid_subject)
+                                         settings.vapid_subject, urls)
     if settings.push_webhook_url:
         out["webhook"] = WebhookProvider(settings.push_webhook_url, settings.signing_secret)
     return out

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     apns_endpoint: str = "https://api.push.apple.com"
     vapid_private_key: SecretStr | None = None  # PEM or base64url (py_vapid), or a path to it
     vapid_subject: str | None = None  # mailto: or https: contact for the push services
+    # Web Push endpoints are users' URLs: https and public addresses only, except at these origins
+    # (scheme://host[:port], exactly), push services the operator runs or trusts on its own network.
+    webpush_trusted_origins: list[str] = []
     push_webhook_url: str | None = None
     fault_injection: Literal["", "crash_after_alert_persist"] = ""  # tests only; refused in production
     log_level: str = "INFO"

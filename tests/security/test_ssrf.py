@@ -9,17 +9,32 @@ redirect, and not when DNS answers differently between the check and the connect
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Any
 
 import httpcore
 import pytest
+from aiohttp import web
+from beanie import PydanticObjectId
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from server.alerts.documents import PushToken
+from server.app import create_app
 from server.core.config import ConfigError
 from server.infra import safe_url
+from server.infra.embedded_store import EmbeddedStore
+from server.transport.http import SERVICES
+from tests.alert_clients import crisis, device_sock
+from tests.conftest import make_settings
+from tests.helpers import Api, User
 
 PUBLIC = ["8.8.8.8", "1.1.1.1", "93.184.215.14", "192.88.99.1", "2606:4700:4700::1111", "2a00:1450:4001:80b::200e",
           "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]
@@ -129,3 +144,154 @@ async def test_the_connection_goes_to_the_checked_address_not_to_a_second_lookup
     with pytest.raises(safe_url.UnsafeURL):
         await mixed.connect_tcp("push.example.test", 443)
     assert len(recording.connected) == 2
+
+
+@dataclass
+class PushService:
+    """The operator's own push service (a trusted origin): answers 201, or a redirect on /redirect."""
+
+    base: str = ""
+    paths: list[str] = field(default_factory=list)
+    redirect_to: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.paths.append(request.path)
+        if request.path == "/redirect":
+            return web.Response(status=307, headers={"Location": self.redirect_to})
+        return web.Response(status=201)
+
+
+@pytest.fixture
+async def push_service(aiohttp_server: Any) -> PushService:
+    service = PushService()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", service.handle)
+    service.base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    return service
+
+
+def pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def subscription(endpoint: str) -> dict[str, Any]:
+    browser = ec.generate_private_key(ec.SECP256R1()).public_key()
+    point = browser.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return {"endpoint": endpoint, "keys": {"p256dh": b64(point), "auth": b64(os.urandom(16))}}
+
+
+@pytest.fixture
+async def api(store: EmbeddedStore, tmp_path: Path, aiohttp_server: Any,
+              push_service: PushService) -> AsyncIterator[Api]:
+    """Web Push on, with the operator's push service as the one trusted origin."""
+    settings = make_settings(store.url, tmp_path, vapid_private_key=pem(ec.generate_private_key(ec.SECP256R1())),
+                             vapid_subject="mailto:ops@healthmate.example", push_retry_base_s=0.01,
+                             webpush_trusted_origins=[push_service.base])
+    server = await aiohttp_server(create_app(settings))
+    async with Api(str(server.make_url("")).rstrip("/"), server.app) as client:
+        yield client
+
+
+def attacks(listener: Listener) -> list[str]:
+    """Endpoints a user may try: the listener itself, named or written otherwise, and internal ranges that
+    are never contacted here (the refusal comes first)."""
+    port = listener.port
+    return [f"http://127.0.0.1:{port}/wp", f"https://127.0.0.1:{port}/wp", f"https://localhost:{port}/wp",
+            f"https://[::1]:{listener.port6 or port}/wp", f"https://[::ffff:127.0.0.1]:{port}/wp",
+            f"https://2130706433:{port}/wp", f"https://0x7f.1:{port}/wp", f"https://0.0.0.0:{port}/wp",
+            "https://10.0.0.1/wp", "https://192.168.1.1/wp", "https://100.64.0.1/wp",
+            "https://169.254.169.254/latest/meta-data/", "https://[fd00::1]/wp", "https://[fe80::1]/wp",
+            "http://8.8.8.8/wp"]  # public, but not https
+
+
+async def test_unsafe_endpoints_are_refused_at_registration(api: Api, listener: Listener,
+                                                            push_service: PushService) -> None:
+    user = await api.register("caregiver")
+    sock = await device_sock(api.base_url, user, "browser-1")
+    for endpoint in attacks(listener):
+        reply = await sock.call("push:register", {"provider": "webpush", "subscription": subscription(endpoint)})
+        assert reply["ok"] is False and reply["error"]["code"] == "unsafe_url", (endpoint, reply)
+        details = reply["error"]["details"]
+        assert details["field"] == "subscription.endpoint", details
+        assert details["reason"] == ("not_https" if endpoint.startswith("http:") else "not_public"), (endpoint, details)
+    # The trusted origin is matched exactly: the operator's push service's host on another scheme or port is not.
+    host_port = push_service.base.removeprefix("http://")
+    for near in (f"https://{host_port}/wp", f"http://{host_port.rsplit(':', 1)[0]}:{listener.port}/wp"):
+        reply = await sock.call("push:register", {"provider": "webpush", "subscription": subscription(near)})
+        assert reply["error"]["code"] == "unsafe_url", (near, reply)
+    assert await PushToken.find(PushToken.user_id == PydanticObjectId(user.id)).count() == 0
+    # What is allowed: a public https endpoint (stored, not contacted here), and the operator's push service.
+    await sock.ok("push:register", {"provider": "webpush", "subscription": subscription("https://8.8.8.8/push/x")})
+    sock2 = await device_sock(api.base_url, user, "browser-2")
+    await sock2.ok("push:register", {"provider": "webpush", "subscription": subscription(f"{push_service.base}/wp")})
+    assert await PushToken.find(PushToken.user_id == PydanticObjectId(user.id)).count() == 2
+    await sock.ok("push:unregister", {})
+    await sock.close()
+    await sock2.close()
+    assert listener.connections == []
+
+
+async def stored_before_the_check(user: User, endpoints: list[str]) -> list[str]:
+    """Subscriptions as an old server stored them, unchecked, written straight into the store."""
+    ids = []
+    for n, endpoint in enumerate(endpoints):
+        token = PushToken(id=f"{user.id}:old-{n}:webpush", user_id=PydanticObjectId(user.id), device_id=f"old-{n}",
+                          provider="webpush", subscription=subscription(endpoint))
+        await token.insert()
+        ids.append(token.id)
+    return ids
+
+
+async def test_old_subscriptions_to_internal_addresses_are_refused_when_an_alert_is_pushed(
+        api: Api, listener: Listener, push_service: PushService, caplog: pytest.LogCaptureFixture) -> None:
+    patient, carer = await api.register("patient"), await api.register("caregiver")
+    await api.link(patient, carer)
+    port = listener.port
+    unsafe = [f"http://127.0.0.1:{port}/wp", f"https://127.0.0.1:{port}/wp", f"https://localhost:{port}/wp",
+              f"https://[::1]:{listener.port6 or port}/wp", f"https://[::ffff:127.0.0.1]:{port}/wp"]
+    refused = await stored_before_the_check(carer, unsafe)
+    sock = await device_sock(api.base_url, carer, "laptop")
+    await sock.ok("push:register", {"provider": "webpush", "subscription": subscription(f"{push_service.base}/wp")})
+    await sock.close()  # the caregiver is offline now: the alert goes to their push registrations
+    assert api.app is not None
+    push = api.app[SERVICES].push
+    with caplog.at_level(logging.WARNING, logger="server.alerts.push"):
+        await (await api.socket(patient)).ok("bp:add", crisis())
+        for _ in range(200):  # the operator's push service got it: pushes were sent in this run
+            if push_service.paths and await PushToken.find({"_id": {"$in": refused}}).count() == 0:
+                break
+            await asyncio.sleep(0.05)
+        await push.queue.join()
+    assert push_service.paths and set(push_service.paths) == {"/wp"}
+    assert listener.connections == []
+    # Each refused, logged, dropped: no retry was scheduled and nothing of them is left to send.
+    assert await PushToken.find({"_id": {"$in": refused}}).count() == 0
+    warned = [r.getMessage() for r in caplog.records if "webpush endpoint refused" in r.getMessage()]
+    assert {token for token in refused if any(token in m for m in warned)} == set(refused), warned
+    assert len(warned) == len(refused) * len(push_service.paths), warned  # once per notification: no retries
+    assert not push._retries and push.queue.empty()
+    assert await PushToken.find(PushToken.user_id == PydanticObjectId(carer.id)).count() == 1
+
+
+async def test_a_redirect_from_a_push_service_is_not_followed(api: Api, listener: Listener,
+                                                              push_service: PushService) -> None:
+    push_service.redirect_to = f"http://127.0.0.1:{listener.port}/internal"
+    user = await api.register("caregiver")
+    sock = await device_sock(api.base_url, user, "phone")
+    await sock.ok("push:register", {"provider": "webpush",
+                                    "subscription": subscription(f"{push_service.base}/redirect")})
+    await sock.close()
+    assert api.app is not None
+    await api.app[SERVICES].notifications.notify([user.id], "reminder", "Take your pill")
+    for _ in range(100):
+        if push_service.paths:
+            break
+        await asyncio.sleep(0.05)
+    await api.app[SERVICES].push.queue.join()
+    assert push_service.paths == ["/redirect"] and listener.connections == []
