@@ -49,6 +49,10 @@ class UnsafeURL(ApiError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__("unsafe_url", f"This URL is refused: {message}", 422, {"reason": reason})
 
+    @classmethod
+    def not_public(cls) -> UnsafeURL:
+        return cls("not_public", "its host must resolve only to public internet addresses")
+
 
 def is_public(address: IPAddress) -> bool:
     """Whether ``address`` is on the public internet, and so not one of the server's own or its network's."""
@@ -71,7 +75,7 @@ async def public_addresses(host: str, port: int, resolver: Resolver = resolve) -
     """Every address of ``host``, all of them public, or ``UnsafeURL``; ``OSError`` if it does not resolve."""
     addresses = await resolver(host, port)
     if not addresses or not all(is_public(a) for a in addresses):
-        raise UnsafeURL("not_public", "its host must resolve only to public internet addresses")
+        raise UnsafeURL.not_public()
     return addresses
 
 
@@ -119,7 +123,7 @@ def _allowed(url: str | httpx.URL, trusted: frozenset[str]) -> tuple[httpx.URL, 
     except ValueError:
         return parsed, False
     if not is_public(literal):
-        raise UnsafeURL("not_public", "its host must resolve only to public internet addresses")
+        raise UnsafeURL.not_public()
     return parsed, False
 
 
@@ -131,7 +135,7 @@ async def check(url: str, trusted: frozenset[str] = frozenset(), resolver: Resol
     try:
         await public_addresses(parsed.host, parsed.port or 443, resolver)
     except OSError:
-        raise UnsafeURL("not_public", "its host must resolve only to public internet addresses") from None
+        raise UnsafeURL.not_public() from None
 
 
 class PublicOnlyBackend(httpcore.AsyncNetworkBackend):
