@@ -39,6 +39,7 @@ from server.core.errors import ApiError
 IPAddress = IPv4Address | IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 DEFAULT_PORTS = {"http": 80, "https": 443}
+RESOLVE_TIMEOUT_S = 5.0
 _NAT64 = ip_network("64:ff9b::/96")
 
 
@@ -66,8 +67,10 @@ def is_public(address: IPAddress) -> bool:
 
 
 async def resolve(host: str, port: int) -> list[IPAddress]:
-    """The system resolver's addresses for ``host`` (an IP literal is its own); ``OSError`` if none."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    """The system resolver's addresses for ``host`` (an IP literal is its own); ``OSError`` if none, or
+    ``TimeoutError`` (an ``OSError`` too) after ``RESOLVE_TIMEOUT_S``: a slow name server holds nothing long."""
+    async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(ip_address(info[4][0]) for info in infos))
 
 
