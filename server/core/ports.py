@@ -93,3 +93,28 @@ class DoseSchedule(Protocol):
 
     async def drawers(self, patient_id: Any) -> list[dict[str, Any]]:
         """``{drawer, medication_id, name}`` of each active medication of the patient kept in a drawer."""
+
+
+class VitalEvents(Protocol):
+    """What streaming asks of the vitals concern: each patient's alert thresholds for the stream analysers,
+    and the events the analysers raise, stored and pushed (``server/vitals``' ``Vitals``)."""
+
+    async def load_thresholds(self, patient_id: Any) -> Any:
+        """Read the patient's thresholds from the store into the cache ``thresholds_for`` answers from."""
+
+    def thresholds_for(self, patient_id: Any) -> Any:
+        """The patient's cached thresholds (ml's ``Thresholds``)."""
+
+    async def record(self, patient_id: Any, stream_id: Any, signal: str | None, event: dict[str, Any]) -> Any:
+        """Store a vital event raised by a stream's analysis, then push it."""
+
+
+class SocketSender(Protocol):
+    """Sends to one socket of this process directly and says how much already waits on it, so a live view
+    can hold back for a slow watcher instead of queueing without bound (``server/transport``' ``Realtime``)."""
+
+    def backlog(self, sid: str) -> int | None:
+        """Packets waiting on the socket's connection; None if the socket is not (or no longer) here."""
+
+    async def to_socket(self, sid: str, event: str, data: Any) -> None:
+        """Emit to that socket of this process, nothing through the other processes."""

@@ -244,6 +244,16 @@ class Realtime:
         this process is reached directly: nothing goes through Redis for the other processes to discard."""
         await self.sio.emit(event, data, room=room, skip_sid=skip_sid, ignore_queue=room in self.principals)
 
+    def backlog(self, sid: str) -> int | None:
+        """Packets waiting on the connection of this process's socket ``sid``; None if it is not here."""
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+        sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
+        return None if sock is None else sock.queue.qsize()
+
+    async def to_socket(self, sid: str, event: str, data: Any) -> None:
+        """To a socket of this process, directly (nothing through Redis)."""
+        await self.sio.emit(event, data, to=sid, ignore_queue=True)
+
     # --- control messages, applied to this process's sockets ----------------------------------------
 
     def local_sids(self, room: str) -> list[str]:
