@@ -54,8 +54,9 @@ from server.meds.medications import Medications
 from server.meds.scheduler import Scheduler
 from server.overview import setup as setup_overview
 from server.services import Services
-from server.streaming import history as waveform_store
-from server.streaming.history import AnalysisChunk, HistoryWriter, Stream, WaveBucket, apply_retention
+from server.streaming import api as streaming_api
+from server.streaming import documents as streaming_documents
+from server.streaming.history import HistoryWriter
 from server.streaming.ingest import StreamService
 from server.streaming.live import LiveHub
 from server.transport.events import EventRouter
@@ -77,10 +78,9 @@ from signaling.calls import Calls
 log = logging.getLogger(__name__)
 # What the store holds: every concern's documents.
 DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, *vitals_documents.DOCUMENTS, *call_documents.DOCUMENTS,
-                                   *alert_documents.DOCUMENTS, *meds_documents.DOCUMENTS, Device, Stream, WaveBucket,
-                                   AnalysisChunk, MedicineBoxState, BoxEvent]
+                                   *alert_documents.DOCUMENTS, *meds_documents.DOCUMENTS, Device,
+                                   *streaming_documents.DOCUMENTS, MedicineBoxState, BoxEvent]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-RETENTION_FIRST_S = 60
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -101,8 +101,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.pubsub.start()
         await svc.bus.start()
         await svc.realtime.presence.start()
-        svc.writer.start()
-        svc.streams.start()
+        await svc.writer.start()
+        await svc.streams.start()
         if svc.calls is not None:
             await svc.calls.start()
         await svc.alerts.start()  # type: ignore[union-attr]
@@ -116,7 +116,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             svc.mqtt.start()
         if svc.scheduler is not None:
             await svc.scheduler.start()
-        background.append(asyncio.create_task(_retention(settings.raw_retention_days), name="retention"))
         if settings.demo and (task := await demo.start(settings)) is not None:
             background.append(task)
             svc.extras["demo"] = task
@@ -157,19 +156,6 @@ async def _stop_demo(app: web.Application) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
-
-
-async def _retention(raw_days: int) -> None:
-    """Hourly; the first pass a minute after start-up, not in the middle of it."""
-    while True:
-        await asyncio.sleep(RETENTION_FIRST_S)
-        try:
-            removed = await apply_retention(raw_days)
-            if removed:
-                log.info("retention: removed %d raw waveform buckets older than %d days", removed, raw_days)
-        except Exception as exc:
-            log.warning("retention pass failed: %s", exc)
-        await asyncio.sleep(3600 - RETENTION_FIRST_S)
 
 
 def _doc_route(name: str, content_type: str) -> web.RouteDef:
@@ -230,8 +216,8 @@ def create_app(settings: Settings) -> web.Application:
     bus.on("link_changed", live.revoke_member)
     notes = Notifications(realtime, realtime)
     vitals = Vitals(realtime, bus)
-    writer = HistoryWriter()
-    streams = StreamService(realtime, live, vitals, writer, settings.analysis_workers)
+    writer = HistoryWriter(settings.raw_retention_days)
+    streams = StreamService(live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
     bus.on("device_revoked", streams.device_revoked)
     bp = BloodPressure(realtime)
@@ -243,7 +229,7 @@ def create_app(settings: Settings) -> web.Application:
     vitals.sinks.append(alerts_to(notes))  # the others: notifications
     notes.pushers.append(push.push)
     models = ModelRegistry(bus)
-    forecasts = BPForecasts(realtime, models, BPHistory(AnalysisChunk.get_pymongo_collection))
+    forecasts = BPForecasts(realtime, models, BPHistory(streaming_documents.AnalysisChunk.get_pymongo_collection))
     bp.on_added.append(forecasts.on_reading)
     triage = Triage(alerting)
     contacts = Contacts(realtime)
@@ -260,7 +246,7 @@ def create_app(settings: Settings) -> web.Application:
     realtime.attach(app)
     care_api.mount(mount, auth, profiles, Linking(realtime, bus, failures, settings.link_code_ttl_s), contacts, uploads)
     device_registry.setup(app)
-    waveform_store.setup(app)
+    streaming_api.mount(mount, streams, live)
     vitals_api.mount(mount, bp, vitals, forecasts, triage)
     svc.calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)
     calls_api.mount(mount, svc.calls)

@@ -69,6 +69,12 @@ async def test_streams_waveforms_and_analyses(api: Api) -> None:
                 {"from": iso(t0 - timedelta(hours=7)), "to": iso(t0)}):
         status, err = await _get(api, clinician, waveform, **bad)
         assert status == 422 and err["error"]["code"] == "invalid_query", bad
+    # An empty time is its default, as a form leaves a field nobody filled in (the doses' range reads it so too).
+    until = iso(t0 + timedelta(seconds=2))
+    status, blank = await _get(api, clinician, waveform, **{"from": "", "to": until})
+    _, explicit = await _get(api, clinician, waveform, **{"from": iso(t0 + timedelta(seconds=2, minutes=-1)),
+                                                          "to": until})
+    assert status == 200 and blank["runs"] == explicit["runs"] and len(blank["runs"][0]["samples"]) > 400
     status, err = await _get(api, clinician, f"{base}/streams/{PydanticObjectId()}/waveform")
     assert status == 404
     status, err = await _get(api, clinician, f"{base}/streams/not-an-id/waveform")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from beanie import PydanticObjectId
 
-from server.streaming.history import Stream, WaveBucket
+from server.streaming.documents import Stream, WaveBucket
 from tests.helpers import Api, User
 from tests.streaming import device_socket, ecg, frame, open_stream, pair
 

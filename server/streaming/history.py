@@ -1,5 +1,5 @@
-"""Stored streams: the stream records, raw waveforms in 10-second buckets (samples packed as
-float32), per-second analyses in 10-second chunks, retention, and the history REST routes.
+"""Waveform history: raw waveforms stored in 10-second buckets (samples packed as float32), per-second
+analyses in 10-second chunks, their retention, and reading them back (``waveform``, ``analyses``).
 
 Writes are batched: a bucket is written when its 10 s are complete (or the stream ends), and a
 background writer inserts what is ready once a second, so 500 streams cost a handful of
@@ -8,89 +8,22 @@ background writer inserts what is ready once a second, so 500 streams cost a han
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from aiohttp import web
 from beanie import PydanticObjectId
-from pydantic import Field
-from pymongo import ASCENDING, DESCENDING, IndexModel
 
-from server.care.access import require_patient
 from server.core.documents import VersionedDocument, aware, iso, utcnow
-from server.core.errors import ApiError, not_found
-from server.core.identity import as_object_id
-from server.transport.http import client_of, require_principal, services
+from server.core.errors import ApiError
+from server.streaming.documents import AnalysisChunk, Stream, WaveBucket
 
 log = logging.getLogger(__name__)
 BUCKET_S = 10.0
 MAX_POINTS = 20_000
-
-
-class Stream(VersionedDocument):
-    patient_id: PydanticObjectId
-    device_id: PydanticObjectId
-    kind: str
-    sampling_rate: float
-    units: str
-    channel: str
-    opened_at: datetime = Field(default_factory=utcnow)
-    closed_at: datetime | None = None
-    close_reason: str | None = None
-    last_seq: int | None = None
-    last_frame_at: datetime | None = None
-    counters: dict[str, int] = Field(default_factory=dict)
-    drift_ppm: float | None = None
-    clock_offset_ms: float | None = None
-
-    class Settings:
-        name = "streams"
-        indexes = [IndexModel([("patient_id", ASCENDING), ("_id", DESCENDING)], name="patient_recent")]
-
-    def public(self) -> dict[str, Any]:
-        return {"id": str(self.id), "patient_id": str(self.patient_id), "device_id": str(self.device_id),
-                "kind": self.kind, "sampling_rate": self.sampling_rate, "units": self.units, "channel": self.channel,
-                "opened_at": iso(self.opened_at), "closed_at": iso(self.closed_at), "close_reason": self.close_reason,
-                "last_seq": self.last_seq, "last_frame_at": iso(self.last_frame_at), "counters": dict(self.counters),
-                "drift_ppm": self.drift_ppm, "clock_offset_ms": self.clock_offset_ms}
-
-
-class WaveBucket(VersionedDocument):
-    """Up to 10 s of one stream: contiguous runs of samples with their server start times."""
-
-    stream_id: PydanticObjectId
-    patient_id: PydanticObjectId
-    start: datetime
-    end: datetime
-    sampling_rate: float
-    first_seq: int
-    last_seq: int
-    samples: bytes  # little-endian float32, the runs concatenated
-    runs: list[dict[str, Any]]  # [{"t": ISO start, "n": samples, "seq": first seq}] a new run after each gap
-    gaps: list[dict[str, Any]] = Field(default_factory=list)
-
-    class Settings:
-        name = "wave_buckets"
-        indexes = [IndexModel([("stream_id", ASCENDING), ("start", ASCENDING)], name="stream_time"),
-                   IndexModel([("start", ASCENDING)], name="age")]
-
-
-class AnalysisChunk(VersionedDocument):
-    """Per-second analyses of one stream over about 10 s (a time-series bucket)."""
-
-    stream_id: PydanticObjectId
-    patient_id: PydanticObjectId
-    start: datetime
-    items: list[dict[str, Any]]  # {"at", "hr", "rmssd", "sdnn", "quality", "beats"}
-
-    class Settings:
-        name = "analyses"
-        indexes = [IndexModel([("patient_id", ASCENDING), ("start", ASCENDING)], name="patient_time"),
-                   IndexModel([("stream_id", ASCENDING), ("start", ASCENDING)], name="stream_time")]
+RETENTION_FIRST_S = 60
 
 
 class BucketBuilder:
@@ -146,13 +79,15 @@ class BucketBuilder:
 
 
 class HistoryWriter:
-    """Background batched inserts of finished buckets and analysis chunks."""
+    """The waveform store's background work: batched inserts of finished buckets and analysis chunks
+    (once a second), and the hourly retention pass over raw waveforms (``raw_days``; None: none)."""
 
-    def __init__(self, max_pending: int = 5_000) -> None:  # per kind: ~100 s of 500 streams, ~50 MB at most
+    def __init__(self, raw_days: int | None = None, max_pending: int = 5_000) -> None:
         self.pending: dict[type[VersionedDocument], list[VersionedDocument]] = {WaveBucket: [], AnalysisChunk: []}
-        self.max_pending = max_pending
+        self.max_pending = max_pending  # per kind: ~100 s of 500 streams, ~50 MB at most
+        self.raw_days = raw_days
         self.dropped = 0
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def add(self, doc: VersionedDocument) -> None:
         queue = self.pending[type(doc)]
@@ -179,14 +114,28 @@ class HistoryWriter:
             await asyncio.sleep(1.0)
             await self.flush()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="history-writer")
+    async def _expire(self, raw_days: int) -> None:
+        """Hourly; the first pass a minute after start-up, not in the middle of it."""
+        while True:
+            await asyncio.sleep(RETENTION_FIRST_S)
+            try:
+                removed = await apply_retention(raw_days)
+                if removed:
+                    log.info("retention: removed %d raw waveform buckets older than %d days", removed, raw_days)
+            except Exception as exc:
+                log.warning("retention pass failed: %s", exc)
+            await asyncio.sleep(3600 - RETENTION_FIRST_S)
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run(), name="history-writer")]
+        if self.raw_days is not None:
+            self._tasks.append(asyncio.create_task(self._expire(self.raw_days), name="retention"))
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:  # bounded: a task cancelled inside a store call must not hold up the shutdown
+            await asyncio.wait(self._tasks, timeout=5)
         await self.flush()
 
 
@@ -197,50 +146,21 @@ async def apply_retention(raw_days: int) -> int:
     return res.deleted_count
 
 
-# --- REST ---------------------------------------------------------------------------------------------
+# --- reading back -------------------------------------------------------------------------------------
 
-def _time_param(request: web.Request, name: str, default: datetime) -> datetime:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        return aware(datetime.fromisoformat(raw.replace("Z", "+00:00")))
-    except ValueError:
-        raise ApiError("invalid_query", f"{name} must be an ISO 8601 time", 422, {"field": name}) from None
+async def open_streams(patient_id: PydanticObjectId) -> list[Stream]:
+    return await Stream.find(Stream.patient_id == patient_id, Stream.closed_at == None).to_list()  # noqa: E711
 
 
-async def list_streams(request: web.Request) -> web.Response:
-    principal = await require_principal(request)
-    pid = await require_patient(principal, request.match_info["patient_id"], "streams.list", client_of(request))
-    streams = await Stream.find(Stream.patient_id == pid).sort(-Stream.id).limit(200).to_list()
-    # A stream live in this process shows its current counters, not the last checkpoint's.
-    live = services(request).streams.streams
-    return web.json_response({"items": [(live[str(s.id)].doc if str(s.id) in live else s).public() for s in streams]})
+async def recent_streams(patient_id: PydanticObjectId, limit: int = 200) -> list[Stream]:
+    return await Stream.find(Stream.patient_id == patient_id).sort(-Stream.id).limit(limit).to_list()
 
 
-async def _patient_stream(request: web.Request, action: str) -> Stream:
-    principal = await require_principal(request)
-    pid = await require_patient(principal, request.match_info["patient_id"], action, client_of(request),
-                                stream_id=request.match_info["stream_id"])
-    stream = await Stream.get(as_object_id(request.match_info["stream_id"], "stream_id"))
-    if stream is None or stream.patient_id != pid:
-        raise not_found("stream")
-    return stream
-
-
-async def get_waveform(request: web.Request) -> web.Response:
-    """Samples between ``from`` and ``to`` (default: the last minute), as runs split at gaps;
-    ``max_points`` downsamples each run by block means."""
-    stream = await _patient_stream(request, "waveform.read")
-    now = utcnow()
-    end = _time_param(request, "to", now)
-    start = _time_param(request, "from", end - timedelta(minutes=1))
+async def waveform(stream: Stream, start: datetime, end: datetime, max_points: int = MAX_POINTS) -> dict[str, Any]:
+    """Samples of ``stream`` between ``start`` and ``end``, as runs split at gaps; each run downsampled
+    by block means so that all of them hold at most ``max_points``."""
     if not start < end or end - start > timedelta(hours=6):
         raise ApiError("invalid_query", "Ask for a range of at most 6 hours with from < to", 422)
-    try:
-        max_points = int(request.query.get("max_points", MAX_POINTS))
-    except ValueError:
-        raise ApiError("invalid_query", "max_points must be a whole number", 422) from None
     if not 10 <= max_points <= MAX_POINTS:
         raise ApiError("invalid_query", f"max_points must be between 10 and {MAX_POINTS}", 422)
     buckets = await WaveBucket.find(WaveBucket.stream_id == stream.id, WaveBucket.end > start,
@@ -269,26 +189,20 @@ async def get_waveform(request: web.Request) -> web.Response:
             s = s[:usable].reshape(-1, factor).mean(axis=1) if usable else s[:0]
         out.append({"t": r["t"], "seq": r["seq"], "rate": r["rate"] / factor,
                     "samples": [round(float(v), 5) for v in s]})
-    return web.json_response({"stream": stream.public(), "from": iso(start), "to": iso(end),
-                              "downsampled_by": factor, "runs": out})
+    return {"stream": stream.public(), "from": iso(start), "to": iso(end), "downsampled_by": factor, "runs": out}
 
 
-async def get_analyses(request: web.Request) -> web.Response:
-    """Per-second analyses in a range, or per-minute aggregates (``?every=minute``)."""
-    principal = await require_principal(request)
-    pid = await require_patient(principal, request.match_info["patient_id"], "analyses.read", client_of(request))
-    now = utcnow()
-    end = _time_param(request, "to", now)
-    start = _time_param(request, "from", end - timedelta(hours=1))
-    every = request.query.get("every", "minute")
+async def analyses(patient_id: PydanticObjectId, start: datetime, end: datetime, every: str,
+                   stream_id: PydanticObjectId | None = None) -> dict[str, Any]:
+    """Per-second analyses in a range (``every="second"``), or per-minute aggregates (``"minute"``)."""
     if every not in ("second", "minute") or not start < end or end - start > timedelta(days=31):
         raise ApiError("invalid_query", "every is second or minute; from < to, at most 31 days apart", 422)
     if every == "second" and end - start > timedelta(hours=6):
         raise ApiError("invalid_query", "per-second history is served for at most 6 hours at a time", 422)
-    match: dict[str, Any] = {"patient_id": pid, "start": {"$gte": start - timedelta(seconds=BUCKET_S * 2), "$lt": end}}
-    stream_id = request.query.get("stream_id")
-    if stream_id:
-        match["stream_id"] = as_object_id(stream_id, "stream_id")
+    match: dict[str, Any] = {"patient_id": patient_id,
+                             "start": {"$gte": start - timedelta(seconds=BUCKET_S * 2), "$lt": end}}
+    if stream_id is not None:
+        match["stream_id"] = stream_id
     pipeline: list[dict[str, Any]] = [
         {"$match": match}, {"$unwind": "$items"},
         {"$match": {"items.at": {"$gte": start, "$lt": end}}},
@@ -299,7 +213,7 @@ async def get_analyses(request: web.Request) -> web.Response:
                      {"$project": {"_id": 0, "stream_id": {"$toString": "$stream_id"}, "item": "$items"}}]
         rows = [{"stream_id": r["stream_id"], **r["item"], "at": iso(r["item"]["at"])}
                 async for r in await coll.aggregate(pipeline)]
-        return web.json_response({"every": "second", "items": rows})
+        return {"every": "second", "items": rows}
     pipeline += [
         {"$group": {"_id": {"$dateTrunc": {"date": "$items.at", "unit": "minute"}},
                     "hr_mean": {"$avg": "$items.hr"}, "hr_min": {"$min": "$items.hr"}, "hr_max": {"$max": "$items.hr"},
@@ -312,10 +226,4 @@ async def get_analyses(request: web.Request) -> web.Response:
     async for r in await coll.aggregate(pipeline):
         minute = r.pop("_id")
         rows.append({"minute": iso(minute), **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}})
-    return web.json_response({"every": "minute", "items": rows})
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_get("/api/patients/{patient_id}/streams", list_streams)
-    app.router.add_get("/api/patients/{patient_id}/streams/{stream_id}/waveform", get_waveform)
-    app.router.add_get("/api/patients/{patient_id}/analyses", get_analyses)
+    return {"every": "minute", "items": rows}

@@ -1,4 +1,4 @@
-"""Device streams over Socket.IO: open, frames, close; each frame validated, sequenced, clocked,
+"""Device streams (whichever transport brings them): open, frames, close; each frame validated, sequenced, clocked,
 stored in buckets, sent to live watchers and to the analysis workers; the analyses and events
 that come back are stored, pushed live, and turned into vital events.
 
@@ -16,30 +16,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from beanie import PydanticObjectId
-from pydantic import BaseModel, ConfigDict, Field
 
 from devices.clock import DeviceClock
 from devices.frames import Frame, FrameError, StreamOpen, decode_samples, max_samples
 from devices.stream_sequencer import StreamSequencer
-from server.care.access import require_patient
 from server.core.documents import iso, utcnow
 from server.core.errors import ApiError, forbidden
 from server.core.identity import as_object_id
+from server.core.ports import VitalEvents
 from server.streaming.analysis_pool import AnalysisPool, Result
-from server.streaming.history import AnalysisChunk, BucketBuilder, HistoryWriter, Stream
-from server.streaming.live import LiveHub, SubscribeIn, UnsubscribeIn
-from server.transport.realtime import DEVICE_ROLES, EventContext, Realtime
-from server.vitals.events import Vitals
+from server.streaming.documents import AnalysisChunk, Stream
+from server.streaming.history import BucketBuilder, HistoryWriter
+from server.streaming.live import LiveHub
+from server.transport.events import EventContext
 
 log = logging.getLogger(__name__)
 STALL_CHECK_S = 1.0
 IDLE_CLOSE_S = 600.0
 MAX_STREAMS_PER_DEVICE = 4  # a stream silent this long is closed (its device may reopen another)
-
-
-class StreamRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    stream_id: str = Field(max_length=64)
 
 
 @dataclass(eq=False)
@@ -61,9 +55,7 @@ class LiveStream:
 
 
 class StreamService:
-    def __init__(self, realtime: Realtime, live: LiveHub, vitals: Vitals, writer: HistoryWriter,
-                 analysis_workers: int) -> None:
-        self.rt = realtime
+    def __init__(self, live: LiveHub, vitals: VitalEvents, writer: HistoryWriter, analysis_workers: int) -> None:
         self.live = live
         self.vitals = vitals
         self.writer = writer
@@ -71,11 +63,10 @@ class StreamService:
         self.streams: dict[str, LiveStream] = {}
         self.frames_in = 0
         self._watchdog: asyncio.Task[None] | None = None
-        self._register()
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self.pool.start()
         self._watchdog = asyncio.create_task(self._watch(), name="stream-watchdog")
 
@@ -88,37 +79,7 @@ class StreamService:
             await self._close(stream, "server_shutdown", announce=False)
         await self.pool.stop()
 
-    # --- events -------------------------------------------------------------------------------------
-
-    def _register(self) -> None:
-        rt = self.rt
-
-        @rt.event("stream:open", StreamOpen, roles=DEVICE_ROLES)
-        async def _open(ctx: EventContext, body: StreamOpen) -> dict[str, Any]:
-            return await self.open(ctx, body)
-
-        @rt.event("stream:frame", Frame, roles=DEVICE_ROLES)
-        async def _frame(ctx: EventContext, frame: Frame) -> dict[str, Any]:
-            return await self.frame(ctx, frame)
-
-        @rt.event("stream:close", StreamRef, roles=DEVICE_ROLES)
-        async def _close(ctx: EventContext, body: StreamRef) -> dict[str, Any]:
-            stream = await self._owned(ctx, body.stream_id)
-            await self._close(stream, "device_closed")
-            return {"stream_id": stream.id, "counters": stream.doc.counters}
-
-        @rt.event("live:subscribe", SubscribeIn)
-        async def _subscribe(ctx: EventContext, body: SubscribeIn) -> dict[str, Any]:
-            watcher = await self.live.subscribe(ctx, body)
-            open_streams = await Stream.find(Stream.patient_id == PydanticObjectId(watcher.patient_id),
-                                             Stream.closed_at == None).to_list()  # noqa: E711
-            return {"patient_id": watcher.patient_id, "display_rate": watcher.display_rate,
-                    "streams": [s.public() for s in open_streams]}
-
-        @rt.event("live:unsubscribe", UnsubscribeIn)
-        async def _unsubscribe(ctx: EventContext, body: UnsubscribeIn) -> dict[str, Any]:
-            pid = await require_patient(ctx.principal, body.patient_id, "live.unsubscribe", ctx.client)
-            return {"unsubscribed": await self.live.unsubscribe(ctx.sid, str(pid))}
+    # --- a device's stream ---------------------------------------------------------------------------
 
     async def open(self, ctx: EventContext, body: StreamOpen) -> dict[str, Any]:
         device_kind = ctx.principal.name.split(":", 1)[0]
@@ -167,6 +128,16 @@ class StreamService:
         if str(stream.doc.device_id) != ctx.principal.sid:
             raise forbidden("That stream belongs to another device")
         return stream
+
+    async def close(self, ctx: EventContext, stream_id: str) -> dict[str, Any]:
+        stream = await self._owned(ctx, stream_id)
+        await self._close(stream, "device_closed")
+        return {"stream_id": stream.id, "counters": stream.doc.counters}
+
+    def current(self, doc: Stream) -> Stream:
+        """A stream live in this process with its current counters, not the last checkpoint's."""
+        stream = self.streams.get(str(doc.id))
+        return stream.doc if stream is not None else doc
 
     @staticmethod
     def _count(stream: LiveStream, name: str, by: int = 1) -> None:

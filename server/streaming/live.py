@@ -21,29 +21,18 @@ from typing import Any
 
 import numpy as np
 from beanie import PydanticObjectId
-from pydantic import BaseModel, ConfigDict, Field
 
 from server.care.access import may_access, require_patient
 from server.core.errors import forbidden
+from server.core.ports import SocketSender
 from server.infra.pubsub import PubSub
-from server.transport.realtime import NAMESPACE, EventContext, Realtime
+from server.streaming.documents import SubscribeIn
+from server.transport.events import EventContext
 
 log = logging.getLogger(__name__)
 QUEUE_FRAMES = 64  # per watcher: a few seconds of frames at most
 QUEUE_EVENTS = 64  # per watcher: analyses, gaps, stream changes (about one a second per stream)
 SOCKET_BACKLOG = 16  # packets already waiting on a watcher's websocket before we hold back
-DEFAULT_DISPLAY_RATE = 125.0
-
-
-class SubscribeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    patient_id: str = Field(max_length=64)
-    display_rate: float = Field(DEFAULT_DISPLAY_RATE, ge=10, le=1000)
-
-
-class UnsubscribeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    patient_id: str = Field(max_length=64)
 
 
 def decimation_factor(rate: float, display_rate: float) -> int:
@@ -100,13 +89,12 @@ class Watcher:
 
 
 class LiveHub:
-    def __init__(self, realtime: Realtime, pubsub: PubSub) -> None:
-        self.rt = realtime
+    def __init__(self, sockets: SocketSender, pubsub: PubSub) -> None:
+        self.sockets = sockets
         self.pubsub = pubsub
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.watchers: dict[str, set[Watcher]] = {}  # patient id -> local watchers
         self.by_sid: dict[str, dict[str, Watcher]] = {}  # sid -> patient id -> watcher
-        realtime.disconnect_hooks.append(self._on_disconnect)
 
     # --- subscriptions ------------------------------------------------------------------------------
 
@@ -142,7 +130,7 @@ class LiveHub:
                     await self.pubsub.unsubscribe(f"hm:live:{patient_id}")
         return True
 
-    async def _on_disconnect(self, sid: str) -> None:
+    async def on_disconnect(self, sid: str) -> None:
         for pid in list(self.by_sid.get(sid, {})):
             await self.unsubscribe(sid, pid)
         self.by_sid.pop(sid, None)
@@ -154,29 +142,27 @@ class LiveHub:
         for watcher in list(self.watchers.get(msg["patient_id"], ())):
             if watcher.user_id == msg["member_id"]:
                 await self.unsubscribe(watcher.sid, watcher.patient_id)
-                await self.rt.sio.emit("live:ended", {"patient_id": watcher.patient_id, "reason": "link_revoked"},
-                                       to=watcher.sid, ignore_queue=True)
+                await self.sockets.to_socket(watcher.sid, "live:ended",
+                                             {"patient_id": watcher.patient_id, "reason": "link_revoked"})
 
     # --- delivery -----------------------------------------------------------------------------------
 
     async def _sender(self, w: Watcher) -> None:
-        eio = self.rt.sio.eio
         while True:
             await w.wake.wait()
             w.wake.clear()
             while w.frames or w.events:
-                eio_sid = self.rt.sio.manager.eio_sid_from_sid(w.sid, NAMESPACE)
-                sock = eio.sockets.get(eio_sid) if eio_sid else None
-                if sock is None:
+                backlog = self.sockets.backlog(w.sid)
+                if backlog is None:
                     return
-                if sock.queue.qsize() > SOCKET_BACKLOG:
+                if backlog > SOCKET_BACKLOG:
                     await asyncio.sleep(0.02)  # the client is not keeping up: let our bounded queue absorb it
                     continue
                 item = w.take()
                 if item is None:
                     continue
                 try:
-                    await self.rt.sio.emit(item[0], item[1], to=w.sid, ignore_queue=True)
+                    await self.sockets.to_socket(w.sid, item[0], item[1])
                 except Exception as exc:  # the socket went away under us: its disconnect ends this watcher
                     log.debug("watcher %s: %s", w.sid, exc)
                     return
@@ -219,7 +205,10 @@ class LiveHub:
         else:
             self._deliver_local(patient_id, msg["e"], msg["m"])
 
+    async def start(self) -> None:
+        """Nothing to start: watchers come with subscriptions, their channels with the first of a patient."""
+
     async def stop(self) -> None:
         for sid in list(self.by_sid):
-            await self._on_disconnect(sid)
+            await self.on_disconnect(sid)
 

@@ -1,0 +1,82 @@
+"""The streaming concern's transport: device stream events, live watching, and the history REST routes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+
+from devices.frames import Frame, StreamOpen
+from server.care.access import require_patient
+from server.core.documents import utcnow
+from server.core.errors import ApiError, not_found
+from server.core.identity import as_object_id
+from server.core.params import parse_time
+from server.streaming import history
+from server.streaming.documents import Stream, StreamRef, SubscribeIn, UnsubscribeIn
+from server.streaming.ingest import StreamService
+from server.streaming.live import LiveHub
+from server.transport.events import DEVICE_ROLES, EventContext
+from server.transport.mount import Mount
+
+
+def mount(m: Mount, streams: StreamService, live: LiveHub) -> None:
+    events, rest = m.events, m.rest
+    m.realtime.disconnect_hooks.append(live.on_disconnect)
+    events.event("stream:open", StreamOpen, roles=DEVICE_ROLES)(streams.open)
+    events.event("stream:frame", Frame, roles=DEVICE_ROLES)(streams.frame)
+
+    @events.event("stream:close", StreamRef, roles=DEVICE_ROLES)
+    async def _close(ctx: EventContext, body: StreamRef) -> dict[str, Any]:
+        return await streams.close(ctx, body.stream_id)
+
+    @events.event("live:subscribe", SubscribeIn)
+    async def _subscribe(ctx: EventContext, body: SubscribeIn) -> dict[str, Any]:
+        watcher = await live.subscribe(ctx, body)
+        open_streams = await history.open_streams(as_object_id(watcher.patient_id, "patient_id"))
+        return {"patient_id": watcher.patient_id, "display_rate": watcher.display_rate,
+                "streams": [s.public() for s in open_streams]}
+
+    @events.event("live:unsubscribe", UnsubscribeIn)
+    async def _unsubscribe(ctx: EventContext, body: UnsubscribeIn) -> dict[str, Any]:
+        pid = await require_patient(ctx.principal, body.patient_id, "live.unsubscribe", ctx.client)
+        return {"unsubscribed": await live.unsubscribe(ctx.sid, str(pid))}
+
+    async def list_streams(request: web.Request) -> web.Response:
+        pid = await require_patient(await rest.principal(request), request.match_info["patient_id"], "streams.list",
+                                    rest.client(request))
+        found = await history.recent_streams(pid)
+        return web.json_response({"items": [streams.current(s).public() for s in found]})
+
+    async def get_waveform(request: web.Request) -> web.Response:
+        """Samples between ``from`` and ``to`` (default: the last minute); ``max_points`` downsamples them."""
+        stream_id = request.match_info["stream_id"]
+        pid = await require_patient(await rest.principal(request), request.match_info["patient_id"], "waveform.read",
+                                    rest.client(request), stream_id=stream_id)
+        stream = await Stream.get(as_object_id(stream_id, "stream_id"))
+        if stream is None or stream.patient_id != pid:
+            raise not_found("stream")
+        end = parse_time(request.query.get("to"), "to", utcnow())
+        start = parse_time(request.query.get("from"), "from", end - timedelta(minutes=1))
+        try:
+            max_points = int(request.query.get("max_points", history.MAX_POINTS))
+        except ValueError:
+            raise ApiError("invalid_query", "max_points must be a whole number", 422) from None
+        return web.json_response(await history.waveform(stream, start, end, max_points))
+
+    async def get_analyses(request: web.Request) -> web.Response:
+        """Per-second analyses in a range, or per-minute aggregates (``?every=minute``, the default)."""
+        pid = await require_patient(await rest.principal(request), request.match_info["patient_id"], "analyses.read",
+                                    rest.client(request))
+        end = parse_time(request.query.get("to"), "to", utcnow())
+        start = parse_time(request.query.get("from"), "from", end - timedelta(hours=1))
+        stream_id = request.query.get("stream_id")
+        return web.json_response(await history.analyses(
+            pid, start, end, request.query.get("every", "minute"),
+            as_object_id(stream_id, "stream_id") if stream_id else None))
+
+    m.routes.add_get("/api/patients/{patient_id}/streams", list_streams)
+    m.routes.add_get("/api/patients/{patient_id}/streams/{stream_id}/waveform", get_waveform)
+    m.routes.add_get("/api/patients/{patient_id}/analyses", get_analyses)
+
