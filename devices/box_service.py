@@ -7,77 +7,46 @@ another drawer while a dose waits is flagged to the patient.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from beanie import PydanticObjectId
-from pydantic import Field
-from pymongo import ASCENDING, DESCENDING, IndexModel
 
+from devices.documents import BoxEvent, Device, MedicineBoxState
 from devices.medicine_box import BoxCommand, BoxDrawers, BoxHello, DrawerEvent
-from devices.registry import Device
 from server.care.access import require_patient
-from server.core.documents import VersionedDocument, utcnow
+from server.core.documents import utcnow
 from server.core.errors import ApiError, forbidden
-from server.meds.medications import Medication, notify
-from server.meds.scheduler import Scheduler
-from server.transport.realtime import DEVICE_ROLES, EventContext, device_room
-
-if TYPE_CHECKING:
-    from server.services import Services
+from server.core.ports import Broadcaster, DoseSchedule, Notifier
+from server.transport.events import EventContext
 
 log = logging.getLogger(__name__)
 BACKOFF_S = (1, 2, 4, 8, 16, 30)  # wait before resending an unacknowledged command; then give up
-ACK_WAIT_S = 60  # an ack later than this is ignored (its callback is forgotten, so memory stays bounded)
 
 
-class MedicineBoxState(VersionedDocument):
-    """What a box last reported; ``id`` is the device's id."""
+class DeviceCommands(Protocol):
+    """Emits a command to a device, on whichever transport and in whichever process holds it."""
 
-    id: PydanticObjectId  # type: ignore[assignment]
-    patient_id: PydanticObjectId
-    drawers: list[dict[str, Any]] = Field(default_factory=list)
-    firmware: str | None = None
-    battery: float | None = None
-    hello_at: datetime = Field(default_factory=utcnow)
-
-    class Settings:
-        name = "medicine_boxes"
-
-
-class BoxEvent(VersionedDocument):
-    """A drawer opened or closed, or a wrong drawer: the box's record, kept for the patient's history."""
-
-    device_id: PydanticObjectId
-    patient_id: PydanticObjectId
-    kind: str  # opened | closed
-    drawer: int
-    at: datetime = Field(default_factory=utcnow)
-    device_at_ms: float | None = None
-    confirmed: list[str] = Field(default_factory=list)  # dose ids the opening confirmed
-    wrong_drawer: bool = False
-
-    class Settings:
-        name = "box_events"
-        indexes = [IndexModel([("patient_id", ASCENDING), ("_id", DESCENDING)], name="patient_recent")]
+    async def command(self, device_id: Any, event: str, data: Any, on_ack: Callable[..., Awaitable[None]]) -> None:
+        """``on_ack`` runs when the device acknowledges it (a late or missing acknowledgement is forgotten)."""
 
 
 class MedicineBox:
-    def __init__(self, svc: Services, scheduler: Scheduler) -> None:
-        self.svc = svc
+    """The server side of medicine boxes: the schedule's hooks call ``on_due``, ``on_confirmed`` and ``resend``;
+    the box's events come to ``hello``, ``drawers``, ``opened`` and ``closed``."""
+
+    def __init__(self, commands: DeviceCommands, broadcaster: Broadcaster, notifier: Notifier,
+                 scheduler: DoseSchedule) -> None:
+        self.commands = commands
+        self.broadcaster = broadcaster
+        self.notifier = notifier
         self.scheduler = scheduler
-        self.sio = svc.realtime.sio
         scheduler.on_due.append(self.on_due)
         scheduler.on_confirmed.append(self.on_confirmed)
         scheduler.ticks.append(self.resend)
-        rt = svc.realtime
-        rt.event("box:hello", BoxHello, roles=DEVICE_ROLES)(self._hello)
-        rt.event("box:drawers", BoxDrawers, roles=DEVICE_ROLES)(self._drawers)
-        rt.event("box:drawer-opened", DrawerEvent, roles=DEVICE_ROLES)(self._opened)
-        rt.event("box:drawer-closed", DrawerEvent, roles=DEVICE_ROLES)(self._closed)
 
     # --- commands -----------------------------------------------------------------------------------
 
@@ -95,14 +64,7 @@ class MedicineBox:
                 await self.scheduler.doses.update_one({"_id": dose_id, "box_acked_at": None},
                                                       {"$set": {"box_acked_at": utcnow(), "box_next_at": None}})
 
-        await self.sio.emit("box:command", cmd.model_dump(), room=device_room(device_id), callback=acked)
-        asyncio.get_running_loop().call_later(ACK_WAIT_S, self._forget, acked)
-
-    def _forget(self, callback: Any) -> None:
-        for pending in list(self.sio.manager.callbacks.values()):
-            for ack_id, fn in list(pending.items()):
-                if fn is callback:
-                    del pending[ack_id]
+        await self.commands.command(device_id, "box:command", cmd.model_dump(), acked)
 
     @staticmethod
     def _remind(d: dict[str, Any], attempt: int) -> BoxCommand:
@@ -176,12 +138,9 @@ class MedicineBox:
         await MedicineBoxState.get_pymongo_collection().update_one(
             {"_id": device_id}, {"$set": {"patient_id": pid, "drawers": drawers, "hello_at": utcnow(), **extra},
                                  "$setOnInsert": {"schema_version": 1}}, upsert=True)
-        meds = Medication.find(Medication.patient_id == pid, Medication.archived_at == None,  # noqa: E711
-                               Medication.drawer != None)  # noqa: E711
-        return {"device_id": str(device_id), "drawers": drawers,
-                "assigned": [{"drawer": m.drawer, "medication_id": str(m.id), "name": m.name} async for m in meds]}
+        return {"device_id": str(device_id), "drawers": drawers, "assigned": await self.scheduler.drawers(pid)}
 
-    async def _hello(self, ctx: EventContext, body: BoxHello) -> dict[str, Any]:
+    async def hello(self, ctx: EventContext, body: BoxHello) -> dict[str, Any]:
         device_id, pid = await self._box(ctx, "box.hello")
         extra = {k: v for k, v in (("firmware", body.firmware), ("battery", body.battery)) if v is not None}
         if extra:
@@ -195,7 +154,7 @@ class MedicineBox:
             self.scheduler.wake()
         return state
 
-    async def _drawers(self, ctx: EventContext, body: BoxDrawers) -> dict[str, Any]:
+    async def drawers(self, ctx: EventContext, body: BoxDrawers) -> dict[str, Any]:
         device_id, pid = await self._box(ctx, "box.drawers")
         return await self._store_drawers(device_id, pid, body)
 
@@ -204,7 +163,7 @@ class MedicineBox:
         if state is not None and drawer not in {d["index"] for d in state.drawers}:
             raise ApiError("invalid_drawer", f"This box has no drawer {drawer}", 422, {"drawer": drawer})
 
-    async def _opened(self, ctx: EventContext, body: DrawerEvent) -> dict[str, Any]:
+    async def opened(self, ctx: EventContext, body: DrawerEvent) -> dict[str, Any]:
         device_id, pid = await self._box(ctx, "box.drawer_opened", drawer=body.drawer)
         await self._check_drawer(device_id, body.drawer)
         waiting = await self.scheduler.doses.find({"patient_id": pid, "state": "reminded"}).to_list(None)
@@ -219,13 +178,16 @@ class MedicineBox:
         if wrong:
             flag = {"patient_id": str(pid), "device_id": str(device_id), "drawer": body.drawer, "expected": expected,
                     "dose_ids": [str(d["_id"]) for d in waiting if d.get("drawer") in expected]}
-            await self.svc.realtime.to_patient(pid, "box:wrong-drawer", flag)
-            await notify(self.svc, [pid], "wrong_drawer", f"That was drawer {body.drawer}",
-                         f"Your dose is in drawer {', '.join(map(str, expected))}", patient_id=pid, data=flag,
-                         urgency="high")
+            await self.broadcaster.to_patient(pid, "box:wrong-drawer", flag)
+            try:  # a failure to notify never undoes what the box reported
+                await self.notifier.notify([pid], "wrong_drawer", f"That was drawer {body.drawer}",
+                                           f"Your dose is in drawer {', '.join(map(str, expected))}", patient_id=pid,
+                                           data=flag, urgency="high")
+            except Exception:
+                log.exception("could not notify the wrong drawer")
         return {"confirmed": confirmed, "wrong_drawer": wrong, "expected": expected}
 
-    async def _closed(self, ctx: EventContext, body: DrawerEvent) -> dict[str, Any]:
+    async def closed(self, ctx: EventContext, body: DrawerEvent) -> dict[str, Any]:
         device_id, pid = await self._box(ctx, "box.drawer_closed", drawer=body.drawer)
         await self._check_drawer(device_id, body.drawer)
         await BoxEvent(device_id=device_id, patient_id=pid, kind="closed", drawer=body.drawer,

@@ -15,7 +15,7 @@ name = its device id and password = its device credential, and talks on its own 
 
 The bridge logs in as the privileged bridge user, subscribes to every device's ``up`` topics (as a
 shared subscription, so with several server processes each message is handled by one of them), and
-runs each event through ``Realtime.handle`` with the device's principal, so an MQTT device and a
+runs each event through the event pipeline (``EventRouter.handle``) with the device's principal, so an MQTT device and a
 Socket.IO device behave identically. The broker's ACL (``devices.mqtt_broker``) lets a device publish
 only under its own topic; the bridge also refuses events from unknown or revoked devices. Messages
 of one device are handled in order; each device's queue is bounded.
@@ -41,12 +41,14 @@ from bson.errors import InvalidId
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from devices.mqtt_broker import TOPIC_ROOT
-from devices.registry import Device, device_principal
+from devices.documents import Device
+from devices.mqtt_broker import TOPIC_ROOT, BrokerFiles
+from devices.registry import device_principal
+from server.core.config import ConfigError, Settings
 from server.core.errors import error_body
 from server.core.identity import Client, Principal
 from server.infra.pubsub import ControlBus
-from server.transport.realtime import Realtime
+from server.transport.events import EventRouter
 
 log = logging.getLogger(__name__)
 SHARE_GROUP = "healthmate"
@@ -78,12 +80,36 @@ def topic_of(device_id: str, direction: str, name: str) -> str:
     return f"{TOPIC_ROOT}/{device_id}/{direction}/{name}"
 
 
+def from_settings(settings: Settings, router: EventRouter, process_id: str,
+                  bus: ControlBus) -> tuple[MqttBridge | None, BrokerFiles | None]:
+    """The MQTT bridge when HEALTHMATE_MQTT_URL is set; the broker's files too when HEALTHMATE_MQTT_BROKER_DIR is."""
+    if settings.mqtt_url is None:
+        if settings.mqtt_broker_dir is not None:
+            raise ConfigError("HEALTHMATE_MQTT_BROKER_DIR needs HEALTHMATE_MQTT_URL (the bridge user and password)")
+        return None, None
+    url = settings.mqtt_url.get_secret_value()
+    try:
+        options = parse_url(url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    bridge = MqttBridge(url, router, process_id, bus, settings.max_message_bytes)
+    if settings.mqtt_broker_dir is None:
+        return bridge, None
+    if not options["username"] or not options["password"]:
+        raise ConfigError("HEALTHMATE_MQTT_URL must name the bridge user and password: mqtt://user:password@host")
+    files = BrokerFiles(settings.mqtt_broker_dir, options["username"], options["password"])
+    files.follow(bus)
+    return bridge, files
+
+
 class MqttBridge:
-    def __init__(self, url: str, realtime: Realtime, bus: ControlBus, max_message_bytes: int) -> None:
+    def __init__(self, url: str, router: EventRouter, process_id: str, bus: ControlBus,
+                 max_message_bytes: int) -> None:
         self.options = parse_url(url)
         self.max_message_bytes = max_message_bytes
         self.queued_bytes = 0
-        self.rt = realtime
+        self.router = router
+        self.process_id = process_id
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.handled = self.refused = 0
@@ -94,13 +120,12 @@ class MqttBridge:
         self.bus = bus
         # Commands awaiting the device's acknowledgement: correlation -> (device id, callback); bounded.
         self._awaiting: OrderedDict[str, tuple[str, Callable[..., Any]]] = OrderedDict()
-        realtime.sio.device_sinks.append(self.command)
         bus.on("device_revoked", self._forget)
         bus.on("mqtt_command_ack", self._command_acked)
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mqtt-bridge")
 
     async def stop(self) -> None:
@@ -111,7 +136,7 @@ class MqttBridge:
                     await task
 
     async def _run(self) -> None:
-        identifier = f"healthmate-bridge-{self.rt.process_id}"
+        identifier = f"healthmate-bridge-{self.process_id}"
         wait = RETRY_S[0]
         while True:
             try:
@@ -203,7 +228,7 @@ class MqttBridge:
             self.refused += 1
             reply = {"ok": False, **error_body("device_revoked", "This device is not paired (or was revoked)")}
         else:
-            reply = await self.rt.handle(event, principal, f"mqtt:{device_id}", MQTT_CLIENT, message.get("data"))
+            reply = await self.router.handle(event, principal, f"mqtt:{device_id}", MQTT_CLIENT, message.get("data"))
             self.handled += 1
         await self._ack(device_id, event, correlation, reply)
 

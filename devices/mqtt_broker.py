@@ -23,6 +23,7 @@ import secrets
 import signal
 from pathlib import Path
 
+from devices.documents import Device
 from server.infra.pubsub import ControlBus
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,18 @@ class BrokerFiles:
 
     async def sync(self) -> int:
         """Rewrite the files from the store's active devices and reload the broker; how many devices."""
-        from devices.registry import Device  # the registry imports this module for the hash
-
         active = Device.find(Device.revoked_at == None, Device.mqtt_hash != None)  # noqa: E711
         devices = [(str(d.id), d.mqtt_hash) async for d in active if d.mqtt_hash]
         self.write(devices)
         self.reload()
         return len(devices)
+
+    async def start(self) -> None:
+        count = await self.sync()
+        log.info("MQTT broker files in %s: %d devices", self.folder, count)
+
+    async def stop(self) -> None:
+        """Nothing to stop: the files stay for the broker."""
 
     def follow(self, bus: ControlBus) -> None:
         """Keep the files in step with pairings and revocations made in any process."""

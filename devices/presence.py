@@ -17,43 +17,28 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from beanie import PydanticObjectId
-from pydantic import BaseModel, ConfigDict, Field
 
-from devices.registry import Device
-from server.alerts.notifications import Notifications
-from server.care.documents import Link
+from devices.documents import Device
+from server.care.access import care_team
 from server.core.documents import iso, utcnow
 from server.core.identity import Principal
-from server.transport.realtime import DEVICE_ROLES, EventContext, Realtime
+from server.core.ports import Broadcaster, Notifier
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 500
 
 
-class HeartbeatIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    battery: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, description="percent")
-    firmware: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w .:/+()-]+$")
-
-
 class DevicePresence:
-    def __init__(self, realtime: Realtime, notifications: Notifications, silence_s: float) -> None:
-        self.rt = realtime
-        self.notifications = notifications
+    def __init__(self, broadcaster: Broadcaster, notifier: Notifier, silence_s: float) -> None:
+        self.broadcaster = broadcaster
+        self.notifier = notifier
         self.silence = timedelta(seconds=silence_s)
         self.sweep_every = max(0.1, min(5.0, silence_s / 4))
         self._task: asyncio.Task[None] | None = None
-        realtime.connect_hooks.append(self._on_connect)
-
-        @realtime.event("device:heartbeat", HeartbeatIn, roles=DEVICE_ROLES)
-        async def _heartbeat(ctx: EventContext, body: HeartbeatIn) -> dict[str, Any]:
-            await self.seen(PydanticObjectId(ctx.principal.sid), body.battery, body.firmware)
-            return {"device_id": ctx.principal.sid, "online": True,
-                    "heartbeat_s": round(self.silence.total_seconds() / 3, 3)}
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._task = asyncio.create_task(self._sweeping(), name="device-presence")
 
     async def stop(self) -> None:
@@ -62,9 +47,13 @@ class DevicePresence:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _on_connect(self, sid: str, principal: Principal) -> None:
+    async def on_connect(self, sid: str, principal: Principal) -> None:
         if principal.is_device:
             await self.seen(PydanticObjectId(principal.sid))
+
+    async def heartbeat(self, principal: Principal, battery: float | None, firmware: str | None) -> dict[str, Any]:
+        await self.seen(PydanticObjectId(principal.sid), battery, firmware)
+        return {"device_id": principal.sid, "online": True, "heartbeat_s": round(self.silence.total_seconds() / 3, 3)}
 
     # --- state changes -------------------------------------------------------------------------------
 
@@ -120,23 +109,21 @@ class DevicePresence:
         presence = {"device_id": str(device.id), "patient_id": str(pid), "online": online, "at": iso(at),
                     **{k: v for k, v in device.public().items() if k in ("kind", "serial", "model", "battery",
                                                                           "firmware", "last_seen_at")}}
-        await self.rt.to_patient(pid, "device:presence", presence)
-        carers = Link.find(Link.patient_id == pid, Link.revoked_at == None,  # noqa: E711
-                           Link.member_role == "caregiver")
-        users = [pid, *[link.member_id async for link in carers]]
+        await self.broadcaster.to_patient(pid, "device:presence", presence)
+        users = [pid, *[link.member_id for link in await care_team(pid, ("caregiver",))]]
         label = f"{device.model} ({device.serial})"
         data = {"device_id": str(device.id), "kind": device.kind, "serial": device.serial}
         if online:
             away = f" after {_duration(at - offline_since)}" if offline_since is not None else ""
-            await self.notifications.notify(users, "device_reconnected", f"Sensor reconnected: {label}",
-                                            f"The {device.kind} device is sending again{away}.",
-                                            patient_id=pid, data=data, urgency="low")
+            await self.notifier.notify(users, "device_reconnected", f"Sensor reconnected: {label}",
+                                       f"The {device.kind} device is sending again{away}.",
+                                       patient_id=pid, data=data, urgency="low")
         else:
             silent = f" for {_duration(at - device.last_seen_at)}" if device.last_seen_at else ""
-            await self.notifications.notify(users, "device_disconnected", f"Sensor disconnected: {label}",
-                                            f"No sign of life from the {device.kind} device{silent}. "
-                                            "Check that it is switched on, charged and in range.",
-                                            patient_id=pid, data=data, urgency="high")
+            await self.notifier.notify(users, "device_disconnected", f"Sensor disconnected: {label}",
+                                       f"No sign of life from the {device.kind} device{silent}. "
+                                       "Check that it is switched on, charged and in range.",
+                                       patient_id=pid, data=data, urgency="high")
 
 
 def _duration(delta: timedelta) -> str:

@@ -14,12 +14,13 @@ from aiohttp import web
 from beanie import Document
 from redis.asyncio import Redis
 
-from devices import registry as device_registry
-from devices.box_service import BoxEvent, MedicineBox, MedicineBoxState
-from devices.mqtt_bridge import MqttBridge, parse_url
-from devices.mqtt_broker import BrokerFiles
+from devices import api as devices_api
+from devices import documents as device_documents
+from devices import mqtt_bridge
+from devices.api import SocketCommands
+from devices.box_service import MedicineBox
 from devices.presence import DevicePresence
-from devices.registry import Device, authenticate_device
+from devices.registry import DeviceRegistry, authenticate_device
 from media import api as media_api
 from media.device_host import DeviceRtc
 from server import demo, health
@@ -38,7 +39,7 @@ from server.care.contacts import Contacts
 from server.care.linking import Linking
 from server.care.security import TokenService
 from server.care.uploads import Uploads
-from server.core.config import ConfigError, Settings
+from server.core.config import Settings
 from server.core.errors import ApiError
 from server.core.identity import Principal
 from server.dashboard import setup as setup_dashboard
@@ -78,8 +79,8 @@ from signaling.calls import Calls
 log = logging.getLogger(__name__)
 # What the store holds: every concern's documents.
 DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, *vitals_documents.DOCUMENTS, *call_documents.DOCUMENTS,
-                                   *alert_documents.DOCUMENTS, *meds_documents.DOCUMENTS, Device,
-                                   *streaming_documents.DOCUMENTS, MedicineBoxState, BoxEvent]
+                                   *alert_documents.DOCUMENTS, *meds_documents.DOCUMENTS, *device_documents.DOCUMENTS,
+                                   *streaming_documents.DOCUMENTS]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
@@ -108,12 +109,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await svc.alerts.start()  # type: ignore[union-attr]
         await svc.models.start()  # type: ignore[union-attr]
         await svc.push.start()  # type: ignore[union-attr]
-        svc.presence.start()  # type: ignore[union-attr]
+        await svc.presence.start()  # type: ignore[union-attr]
         if svc.broker_files is not None:
-            count = await svc.broker_files.sync()
-            log.info("MQTT broker files in %s: %d devices", svc.broker_files.folder, count)
+            await svc.broker_files.start()
         if svc.mqtt is not None:
-            svc.mqtt.start()
+            await svc.mqtt.start()
         if svc.scheduler is not None:
             await svc.scheduler.start()
         if settings.demo and (task := await demo.start(settings)) is not None:
@@ -165,26 +165,6 @@ def _doc_route(name: str, content_type: str) -> web.RouteDef:
     return web.get(f"/api/{name}", handler)
 
 
-def _setup_mqtt(svc: Services) -> None:
-    """The MQTT bridge when HEALTHMATE_MQTT_URL is set; the broker's files too when HEALTHMATE_MQTT_BROKER_DIR is."""
-    settings = svc.settings
-    if settings.mqtt_url is None:
-        if settings.mqtt_broker_dir is not None:
-            raise ConfigError("HEALTHMATE_MQTT_BROKER_DIR needs HEALTHMATE_MQTT_URL (the bridge user and password)")
-        return
-    url = settings.mqtt_url.get_secret_value()
-    try:
-        options = parse_url(url)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    svc.mqtt = MqttBridge(url, svc.realtime, svc.bus, settings.max_message_bytes)
-    if settings.mqtt_broker_dir is not None:
-        if not options["username"] or not options["password"]:
-            raise ConfigError("HEALTHMATE_MQTT_URL must name the bridge user and password: mqtt://user:password@host")
-        svc.broker_files = BrokerFiles(settings.mqtt_broker_dir, options["username"], options["password"])
-        svc.broker_files.follow(svc.bus)
-
-
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
@@ -228,6 +208,7 @@ def create_app(settings: Settings) -> web.Application:
     vitals.sinks.append(alerting.on_vital_event)  # critical events: emergency alerts, escalated
     vitals.sinks.append(alerts_to(notes))  # the others: notifications
     notes.pushers.append(push.push)
+    presence = DevicePresence(realtime, notes, settings.device_silence_s)
     models = ModelRegistry(bus)
     forecasts = BPForecasts(realtime, models, BPHistory(streaming_documents.AnalysisChunk.get_pymongo_collection))
     bp.on_added.append(forecasts.on_reading)
@@ -239,13 +220,12 @@ def create_app(settings: Settings) -> web.Application:
                    live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
                    pubsub=pubsub,
                    bp=bp, contacts=contacts, alerts=alerting, push=push,
-                   presence=DevicePresence(realtime, notes, settings.device_silence_s), models=models,
+                   presence=presence, models=models,
                    forecasts=forecasts, triage=triage)
-    _setup_mqtt(svc)
+    svc.mqtt, svc.broker_files = mqtt_bridge.from_settings(settings, realtime.router, realtime.process_id, bus)
     app[SERVICES] = svc
     realtime.attach(app)
     care_api.mount(mount, auth, profiles, Linking(realtime, bus, failures, settings.link_code_ttl_s), contacts, uploads)
-    device_registry.setup(app)
     streaming_api.mount(mount, streams, live)
     vitals_api.mount(mount, bp, vitals, forecasts, triage)
     svc.calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)
@@ -259,7 +239,8 @@ def create_app(settings: Settings) -> web.Application:
     svc.scheduler = Scheduler(settings, realtime, notes, svc.medications)
     profiles.on_timezone_changed.append(svc.scheduler.replan_patient)
     meds_api.mount(mount, svc.medications, svc.scheduler)
-    svc.medicine_box = MedicineBox(svc, svc.scheduler)
+    box = svc.medicine_box = MedicineBox(SocketCommands(realtime), realtime, notes, svc.scheduler)
+    devices_api.mount(mount, DeviceRegistry(bus), presence, box, svc.mqtt)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml")])
     setup_overview(app)

@@ -7,7 +7,7 @@ import asyncio
 
 import socketio
 
-from devices.registry import Device
+from devices.documents import Device
 from tests.helpers import Api, connect_refused
 
 

@@ -12,7 +12,8 @@ import numpy as np
 from beanie import PydanticObjectId
 
 from server.core.documents import iso
-from server.streaming.history import AnalysisChunk, WaveBucket, apply_retention
+from server.streaming.documents import AnalysisChunk, WaveBucket
+from server.streaming.history import apply_retention
 from tests.helpers import Api, User
 from tests.streaming import device_socket, ecg, frame, open_stream, pair
 

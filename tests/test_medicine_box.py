@@ -17,9 +17,8 @@ import pytest
 import socketio
 from beanie import PydanticObjectId
 
-from devices.box_service import BoxEvent, MedicineBoxState
+from devices.documents import BoxEvent, Device, MedicineBoxState
 from devices.medicine_box import BoxBehaviour
-from devices.registry import Device
 from devices.simulators import sensor as simulate
 from devices.simulators.box import BoxRun, run_box
 from server.core.config import Settings
