@@ -16,6 +16,15 @@ bounded history of beat times. The algorithms are NeuroKit2's defaults, adapted 
 * quality: template matching of the recent beats, as NeuroKit2's ``ppg_quality("templatematch")``
   and (in spirit) ``ecg_quality("averageQRS")``, plus flat-line / saturation / amplitude checks.
 
+Beyond NeuroKit2, for live use on real recordings (validated in ``ml.validation``):
+
+* no number without a pulse: each second's ``reason`` is ``no_signal`` (flat, clipped, only ADC noise,
+  nothing in the cardiac band, no beat for a while) or ``poor_signal`` (beats that do not look like
+  each other); then ``hr`` and HRV are ``None``, and once the pulse was lost no earlier beat counts;
+* every beat counts in ``hr`` (ectopic ones too, as a monitor counts them), extra detections (T waves,
+  dicrotic waves) do not; ectopic beats are reported as ``ectopic_per_min`` and left out of HRV,
+  which is computed on NN intervals only.
+
 Public functions take arrays and a sampling rate and return plain data; ``StreamAnalyser`` only holds
 the per-stream state (bounded ring buffers) and composes them.
 """
@@ -212,44 +221,113 @@ def ppg_findpeaks_window(cleaned: np.ndarray, sampling_rate: float, last_peak: i
     return _most_prominent(x, beg[keep], end[keep], round(sampling_rate * mindelay), last_peak)
 
 
+def secondary_wave(height: float, interval: float, heights: Any, intervals: Any, max_height: float = 0.5,
+                   max_interval: float = 0.75) -> bool:
+    """Whether a PPG peak (cleaned ``height``, ``interval`` samples after the previous pulse) is the
+    dicrotic / diastolic wave of that pulse rather than a pulse: under ``max_height`` of the recent
+    pulses' median height and earlier than ``max_interval`` of their median interval. Elgendi's
+    detector (NeuroKit2's default) takes a prominent diastolic wave for a pulse at slow rates. Needs
+    three recent pulses (``heights``) and one interval (``intervals``), else ``False``."""
+    if len(heights) < 3 or not len(intervals):
+        return False
+    return height < max_height * float(np.median(heights)) and interval < max_interval * float(np.median(intervals))
+
+
 # =============================================================================
-# Rate and HRV from RR intervals
+# Rate, ectopy and HRV from RR intervals
 # =============================================================================
-def rr_beat_counts(rr: np.ndarray, min_rr: float = 0.3, max_rr: float = 2.0, max_deviation: float = 0.3,
-                   size: int = 5, max_rejected: float = 0.2) -> np.ndarray:
-    """How many beats each RR interval (seconds) stands for: 1 if plausible, k (2 or 3) if it holds
-    k - 1 missed beats, 0 if it is an artefact. Plausible: within ``[min_rr, max_rr]`` and within 30 %
-    of the local (5-beat running) median; a missed beat makes an interval ~2x its neighbours (small
-    pulses after a short interval are what Elgendi's PPG detector misses, in NeuroKit2 as here), an
-    extra beat two intervals ~0.5x. At either end the median is the nearest whole window's (not a
-    mirrored one: mirroring two consecutive missed beats at the newest end makes 3 doubled intervals
-    of 5, which the median then accepts). Detection artefacts are rare, so if more than
-    ``max_rejected`` of the intervals fail the median test the rhythm itself is irregular (e.g.
-    atrial fibrillation) and only the range test applies: rejecting half of an irregular rhythm's
-    intervals would bias its rate. NaN (no interval, e.g. the first beat after a gap) counts 0."""
+def _rr_ratios(rr: np.ndarray, min_rr: float, max_rr: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the plausible intervals (within ``[min_rr, max_rr]``) and each one's ratio to the local
+    (``size``-beat running) median of them. At either end the median is the nearest whole window's (not
+    a mirrored one: mirroring two consecutive missed beats at the newest end makes 3 doubled intervals
+    of 5, which the median then accepts)."""
     rr = np.asarray(rr, dtype=float)
     ok = np.isfinite(rr)
-    counts = np.zeros(rr.size, dtype=np.int64)
     ok[ok] = (rr[ok] >= min_rr) & (rr[ok] <= max_rr)
     idx = np.flatnonzero(ok)
-    if idx.size == 0:
-        return counts
     values = rr[idx]
-    if values.size >= size:  # running median; at the ends, that of the nearest whole window
+    if values.size >= size:
         half = size // 2
         windows = np.lib.stride_tricks.sliding_window_view(values, size)
         medians = np.partition(windows, half, axis=1)[:, half]
         median = medians[np.clip(np.arange(values.size) - half, 0, medians.size - 1)]
     else:
-        median = np.full_like(values, np.median(values))
-    ratio = values / median
+        median = np.full_like(values, np.median(values) if values.size else 1.0)
+    return idx, values / median
+
+
+def _split_and_premature(ratio: np.ndarray, max_deviation: float, premature: float) -> tuple[np.ndarray, np.ndarray]:
+    """``split``: short intervals that, with the next one, make one ordinary interval (an extra
+    detection, e.g. a T wave or a dicrotic notch), and that next one; ``premature``: the other short
+    intervals (a real beat that came early)."""
+    short = ratio < premature
+    nxt = np.append(ratio[1:], np.inf)
+    first = short & (np.abs(ratio + nxt - 1.0) <= max_deviation)
+    split = first | np.append(False, first[:-1])
+    return split, short & ~split
+
+
+def rr_beat_counts(rr: np.ndarray, min_rr: float = 0.3, max_rr: float = 2.0, max_deviation: float = 0.3,
+                   premature: float = 0.8, size: int = 5, max_rejected: float = 0.2, max_missed: int = 2) -> np.ndarray:
+    """How many beats each RR interval (seconds) stands for, so that the rate counts every beat, as a
+    monitor does: 1 for an interval between two real beats (premature / ectopic ones included, and the
+    compensatory pause after them); k (2 up to ``1 + max_missed``) for an interval of k local medians
+    (+/- ``max_deviation``) whose predecessor was not premature (it holds k - 1 missed beats: small
+    pulses after a short interval are what Elgendi's PPG detector misses, in NeuroKit2 as here; the
+    QRS detector does not miss beats that way, so for ECG ``max_missed=0``: a long interval there is a
+    pause, one interval); 0 for artefacts: outside ``[min_rr, max_rr]``,
+    or a short interval that with the next makes one ordinary interval (an extra detection; both
+    count 0). The local median is that of ``size`` plausible intervals. Detection artefacts are rare,
+    so if more than ``max_rejected`` of the intervals are not ordinary the rhythm itself is irregular
+    (e.g. atrial fibrillation) and only the range test applies. NaN (no interval, e.g. the first beat
+    after a gap) counts 0."""
+    counts = np.zeros(np.size(rr), dtype=np.int64)
+    idx, ratio = _rr_ratios(rr, min_rr, max_rr, size)
+    if idx.size == 0:
+        return counts
     k = np.rint(ratio)
-    close = np.abs(ratio - k) <= max_deviation * k
-    if np.count_nonzero(~close | (k != 1)) > max_rejected * values.size:
+    close = np.abs(ratio - k) <= max_deviation
+    if np.count_nonzero(~close | (k != 1)) > max_rejected * ratio.size:
         counts[idx] = 1
         return counts
-    counts[idx] = np.where(close & (k <= 3), k, 0).astype(np.int64)
+    split, early = _split_and_premature(ratio, max_deviation, premature)
+    missed = close & (k >= 2) & (k <= 1 + max_missed) & ~np.append(False, early[:-1])
+    counts[idx] = np.where(split, 0, np.where(missed, k, 1)).astype(np.int64)
     return counts
+
+
+def rr_extra(rr: np.ndarray, min_rr: float = 0.3, max_rr: float = 2.0, max_deviation: float = 0.3,
+             premature: float = 0.8, size: int = 5) -> np.ndarray:
+    """Mask of the beats (each ending one RR interval, seconds) that are extra detections: they split one
+    ordinary interval in two (a T wave, a dicrotic wave; see ``rr_beat_counts``)."""
+    extra = np.zeros(np.size(rr), dtype=bool)
+    idx, ratio = _rr_ratios(rr, min_rr, max_rr, size)
+    if idx.size:
+        extra[idx] = _split_and_premature(ratio, max_deviation, premature)[0] & (ratio < premature)
+    return extra
+
+
+def rr_ectopic(rr: np.ndarray, min_rr: float = 0.3, max_rr: float = 2.0, max_deviation: float = 0.3,
+               premature: float = 0.8, size: int = 5) -> np.ndarray:
+    """Mask of the beats (each ending one RR interval, seconds) that came early: their interval is below
+    ``premature`` x the local median and is not an extra detection (see ``rr_beat_counts``). These are
+    the ectopic beats (premature ventricular or atrial contractions; each beat of a couplet or run).
+    In an irregular rhythm such as atrial fibrillation many beats are "early": irregularity is judged
+    on the intervals between normal beats, so that frequent ectopy is not taken for it (and the
+    other way round, see ``ml.rhythm_events``)."""
+    ectopic = np.zeros(np.size(rr), dtype=bool)
+    idx, ratio = _rr_ratios(rr, min_rr, max_rr, size)
+    if idx.size:
+        ectopic[idx] = _split_and_premature(ratio, max_deviation, premature)[1]
+    return ectopic
+
+
+def rr_normal(rr: np.ndarray, counts: np.ndarray | None = None, ectopic: np.ndarray | None = None) -> np.ndarray:
+    """Mask of the NN intervals (normal to normal): ordinary intervals (``rr_beat_counts == 1``) that
+    neither end nor start at an ectopic beat. HRV standards compute HRV on these only."""
+    counts = rr_beat_counts(rr) if counts is None else counts
+    ectopic = rr_ectopic(rr) if ectopic is None else ectopic
+    return (counts == 1) & ~ectopic & ~np.append(False, ectopic[:-1])
 
 
 def rr_valid(rr: np.ndarray, **options: Any) -> np.ndarray:
@@ -273,8 +351,9 @@ def rr_rate(rr: np.ndarray, valid: np.ndarray | None = None, min_intervals: int 
 
 
 def rr_hrv(rr: np.ndarray, valid: np.ndarray | None = None, min_intervals: int = 5) -> dict[str, float | None]:
-    """Time-domain HRV in ms: SDNN over the valid intervals, RMSSD over successive pairs of valid
-    intervals only (never across a rejected interval or a gap). ``None`` with too few intervals."""
+    """Time-domain HRV in ms: SDNN over the valid (NN, see ``rr_normal``) intervals, RMSSD over
+    successive pairs of them only (never across a rejected interval or a gap). ``None`` with too few
+    intervals."""
     rr = np.asarray(rr, dtype=float)
     ok = np.isfinite(rr) if valid is None else np.asarray(valid, dtype=bool)
     values = rr[ok]
@@ -286,17 +365,25 @@ def rr_hrv(rr: np.ndarray, valid: np.ndarray | None = None, min_intervals: int =
     rmssd = math.sqrt(diffs.dot(diffs) / diffs.size) * 1000.0 if diffs.size >= min_intervals - 1 else None
     return {"rmssd": rmssd, "sdnn": sdnn}
 
-
 # =============================================================================
 # Quality
 # =============================================================================
+def quantisation_step(raw: np.ndarray) -> float:
+    """The smallest step between the distinct values of ``raw``: the ADC's step when a device sends its
+    integer counts (or counts times a gain), ~0 for an already continuous signal."""
+    levels = np.unique(np.asarray(raw, dtype=float))
+    return float(np.diff(levels).min()) if levels.size > 1 else 0.0
+
+
 def signal_plausibility(raw: np.ndarray, cleaned: np.ndarray, reference_ptp: float | None = None,
                         saturation_fraction: float = 0.25, amplitude_range: tuple[float, float] = (0.1, 4.0),
-                        ) -> dict[str, Any]:
-    """Cheap checks on the latest raw / cleaned samples that make quality 0 whatever the beats look like.
+                        min_steps: int = 16, min_band_share: float = 0.05) -> dict[str, Any]:
+    """Cheap checks on the latest raw / cleaned samples: whether they can hold a pulse at all.
 
-    * ``flat``: the raw signal does not move (lead off, sensor unplugged), or the cleaned amplitude is
-      below 1/1000 of the stream's usual one;
+    * ``flat``: the raw signal does not move (lead off, sensor unplugged), moves by fewer than
+      ``min_steps`` steps of its ADC (``quantisation_step``: a sensor off the skin sees only the ADC's
+      noise), or the cleaned amplitude is below ``min_band_share`` of the raw one (all that moves is
+      out of the cardiac band: mains hum, a light's flicker) or below 1/1000 of the stream's usual one;
     * ``saturated``: >= 25 % of the samples sit at the minimum or at the maximum (railed ADC, clipping);
     * ``amplitude``: the cleaned peak-to-peak is outside 0.1-4x ``reference_ptp`` (the stream's
       recent typical value): motion bursts, electrode pops, or a detached sensor picking up noise.
@@ -310,7 +397,8 @@ def signal_plausibility(raw: np.ndarray, cleaned: np.ndarray, reference_ptp: flo
         return {"ok": False, "reason": "flat", "ptp": ptp}
     hi, lo = raw.max(), raw.min()
     span = hi - lo
-    if span <= 0 or (reference_ptp and ptp < 1e-3 * reference_ptp):
+    if (span <= 0 or span < min_steps * quantisation_step(raw) or ptp < min_band_share * span
+            or (reference_ptp and ptp < 1e-3 * reference_ptp)):
         return {"ok": False, "reason": "flat", "ptp": ptp}
     tol = 1e-6 * span
     limit = saturation_fraction * raw.size
@@ -322,19 +410,20 @@ def signal_plausibility(raw: np.ndarray, cleaned: np.ndarray, reference_ptp: flo
 
 
 def beats_template_quality(cleaned: np.ndarray, peaks: np.ndarray, sampling_rate: float,
-                           recent_from: int | None = None) -> float:
+                           recent_from: int | None = None, neighbours: float | None = None) -> float:
     """Template-matching quality in [0, 1] of the beats at ``peaks`` (indices into ``cleaned``).
 
-    Each beat (from 0.35 to 0.55 median RR around its peak, at most 0.3 s / 0.45 s) is correlated
-    with the average of the *other* beats (leave-one-out, so that with few beats random segments do
-    not match a template made of themselves), as NeuroKit2's ``ppg_quality("templatematch")`` and
-    ``ecg_quality("averageQRS")`` compare beats to the average beat. Quality is the mean of the
-    squared correlations (negative ones count as 0): the share of each beat's variance that the
-    template explains, so that 0.5 means "as much noise as beat" (r = 0.71); plain r stays above
-    0.6 with noise of the signal's own power, which is already hard to read. If ``recent_from`` is
-    given, the result is the lower of the mean over all beats and over those at or after it, so that
-    a burst of bad beats shows at once.
-    Two beats are compared with each other; fewer give 0. Peaks whose segment falls outside
+    Each beat (from 0.35 to 0.55 median RR around its peak, at most 0.3 s / 0.45 s) is correlated with
+    a template made of the *other* beats, as NeuroKit2's ``ppg_quality("templatematch")`` and
+    ``ecg_quality("averageQRS")`` compare beats to the average beat: by default their mean
+    (leave-one-out, so that with few beats random segments do not match a template made of
+    themselves); with ``neighbours`` (a fraction), the mean of that share of the other beats (at least
+    two) most like it, so that ectopic beats (another shape, but each like the others of its kind)
+    find theirs while segments of noise still match nothing. Quality is the mean of the squared
+    correlations (negative ones count as 0): the share of each beat's variance that its template
+    explains, so that 0.5 means "as much noise as beat" (r = 0.71). If ``recent_from`` is given, the
+    result is the lower of the mean over all beats and over those at or after it, so that a burst of
+    bad beats shows at once. Fewer than two beats give 0. Peaks whose segment falls outside
     ``cleaned`` are ignored.
     """
     peaks = np.asarray(peaks, dtype=np.int64)
@@ -349,17 +438,19 @@ def beats_template_quality(cleaned: np.ndarray, peaks: np.ndarray, sampling_rate
         return 0.0
     beats = cleaned[peaks[:, None] + np.arange(-before, after)[None, :]]
     beats -= beats.mean(axis=1, keepdims=True)
-    total = beats.sum(axis=0)  # with two beats, "the others" of each is the other one
-    # With others_i = total - beat_i: beat_i . others_i and |others_i|^2 from two products.
-    bt = beats @ total
-    bb = np.einsum("ij,ij->i", beats, beats)
-    num = bt - bb
-    den = np.sqrt(np.maximum(bb * (total @ total - 2.0 * bt + bb), 0.0))
-    corr = np.clip(np.divide(num, den, out=np.zeros_like(num), where=den > 0), 0.0, 1.0)
-    corr *= corr
-    quality = float(corr.sum() / corr.size)
+    norms = np.sqrt(np.einsum("ij,ij->i", beats, beats))
+    beats /= np.where(norms > 0, norms, 1.0)[:, None]
+    corr = beats @ beats.T
+    np.fill_diagonal(corr, -np.inf)
+    near = peaks.size - 1 if neighbours is None else min(peaks.size - 1, max(2, int((peaks.size - 1) * neighbours)))
+    order = np.argsort(-corr, axis=1)[:, :near]
+    template = beats[order].sum(axis=1)
+    norms = np.sqrt(np.einsum("ij,ij->i", template, template))
+    best = np.clip(np.einsum("ij,ij->i", beats, template) / np.where(norms > 0, norms, 1.0), 0.0, 1.0)
+    best *= best
+    quality = float(best.sum() / best.size)
     if recent_from is not None:
-        recent = corr[peaks >= recent_from]
+        recent = best[peaks >= recent_from]
         if recent.size:
             quality = min(quality, float(recent.mean()))
     return quality
@@ -377,7 +468,8 @@ class StreamAnalyser:
     """
 
     def __init__(self, kind: Kind = "ecg", sampling_rate: float = 250.0, window_s: float = 10.0,
-                 hrv_window_s: float = 60.0, buffer_s: float = 8.0, quality_window_s: float = 6.0) -> None:
+                 hrv_window_s: float = 60.0, buffer_s: float = 8.0, quality_window_s: float = 6.0,
+                 min_quality: float = 0.5, min_intervals: int = 4) -> None:
         if kind not in ("ecg", "ppg"):
             raise ValueError(f"kind must be 'ecg' or 'ppg', got {kind!r}")
         self.kind: Kind = kind
@@ -385,9 +477,14 @@ class StreamAnalyser:
         self.window_s = float(window_s)
         self.hrv_window_s = max(float(hrv_window_s), self.window_s)
         self.quality_window_s = float(quality_window_s)
+        self.min_quality = float(min_quality)
+        self.min_intervals = int(min_intervals)  # ordinary intervals since the pulse became readable, for a rate
         design = stream_filter_design(kind, fs)
         self._sos, self._zi_unit = design["sos"], design["zi"]
         self._zi: np.ndarray | None = None
+        # ECG: ectopic beats (another QRS shape) are matched with their own kind; a PPG pulse has one shape.
+        self._neighbours = 1 / 3 if kind == "ecg" else None
+        self._max_missed = 0 if kind == "ecg" else 2
         if kind == "ecg":
             self._find = ecg_findpeaks_window
             half = (ECG_PEAKS["smoothwindow"] + ECG_PEAKS["avgwindow"]) / 2
@@ -407,6 +504,8 @@ class StreamAnalyser:
         self._n = 0  # samples since the stream started, gaps included (absolute index of the next one)
         self._valid_from = 0  # first sample after the last discontinuity
         self._searched_to = 0  # peaks before this absolute index are final
+        self._good_from = 0  # first sample after the pulse was last lost
+        self._poor = False  # the previous second held no readable pulse
         self._last_peak: int | None = None
         self._tick = 1
         self._next_tick = round(fs)
@@ -414,6 +513,7 @@ class StreamAnalyser:
         self._peaks: deque[int] = deque(maxlen=beats)
         self._rr: deque[float] = deque(maxlen=beats)  # samples; NaN after a discontinuity
         self._ptp: deque[float] = deque(maxlen=30)  # per-second cleaned peak-to-peak, for the reference
+        self._heights: deque[float] = deque(maxlen=5)  # PPG: cleaned height of the latest pulses
         self._gaps: deque[tuple[int, int]] = deque(maxlen=16)
         self._origin_ms: float | None = None
 
@@ -526,6 +626,12 @@ class StreamAnalyser:
             if last_peak is not None and p - last_peak <= self._mindelay:
                 continue
             contiguous = last_peak is not None and last_peak >= self._valid_from
+            if self.kind == "ppg":
+                height = float(window[p - start])
+                recent = [v for v in list(self._rr)[-5:] if not math.isnan(v)]
+                if contiguous and secondary_wave(height, p - last_peak, self._heights, recent):
+                    continue
+                self._heights.append(height)
             self._peaks.append(p)
             self._rr.append(float(p - last_peak) if contiguous else math.nan)
             self._last_peak = p
@@ -538,35 +644,46 @@ class StreamAnalyser:
         missing = sum(max(0, min(e, self._n) - max(s, since)) for s, e in self._gaps)
         return (self._n - since - missing) / self.sampling_rate
 
-    def _quality(self, peaks: np.ndarray) -> float:
-        """Quality of the latest second: 0 if the latest samples fail ``signal_plausibility`` or if
-        no beat was found for longer than 1.6 median RR (min 1.5 s: heavy noise raises the detector's
-        threshold above every QRS), else ``beats_template_quality`` of the last ``quality_window_s``."""
+    def _quality(self, peaks: np.ndarray, beats: np.ndarray) -> tuple[float, str | None]:
+        """Quality of the latest second and why it holds no readable pulse, if it does not:
+        ``no_signal`` (quality 0) if the latest samples are flat or clipped (``signal_plausibility``) or
+        no beat was found for longer than 1.6 median RR (min 1.5 s: a lost pulse, or heavy noise that
+        raises the detector's threshold above every QRS); ``poor_signal`` if their amplitude jumped
+        (quality 0) or ``beats_template_quality`` of the last ``quality_window_s`` is below
+        ``min_quality``. ``peaks``: every detection; ``beats``: those judged as beats (not the extra
+        detections, nor the newest if it came early, which only the next beat tells apart)."""
         fs, n, cap = self.sampling_rate, self._n, self._raw.size
         recent = round(2.0 * fs)
         first = max(n - recent, self._valid_from, n - cap)
         if n - first < int(0.25 * fs):
-            return 0.0
+            return 0.0, "no_signal"
         reference = sorted(self._ptp)[len(self._ptp) // 2] if len(self._ptp) >= 5 else None
         check = signal_plausibility(self._raw[cap - (n - max(first, n - round(fs))):],
                                     self._clean[cap - (n - first):], reference)
         if check["reason"] in (None, "amplitude"):
             self._ptp.append(check["ptp"])
         if not check["ok"]:
-            return 0.0
+            return 0.0, "poor_signal" if check["reason"] == "amplitude" else "no_signal"
         tail = np.diff(peaks[-6:])
         allowed = max(1.5 * fs, 1.6 * float(np.median(tail))) if tail.size else 2.0 * fs
         if self._searched_to - self._valid_from > allowed and (
                 not peaks.size or peaks[-1] < self._searched_to - allowed):
-            return 0.0
+            return 0.0, "no_signal"
         # Beats of the last quality_window_s whose segment holds no gap.
         buf_start = n - cap
-        peaks = peaks[peaks >= max(n - int(self.quality_window_s * fs), buf_start + int(0.3 * fs))]
+        peaks = beats[beats >= max(n - int(self.quality_window_s * fs), buf_start + int(0.3 * fs))]
         for g0, g1 in self._gaps:
             if g1 > buf_start:
                 peaks = peaks[(peaks + int(0.45 * fs) <= g0) | (peaks - int(0.3 * fs) >= g1)]
-        return beats_template_quality(self._clean, peaks - buf_start, fs,
-                                      recent_from=n - int(1.6 * fs) - buf_start)
+        # Too few beats to judge: the stream (or the pulse) has just started, or it is lost. Judging 2 beats
+        # by each other is only good enough at the start.
+        young = n - max(self._valid_from, self._good_from) < self.quality_window_s * fs
+        if peaks.size < (2 if young else 3):
+            return 0.0, None if young else "poor_signal"
+        recent_from = n - int(1.6 * fs)
+        quality = beats_template_quality(self._clean, peaks - buf_start, fs, recent_from=recent_from - buf_start,
+                                         neighbours=self._neighbours)
+        return quality, "poor_signal" if quality < self.min_quality else None
 
     def _analyse(self) -> dict[str, Any]:
         fs, n = self.sampling_rate, self._n
@@ -575,24 +692,42 @@ class StreamAnalyser:
         rr = np.fromiter(self._rr, dtype=float, count=len(self._rr))
         in_hrv = peaks >= n - self.hrv_window_s * fs
         rr_s = rr[in_hrv] / fs
-        counts = rr_beat_counts(rr_s)
-        valid = counts == 1
+        extra = rr_extra(rr_s)  # not beats: neither judged for quality nor counted
+        recent = rr_s[-6:-1][np.isfinite(rr_s[-6:-1])]
+        if recent.size and rr_s[-1] < 0.8 * np.median(recent):
+            extra[-1] = True  # early: an extra detection or an ectopic beat, told apart by the next beat
+        quality, reason = self._quality(peaks, np.concatenate((peaks[:peaks.size - extra.size], peaks[in_hrv][~extra])))
+        # Once the pulse is lost (no signal, or two poor seconds running: one is a passing disturbance), no
+        # beat from before counts towards a rate or HRV when it is back.
+        forget = self._last_peak is not None and self._last_peak >= self._good_from  # beats since the last loss
+        if forget and (reason == "no_signal" or (reason is not None and self._poor)):
+            self._good_from = n
+        self._poor = reason is not None
+        starts = peaks[in_hrv] - rr[in_hrv]  # NaN for a beat with no interval (then nowhere "inside")
+        usable = starts >= self._good_from
+        counts = rr_beat_counts(rr_s, max_missed=self._max_missed) * usable
+        ectopic = rr_ectopic(rr_s) & usable
         # The rate window is the last window_s of *final* signal (beats are final up to _searched_to,
         # ~0.6 s behind n), holding only intervals that start and end inside it: an interval that
         # straddles the window's start would weigh a beat from outside it (biasing irregular rhythms).
-        in_window = peaks[in_hrv] - rr[in_hrv] >= self._searched_to - self.window_s * fs
-        rate = rr_rate(rr_s, counts * in_window)
-        hrv = rr_hrv(rr_s, valid)
-        quality = self._quality(peaks)
+        in_window = starts >= self._searched_to - self.window_s * fs
+        rate = hrv = ectopic_per_min = None
+        if reason is None:
+            rate = rr_rate(rr_s, counts * in_window, min_intervals=self.min_intervals)
+            hrv = rr_hrv(rr_s, rr_normal(rr_s, counts, ectopic))
+            covered = float(rr_s[counts > 0].sum())
+            ectopic_per_min = round(60.0 * np.count_nonzero(ectopic) / covered, 1) if covered >= self.window_s else None
         k = len(new)
         new_rr = rr[rr.size - k:] / fs if k else rr[:0]
         return {
             "t": n / fs,
             "hr": rate,
-            "hrv": hrv,
+            "hrv": hrv or {"rmssd": None, "sdnn": None},
+            "reason": reason,
+            "ectopic_per_min": ectopic_per_min,
             "quality": round(quality, 3),
             "beats": k,
-            "window": round(self._signal_seconds(n - round(self.window_s * fs)), 3),
+            "window": round(self._signal_seconds(max(n - round(self.window_s * fs), self._good_from)), 3),
             "beats_t": [p / fs for p in new],
             "rr": [None if math.isnan(v) else float(v) for v in new_rr.tolist()],
         }

@@ -1,5 +1,7 @@
-"""Streaming ECG / PPG analysis (ml.signal_stream) and rhythm events (ml.rhythm_events) against
-NeuroKit2 itself: simulated signals, NeuroKit2's offline processing as the reference, no mocks."""
+"""Streaming ECG / PPG analysis (ml.signal_stream) and rhythm events (ml.rhythm_events) on NeuroKit2's
+simulated signals, no mocks. The ``test_port_fidelity_*`` tests check that the port agrees with
+NeuroKit2 itself (filters, detectors, rate on signals NeuroKit2 generated): they check the port, not the
+heart rate. Accuracy on real recordings is tests/test_accuracy.py."""
 
 from __future__ import annotations
 
@@ -94,9 +96,9 @@ def started(events: list[tuple[float, dict]], kind: str) -> list[tuple[float, di
     return [(t, e) for t, e in events if e["type"] == kind and e["state"] == "started"]
 
 
-# ----------------------------------------------------------------------------- NeuroKit2 equivalence
+# ----------------------------------------------------------------------------- port fidelity (vs NeuroKit2)
 @pytest.mark.parametrize("kind,fs", [("ecg", 250), ("ecg", 125), ("ecg", 1000), ("ppg", 64), ("ppg", 25)])
-def test_filters_are_neurokit2s(kind: str, fs: int) -> None:
+def test_port_fidelity_filters_are_neurokit2s(kind: str, fs: int) -> None:
     """Run forward-backward, the streaming filters are exactly NeuroKit2's cleaning."""
     x = np.random.default_rng(1).standard_normal(20 * fs).cumsum()
     design = stream_filter_design(kind, float(fs))
@@ -122,7 +124,7 @@ def test_stream_clean_carries_state_across_frames() -> None:
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-12, atol=1e-12)
 
 
-def test_detectors_match_neurokit2_offline() -> None:
+def test_port_fidelity_detectors_match_neurokit2_offline() -> None:
     """On a whole signal, the ported detectors find NeuroKit2's own peaks."""
     from neurokit2.ecg.ecg_findpeaks import _ecg_findpeaks_neurokit
 
@@ -137,7 +139,7 @@ def test_detectors_match_neurokit2_offline() -> None:
     np.testing.assert_array_equal(ours[ours > 0.3 * PPG_FS], reference)
 
 
-# ----------------------------------------------------------------------------- rate vs NeuroKit2
+# ----------------------------------------------------------------------------- port fidelity: rate vs NeuroKit2
 def reference_rate(kind: str, signal: np.ndarray, fs: int) -> np.ndarray:
     """NeuroKit2's rate (per sample) from its own pipeline, its peaks corrected by its own artefact
     correction (``signal_fixpeaks``, Kubios): at ~170/min (``ppg_simulate(heart_rate=150)`` with its
@@ -158,7 +160,7 @@ def reference_rate(kind: str, signal: np.ndarray, fs: int) -> np.ndarray:
 @pytest.mark.parametrize("noisy", [False, True], ids=["clean", "noisy"])
 @pytest.mark.parametrize("hr", RATES)
 @pytest.mark.parametrize("kind", ["ecg", "ppg"])
-def test_rate_matches_neurokit2(kind: str, hr: int, noisy: bool) -> None:
+def test_port_fidelity_rate_matches_neurokit2(kind: str, hr: int, noisy: bool) -> None:
     """After the first 10 s, every second's rate is within 2/min of NeuroKit2's over the same window
     (the last 10 s of final signal: beats are final ``lag_s`` after they happen)."""
     fs = ECG_FS if kind == "ecg" else PPG_FS
@@ -232,7 +234,10 @@ def test_artefacts_raise_poor_signal(artefact: str) -> None:
     t, event = poor[0]
     assert ONSET + 10 <= t <= ONSET + 10 + 2, (t, event)
     assert ONSET - 1 <= event["started_at"] <= ONSET + 2
-    assert all(a["quality"] < 0.5 for a in analyses if ONSET + 3 <= a["t"] <= END)
+    during = [a for a in analyses if ONSET + 3 <= a["t"] <= END]
+    # No rate while it lasts; quality shows it (a second of noise may now and then look like beats).
+    assert all(a["hr"] is None for a in during), during
+    assert sum(a["quality"] < 0.5 for a in during) >= 0.85 * len(during), [a["quality"] for a in during]
     ended = [(t, e) for t, e in events if e["type"] == "poor_signal" and e["state"] == "ended"]
     # Ends once quality has been good for 10 s; the 6 s beat template must first fill with clean beats.
     assert len(ended) == 1 and END + 10 <= ended[0][0] <= END + 10 + 8
