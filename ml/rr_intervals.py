@@ -33,15 +33,16 @@ def _rr_ratios(rr: np.ndarray, min_rr: float, max_rr: float, size: int) -> tuple
     return idx, values / median
 
 
-def _split_and_premature(ratio: np.ndarray, max_deviation: float, premature: float) -> tuple[np.ndarray, np.ndarray]:
-    """``split``: short intervals that, with the next one, make one ordinary interval (an extra
-    detection, e.g. a T wave or a dicrotic notch), and that next one; ``premature``: the other short
-    intervals (a real beat that came early)."""
+def _split_and_premature(ratio: np.ndarray, max_deviation: float,
+                         premature: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``extra``: short intervals that, with the next one, make one ordinary interval (they end at an
+    extra detection, e.g. a T wave or a dicrotic wave); ``split``: those and the next ones; ``early``:
+    the other short intervals (a real beat that came early)."""
     short = ratio < premature
     nxt = np.append(ratio[1:], np.inf)
-    first = short & (np.abs(ratio + nxt - 1.0) <= max_deviation)
-    split = first | np.append(False, first[:-1])
-    return split, short & ~split
+    extra = short & (np.abs(ratio + nxt - 1.0) <= max_deviation)
+    split = extra | np.append(False, extra[:-1])
+    return extra, split, short & ~split
 
 
 def rr_beat_counts(rr: np.ndarray, min_rr: float = 0.3, max_rr: float = 2.0, max_deviation: float = 0.3,
@@ -67,7 +68,7 @@ def rr_beat_counts(rr: np.ndarray, min_rr: float = 0.3, max_rr: float = 2.0, max
     if np.count_nonzero(~close | (k != 1)) > max_rejected * ratio.size:
         counts[idx] = 1
         return counts
-    split, early = _split_and_premature(ratio, max_deviation, premature)
+    _, split, early = _split_and_premature(ratio, max_deviation, premature)
     missed = close & (k >= 2) & (k <= 1 + max_missed) & ~np.append(False, early[:-1])
     counts[idx] = np.where(split, 0, np.where(missed, k, 1)).astype(np.int64)
     return counts
@@ -80,7 +81,7 @@ def rr_extra(rr: np.ndarray, min_rr: float = 0.3, max_rr: float = 2.0, max_devia
     extra = np.zeros(np.size(rr), dtype=bool)
     idx, ratio = _rr_ratios(rr, min_rr, max_rr, size)
     if idx.size:
-        extra[idx] = _split_and_premature(ratio, max_deviation, premature)[0] & (ratio < premature)
+        extra[idx] = _split_and_premature(ratio, max_deviation, premature)[0]
     return extra
 
 
@@ -95,7 +96,7 @@ def rr_ectopic(rr: np.ndarray, min_rr: float = 0.3, max_rr: float = 2.0, max_dev
     ectopic = np.zeros(np.size(rr), dtype=bool)
     idx, ratio = _rr_ratios(rr, min_rr, max_rr, size)
     if idx.size:
-        ectopic[idx] = _split_and_premature(ratio, max_deviation, premature)[1]
+        ectopic[idx] = _split_and_premature(ratio, max_deviation, premature)[2]
     return ectopic
 
 

@@ -374,7 +374,8 @@ class StreamAnalyser:
             rate = rr_rate(rr_s, counts * in_window, min_intervals=self.min_intervals)
             hrv = rr_hrv(rr_s, rr_normal(rr_s, counts, ectopic))
             covered = float(rr_s[counts > 0].sum())
-            ectopic_per_min = round(60.0 * np.count_nonzero(ectopic) / covered, 1) if covered >= self.window_s else None
+            if covered >= self.window_s:
+                ectopic_per_min = round(60.0 * int(np.count_nonzero(ectopic)) / covered, 1)
         k = len(new)
         new_rr = rr[rr.size - k:] / fs if k else rr[:0]
         return {
