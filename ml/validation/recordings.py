@@ -74,7 +74,7 @@ RECORDINGS: dict[str, Recording] = {r.name: r for r in (
               "Clean finger PPG, 10-bit ADC, 24.8 s (HeartPy's first example).", (0.0, 24.8)),
     Recording("ppg_sensor_off_heartpy", "ppg", 1000.0 / 8.5479032, "adc", 1.0, 0.0, HEARTPY[0] + "data2.csv",
               HEARTPY[1], "Finger PPG, 10-bit ADC, 128 s: sensor off the finger (ambient noise, 0-14 s), handled "
-              "(14-18 s), unplugged (a flat 0, 18-25 s), put back on (25-42 s), then a pulse.", (0.0, 70.0),
+              "(14-18 s), unplugged (a flat 0, 18-25 s), put back on (25-42 s), then a pulse.", (0.0, 90.0),
               pulseless=((0.0, 4.2), (7.2, 14.3), (18.0, 25.0)),
               artefact=((4.2, 7.2), (14.3, 18.0), (25.0, 42.0), (77.9, 80.0), (102.3, 104.3))),
     Recording("ppg_motion_heartpy", "ppg", 100.3765, "adc", 1.0, 0.0, HEARTPY[0] + "data3.csv", HEARTPY[1],
