@@ -333,9 +333,9 @@ class StreamAnalyser:
         for g0, g1 in self._gaps:
             if g1 > buf_start:
                 peaks = peaks[(peaks + int(0.45 * fs) <= g0) | (peaks - int(0.3 * fs) >= g1)]
-        # Too few beats to judge: the stream (or the pulse) has just started, or it is lost. Judging 2 beats
-        # by each other is only good enough at the start.
-        young = n - max(self._valid_from, self._good_from) < self.quality_window_s * fs
+        # Too few beats to judge: the stream has just started (or resumed after a gap), or the pulse is lost.
+        # Judging 2 beats by each other is only good enough at the start.
+        young = n - self._valid_from < self.quality_window_s * fs
         if peaks.size < (2 if young else 3):
             return 0.0, None if young else "poor_signal"
         recent_from = n - int(1.6 * fs)

@@ -85,7 +85,7 @@ class AnalysisChunk(VersionedDocument):
     stream_id: PydanticObjectId
     patient_id: PydanticObjectId
     start: datetime
-    items: list[dict[str, Any]]  # {"at", "hr", "rmssd", "sdnn", "quality", "beats"}
+    items: list[dict[str, Any]]  # {"at", "hr", "rmssd", "sdnn", "reason", "ectopic_per_min", "quality", "beats"}
 
     class Settings:
         name = "analyses"
@@ -304,6 +304,7 @@ async def get_analyses(request: web.Request) -> web.Response:
         {"$group": {"_id": {"$dateTrunc": {"date": "$items.at", "unit": "minute"}},
                     "hr_mean": {"$avg": "$items.hr"}, "hr_min": {"$min": "$items.hr"}, "hr_max": {"$max": "$items.hr"},
                     "rmssd_mean": {"$avg": "$items.rmssd"}, "sdnn_mean": {"$avg": "$items.sdnn"},
+                    "ectopic_per_min_mean": {"$avg": "$items.ectopic_per_min"},
                     "quality_mean": {"$avg": "$items.quality"}, "beats": {"$sum": "$items.beats"},
                     "seconds": {"$sum": 1}}},
         {"$sort": {"_id": 1}},
