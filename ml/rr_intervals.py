@@ -45,67 +45,65 @@ def _split_and_premature(ratio: np.ndarray, max_deviation: float,
     return extra, split, short & ~split
 
 
-def rr_beat_counts(rr: np.ndarray, min_rr: float = 0.3, max_rr: float = 2.0, max_deviation: float = 0.3,
-                   premature: float = 0.8, size: int = 5, max_rejected: float = 0.2, max_missed: int = 2) -> np.ndarray:
+def rr_classify(rr: np.ndarray, min_rr: float = 0.3, max_rr: float = 2.0, max_deviation: float = 0.3,
+                premature: float = 0.8, size: int = 5, max_rejected: float = 0.2,
+                max_missed: int = 2) -> dict[str, np.ndarray]:
+    """Each RR interval (seconds) classified in one pass: ``counts`` (see ``rr_beat_counts``), ``ectopic``
+    (``rr_ectopic``), ``extra`` (``rr_extra``) and ``normal`` (``rr_normal``)."""
+    n = np.size(rr)
+    counts = np.zeros(n, dtype=np.int64)
+    ectopic, extra = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    idx, ratio = _rr_ratios(rr, min_rr, max_rr, size)
+    if idx.size:
+        first, split, early = _split_and_premature(ratio, max_deviation, premature)
+        ectopic[idx], extra[idx] = early, first
+        k = np.rint(ratio)
+        close = np.abs(ratio - k) <= max_deviation
+        if np.count_nonzero(~close | (k != 1)) > max_rejected * ratio.size:  # an irregular rhythm
+            counts[idx] = 1
+        else:
+            missed = close & (k >= 2) & (k <= 1 + max_missed) & ~np.append(False, early[:-1])
+            counts[idx] = np.where(split, 0, np.where(missed, k, 1)).astype(np.int64)
+    normal = (counts == 1) & ~ectopic & ~np.append(False, ectopic[:-1])
+    return {"counts": counts, "ectopic": ectopic, "extra": extra, "normal": normal}
+
+
+def rr_beat_counts(rr: np.ndarray, **options: Any) -> np.ndarray:
     """How many beats each RR interval (seconds) stands for, so that the rate counts every beat, as a
     monitor does: 1 for an interval between two real beats (premature / ectopic ones included, and the
     compensatory pause after them); k (2 up to ``1 + max_missed``) for an interval of k local medians
     (+/- ``max_deviation``) whose predecessor was not premature (it holds k - 1 missed beats: small
     pulses after a short interval are what Elgendi's PPG detector misses, in NeuroKit2 as here; the
     QRS detector does not miss beats that way, so for ECG ``max_missed=0``: a long interval there is a
-    pause, one interval); 0 for artefacts: outside ``[min_rr, max_rr]``,
-    or a short interval that with the next makes one ordinary interval (an extra detection; both
-    count 0). The local median is that of ``size`` plausible intervals. Detection artefacts are rare,
-    so if more than ``max_rejected`` of the intervals are not ordinary the rhythm itself is irregular
-    (e.g. atrial fibrillation) and only the range test applies. NaN (no interval, e.g. the first beat
-    after a gap) counts 0."""
-    counts = np.zeros(np.size(rr), dtype=np.int64)
-    idx, ratio = _rr_ratios(rr, min_rr, max_rr, size)
-    if idx.size == 0:
-        return counts
-    k = np.rint(ratio)
-    close = np.abs(ratio - k) <= max_deviation
-    if np.count_nonzero(~close | (k != 1)) > max_rejected * ratio.size:
-        counts[idx] = 1
-        return counts
-    _, split, early = _split_and_premature(ratio, max_deviation, premature)
-    missed = close & (k >= 2) & (k <= 1 + max_missed) & ~np.append(False, early[:-1])
-    counts[idx] = np.where(split, 0, np.where(missed, k, 1)).astype(np.int64)
-    return counts
+    pause, one interval); 0 for artefacts: outside ``[min_rr, max_rr]`` (0.3-2 s), or a short interval
+    (below ``premature``, 0.8, of the local median) that with the next makes one ordinary interval (an
+    extra detection; both count 0). The local median is that of ``size`` (5) plausible intervals.
+    Detection artefacts are rare, so if more than ``max_rejected`` (20 %) of the intervals are not
+    ordinary the rhythm itself is irregular (e.g. atrial fibrillation) and only the range test
+    applies. NaN (no interval, e.g. the first beat after a gap) counts 0. Options: ``rr_classify``'s."""
+    return rr_classify(rr, **options)["counts"]
 
 
-def rr_extra(rr: np.ndarray, min_rr: float = 0.3, max_rr: float = 2.0, max_deviation: float = 0.3,
-             premature: float = 0.8, size: int = 5) -> np.ndarray:
+def rr_extra(rr: np.ndarray, **options: Any) -> np.ndarray:
     """Mask of the beats (each ending one RR interval, seconds) that are extra detections: they split one
     ordinary interval in two (a T wave, a dicrotic wave; see ``rr_beat_counts``)."""
-    extra = np.zeros(np.size(rr), dtype=bool)
-    idx, ratio = _rr_ratios(rr, min_rr, max_rr, size)
-    if idx.size:
-        extra[idx] = _split_and_premature(ratio, max_deviation, premature)[0]
-    return extra
+    return rr_classify(rr, **options)["extra"]
 
 
-def rr_ectopic(rr: np.ndarray, min_rr: float = 0.3, max_rr: float = 2.0, max_deviation: float = 0.3,
-               premature: float = 0.8, size: int = 5) -> np.ndarray:
+def rr_ectopic(rr: np.ndarray, **options: Any) -> np.ndarray:
     """Mask of the beats (each ending one RR interval, seconds) that came early: their interval is below
     ``premature`` x the local median and is not an extra detection (see ``rr_beat_counts``). These are
     the ectopic beats (premature ventricular or atrial contractions; each beat of a couplet or run).
     In an irregular rhythm such as atrial fibrillation many beats are "early": irregularity is judged
     on the intervals between normal beats, so that frequent ectopy is not taken for it (and the
     other way round, see ``ml.rhythm_events``)."""
-    ectopic = np.zeros(np.size(rr), dtype=bool)
-    idx, ratio = _rr_ratios(rr, min_rr, max_rr, size)
-    if idx.size:
-        ectopic[idx] = _split_and_premature(ratio, max_deviation, premature)[2]
-    return ectopic
+    return rr_classify(rr, **options)["ectopic"]
 
 
-def rr_normal(rr: np.ndarray, counts: np.ndarray | None = None, ectopic: np.ndarray | None = None) -> np.ndarray:
+def rr_normal(rr: np.ndarray, **options: Any) -> np.ndarray:
     """Mask of the NN intervals (normal to normal): ordinary intervals (``rr_beat_counts == 1``) that
     neither end nor start at an ectopic beat. HRV standards compute HRV on these only."""
-    counts = rr_beat_counts(rr) if counts is None else counts
-    ectopic = rr_ectopic(rr) if ectopic is None else ectopic
-    return (counts == 1) & ~ectopic & ~np.append(False, ectopic[:-1])
+    return rr_classify(rr, **options)["normal"]
 
 
 def rr_valid(rr: np.ndarray, **options: Any) -> np.ndarray:

@@ -84,11 +84,13 @@ def beats_template_quality(cleaned: np.ndarray, peaks: np.ndarray, sampling_rate
     beats -= beats.mean(axis=1, keepdims=True)
     norms = np.sqrt(np.einsum("ij,ij->i", beats, beats))
     beats /= np.where(norms > 0, norms, 1.0)[:, None]
-    corr = beats @ beats.T
-    np.fill_diagonal(corr, -np.inf)
     near = peaks.size - 1 if neighbours is None else min(peaks.size - 1, max(2, int((peaks.size - 1) * neighbours)))
-    order = np.argsort(-corr, axis=1)[:, :near]
-    template = beats[order].sum(axis=1)
+    if near == peaks.size - 1:  # all the others: their sum is the sum of all less the beat
+        template = beats.sum(axis=0)[None, :] - beats
+    else:
+        corr = beats @ beats.T
+        np.fill_diagonal(corr, -np.inf)
+        template = beats[np.argsort(-corr, axis=1)[:, :near]].sum(axis=1)
     norms = np.sqrt(np.einsum("ij,ij->i", template, template))
     best = np.clip(np.einsum("ij,ij->i", beats, template) / np.where(norms > 0, norms, 1.0), 0.0, 1.0)
     best *= best

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.signal
 
-from ml.rr_intervals import rr_beat_counts, rr_ectopic, rr_extra, rr_hrv, rr_normal, rr_rate, rr_valid
+from ml.rr_intervals import rr_beat_counts, rr_classify, rr_hrv, rr_rate, rr_valid
 from ml.signal_quality import beats_template_quality, secondary_wave, signal_plausibility
 from ml.stream_peaks import ECG_PEAKS, PPG_PEAKS, ecg_findpeaks_window, ppg_findpeaks_window
 
@@ -350,9 +350,10 @@ class StreamAnalyser:
         rr = np.fromiter(self._rr, dtype=float, count=len(self._rr))
         in_hrv = peaks >= n - self.hrv_window_s * fs
         rr_s = rr[in_hrv] / fs
-        extra = rr_extra(rr_s)  # not beats: neither judged for quality nor counted
-        recent = rr_s[-6:-1][np.isfinite(rr_s[-6:-1])]
-        if recent.size and rr_s[-1] < 0.8 * np.median(recent):
+        classes = rr_classify(rr_s, max_missed=self._max_missed)
+        extra = classes["extra"].copy()  # not beats: neither judged for quality nor counted
+        recent = sorted(v for v in rr_s[-6:-1].tolist() if not math.isnan(v))
+        if recent and rr_s[-1] < 0.8 * recent[len(recent) // 2]:
             extra[-1] = True  # early: an extra detection or an ectopic beat, told apart by the next beat
         quality, reason = self._quality(peaks, np.concatenate((peaks[:peaks.size - extra.size], peaks[in_hrv][~extra])))
         # Once the pulse is lost (no signal, or two poor seconds running: one is a passing disturbance), no
@@ -363,8 +364,8 @@ class StreamAnalyser:
         self._poor = reason is not None
         starts = peaks[in_hrv] - rr[in_hrv]  # NaN for a beat with no interval (then nowhere "inside")
         usable = starts >= self._good_from
-        counts = rr_beat_counts(rr_s, max_missed=self._max_missed) * usable
-        ectopic = rr_ectopic(rr_s) & usable
+        counts = classes["counts"] * usable
+        ectopic = classes["ectopic"] & usable
         # The rate window is the last window_s of *final* signal (beats are final up to _searched_to,
         # ~0.6 s behind n), holding only intervals that start and end inside it: an interval that
         # straddles the window's start would weigh a beat from outside it (biasing irregular rhythms).
@@ -372,7 +373,7 @@ class StreamAnalyser:
         rate = hrv = ectopic_per_min = None
         if reason is None:
             rate = rr_rate(rr_s, counts * in_window, min_intervals=self.min_intervals)
-            hrv = rr_hrv(rr_s, rr_normal(rr_s, counts, ectopic))
+            hrv = rr_hrv(rr_s, classes["normal"] & usable)
             covered = float(rr_s[counts > 0].sum())
             if covered >= self.window_s:
                 ectopic_per_min = round(60.0 * int(np.count_nonzero(ectopic)) / covered, 1)
