@@ -3,9 +3,13 @@
 ``scenario_signal`` yields consecutive chunks of ``CHUNK_S`` seconds forever, so a device can
 stream for as long as it likes with bounded memory. Scenarios: ``normal``, ``exercise_ramp``
 (rate rising to 150/min and back), ``bradycardia`` (40/min), ``tachycardia`` (140/min),
-``irregular`` (atrial-fibrillation-like random RR), ``motion_artefacts`` (20 s of movement every
-40 s), ``lead_off`` (the electrode loses contact: a railed / flat signal for 20 s every 40 s),
-``network_drop`` (a normal signal; ``drop_schedule`` takes the device offline for a while).
+``irregular`` (atrial fibrillation: random RR), ``ectopic`` (sinus rhythm with premature beats, PVC-like
+for ECG, at ``ECTOPIC_PER_MIN``, each followed by a compensatory pause), and, for 20 s every 40 s from
+10 s: ``motion_artefacts`` (movement), ``lead_off`` (the electrode loses contact: ECG railed, PPG
+ambient light), ``sensor_off`` (unplugged: a flat 0), ``clipping`` (the baseline runs to the top of the
+ADC's range, which clips the signal); ``network_drop`` (a normal signal; ``drop_schedule`` takes the
+device offline for a while). Beats in ``ectopic`` and ``irregular`` are a template laid at each
+interval.
 
 Chunks join seamlessly: each simulated stretch is cut at the same phase of the beat at both ends
 (ECG: midway between R-peaks, on the isoelectric line; PPG: at a pulse's foot) and its start is
@@ -26,6 +30,9 @@ import scipy.signal
 CHUNK_S = 10  # seconds per yielded chunk
 SEGMENT_S = 30  # seconds simulated at a time (then cut at beats and joined)
 SCENARIO_RATES = {"bradycardia": 40.0, "tachycardia": 140.0}
+SIGNAL_ARTEFACTS = ("motion_artefacts", "lead_off", "sensor_off", "clipping")  # on by artefact_envelope
+ECTOPIC_PER_MIN = 8.0  # premature beats a minute in ``ectopic``
+PREMATURE = 0.5  # an ectopic beat's interval, of the sinus one
 ARTEFACT_START_S, ARTEFACT_ON_S, ARTEFACT_PERIOD_S = 10.0, 20.0, 40.0  # motion_artefacts / lead_off schedule
 ECG_RAIL_MV = 4.0  # where a detached electrode drives an ECG front end (its rail)
 JOIN_S = 0.2  # level-matching ramp at a chunk's start
@@ -83,29 +90,52 @@ def _beat_template(kind: str, rate: float, seed: int) -> np.ndarray:
     return pulse - np.linspace(pulse[0], pulse[-1], pulse.size)
 
 
-class _IrregularBeats:
-    """Beats at random intervals (coefficient of variation ~25 %, 0.35-2 s), as in atrial fibrillation:
-    ECG beats overlap-added at each onset; PPG pulses stretched to each interval (a short interval
-    gives a short, a long one a long pulse wave). Continuous across chunks."""
+class _TemplateBeats:
+    """Beats laid from one template at given intervals: ECG beats overlap-added at each onset; PPG pulses
+    stretched to each interval (a short interval gives a short, a long one a long pulse wave).
+    Continuous across chunks. ``irregular``: random intervals (coefficient of variation ~25 %, 0.35-2 s),
+    as in atrial fibrillation. ``ectopic``: sinus rhythm (+/-3 %) where a beat comes early (at half the
+    interval) ``ECTOPIC_PER_MIN`` times a minute on average, followed by a compensatory pause (the two
+    intervals make two ordinary ones); an ECG ectopic beat is wide and inverted (ventricular), a PPG
+    one a weaker pulse."""
 
-    def __init__(self, kind: str, rate: float, seed: int) -> None:
-        self.kind, self.rate = kind, rate
+    def __init__(self, kind: str, scenario: str, rate: float, seed: int) -> None:
+        self.kind, self.scenario, self.rate = kind, scenario, rate
         self.beat = _beat_template(kind, rate, seed)
+        wide = np.interp(np.linspace(0, self.beat.size - 1, int(self.beat.size * 1.6)), np.arange(self.beat.size),
+                         self.beat)
+        self.ectopic_beat = -1.2 * wide if kind == "ecg" else 0.7 * self.beat
         self.rng = np.random.default_rng(seed)
         self.carry = np.zeros(0)  # ECG: the tails of beats that run into the next chunk
+        self.pause = 0.0  # the compensatory pause owed after an ectopic beat (s)
+
+    def _next(self, mean_rr: float) -> tuple[float, bool]:
+        """The next interval (s) and whether the beat that starts it is ectopic."""
+        if self.scenario == "irregular":
+            return float(np.clip(self.rng.normal(mean_rr, 0.25 * mean_rr), 0.35, 2.0)), False
+        if self.pause:  # the ectopic beat, then its compensatory pause
+            rr, self.pause = self.pause, 0.0
+            return rr, True
+        rr = mean_rr * float(self.rng.normal(1.0, 0.03))
+        if self.rng.random() < ECTOPIC_PER_MIN * mean_rr / 60.0:
+            self.pause = 2 * rr - PREMATURE * rr
+            return PREMATURE * rr, False
+        return rr, False
 
     def chunk(self, seconds: float, hr: float) -> np.ndarray:
         n = int(seconds * self.rate)
         mean_rr = 60.0 / hr
-        out = np.zeros(n + self.beat.size + int(2.0 * self.rate))  # the last beat may start at n - 1
+        out = np.zeros(n + self.ectopic_beat.size + int(2.0 * self.rate))  # the last beat may start at n - 1
         out[:self.carry.size] += self.carry
         t = 0
         while t < n:
-            rr = int(float(np.clip(self.rng.normal(mean_rr, 0.25 * mean_rr), 0.35, 2.0)) * self.rate)
+            rr_s, ectopic = self._next(mean_rr)
+            rr = int(rr_s * self.rate)
+            beat = self.ectopic_beat if ectopic else self.beat
             if self.kind == "ecg":
-                out[t:t + self.beat.size] += self.beat
+                out[t:t + beat.size] += beat
             else:
-                out[t:t + rr] = np.interp(np.linspace(0, self.beat.size - 1, rr), np.arange(self.beat.size), self.beat)
+                out[t:t + rr] = np.interp(np.linspace(0, beat.size - 1, rr), np.arange(beat.size), beat)
             t += rr
         if self.kind == "ecg":
             self.carry = out[n:].copy()
@@ -128,6 +158,22 @@ def _motion(n: int, rate: float, kind: str, scale: float, rng: np.random.Generat
     return wobble
 
 
+def _artefact(scenario: str, kind: str, x: np.ndarray, rate: float, scale: float,
+              rng: np.random.Generator) -> np.ndarray:
+    """What the device sends instead of ``x`` while the artefact of ``scenario`` is on."""
+    if scenario == "motion_artefacts":  # as large as movement gets: several times the signal
+        return x + _motion(x.size, rate, kind, (3.5 if kind == "ecg" else 3.0) * scale, rng)
+    if scenario == "sensor_off":  # unplugged: the front end reads 0
+        return np.zeros(x.size)
+    if scenario == "clipping":  # the baseline runs near the top of the ADC's range; what goes above clips
+        top = float(np.max(x)) + scale
+        return np.minimum(3.0 * (x - np.median(x)) + top - 0.2 * scale, top)
+    if kind == "ecg":  # lead off: the electrode drives the front end to its rail
+        return np.full(x.size, ECG_RAIL_MV)
+    # A PPG sensor off the skin sees ambient light: the ADC's noise around a low level, in its steps.
+    return np.round(rng.normal(0.0, 0.002, x.size) / 0.001) * 0.001
+
+
 def artefact_envelope(t: np.ndarray) -> np.ndarray:
     """1 while the motion / lead-off artefact is on (20 s every 40 s from 10 s), else 0."""
     return ((t >= ARTEFACT_START_S) & ((t - ARTEFACT_START_S) % ARTEFACT_PERIOD_S < ARTEFACT_ON_S)).astype(float)
@@ -145,7 +191,7 @@ def exercise_rate(t_s: float, rest: float, peak: float = 150.0) -> float:
 
 def _beats(kind: str, scenario: str, rate: float, heart_rate: float, seed: int) -> Iterator[np.ndarray]:
     """Seamless stretches of whole beats (about ``SEGMENT_S`` each), level-matched at each junction."""
-    irregular = _IrregularBeats(kind, rate, seed) if scenario == "irregular" else None
+    irregular = _TemplateBeats(kind, scenario, rate, seed) if scenario in ("irregular", "ectopic") else None
     join = max(int(JOIN_S * rate), 1)
     last: float | None = None
     made = 0  # samples so far
@@ -185,15 +231,10 @@ def scenario_signal(kind: str, scenario: str, rate: float, heart_rate: float = 7
         x, buffer = buffer[:size].copy(), buffer[size:]
         if scale is None:
             scale = float(np.std(x)) or 1.0
-        if scenario in ("motion_artefacts", "lead_off"):
-            on = artefact_envelope((elapsed + np.arange(size)) / rate)
+        if scenario in SIGNAL_ARTEFACTS:
+            on = artefact_envelope((elapsed + np.arange(size)) / rate) > 0
             if on.any():
-                if scenario == "motion_artefacts":  # as large as movement gets: several times the signal
-                    x = x + on * _motion(size, rate, kind, (3.5 if kind == "ecg" else 3.0) * scale, rng)
-                elif kind == "ecg":
-                    x = np.where(on > 0, ECG_RAIL_MV, x)
-                else:  # a PPG sensor off the skin sees ambient light: flat, near zero
-                    x = np.where(on > 0, rng.normal(0.0, 0.002, size), x)
+                x = np.where(on, _artefact(scenario, kind, x, rate, scale, rng), x)
         elapsed += size
         yield x
 

@@ -5,12 +5,21 @@ the events that started or ended with it; ``EventDetector.stalled`` is the wall-
 calls with the seconds since the stream's last frame. Each event is reported once when it starts and
 once when it ends (``"state": "started" | "ended"``), never repeated while it lasts.
 
-Rate conditions (tachycardia, bradycardia) are judged beat by beat on the median of the last 5 RR
-intervals, not on the 10 s ``hr``: a 10 s mean lags a change of rhythm by ~5-7 s, which would push
-the alarm well past "sustained 30 s"; the median reacts within 3 beats and one missed or extra beat
-does not move it. A run of beats meeting the condition starts where its first qualifying interval
+Rate conditions (tachycardia, bradycardia) are judged beat by beat on the trimmed mean of the last 6 RR
+intervals (the shortest and the longest left out), not on the 10 s ``hr``: a 10 s mean lags a change of
+rhythm by ~5-7 s, which would push the alarm well past "sustained 30 s"; the trimmed mean reacts within
+3 beats, one missed or extra beat does not move it, and ectopic beats with their compensatory pauses
+(bigeminy alternates short and long intervals) average out instead of reading as a fast rate. A run of
+beats meeting the condition starts where its first qualifying interval
 started and survives interruptions shorter than ``tolerance_s``. Beats from seconds whose quality is
 below ``poor_quality`` are ignored, so artefacts do not raise rate alarms.
+
+Signal events: ``poor_signal`` once quality has stayed below ``poor_quality`` for ``poor_signal_s``, named
+``no_signal`` instead when most of those seconds held no signal at all (the analysis' ``reason``: flat,
+clipped, disconnected). Frequent ectopy (``frequent_ectopy``: ``ectopic_per_min`` above the threshold for
+``frequent_ectopy_s``) and irregular rhythm are told apart: irregularity is judged on the intervals
+between normal beats only, and ectopy is not reported while the rhythm is irregular (in atrial
+fibrillation most beats come "early").
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ml.rr_intervals import rr_normal
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,9 @@ class Thresholds:
     poor_quality: float = 0.5
     poor_signal_s: float = 10.0
     stalled_s: float = 5.0
-    rate_beats: int = 5  # intervals in the running median used for rate conditions
+    frequent_ectopy_per_min: float = 6.0
+    frequent_ectopy_s: float = 30.0
+    rate_beats: int = 6  # intervals in the running trimmed mean used for rate conditions
     tolerance_s: float = 4.0  # a sustained condition survives interruptions shorter than this
     clear_s: float = 10.0  # an episode ends once its condition has been absent this long
 
@@ -115,7 +128,8 @@ class _Condition:
 class EventDetector:
     """Turns one stream's per-second analyses into rhythm / signal events (see module docstring)."""
 
-    TYPES = ("tachycardia", "bradycardia", "irregular_rhythm", "poor_signal", "stalled")
+    TYPES = ("tachycardia", "bradycardia", "irregular_rhythm", "frequent_ectopy", "poor_signal", "no_signal",
+             "stalled")
 
     def __init__(self, thresholds: Thresholds | None = None) -> None:
         th = self.thresholds = thresholds or Thresholds()
@@ -124,7 +138,11 @@ class EventDetector:
             "bradycardia": _Condition(th.bradycardia_s, th.tolerance_s, th.clear_s),
             "irregular_rhythm": _Condition(th.irregular_s, th.tolerance_s, th.clear_s),
             "poor_signal": _Condition(th.poor_signal_s, th.tolerance_s, th.clear_s),
+            "frequent_ectopy": _Condition(th.frequent_ectopy_s, th.tolerance_s, th.clear_s),
         }
+        self._signal_event = "poor_signal"  # the name the current signal episode started under
+        self._signal_seconds = [0, 0]  # seconds of the current poor run: all, and those with no signal at all
+        self._irregular: bool | None = None
         self._episodes: dict[str, dict[str, Any]] = {}
         self._recent_rr: deque[tuple[float, float]] = deque(maxlen=max(th.rate_beats, 1))
         # Good-quality (beat time, RR) for the irregularity window; bounded at 4 beats/s.
@@ -142,8 +160,7 @@ class EventDetector:
         quality = float(analysis.get("quality", 0.0))
         good = quality >= th.poor_quality
 
-        events += self._apply("poor_signal", t, quality < th.poor_quality, None,
-                              {"quality": quality, "threshold": th.poor_quality})
+        events += self._signal_step(t, quality, analysis.get("reason"))
 
         # Rate conditions, beat by beat (or second by second from ``hr`` if no beats are given).
         beats = list(zip(analysis.get("beats_t", ()), analysis.get("rr", ()), strict=False))
@@ -159,7 +176,8 @@ class EventDetector:
                 self._recent_rr.append((float(beat_t), float(rr)))
                 self._window_rr.append((float(beat_t), float(rr)))
                 rrs = sorted(r for _, r in self._recent_rr)
-                self._rate = rate = 60.0 / rrs[len(rrs) // 2]
+                core = rrs[1:-1] if len(rrs) >= 4 else rrs[len(rrs) // 2:len(rrs) // 2 + 1]
+                self._rate = rate = 60.0 * len(core) / sum(core)
                 events += self._rate_step(float(beat_t), rate, self._recent_rr, analysis)
         # Between beats the latest beat's verdict stands (for tolerance_s): runs may complete, break,
         # or episodes clear although no beat arrived in this second.
@@ -167,6 +185,7 @@ class EventDetector:
             events += self._apply(kind, t, None, None, self._rate_detail(kind, analysis))
 
         events += self._irregular_step(t)
+        events += self._ectopy_step(t, analysis.get("ectopic_per_min"))
         return events
 
     def stalled(self, seconds_since_last_frame: float) -> list[dict[str, Any]]:
@@ -214,11 +233,46 @@ class EventDetector:
         detail: dict[str, Any] = {}
         if len(window) >= th.irregular_min_rr and t - (window[0][0] - window[0][1]) >= (
                 th.irregular_coverage * th.irregular_window_s):
-            figures = rr_irregularity(np.fromiter((rr for _, rr in window), dtype=float, count=len(window)))
-            holds = figures["cv"] > th.irregular_cv and figures["nrmssd"] > th.irregular_nrmssd
-            detail = {"cv": round(figures["cv"], 3), "nrmssd": round(figures["nrmssd"], 3),
-                      "intervals": figures["n"]}
+            rr = np.fromiter((rr for _, rr in window), dtype=float, count=len(window))
+            normal = rr[rr_normal(rr)]  # between normal beats: frequent ectopy is not irregularity
+            holds = False  # too few normal intervals to be irregular: ectopy (bigeminy) dominates
+            if normal.size >= th.irregular_min_rr:
+                figures = rr_irregularity(normal)
+                holds = figures["cv"] > th.irregular_cv and figures["nrmssd"] > th.irregular_nrmssd
+                detail = {"cv": round(figures["cv"], 3), "nrmssd": round(figures["nrmssd"], 3),
+                          "intervals": figures["n"]}
+        self._irregular = holds
         return self._apply("irregular_rhythm", t, holds, None, detail)
+
+    def _ectopy_step(self, t: float, per_min: float | None) -> list[dict[str, Any]]:
+        th = self.thresholds
+        # Judged once the rhythm is known not to be irregular (in atrial fibrillation most beats come early).
+        holds = None if per_min is None or self._irregular is None else (
+            per_min > th.frequent_ectopy_per_min and not self._irregular)
+        return self._apply("frequent_ectopy", t, holds, None,
+                           {"ectopic_per_min": per_min, "threshold": th.frequent_ectopy_per_min})
+
+    def _signal_step(self, t: float, quality: float, reason: str | None) -> list[dict[str, Any]]:
+        """``poor_signal`` / ``no_signal``: one condition (quality below the threshold), named when it
+        starts by what most of its seconds held."""
+        th = self.thresholds
+        condition = self._conditions["poor_signal"]
+        poor = quality < th.poor_quality
+        if condition.run_start is None and not condition.active:
+            self._signal_seconds = [0, 0]
+        if poor:
+            self._signal_seconds[0] += 1
+            self._signal_seconds[1] += reason == "no_signal"
+        change = condition.update(t, poor)
+        if change == "start":
+            assert condition.run_start is not None
+            total, flat = self._signal_seconds
+            self._signal_event = "no_signal" if 2 * flat >= total else "poor_signal"
+            return [self._start(self._signal_event, condition.run_start, "warning",
+                                {"quality": quality, "threshold": th.poor_quality, "reason": reason})]
+        if change == "end":
+            return self._finish(self._signal_event, condition.last_true)
+        return []
 
     def _apply(self, kind: str, t: float, holds: bool | None, since: float | None,
                detail: dict[str, Any]) -> list[dict[str, Any]]:

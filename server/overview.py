@@ -34,11 +34,13 @@ def _streaming(stream: Stream) -> bool:
 async def _latest_hr(patient_id: PydanticObjectId) -> dict[str, Any] | None:
     since = utcnow() - HR_WITHIN
     chunks = AnalysisChunk.find(AnalysisChunk.patient_id == patient_id, AnalysisChunk.start >= since)
-    async for chunk in chunks.sort(-AnalysisChunk.start).limit(4):
-        for item in reversed(chunk.items):
-            if item.get("hr") is not None:
-                return {"value": round(float(item["hr"]), 1), "at": iso(item["at"]), "quality": item.get("quality")}
-    return None
+    # The latest second decides: with no pulse then, no number (the reason instead), never an older rate.
+    chunk = await chunks.sort(-AnalysisChunk.start).first_or_none()
+    if chunk is None or not chunk.items:
+        return None
+    item = chunk.items[-1]
+    value = None if item.get("hr") is None else round(float(item["hr"]), 1)
+    return {"value": value, "reason": item.get("reason"), "at": iso(item["at"]), "quality": item.get("quality")}
 
 
 async def _latest_bp(patient_id: PydanticObjectId) -> dict[str, Any] | None:

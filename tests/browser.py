@@ -59,12 +59,13 @@ async def pair(api: Api, patient: User, kind: str) -> str:
     return body["credential"]
 
 
-async def streaming_ward(api: Api, heart_rate: float = 72.0, kinds: tuple[str, ...] = ("ecg", "ppg")) -> Ward:
+async def streaming_ward(api: Api, heart_rate: float = 72.0, kinds: tuple[str, ...] = ("ecg", "ppg"),
+                         scenario: str = "normal") -> Ward:
     patient = await api.register("patient", name="Ana Ribeiro")
     clinician = await api.register("clinician", name="Dr. Sofia Costa")
     await api.link(patient, clinician)
     runs = [DeviceRun(url=api.base_url, credential=await pair(api, patient, kind), kind=kind,
-                      sampling_rate=250.0 if kind == "ecg" else 100.0, heart_rate=heart_rate, seed=3)
+                      sampling_rate=250.0 if kind == "ecg" else 100.0, heart_rate=heart_rate, seed=3, scenario=scenario)
             for kind in kinds]
     ward = Ward(patient, clinician, runs)
     ward.tasks = [asyncio.create_task(stream(run, ward.stop)) for run in runs]

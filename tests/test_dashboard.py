@@ -152,6 +152,26 @@ async def test_clinician_watches_live_waveforms(api: Api) -> None:
         await ward.close()
 
 
+async def test_no_pulse_shows_a_dash_and_the_reason_never_a_number(api: Api) -> None:
+    """The simulator's sensor_off scenario (a flat 0 from 10 s of streaming): the pulse-rate tile and the
+    patient's row go from a number to "—" and "no signal", and back to a number once the sensor is on."""
+    ward = await streaming_ward(api, kinds=("ppg",), scenario="sensor_off")
+    try:
+        async with chromium() as browser:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1000}, bypass_csp=HARNESS_EVAL)
+            await sign_in(page, api.base_url, ward.clinician)
+            row = page.locator(f'.patient-row[data-id="{ward.patient.id}"]')
+            await row.click()
+            await page.wait_for_function(
+                "Number.isFinite(parseFloat(document.querySelector('#v-pr').textContent))", timeout=30_000)
+            await page.wait_for_function("document.querySelector('#v-pr').textContent === '—'", timeout=30_000)
+            unit = await page.evaluate("document.querySelector('#v-pr').nextElementSibling.textContent")
+            assert unit == "no signal"
+            assert "♥ — no signal" in await row.inner_text()
+    finally:
+        await ward.close()
+
+
 async def test_expired_token_refreshed_and_socket_reconnects_without_reload(api: Api) -> None:
     ward = await streaming_ward(api, kinds=("ecg",))
     expired, _ = TokenService(TEST_SECRET, api.app[SERVICES].settings.jwt_issuer, -60, 3600).issue(  # type: ignore[index]

@@ -25,8 +25,8 @@ from devices.signal_scenarios import drop_schedule, scenario_signal
 from devices.simulators import box as simulate_box
 
 log = logging.getLogger("healthmate.simulate")
-SCENARIOS = ("normal", "exercise_ramp", "bradycardia", "tachycardia", "irregular", "motion_artefacts", "lead_off",
-             "network_drop")
+SCENARIOS = ("normal", "exercise_ramp", "bradycardia", "tachycardia", "irregular", "ectopic", "motion_artefacts",
+             "lead_off", "sensor_off", "clipping", "network_drop")
 
 
 @dataclass

@@ -135,7 +135,7 @@ async function loadOverview() {
     // The patient on screen: the live analysis is newer than the stored one.
     const live = state.latest.ecg || state.latest.ppg;
     const shown = state.patients.get(state.current);
-    if (shown && live && live.hr !== null && live.hr !== undefined) shown.hr = { value: live.hr, at: live.at };
+    if (shown && live) shown.hr = { value: live.hr, reason: live.reason, at: live.at };
     renderPatients();
   } catch (err) {
     if (err.status !== 401) console.warn("overview", err);
@@ -150,7 +150,7 @@ function renderPatients() {
 
 function patientRow(item) {
   const p = item.patient;
-  const hr = item.hr ? `${fmt(item.hr.value)}/min` : "–";
+  const hr = item.hr ? rateText(item.hr.value, item.hr.reason) : "–";
   const row = el("li", { class: "patient-row" + (p.id === state.current ? " selected" : ""), "data-id": p.id },
     el("div", { class: "row-top" },
       el("span", { class: "dot", "data-on": String(item.streaming), title: item.streaming ? "Streaming" : "Not streaming" }),
@@ -241,10 +241,10 @@ function onAnalysis(a) {
   state.latest[kind] = a;
   const hrv = a.hrv || {};
   if (kind === "ecg") {
-    $("v-hr").textContent = fmt(a.hr);
+    showRate("v-hr", a);
     $("v-quality").textContent = fmt(a.quality, 2);
   } else if (kind === "ppg") {
-    $("v-pr").textContent = fmt(a.hr);
+    showRate("v-pr", a);
     if (!state.latest.ecg) $("v-quality").textContent = fmt(a.quality, 2);
     $("v-quality-ppg").textContent = state.latest.ecg ? `PPG ${fmt(a.quality, 2)}` : "PPG";
   }
@@ -254,11 +254,26 @@ function onAnalysis(a) {
     $("v-sdnn").textContent = fmt(hrv.sdnn);
   }
   const item = state.patients.get(state.current);
-  if (item && a.hr !== null && a.hr !== undefined && (kind === "ecg" || !state.latest.ecg)) {
-    item.hr = { value: a.hr, at: a.at, quality: a.quality };
+  if (item && (kind === "ecg" || !state.latest.ecg)) {
+    item.hr = { value: a.hr, reason: a.reason, at: a.at, quality: a.quality };
     const hrCell = document.querySelector(`.patient-row[data-id="${state.current}"] .row-hr`);
-    if (hrCell) hrCell.textContent = `♥ ${fmt(a.hr)}/min`;
+    if (hrCell) hrCell.textContent = `♥ ${rateText(a.hr, a.reason)}`;
   }
+}
+
+const REASONS = { no_signal: "no signal", poor_signal: "poor signal" };
+
+// No pulse, no number: "—" and why, never the last rate nor a made-up one.
+function rateText(hr, reason) {
+  if (hr !== null && hr !== undefined) return `${fmt(hr)}/min`;
+  return reason ? `— ${REASONS[reason] || humanize(reason)}` : "—";
+}
+
+function showRate(id, a) {
+  const none = a.hr === null || a.hr === undefined;
+  const value = $(id);
+  value.textContent = none ? "—" : fmt(a.hr);
+  value.nextElementSibling.textContent = none && a.reason ? REASONS[a.reason] || humanize(a.reason) : "/min";
 }
 
 function onGap(gap) {
@@ -306,7 +321,9 @@ async function loadEvents(id) {
 }
 
 function addEvent(ev) {
-  const text = ev.text || (ev.phase === "ended" ? "ended" : ev.detail && ev.detail.hr ? `${fmt(ev.detail.hr)}/min` : "");
+  const detail = ev.detail || {};
+  const text = ev.text || (ev.phase === "ended" ? "ended" : detail.hr ? `${fmt(detail.hr)}/min`
+    : detail.ectopic_per_min ? `${fmt(detail.ectopic_per_min)} extra beats/min` : "");
   pushItem($("events"), el("li", { class: `event sev-${ev.severity || "warning"}` },
     el("span", { class: "when" }, clock(ev.at)),
     el("span", { class: "what" }, humanize(ev.type)),

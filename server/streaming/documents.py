@@ -69,7 +69,7 @@ class AnalysisChunk(VersionedDocument):
     stream_id: PydanticObjectId
     patient_id: PydanticObjectId
     start: datetime
-    items: list[dict[str, Any]]  # {"at", "hr", "rmssd", "sdnn", "quality", "beats"}
+    items: list[dict[str, Any]]  # {"at", "hr", "rmssd", "sdnn", "reason", "ectopic_per_min", "quality", "beats"}
 
     class Settings:
         name = "analyses"

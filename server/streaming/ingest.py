@@ -253,12 +253,15 @@ class StreamService:
                 at_s = stream.clock.to_server((stream.first_t0 or 0.0) + a["t"] * 1000.0) \
                     if stream.clock.offset_s is not None else now
                 hrv = a.get("hrv") or {}
+                # No pulse, no number: hr and HRV are null then, with the reason (no_signal / poor_signal).
                 item = {"at": datetime.fromtimestamp(at_s, UTC), "hr": a.get("hr"), "rmssd": hrv.get("rmssd"),
-                        "sdnn": hrv.get("sdnn"), "quality": a.get("quality"), "beats": a.get("beats")}
+                        "sdnn": hrv.get("sdnn"), "reason": a.get("reason"), "ectopic_per_min": a.get("ectopic_per_min"),
+                        "quality": a.get("quality"), "beats": a.get("beats")}
                 stream.analyses.append(item)
                 await self.live.publish(pid, "live:analysis", {
                     "stream_id": stream_id, "kind": stream.doc.kind, "t": a.get("t"), "hr": a.get("hr"),
-                    "hrv": {"rmssd": hrv.get("rmssd"), "sdnn": hrv.get("sdnn")}, "quality": a.get("quality"),
+                    "hrv": {"rmssd": hrv.get("rmssd"), "sdnn": hrv.get("sdnn")}, "reason": a.get("reason"),
+                    "ectopic_per_min": a.get("ectopic_per_min"), "quality": a.get("quality"),
                     "beats": a.get("beats"), "window": a.get("window"), "at": iso(item["at"]),
                     "lag_ms": round(stream.lag_ms or 0.0, 1)})
             if len(stream.analyses) >= 10:

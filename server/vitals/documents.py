@@ -142,6 +142,8 @@ class ThresholdsIn(BaseModel):
     poor_quality: float | None = Field(None, ge=0.05, le=0.95)
     poor_signal_s: float | None = Field(None, ge=3, le=120)
     stalled_s: float | None = Field(None, ge=2, le=120)
+    frequent_ectopy_per_min: float | None = Field(None, ge=1, le=60)
+    frequent_ectopy_s: float | None = Field(None, ge=10, le=600)
 
 
 class PatientThresholds(VersionedDocument):

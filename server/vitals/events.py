@@ -1,6 +1,6 @@
-"""Vital events from the live analysis (tachycardia, bradycardia, irregular rhythm, poor signal,
-stalled stream): persisted before they are pushed to the patient's room; and the per-patient thresholds
-a linked clinician sets."""
+"""Vital events from the live analysis (tachycardia, bradycardia, irregular rhythm, frequent ectopy, poor
+signal, no signal, stalled stream): persisted before they are pushed to the patient's room; and the
+per-patient thresholds a linked clinician sets."""
 
 from __future__ import annotations
 
@@ -93,8 +93,9 @@ class Vitals:
 
 
 RHYTHM_EVENTS = {"tachycardia": "Fast heart rate", "bradycardia": "Slow heart rate",
-                 "irregular_rhythm": "Irregular heart rhythm suspected"}
-SIGNAL_EVENTS = {"poor_signal": "Poor sensor signal", "stalled": "Sensor stopped sending"}
+                 "irregular_rhythm": "Irregular heart rhythm suspected", "frequent_ectopy": "Frequent extra heartbeats"}
+SIGNAL_EVENTS = {"poor_signal": "Poor sensor signal", "no_signal": "No pulse signal from the sensor",
+                 "stalled": "Sensor stopped sending"}
 
 
 def alerts_to(notes: Notifier) -> EventSink:
@@ -105,8 +106,9 @@ def alerts_to(notes: Notifier) -> EventSink:
     async def sink(event: VitalEvent) -> None:
         if event.phase != "started" or event.severity == "critical" or event.type not in RHYTHM_EVENTS | SIGNAL_EVENTS:
             return
-        rate = event.detail.get("rate") or event.detail.get("hr")
-        body = f"{event.signal or 'sensor'}: {rate:.0f}/min" if isinstance(rate, (int, float)) else ""
+        rate = event.detail.get("rate") or event.detail.get("hr") or event.detail.get("ectopic_per_min")
+        what = " extra beats" if event.type == "frequent_ectopy" else ""
+        body = f"{event.signal or 'sensor'}: {rate:.0f}{what}/min" if isinstance(rate, (int, float)) else ""
         if event.type in SIGNAL_EVENTS:
             await notes.notify([event.patient_id], "alert", SIGNAL_EVENTS[event.type], "Check the sensor",
                                patient_id=event.patient_id, data={"vital_event_id": str(event.id)}, urgency="low")
