@@ -21,10 +21,9 @@ import socketio
 from aiohttp import web
 from beanie import PydanticObjectId
 
-from server.app import create_app
+from server.app import SERVER, create_app
 from server.core.config import load_settings
 from server.infra.embedded_store import EmbeddedStore, free_port
-from server.transport.http import SERVICES
 
 DOSES = 10_000
 PATIENTS = 100
@@ -68,7 +67,7 @@ async def measure(app: web.Application, base: str) -> dict[str, Any]:
         received.append((time.time() - due) * 1000)
 
     await client.connect(base, auth={"token": me["access_token"]}, transports=["websocket"])
-    rt = app[SERVICES].realtime
+    rt = app[SERVER].realtime
     emitted: dict[str, float] = {}
     to_patient = rt.to_patient
 
@@ -85,7 +84,7 @@ async def measure(app: web.Application, base: str) -> dict[str, Any]:
              "slot": f"bench-{i}", "timezone": "UTC", "due_at": first + timedelta(seconds=WINDOW_S * i / DOSES),
              "medication_name": "Metformin", "dose": "1 tablet", "drawer": None, "state": "scheduled",
              "created_at": datetime.now(UTC)} for i in range(DOSES)]
-    doses = app[SERVICES].mongo["bench_reminders"]["dose_events"]  # type: ignore[index]
+    doses = app[SERVER].mongo["bench_reminders"]["dose_events"]  # type: ignore[index]
     t0 = time.monotonic()
     for i in range(0, DOSES, 2000):
         await doses.insert_many(rows[i:i + 2000])
@@ -99,7 +98,7 @@ async def measure(app: web.Application, base: str) -> dict[str, Any]:
     await client.disconnect()
     lags = [(emitted[str(r["_id"])] - r["due_at"].timestamp()) * 1000
             async for r in doses.find({"state": "reminded"}, {"due_at": 1}) if str(r["_id"]) in emitted]
-    notes = await app[SERVICES].mongo["bench_reminders"]["notifications"].count_documents({"kind": "reminder"})  # type: ignore[index]
+    notes = await app[SERVER].mongo["bench_reminders"]["notifications"].count_documents({"kind": "reminder"})  # type: ignore[index]
     return {"lags": lags, "received": received, "insert_s": insert_s, "notifications": notes}
 
 

@@ -1,12 +1,10 @@
-"""The application factory: builds the services, mounts REST and Socket.IO, and runs the
-start-up sequence (embedded store if no MongoDB URL, Beanie, migrations, control bus)."""
+"""The wiring: builds every service, hands each concern the Protocol implementations it needs, mounts
+each concern's ``api.py`` and lists the components ``server.lifecycle`` starts in order and stops in
+reverse."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,8 @@ from devices.presence import DevicePresence
 from devices.registry import DeviceRegistry, authenticate_device
 from media import api as media_api
 from media.device_host import DeviceRtc
-from server import demo, health
+from server import health
+from server import overview as overview_api
 from server.alerts import api as alerts_api
 from server.alerts import documents as alert_documents
 from server.alerts.alerts import Alerts
@@ -43,25 +42,21 @@ from server.core.config import Settings
 from server.core.errors import ApiError
 from server.core.identity import Principal
 from server.dashboard import setup as setup_dashboard
-from server.infra.embedded_store import EmbeddedStore
-from server.infra.migrations import run_migrations
 from server.infra.presence import Presence
 from server.infra.pubsub import ControlBus, make_pubsub
 from server.infra.ratelimit import FailureCounter
-from server.infra.store import init_documents, make_client
+from server.lifecycle import Server, lifecycle, stop_demo
 from server.meds import api as meds_api
 from server.meds import documents as meds_documents
 from server.meds.medications import Medications
 from server.meds.scheduler import Scheduler
-from server.overview import setup as setup_overview
-from server.services import Services
 from server.streaming import api as streaming_api
 from server.streaming import documents as streaming_documents
 from server.streaming.history import HistoryWriter
 from server.streaming.ingest import StreamService
 from server.streaming.live import LiveHub
 from server.transport.events import EventRouter
-from server.transport.http import REST, SERVICES, Rest, error_middleware
+from server.transport.http import Rest, error_middleware
 from server.transport.mount import Mount
 from server.transport.realtime import Realtime
 from server.vitals import api as vitals_api
@@ -84,78 +79,7 @@ DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, *vitals_documents.
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    svc = app[SERVICES]
-    settings = svc.settings
-    url = settings.mongodb_url
-    if url is None:
-        svc.store = EmbeddedStore(settings.data_dir)
-        url = await svc.store.start()
-        log.info("data lives in %s", settings.data_dir.resolve())
-    svc.mongo = make_client(url, serverSelectionTimeoutMS=settings.store_timeout_ms)
-    background: list[asyncio.Task[None]] = []
-    try:
-        await init_documents(svc.mongo, settings.mongodb_db, DOCUMENTS)
-        applied = await run_migrations(svc.mongo[settings.mongodb_db])
-        if applied:
-            log.info("applied migrations: %s", ", ".join(applied))
-        await svc.pubsub.start()
-        await svc.bus.start()
-        await svc.realtime.presence.start()
-        await svc.writer.start()
-        await svc.streams.start()
-        if svc.calls is not None:
-            await svc.calls.start()
-        await svc.alerts.start()  # type: ignore[union-attr]
-        await svc.models.start()  # type: ignore[union-attr]
-        await svc.push.start()  # type: ignore[union-attr]
-        await svc.presence.start()  # type: ignore[union-attr]
-        if svc.broker_files is not None:
-            await svc.broker_files.start()
-        if svc.mqtt is not None:
-            await svc.mqtt.start()
-        if svc.scheduler is not None:
-            await svc.scheduler.start()
-        if settings.demo and (task := await demo.start(settings)) is not None:
-            background.append(task)
-            svc.extras["demo"] = task
-        yield
-    finally:
-        for task in background:
-            task.cancel()
-        if background:  # bounded: a task cancelled inside a store call must not hold up the shutdown
-            await asyncio.wait(background, timeout=5)
-        if svc.scheduler is not None:
-            await svc.scheduler.stop()
-        if svc.calls is not None:
-            await svc.calls.stop()
-        if svc.mqtt is not None:
-            await svc.mqtt.stop()
-        await svc.presence.stop()  # type: ignore[union-attr]
-        await svc.forecasts.stop()  # type: ignore[union-attr]
-        await svc.alerts.stop()  # type: ignore[union-attr]
-        await svc.push.stop()  # type: ignore[union-attr]
-        await svc.streams.stop()
-        await svc.writer.stop()
-        await svc.live.stop()
-        await svc.notifications.stop()
-        await svc.realtime.presence.stop()
-        await svc.bus.stop()
-        await svc.pubsub.stop()
-        await svc.mongo.close()
-        if svc.redis is not None:
-            await svc.redis.aclose()
-        if svc.store is not None:
-            await svc.store.stop()
-
-
-async def _stop_demo(app: web.Application) -> None:
-    """On shutdown, before open connections are waited for: the demo devices are connections too."""
-    task = app[SERVICES].extras.pop("demo", None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+SERVER = web.AppKey("server", Server)
 
 
 def _doc_route(name: str, content_type: str) -> web.RouteDef:
@@ -191,7 +115,6 @@ def create_app(settings: Settings) -> web.Application:
     bus.on("sessions_revoked", realtime.apply_sessions_revoked)
     bus.on("link_changed", realtime.apply_link_changed)
     bus.on("device_revoked", realtime.apply_device_revoked)
-    app[REST] = rest  # for the handlers not yet bound at mount (to go)
     live = LiveHub(realtime, pubsub)
     bus.on("link_changed", live.revoke_member)
     notes = Notifications(realtime, realtime)
@@ -216,35 +139,33 @@ def create_app(settings: Settings) -> web.Application:
     contacts = Contacts(realtime)
     uploads = Uploads(settings.upload_max_bytes, settings.upload_max_dimension)
     profiles = Profiles(realtime, uploads)
-    svc = Services(settings=settings, tokens=tokens, bus=bus, failures=failures, auth=auth, realtime=realtime,
-                   live=live, notifications=notes, vitals=vitals, writer=writer, streams=streams, redis=redis,
-                   pubsub=pubsub,
-                   bp=bp, contacts=contacts, alerts=alerting, push=push,
-                   presence=presence, models=models,
-                   forecasts=forecasts, triage=triage)
-    svc.mqtt, svc.broker_files = mqtt_bridge.from_settings(settings, realtime.router, realtime.process_id, bus)
-    app[SERVICES] = svc
+    mqtt, broker_files = mqtt_bridge.from_settings(settings, realtime.router, realtime.process_id, bus)
     realtime.attach(app)
     care_api.mount(mount, auth, profiles, Linking(realtime, bus, failures, settings.link_code_ttl_s), contacts, uploads)
     streaming_api.mount(mount, streams, live)
     vitals_api.mount(mount, bp, vitals, forecasts, triage)
-    svc.calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)
-    calls_api.mount(mount, svc.calls)
+    calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)
+    calls_api.mount(mount, calls)
     rtc = DeviceRtc(realtime.router)
     media_api.mount(mount, rtc)
-    app.on_shutdown.append(lambda _app: rtc.stop())
-    svc.extras["device_rtc"] = rtc
-    health.setup(app)
-    svc.medications = Medications(realtime, notes)
-    svc.scheduler = Scheduler(settings, realtime, notes, svc.medications)
-    profiles.on_timezone_changed.append(svc.scheduler.replan_patient)
-    meds_api.mount(mount, svc.medications, svc.scheduler)
-    box = svc.medicine_box = MedicineBox(SocketCommands(realtime), realtime, notes, svc.scheduler)
-    devices_api.mount(mount, DeviceRegistry(bus), presence, box, svc.mqtt)
+    medications = Medications(realtime, notes)
+    scheduler = Scheduler(settings, realtime, notes, medications)
+    profiles.on_timezone_changed.append(scheduler.replan_patient)
+    meds_api.mount(mount, medications, scheduler)
+    box = MedicineBox(SocketCommands(realtime), realtime, notes, scheduler)
+    devices_api.mount(mount, DeviceRegistry(bus), presence, box, mqtt)
+    server = Server(settings=settings, redis=redis, realtime=realtime, auth=auth, notifications=notes, push=push,
+                    live=live, streams=streams, vitals=vitals, models=models, calls=calls, scheduler=scheduler, rtc=rtc,
+                    mqtt=mqtt)
+    server.components = [pubsub, bus, realtime.presence, live, notes, writer, streams, forecasts, calls, push,
+                         alerting, models, presence, *(c for c in (broker_files, mqtt) if c is not None), scheduler,
+                         rtc]
+    app[SERVER] = server
+    health.mount(mount, server)
+    overview_api.mount(mount)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml")])
-    setup_overview(app)
     setup_dashboard(app, settings.trust_forwarded)
-    app.cleanup_ctx.append(_lifecycle)
-    app.on_shutdown.append(_stop_demo)
+    app.cleanup_ctx.append(lambda _app: lifecycle(server, DOCUMENTS))
+    app.on_shutdown.append(lambda _app: stop_demo(server))
     return app

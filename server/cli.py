@@ -5,29 +5,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
 from server.cli_models import add_commands
-from server.core.config import ConfigError, Settings, load_settings
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
-                                   ("data_dir", getattr(args, "data_dir", None)),
-                                   ("demo", getattr(args, "demo", None) or None)) if v is not None}
-    return load_settings(**overrides)
+from server.core.config import ConfigError, Settings, settings_from
 
 
 def serve(args: argparse.Namespace) -> None:
     from server.app import create_app
 
-    settings = _settings(args)
+    settings = settings_from(args)
     if args.workers > 1:
         from server.workers import serve_workers
 
@@ -42,36 +32,15 @@ def serve(args: argparse.Namespace) -> None:
                 loop=uvloop.new_event_loop())
 
 
-@contextlib.asynccontextmanager
-async def connected(settings: Settings) -> AsyncIterator[Any]:
-    """The store (MongoDB, or the embedded store started for the command) with Beanie initialised;
-    yields the PyMongo client."""
-    from server.app import DOCUMENTS
-    from server.infra.embedded_store import EmbeddedStore
-    from server.infra.store import init_documents, make_client
-
-    store = None
-    url = settings.mongodb_url
-    if url is None:
-        store = EmbeddedStore(settings.data_dir)
-        url = await store.start()
-    client = make_client(url)
-    try:
-        await init_documents(client, settings.mongodb_db, DOCUMENTS)
-        yield client
-    finally:
-        await client.close()
-        if store:
-            await store.stop()
-
-
 def migrate(args: argparse.Namespace) -> None:
+    from server.app import DOCUMENTS
     from server.infra.migrations import run_migrations
+    from server.lifecycle import connected
 
-    settings = _settings(args)
+    settings = settings_from(args)
 
     async def run() -> None:
-        async with connected(settings) as client:
+        async with connected(settings, DOCUMENTS) as (client, _store):
             applied = await run_migrations(client[settings.mongodb_db])
             print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
 

@@ -39,14 +39,16 @@ async def _close(registry: Any) -> None:
 def train(args: argparse.Namespace) -> None:
     from ml.bp_cohort import describe, generate_cohort
     from ml.bp_model import MODEL_NAME, train_bp
-    from server.cli import _settings, connected
+    from server.app import DOCUMENTS
+    from server.core.config import settings_from
+    from server.lifecycle import connected
     from server.streaming.history import AnalysisChunk
     from server.vitals.bp_history import BPHistory
 
-    settings = _settings(args)
+    settings = settings_from(args)
 
     async def run() -> int:
-        async with connected(settings):
+        async with connected(settings, DOCUMENTS):
             if args.from_store:
                 history = BPHistory(AnalysisChunk.get_pymongo_collection)
                 cohort = [s async for s in history.store_cohort(args.min_readings)]
@@ -80,13 +82,15 @@ def train(args: argparse.Namespace) -> None:
 
 
 def models(args: argparse.Namespace) -> None:
-    from server.cli import _settings, connected
+    from server.app import DOCUMENTS
+    from server.core.config import settings_from
     from server.core.errors import ApiError
+    from server.lifecycle import connected
 
-    settings = _settings(args)
+    settings = settings_from(args)
 
     async def run() -> int:
-        async with connected(settings):
+        async with connected(settings, DOCUMENTS):
             registry = _registry(settings)
             try:
                 if args.action == "list":

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.core.errors import error_body
-from server.transport.http import SERVICES, services
-from server.transport.realtime import DEVICE_ROLES, USER_ROLES, EventContext
+from server.transport.events import DEVICE_ROLES, USER_ROLES, EventContext
+from server.transport.mount import Mount
+
+if TYPE_CHECKING:
+    from server.lifecycle import Server
 
 
 class PingIn(BaseModel):
@@ -26,11 +29,6 @@ async def ping(ctx: EventContext, body: PingIn) -> dict[str, Any]:
     return {"t": body.t, "server_time_ms": round(time.time() * 1000, 3)}
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """Liveness; ``process`` tells the workers of a multi-process server apart."""
-    return web.json_response({"status": "ok", "process": services(request).realtime.process_id})
-
-
 async def _check(probe: Any) -> str:
     try:
         await asyncio.wait_for(probe, 1.0)
@@ -39,23 +37,27 @@ async def _check(probe: Any) -> str:
         return f"down: {type(exc).__name__}"
 
 
-async def readyz(request: web.Request) -> web.Response:
-    svc = services(request)
-    checks: dict[str, str] = {}
-    if svc.mongo is None:
-        checks["store"] = "down: not connected"
-    elif svc.store is not None and not svc.store.healthy:
-        checks["store"] = "down: embedded store process is not running"
-    else:
-        checks["store"] = await _check(svc.mongo.admin.command("ping"))
-    if svc.redis is not None:
-        checks["redis"] = await _check(svc.redis.ping())
-    if all(v == "ok" for v in checks.values()):
-        return web.json_response({"status": "ready", "checks": checks})
-    return web.json_response(error_body("not_ready", "A dependency is unavailable", {"checks": checks}), status=503)
+def mount(m: Mount, server: Server) -> None:
+    m.events.event("sys:ping", PingIn, roles=USER_ROLES | DEVICE_ROLES)(ping)
 
+    async def healthz(request: web.Request) -> web.Response:
+        """Liveness; ``process`` tells the workers of a multi-process server apart."""
+        return web.json_response({"status": "ok", "process": server.realtime.process_id})
 
-def setup(app: web.Application) -> None:
-    app[SERVICES].realtime.event("sys:ping", PingIn, roles=USER_ROLES | DEVICE_ROLES)(ping)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    async def readyz(request: web.Request) -> web.Response:
+        checks: dict[str, str] = {}
+        if server.mongo is None:
+            checks["store"] = "down: not connected"
+        elif server.store is not None and not server.store.healthy:
+            checks["store"] = "down: embedded store process is not running"
+        else:
+            checks["store"] = await _check(server.mongo.admin.command("ping"))
+        if server.redis is not None:
+            checks["redis"] = await _check(server.redis.ping())
+        if all(v == "ok" for v in checks.values()):
+            return web.json_response({"status": "ready", "checks": checks})
+        return web.json_response(error_body("not_ready", "A dependency is unavailable", {"checks": checks}),
+                                 status=503)
+
+    m.routes.add_get("/healthz", healthz)
+    m.routes.add_get("/readyz", readyz)

@@ -19,7 +19,7 @@ from server.care.documents import User
 from server.core.documents import aware, iso, utcnow
 from server.core.identity import Principal
 from server.streaming.history import AnalysisChunk, Stream
-from server.transport.http import client_of, require_principal
+from server.transport.mount import Mount
 from server.vitals.blood_pressure import BPReading
 
 STREAMING_WITHIN = timedelta(seconds=30)  # an open stream with a frame this recent counts as streaming
@@ -67,13 +67,12 @@ async def overview(principal: Principal) -> list[dict[str, Any]]:
     return list(await asyncio.gather(*(patient_status(p) for p in patients)))
 
 
-async def rest_overview(request: web.Request) -> web.Response:
-    principal = await require_principal(request)
-    items = await overview(principal)
-    await audit.record("patients.overview", principal=principal, client=client_of(request),
-                       patients=[i["patient"]["id"] for i in items])
-    return web.json_response({"items": items, "at": iso(utcnow())})
+def mount(m: Mount) -> None:
+    async def rest_overview(request: web.Request) -> web.Response:
+        principal = await m.rest.principal(request)
+        items = await overview(principal)
+        await audit.record("patients.overview", principal=principal, client=m.rest.client(request),
+                           patients=[i["patient"]["id"] for i in items])
+        return web.json_response({"items": items, "at": iso(utcnow())})
 
-
-def setup(app: web.Application) -> None:
-    app.router.add_get("/api/overview", rest_overview)
+    m.routes.add_get("/api/overview", rest_overview)

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from server.app import SERVER
 from server.care.documents import AuditEntry
 from server.core.documents import utcnow
 from server.meds.documents import DoseEvent
 from server.streaming.history import Stream
-from server.transport.http import SERVICES
 from tests.helpers import Api
 
 # (method, path) with {patient_id} to fill in; the body, if any.
@@ -75,7 +75,7 @@ def test_table_names_every_patient_scoped_route_and_event(api: Api) -> None:
     served = {(r.method, r.resource.canonical) for r in api.app.router.routes()
               if r.resource is not None and "{patient_id}" in r.resource.canonical and r.method != "HEAD"}
     assert served == {(m, p) for m, p, _ in ROUTES}
-    events = api.app[SERVICES].realtime.router.events
+    events = api.app[SERVER].realtime.router.events
     scoped = {name for name, e in events.items() if e.model is not None and "patient_id" in e.model.model_fields}
     assert scoped == {name for name, _ in EVENTS}
 

@@ -19,10 +19,9 @@ from aiohttp import web
 from beanie import PydanticObjectId
 
 from server.alerts.documents import Alert
-from server.app import create_app
+from server.app import SERVER, create_app
 from server.infra.embedded_store import EmbeddedStore
 from server.infra.webhook import sign
-from server.transport.http import SERVICES
 from tests.alert_clients import crisis, device_sock
 from tests.conftest import make_settings
 from tests.helpers import Api, Sock, User, connect_refused
@@ -278,7 +277,7 @@ async def test_critical_vital_event_raises_an_alert(api: Api) -> None:
     patient, maria, _, _ = await team(api)
     phone = await device_sock(api.base_url, maria, "p")
     assert api.app is not None
-    vitals = api.app[SERVICES].vitals
+    vitals = api.app[SERVER].vitals
     await vitals.record(PydanticObjectId(patient.id), None, "ecg",
                         {"type": "tachycardia", "severity": "critical", "detail": {"hr": 171}})
     (alert,) = await phone.events.wait("alert:new")

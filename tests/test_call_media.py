@@ -12,9 +12,9 @@ from pathlib import Path
 import av
 from bson import ObjectId
 
+from server.app import SERVER
 from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore
-from server.transport.http import SERVICES
 from tests.call_peers import CallPeer
 from tests.helpers import Api, process_env, server_processes
 
@@ -66,7 +66,7 @@ async def test_two_peers_exchange_audio_then_a_clinician_joins_through_the_relay
                              doctor.connect_relay(call["id"], 2))
         for peer in (doctor, caller, callee):
             assert len(await peer.heard(2, timeout=15)) == 2
-        room = api.app[SERVICES].calls.host.rooms[call["id"]]  # type: ignore[union-attr,index]
+        room = api.app[SERVER].calls.host.rooms[call["id"]]  # type: ignore[union-attr,index]
         forwarded = room.stats()
         assert forwarded[clinician.id][carer.id] > 0 and forwarded[clinician.id][patient.id] > 0
         assert forwarded[carer.id][clinician.id] > 0 and forwarded[patient.id][carer.id] > 0
@@ -76,10 +76,10 @@ async def test_two_peers_exchange_audio_then_a_clinician_joins_through_the_relay
         ended = await s_carer.ok("call:hangup", {"call_id": call["id"]})
         assert [t["action"] for t in ended["transitions"]] == ["invite", "accept", "join", "leave", "hangup"]
         for _ in range(50):
-            if call["id"] not in api.app[SERVICES].calls.host.rooms:  # type: ignore[union-attr]
+            if call["id"] not in api.app[SERVER].calls.host.rooms:  # type: ignore[union-attr]
                 break
             await asyncio.sleep(0.05)
-        assert call["id"] not in api.app[SERVICES].calls.host.rooms  # type: ignore[union-attr]
+        assert call["id"] not in api.app[SERVER].calls.host.rooms  # type: ignore[union-attr]
         _, history = await api.request("GET", "/api/calls", clinician)
         assert [c["id"] for c in history["items"]] == [call["id"]]
     finally:
@@ -151,7 +151,7 @@ async def test_recording_only_with_both_consents_downloadable_by_the_participant
             decoded[packet.stream.index] += len(packet.decode())
     assert all(n > 25 for n in decoded.values()), decoded  # each side: more than half a second of sound
     # The finished file lives in the store (GridFS), not on this process's disk: any replica serves it.
-    calls = api.app[SERVICES].calls  # type: ignore[index]
+    calls = api.app[SERVER].calls  # type: ignore[index]
     assert not calls.recordings.path(call["id"]).exists()
     stored = await calls.recordings.bucket().find({"_id": ObjectId(call["id"])}).to_list()
     assert [f.length for f in stored] == [recording["bytes"]]

@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from server.app import create_app
+from server.app import SERVER, create_app
 from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore
-from server.transport.http import SERVICES
 from signaling.documents import CallLine, CallSession
 from tests.conftest import make_settings
 from tests.helpers import Api, Sock, User, process_env, server_processes
@@ -406,7 +405,7 @@ async def test_a_recording_whose_process_died_is_marked_lost_not_left_in_progres
     """What a process that died mid-recording leaves: the call names it as media host and the recording
     never stops. The sweep of a live process marks it lost (410); its own recordings it leaves alone."""
     api = calls_api
-    here = api.app[SERVICES].realtime.process_id  # type: ignore[index]
+    here = api.app[SERVER].realtime.process_id  # type: ignore[index]
     started = {"file": "x.mka", "started_at": utcnow(), "stopped_at": None, "bytes": None}
     calls = {}
     for host in ("4242-deadbeef", here):

@@ -16,9 +16,8 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from server.app import create_app
+from server.app import SERVER, create_app
 from server.care.security import TokenService
-from server.transport.http import SERVICES
 from tests.browser import HARNESS_EVAL, chromium, sign_in, streaming_ward
 from tests.call_peers import CallPeer
 from tests.conftest import TEST_SECRET, make_settings
@@ -174,7 +173,7 @@ async def test_no_pulse_shows_a_dash_and_the_reason_never_a_number(api: Api) -> 
 
 async def test_expired_token_refreshed_and_socket_reconnects_without_reload(api: Api) -> None:
     ward = await streaming_ward(api, kinds=("ecg",))
-    expired, _ = TokenService(TEST_SECRET, api.app[SERVICES].settings.jwt_issuer, -60, 3600).issue(  # type: ignore[index]
+    expired, _ = TokenService(TEST_SECRET, api.app[SERVER].settings.jwt_issuer, -60, 3600).issue(  # type: ignore[index]
         "access", ward.clinician.id, "000000000000000000000000", role="clinician")
     try:
         async with chromium() as browser:
@@ -187,7 +186,7 @@ async def test_expired_token_refreshed_and_socket_reconnects_without_reload(api:
             await page.evaluate("""t => { const s = window.__dashboard.session.state;
                                           s.access_token = t; s.expires_at = s.refresh_at = Date.now() + 600000; }""",
                                 expired)
-            realtime = api.app[SERVICES].realtime  # type: ignore[index]
+            realtime = api.app[SERVER].realtime  # type: ignore[index]
             for sid, principal in list(realtime.principals.items()):
                 if principal.user_id == ward.clinician.id or str(principal.user_id) == ward.clinician.id:
                     await realtime.sio.disconnect(sid)
@@ -342,7 +341,7 @@ async def test_clinician_joins_the_patients_ongoing_call_from_the_page(api: Api,
             await page.wait_for_function(f"({BROWSER_TRACKS_HEARD})().then(n => n === 2)", timeout=20_000)
             for peer in (caller, callee):
                 assert len(await peer.heard(1, timeout=15)) >= 1  # the other member's tone
-            room = api.app[SERVICES].calls.host.rooms[call["id"]]  # type: ignore[union-attr,index]
+            room = api.app[SERVER].calls.host.rooms[call["id"]]  # type: ignore[union-attr,index]
             for _ in range(100):
                 forwarded = room.stats()
                 if forwarded[clinician.id][carer.id] > 20 and forwarded[clinician.id][patient.id] > 20:

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from server.app import SERVER
 from server.streaming.history import Stream
-from server.transport.http import SERVICES
 from tests.helpers import Api
 from tests.streaming import device_socket
 
@@ -76,7 +76,7 @@ async def test_device_frames_over_a_data_channel_reach_the_stream_service(api: A
         assert doc is not None and str(doc.patient_id) == patient.id and doc.kind == "ecg"
 
         # The device's socket going away closes its data-channel peer.
-        rtc = api.app[SERVICES].extras["device_rtc"]  # type: ignore[index]
+        rtc = api.app[SERVER].rtc  # type: ignore[index]
         assert len(rtc.peers) == 1
         await device.close()
         for _ in range(50):

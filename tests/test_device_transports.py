@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from server.app import create_app
+from server.app import SERVER, create_app
 from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore
 from server.meds.documents import DoseEvent
-from server.transport.http import SERVICES
 from server.transport.realtime import device_room
 from tests.conftest import Broker, make_settings
 from tests.device_clients import DeviceClient, MqttDevice, SioDevice, pair_device
@@ -43,7 +42,7 @@ async def mqtt_app(store: EmbeddedStore, tmp_path: Path, aiohttp_server, broker:
     settings = make_settings(store.url, tmp_path, mqtt_url=broker.bridge_url, mqtt_broker_dir=broker.folder,
                              **overrides)
     server = await aiohttp_server(create_app(settings))
-    bridge = server.app[SERVICES].mqtt
+    bridge = server.app[SERVER].mqtt
     await asyncio.wait_for(bridge.connected.wait(), 10)
     return Api(str(server.make_url("")).rstrip("/"), server.app)
 
@@ -64,7 +63,7 @@ async def rig(request: pytest.FixtureRequest, store: EmbeddedStore, tmp_path: Pa
         for device in devices:
             await device.close()
         assert api.app is not None
-        handled = api.app[SERVICES].mqtt.handled
+        handled = api.app[SERVER].mqtt.handled
         assert handled > 0 if request.param == "mqtt" else handled == 0  # each run really used its transport
 
 
@@ -149,7 +148,7 @@ async def test_commands_reach_the_device_and_only_it(rig: Rig) -> None:
     assert api.app is not None
     command = {"command_id": "c-1", "drawer": 3, "led": "on", "buzzer": True}
     acked = asyncio.Event()
-    await api.app[SERVICES].realtime.sio.emit("box:command", command, room=device_room(box.device_id),
+    await api.app[SERVER].realtime.sio.emit("box:command", command, room=device_room(box.device_id),
                                               callback=lambda *reply: acked.set())
     (received,) = await box.commands.wait("box:command")
     assert received == command

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from server.transport.http import SERVICES
+from server.app import SERVER
 from tests.helpers import Api
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ def test_every_route_documented_and_every_documented_route_served(api: Api) -> N
 
 def test_every_event_documented(api: Api) -> None:
     assert api.app is not None
-    handled = set(api.app[SERVICES].realtime.router.events)
+    handled = set(api.app[SERVER].realtime.router.events)
     ops = ASYNCAPI["operations"]
     received = {name for name, op in ops.items() if op["action"] == "receive"}
     assert handled == received

@@ -15,9 +15,8 @@ import aiohttp
 import numpy as np
 import pytest
 
-from server.app import create_app
+from server.app import SERVER, create_app
 from server.streaming.live import QUEUE_FRAMES, decimate, decimation_factor
-from server.transport.http import SERVICES
 from tests.conftest import make_settings
 from tests.helpers import Api, User
 from tests.streaming import device_socket, ecg, frame, open_stream, pair
@@ -155,7 +154,7 @@ async def test_slow_watcher_drops_oldest_without_slowing_device_or_others(fast_d
         opened = await dev.ok("stream:open", {"kind": "ecg", "sampling_rate": 1000})
         stream_id = opened["stream_id"]
         samples = np.sin(np.arange(2000) / 50.0)  # 2 s frames at 1000 Hz: 8 KB to each watcher
-        live = api.app[SERVICES].live  # type: ignore[index]
+        live = api.app[SERVER].live  # type: ignore[index]
         total = 600
         for seq in range(total):  # as fast as the device can: acks must not wait for the slow watcher
             reply = await asyncio.wait_for(dev.call("stream:frame", frame(stream_id, seq, samples, 1000.0)), 2)

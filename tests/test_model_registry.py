@@ -18,10 +18,9 @@ from beanie import PydanticObjectId
 
 from ml.bp_cohort import describe, generate_cohort
 from ml.bp_model import build_dataset, fit, time_split, train_and_report
-from server.app import create_app
+from server.app import SERVER, create_app
 from server.infra.embedded_store import EmbeddedStore
 from server.streaming.history import AnalysisChunk
-from server.transport.http import SERVICES
 from server.vitals.bp_history import BPHistory
 from server.vitals.documents import ModelVersion, Prediction
 from tests.conftest import TEST_SECRET, make_settings
@@ -60,7 +59,7 @@ async def test_activate_and_rollback_reach_a_second_process(store: EmbeddedStore
                                                             aiohttp_server: Any, blobs: list[Any]) -> None:
     settings = make_settings(store.url, tmp_path, redis_url=redis_url)
     one, two = await aiohttp_server(create_app(settings)), await aiohttp_server(create_app(settings))
-    registry = one.app[SERVICES].models
+    registry = one.app[SERVER].models
     async with Api(str(one.make_url("")).rstrip("/"), one.app) as api1, \
             Api(str(two.make_url("")).rstrip("/"), two.app) as api2:
         patient = await api1.register("patient")

@@ -13,10 +13,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from server.app import create_app
+from server.app import SERVER, create_app
 from server.core.config import ConfigError
 from server.infra.embedded_store import EmbeddedStore
-from server.transport.http import SERVICES
 from tests.conftest import Broker, make_settings
 from tests.device_clients import MqttDevice, pair_device
 from tests.helpers import Api
@@ -148,9 +147,9 @@ async def test_two_bridges_share_the_topics_without_double_handling(store: Embed
                                                                    aiohttp_server, mosquitto: Broker) -> None:
     async with await mqtt_app(store, tmp_path, aiohttp_server, mosquitto) as one:
         assert one.app is not None
-        settings = one.app[SERVICES].settings
+        settings = one.app[SERVER].settings
         second = await aiohttp_server(create_app(settings))
-        bridges = [one.app[SERVICES].mqtt, second.app[SERVICES].mqtt]
+        bridges = [one.app[SERVER].mqtt, second.app[SERVER].mqtt]
         await asyncio.wait_for(bridges[1].connected.wait(), 10)
         patient = await one.register("patient")
         device = MqttDevice(mosquitto.port, *await pair_device(one, patient))

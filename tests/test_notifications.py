@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from server.alerts.documents import Notification
-from server.transport.http import SERVICES
+from server.app import SERVER
 from tests.conftest import make_settings
 from tests.helpers import Api
 
@@ -15,7 +15,7 @@ async def test_persisted_then_pushed_to_every_device(api: Api) -> None:
     user = await api.register("caregiver")
     phone, tablet = await api.socket(user), await api.socket(user)
     other = await api.socket(await api.register("caregiver"))
-    notes = api.app[SERVICES].notifications  # type: ignore[index]
+    notes = api.app[SERVER].notifications  # type: ignore[index]
     [doc] = await notes.notify([user.id], "reminder", "Take your pills", "Metformin 500 mg", urgency="high",
                                data={"dose_id": "x"})
     assert await Notification.get(doc.id) is not None
@@ -29,7 +29,7 @@ async def test_persisted_then_pushed_to_every_device(api: Api) -> None:
 async def test_list_count_read_delete(api: Api) -> None:
     user, stranger = await api.register("patient"), await api.register("patient")
     sock = await api.socket(user)
-    notes = api.app[SERVICES].notifications  # type: ignore[index]
+    notes = api.app[SERVER].notifications  # type: ignore[index]
     docs = [d for i in range(5) for d in await notes.notify([user.id], "alert", f"n{i}")]
     [theirs] = await notes.notify([stranger.id], "alert", "not yours")
     page = await sock.ok("notifications:list", {"limit": 3})
@@ -57,7 +57,7 @@ async def test_list_count_read_delete(api: Api) -> None:
 
 async def test_rest_history(api: Api) -> None:
     user, stranger = await api.register("clinician"), await api.register("clinician")
-    notes = api.app[SERVICES].notifications  # type: ignore[index]
+    notes = api.app[SERVER].notifications  # type: ignore[index]
     docs = [d for i in range(3) for d in await notes.notify([user.id], "link_request", f"r{i}")]
     status, body = await api.request("GET", "/api/notifications?unread=1", user)
     assert status == 200 and body["unread"] == 3 and len(body["items"]) == 3
@@ -80,7 +80,7 @@ async def test_rest_history(api: Api) -> None:
 async def test_offline_users_go_to_pushers(api: Api) -> None:
     online, offline = await api.register("caregiver"), await api.register("caregiver")
     await api.socket(online)
-    notes = api.app[SERVICES].notifications  # type: ignore[index]
+    notes = api.app[SERVER].notifications  # type: ignore[index]
     pushed: list[str] = []
 
     async def pusher(docs: list[Notification]) -> None:
@@ -104,7 +104,7 @@ async def test_online_is_known_across_processes(store, redis_url, tmp_path, aioh
     two = await aiohttp_server(create_app(settings.model_copy(update={"port": 0})))
     async with Api(str(one.make_url("")).rstrip("/"), one.app) as a:
         user = await a.register("caregiver")
-        rt_two = two.app[SERVICES].realtime
+        rt_two = two.app[SERVER].realtime
         assert await rt_two.user_online(user.id) is False
         sock = await a.socket(user)
         assert await rt_two.user_online(user.id) is True

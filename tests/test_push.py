@@ -26,10 +26,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from server.alerts.documents import PushToken
-from server.app import create_app
+from server.app import SERVER, create_app
 from server.infra.embedded_store import EmbeddedStore
 from server.infra.webhook import sign
-from server.transport.http import SERVICES
 from tests.alert_clients import crisis, device_sock
 from tests.conftest import make_settings
 from tests.helpers import Api
@@ -208,7 +207,7 @@ async def test_failures_retried_dead_tokens_dropped_and_live_delivery_never_bloc
     sock = await device_sock(api.base_url, online, "online-1")
     await sock.ok("push:register", {"provider": "webhook", "token": "online-user-token"})
     assert api.app is not None
-    notes = api.app[SERVICES].notifications
+    notes = api.app[SERVER].notifications
     await notes.notify([offline.id, online.id], "reminder", "Take your pill", urgency="normal")
     # Live delivery happened while the webhook receiver is still holding its request.
     (live,) = await sock.events.wait("notification:new")

@@ -14,11 +14,10 @@ import pytest
 from aiohttp import ClientSession
 from pymongo import monitoring
 
-from server.app import DOCUMENTS, create_app
+from server.app import DOCUMENTS, SERVER, create_app
 from server.infra.embedded_store import EmbeddedStore
 from server.infra.migrations import MIGRATIONS, MigrationRecord, run_migrations
 from server.infra.store import init_documents, make_client
-from server.transport.http import SERVICES
 from tests.conftest import make_settings
 from tests.helpers import Api
 
@@ -82,7 +81,7 @@ async def test_readyz_reports_store_crash_and_recovery(tmp_path: Path, aiohttp_s
     base = str(server.make_url("")).rstrip("/")
     async with Api(base) as api, ClientSession() as http:
         user = await api.register("patient")
-        store = server.app[SERVICES].store
+        store = server.app[SERVER].store
         assert store is not None and store.path == (tmp_path / "db").resolve()
         async with http.get(base + "/readyz") as resp:
             assert resp.status == 200

@@ -272,7 +272,7 @@ async def test_analysis_runs_in_a_worker_process_restarted_if_it_dies(api: Api) 
     import os
     import signal
 
-    from server.transport.http import SERVICES
+    from server.app import SERVER
 
     patient = await api.register("patient")
     me = await api.socket(patient)
@@ -282,7 +282,7 @@ async def test_analysis_runs_in_a_worker_process_restarted_if_it_dies(api: Api) 
     signal_ = ecg(8)
     await _stream_signal(dev, stream_id, signal_[:750])
     await me.events.wait("live:analysis", 3, timeout=20)
-    pool = api.app[SERVICES].streams.pool  # type: ignore[index]
+    pool = api.app[SERVER].streams.pool  # type: ignore[index]
     worker = pool.workers[0]
     pid = worker.proc.pid
     assert pid != os.getpid()

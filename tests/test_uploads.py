@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 from PIL import Image
 
+from server.app import SERVER
 from server.care.documents import AuditEntry
-from server.transport.http import SERVICES
 from tests.helpers import Api, User
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -36,7 +36,7 @@ async def upload(api: Api, user: User, data: bytes, purpose: str = "avatar", pat
 
 async def stored_files(api: Api) -> tuple[int, int]:
     assert api.app is not None
-    svc = api.app[SERVICES]
+    svc = api.app[SERVER]
     db = svc.mongo[svc.settings.mongodb_db]  # type: ignore[index]
     return await db["uploads.files"].count_documents({}), await db["uploads.chunks"].count_documents({})
 

@@ -38,6 +38,9 @@ class Notifications:
         self.pushers: list[Pusher] = []
         self.background = Background()
 
+    async def start(self) -> None:
+        pass
+
     async def stop(self) -> None:
         await self.background.stop()
 

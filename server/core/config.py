@@ -166,5 +166,12 @@ def _kept_secret(path: Path) -> str:
     return secret
 
 
+def settings_from(args: object) -> Settings:
+    """Settings with what a command line gave (``host``, ``port``, ``data_dir``, ``demo``) over the environment."""
+    given = {name: getattr(args, name, None) for name in ("host", "port", "data_dir", "demo")}
+    given["demo"] = given["demo"] or None
+    return load_settings(**{k: v for k, v in given.items() if v is not None})
+
+
 def load_settings(**overrides: object) -> Settings:
     return Settings(**overrides).resolve_secrets()  # type: ignore[arg-type]

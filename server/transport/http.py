@@ -16,17 +16,11 @@ from pydantic import BaseModel, ValidationError
 
 from server.core.errors import ApiError, as_api_error, error_body, validation_error
 from server.core.identity import Client, Principal
-from server.services import Services
 
 log = logging.getLogger(__name__)
-SERVICES = web.AppKey("services", Services)
 PRINCIPAL = web.RequestKey("principal", Principal)
 M = TypeVar("M", bound=BaseModel)
 MAX_PAGE = 200
-
-
-def services(request: web.Request) -> Services:
-    return request.app[SERVICES]
 
 
 def error_response(err: ApiError) -> web.Response:
@@ -89,17 +83,6 @@ class Rest:
         principal = await self._authenticate(token.strip())
         request[PRINCIPAL] = principal
         return principal
-
-
-REST = web.AppKey("rest", Rest)
-
-
-def client_of(request: web.Request) -> Client:
-    return request.app[REST].client(request)
-
-
-async def require_principal(request: web.Request) -> Principal:
-    return await request.app[REST].principal(request)
 
 
 def page_params(request: web.Request) -> tuple[PydanticObjectId | None, int]:

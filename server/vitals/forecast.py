@@ -103,6 +103,9 @@ class BPForecasts:
             return
         await self.broadcaster.to_patient(pid, "bp:forecast", {**result, "reading_id": reading_id})
 
+    async def start(self) -> None:
+        pass
+
     async def stop(self) -> None:
         for task in list(self._pending.values()):
             task.cancel()

@@ -48,6 +48,9 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
         bus.on("model_activated", self._apply)
 
+    async def stop(self) -> None:
+        pass
+
     async def start(self) -> None:
         """Load the active version of every model name (a missing or broken one is logged, not fatal)."""
         async for mv in ModelVersion.find(ModelVersion.active == True):  # noqa: E712

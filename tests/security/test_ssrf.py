@@ -27,11 +27,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from server.alerts.documents import PushToken
-from server.app import create_app
+from server.app import SERVER, create_app
 from server.core.config import ConfigError
 from server.infra import safe_url
 from server.infra.embedded_store import EmbeddedStore
-from server.transport.http import SERVICES
 from tests.alert_clients import crisis, device_sock
 from tests.conftest import make_settings
 from tests.helpers import Api, User
@@ -260,7 +259,7 @@ async def test_old_subscriptions_to_internal_addresses_are_refused_when_an_alert
     await sock.ok("push:register", {"provider": "webpush", "subscription": subscription(f"{push_service.base}/wp")})
     await sock.close()  # the caregiver is offline now: the alert goes to their push registrations
     assert api.app is not None
-    push = api.app[SERVICES].push
+    push = api.app[SERVER].push
     with caplog.at_level(logging.WARNING, logger="server.alerts.push"):
         await (await api.socket(patient)).ok("bp:add", crisis())
         for _ in range(200):  # the operator's push service got it: pushes were sent in this run
@@ -288,10 +287,10 @@ async def test_a_redirect_from_a_push_service_is_not_followed(api: Api, listener
                                     "subscription": subscription(f"{push_service.base}/redirect")})
     await sock.close()
     assert api.app is not None
-    await api.app[SERVICES].notifications.notify([user.id], "reminder", "Take your pill")
+    await api.app[SERVER].notifications.notify([user.id], "reminder", "Take your pill")
     for _ in range(100):
         if push_service.paths:
             break
         await asyncio.sleep(0.05)
-    await api.app[SERVICES].push.queue.join()
+    await api.app[SERVER].push.queue.join()
     assert push_service.paths == ["/redirect"] and listener.connections == []
