@@ -11,6 +11,8 @@ from pathlib import Path
 from aiortc import MediaStreamTrack
 from aiortc.contrib.media import MediaRecorder
 
+from server.infra.files import private_dir, private_file
+
 log = logging.getLogger(__name__)
 
 
@@ -32,8 +34,8 @@ class CallRecording:
             return
         self.tracks.append(track)
         if len(self.tracks) >= self.expect:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.recorder = MediaRecorder(str(self.path), format="matroska")
+            private_dir(self.path.parent)  # a call's recording is the participants' alone
+            self.recorder = MediaRecorder(str(private_file(self.path)), format="matroska")
             for t in self.tracks:
                 self.recorder.addTrack(t)
             await self.recorder.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import stat
 from datetime import timedelta
 from pathlib import Path
 
@@ -118,6 +119,8 @@ async def test_recording_only_with_both_consents_downloadable_by_the_participant
         await asyncio.sleep(1.5)
         status, err = await api.request("GET", both["recording"]["url"], patient)
         assert status == 409 and err["error"]["code"] == "recording_in_progress"
+        local = api.app[SERVER].calls.recordings.path(call["id"])  # type: ignore[index]
+        assert stat.S_IMODE(local.stat().st_mode) == 0o600 and stat.S_IMODE(local.parent.stat().st_mode) == 0o700
         # The patient withdraws consent: the recording stops, the call goes on.
         withdrawn = await s_patient.ok("call:consent", {"call_id": call["id"], "record": False})
         assert withdrawn["state"] == "active" and withdrawn["consent"][patient.id] is False

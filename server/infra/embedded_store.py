@@ -28,6 +28,8 @@ from pathlib import Path
 
 from pymongo import AsyncMongoClient
 
+from server.infra.files import private_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -53,13 +55,6 @@ def store_executable() -> str:
 
 
 USER = "healthmate"
-
-
-def private_dir(path: Path) -> Path:
-    """``path`` made (or narrowed to) 0700: the server's data is its owner's alone."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
-    return path
 
 
 class EmbeddedStore:
