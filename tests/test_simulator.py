@@ -15,7 +15,7 @@ import numpy as np
 
 from devices.simulators.sensor import DeviceRun, stream
 from server import demo
-from server.cli import _settings
+from server.core.config import settings_from
 from server.infra.embedded_store import free_port
 from tests.helpers import PASSWORD, Api, ServerProcess, connect_refused
 from tests.streaming import device_socket, pair
@@ -119,8 +119,8 @@ async def test_serve_demo_has_the_demo_patient_streaming_to_the_demo_clinician(t
 
 def test_serve_demo_flag_turns_the_demo_on(tmp_path: Path) -> None:
     parsed = argparse.Namespace(host=None, port=None, data_dir=str(tmp_path), demo=True)
-    assert _settings(parsed).demo is True
-    assert _settings(argparse.Namespace(host=None, port=None, data_dir=str(tmp_path), demo=False)).demo is False
+    assert settings_from(parsed).demo is True
+    assert settings_from(argparse.Namespace(host=None, port=None, data_dir=str(tmp_path), demo=False)).demo is False
     assert "--demo" in (Path(__file__).resolve().parent.parent / "Makefile").read_text()
 
 
