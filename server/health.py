@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.core.errors import error_body
+from server.infra.store import COMMANDS
 from server.transport.http import SERVICES, services
 from server.transport.realtime import DEVICE_ROLES, USER_ROLES, EventContext
 
@@ -27,8 +28,10 @@ async def ping(ctx: EventContext, body: PingIn) -> dict[str, Any]:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness; ``process`` tells the workers of a multi-process server apart."""
-    return web.json_response({"status": "ok", "process": services(request).realtime.process_id})
+    """Liveness; ``process`` tells the workers of a multi-process server apart; ``store_commands``: the
+    store commands this process has sent since it started."""
+    return web.json_response({"status": "ok", "process": services(request).realtime.process_id,
+                              "store_commands": COMMANDS.total})
 
 
 async def _check(probe: Any) -> str:
