@@ -132,7 +132,8 @@ def main() -> None:
             stop(proc)
     headline = {k: v for k, v in figures.items() if "cpu_us" not in k and "store_commands" not in k}
     med = spread(headline)
-    print(f"heartbeat round trip p50 (ms) Socket.IO {med['sio_heartbeat_p50_ms']}, MQTT {med['mqtt_heartbeat_p50_ms']}; "
+    print(f"heartbeat round trip p50 (ms) Socket.IO {med['sio_heartbeat_p50_ms']}, "
+          f"MQTT {med['mqtt_heartbeat_p50_ms']}; "
           f"frames/s Socket.IO {med['sio_frames_per_s']}, MQTT {med['mqtt_frames_per_s']}", flush=True)
     emit(budget, headline,
          cpu_us_per_frame={t: figures[f"{t}_cpu_us_per_frame"][-1] for t in ("sio", "mqtt")},
