@@ -85,8 +85,9 @@ def main() -> None:
     budget = start("dashboard")
     figures = asyncio.run(run(budget))
     fps = figures.pop("fps")
-    print(f"{spread({'fps': fps})['fps']} frames/s drawn (median of {len(fps)}) over {figures['duration_s']} s; JS heap {figures['heap_start_mb']} MB at start, grew "
-          f"{figures['heap_growth_mb']} MB (max {figures['heap_max_mb']} MB)")
+    print(f"{spread({'fps': fps})['fps']} frames/s drawn (median of {len(fps)}) over {figures['duration_s']} s; "
+          f"JS heap {figures['heap_start_mb']} MB at start, grew {figures['heap_growth_mb']} MB "
+          f"(max {figures['heap_max_mb']} MB)")
     emit(budget, {"fps": fps}, **figures, display_rate_hz=125, browser="Debian chromium, headless",
          store="embedded SecantusDB")
 
