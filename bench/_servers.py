@@ -196,19 +196,19 @@ def register(url: str, role: str, tag: str) -> dict[str, Any]:
 
 class Window:
     """What a measured window cost: CPU seconds per process group (``meter``), store commands the
-    server at ``url`` (``processes`` workers) sent, and Redis commands and PUBLISHes. ``open`` and
-    ``close`` at the window's ends (e.g. ``run_marked``'s marks)."""
+    servers at ``urls`` (each of ``processes`` workers) sent, and Redis commands and PUBLISHes. ``open``
+    and ``close`` at the window's ends (e.g. ``run_marked``'s marks)."""
 
-    def __init__(self, meter: CpuMeter, url: str | None = None, processes: int = 1,
+    def __init__(self, meter: CpuMeter, urls: tuple[str, ...] = (), processes: int = 1,
                  redis: RedisServer | None = None) -> None:
-        self.meter, self.url, self.processes, self.redis = meter, url, processes, redis
+        self.meter, self.urls, self.processes, self.redis = meter, urls, processes, redis
         self.cpu: dict[str, float] = {}
         self.seconds = 0.0
         self.store_commands: int | None = None
         self.redis_counts: dict[str, int] | None = None
 
-    def _counts(self) -> tuple[int | None, dict[str, int] | None]:
-        return (store_commands(self.url, self.processes) if self.url else None,
+    def _counts(self) -> tuple[int, dict[str, int] | None]:
+        return (sum(store_commands(url, self.processes) for url in self.urls),
                 self.redis.stats() if self.redis else None)
 
     def open(self) -> None:
@@ -218,7 +218,6 @@ class Window:
     def close(self) -> None:
         self.cpu, self.seconds = self.meter.read()
         store, redis = self._counts()
-        if store is not None and self._before[0] is not None:
-            self.store_commands = store - self._before[0]
+        self.store_commands = store - self._before[0] if self.urls else None
         if redis is not None and self._before[1] is not None:
             self.redis_counts = {k: v - self._before[1][k] for k, v in redis.items()}

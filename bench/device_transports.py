@@ -103,7 +103,7 @@ async def run(url: str, mqtt_port: int, broker_pid: int, server_pid: int, patien
             try:
                 lags = await heartbeats(devices[0])
                 window = Window(CpuMeter(server=server_pids(server_pid), broker=[broker_pid], devices=[os.getpid()]),
-                                url)
+                                (url,))
                 window.open()
                 t0 = time.perf_counter()
                 acked = sum(await asyncio.gather(*(stream(d, t0 + FRAMES_S) for d in devices)))

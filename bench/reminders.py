@@ -126,7 +126,7 @@ async def measure(store: Store, url: str, server_pid: int, budget: Budget) -> li
     rounds = []
     try:
         window = Window(CpuMeter(server=lambda: server_pids(server_pid), store=[store.pid], sockets=[os.getpid()]),
-                        url)
+                        (url,))
         for r in range(REPEATS):
             if r and not budget.allows(1.5 * rounds[-1]["round_s"], f"round {r + 1}"):
                 break

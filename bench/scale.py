@@ -82,7 +82,7 @@ def run(config: str, tmp: str, store: Store, redis: RedisServer, homes: list[dic
                                     "signals_per_reading": SIGNALS_PER_READING}))
         meter = CpuMeter(server=lambda: server_pids(proc.pid), redis=[redis.pid] if workers == 2 else [],
                          store=[store.pid], loadgen=lambda: own_processes("mixed.mjs"))
-        window = Window(meter, url, workers, redis if workers == 2 else None)
+        window = Window(meter, (url,), workers, redis if workers == 2 else None)
         result = run_marked(["node", str(NODE / "mixed.mjs"), str(plan)], window.open, window.close,
                             timeout=DURATION_S + WARMUP_S + 120)
     finally:
