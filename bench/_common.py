@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
 import time
 import urllib.request
@@ -120,8 +121,16 @@ def machine(calibration: bool = True) -> dict[str, Any]:
 _machine: dict[str, Any] = {}
 
 
+def _terminated(*_: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up (servers, stores) must run
+    raise SystemExit(143)
+
+
 def start(name: str) -> Budget:
-    """The bench's budget, from now; the machine is calibrated first (before any load of the bench)."""
+    """The bench's budget, from now; the machine is calibrated first (before any load of the bench).
+    SIGTERM (the runner ending a bench over its budget) unwinds the bench, so that it stops what it
+    started."""
+    signal.signal(signal.SIGTERM, _terminated)
     _machine.update(machine())
     return Budget(name)
 

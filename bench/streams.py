@@ -22,7 +22,7 @@ passes if: the newest analysis lags < 1.5 s in every second (``lag_ms``, taken b
 analysis comes back from the worker: now minus the arrival of the newest samples it covers); the
 watcher frame p99, from the device's send to the watcher's receipt, is < 100 ms; and >= 99% of the
 frames sent in the window reached their watcher (frames the server dropped are counted as lost).
-N steps up x1.5 from FIRST_STEP until a step fails (no fixed top; ``top_reached`` says whether a
+N steps up x1.6 from FIRST_STEP until a step fails (no fixed top; ``top_reached`` says whether a
 failing step was found rather than the budget ending the search), then once between the last good
 step and the failing one. At the largest passing N (the load trimmed to it, SETTLE_S to drain), REPEATS
 windows of LOOK_S each, interleaved with the in-process naive and project timings (devices paused
@@ -59,7 +59,8 @@ SIGNAL_S = 70
 SCENARIOS = ("normal", "exercise_ramp", "irregular", "motion_artefacts", "lead_off", "tachycardia")
 SIGNALS = 2 if SMOKE else len(SCENARIOS)
 LAG_LIMIT_MS, WATCHER_P99_LIMIT_MS, DELIVERED_MIN = 1500.0, 100.0, 0.99
-FIRST_STEP = 2 if SMOKE else 100
+FIRST_STEP = 2 if SMOKE else 30
+GROWTH = 1.6
 MAX_STEPS = 2 if SMOKE else 30
 SETTLE_S = 1.0 if SMOKE else 3.0
 LOOK_S = 2.0 if SMOKE else 6.0
@@ -383,7 +384,7 @@ async def search(budget: Budget, gens: LoadGens, server: Server, url: str, seed:
         if not steps[-1]["passed"]:
             failed_at = n
             break
-        best, n = n, round(n * 1.5)
+        best, n = n, round(n * GROWTH)
     if failed_at is not None and best and budget.allows(SETTLE_S + LOOK_S + 30, "refinement step"):
         between = round((best * failed_at) ** 0.5)
         if best < between < failed_at:
