@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench._common import BUDGETS_S, GRACE_S, budget_s, machine
+from bench._common import BUDGET_SCALE, BUDGETS_S, GRACE_S, budget_s, machine
 
 HERE = Path(__file__).resolve().parent
 LATEST = HERE / "results" / "latest.json"
@@ -31,13 +31,16 @@ assert set(BENCHES) == set(BUDGETS_S), "every bench has a budget in bench/_commo
 
 def _end(name: str, proc: subprocess.Popen[str], why: list[str]) -> None:
     """The bench's process group (its servers and load generators too): SIGTERM, then SIGKILL."""
-    why.append(f"ended: still running {GRACE_S} s after its {budget_s(name):.0f} s budget")
+    why.append(f"ended: still running {GRACE_S * BUDGET_SCALE:.0f} s after its {budget_s(name):.0f} s budget")
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
+            proc.wait(10)
+            return
         except ProcessLookupError:
             return
-        time.sleep(10)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def run(name: str, env: dict[str, str]) -> dict[str, Any]:
@@ -46,7 +49,7 @@ def run(name: str, env: dict[str, str]) -> dict[str, Any]:
     proc = subprocess.Popen([sys.executable, "-m", f"bench.{name}"], stdout=subprocess.PIPE, text=True,
                             cwd=HERE.parent, env=env, start_new_session=True)
     why: list[str] = []
-    timer = threading.Timer(budget_s(name) + GRACE_S, _end, (name, proc, why))
+    timer = threading.Timer(budget_s(name) + GRACE_S * BUDGET_SCALE, _end, (name, proc, why))
     timer.start()
     lines = []
     assert proc.stdout is not None

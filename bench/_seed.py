@@ -13,12 +13,6 @@ from typing import Any
 
 from beanie import PydanticObjectId
 
-from devices.registry import Device, new_credential
-from server.care.documents import AuthSession, Link, User
-from server.care.security import TokenService, hash_password
-from server.core.documents import utcnow
-from server.infra.store import init_documents, make_client
-
 SECRET = "bench-secret-" + "b" * 40
 PASSWORD = "bench-passphrase-long-42"
 
@@ -42,7 +36,12 @@ class Seeder:
         self.store_url, self.db = store_url, db
         self._made = 0
 
+    # The server's modules are imported when seeding, not with this module: load-generator processes
+    # import the benches that import this module, and need none of them.
     async def __aenter__(self) -> Seeder:
+        from server.care.security import TokenService, hash_password
+        from server.infra.store import init_documents, make_client
+
         self.client: Any = make_client(self.store_url)
         await init_documents(self.client, self.db)
         self.tokens = TokenService(SECRET, "healthmate", 3600, 7200)
@@ -54,6 +53,9 @@ class Seeder:
 
     async def users(self, role: str, count: int) -> list[Account]:
         """``count`` new users of ``role``, each with a session and an access token."""
+        from server.care.documents import AuthSession, User
+        from server.core.documents import utcnow
+
         first = self._made
         self._made += count
         users = [User(id=PydanticObjectId(), email=f"{role}{first + i}@bench.example.org",
@@ -69,6 +71,8 @@ class Seeder:
 
     async def link(self, pairs: list[tuple[Account, Account]]) -> None:
         """Care-team links, each (patient, member)."""
+        from server.care.documents import Link
+
 
         links = [Link(id=Link.key(PydanticObjectId(p.id), PydanticObjectId(m.id)), patient_id=PydanticObjectId(p.id),
                       member_id=PydanticObjectId(m.id), member_role=m.role) for p, m in pairs]  # type: ignore[arg-type]
@@ -77,6 +81,8 @@ class Seeder:
 
     async def devices(self, patients: list[Account], kind: str = "ecg") -> list[str]:
         """One paired device per patient; their credentials (what a device connects with)."""
+        from devices.registry import Device, new_credential
+
 
         made, credentials = [], []
         for p in patients:
