@@ -104,7 +104,7 @@ def table(doc: dict[str, Any]) -> str:
     results = doc.get("results", {})
     m = next((r["machine"] for r in results.values() if "calibration" in r.get("machine", {})), doc.get("machine", {}))
     cal = m.get("calibration", {})
-    lines = [f"Run of {doc.get('when', '?')[:10]} on {m.get('cores')} cores ({m.get('cpu')}), "
+    lines = [f"Run of {(doc.get('when') or 'none yet')[:10]} on {m.get('cores')} cores ({m.get('cpu')}), "
              f"Python {m.get('python')}; "
              f"calibration (in each line of latest.json): pure-Python loop {cal.get('python_loop_ms')} ms, numpy "
              f"kernel {cal.get('numpy_kernel_ms')} ms. Figures: median over the repeats **in bold**, min-max in "
