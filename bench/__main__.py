@@ -64,7 +64,7 @@ def run(name: str, env: dict[str, str]) -> dict[str, Any]:
     if code == 0 and found and not why:
         entry = json.loads(found[-1])
     else:
-        entry = {"bench": name, "failed": why[0] if why else f"exit status {code}" if code else "no JSON line",
+        entry = {"bench": name, "run_failed": why[0] if why else f"exit status {code}" if code else "no JSON line",
                  "output_tail": lines[-5:]}
     entry["seconds"] = round(time.monotonic() - started, 1)
     entry["when"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -88,9 +88,9 @@ def main(argv: list[str]) -> int:
     for name in args.names or BENCHES:
         print(f"== bench {name} (budget {budget_s(name):.0f} s)", flush=True)
         results[name] = entry = run(name, env)
-        if "failed" in entry:
+        if "run_failed" in entry:
             failed.append(name)
-            print(f"== bench {name} FAILED: {entry['failed']}", flush=True)
+            print(f"== bench {name} FAILED: {entry['run_failed']}", flush=True)
     if out is not None:
         doc = {"when": previous.get("when", datetime.now(UTC).isoformat(timespec="seconds")),  # of the full run
                "machine": machine(calibration=False), "results": results}

@@ -4,7 +4,7 @@ Each bench calls ``start(NAME)`` first (it times the machine calibration before 
 starts the bench's time budget) and ``emit(...)`` last, which prints its one JSON line with:
 
 * ``machine``: CPU model, cores, and ``calibration``: a fixed pure-Python loop and a numpy kernel
-  (sort + FFT of 2^20 floats), each the best of 3, in ms, timed in the same run, so that lines from
+  (sort + FFT of 2^20 floats), each the best of 3 (1 in smoke runs), in ms, timed in the same run, so that lines from
   different machines can be compared (a machine that takes twice as long on both is about half as fast);
 * ``repeats``: how many times each headline configuration ran (3, interleaved with its baseline; 1 in
   smoke runs; fewer when the budget ran out, which ``stopped_on_budget`` then says);
@@ -98,8 +98,9 @@ def calibrate() -> dict[str, float]:
     import numpy as np
 
     x = np.random.default_rng(0).random(1 << 20)
-    return {"python_loop_ms": _best_ms(_python_loop),
-            "numpy_kernel_ms": _best_ms(lambda: (np.sort(x), np.fft.rfft(x)))}
+    runs = 1 if SMOKE else 3
+    return {"python_loop_ms": _best_ms(_python_loop, runs),
+            "numpy_kernel_ms": _best_ms(lambda: (np.sort(x), np.fft.rfft(x)), runs)}
 
 
 def machine(calibration: bool = True) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import multiprocessing as mp
 import os
 import shutil
 import signal
@@ -221,3 +222,48 @@ class Window:
         self.store_commands = store - self._before[0] if self.urls else None
         if redis is not None and self._before[1] is not None:
             self.redis_counts = {k: v - self._before[1][k] for k, v in redis.items()}
+
+
+class Helpers:
+    """Spawned helper processes (load generators, call peers), each running ``target(conn, *args)`` and
+    driven over its end of a pipe: ``ask`` sends each its command and gathers the replies (an exception
+    sent back as the reply is raised here)."""
+
+    def __init__(self, target: Callable[..., None], args: list[tuple[Any, ...]]) -> None:
+        ctx = mp.get_context("spawn")
+        self.conns, self.procs = [], []
+        for a in args:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=target, args=(child, *a), daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.pid]
+
+    async def recv(self) -> list[Any]:
+        replies = await asyncio.gather(*(asyncio.to_thread(c.recv) for c in self.conns))
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return list(replies)
+
+    async def ask(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
+        """One command to each process (in order); their replies."""
+        for conn, cmd in zip(self.conns, cmds, strict=True):
+            conn.send(cmd)
+        return await self.recv()
+
+    async def ask_all(self, *cmd: Any) -> list[Any]:
+        return await self.ask([cmd] * len(self.conns))
+
+    async def stop(self) -> None:
+        """``("stop", None)`` to each, then the processes end (killed if they do not within 5 s)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ask_all("stop", None), 60)
+        for proc in self.procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()

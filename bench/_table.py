@@ -113,8 +113,8 @@ def table(doc: dict[str, Any]) -> str:
         e = results.get(name)
         if e is None:
             text = "not run"
-        elif "failed" in e:
-            text = f"FAILED ({e['failed']}) on {e.get('when', '?')[:10]}"
+        elif "run_failed" in e:
+            text = f"FAILED ({e['run_failed']}) on {e.get('when', '?')[:10]}"
         else:
             text = cells(e)
             if e.get("stopped_on_budget"):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing as mp
 import os
 import statistics
 import tempfile
@@ -45,14 +44,15 @@ from bench._common import (
     start,
 )
 from bench._seed import Account, Seeder, server_env
-from bench._servers import UNLIMITED, embedded_store, start_server, stop
+from bench._servers import UNLIMITED, Helpers, embedded_store, start_server, stop
 from tests.call_peers import CallPeer, Sink, ToneTrack
 from tests.helpers import Sock, connect
 
 SETUP_CALLS = 2 if SMOKE else 16  # per round
 DIRECT_CALLS = 2 if SMOKE else 10  # per round
-WINDOW_S = 2.0 if SMOKE else 5.0
-SIGNAL_S = 1.0 if SMOKE else 4.0
+WINDOW_S = 1.0 if SMOKE else 5.0
+SETTLE_S = 0.3 if SMOKE else 1.0
+SIGNAL_S = 0.5 if SMOKE else 4.0
 MAX_STEPS = 2 if SMOKE else 30
 LOSS_LIMIT = 0.01
 CANDIDATE = {"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host", "sdpMid": "0",
@@ -156,7 +156,7 @@ async def _peers(conn: Any, url: str) -> None:
                 await asyncio.gather(a.heard(1, timeout=15), b.heard(1, timeout=15))
                 conn.send(None)
             elif cmd == "loss":  # frames lost at the receivers over ``arg`` seconds
-                await asyncio.sleep(1.0)  # settle
+                await asyncio.sleep(SETTLE_S)
                 heard = [sum(s.loud for s in p.sinks) for p in peers]
                 sent = [p.tone.sent for p in peers]
                 conn.send("window start")
@@ -178,36 +178,16 @@ async def _peers(conn: Any, url: str) -> None:
             conn.send(exc)
 
 
-class Peers:
-    def __init__(self, url: str) -> None:
-        self.conn, child = mp.get_context("spawn").Pipe()
-        self.proc = mp.get_context("spawn").Process(target=peers_main, args=(child, url), daemon=True)
-        self.proc.start()
-
-    async def ask(self, cmd: str, arg: Any = None) -> Any:
-        self.conn.send((cmd, arg))
-        return await self.recv()
-
-    async def recv(self) -> Any:
-        reply = await asyncio.to_thread(self.conn.recv)
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
-    async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ask("stop"), 60)
-        self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.kill()
-
-
 async def relayed(budget: Budget, url: str, teams: list[tuple[Account, Account, Account]], groups: dict[str, Any]
                   ) -> tuple[dict[int, float], bool, int, dict[str, float | None] | None]:
     """Calls step up until the loss reaches LOSS_LIMIT: losses by calls, whether a step failed, the best
     count, and CPU ms per call-second there."""
-    peers = Peers(url)
-    meter = CpuMeter(**groups, peers=[peers.proc.pid])
+    helpers = Helpers(peers_main, [(url,)])
+    meter = CpuMeter(**groups, peers=helpers.pids)
+
+    async def ask(cmd: str, arg: Any = None) -> Any:
+        return (await helpers.ask([(cmd, arg)]))[0]
+
     losses: dict[int, float] = {}
     best, top_reached, cost, calls = 0, False, None, 0
     clinicians: list[Sock] = []
@@ -220,19 +200,18 @@ async def relayed(budget: Budget, url: str, teams: list[tuple[Account, Account, 
                 budget.cut.append(f"relayed calls {target}: accounts for {len(teams)} seeded")
                 break
             for patient, carer, clinician in teams[calls:target]:
-                call_id = await peers.ask("call", (carer.token, patient.token, patient.id))
+                call_id = await ask("call", (carer.token, patient.token, patient.id))
                 s_clin = await connect(url, clinician.token)
                 clinicians.append(s_clin)
                 joined = await s_clin.ok("call:join", {"call_id": call_id})
                 assert joined["relay"], joined
-                await peers.ask("media", call_id)
+                await ask("media", call_id)
             calls = target
-            peers.conn.send(("loss", WINDOW_S))
-            await peers.recv()  # window start
+            await ask("loss", WINDOW_S)  # the peers settle, and say when their window starts
             meter.start()
-            await peers.recv()  # window stop
+            await helpers.recv()  # and when it ends
             cpu, seconds = meter.read()
-            loss = await peers.recv()
+            loss = (await helpers.recv())[0]
             losses[calls] = round(loss * 100, 2)
             print(f"relayed calls {calls}: {losses[calls]}% frames lost; CPU s {cpu}", flush=True)
             if loss >= LOSS_LIMIT:
@@ -242,7 +221,7 @@ async def relayed(budget: Budget, url: str, teams: list[tuple[Account, Account, 
             cost = {k: rounded(v * 1000 / (seconds * calls)) for k, v in cpu.items()}
             target = max(calls + 1, round(calls * 1.3))
     finally:
-        await peers.stop()
+        await helpers.stop()
         for s in clinicians:
             with contextlib.suppress(Exception):
                 await s.close()

@@ -24,8 +24,8 @@ from server.infra.embedded_store import free_port
 from tests.browser import chromium, sign_in, streaming_ward
 from tests.helpers import Api, ServerProcess
 
-DURATION_S = float(os.environ.get("DASHBOARD_BENCH_S", 3 if SMOKE else 120))
-WARMUP_S = 2.0 if SMOKE else 10.0
+DURATION_S = float(os.environ.get("DASHBOARD_BENCH_S", 1.5 if SMOKE else 120))
+WARMUP_S = 1.0 if SMOKE else 10.0
 TEARDOWN_S = 15.0
 
 
@@ -52,7 +52,7 @@ async def run(budget: Budget) -> dict[str, Any]:
                         await page.click(f'.patient-row[data-id="{ward.patient.id}"]')
                         await page.wait_for_function("window.__dashboard.frames >= 2", timeout=30_000)
                         await asyncio.sleep(WARMUP_S)
-                        duration = max(min(DURATION_S, budget.left() - TEARDOWN_S), min(DURATION_S, 3.0))
+                        duration = max(min(DURATION_S, budget.left() - TEARDOWN_S), min(DURATION_S, 1.5))
                         if duration < DURATION_S:
                             budget.cut.append(f"observed {duration:.0f} s of {DURATION_S:.0f}")
                         return await observe(page, cdp, duration)

@@ -30,9 +30,9 @@ from devices.mqtt_broker import BrokerFiles
 from server.infra.embedded_store import free_port
 from tests.device_clients import DeviceClient, MqttDevice, SioDevice
 
-HEARTBEATS = 20 if SMOKE else 200  # per repeat
+HEARTBEATS = 10 if SMOKE else 200  # per repeat
 DEVICES = 2 if SMOKE else 8
-FRAMES_S = 1.0 if SMOKE else 4.0  # how long each transport streams, per repeat
+FRAMES_S = 0.5 if SMOKE else 4.0  # how long each transport streams, per repeat
 WINDOW = 8  # frames in flight per device
 RATE, FRAME = 250.0, 50
 

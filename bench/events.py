@@ -55,7 +55,8 @@ from bench._servers import (
 )
 from server.infra.embedded_store import free_port
 
-DURATION_S = float(os.environ.get("BENCH_EVENTS_SECONDS", 1 if SMOKE else 4))
+DURATION_S = float(os.environ.get("BENCH_EVENTS_SECONDS", 0.5 if SMOKE else 4))
+WARMUP_S = 0.3 if SMOKE else 1.0
 CONNECTIONS = 2 if SMOKE else 10
 WINDOW = int(os.environ.get("BENCH_EVENTS_WINDOW", "8"))
 CONFIGS = ("1", "2", "bare_python", "node")
@@ -83,7 +84,7 @@ def load(url: str, event: str, tokens: list[str | None], meter: CpuMeter) -> dic
         cpu["cpu"], cpu["seconds"] = meter.read()
 
     result = run_marked(["node", str(NODE / "loadgen.mjs"), url, event, json.dumps(tokens), str(DURATION_S),
-                         str(WINDOW)], meter.start, stopped, timeout=DURATION_S + 60)
+                         str(WINDOW), str(WARMUP_S)], meter.start, stopped, timeout=DURATION_S + 60)
     result.update(cpu)
     return result
 

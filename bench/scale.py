@@ -55,8 +55,8 @@ LANES = 2
 # A household's day: a call or two (~20-40 signaling messages each) and 2-4 blood-pressure readings.
 SIGNALS_PER_READING = 20
 CRISIS_EVERY = 10
-DURATION_S = 1.0 if SMOKE else 6.0
-WARMUP_S = 1.0 if SMOKE else 3.0
+DURATION_S = 0.5 if SMOKE else 6.0
+WARMUP_S = 0.5 if SMOKE else 3.0
 DB = "bench_scale"
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from bench._common import REPEATS, SMOKE, descendants, emit, is_store, start
 from bench._servers import rss_mb, start_server, stop
 
-IDLE_S = 1.0 if SMOKE else 5.0
+IDLE_S = 0.5 if SMOKE else 5.0
 
 
 def main() -> None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing as mp
 import random
 import statistics
 import tempfile
@@ -49,7 +48,7 @@ import numpy as np
 
 from bench._common import REPEATS, SMOKE, Budget, CpuMeter, cores, descendants, emit, is_store, pct, rounded, start
 from bench._seed import Account, Seeder, server_env
-from bench._servers import Store, embedded_store, rss_mb, start_server, stop
+from bench._servers import Helpers, Store, embedded_store, rss_mb, start_server, stop
 from bench._sio import SioClient
 
 FS = 250
@@ -62,8 +61,8 @@ LAG_LIMIT_MS, WATCHER_P99_LIMIT_MS, DELIVERED_MIN = 1500.0, 100.0, 0.99
 FIRST_STEP = 2 if SMOKE else 30
 GROWTH = 1.6
 MAX_STEPS = 2 if SMOKE else 30
-SETTLE_S = 1.0 if SMOKE else 3.0
-LOOK_S = 2.0 if SMOKE else 6.0
+SETTLE_S = 0.5 if SMOKE else 3.0
+LOOK_S = 1.0 if SMOKE else 6.0
 LOADGENS = 2
 DB = "bench_streams"
 
@@ -261,22 +260,12 @@ async def _loadgen(conn: Any, frames: list[list[bytes]], clinician_token: str) -
             return
 
 
-class LoadGens:
-    def __init__(self, frames: list[list[bytes]], clinician_token: str) -> None:
-        ctx = mp.get_context("spawn")
-        self.conns, self.procs = [], []
-        for _ in range(LOADGENS):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=loadgen_main, args=(child, frames, clinician_token), daemon=True)
-            proc.start()
-            self.conns.append(parent)
-            self.procs.append(proc)
-        self.count = 0
+class LoadGens(Helpers):
+    """The load-generator processes, driven together; ``count``: streams connected."""
 
-    async def ask(self, cmds: list[tuple[str, Any]]) -> list[Any]:
-        for conn, cmd in zip(self.conns, cmds, strict=True):
-            conn.send(cmd)
-        return list(await asyncio.gather(*(asyncio.to_thread(c.recv) for c in self.conns)))
+    def __init__(self, frames: list[list[bytes]], clinician_token: str) -> None:
+        super().__init__(loadgen_main, [(frames, clinician_token)] * LOADGENS)
+        self.count = 0
 
     async def add(self, url: str, batch: list[tuple[str, str, int]]) -> list[str]:
         shares = [batch[i::LOADGENS] for i in range(LOADGENS)]
@@ -287,24 +276,15 @@ class LoadGens:
     async def trim(self, count: int) -> None:
         """Down to ``count`` streams."""
         extra = self.count - count
-        per = [extra // LOADGENS + (1 if i < extra % LOADGENS else 0) for i in range(LOADGENS)]
-        await self.ask([("remove", k) for k in per])
+        await self.ask([("remove", extra // LOADGENS + (1 if i < extra % LOADGENS else 0)) for i in range(LOADGENS)])
         self.count = count
 
     async def collect(self, t_start: float, t_end: float) -> dict[str, Any]:
         merged: dict[str, Any] = {}
-        for stats in await self.ask([("collect", (t_start, t_end))] * LOADGENS):
+        for stats in await self.ask_all("collect", (t_start, t_end)):
             for k, v in stats.items():
                 merged[k] = merged.get(k, [] if isinstance(v, list) else 0) + v
         return merged
-
-    async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ask([("stop", None)] * LOADGENS), 60)
-        for proc in self.procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -318,7 +298,7 @@ class Server:
             return [p for p in descendants(proc.pid) if not is_store(p)]
 
         self.meter = CpuMeter(server_loop=[proc.pid], analysis_worker=kids, store=[store.pid],
-                              load_generators=lambda: [p.pid for p in loadgens.procs if p.pid])
+                              load_generators=lambda: loadgens.pids)
 
     def rss_kb(self) -> float:
         return sum(rss_mb(p) for p in [self.proc.pid, *descendants(self.proc.pid)] if not is_store(p)) * 1024
@@ -412,11 +392,11 @@ async def run(budget: Budget, tmp: Path, sigs: list[np.ndarray]) -> dict[str, An
                 for r in range(REPEATS):
                     if r and not budget.allows(SETTLE_S + LOOK_S + 20, f"confirmation {r + 1}"):
                         break
-                    await gens.ask([("pause", None)] * LOADGENS)
+                    await gens.ask_all("pause", None)
                     await asyncio.sleep(1.0)
                     naive.append(naive_cost(sigs))
                     project.append(project_cost(sigs))
-                    await gens.ask([("resume", None)] * LOADGENS)
+                    await gens.ask_all("resume", None)
                     confirms.append(await look(gens, server, gens.count))
             finally:
                 await gens.stop()

@@ -53,7 +53,7 @@ def test_every_bench_has_a_smoke_check() -> None:
 def test_bench_smoke_run_prints_its_line(tmp_path: Path, name: str) -> None:
     proc, doc = run_bench(tmp_path, name)
     entry = doc["results"][name]
-    assert proc.returncode == 0 and "failed" not in entry, (entry, proc.stdout[-3000:], proc.stderr[-3000:])
+    assert proc.returncode == 0 and "run_failed" not in entry, (entry, proc.stdout[-3000:], proc.stderr[-3000:])
     assert entry["smoke"] is True and entry["bench"] == name
     for key in COMMON + OTHER_KEYS.get(name, []):
         assert key in entry, key
@@ -80,7 +80,7 @@ def test_a_bench_over_its_budget_is_ended_and_marked_failed(tmp_path: Path) -> N
                           env={**os.environ, "BENCH_BUDGET_SCALE": "0.002"})  # ended after a fraction of a second
     doc = json.loads(out.read_text())
     assert proc.returncode == 1
-    assert doc["results"]["startup"]["failed"].startswith("ended: still running"), doc["results"]["startup"]
+    assert doc["results"]["startup"]["run_failed"].startswith("ended: still running"), doc["results"]["startup"]
     assert "cold_start_s" not in doc["results"]["startup"]
     assert doc["results"]["ml"] == {"bench": "ml", "predict_p50_ms": 0.8}  # the others are kept
     assert "| startup | FAILED" in table(doc)

@@ -1,11 +1,11 @@
 // Load generator for bench/events.py: N connections of the official socket.io client, each keeping
-// WINDOW acked events in flight for DURATION seconds after a 1 s warm-up. Prints "window start" and
+// WINDOW acked events in flight for DURATION seconds after WARMUP seconds (default 1). Prints "window start" and
 // "window stop" around the measured window, then one JSON line: round trips per second, latencies, and
 // what failed (refused replies, acks not received within 10 s; a lane whose round trip failed goes on
 // with the next one and is counted in failed_lanes).
 import { io } from "socket.io-client";
 
-const [url, event, tokensJson, duration = "10", window = "8"] = process.argv.slice(2);
+const [url, event, tokensJson, duration = "10", window = "8", warmup = "1"] = process.argv.slice(2);
 const tokens = JSON.parse(tokensJson);
 const payload = { t: 0, note: "health mate round trip" };
 const sockets = await Promise.all(tokens.map((token) => new Promise((resolve, reject) => {
@@ -39,7 +39,7 @@ async function lane(socket, id) {
 }
 const lanes = [];
 sockets.forEach((s, i) => { for (let j = 0; j < Number(window); j++) lanes.push(lane(s, `${i}.${j}`)); });
-await new Promise((r) => setTimeout(r, 1000));
+await new Promise((r) => setTimeout(r, Number(warmup) * 1000));
 console.log("window start");
 measuring = true;
 const t0 = performance.now();
