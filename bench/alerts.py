@@ -295,7 +295,7 @@ async def rounds(bench: Bench) -> dict[str, Any]:
                                    "store_commands_per_alert": (bench.window.store_commands or 0) / len(idle)})
         load_rate = LOAD_SHARE * best["acked_per_s"]
         await bench.loaders.ask_all("load", load_rate / LOADERS)
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(STEP_S / 2)  # every patient has started
         try:
             loaded = await bench.alerts()
         finally:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -37,21 +38,30 @@ COMMON = ["bench", "machine", "repeats", "budget_s", "elapsed_s", "stopped_on_bu
           "seconds", "when"]
 
 
-def run_bench(tmp_path: Path, name: str, **env: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    out = tmp_path / "results.json"
+def run_bench(folder: Path, name: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    out = folder / f"{name}.json"
     proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out), name], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, **env}, timeout=280)
+                          capture_output=True, text=True, timeout=280)
     return proc, json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subprocess.CompletedProcess[str], dict]]:
+    """Every bench's smoke run, two at a time (much of a run is waiting: process start-ups, windows)."""
+    folder = tmp_path_factory.mktemp("bench")
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(BENCHES, pool.map(lambda name: run_bench(folder, name), BENCHES), strict=True))
 
 
 def test_every_bench_has_a_smoke_check() -> None:
     assert set(HEADLINES) == set(BENCHES)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)  # the first one waits for all the runs
 @pytest.mark.parametrize("name", BENCHES)
-def test_bench_smoke_run_prints_its_line(tmp_path: Path, name: str) -> None:
-    proc, doc = run_bench(tmp_path, name)
+def test_bench_smoke_run_prints_its_line(smoke_runs: dict[str, tuple[subprocess.CompletedProcess[str], dict]],
+                                         name: str) -> None:
+    proc, doc = smoke_runs[name]
     entry = doc["results"][name]
     assert proc.returncode == 0 and "run_failed" not in entry, (entry, proc.stdout[-3000:], proc.stderr[-3000:])
     assert entry["smoke"] is True and entry["bench"] == name
