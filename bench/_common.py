@@ -29,7 +29,7 @@ import signal
 import statistics
 import time
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,18 @@ class Budget:
             return True
         self.cut.append(what)
         return False
+
+    def rounds(self, count: int, what: str = "repeat", reserve: float = 10.0) -> Iterator[int]:
+        """0 .. count - 1, each further round only if one as long as the longest so far still fits, with
+        ``reserve`` seconds left after it (for what follows and the clean-up); else the rest is cut."""
+        longest = 0.0
+        for r in range(count):
+            if r and self.left() - reserve < longest:
+                self.cut.append(f"{what}s {r + 1}-{count}")
+                return
+            t = time.monotonic()
+            yield r
+            longest = max(longest, time.monotonic() - t)
 
     def fields(self) -> dict[str, Any]:
         return {"budget_s": round(self.seconds), "elapsed_s": round(self.elapsed(), 1),

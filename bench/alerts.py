@@ -60,6 +60,7 @@ LOADERS = 2
 STEP_S = 0.7 if SMOKE else 4.0
 CAPACITY_FROM = 10.0 if SMOKE else 60.0
 MAX_STEPS = 1 if SMOKE else 30
+ALERTS_RESERVE_S = 40.0  # for the two batches of alerts after a capacity search
 ACK_LIMIT_S = 1.0
 LOAD_SHARE = 0.7
 CRISIS = {"systolic": 192, "diastolic": 124, "pulse": 101}
@@ -224,14 +225,14 @@ class Bench:
         rate = start_rate
         top_reached = False
         for i in range(MAX_STEPS):
-            if i and not self.budget.allows(STEP_S + 3, "capacity search"):
+            if i and not self.budget.allows(STEP_S + 3 + ALERTS_RESERVE_S, "capacity search"):
                 break
             step = await self.readings(rate, STEP_S, measure=True)
             print(f"    {rate:.0f} readings/s offered: {step['acked_per_s']:.0f}/s acknowledged, ack p99 "
                   f"{(step['ack_p99_s'] or 0) * 1000:.0f} ms, {step['errors']} errors", flush=True)
             if not self.keeps_up(step):
                 top_reached = True
-                if best is not None and self.budget.allows(STEP_S + 3, "capacity refinement"):
+                if best is not None and self.budget.allows(STEP_S + 3 + ALERTS_RESERVE_S, "capacity refinement"):
                     between = await self.readings((best["rate"] * rate) ** 0.5, STEP_S, measure=True)
                     if self.keeps_up(between):
                         best = between
@@ -280,9 +281,7 @@ async def rounds(bench: Bench) -> dict[str, Any]:
     budget = bench.budget
     out: dict[str, list[Any]] = {k: [] for k in ("capacity", "idle", "load", "load_acks", "alert_costs")}
     rate = CAPACITY_FROM
-    for r in range(REPEATS):
-        if r and not budget.allows(2 * ALERTS_PER_ROUND * 0.5 + 4 * STEP_S, f"round {r + 1}"):
-            break
+    for r in budget.rounds(REPEATS, "round", reserve=15):
         print(f"  round {r + 1}: capacity search from {rate:.0f} readings/s", flush=True)
         best = await bench.capacity(rate)
         out["capacity"].append(best)

@@ -266,9 +266,7 @@ async def measure(budget: Budget, tmp: Path) -> dict[str, Any]:
             direct: list[list[float]] = []
             patient, carer, _ = teams[0]
             s_carer, s_patient = await connect(url, carer.token), await connect(url, patient.token)
-            for r in range(REPEATS):
-                if r and not budget.allows(2 * (SETUP_CALLS + DIRECT_CALLS) * 0.2, f"setup round {r + 1}"):
-                    break
+            for _ in budget.rounds(REPEATS, "setup round", reserve=60):  # the rest: signaling, relayed calls
                 setup.append(await setup_times(s_carer, s_patient, patient.id))
                 direct.append(await direct_times())
             await s_carer.close()

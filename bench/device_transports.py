@@ -88,9 +88,7 @@ async def run(url: str, mqtt_port: int, broker_pid: int, server_pid: int, patien
               budget: Budget) -> dict[str, list[Any]]:
     token, pid = patient["access_token"], patient["user"]["id"]
     figures: dict[str, list[Any]] = {}
-    for r in range(REPEATS):
-        if r and not budget.allows(2 * (FRAMES_S + HEARTBEATS * 0.01 + 3), f"repeat {r + 1}"):
-            break
+    for r in budget.rounds(REPEATS, reserve=5):
         for transport in ("sio", "mqtt"):
             devices: list[DeviceClient] = []
             for n in range(DEVICES):

@@ -117,9 +117,7 @@ def measure(budget: Budget, tmp: str) -> dict[str, list[dict[str, Any]]]:
                 "node": (f"http://127.0.0.1:{port_node}", "echo", [None] * CONNECTIONS, [procs[3].pid], []),
             }
             store_pid = store.pid
-            for r in range(REPEATS):
-                if r and not budget.allows(len(CONFIGS) * (DURATION_S + 4), f"repeat {r + 1}"):
-                    break
+            for _ in budget.rounds(REPEATS):
                 for name, (url, event, toks, pids, redis_pids) in targets.items():
                     meter = CpuMeter(server=pids, redis=redis_pids, store=[store_pid] if name in ("1", "2") else [],
                                      loadgen=lambda: own_processes("loadgen.mjs"))

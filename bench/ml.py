@@ -50,9 +50,7 @@ def main() -> None:
     model = BPForecaster.from_bytes(forecaster.to_bytes())
     rng = np.random.default_rng(0)
     p50, p99 = [], []
-    for r in range(REPEATS):
-        if r and not budget.allows(5, f"latency repeat {r + 1}"):
-            break
+    for _ in budget.rounds(REPEATS, "latency repeat", reserve=2):
         lat = latencies_ms(model, cohort, rng)
         p50.append(pct(lat, 50))
         p99.append(pct(lat, 99))

@@ -127,12 +127,8 @@ async def measure(store: Store, url: str, server_pid: int, budget: Budget) -> li
     try:
         window = Window(CpuMeter(server=lambda: server_pids(server_pid), store=[store.pid], sockets=[os.getpid()]),
                         (url,))
-        for r in range(REPEATS):
-            if r and not budget.allows(1.5 * rounds[-1]["round_s"], f"round {r + 1}"):
-                break
-            t = time.monotonic()
+        for r in budget.rounds(REPEATS, "round"):
             rounds.append(await one_round(r, client[DB], patients, sockets, window, budget))
-            rounds[-1]["round_s"] = time.monotonic() - t
         rounds[-1]["repeated_deliveries"] = sockets.repeats
     finally:
         await client.close()

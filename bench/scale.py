@@ -112,9 +112,7 @@ def main() -> None:
             redis_server() as redis:
         homes = asyncio.run(households(store.url))
         print(f"{HOUSEHOLDS} households x {LANES} scripts, {DURATION_S:.0f} s windows, {REPEATS} rounds", flush=True)
-        for r in range(REPEATS):
-            if r and not budget.allows(2 * (DURATION_S + WARMUP_S + 12), f"round {r + 1}"):
-                break
+        for _ in budget.rounds(REPEATS, "round"):
             for config in runs:
                 runs[config].append(run(config, str(Path(tmp) / config), store, redis, homes))
     pairs = list(zip(runs["1"], runs["2"], strict=False))

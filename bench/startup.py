@@ -22,9 +22,7 @@ def main() -> None:
     cold, warm = [], []
     with tempfile.TemporaryDirectory() as tmp:
         proc = None
-        for r in range(REPEATS):
-            if r and not budget.allows(4 * (cold[-1] + warm[-1]) + IDLE_S, f"repeat {r + 1}"):
-                break
+        for r in budget.rounds(REPEATS, reserve=IDLE_S + 10):
             if proc is not None:
                 stop(proc)
             data = str(Path(tmp) / f"data{r}")
