@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench._common import BUDGET_SCALE, BUDGETS_S, GRACE_S, budget_s, machine
+from bench._common import BUDGET_SCALE, BUDGETS_S, END_S, GRACE_S, budget_s, machine
 
 HERE = Path(__file__).resolve().parent
 LATEST = HERE / "results" / "latest.json"
@@ -35,7 +35,7 @@ def _end(name: str, proc: subprocess.Popen[str], why: list[str]) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
-            proc.wait(10)
+            proc.wait(END_S)
             return
         except ProcessLookupError:
             return

@@ -18,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,21 @@ class Window:
             self.redis_counts = {k: v - self._before[1][k] for k, v in redis.items()}
 
 
+async def _recv(conn: Connection) -> Any:
+    """The next object from a pipe, waited for on the event loop (a thread blocked in ``recv`` would hold
+    up the loop's shutdown if the other end never answered)."""
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    while not conn.poll():
+        readable.clear()
+        loop.add_reader(conn.fileno(), readable.set)
+        try:
+            await readable.wait()
+        finally:
+            loop.remove_reader(conn.fileno())
+    return conn.recv()
+
+
 class Helpers:
     """Spawned helper processes (load generators, call peers), each running ``target(conn, *args)`` and
     driven over its end of a pipe: ``ask`` sends each its command and gathers the replies (an exception
@@ -244,7 +260,7 @@ class Helpers:
         return [p.pid for p in self.procs if p.pid]
 
     async def recv(self) -> list[Any]:
-        replies = await asyncio.gather(*(asyncio.to_thread(c.recv) for c in self.conns))
+        replies = await asyncio.gather(*(_recv(c) for c in self.conns))
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply
@@ -254,7 +270,12 @@ class Helpers:
         """One command to each process (in order); their replies."""
         for conn, cmd in zip(self.conns, cmds, strict=True):
             conn.send(cmd)
-        return await self.recv()
+        if os.environ.get("BENCH_DEBUG"):
+            print(f"    [helpers] sent {[str(c)[:60] for c in cmds]}", flush=True)
+        replies = await self.recv()
+        if os.environ.get("BENCH_DEBUG"):
+            print(f"    [helpers] replies {[str(r)[:60] for r in replies]}", flush=True)
+        return replies
 
     async def ask_all(self, *cmd: Any) -> list[Any]:
         return await self.ask([cmd] * len(self.conns))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import BENCHES
+from bench._common import BUDGETS_S, END_S, GRACE_S
 from bench._table import table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,3 +95,8 @@ def test_a_bench_over_its_budget_is_ended_and_marked_failed(tmp_path: Path) -> N
     assert "cold_start_s" not in doc["results"]["startup"]
     assert doc["results"]["ml"] == {"bench": "ml", "predict_p50_ms": 0.8}  # the others are kept
     assert "| startup | FAILED" in table(doc)
+
+
+def test_the_budgets_keep_make_bench_under_25_minutes() -> None:
+    """Even if every bench were ended after its budget, with a minute left for the runner and npm."""
+    assert sum(BUDGETS_S.values()) + len(BUDGETS_S) * (GRACE_S + END_S) <= 24 * 60
