@@ -197,6 +197,18 @@ class Bench:
         await asyncio.sleep(0.1)  # let the acknowledgement settle
         return (last - t_send) * 1000
 
+    async def drain(self, limit_s: float = 0.3, timeout: float = 20) -> None:
+        """Until a normal reading is acknowledged within ``limit_s`` again: a failed capacity step leaves a
+        backlog (in the servers and the store) that idle alerts must not queue behind."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            t = time.perf_counter()
+            await self.patient.call("bp:add", {"systolic": 120, "diastolic": 78, "pulse": 70,
+                                               "measured_at": now_iso()}, timeout=30)
+            if time.perf_counter() - t < limit_s:
+                return
+            await asyncio.sleep(0.5)
+
     async def alerts(self, what: str) -> list[float]:
         """ALERTS_PER_ROUND alerts' e2e times, fewer if the budget runs out (an alert under overload can
         take many seconds)."""
@@ -300,6 +312,7 @@ async def rounds(bench: Bench) -> dict[str, Any]:
         best = await bench.capacity(rate)
         out["capacity"].append(best)
         rate = best["rate"] / 1.5
+        await bench.drain()
         bench.window.open()
         idle = await bench.alerts(f"round {r + 1} idle")
         bench.window.close()
