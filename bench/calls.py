@@ -12,9 +12,9 @@ the server's, not the limiter's); accounts and care-team links seeded into the s
   each receiving the other through the relay). The participants' sockets and aiortc peers run in a
   separate process (bench.calls peers) from this driver, which places nothing but the clinicians' joins
   and the measuring. The number of calls steps up (1, 2, 3, then x1.3) until the frames lost at the
-  receivers over WINDOW_S reach 1% (no fixed top; ``top_reached``); ``cpu_ms_per_relayed_call_s``: CPU
-  milliseconds per second of relayed call at the largest passing step, for the server, the store, the
-  peers' process and this driver.
+  receivers over WINDOW_S reach 1% in two looks in a row (no fixed top; ``top_reached``);
+  ``cpu_ms_per_relayed_call_s``: CPU milliseconds per second of relayed call at the largest passing step,
+  for the server, the store, the peers' process and this driver.
 - signaling_events_per_s: ``call:signal`` (ICE candidates) acknowledged per second, from 20 sockets in
   10 connected calls, each relayed to the peer socket.
 """
@@ -207,13 +207,17 @@ async def relayed(budget: Budget, url: str, teams: list[tuple[Account, Account, 
                 assert joined["relay"], joined
                 await ask("media", call_id)
             calls = target
-            await ask("loss", WINDOW_S)  # the peers settle, and say when their window starts
-            meter.start()
-            await helpers.recv()  # and when it ends
-            cpu, seconds = meter.read()
-            loss = (await helpers.recv())[0]
-            losses[calls] = round(loss * 100, 2)
-            print(f"relayed calls {calls}: {losses[calls]}% frames lost; CPU s {cpu}", flush=True)
+            for _ in range(2):  # a failing step is looked at once more: the machine may be shared
+                await ask("loss", WINDOW_S)  # the peers settle, and say when their window starts
+                meter.start()
+                await helpers.recv()  # and when it ends
+                cpu, seconds = meter.read()
+                loss = (await helpers.recv())[0]
+                losses[calls] = round(loss * 100, 2)
+                print(f"relayed calls {calls}: {losses[calls]}% frames lost; CPU cores "
+                      f"{ {k: round(v / seconds, 2) for k, v in cpu.items()} }", flush=True)
+                if loss < LOSS_LIMIT:
+                    break
             if loss >= LOSS_LIMIT:
                 top_reached = True
                 break
