@@ -10,8 +10,9 @@ CRISIS_EVERY-th reading a crisis that raises an alert the caregiver acknowledges
 acknowledged ok (frame, signal, reading, alert acknowledgement) in the measured window (after the
 warm-up; the load generator marks its ends, where CPU times and counters are read).
 
-Configurations on one embedded store (SecantusDB, its own process), same accounts (seeded), run
-``1, 2`` REPEATS times over: ``1`` = ``healthmate serve``, one process, as a single-process deployment
+Configurations on one embedded store (SecantusDB, its own process), each on a database of its own with
+the same number of households (seeded), both servers up throughout and measured in turn, ``1, 2``,
+REPEATS times over: ``1`` = ``healthmate serve``, one process, as a single-process deployment
 runs it (no Redis); ``2`` = ``healthmate serve --workers 2`` sharing rooms through Redis, the sockets of a
 household landing on whichever worker the kernel picks (so half the relays and most alerts cross
 processes).
@@ -31,10 +32,11 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench._common import REPEATS, SMOKE, CpuMeter, emit, own_processes, per_op_us, rounded, server_pids, start
+from bench._common import REPEATS, SMOKE, CpuMeter, cores, emit, own_processes, per_op_us, rounded, server_pids, start
 from bench._seed import Seeder, server_env
 from bench._servers import (
     NODE,
@@ -46,8 +48,9 @@ from bench._servers import (
     ensure_node,
     redis_server,
     run_marked,
-    start_server,
+    spawn_server,
     stop,
+    wait_ready,
 )
 
 HOUSEHOLDS = 2 if SMOKE else 24
@@ -60,9 +63,9 @@ WARMUP_S = 0.5 if SMOKE else 3.0
 DB = "bench_scale"
 
 
-async def households(store_url: str) -> list[dict[str, str]]:
+async def households(store_url: str, db: str) -> list[dict[str, str]]:
     """Patients with their caregiver linked and an ECG sensor paired."""
-    async with Seeder(store_url, DB) as seed:
+    async with Seeder(store_url, db) as seed:
         patients, carers = await seed.users("patient", HOUSEHOLDS), await seed.users("caregiver", HOUSEHOLDS)
         await seed.link(list(zip(patients, carers, strict=True)))
         sensors = await seed.devices(patients)
@@ -70,37 +73,39 @@ async def households(store_url: str) -> list[dict[str, str]]:
             for p, c, d in zip(patients, carers, sensors, strict=True)]
 
 
-def run(config: str, tmp: str, store: Store, redis: RedisServer, homes: list[dict[str, str]]) -> dict[str, Any]:
-    workers = 2 if config == "2" else 1
-    args, env = (("--workers", "2"), {"HEALTHMATE_REDIS_URL": redis.url}) if workers == 2 else ((), {})
-    proc, url, _ = start_server(tmp, *args, **server_env(store.url, DB), **UNLIMITED, **env)
-    try:
-        plan = Path(tmp) / "plan.json"
-        plan.parent.mkdir(exist_ok=True)
-        plan.write_text(json.dumps({"url": url, "households": homes, "duration_s": DURATION_S, "warmup_s": WARMUP_S,
-                                    "lanes": LANES, "crisis_every": CRISIS_EVERY,
-                                    "signals_per_reading": SIGNALS_PER_READING}))
-        meter = CpuMeter(server=lambda: server_pids(proc.pid), redis=[redis.pid] if workers == 2 else [],
-                         store=[store.pid], loadgen=lambda: own_processes("mixed.mjs"))
-        window = Window(meter, (url,), workers, redis if workers == 2 else None)
-        result = run_marked(["node", str(NODE / "mixed.mjs"), str(plan)], window.open, window.close,
-                            timeout=DURATION_S + WARMUP_S + 120)
-    finally:
-        stop(proc)
+@dataclass
+class Config:
+    name: str
+    workers: int
+    proc: Any
+    url: str
+    homes: list[dict[str, str]]
+
+
+def run(config: Config, tmp: Path, store: Store, redis: RedisServer) -> dict[str, Any]:
+    plan = tmp / f"plan-{config.name}.json"
+    plan.write_text(json.dumps({"url": config.url, "households": config.homes, "duration_s": DURATION_S,
+                                "warmup_s": WARMUP_S, "lanes": LANES, "crisis_every": CRISIS_EVERY,
+                                "signals_per_reading": SIGNALS_PER_READING}))
+    shared = config.workers > 1
+    meter = CpuMeter(server=lambda: server_pids(config.proc.pid), redis=[redis.pid] if shared else [],
+                     store=[store.pid], loadgen=lambda: own_processes("mixed.mjs"))
+    window = Window(meter, (config.url,), config.workers, redis if shared else None)
+    result = run_marked(["node", str(NODE / "mixed.mjs"), str(plan)], window.open, window.close,
+                        timeout=DURATION_S + WARMUP_S + 120)
     ops = sum(result["ok"].values())
     failed = sum(result["errors"].values())
     if failed > 0.01 * max(ops, 1):
-        raise SystemExit(f"{config}: {failed} operations failed: {result['errors']}")
+        raise SystemExit(f"{config.name}: {failed} operations failed: {result['errors']}")
     server_cpu = window.cpu["server"] + window.cpu["redis"]
     out = {"ops": ops, "ops_per_s": ops / window.seconds, "ops_per_server_cpu_s": ops / server_cpu,
-           "cpu_us_per_op": per_op_us(window.cpu, ops),
-           "cores": {k: round(v / window.seconds, 2) for k, v in window.cpu.items()},
+           "cpu_us_per_op": per_op_us(window.cpu, ops), "cores": cores(window.cpu, window.seconds),
            "store_commands_per_op": window.store_commands / ops if ops and window.store_commands is not None else None,
            "redis_per_op": {k: rounded(v / ops) for k, v in (window.redis_counts or {}).items()} if ops else None,
            "ok": result["ok"], "signal_p99_ms": result["signal_p99_ms"], "bp_p99_ms": result["bp_p99_ms"]}
-    print(f"  {config}: {ops} ops, {out['ops_per_s']:.0f}/s, {out['ops_per_server_cpu_s']:.0f} per server-CPU-second; "
-          f"cores {out['cores']}; store commands/op {rounded(out['store_commands_per_op'])}, Redis/op "
-          f"{out['redis_per_op']}", flush=True)
+    print(f"  {config.name}: {ops} ops, {out['ops_per_s']:.0f}/s, {out['ops_per_server_cpu_s']:.0f} per "
+          f"server-CPU-second; cores {out['cores']}; store commands/op {rounded(out['store_commands_per_op'])}, "
+          f"Redis/op {out['redis_per_op']}", flush=True)
     return out
 
 
@@ -108,13 +113,27 @@ def main() -> None:
     budget = start("scale")
     ensure_node()
     runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
-    with tempfile.TemporaryDirectory() as tmp, embedded_store(Path(tmp) / "store") as store, \
+    with tempfile.TemporaryDirectory() as folder, embedded_store(Path(folder) / "store") as store, \
             redis_server() as redis:
-        homes = asyncio.run(households(store.url))
-        print(f"{HOUSEHOLDS} households x {LANES} scripts, {DURATION_S:.0f} s windows, {REPEATS} rounds", flush=True)
-        for _ in budget.rounds(REPEATS, "round"):
-            for config in runs:
-                runs[config].append(run(config, str(Path(tmp) / config), store, redis, homes))
+        tmp = Path(folder)
+        # Both servers run throughout (the one not under load idles), each on a database of its own.
+        configs = []
+        for name, workers in (("1", 1), ("2", 2)):
+            db = f"{DB}_{name}"
+            homes = asyncio.run(households(store.url, db))
+            args, env = (("--workers", "2"), {"HEALTHMATE_REDIS_URL": redis.url}) if workers > 1 else ((), {})
+            proc, url = spawn_server(str(tmp / name), *args, **server_env(store.url, db), **UNLIMITED, **env)
+            configs.append(Config(name, workers, proc, url, homes))
+        try:
+            for c in configs:
+                wait_ready(c.url, c.proc)
+            print(f"{HOUSEHOLDS} households x {LANES} scripts, {DURATION_S:.0f} s windows, {REPEATS} rounds",
+                  flush=True)
+            for _ in budget.rounds(REPEATS, "round"):
+                for c in configs:
+                    runs[c.name].append(run(c, tmp, store, redis))
+        finally:
+            stop(*(c.proc for c in configs))
     pairs = list(zip(runs["1"], runs["2"], strict=False))
     emit(budget, {"scale_efficiency": [b["ops_per_server_cpu_s"] / a["ops_per_server_cpu_s"] for a, b in pairs],
                   "ops_per_server_cpu_s_1": [r["ops_per_server_cpu_s"] for r in runs["1"]],
