@@ -8,7 +8,8 @@ in a call over which LANES scripts per household run back to back, each round SI
 relayed ICE candidates (``call:signal``) and one blood-pressure reading (``bp:add``), every
 CRISIS_EVERY-th reading a crisis that raises an alert the caregiver acknowledges. An operation: one
 acknowledged ok (frame, signal, reading, alert acknowledgement) in the measured window (after the
-warm-up; the load generator marks its ends, where CPU times and counters are read).
+warm-up, FIRST_WARMUP_S longer the first time; the load generator marks its ends, where CPU times and
+counters are read).
 
 Configurations on one embedded store (SecantusDB, its own process), each on a database of its own with
 the same number of households (seeded), both servers up throughout and measured in turn, ``1, 2``,
@@ -60,6 +61,7 @@ SIGNALS_PER_READING = 20
 CRISIS_EVERY = 10
 DURATION_S = 0.5 if SMOKE else 6.0
 WARMUP_S = 0.5 if SMOKE else 3.0
+FIRST_WARMUP_S = 6.0
 DB = "bench_scale"
 
 
@@ -82,10 +84,10 @@ class Config:
     homes: list[dict[str, str]]
 
 
-def run(config: Config, tmp: Path, store: Store, redis: RedisServer) -> dict[str, Any]:
+def run(config: Config, tmp: Path, store: Store, redis: RedisServer, warmup_s: float) -> dict[str, Any]:
     plan = tmp / f"plan-{config.name}.json"
     plan.write_text(json.dumps({"url": config.url, "households": config.homes, "duration_s": DURATION_S,
-                                "warmup_s": WARMUP_S, "lanes": LANES, "crisis_every": CRISIS_EVERY,
+                                "warmup_s": warmup_s, "lanes": LANES, "crisis_every": CRISIS_EVERY,
                                 "signals_per_reading": SIGNALS_PER_READING}))
     shared = config.workers > 1
     meter = CpuMeter(server=lambda: server_pids(config.proc.pid), redis=[redis.pid] if shared else [],
@@ -129,9 +131,9 @@ def main() -> None:
                 wait_ready(c.url, c.proc)
             print(f"{HOUSEHOLDS} households x {LANES} scripts, {DURATION_S:.0f} s windows, {REPEATS} rounds",
                   flush=True)
-            for _ in budget.rounds(REPEATS, "round"):
-                for c in configs:
-                    runs[c.name].append(run(c, tmp, store, redis))
+            for r in budget.rounds(REPEATS, "round"):
+                for c in configs:  # the first time, longer: the analysis workers start with the first streams
+                    runs[c.name].append(run(c, tmp, store, redis, WARMUP_S + (0 if r or SMOKE else FIRST_WARMUP_S)))
         finally:
             stop(*(c.proc for c in configs))
     pairs = list(zip(runs["1"], runs["2"], strict=False))
