@@ -39,11 +39,12 @@ class Seeder:
     # The server's modules are imported when seeding, not with this module: load-generator processes
     # import the benches that import this module, and need none of them.
     async def __aenter__(self) -> Seeder:
+        from server.app import DOCUMENTS
         from server.care.security import TokenService, hash_password
         from server.infra.store import init_documents, make_client
 
         self.client: Any = make_client(self.store_url)
-        await init_documents(self.client, self.db)
+        await init_documents(self.client, self.db, DOCUMENTS)
         self.tokens = TokenService(SECRET, "healthmate", 3600, 7200)
         self.password_hash = await hash_password(PASSWORD)  # one Argon2 run for all of them
         return self

@@ -93,6 +93,12 @@ ROWS: dict[str, Row] = {
         f"Socket.IO {costs((e.get('cpu_us_per_frame') or {}).get('sio'))}, MQTT "
         f"{costs((e.get('cpu_us_per_frame') or {}).get('mqtt'))}"),
         "Heartbeat: device send → ack (a store write each); frames: acknowledged `stream:frame` per second"),
+    "accuracy": (lambda e: (
+        f"{len(e.get('recordings', []))} real recordings through the server: worst recording within 5/min on "
+        f"{fig(e, 'worst_within_5')} of clean windows, coverage {fig(e, 'worst_coverage')}, "
+        f"{fig(e, 'rates_on_pulseless')} rates on pulseless windows; all meet the goals: {e.get('all_meet_goals')}"),
+        "Each recording streamed as 1 s device frames; every `live:analysis` a watcher receives judged against the "
+        "recording's reference beats (goals: >= 95% within 5/min and coverage, 0 rates without a pulse)"),
     "startup": (lambda e: (
         f"cold {fig(e, 'cold_start_s', 's')}, warm {fig(e, 'warm_start_s', 's')}; idle RSS server "
         f"{e.get('server_rss_mb')} MB, store {e.get('store_rss_mb')} MB"),

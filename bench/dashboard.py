@@ -5,7 +5,7 @@ One server process (``healthmate serve`` on the embedded store), a patient strea
 view at the default 125 Hz display rate. After a WARMUP_S warm-up it counts the page's
 requestAnimationFrame draws and reads the JS heap (CDP ``Performance.getMetrics`` JSHeapUsedSize,
 each time after a forced collection with ``HeapProfiler.collectGarbage``) over ``DASHBOARD_BENCH_S``
-seconds (default 75, shortened if the budget would not hold it), in REPEATS equal segments: ``fps`` is
+seconds (default 60, shortened if the budget would not hold it), in REPEATS equal segments: ``fps`` is
 the median of the segments' draw rates; the heap growth is over the whole window. Store: SecantusDB
 (embedded), which only holds the history here."""
 
@@ -24,7 +24,7 @@ from server.infra.embedded_store import free_port
 from tests.browser import chromium, sign_in, streaming_ward
 from tests.helpers import Api, ServerProcess
 
-DURATION_S = float(os.environ.get("DASHBOARD_BENCH_S", 1.5 if SMOKE else 75))
+DURATION_S = float(os.environ.get("DASHBOARD_BENCH_S", 1.5 if SMOKE else 60))
 WARMUP_S = 1.0 if SMOKE else 10.0
 TEARDOWN_S = 15.0
 

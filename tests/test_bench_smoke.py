@@ -21,6 +21,7 @@ from bench._table import table
 ROOT = Path(__file__).resolve().parent.parent
 # The headline keys each bench must print (each with KEY_min and KEY_max), as issue 17 lists them.
 HEADLINES = {
+    "accuracy": ["worst_within_5", "worst_coverage", "rates_on_pulseless"],
     "alerts": ["e2e_p99_ms_idle", "e2e_p99_ms_load", "capacity_readings_per_s"],
     "calls": ["setup_p50_ms", "direct_setup_p50_ms"],
     "dashboard": ["fps"],
@@ -33,7 +34,8 @@ HEADLINES = {
     "streams": ["streams_per_core", "naive_streams_per_core", "ratio", "analysis_only_ratio", "watcher_p99_ms",
                 "delivered_ratio"],
 }
-OTHER_KEYS = {"reminders": ["doses"], "streams": ["top_reached"], "calls": ["max_relayed_calls", "top_reached"],
+OTHER_KEYS = {"accuracy": ["recordings", "all_meet_goals"], "reminders": ["doses"], "streams": ["top_reached"],
+              "calls": ["max_relayed_calls", "top_reached"],
               "alerts": ["cpu_us_per_reading", "store_commands_per_reading"], "scale": ["cpu_us_per_op"]}
 COMMON = ["bench", "machine", "repeats", "budget_s", "elapsed_s", "stopped_on_budget", "cut_for_budget", "smoke",
           "seconds", "when"]
