@@ -21,7 +21,7 @@ from playwright.async_api import CDPSession, Page
 
 from bench._common import REPEATS, SMOKE, Budget, emit, spread, start
 from server.infra.embedded_store import free_port
-from tests.browser import chromium, sign_in, streaming_ward
+from tests.browser import HARNESS_EVAL, chromium, sign_in, streaming_ward
 from tests.helpers import Api, ServerProcess
 
 DURATION_S = float(os.environ.get("DASHBOARD_BENCH_S", 1.5 if SMOKE else 60))
@@ -45,7 +45,7 @@ async def run(budget: Budget) -> dict[str, Any]:
                 ward = await streaming_ward(api)
                 try:
                     async with chromium() as browser:
-                        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+                        page = await browser.new_page(viewport={"width": 1400, "height": 1000}, bypass_csp=HARNESS_EVAL)
                         cdp = await page.context.new_cdp_session(page)
                         await cdp.send("Performance.enable")
                         await sign_in(page, api.base_url, ward.clinician)
