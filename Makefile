@@ -9,6 +9,8 @@ TEST_DEBS := redis-server:redis-server docker-compose:docker-compose chromium:ch
 # Browser libraries from npm (package.json): the dashboard's, served under /vendor/, and the socket.io
 # client the call browser tests load.
 NPM_STAMP := node_modules/.package-lock.json
+# The official socket.io client and server, for bench/events.py and bench/scale.py (and their smoke test).
+BENCH_NPM_STAMP := bench/node/node_modules/.package-lock.json
 
 .PHONY: run test lint bench system-deps clean
 
@@ -29,6 +31,10 @@ $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
+$(BENCH_NPM_STAMP): bench/node/package.json bench/node/package-lock.json
+	cd bench/node && npm ci --no-audit --no-fund --silent
+	@touch $@
+
 run: $(STAMP) $(NPM_STAMP)
 	$(BIN)/healthmate serve --demo
 
@@ -42,7 +48,7 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-test: lint $(NPM_STAMP) system-deps
+test: lint $(NPM_STAMP) $(BENCH_NPM_STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 # ruff, and the layer contracts of pyproject.toml's [tool.importlinter] (docs/architecture.md).
@@ -50,9 +56,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 
-bench: $(STAMP) $(NPM_STAMP) system-deps
-	cd bench/node && npm ci --no-audit --no-fund --silent
+bench: $(STAMP) $(NPM_STAMP) $(BENCH_NPM_STAMP) system-deps
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache node_modules
+	rm -rf $(VENV) .pytest_cache .ruff_cache node_modules bench/node/node_modules

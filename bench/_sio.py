@@ -70,8 +70,11 @@ class SioClient:
             raise SioError(f"unexpected Engine.IO open: {opened[:80]}")
         await self.ws.send_str("40" + json.dumps(auth))
         reply = await asyncio.wait_for(self.ws.receive_str(), timeout)
-        while reply == "2":  # a ping may come first
-            await self.ws.send_str("3")
+        # A ping may come first, and so may events to rooms the connect handler joined (the server
+        # confirms the connection once its handler returns); those are before this client's time.
+        while not reply.startswith(("40", "44")):
+            if reply == "2":
+                await self.ws.send_str("3")
             reply = await asyncio.wait_for(self.ws.receive_str(), timeout)
         if not reply.startswith("40"):
             raise SioError(f"connection refused: {reply[:200]}")

@@ -1,340 +1,362 @@
-"""Alert fan-out and sustained blood-pressure load, on two server processes sharing one Redis and
-the embedded store (SecantusDB).
+"""Crisis alerts end to end, at idle and under sustained blood-pressure load, on two server processes
+sharing one Redis and the embedded store (SecantusDB).
 
-1. Fan-out: one patient, 1,000 caregivers linked to them, connected over websockets and spread over
-   the two processes (999 held by load-generator processes, one by this process, which acknowledges
-   each alert so the next crisis raises a new one). 20 crisis readings; for each, the time from the
-   reading's ack to the last recipient's ``alert:new`` (clients confirm with ``alert:received``).
-2. Sustained: 500 patients each sending one normal reading per second for ``SUSTAIN_S``; throughput and
-   ack latency.
+One crisis patient with RECIPIENTS caregivers linked, connected over websockets and spread over the
+two processes (held by LOADERS load-generator processes, bench._sio, each confirming every alert with
+``alert:received``, as the app does; one caregiver, in this process, acknowledges each alert so that
+the next crisis reading raises a new one), and PATIENTS more patients who send normal readings.
 
-Accounts, sessions and links are seeded straight into the store (1,500 Argon2 registrations would
-dominate the run); everything measured goes through the servers. Prints one JSON line last."""
+Each round (REPEATS, each a baseline and a headline configuration):
+1. capacity: readings/s (``bp:add`` from the PATIENTS patients, offered at a fixed rate, each patient
+   with at most one reading in flight) stepped up x1.5 until the ack p99 reaches 1 s or under 95% of the
+   offered readings are acknowledged, then once between the last good step and the failing one;
+   ``capacity_readings_per_s`` = the readings acknowledged per second at the best step that kept the ack
+   p99 < 1 s (the first round starts at CAPACITY_FROM; later ones a step below the last capacity;
+   ``capacity_top_reached``: every search found a failing step, rather than stopping on the budget);
+2. idle: ALERTS_PER_ROUND crisis readings one after another; for each, from the crisis reading's send to
+   the last of the RECIPIENTS caregivers' sockets receiving ``alert:new`` (``e2e_p99_ms_idle``: the p99
+   over the round's alerts; ``e2e_p99_ms_idle_all``: over all rounds' alerts, >= 100);
+3. load: the same while the patients send readings at 70% of the round's capacity (``e2e_p99_ms_load``).
+Costs: CPU per acknowledged reading at capacity and per alert at idle (servers with Redis, store,
+load generators) and the servers' store commands per reading and per alert. Accounts and links are
+seeded into the store (RECIPIENTS Argon2 registrations would dominate the run); everything measured
+goes through the servers."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import multiprocessing as mp
+import collections
+import contextlib
 import os
-import queue
 import random
-import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import socketio
+import aiohttp
 
-RECIPIENTS = int(os.environ.get("BENCH_RECIPIENTS", 1000))
-ALERTS = int(os.environ.get("BENCH_ALERTS", 20))
-PATIENTS = int(os.environ.get("BENCH_PATIENTS", 500))
-SUSTAIN_S = int(os.environ.get("BENCH_SUSTAIN_S", 15))
-CALL_TIMEOUT_S = 10
-LOADERS = 4
-SECRET = "bench-secret-" + "b" * 40
+from bench._common import (
+    REPEATS,
+    SMOKE,
+    Budget,
+    CpuMeter,
+    emit,
+    pct,
+    per_op_us,
+    rounded,
+    server_pids,
+    start,
+)
+from bench._seed import Account, Seeder, server_env
+from bench._servers import Helpers, Window, embedded_store, redis_server, spawn_server, stop, wait_ready
+from bench._sio import SioClient
+
+RECIPIENTS = int(os.environ.get("BENCH_ALERTS_RECIPIENTS", 20 if SMOKE else 1000))  # overridable for a quick try
+PATIENTS = 10 if SMOKE else 200
+ALERTS_PER_ROUND = 2 if SMOKE else 34  # x 3 rounds: >= 100 alerts per configuration
+LOADERS = 2
+STEP_S = 0.7 if SMOKE else 6.0
+CAPACITY_FROM = 10.0 if SMOKE else 60.0
+MAX_STEPS = 1 if SMOKE else 30
+ALERTS_RESERVE_S = 40.0  # for the two batches of alerts after a capacity search
+ACK_LIMIT_S = 1.0
+LOAD_SHARE = 0.7
 CRISIS = {"systolic": 192, "diastolic": 124, "pulse": 101}
+DB = "bench_alerts"
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] if ordered else float("nan")
+# --- load-generator processes: caregivers' sockets, and patients sending readings --------------------------------
+def loader_main(conn: Any, carers: list[tuple[str, str]], patients: list[tuple[str, str]]) -> None:
+    asyncio.run(_loader(conn, carers, patients))
 
 
-def expect(results: Any, kind: str, timeout: float) -> tuple[Any, ...]:
-    """The next message of ``kind`` from the load generators (others, e.g. late duplicates, skipped)."""
-    while True:
-        item = results.get(timeout=timeout)
-        if item[0] == kind:
-            return item
+async def _loader(conn: Any, carers: list[tuple[str, str]], patients: list[tuple[str, str]]) -> None:
+    loop = asyncio.get_running_loop()
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    seen: dict[str, list[float]] = {}  # alert id -> receive times
+    everyone: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)  # alert id -> all have it
+    sem = asyncio.Semaphore(20)
+    tasks: set[asyncio.Task[Any]] = set()
 
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-# --- load generator processes ------------------------------------------------------------------------
-
-async def _connect(url: str, token: str, device: str, on: dict[str, Any] | None = None) -> socketio.AsyncClient:
-    client = socketio.AsyncClient(reconnection=False)
-    for event, handler in (on or {}).items():
-        client.on(event, handler)
-    await client.connect(url, auth={"token": token, "device_id": device}, transports=["websocket"], wait_timeout=60)
-    return client
-
-
-async def _gather_bounded(coros: list[Any], limit: int = 25) -> list[Any]:
-    sem = asyncio.Semaphore(limit)
-
-    async def one(c: Any) -> Any:
+    async def connect(url: str, token: str, device: str, carer: bool) -> SioClient:
+        client = SioClient(http)
+        if carer:
+            def on_alert(alert: dict[str, Any], client: SioClient = client) -> None:
+                seen.setdefault(alert["id"], []).append(time.time())
+                if len(seen[alert["id"]]) == len(carers):
+                    everyone[alert["id"]].set()
+                task = asyncio.create_task(client.emit("alert:received", {"alert_id": alert["id"]}))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            client.on("alert:new", on_alert)
         async with sem:
-            return await c
+            await client.connect(url, {"token": token, "device_id": device})
+        return client
 
-    return await asyncio.gather(*(one(c) for c in coros))
+    pid = os.getpid()
+    socks = await asyncio.gather(*(connect(u, t, f"carer-{pid}-{i}", True) for i, (u, t) in enumerate(carers)))
+    psocks = await asyncio.gather(*(connect(u, t, f"patient-{pid}-{i}", False) for i, (u, t) in enumerate(patients)))
+    conn.send(("connected", len(socks) + len(psocks)))
+    load: asyncio.Task[dict[str, Any]] | None = None
+    stopping = asyncio.Event()
 
+    async def readings(rate: float) -> dict[str, Any]:
+        """Each patient: one normal reading every len(psocks)/rate s, at most one in flight."""
+        interval = len(psocks) / rate
+        acks: list[float] = []
+        errors = sent = 0
 
-async def _loader(carers: list[tuple[str, str]], patients: list[tuple[str, str]], cmds: Any, results: Any) -> None:
-    loop = asyncio.get_running_loop()
-    clients: list[socketio.AsyncClient] = []
-
-    def on_alert_for(client_ref: list[socketio.AsyncClient]) -> Any:
-        async def on_alert(data: dict[str, Any]) -> None:
-            results.put(("alert", data["id"], time.time()))
-            await client_ref[0].emit("alert:received", {"alert_id": data["id"]})
-        return on_alert
-
-    async def carer(url: str, token: str, i: int) -> None:
-        ref: list[socketio.AsyncClient] = []
-        client = socketio.AsyncClient(reconnection=False)
-        ref.append(client)
-        client.on("alert:new", on_alert_for(ref))
-        await client.connect(url, auth={"token": token, "device_id": f"carer-{os.getpid()}-{i}"},
-                             transports=["websocket"], wait_timeout=60)
-        clients.append(client)
-
-    await _gather_bounded([carer(u, t, i) for i, (u, t) in enumerate(carers)])
-    results.put(("connected", len(clients)))
-    cmd = await loop.run_in_executor(None, cmds.get)  # ("readings", start_at)
-    psocks = await _gather_bounded([_connect(u, t, f"patient-{i}") for i, (u, t) in enumerate(patients)])
-    results.put(("patients", len(psocks)))
-    start_at = (await loop.run_in_executor(None, cmds.get))[1]
-    latencies: list[float] = []
-    errors = 0
-    in_window = 0  # readings acknowledged before the run's end (the throughput)
-
-    async def patient(client: socketio.AsyncClient) -> None:
-        """One reading a second while the run lasts; a late reply delays the next (at most one in flight)."""
-        nonlocal errors, in_window
-        await asyncio.sleep(max(0.0, start_at - time.time()) + random.random())
-        end = start_at + SUSTAIN_S
-        next_at = time.time()
-        while time.time() < end:
-            t0 = time.perf_counter()
-            try:
-                reply = await client.call("bp:add", {"systolic": random.randint(105, 150), "diastolic": 75,
-                                                     "pulse": 70, "measured_at": now_iso()}, timeout=CALL_TIMEOUT_S)
-                if reply.get("ok"):
-                    latencies.append(time.perf_counter() - t0)
-                    in_window += time.time() <= end
-                else:
+        async def patient(client: SioClient) -> None:
+            nonlocal errors, sent
+            next_at = time.monotonic() + random.random() * interval
+            while not stopping.is_set():
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                if stopping.is_set():
+                    break
+                t0 = time.perf_counter()
+                sent += 1
+                try:
+                    reply = await client.call("bp:add", {"systolic": random.randint(105, 150), "diastolic": 75,
+                                                         "pulse": 70, "measured_at": now_iso()}, timeout=10)
+                    if reply.get("ok"):
+                        acks.append(time.perf_counter() - t0)
+                    else:
+                        errors += 1
+                except Exception:
                     errors += 1
-            except Exception:
-                errors += 1
-            next_at = max(next_at + 1.0, time.time())
-            await asyncio.sleep(max(0.0, next_at - time.time()))
+                next_at = max(next_at + interval, time.monotonic())
 
-    await asyncio.gather(*(patient(c) for c in psocks))
-    results.put(("readings", latencies, errors, in_window))
-    for c in clients + psocks:
-        await c.disconnect()
-    del cmd
+        await asyncio.gather(*(patient(c) for c in psocks))
+        return {"acks": acks, "errors": errors, "sent": sent}
 
-
-def loader_main(carers: list[tuple[str, str]], patients: list[tuple[str, str]], cmds: Any, results: Any) -> None:
-    asyncio.run(_loader(carers, patients, cmds, results))
-
-
-# --- infrastructure -----------------------------------------------------------------------------------
-
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    log = os.environ.get("BENCH_SERVER_LOG")  # keep the servers' output, for looking into a run
-    out = open(f"{log}.{port}", "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env={**env, "HEALTHMATE_PORT": str(port)},
-                            stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("server did not start")
+    while True:
+        cmd, *args = await loop.run_in_executor(None, conn.recv)
+        if cmd == "alert":  # when every caregiver here has it (or the timeout): (count, latest receive time)
+            alert_id, timeout = args
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(everyone[alert_id].wait(), timeout)
+            everyone.pop(alert_id, None)
+            times = seen.pop(alert_id, [])
+            conn.send(("alert", len(times), max(times, default=None)))
+        elif cmd == "load":  # start readings at this rate (per loader)
+            stopping.clear()
+            load = asyncio.create_task(readings(args[0]))
+            conn.send(("load", None))
+        elif cmd == "unload":
+            stopping.set()
+            conn.send(("unload", await load if load else None))
+            load = None
+        elif cmd == "stop":
+            await asyncio.gather(*(c.disconnect() for c in [*socks, *psocks]), return_exceptions=True)
+            await http.close()
+            conn.send(("stopped",))
+            return
 
 
-async def seed(store_url: str, db: str) -> tuple[str, str, list[str], list[str]]:
-    """One crisis patient with RECIPIENTS caregivers, and PATIENTS more patients; returns access tokens."""
-    from beanie import PydanticObjectId
-
-    from server.app import DOCUMENTS
-    from server.care.documents import AuthSession, Link, User
-    from server.care.security import TokenService, hash_password
-    from server.core.documents import utcnow
-    from server.infra.store import init_documents, make_client
-
-    client = make_client(store_url)
-    await init_documents(client, db, DOCUMENTS)
-    tokens = TokenService(SECRET, "healthmate", 3600, 7200)
-    password = await hash_password("bench-passphrase-123")
-    users = [User(id=PydanticObjectId(), email="p0@bench.example", password_hash=password, name="Ana",
-                  role="patient")]
-    users += [User(id=PydanticObjectId(), email=f"c{i}@bench.example", password_hash=password, name=f"Carer {i}",
-                   role="caregiver") for i in range(RECIPIENTS)]
-    users += [User(id=PydanticObjectId(), email=f"p{i + 1}@bench.example", password_hash=password,
-                   name=f"Patient {i}", role="patient") for i in range(PATIENTS)]
-    await User.insert_many(users)
-    sessions = [AuthSession(id=PydanticObjectId(), user_id=u.id, current_jti="x",  # type: ignore[arg-type]
-                            expires_at=utcnow().replace(year=utcnow().year + 1)) for u in users]
-    await AuthSession.insert_many(sessions)
-    patient = users[0]
-    await Link.insert_many([Link(id=Link.key(patient.id, u.id), patient_id=patient.id,  # type: ignore[arg-type]
-                                 member_id=u.id, member_role="caregiver")  # type: ignore[arg-type]
-                            for u in users[1:RECIPIENTS + 1]])
-    access = [tokens.issue("access", str(u.id), str(s.id), role=u.role)[0]
-              for u, s in zip(users, sessions, strict=True)]
-    await client.close()
-    return str(patient.id), access[0], access[1:RECIPIENTS + 1], access[RECIPIENTS + 1:]
+def loaders(urls: list[str], carers: list[Account], patients: list[Account]) -> Helpers:
+    """LOADERS processes, each with its share of the caregivers and the patients, spread over the servers."""
+    return Helpers(loader_main, [([(urls[j % 2], a.token) for j, a in enumerate(carers[i::LOADERS])],
+                                  [(urls[j % 2], a.token) for j, a in enumerate(patients[i::LOADERS])])
+                                 for i in range(LOADERS)])
 
 
-async def fanout(urls: list[str], patient_token: str, acker_token: str, results: Any) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-    stop = False
+# --- the measuring process -----------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, urls: list[str], loaders: Helpers, window: Window, budget: Budget) -> None:
+        self.urls, self.loaders, self.window, self.budget = urls, loaders, window, budget
+        self.own: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
-    def pump() -> None:
-        while not stop:
-            try:
-                item = results.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            loop.call_soon_threadsafe(inbox.put_nowait, item)
+    async def connect(self, http: aiohttp.ClientSession, patient: Account, acker: Account) -> None:
+        self.acker = SioClient(http)
+        self.acker.on("alert:new", lambda alert: self.own.put_nowait({**alert, "at": time.time()}))
+        await self.acker.connect(self.urls[0], {"token": acker.token, "device_id": "acker"})
+        self.patient = SioClient(http)
+        await self.patient.connect(self.urls[1], {"token": patient.token, "device_id": "patient-phone"})
 
-    pumper = threading.Thread(target=pump, daemon=True)
-    pumper.start()
-    own: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    acker = socketio.AsyncClient(reconnection=False)
-
-    @acker.on("alert:new")
-    async def _own(data: dict[str, Any]) -> None:
-        await inbox.put(("alert", data["id"], time.time()))
-        await own.put(data)
-
-    await acker.connect(urls[0], auth={"token": acker_token, "device_id": "acker"}, transports=["websocket"])
-    patient = await _connect(urls[0], patient_token, "patient-phone")
-    worst: list[float] = []
-    every: list[float] = []
-    stray = 0
-    for _ in range(ALERTS):
+    async def alert(self) -> float:
+        """One crisis reading; ms from its send to the last recipient's ``alert:new``."""
         t_send = time.time()
-        reply = await patient.call("bp:add", {**CRISIS, "measured_at": now_iso()}, timeout=30)
-        t_ack = time.time()
-        assert reply["ok"], reply
-        alert = await asyncio.wait_for(own.get(), 30)
+        reply = await self.patient.call("bp:add", {**CRISIS, "measured_at": now_iso()}, timeout=30)
+        assert reply.get("ok"), reply
+        try:
+            alert = await asyncio.wait_for(self.own.get(), 30)
+        except TimeoutError:
+            raise SystemExit("no alert:new for a crisis reading within 30 s") from None
+        replies = await self.loaders.ask_all("alert", alert["id"], 30.0)
+        received = sum(r[1] for r in replies) + 1
+        if received < RECIPIENTS:
+            raise SystemExit(f"alert {alert['id']} reached {received} of {RECIPIENTS} recipients within 30 s")
+        last = max([alert["at"], *(r[2] for r in replies if r[2] is not None)])
+        await self.acker.call("alert:ack", {"alert_id": alert["id"]}, timeout=30)
+        await asyncio.sleep(0.1)  # let the acknowledgement settle
+        return (last - t_send) * 1000
+
+    async def drain(self, limit_s: float = 0.3, timeout: float = 20) -> None:
+        """Until a normal reading is acknowledged within ``limit_s`` again: a failed capacity step leaves a
+        backlog (in the servers and the store) that idle alerts must not queue behind."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            t = time.perf_counter()
+            await self.patient.call("bp:add", {"systolic": 120, "diastolic": 78, "pulse": 70,
+                                               "measured_at": now_iso()}, timeout=30)
+            if time.perf_counter() - t < limit_s:
+                return
+            await asyncio.sleep(0.5)
+
+    async def alerts(self, what: str) -> list[float]:
+        """ALERTS_PER_ROUND alerts' e2e times, fewer if the budget runs out (an alert under overload can
+        take many seconds)."""
         times: list[float] = []
-        while len(times) < RECIPIENTS:
-            kind, alert_id, t = await asyncio.wait_for(inbox.get(), 60)
-            if kind == "alert" and alert_id == alert["id"]:
-                times.append(t)
-            else:
-                stray += 1  # a second copy of an earlier alert would show here
-        worst.append(max(0.0, max(times) - t_ack) * 1000)  # 0 when everyone had it before the ack
-        every += [(t - t_send) * 1000 for t in times]
-        await acker.call("alert:ack", {"alert_id": alert["id"]}, timeout=30)
-        await asyncio.sleep(0.25)  # let the acknowledgement settle
-    await patient.disconnect()
-    await acker.disconnect()
-    stop = True
-    pumper.join()
-    return {"fanout_p50_ms": round(pct(worst, 50), 1), "fanout_p99_ms": round(pct(worst, 99), 1),
-            "recipient_from_send_p50_ms": round(pct(every, 50), 1),
-            "recipient_from_send_p99_ms": round(pct(every, 99), 1), "stray_deliveries": stray}
+        longest = 0.0
+        for i in range(ALERTS_PER_ROUND):
+            if i and self.budget.left() < 15 + longest:
+                self.budget.cut.append(f"{what}: alerts {i + 1}-{ALERTS_PER_ROUND}")
+                break
+            t = time.monotonic()
+            times.append(await self.alert())
+            longest = max(longest, time.monotonic() - t)
+        return times
+
+    async def readings(self, rate: float, seconds: float, measure: bool = False) -> dict[str, Any]:
+        await self.loaders.ask_all("load", rate / LOADERS)
+        await asyncio.sleep(min(1.0, seconds / 4))  # every patient has started
+        if measure:
+            self.window.open()
+        await asyncio.sleep(seconds)
+        if measure:
+            self.window.close()
+        replies = await self.loaders.ask_all("unload")
+        acks = [a for r in replies for a in r[1]["acks"]]
+        acked = len(acks)
+        out = {"rate": rate, "acked_per_s": acked / (seconds + min(1.0, seconds / 4)),
+               "ack_p99_s": pct(acks, 99), "errors": sum(r[1]["errors"] for r in replies)}
+        if measure:
+            out["cpu_us_per_reading"] = per_op_us(self.window.cpu, acked)
+            out["store_commands_per_reading"] = (self.window.store_commands or 0) / max(acked, 1)
+        return out
+
+    def keeps_up(self, step: dict[str, Any]) -> bool:
+        return (step["ack_p99_s"] is not None and step["ack_p99_s"] < ACK_LIMIT_S
+                and step["acked_per_s"] >= 0.95 * step["rate"] and not step["errors"])
+
+    async def capacity(self, start_rate: float) -> dict[str, Any]:
+        """The best step keeping up, stepping x1.5 from ``start_rate``, then once between."""
+        best: dict[str, Any] | None = None
+        rate = start_rate
+        top_reached = False
+        for i in range(MAX_STEPS):
+            if i and not self.budget.allows(STEP_S + 3 + ALERTS_RESERVE_S, "capacity search"):
+                break
+            step = await self.readings(rate, STEP_S, measure=True)
+            print(f"    {rate:.0f} readings/s offered: {step['acked_per_s']:.0f}/s acknowledged, ack p99 "
+                  f"{(step['ack_p99_s'] or 0) * 1000:.0f} ms, {step['errors']} errors", flush=True)
+            if not self.keeps_up(step):
+                top_reached = True
+                if best is not None and self.budget.allows(STEP_S + 3 + ALERTS_RESERVE_S, "capacity refinement"):
+                    between = await self.readings((best["rate"] * rate) ** 0.5, STEP_S, measure=True)
+                    if self.keeps_up(between):
+                        best = between
+                break
+            best = step
+            rate *= 1.5
+        if best is None:  # even the first step failed: report it, the load runs at 70% of it
+            best = step
+        return {**best, "top_reached": top_reached}
 
 
-async def run(tmp: Path, procs: list[subprocess.Popen[bytes]], loaders: list[Any]) -> dict[str, Any]:
-    from server.infra.embedded_store import EmbeddedStore, free_port
+async def run(budget: Budget, tmp: Path) -> dict[str, Any]:
+    with embedded_store(tmp / "store") as store, redis_server() as redis:
+        async with Seeder(store.url, DB) as seed:
+            crisis = (await seed.users("patient", 1))[0]
+            carers = await seed.users("caregiver", RECIPIENTS)
+            await seed.link([(crisis, c) for c in carers])
+            patients = await seed.users("patient", PATIENTS)
+        env = {**server_env(store.url, DB), "HEALTHMATE_REDIS_URL": redis.url,
+               "HEALTHMATE_CONNECT_RATE_PER_S": "100000", "HEALTHMATE_CONNECT_BURST": "100000",
+               "HEALTHMATE_EVENT_RATE_PER_S": "100000", "HEALTHMATE_EVENT_BURST": "100000"}
+        servers = [spawn_server(str(tmp / f"data{i}"), **env) for i in range(2)]
+        helpers: Helpers | None = None
+        try:
+            for proc, url in servers:
+                wait_ready(url, proc)
+            urls = [url for _, url in servers]
+            t = time.monotonic()
+            helpers = loaders(urls, carers[1:], patients)
+            connected = sum(r[1] for r in await helpers.recv())
+            print(f"{connected} sockets connected in {time.monotonic() - t:.0f} s", flush=True)
+            meter = CpuMeter(servers=lambda: [p for proc, _ in servers for p in server_pids(proc.pid)],
+                             redis=[redis.pid], store=[store.pid],
+                             loaders=lambda: [*helpers.pids, os.getpid()])
+            bench = Bench(urls, helpers, Window(meter, tuple(urls), redis=redis), budget)
+            async with aiohttp.ClientSession() as http:
+                await bench.connect(http, crisis, carers[0])
+                return await rounds(bench)
+        finally:
+            if helpers is not None:
+                await helpers.stop()
+            stop(*(proc for proc, _ in servers))
 
-    store = EmbeddedStore(tmp / "store")
-    store_url = await store.start()
-    try:
-        redis_port = free_port()
-        procs.append(subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(redis_port),
-                                       "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                                      stdout=subprocess.DEVNULL))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHMATE_")}
-        env.update(HEALTHMATE_MONGODB_URL=store_url, HEALTHMATE_MONGODB_DB="bench_alerts",
-                   HEALTHMATE_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", HEALTHMATE_JWT_SECRET=SECRET,
-                   HEALTHMATE_DATA_DIR=str(tmp), HEALTHMATE_LOG_LEVEL="WARNING",
-                   HEALTHMATE_CONNECT_RATE_PER_S="100000", HEALTHMATE_CONNECT_BURST="100000")
-        ports = [free_port(), free_port()]
-        servers = [await asyncio.to_thread(start_server, env, p) for p in ports]
-        procs += servers
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
-        _, patient_token, carer_tokens, patient_tokens = await seed(store_url, "bench_alerts")
-        ctx = mp.get_context("spawn")
-        results = ctx.Queue()
-        cmds = [ctx.Queue() for _ in range(LOADERS)]
-        held = carer_tokens[1:]
-        for i in range(LOADERS):
-            carers = [(urls[j % 2], t) for j, t in enumerate(held[i::LOADERS])]
-            patients = [(urls[j % 2], t) for j, t in enumerate(patient_tokens[i::LOADERS])]
-            loaders.append(ctx.Process(target=loader_main, args=(carers, patients, cmds[i], results)))
-            loaders[-1].start()
-        t0 = time.time()
-        connected = 0
-        for _ in range(LOADERS):
-            connected += (await asyncio.to_thread(expect, results, "connected", 180))[1]
-        print(f"{connected + 1} caregivers connected in {time.time() - t0:.1f}s", flush=True)
-        figures = await fanout(urls, patient_token, carer_tokens[0], results)
-        rss = [round(rss_mb(s.pid)) for s in servers]
-        print(f"fan-out to {RECIPIENTS}: last recipient after the ack p50 {figures['fanout_p50_ms']} ms, "
-              f"p99 {figures['fanout_p99_ms']} ms; server RSS {rss} MB", flush=True)
-        for q in cmds:
-            q.put(("readings",))
-        for _ in range(LOADERS):
-            await asyncio.to_thread(expect, results, "patients", 180)
-        start_at = time.time() + 2
-        for q in cmds:
-            q.put(("go", start_at))
-        latencies: list[float] = []
-        errors = done = 0
-        for _ in range(LOADERS):
-            item = await asyncio.to_thread(expect, results, "readings", SUSTAIN_S + CALL_TIMEOUT_S + 60)
-            latencies += item[1]
-            errors += item[2]
-            done += item[3]
-        per_s = done / SUSTAIN_S
-        print(f"sustained: {done} readings acknowledged within {SUSTAIN_S}s ({len(latencies)} in all) from {PATIENTS} "
-              f"patients ({errors} errors), "
-              f"ack p50 {pct(latencies, 50) * 1000:.1f} ms p99 {pct(latencies, 99) * 1000:.1f} ms", flush=True)
-        return {"bench": "alerts", "recipients": RECIPIENTS, **figures, "readings_per_s": round(per_s, 1),
-                "ack_p50_ms": round(pct(latencies, 50) * 1000, 1), "ack_p99_ms": round(pct(latencies, 99) * 1000, 1),
-                "reading_errors": errors, "server_rss_mb": rss, "processes": 2, "store": "embedded SecantusDB"}
-    finally:
-        for p in loaders:
-            await asyncio.to_thread(p.join, 30)
-            if p.is_alive():
-                p.kill()
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                await asyncio.to_thread(proc.wait, 20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        await store.stop()
+
+async def rounds(bench: Bench) -> dict[str, Any]:
+    budget = bench.budget
+    out: dict[str, list[Any]] = {k: [] for k in ("capacity", "idle", "load", "load_acks", "alert_costs")}
+    rate = CAPACITY_FROM
+    for r in budget.rounds(REPEATS, "round", reserve=15):
+        print(f"  round {r + 1}: capacity search from {rate:.0f} readings/s", flush=True)
+        best = await bench.capacity(rate)
+        out["capacity"].append(best)
+        rate = best["rate"] / 1.5
+        await bench.drain()
+        bench.window.open()
+        idle = await bench.alerts(f"round {r + 1} idle")
+        bench.window.close()
+        print(f"  round {r + 1}: {len(idle)} alerts at idle, e2e p99 {pct(idle, 99):.0f} ms", flush=True)
+        out["idle"].append(idle)
+        out["alert_costs"].append({"cpu_us_per_alert": per_op_us(bench.window.cpu, len(idle)),
+                                   "store_commands_per_alert": (bench.window.store_commands or 0) / len(idle)})
+        load_rate = LOAD_SHARE * best["acked_per_s"]
+        await bench.loaders.ask_all("load", load_rate / LOADERS)
+        await asyncio.sleep(STEP_S / 2)  # every patient has started
+        try:
+            loaded = await bench.alerts(f"round {r + 1} under load")
+        finally:
+            replies = await bench.loaders.ask_all("unload")
+        out["load"].append(loaded)
+        out["load_acks"].append(pct([a for x in replies for a in x[1]["acks"]], 99))
+        print(f"  round {r + 1}: capacity {best['acked_per_s']:.0f} readings/s; alert e2e p99 idle "
+              f"{pct(idle, 99):.0f} ms, under {load_rate:.0f} readings/s {pct(loaded, 99):.0f} ms "
+              f"(their ack p99 {(out['load_acks'][-1] or 0) * 1000:.0f} ms)", flush=True)
+    return out
 
 
 def main() -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-alerts-"))
-    try:
-        out = asyncio.run(run(tmp, [], []))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps(out))
+    budget = start("alerts")
+    with tempfile.TemporaryDirectory(prefix="bench-alerts-") as tmp:
+        out = asyncio.run(run(budget, Path(tmp)))
+    every_idle = [x for batch in out["idle"] for x in batch]
+    every_load = [x for batch in out["load"] for x in batch]
+    best = out["capacity"][-1]
+    emit(budget, {"e2e_p99_ms_idle": [pct(b, 99) for b in out["idle"]],
+                  "e2e_p99_ms_load": [pct(b, 99) for b in out["load"]],
+                  "e2e_p50_ms_idle": [pct(b, 50) for b in out["idle"]],
+                  "e2e_p50_ms_load": [pct(b, 50) for b in out["load"]],
+                  "capacity_readings_per_s": [c["acked_per_s"] for c in out["capacity"]],
+                  "capacity_ack_p99_ms": [(c["ack_p99_s"] or 0) * 1000 for c in out["capacity"]],
+                  "load_ack_p99_ms": [(a or 0) * 1000 for a in out["load_acks"]]},
+         e2e_p99_ms_idle_all=rounded(pct(every_idle, 99)), e2e_p99_ms_load_all=rounded(pct(every_load, 99)),
+         capacity_top_reached=all(c["top_reached"] for c in out["capacity"]),
+         alerts_per_configuration=len(every_idle), recipients=RECIPIENTS, patients=PATIENTS, load_share=LOAD_SHARE,
+         cpu_us_per_reading=best.get("cpu_us_per_reading"),
+         store_commands_per_reading=rounded(best.get("store_commands_per_reading")),
+         cpu_us_per_alert=out["alert_costs"][-1]["cpu_us_per_alert"],
+         store_commands_per_alert=rounded(out["alert_costs"][-1]["store_commands_per_alert"]),
+         processes=2, store="embedded SecantusDB")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Device events over Socket.IO and over MQTT (Mosquitto + the bridge), side by side, on one server
-process on the embedded store: heartbeat round trips (device → ack, each one a store write) and
-the rate of acknowledged ``stream:frame`` events (0.2 s of 250 Hz ECG as JSON samples) from
-several devices at once, each keeping a window of frames in flight.
+process on the embedded store: heartbeat round trips (device -> ack, each one a store write; timed from
+the device's send to its ack) and the rate of acknowledged ``stream:frame`` events (0.2 s of 250 Hz ECG
+as JSON samples) from several devices at once, each keeping a window of frames in flight. The two
+transports run REPEATS times over, interleaved (Socket.IO, MQTT, ...). ``cpu_us_per_frame``: CPU per
+acknowledged frame of the server, the broker and the devices (this process) over the streaming window;
+``store_commands_per_frame``: the server's store commands per frame.
 
 Run: ``python -m bench.device_transports`` (needs Debian's mosquitto). Figures last, as one JSON line.
 """
@@ -10,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
+import os
 import secrets
 import shutil
 import subprocess
@@ -19,21 +22,23 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from bench._servers import UNLIMITED, post, register, start_server, stop
+from bench._common import REPEATS, SMOKE, Budget, CpuMeter, emit, pct, per_op_us, rounded, server_pids, spread, start
+from bench._servers import UNLIMITED, Window, post, register, start_server, stop
 from devices.mqtt_broker import BrokerFiles
 from server.infra.embedded_store import free_port
 from tests.device_clients import DeviceClient, MqttDevice, SioDevice
 
-HEARTBEATS = 400
-DEVICES = 8
-FRAMES_S = 6.0  # how long each transport streams
+HEARTBEATS = 10 if SMOKE else 200  # per repeat
+DEVICES = 2 if SMOKE else 8
+FRAMES_S = 0.5 if SMOKE else 4.0  # how long each transport streams, per repeat
 WINDOW = 8  # frames in flight per device
 RATE, FRAME = 250.0, 50
 
 
 @contextlib.contextmanager
-def mosquitto(folder: Path) -> Iterator[tuple[int, str]]:
+def mosquitto(folder: Path) -> Iterator[tuple[int, str, int]]:
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port, password = free_port(), secrets.token_urlsafe(16)
     BrokerFiles(folder, "healthmate-bridge", password).write([])
@@ -44,14 +49,9 @@ def mosquitto(folder: Path) -> Iterator[tuple[int, str]]:
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        yield port, f"mqtt://healthmate-bridge:{password}@127.0.0.1:{port}"
+        yield port, f"mqtt://healthmate-bridge:{password}@127.0.0.1:{port}", proc.pid
     finally:
         stop(proc)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)], 3)
 
 
 async def heartbeats(device: DeviceClient) -> list[float]:
@@ -84,47 +84,59 @@ async def stream(device: DeviceClient, deadline: float) -> int:
     return acked
 
 
-async def run(url: str, mqtt_port: int, patient: dict) -> dict[str, float]:
+async def run(url: str, mqtt_port: int, broker_pid: int, server_pid: int, patient: dict,
+              budget: Budget) -> dict[str, list[Any]]:
     token, pid = patient["access_token"], patient["user"]["id"]
-    figures: dict[str, float] = {}
-    for transport in ("sio", "mqtt"):
-        devices: list[DeviceClient] = []
-        for n in range(DEVICES):
-            paired = post(url, f"/api/patients/{pid}/devices",
-                          {"kind": "ecg", "serial": f"B-{transport}-{n}", "model": "Bench"}, token)
-            did, cred = paired["device"]["id"], paired["credential"]
-            devices.append(SioDevice(url, did, cred) if transport == "sio" else MqttDevice(mqtt_port, did, cred))
-        for device in devices:
-            await device.connect()
-        try:
-            lags = await heartbeats(devices[0])
-            figures[f"{transport}_heartbeat_p50_ms"] = pct(lags, 0.5)
-            figures[f"{transport}_heartbeat_p99_ms"] = pct(lags, 0.99)
-            t0 = time.perf_counter()
-            acked = await asyncio.gather(*(stream(d, t0 + FRAMES_S) for d in devices))
-            figures[f"{transport}_frames_per_s"] = round(sum(acked) / (time.perf_counter() - t0), 1)
-        finally:
+    figures: dict[str, list[Any]] = {}
+    for r in budget.rounds(REPEATS, reserve=5):
+        for transport in ("sio", "mqtt"):
+            devices: list[DeviceClient] = []
+            for n in range(DEVICES):
+                paired = post(url, f"/api/patients/{pid}/devices",
+                              {"kind": "ecg", "serial": f"B-{transport}-{r}-{n}", "model": "Bench"}, token)
+                did, cred = paired["device"]["id"], paired["credential"]
+                devices.append(SioDevice(url, did, cred) if transport == "sio" else MqttDevice(mqtt_port, did, cred))
             for device in devices:
-                await device.close()
+                await device.connect()
+            try:
+                lags = await heartbeats(devices[0])
+                window = Window(CpuMeter(server=server_pids(server_pid), broker=[broker_pid], devices=[os.getpid()]),
+                                (url,))
+                window.open()
+                t0 = time.perf_counter()
+                acked = sum(await asyncio.gather(*(stream(d, t0 + FRAMES_S) for d in devices)))
+                window.close()
+            finally:
+                for device in devices:
+                    await device.close()
+            for key, value in (("heartbeat_p50_ms", pct(lags, 50)), ("heartbeat_p99_ms", pct(lags, 99)),
+                               ("frames_per_s", acked / window.seconds),
+                               ("cpu_us_per_frame", per_op_us(window.cpu, acked)),
+                               ("store_commands_per_frame", (window.store_commands or 0) / max(acked, 1))):
+                figures.setdefault(f"{transport}_{key}", []).append(value)
     return figures
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp, mosquitto(Path(tmp) / "mqtt") as (port, bridge_url):
+    budget = start("device_transports")
+    with tempfile.TemporaryDirectory() as tmp, mosquitto(Path(tmp) / "mqtt") as (port, bridge_url, broker_pid):
         proc, url, _ = start_server(str(Path(tmp) / "data"), HEALTHMATE_MQTT_URL=bridge_url,
                                     HEALTHMATE_MQTT_BROKER_DIR=str(Path(tmp) / "mqtt"), **UNLIMITED)
         try:
             time.sleep(1.0)  # the bridge connects to the broker
             patient = register(url, "patient", "transports")
-            figures = asyncio.run(run(url, port, patient))
+            figures = asyncio.run(run(url, port, broker_pid, proc.pid, patient, budget))
         finally:
             stop(proc)
-    print(f"heartbeat round trip (ms), Socket.IO p50/p99 {figures['sio_heartbeat_p50_ms']}/"
-          f"{figures['sio_heartbeat_p99_ms']}, MQTT {figures['mqtt_heartbeat_p50_ms']}/"
-          f"{figures['mqtt_heartbeat_p99_ms']}; frames/s Socket.IO {figures['sio_frames_per_s']}, "
-          f"MQTT {figures['mqtt_frames_per_s']}")
-    print(json.dumps({"bench": "device_transports", "store": "embedded (SecantusDB)", "devices": DEVICES,
-                      "frame_samples": FRAME, **figures}))
+    headline = {k: v for k, v in figures.items() if "cpu_us" not in k and "store_commands" not in k}
+    med = spread(headline)
+    print(f"heartbeat round trip p50 (ms) Socket.IO {med['sio_heartbeat_p50_ms']}, "
+          f"MQTT {med['mqtt_heartbeat_p50_ms']}; "
+          f"frames/s Socket.IO {med['sio_frames_per_s']}, MQTT {med['mqtt_frames_per_s']}", flush=True)
+    emit(budget, headline,
+         cpu_us_per_frame={t: figures[f"{t}_cpu_us_per_frame"][-1] for t in ("sio", "mqtt")},
+         store_commands_per_frame={t: rounded(figures[f"{t}_store_commands_per_frame"][-1]) for t in ("sio", "mqtt")},
+         store="embedded (SecantusDB)", devices=DEVICES, frame_samples=FRAME, heartbeats_per_repeat=HEARTBEATS)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,23 @@
-"""Scheduler precision: 10,000 doses (100 patients, 100 each) fall due within two minutes; how late is
-each reminder, from its due time to the moment the scheduler emits ``dose:due`` (timed where the server
-hands the event to Socket.IO)? One server process on the embedded store, with the reminder
-notifications (each persisted and pushed) running alongside. A connected patient's socket also
-measures due time → ``dose:due`` received, for that patient's 100 doses. Store: SecantusDB (embedded)."""
+"""Reminders: DOSES doses falling due at the same instant (schedules have minute resolution: a ward's
+08:00), on one server process on the embedded store.
+
+PATIENTS patients (seeded), each with a connected socket (bench._sio, in this process), have DOSES
+doses between them written into the store (``dose_events``, as the planner writes them). The lag of a
+dose: from its due time to its patient's socket receiving ``dose:due`` for it, for every dose (not a
+sample; a dose never received is counted in ``missing``). ``doses_per_s``: DOSES / (last dose received -
+due time). Each round also waits until every reminder notification is stored (``notifications_stored``,
+and ``notifications_s`` from due time to the last), and measures from just before the due time to
+then: store commands per dose (the server's command monitoring) and CPU per dose of the server, the
+store and the sockets (this process). REPEATS rounds, each with DOSES new doses.
+
+Setting up a round: CALIBRATION doses due a day later are inserted and timed, then the round's doses are
+inserted due at one time far enough ahead (1.5 x the time they should take, + 2 s) that they are all in
+by then (``setup_late_ms`` > 0 says by how much they were not: the lag then includes the insertion)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import statistics
+import os
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -17,106 +25,146 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import socketio
-from aiohttp import web
 from beanie import PydanticObjectId
+from pymongo import AsyncMongoClient
 
-from server.app import SERVER, create_app
-from server.core.config import load_settings
-from server.infra.embedded_store import EmbeddedStore, free_port
+from bench._common import REPEATS, SMOKE, Budget, CpuMeter, emit, pct, per_op_us, server_pids, start
+from bench._seed import Account, Seeder, server_env
+from bench._servers import Store, Window, embedded_store, start_server, stop
+from bench._sio import SioClient
 
-DOSES = 10_000
-PATIENTS = 100
-LEAD_S = 25.0  # the first dose falls due this long after the run starts (inserting them takes a while)
-WINDOW_S = 120.0
-PASSWORD = "bench-passphrase-long-enough-1"
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+DOSES = 20 if SMOKE else 10_000
+PATIENTS = 5 if SMOKE else 250
+CALIBRATION = 20 if SMOKE else 200  # doses timed going in before each round's
+DB = "bench_reminders"
 
 
-async def run() -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        store = EmbeddedStore(Path(tmp))
-        url = await store.start()
-        settings = load_settings(mongodb_url=url, mongodb_db="bench_reminders", jwt_secret="b" * 48,
-                                 data_dir=Path(tmp), port=free_port())
-        runner = web.AppRunner(create_app(settings))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", settings.port).start()
-        base = f"http://127.0.0.1:{settings.port}"
-        try:
-            return await measure(runner.app, base)
-        finally:
-            await runner.cleanup()
-            await store.stop()
+class Patients:
+    """Every patient's socket; when each dose's ``dose:due`` first arrived."""
+
+    def __init__(self) -> None:
+        self.received: dict[str, float] = {}
+        self.repeats = 0
+        self.http: aiohttp.ClientSession | None = None
+        self.clients: list[SioClient] = []
+
+    def _on_due(self, dose: dict[str, Any]) -> None:
+        if dose["id"] in self.received:
+            self.repeats += 1
+        else:
+            self.received[dose["id"]] = time.time()
+
+    async def connect(self, url: str, accounts: list[Account]) -> None:
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        sem = asyncio.Semaphore(16)
+
+        async def one(account: Account) -> SioClient:
+            client = SioClient(self.http)  # type: ignore[arg-type]
+            client.on("dose:due", self._on_due)
+            async with sem:
+                await client.connect(url, {"token": account.token})
+            return client
+
+        self.clients = list(await asyncio.gather(*(one(a) for a in accounts)))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.disconnect() for c in self.clients), return_exceptions=True)
+        if self.http:
+            await self.http.close()
 
 
-async def measure(app: web.Application, base: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http, http.post(f"{base}/api/auth/register", json={
-            "email": "bench@example.org", "password": PASSWORD, "name": "Bench", "role": "patient"}) as resp:
-        me = await resp.json()
-    received: list[float] = []
-    client = socketio.AsyncClient(reconnection=False)
+async def one_round(r: int, db: Any, patients: list[Account], sockets: Patients, window: Window,
+                    budget: Budget) -> dict[str, Any]:
+    meds = {p.id: PydanticObjectId() for p in patients}
 
-    @client.on("dose:due")
-    async def on_due(dose: dict[str, Any]) -> None:
-        due = datetime.fromisoformat(dose["due_at"].replace("Z", "+00:00")).timestamp()
-        received.append((time.time() - due) * 1000)
+    def rows(count: int, due: datetime, tag: str) -> list[dict[str, Any]]:
+        return [{"schema_version": 1, "patient_id": PydanticObjectId(patients[i % PATIENTS].id),
+                 "medication_id": meds[patients[i % PATIENTS].id], "slot": f"bench-{tag}-{r}-{i}", "timezone": "UTC",
+                 "due_at": due, "medication_name": "Metformin", "dose": "1 tablet", "drawer": None,
+                 "state": "scheduled", "created_at": datetime.now(UTC)} for i in range(count)]
 
-    await client.connect(base, auth={"token": me["access_token"]}, transports=["websocket"])
-    rt = app[SERVER].realtime
-    emitted: dict[str, float] = {}
-    to_patient = rt.to_patient
-
-    async def timed(patient_id: Any, event: str, data: Any) -> None:
-        if event == "dose:due":
-            emitted[data["id"]] = time.time()
-        await to_patient(patient_id, event, data)
-
-    rt.to_patient = timed  # type: ignore[method-assign]
-    patients = [PydanticObjectId(me["user"]["id"])] + [PydanticObjectId() for _ in range(PATIENTS - 1)]
-    meds = {p: PydanticObjectId() for p in patients}
-    first = datetime.now(UTC) + timedelta(seconds=LEAD_S)
-    rows = [{"schema_version": 1, "patient_id": patients[i % PATIENTS], "medication_id": meds[patients[i % PATIENTS]],
-             "slot": f"bench-{i}", "timezone": "UTC", "due_at": first + timedelta(seconds=WINDOW_S * i / DOSES),
-             "medication_name": "Metformin", "dose": "1 tablet", "drawer": None, "state": "scheduled",
-             "created_at": datetime.now(UTC)} for i in range(DOSES)]
-    doses = app[SERVER].mongo["bench_reminders"]["dose_events"]  # type: ignore[index]
-    t0 = time.monotonic()
-    for i in range(0, DOSES, 2000):
-        await doses.insert_many(rows[i:i + 2000])
-    insert_s = time.monotonic() - t0
-    deadline = time.monotonic() + LEAD_S + WINDOW_S + 60
-    while time.monotonic() < deadline:
-        if await doses.count_documents({"state": "reminded"}) == DOSES:
+    # How fast the store takes doses (a day ahead: they stay out of the way), so that the round's doses can
+    # all be written due at one time still ahead once they are in (moving them afterwards costs far more).
+    t = time.monotonic()
+    await db.dose_events.insert_many(rows(CALIBRATION, datetime.now(UTC) + timedelta(days=1), "calibration"))
+    per_dose_s = (time.monotonic() - t) / CALIBRATION
+    due = datetime.now(UTC) + timedelta(seconds=2.0 + 1.5 * per_dose_s * DOSES)
+    due_rows = rows(DOSES, due, "due")
+    t = time.monotonic()
+    ids = []
+    for k in range(0, DOSES, 2000):
+        ids += (await db.dose_events.insert_many(due_rows[k:k + 2000])).inserted_ids
+    insert_s = time.monotonic() - t
+    setup_late_ms = (datetime.now(UTC) - due).total_seconds() * 1000
+    print(f"  round {r + 1}: {DOSES} doses inserted in {insert_s:.1f} s, due "
+          + (f"{-setup_late_ms / 1000:.1f} s later" if setup_late_ms < 0 else f"{setup_late_ms:.0f} ms before"),
+          flush=True)
+    due_s = due.timestamp()
+    await asyncio.sleep(max(0.0, due_s - 0.3 - time.time()))
+    window.open()
+    wanted, before = {str(i) for i in ids}, await db.notifications.count_documents({"kind": "reminder"})
+    deadline = time.monotonic() + min(180.0, max(budget.left() - 20, 10.0))
+    stored, stored_at = 0, None
+    while time.monotonic() < deadline:  # the store is asked only once every dose has arrived
+        await asyncio.sleep(0.25)
+        if not wanted.issubset(sockets.received):
+            continue
+        stored = await db.notifications.count_documents({"kind": "reminder"}) - before
+        if stored >= DOSES:
+            stored_at = time.time()
             break
-        await asyncio.sleep(1)
-    await asyncio.sleep(1)
-    await client.disconnect()
-    lags = [(emitted[str(r["_id"])] - r["due_at"].timestamp()) * 1000
-            async for r in doses.find({"state": "reminded"}, {"due_at": 1}) if str(r["_id"]) in emitted]
-    notes = await app[SERVER].mongo["bench_reminders"]["notifications"].count_documents({"kind": "reminder"})  # type: ignore[index]
-    return {"lags": lags, "received": received, "insert_s": insert_s, "notifications": notes}
+    else:
+        budget.cut.append(f"round {r + 1}: stopped waiting for doses and notifications")
+    window.close()
+    lags = [(sockets.received[i] - due_s) * 1000 for i in wanted if i in sockets.received]
+    last = max(sockets.received[i] for i in wanted if i in sockets.received) if lags else None
+    out = {"lag_p50_ms": pct(lags, 50), "lag_p99_ms": pct(lags, 99), "lag_max_ms": max(lags, default=None),
+           "missing": DOSES - len(lags), "doses_per_s": DOSES / (last - due_s) if last and last > due_s else None,
+           "notifications_stored": stored, "notifications_s": None if stored_at is None else stored_at - due_s,
+           "store_commands_per_dose": (window.store_commands or 0) / DOSES,
+           "cpu_us_per_dose": per_op_us(window.cpu, DOSES), "insert_s": insert_s, "setup_late_ms": setup_late_ms}
+    print(f"  round {r + 1}: lag p50 {out['lag_p50_ms']:.0f} ms, p99 {out['lag_p99_ms']:.0f} ms, max "
+          f"{out['lag_max_ms']:.0f} ms, {out['missing']} missing, {out['doses_per_s'] or 0:.0f} doses/s; "
+          f"{stored} notifications stored in {out['notifications_s'] or float('nan'):.1f} s; "
+          f"{out['store_commands_per_dose']:.2f} store commands/dose; CPU us/dose {out['cpu_us_per_dose']}", flush=True)
+    return out
+
+
+async def measure(store: Store, url: str, server_pid: int, budget: Budget) -> list[dict[str, Any]]:
+    async with Seeder(store.url, DB) as seed:
+        patients = await seed.users("patient", PATIENTS)
+    sockets = Patients()
+    t = time.monotonic()
+    await sockets.connect(url, patients)
+    print(f"{PATIENTS} patients' sockets connected in {time.monotonic() - t:.1f} s", flush=True)
+    client: AsyncMongoClient = AsyncMongoClient(store.url, tz_aware=True)
+    rounds = []
+    try:
+        window = Window(CpuMeter(server=lambda: server_pids(server_pid), store=[store.pid], sockets=[os.getpid()]),
+                        (url,))
+        for r in budget.rounds(REPEATS, "round"):
+            rounds.append(await one_round(r, client[DB], patients, sockets, window, budget))
+        rounds[-1]["repeated_deliveries"] = sockets.repeats
+    finally:
+        await client.close()
+        await sockets.close()
+    return rounds
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING)
-    out = asyncio.run(run())
-    lags, received = out["lags"], out["received"]
-    figures = {"bench": "reminders", "doses": DOSES, "reminded": len(lags),
-               "reminder_lag_p50_ms": round(pct(lags, 50), 1), "reminder_lag_p99_ms": round(pct(lags, 99), 1),
-               "reminder_lag_max_ms": round(max(lags), 1), "reminder_lag_mean_ms": round(statistics.fmean(lags), 1),
-               "received_p50_ms": round(pct(received, 50), 1) if received else None,
-               "received_p99_ms": round(pct(received, 99), 1) if received else None,
-               "window_s": WINDOW_S, "notifications": out["notifications"], "store": "embedded SecantusDB"}
-    print(f"{len(lags)}/{DOSES} doses reminded over {WINDOW_S:.0f} s ({DOSES / WINDOW_S:.0f}/s; inserted in "
-          f"{out['insert_s']:.1f} s); due → dose:due emitted p50 {figures['reminder_lag_p50_ms']} ms, "
-          f"p99 {figures['reminder_lag_p99_ms']} ms, max {figures['reminder_lag_max_ms']} ms; one patient's socket "
-          f"received its {len(received)} at p50 {figures['received_p50_ms']} ms")
-    print(json.dumps(figures))
+    budget = start("reminders")
+    with tempfile.TemporaryDirectory() as tmp, embedded_store(Path(tmp) / "store") as store:
+        proc, url, _ = start_server(str(Path(tmp) / "data"), **server_env(store.url, DB),
+                                    HEALTHMATE_CONNECT_BURST="100000", HEALTHMATE_CONNECT_RATE_PER_S="100000")
+        try:
+            rounds = asyncio.run(measure(store, url, proc.pid, budget))
+        finally:
+            stop(proc)
+    keys = ("lag_p99_ms", "lag_p50_ms", "lag_max_ms", "doses_per_s", "notifications_stored", "notifications_s",
+            "store_commands_per_dose", "missing")
+    emit(budget, {k: [r[k] for r in rounds] for k in keys}, doses=DOSES, patients=PATIENTS,
+         cpu_us_per_dose=rounds[-1]["cpu_us_per_dose"], repeated_deliveries=rounds[-1]["repeated_deliveries"],
+         setup_late_ms=max(0, round(max(r["setup_late_ms"] for r in rounds))), store="embedded SecantusDB")
 
 
 if __name__ == "__main__":

@@ -1,137 +1,155 @@
-"""Scale-out: the same mixed workload on one server process and on ``serve --workers 2``.
+"""Scale-out: what the same mixed workload costs per operation on one server process and on
+``serve --workers 2``, and so what more cores would give.
 
 Workload (bench/node/mixed.mjs, the official Node socket.io client as load generator): HOUSEHOLDS
 households, each a patient, their caregiver and the patient's ECG sensor. The sensor streams in real
 time (a 200 ms frame every 200 ms, analysed live, watched by the caregiver); caregiver and patient are
 in a call over which LANES scripts per household run back to back, each round SIGNALS_PER_READING
 relayed ICE candidates (``call:signal``) and one blood-pressure reading (``bp:add``), every
-CRISIS_EVERY-th reading a crisis that raises an alert the caregiver acknowledges. ``ops_per_s``:
-operations acknowledged ok per second (frames, signals, readings, alert acknowledgements).
+CRISIS_EVERY-th reading a crisis that raises an alert the caregiver acknowledges. An operation: one
+acknowledged ok (frame, signal, reading, alert acknowledgement) in the measured window (after the
+warm-up, FIRST_WARMUP_S longer the first time; the load generator marks its ends, where CPU times and
+counters are read).
 
-Configurations on one embedded store (SecantusDB, its own process), same accounts:
-(1) ``healthmate serve``, one process, as a single-process deployment runs it (no Redis);
-(2) ``healthmate serve --workers 2`` sharing rooms through Redis, the sockets of a household landing
-on whichever worker the kernel picks (so half the relays and most alerts cross processes).
-Run 1, 2, 1: the store grows as the bench goes (readings, audit), so the single process is measured
-before and after and ``ops_per_s_1`` is the mean.
+Configurations on one embedded store (SecantusDB, its own process), each on a database of its own with
+the same number of households (seeded), both servers up throughout and measured in turn, ``1, 2``,
+REPEATS times over: ``1`` = ``healthmate serve``, one process, as a single-process deployment
+runs it (no Redis); ``2`` = ``healthmate serve --workers 2`` sharing rooms through Redis, the sockets of a
+household landing on whichever worker the kernel picks (so half the relays and most alerts cross
+processes).
 
-Reading the ratio: the load generator, the store and the analysis worker share the machine's 2 cores
-with the servers; ``cores_*`` says what each took. A second process can only use what the single
-process leaves idle, so on this machine the ratio is bounded by 2 / (cores the 1-process run used).
+On 2 cores the store, the analysis worker and the load generator take most of a core, so throughput
+cannot show scale-out here. The headline is a cost ratio instead: ``scale_efficiency`` = operations per
+server-CPU-second on 2 workers (Redis's CPU counted in their cost) / the same on 1 process. Model (README):
+with the store and Redis on machines of their own, N workers on N cores carry about
+N x efficiency x what one process carries on one core, as long as the cost per operation stays what 2
+workers pay (the share of messages crossing processes grows from 1/2 towards 1 with N, so read it as an
+upper bound for large N). Also reported per operation: store commands (the servers' command
+monitoring), Redis commands and PUBLISHes, and CPU per process group.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pymongo import MongoClient
+from bench._common import REPEATS, SMOKE, CpuMeter, cores, emit, own_processes, per_op_us, rounded, server_pids, start
+from bench._seed import Seeder, server_env
+from bench._servers import (
+    NODE,
+    UNLIMITED,
+    RedisServer,
+    Store,
+    Window,
+    embedded_store,
+    ensure_node,
+    redis_server,
+    run_marked,
+    spawn_server,
+    stop,
+    wait_ready,
+)
 
-from bench._servers import UNLIMITED, cpu_s, descendants, post, redis_server, register, start_server, stop
-from bench.events import NODE, ensure_node
-from server.infra.embedded_store import EmbeddedStore
-
-HOUSEHOLDS = int(os.environ.get("BENCH_SCALE_HOUSEHOLDS", "24"))
+HOUSEHOLDS = 2 if SMOKE else 24
 LANES = 2
 # A household's day: a call or two (~20-40 signaling messages each) and 2-4 blood-pressure readings.
 SIGNALS_PER_READING = 20
 CRISIS_EVERY = 10
-DURATION_S = float(os.environ.get("BENCH_SCALE_SECONDS", "15"))
-WARMUP_S = 4.0
+DURATION_S = 0.5 if SMOKE else 6.0
+WARMUP_S = 0.5 if SMOKE else 3.0
+FIRST_WARMUP_S = 6.0
+DB = "bench_scale"
 
 
-def store_ops(store: EmbeddedStore) -> dict[str, int]:
-    """The store's operation counters (serverStatus ``opcounters``)."""
-    with MongoClient(store.url) as client:
-        return dict(client.admin.command("serverStatus")["opcounters"])
+async def households(store_url: str, db: str) -> list[dict[str, str]]:
+    """Patients with their caregiver linked and an ECG sensor paired."""
+    async with Seeder(store_url, db) as seed:
+        patients, carers = await seed.users("patient", HOUSEHOLDS), await seed.users("caregiver", HOUSEHOLDS)
+        await seed.link(list(zip(patients, carers, strict=True)))
+        sensors = await seed.devices(patients)
+    return [{"patient_id": p.id, "patient_token": p.token, "carer_token": c.token, "device_token": d}
+            for p, c, d in zip(patients, carers, sensors, strict=True)]
 
 
-def household(url: str, n: int) -> dict[str, str]:
-    """A patient with their caregiver linked and an ECG sensor paired, through the REST API."""
-    patient, carer = register(url, "patient", f"scale{n}"), register(url, "caregiver", f"scale{n}")
-    code = post(url, "/api/links/codes", {}, patient["access_token"])
-    post(url, "/api/links/redeem", {"code": code["code"]}, carer["access_token"])
-    paired = post(url, f"/api/patients/{patient['user']['id']}/devices",
-                  {"kind": "ecg", "serial": f"SCALE-{n:04d}", "model": "bench"}, patient["access_token"])
-    return {"patient_id": patient["user"]["id"], "patient_token": patient["access_token"],
-            "carer_token": carer["access_token"], "device_token": paired["credential"]}
+@dataclass
+class Config:
+    name: str
+    workers: int
+    proc: Any
+    url: str
+    homes: list[dict[str, str]]
 
 
-def run(label: str, tmp: str, store: EmbeddedStore, homes: list[dict[str, str]] | None, *args: str,
-        **env: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    proc, url, _ = start_server(tmp, *args, HEALTHMATE_MONGODB_URL=store.url, HEALTHMATE_MONGODB_DB="bench_scale",
-                                HEALTHMATE_JWT_SECRET="scale-bench-" + "s" * 40, **UNLIMITED, **env)
-    try:
-        if homes is None:
-            with ThreadPoolExecutor(4) as pool:
-                homes = list(pool.map(lambda n: household(url, n), range(HOUSEHOLDS)))
-        plan = Path(tmp) / f"plan-{label}.json"
-        plan.write_text(json.dumps({"url": url, "households": homes, "duration_s": DURATION_S,
-                                    "warmup_s": WARMUP_S, "lanes": LANES, "crisis_every": CRISIS_EVERY,
-                                    "signals_per_reading": SIGNALS_PER_READING}))
-        servers = [proc.pid, *descendants(proc.pid)]  # workers and their analysis processes
-        loadgen = subprocess.Popen(["node", str(NODE / "mixed.mjs"), str(plan)], stdout=subprocess.PIPE, text=True)
-        time.sleep(WARMUP_S + 2)  # the households are set up and warm by now (setup takes ~1 s)
-        store_pid = store.proc.pid if store.proc else 0
-        before = {pid: cpu_s(pid) for pid in [*servers, loadgen.pid, store_pid]}
-        ops_before = store_ops(store)
-        t0 = time.monotonic()
-        time.sleep(DURATION_S - 4)
-        seconds = time.monotonic() - t0
-        cores = {pid: (cpu_s(pid) - before[pid]) / seconds for pid in before}
-        store_per_s = {k: round((v - ops_before.get(k, 0)) / seconds) for k, v in store_ops(store).items()}
-        out, _ = loadgen.communicate(timeout=DURATION_S + 120)
-        if loadgen.returncode != 0:
-            raise SystemExit(f"load generator failed ({label})")
-        result = json.loads(out.strip().splitlines()[-1])
-        result["cores"] = {"servers": round(sum(cores[p] for p in servers), 2),
-                           "store": round(cores[store_pid], 2), "loadgen": round(cores[loadgen.pid], 2)}
-        result["store_ops_per_s"] = store_per_s
-        print(f"  {label}: {result}", flush=True)
-        failed = sum(result["errors"].values())
-        if failed > 0.01 * sum(result["ok"].values()):
-            raise SystemExit(f"{label}: {failed} operations failed: {result['errors']}")
-        return result, homes
-    finally:
-        stop(proc)
-
-
-async def measure() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        store = EmbeddedStore(Path(tmp) / "store")
-        await store.start()
-        try:
-            print(f"{HOUSEHOLDS} households x {LANES} scripts, {DURATION_S:.0f} s each", flush=True)
-            before, homes = await asyncio.to_thread(run, "1 process", tmp, store, None)
-            with redis_server() as redis_url:
-                two, _ = await asyncio.to_thread(run, "2 workers", tmp, store, homes, "--workers", "2",
-                                                 HEALTHMATE_REDIS_URL=redis_url)
-            after, _ = await asyncio.to_thread(run, "1 process again", tmp, store, homes)
-        finally:
-            await store.stop()
-    return before, two, after
+def run(config: Config, tmp: Path, store: Store, redis: RedisServer, warmup_s: float) -> dict[str, Any]:
+    plan = tmp / f"plan-{config.name}.json"
+    plan.write_text(json.dumps({"url": config.url, "households": config.homes, "duration_s": DURATION_S,
+                                "warmup_s": warmup_s, "lanes": LANES, "crisis_every": CRISIS_EVERY,
+                                "signals_per_reading": SIGNALS_PER_READING}))
+    shared = config.workers > 1
+    meter = CpuMeter(server=lambda: server_pids(config.proc.pid), redis=[redis.pid] if shared else [],
+                     store=[store.pid], loadgen=lambda: own_processes("mixed.mjs"))
+    window = Window(meter, (config.url,), config.workers, redis if shared else None)
+    result = run_marked(["node", str(NODE / "mixed.mjs"), str(plan)], window.open, window.close,
+                        timeout=DURATION_S + WARMUP_S + 120)
+    ops = sum(result["ok"].values())
+    failed = sum(result["errors"].values())
+    if failed > 0.01 * max(ops, 1):
+        raise SystemExit(f"{config.name}: {failed} operations failed: {result['errors']}")
+    server_cpu = window.cpu["server"] + window.cpu["redis"]
+    out = {"ops": ops, "ops_per_s": ops / window.seconds, "ops_per_server_cpu_s": ops / server_cpu,
+           "cpu_us_per_op": per_op_us(window.cpu, ops), "cores": cores(window.cpu, window.seconds),
+           "store_commands_per_op": window.store_commands / ops if ops and window.store_commands is not None else None,
+           "redis_per_op": {k: rounded(v / ops) for k, v in (window.redis_counts or {}).items()} if ops else None,
+           "ok": result["ok"], "signal_p99_ms": result["signal_p99_ms"], "bp_p99_ms": result["bp_p99_ms"]}
+    print(f"  {config.name}: {ops} ops, {out['ops_per_s']:.0f}/s, {out['ops_per_server_cpu_s']:.0f} per "
+          f"server-CPU-second; cores {out['cores']}; store commands/op {rounded(out['store_commands_per_op'])}, "
+          f"Redis/op {out['redis_per_op']}", flush=True)
+    return out
 
 
 def main() -> None:
+    budget = start("scale")
     ensure_node()
-    before, two, after = asyncio.run(measure())
-    ops_1 = (before["ops_per_s"] + after["ops_per_s"]) / 2
-    figures = {"bench": "scale", "ops_per_s_1": round(ops_1), "ops_per_s_2": two["ops_per_s"],
-               "ratio_2_vs_1": round(two["ops_per_s"] / ops_1, 2),
-               "ops_per_s_1_before_after": [before["ops_per_s"], after["ops_per_s"]],
-               "ops_1": before["ok"], "ops_2": two["ok"],
-               "signal_p99_ms_1": round(before["signal_p99_ms"], 1), "signal_p99_ms_2": round(two["signal_p99_ms"], 1),
-               "bp_p99_ms_1": round(before["bp_p99_ms"], 1), "bp_p99_ms_2": round(two["bp_p99_ms"], 1),
-               "cores_1": before["cores"], "cores_2": two["cores"],
-               "households": HOUSEHOLDS, "store": "embedded SecantusDB (its own process)", "cpus": os.cpu_count()}
-    print(json.dumps(figures))
+    runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
+    with tempfile.TemporaryDirectory() as folder, embedded_store(Path(folder) / "store") as store, \
+            redis_server() as redis:
+        tmp = Path(folder)
+        # Both servers run throughout (the one not under load idles), each on a database of its own.
+        configs = []
+        for name, workers in (("1", 1), ("2", 2)):
+            db = f"{DB}_{name}"
+            homes = asyncio.run(households(store.url, db))
+            args, env = (("--workers", "2"), {"HEALTHMATE_REDIS_URL": redis.url}) if workers > 1 else ((), {})
+            proc, url = spawn_server(str(tmp / name), *args, **server_env(store.url, db), **UNLIMITED, **env)
+            configs.append(Config(name, workers, proc, url, homes))
+        try:
+            for c in configs:
+                wait_ready(c.url, c.proc)
+            print(f"{HOUSEHOLDS} households x {LANES} scripts, {DURATION_S:.0f} s windows, {REPEATS} rounds",
+                  flush=True)
+            for r in budget.rounds(REPEATS, "round"):
+                for c in configs:  # the first time, longer: the analysis workers start with the first streams
+                    runs[c.name].append(run(c, tmp, store, redis, WARMUP_S + (0 if r or SMOKE else FIRST_WARMUP_S)))
+        finally:
+            stop(*(c.proc for c in configs))
+    pairs = list(zip(runs["1"], runs["2"], strict=False))
+    emit(budget, {"scale_efficiency": [b["ops_per_server_cpu_s"] / a["ops_per_server_cpu_s"] for a, b in pairs],
+                  "ops_per_server_cpu_s_1": [r["ops_per_server_cpu_s"] for r in runs["1"]],
+                  "ops_per_server_cpu_s_2": [r["ops_per_server_cpu_s"] for r in runs["2"]],
+                  "ops_per_s_1": [r["ops_per_s"] for r in runs["1"]],
+                  "ops_per_s_2": [r["ops_per_s"] for r in runs["2"]],
+                  "store_commands_per_op": {c: [r["store_commands_per_op"] for r in runs[c]] for c in runs}},
+         redis_per_op_2=runs["2"][-1]["redis_per_op"],
+         cpu_us_per_op={c: runs[c][-1]["cpu_us_per_op"] for c in runs},
+         cores={c: runs[c][-1]["cores"] for c in runs},
+         ops={c: runs[c][-1]["ok"] for c in runs},
+         signal_p99_ms={c: rounded(runs[c][-1]["signal_p99_ms"]) for c in runs},
+         bp_p99_ms={c: rounded(runs[c][-1]["bp_p99_ms"]) for c in runs},
+         households=HOUSEHOLDS, window_s=DURATION_S, store="embedded SecantusDB (its own process)")
 
 
 if __name__ == "__main__":

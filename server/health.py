@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.core.errors import error_body
+from server.infra.store import COMMANDS
 from server.transport.events import DEVICE_ROLES, USER_ROLES, EventContext
 from server.transport.mount import Mount
 
@@ -41,8 +42,10 @@ def mount(m: Mount, server: Server) -> None:
     m.events.event("sys:ping", PingIn, roles=USER_ROLES | DEVICE_ROLES)(ping)
 
     async def healthz(request: web.Request) -> web.Response:
-        """Liveness; ``process`` tells the workers of a multi-process server apart."""
-        return web.json_response({"status": "ok", "process": server.realtime.process_id})
+        """Liveness; ``process`` tells the workers of a multi-process server apart; ``store_commands``: the
+        store commands this process has sent since it started."""
+        return web.json_response({"status": "ok", "process": server.realtime.process_id,
+                                  "store_commands": COMMANDS.total})
 
     async def readyz(request: web.Request) -> web.Response:
         checks: dict[str, str] = {}

@@ -152,3 +152,13 @@ async def test_writes_to_the_embedded_store_are_not_retryable(store: EmbeddedSto
     writes = [c for c in listener.commands if {"insert", "update", "delete"} & c.keys()]
     assert len(writes) == 3
     assert all("txnNumber" not in c for c in writes), writes
+
+
+async def test_healthz_counts_the_store_commands_the_process_sent(api: Api) -> None:
+    """Command monitoring on the server's client: a registration's writes show in ``/healthz``, which the
+    benchmarks read to give store commands per operation."""
+    status, before = await api.request("GET", "/healthz")
+    assert status == 200 and isinstance(before["store_commands"], int)
+    await api.register("patient")
+    _, after = await api.request("GET", "/healthz")
+    assert after["store_commands"] >= before["store_commands"] + 2  # at least the user and the session stored

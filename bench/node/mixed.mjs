@@ -1,5 +1,6 @@
 // Load generator for bench/scale.py: the mixed workload of a home-care deployment, over the official
-// socket.io client. Usage: node mixed.mjs <plan.json>; prints one JSON line of counts.
+// socket.io client. Usage: node mixed.mjs <plan.json>; prints "window start" and "window stop" around the
+// measured window (after the warm-up), then one JSON line of counts.
 //
 // Each household (a patient, their caregiver, the patient's ECG sensor) keeps:
 //   * a live stream: the sensor sends a 200 ms ECG frame (50 float32 samples at 250 Hz) every 200 ms,
@@ -132,11 +133,13 @@ homes.forEach((hh, i) => {
   for (let lane = 0; lane < LANES; lane++) loops.push(script(hh, lane));
 });
 await new Promise((r) => setTimeout(r, warmup * 1000));
+console.log("window start");
 measuring = true;
 const started = performance.now();
 await new Promise((r) => setTimeout(r, duration * 1000));
 measuring = false;
 const elapsed = (performance.now() - started) / 1000;
+console.log("window stop");
 running = false;
 await Promise.allSettled(loops);
 for (const hh of homes) {

@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 from beanie import Document, init_beanie
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 
 from server.infra.migrations import MigrationRecord
 
 
+class CommandCounter(monitoring.CommandListener):
+    """Counts the store commands this process's clients send (PyMongo command monitoring); ``/healthz``
+    reports the total, so that store work can be divided by the operations that caused it."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.total += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+COMMANDS = CommandCounter()
+
+
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:
-    """A client whose writes are acknowledged only once durable (majority + journal)."""
+    """A client whose writes are acknowledged only once durable (majority + journal), its commands
+    counted in ``COMMANDS``."""
+    listeners = [COMMANDS, *kwargs.pop("event_listeners", ())]  # type: ignore[misc]
     opts: dict[str, object] = {
+        "event_listeners": listeners,
         "tz_aware": True,
         "w": "majority",
         "journal": True,
