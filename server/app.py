@@ -120,7 +120,7 @@ def create_app(settings: Settings) -> web.Application:
     live = LiveHub(realtime, pubsub)
     bus.on("link_changed", live.revoke_member)
     notes = Notifications(realtime, realtime)
-    vitals = Vitals(realtime, bus)
+    vitals = Vitals(realtime, bus, notes)
     writer = HistoryWriter(settings.raw_retention_days)
     streams = StreamService(live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
