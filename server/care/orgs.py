@@ -112,10 +112,12 @@ async def create_org(name: str, admin_email: str, ttl_s: int) -> tuple[Organisat
     if not 1 <= len(name) <= 100 or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
         raise ApiError("invalid_name", "An organisation's name is 1 to 100 printable characters", 422)
     email = normalise_email(admin_email)
+    user = await User.find_one(User.email == email)
+    if user is not None and user.role == "patient":
+        raise _patient()
     org = Organisation(name=name)
     await org.insert()
     assert org.id is not None
-    user = await User.find_one(User.email == email)
     if user is not None:
         user = await join(org.id, user, "admin", None)
         await audit.record("org.create", user_id=None, role="operator", org_id=str(org.id), admin=email)
