@@ -36,12 +36,14 @@ from server.care.accounts import Profiles
 from server.care.auth import AuthService
 from server.care.contacts import Contacts
 from server.care.linking import Linking
+from server.care.orgs import Organisations
 from server.care.security import TokenService
 from server.care.uploads import Uploads
 from server.core.config import Settings
 from server.core.errors import ApiError
 from server.core.identity import Principal
 from server.dashboard import setup as setup_dashboard
+from server.infra.mailer import Mailer
 from server.infra.presence import Presence
 from server.infra.pubsub import ControlBus, make_pubsub
 from server.infra.ratelimit import FailureCounter
@@ -118,7 +120,7 @@ def create_app(settings: Settings) -> web.Application:
     live = LiveHub(realtime, pubsub)
     bus.on("link_changed", live.revoke_member)
     notes = Notifications(realtime, realtime)
-    vitals = Vitals(realtime, bus)
+    vitals = Vitals(realtime, bus, notes)
     writer = HistoryWriter(settings.raw_retention_days)
     streams = StreamService(live, vitals, writer, settings.analysis_workers)
     vitals.on_thresholds_changed.append(streams.apply_thresholds)
@@ -141,7 +143,9 @@ def create_app(settings: Settings) -> web.Application:
     profiles = Profiles(realtime, uploads)
     mqtt, broker_files = mqtt_bridge.from_settings(settings, realtime.router, realtime.process_id, bus)
     realtime.attach(app)
-    care_api.mount(mount, auth, profiles, Linking(realtime, bus, failures, settings.link_code_ttl_s), contacts, uploads)
+    orgs = Organisations(auth, Mailer.from_settings(settings), settings.invitation_ttl_s, settings.public_url)
+    care_api.mount(mount, auth, profiles, Linking(realtime, bus, failures, settings.link_code_ttl_s), contacts, uploads,
+                   orgs)
     streaming_api.mount(mount, streams, live)
     vitals_api.mount(mount, bp, vitals, forecasts, triage)
     calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)

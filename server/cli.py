@@ -1,5 +1,5 @@
-"""``healthmate`` command line: ``serve``, ``migrate``, ``simulate``, ``train`` and ``models`` (see
-``server.cli_models``)."""
+"""``healthmate`` command line: ``serve``, ``migrate``, ``org create``, ``simulate``, ``train`` and ``models``
+(see ``server.cli_models``)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,40 @@ def migrate(args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
+def org_create(args: argparse.Namespace) -> None:
+    """The organisation and its first admin: an existing account at once, or a single-use invitation link for
+    the email, printed (and mailed where SMTP is configured)."""
+    from server.app import DOCUMENTS
+    from server.care.orgs import create_org, invitation_link
+    from server.core.errors import ApiError
+    from server.infra.mailer import Mailer
+    from server.lifecycle import connected
+
+    settings = settings_from(args)
+    mailer = Mailer.from_settings(settings)
+
+    async def run() -> None:
+        async with connected(settings, DOCUMENTS):
+            org, admin, token = await create_org(args.name, args.admin, settings.invitation_ttl_s)
+        print(f"organisation {org.name!r} created: {org.id}")
+        if admin is not None:
+            print(f"admin: {admin.email} (an existing account, now this organisation's admin and a verified clinician)")
+            return
+        assert token is not None
+        link = invitation_link(settings.public_url or f"http://{settings.host}:{settings.port}", token)
+        print(f"admin: {args.admin} has no account yet; this single-use link (valid {settings.invitation_ttl_s} s) "
+              f"makes it:\n{link}")
+        if mailer is not None and await mailer.send(args.admin.strip().lower(), f"Administer {org.name} on Health Mate",
+                                                    f"Open this link to make your account:\n{link}\n"):
+            print("(mailed to it too)")
+
+    try:
+        asyncio.run(run())
+    except (ApiError, ValueError) as exc:
+        print(f"healthmate org create: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def simulate_arguments(p: argparse.ArgumentParser) -> None:
     from devices.simulators.sensor import add_arguments
 
@@ -77,6 +111,13 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("migrate", help="apply data migrations and index changes, then exit")
     p.add_argument("--data-dir")
     p.set_defaults(func=migrate)
+    p = sub.add_parser("org", help="organisations (clinics, home-care agencies) that vouch for clinicians")
+    org_sub = p.add_subparsers(dest="org_command", required=True)
+    p = org_sub.add_parser("create", help="make an organisation with its first admin")
+    p.add_argument("name")
+    p.add_argument("--admin", required=True, metavar="EMAIL", help="an existing account, or the email to invite")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=org_create)
     p = sub.add_parser("simulate", help="a simulated ECG/PPG device streaming to a server")
     simulate_arguments(p)
     p.set_defaults(func=simulate)

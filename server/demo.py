@@ -1,5 +1,6 @@
 """The development demo (``healthmate serve --demo``, what ``make run`` starts): a demo patient wearing
-simulated ECG and PPG devices that stream all the time, and a demo clinician linked to that patient.
+simulated ECG and PPG devices that stream all the time, and a demo clinician linked to that patient (the admin of
+a demo clinic, which verifies them).
 
 The accounts, the link and the devices are created once and kept across restarts; the devices get
 a fresh credential at each start (only its hash is stored, so the old one cannot be recovered).
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from pymongo.errors import DuplicateKeyError
 
 from devices.registry import Device, new_credential
-from server.care.documents import Link, User
+from server.care.documents import Link, Organisation, User
+from server.care.orgs import join
 from server.care.security import hash_password
 from server.core.config import Settings
 
@@ -28,6 +30,7 @@ log = logging.getLogger("healthmate.demo")
 PASSWORD = "healthmate-demo-2026"
 PATIENT_EMAIL = "demo.patient@healthmate.example"
 CLINICIAN_EMAIL = "demo.clinician@healthmate.example"
+CLINIC = "Demo clinic"
 DEVICES = (("ecg", 250.0, "DEMO-ECG-1"), ("ppg", 100.0, "DEMO-PPG-1"))
 RETRY_S = 2.0
 
@@ -47,10 +50,15 @@ async def _user(email: str, name: str, role: str) -> User:
 
 
 async def ensure_accounts() -> tuple[User, User]:
-    """The demo patient and clinician, linked (created if missing; a revoked link is left revoked)."""
+    """The demo patient and clinician, linked (created if missing; a revoked link is left revoked); the
+    clinician administers the demo clinic, which verifies them."""
     patient = await _user(PATIENT_EMAIL, "Demo Patient", "patient")
     clinician = await _user(CLINICIAN_EMAIL, "Dr Demo", "clinician")
     assert patient.id is not None and clinician.id is not None
+    if not clinician.verified:
+        clinic = await Organisation.find_one(Organisation.name == CLINIC) or await Organisation(name=CLINIC).insert()
+        assert clinic.id is not None
+        clinician = await join(clinic.id, clinician, "admin", None)
     key = Link.key(patient.id, clinician.id)
     if await Link.get(key) is None:
         with contextlib.suppress(DuplicateKeyError):

@@ -116,11 +116,17 @@ async def connect_refused(base_url: str, auth: Any) -> Any:
 
 
 class Api:
-    def __init__(self, base_url: str, app: web.Application | None = None) -> None:
+    """``app``: the server is in this process; ``operator_env``: the environment of a server subprocess, for the
+    operator's commands (``healthmate org create``) the clinicians' organisation is made with."""
+
+    def __init__(self, base_url: str, app: web.Application | None = None,
+                 operator_env: dict[str, str] | None = None) -> None:
         self.base_url = base_url
         self.app = app
+        self.operator_env = operator_env
         self.http = aiohttp.ClientSession()
         self.sockets: list[Sock] = []
+        self._admin: tuple[User, str] | None = None
 
     async def __aenter__(self) -> Api:
         return self
@@ -140,12 +146,52 @@ class Api:
             return resp.status, await resp.read()
 
     async def register(self, role: str = "patient", name: str | None = None, **extra: Any) -> User:
+        """A new account; a clinician is invited by the admin of a test organisation and accepts (clinicians
+        cannot register themselves)."""
         n = next(_names)
         email = f"{role}{n}-{os.getpid()}@example.org"
+        if role == "clinician":
+            admin, org_id = await self.org_admin()
+            token = await self.invite(admin, org_id, email)
+            return await self.accept(token, email, name or f"Clinician {n}")
         status, body = await self.request("POST", "/api/auth/register", json={
             "email": email, "password": PASSWORD, "name": name or f"{role.title()} {n}", "role": role, **extra})
         assert status == 201, body
         return User(body["user"]["id"], email, role, body["access_token"], body["refresh_token"], body["user"])
+
+    async def org_admin(self) -> tuple[User, str]:
+        """The admin of this client's test organisation and its id, made by the operator on first use."""
+        if self._admin is None:
+            email = f"admin{next(_names)}-{os.getpid()}@example.org"
+            org_id, token = await self.operator_org("Test clinic", email)
+            self._admin = await self.accept(token, email, "Org Admin"), org_id
+        return self._admin
+
+    async def operator_org(self, name: str, admin_email: str) -> tuple[str, str]:
+        """``healthmate org create NAME --admin EMAIL`` for an email with no account: the org's id and the token
+        of the admin's invitation (the function the command runs, for a server in this process)."""
+        if self.app is not None:
+            from server.care.orgs import create_org
+
+            org, _, token = await create_org(name, admin_email, 3600)
+            assert token is not None
+            return str(org.id), token
+        assert self.operator_env is not None, "give Api(url, operator_env=...) to make clinicians on a subprocess"
+        out = await run_cli(self.operator_env, "org", "create", name, "--admin", admin_email)
+        return out.split("created: ", 1)[1].split()[0], out.split("#invitation=", 1)[1].split()[0]
+
+    async def invite(self, admin: User, org_id: str, email: str, role: str = "clinician") -> str:
+        """The admin invites ``email``; the invitation's token, from the link the admin is shown."""
+        status, body = await self.request("POST", f"/api/orgs/{org_id}/invitations", admin,
+                                          json={"email": email, "role": role})
+        assert status == 201, body
+        return body["link"].split("#invitation=", 1)[1]
+
+    async def accept(self, token: str, email: str, name: str) -> User:
+        status, body = await self.request("POST", "/api/invitations/accept", json={
+            "token": token, "email": email, "name": name, "password": PASSWORD})
+        assert status == 201, body
+        return User(body["user"]["id"], email, "clinician", body["access_token"], body["refresh_token"], body["user"])
 
     async def socket(self, user: User | None = None, token: str | None = None) -> Sock:
         s = await connect(self.base_url, token if token is not None else user.access_token if user else None)
@@ -161,6 +207,15 @@ class Api:
 
 
 _dbs = itertools.count()
+
+
+async def run_cli(env: dict[str, str], *args: str) -> str:
+    """``healthmate ARGS`` with a server's environment; its output (it must succeed)."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "server.cli", *args, env={**os.environ, **env},
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
 
 
 def process_env(store_url: str, data_dir: Any, redis_url: str = "", **settings: object) -> dict[str, str]:

@@ -20,7 +20,7 @@ async def test_alert_raised_on_one_process_reaches_and_is_acked_across_both(
         store: EmbeddedStore, redis_url: str, tmp_path: Path) -> None:
     shared = env(store, redis_url, tmp_path)
     async with server_processes(shared, shared) as (one, two):
-        async with Api(one.url) as api:
+        async with Api(one.url, operator_env=shared) as api:
             patient = await api.register("patient")
             maria, doctor = await api.register("caregiver", name="Maria"), await api.register("clinician")
             await api.link(patient, maria)

@@ -179,7 +179,7 @@ async def test_relay_when_the_members_are_on_different_processes(store: Embedded
     async with server_processes(env, env) as (one, two):
         peers: list[CallPeer] = []
         try:
-            async with Api(one.url) as api1, Api(two.url) as api2:
+            async with Api(one.url, operator_env=env) as api1, Api(two.url) as api2:
                 patient, carer, clinician = [await api1.register(r) for r in ("patient", "caregiver", "clinician")]
                 await api1.link(patient, carer)
                 await api1.link(patient, clinician)

@@ -3,6 +3,7 @@ the audit log, medical contacts and uploads, each handler bound once to its serv
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -12,12 +13,14 @@ from server.care.accounts import Profiles
 from server.care.auth import AuthService
 from server.care.contacts import Contacts
 from server.care.documents import (
+    AcceptIn,
     AuditEntry,
     ContactAdd,
     ContactIn,
     ContactPatch,
     ContactRef,
     ContactUpdate,
+    InviteIn,
     LoginIn,
     PasswordChange,
     PatientRef,
@@ -28,6 +31,7 @@ from server.care.documents import (
     RevokeIn,
 )
 from server.care.linking import Linking
+from server.care.orgs import Organisations
 from server.care.patients import get_patient, list_patients
 from server.care.uploads import FIELDS, Uploads, read_field
 from server.care.uploads import public as upload_json
@@ -40,8 +44,9 @@ NO_CONTENT = 204
 
 
 def mount(m: Mount, auth: AuthService, profiles: Profiles, linking: Linking, contacts: Contacts,
-          uploads: Uploads) -> None:
+          uploads: Uploads, orgs: Organisations) -> None:
     _accounts(m, auth, profiles)
+    _orgs(m, orgs)
     _links(m, linking)
     _patients(m)
     _contacts(m, contacts)
@@ -98,6 +103,51 @@ def _accounts(m: Mount, auth: AuthService, profiles: Profiles) -> None:
     r.add_get("/api/me", get_me)
     r.add_patch("/api/me", patch_me)
     r.add_post("/api/me/password", change_password)
+
+
+def _orgs(m: Mount, orgs: Organisations) -> None:
+    rest = m.rest
+
+    async def mine(request: web.Request) -> web.Response:
+        return web.json_response({"items": await orgs.mine(await rest.principal(request))})
+
+    async def members(request: web.Request) -> web.Response:
+        principal = await rest.principal(request)
+        return web.json_response(await orgs.members(principal, request.match_info["org_id"], rest.client(request)))
+
+    async def invite(request: web.Request) -> web.Response:
+        principal = await rest.principal(request)
+        body = await read_json(request, InviteIn)
+        result = await orgs.invite(principal, request.match_info["org_id"], body, f"{request.scheme}://{request.host}",
+                                   rest.client(request))
+        return web.json_response(result, status=201, headers={"Cache-Control": "no-store"})
+
+    async def revoke(request: web.Request) -> web.Response:
+        principal = await rest.principal(request)
+        return web.json_response(await orgs.revoke_invitation(
+            principal, request.match_info["org_id"], request.match_info["invitation_id"], rest.client(request)))
+
+    async def accept(request: web.Request) -> web.Response:
+        """With no Authorization header: a new account; with one: the invited account joins."""
+        principal = await rest.principal(request) if "Authorization" in request.headers else None
+        body = await read_json(request, AcceptIn)
+        result, created = await orgs.accept(principal, body, rest.client(request))
+        return web.json_response(result, status=201 if created else 200)
+
+    async def set_status(suspend: bool, request: web.Request) -> web.Response:
+        principal = await rest.principal(request)
+        change = orgs.suspend if suspend else orgs.reinstate
+        return web.json_response(await change(principal, request.match_info["org_id"], request.match_info["user_id"],
+                                              rest.client(request)))
+
+    r = m.routes
+    r.add_get("/api/orgs", mine)
+    r.add_get("/api/orgs/{org_id}/members", members)
+    r.add_post("/api/orgs/{org_id}/invitations", invite)
+    r.add_delete("/api/orgs/{org_id}/invitations/{invitation_id}", revoke)
+    r.add_post("/api/orgs/{org_id}/members/{user_id}/suspend", partial(set_status, True))
+    r.add_post("/api/orgs/{org_id}/members/{user_id}/reinstate", partial(set_status, False))
+    r.add_post("/api/invitations/accept", accept)
 
 
 def _links(m: Mount, linking: Linking) -> None:

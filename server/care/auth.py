@@ -31,7 +31,8 @@ class AuthService:
         self.failures = failures
         self.bus = bus
 
-    async def _new_session(self, user: User, client: Client) -> dict[str, Any]:
+    async def new_session(self, user: User, client: Client) -> dict[str, Any]:
+        """A login for ``user``: its session stored, its token pair returned."""
         assert user.id is not None
         sid = str(PydanticObjectId())
         jti = secrets.token_urlsafe(12)
@@ -44,12 +45,16 @@ class AuthService:
         return self._token_pair(user, sid, jti)
 
     def _token_pair(self, user: User, sid: str, refresh_jti: str) -> dict[str, Any]:
-        access, _ = self.tokens.issue("access", str(user.id), sid, role=user.role)
+        access, _ = self.tokens.issue("access", str(user.id), sid, role=user.acting_role)
         refresh, _ = self.tokens.issue("refresh", str(user.id), sid, jti=refresh_jti)
         return {"access_token": access, "refresh_token": refresh, "token_type": "Bearer",
                 "expires_in": self.settings.access_token_ttl_s}
 
     async def register(self, email: str, password: str, name: str, role: Role, client: Client) -> dict[str, Any]:
+        if role == "clinician":  # vouched for by an organisation, never self-declared
+            await audit.record("auth.register", outcome="denied", client=client, role=role)
+            raise ApiError("clinician_invite_required", "Clinicians join through an invitation from their "
+                           "organisation; register as a patient or caregiver", 403, {"field": "role"})
         try:
             email = normalise_email(email)
         except ValueError:
@@ -62,7 +67,7 @@ class AuthService:
             raise ApiError("email_taken", "An account with that email already exists", 409,
                            {"field": "email"}) from None
         await audit.record("auth.register", user_id=user.id, role=user.role, client=client)
-        return {"user": user.public(), **await self._new_session(user, client)}
+        return {"user": user.public(), **await self.new_session(user, client)}
 
     async def _throttle(self, keys: list[tuple[str, int]]) -> None:
         for key, limit in keys:
@@ -84,8 +89,11 @@ class AuthService:
                                email=email)
             raise unauthorized("Email or password is wrong", "invalid_credentials")
         await self.failures.reset(keys[0][0])
-        await audit.record("auth.login", user_id=user.id, role=user.role, client=client)
-        return {"user": user.public(), **await self._new_session(user, client)}
+        if user.suspended:  # told only to whoever knows the password
+            await audit.record("auth.login", user_id=user.id, outcome="denied", client=client, reason="suspended")
+            raise suspended()
+        await audit.record("auth.login", user_id=user.id, role=user.acting_role, client=client)
+        return {"user": user.public(), **await self.new_session(user, client)}
 
     async def refresh(self, refresh_token: str, client: Client) -> dict[str, Any]:
         claims = self.tokens.decode("refresh", refresh_token)
@@ -107,7 +115,9 @@ class AuthService:
                 raise unauthorized("This refresh token was already used; the session has been revoked",
                                    "refresh_token_reused")
             raise unauthorized("The session has ended; log in again", "session_revoked")
-        await audit.record("auth.refresh", user_id=user.id, role=user.role, client=client)
+        if user.suspended:
+            raise suspended()
+        await audit.record("auth.refresh", user_id=user.id, role=user.acting_role, client=client)
         return self._token_pair(user, str(sid), new_jti)
 
     async def revoke_sessions(self, user_id: PydanticObjectId, sids: list[str], reason: str) -> None:
@@ -116,6 +126,14 @@ class AuthService:
             {"$set": {"revoked_at": utcnow(), "revoked_reason": reason}},
         )
         await self.bus.publish("sessions_revoked", user_id=str(user_id), sids=sids)
+
+    async def live_sessions(self, user_id: PydanticObjectId) -> list[str]:
+        return [str(s.id) async for s in AuthSession.find(
+            AuthSession.user_id == user_id, AuthSession.revoked_at == None)]  # noqa: E711 (query, not comparison)
+
+    async def end_all_sessions(self, user_id: PydanticObjectId, reason: str) -> None:
+        """Every login of the user ends now, and their sockets in every process."""
+        await self.revoke_sessions(user_id, await self.live_sessions(user_id), reason)
 
     async def logout(self, principal: Principal, client: Client) -> None:
         await self.revoke_sessions(principal.user_id, [principal.sid], "logout")
@@ -132,9 +150,7 @@ class AuthService:
         user.password_hash = await hash_password(new)
         user.password_changed_at = utcnow()
         await user.save()
-        others = [str(s.id) async for s in AuthSession.find(
-            AuthSession.user_id == user.id, AuthSession.revoked_at == None  # noqa: E711 (query, not comparison)
-        ) if str(s.id) != principal.sid]
+        others = [sid for sid in await self.live_sessions(principal.user_id) if sid != principal.sid]
         if others:
             await self.revoke_sessions(principal.user_id, others, "password_changed")
         await audit.record("auth.password_change", principal=principal, client=client, revoked_sessions=len(others))
@@ -148,4 +164,10 @@ class AuthService:
         user = await User.get(session.user_id)
         if user is None:
             raise unauthorized("The account no longer exists", "session_revoked")
-        return Principal(user_id=session.user_id, role=user.role, sid=claims.sid, name=user.name)
+        if user.suspended:  # a login racing the suspension is refused here
+            raise suspended()
+        return Principal(user_id=session.user_id, role=user.acting_role, sid=claims.sid, name=user.name)
+
+
+def suspended() -> ApiError:
+    return ApiError("account_suspended", "Your organisation has suspended this account; ask its administrator", 403)

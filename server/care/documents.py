@@ -34,10 +34,19 @@ class User(VersionedDocument):
     avatar_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     password_changed_at: datetime = Field(default_factory=utcnow)
+    # Kept by ``server.care.orgs`` from the account's memberships: a clinician is verified while an organisation
+    # counts them as an active member; a member an organisation suspended may not log in.
+    verified: bool = False
+    suspended: bool = False
 
     class Settings:
         name = "users"
         indexes = [IndexModel([("email", ASCENDING)], unique=True, name="email_unique")]
+
+    @property
+    def acting_role(self) -> str:
+        """The role the account acts with: an unverified clinician has a caregiver's powers only."""
+        return "caregiver" if self.role == "clinician" and not self.verified else self.role
 
     def public(self) -> dict[str, Any]:
         return {
@@ -50,6 +59,8 @@ class User(VersionedDocument):
             "language": self.language,
             "avatar_id": self.avatar_id,
             "created_at": iso(self.created_at),
+            "verified": self.verified,
+            "acting_role": self.acting_role,
         }
 
 
@@ -166,7 +177,70 @@ class MedicalContact(VersionedDocument):
                 "updated_at": iso(self.updated_at)}
 
 
-DOCUMENTS: list[type[Document]] = [User, AuthSession, Link, LinkCode, AuditEntry, MedicalContact]
+OrgRole = Literal["admin", "clinician"]
+
+
+class Organisation(VersionedDocument):
+    """A clinic or a home-care agency: it vouches for the clinicians it counts as members."""
+
+    name: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "organisations"
+
+
+class Membership(VersionedDocument):
+    """An account's place in an organisation. The id is ``"<org>:<user>"`` so an account joins an org once.
+    An ``admin`` invites and suspends members; both roles verify a clinician account while ``active``."""
+
+    id: str  # type: ignore[assignment]
+    org_id: PydanticObjectId
+    user_id: PydanticObjectId
+    role: OrgRole
+    status: Literal["active", "suspended"] = "active"
+    joined_at: datetime = Field(default_factory=utcnow)
+    invited_by: PydanticObjectId | None = None  # None: the operator (``healthmate org create``)
+    suspended_at: datetime | None = None
+    suspended_by: PydanticObjectId | None = None
+
+    class Settings:
+        name = "memberships"
+        indexes = [IndexModel([("user_id", ASCENDING)], name="user"), IndexModel([("org_id", ASCENDING)], name="org")]
+
+    @staticmethod
+    def key(org_id: PydanticObjectId, user_id: PydanticObjectId) -> str:
+        return f"{org_id}:{user_id}"
+
+
+class Invitation(VersionedDocument):
+    """A single-use, expiring invitation to join ``org_id`` as ``role``, for ``email`` only. The link carries a
+    random token (256 bits); only its SHA-256 is stored, so the collection read back gives no usable link."""
+
+    token_hash: str
+    org_id: PydanticObjectId
+    email: str
+    role: OrgRole
+    created_by: PydanticObjectId | None = None  # None: the operator
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    accepted_at: datetime | None = None
+    accepted_by: PydanticObjectId | None = None
+    revoked_at: datetime | None = None
+
+    class Settings:
+        name = "invitations"
+        indexes = [IndexModel([("token_hash", ASCENDING)], unique=True, name="token_unique"),
+                   IndexModel([("org_id", ASCENDING), ("_id", DESCENDING)], name="org_recent")]
+
+    def public(self) -> dict[str, Any]:
+        return {"id": str(self.id), "org_id": str(self.org_id), "email": self.email, "role": self.role,
+                "created_at": iso(self.created_at), "expires_at": iso(self.expires_at),
+                "accepted_at": iso(self.accepted_at), "revoked_at": iso(self.revoked_at)}
+
+
+DOCUMENTS: list[type[Document]] = [User, AuthSession, Link, LinkCode, AuditEntry, MedicalContact, Organisation,
+                                   Membership, Invitation]
 
 
 # --- requests ----------------------------------------------------------------------------------------
@@ -300,3 +374,18 @@ class ContactUpdate(ContactPatch):
 
 class ContactRef(Strict):
     contact_id: str = Field(max_length=64)
+
+
+class InviteIn(Strict):
+    email: Email
+    role: OrgRole = "clinician"
+
+
+class AcceptIn(Strict):
+    """Accepting an invitation: with a new account (the invited ``email`` again, a name and a password), or,
+    sent with the access token of the invited account, with none of them."""
+
+    token: Annotated[str, StringConstraints(min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
+    email: Annotated[str, Field(max_length=254)] | None = None
+    name: Name | None = None
+    password: Secret | None = None

@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     # (scheme://host[:port], exactly), push services the operator runs or trusts on its own network.
     webpush_trusted_origins: list[str] = []
     push_webhook_url: str | None = None
+    # Organisations: how long an invitation link stays valid, the address the server is reached at (links in
+    # mail and printed by the CLI; unset: the address of the admin's request), and the SMTP server invitations
+    # are mailed through (smtp://user:password@host:587, STARTTLS when offered; smtps:// for TLS from the start).
+    invitation_ttl_s: int = Field(3 * 24 * 3600, ge=60, le=30 * 24 * 3600)
+    public_url: str | None = None
+    smtp_url: SecretStr | None = None
+    smtp_from: str | None = None  # the From address, required with smtp_url
+    smtp_timeout_s: float = Field(10.0, gt=0, le=120)
     fault_injection: Literal["", "crash_after_alert_persist"] = ""  # tests only; refused in production
     log_level: str = "INFO"
 

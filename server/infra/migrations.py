@@ -51,9 +51,20 @@ async def _lowercase_emails(db: AsyncDatabase) -> None:
         await db.users.update_one({"_id": doc["_id"]}, {"$set": {"email": doc["email"].strip().lower()}})
 
 
+async def _unverified_clinicians(db: AsyncDatabase) -> None:
+    """Clinicians who declared themselves at registration, before organisations vouched for clinicians, are
+    unverified: they act with a caregiver's powers, and their care-team links say so, until an organisation
+    counts them as a member (``server.care.orgs``)."""
+    ids = [doc["_id"] async for doc in db.users.find({"role": "clinician", "verified": {"$ne": True}}, {"_id": 1})]
+    await db.users.update_many({"_id": {"$in": ids}}, {"$set": {"verified": False, "suspended": False}})
+    await db.links.update_many({"member_id": {"$in": ids}, "member_role": "clinician"},
+                               {"$set": {"member_role": "caregiver"}})
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("0001_backfill_schema_version", _backfill_schema_version),
     ("0002_lowercase_emails", _lowercase_emails),
+    ("0003_unverified_clinicians", _unverified_clinicians),
 ]
 
 

@@ -5,6 +5,7 @@ import { BpChart } from "/static/bp-chart.js";
 import { AudioCall } from "/static/call.js";
 import { $, clock, el, fmt, humanize } from "/static/dom.js";
 import { Live } from "/static/live.js";
+import { invitationToken, OrgPanel } from "/static/org.js";
 import { Session } from "/static/session.js";
 import { WaveStrip } from "/static/strip.js";
 
@@ -31,6 +32,7 @@ const state = {
   latest: {}, // kind -> last analysis
 };
 const alerts = new AlertBoard(session);
+const orgs = new OrgPanel(session);
 alerts.addEventListener("change", () => loadOverview());
 alerts.addEventListener("open", (e) => openPatient(e.detail));
 
@@ -106,6 +108,7 @@ function startApp() {
   live.connect();
   loadOverview();
   alerts.load(null);
+  orgs.start();
   state.overviewTimer = setInterval(loadOverview, OVERVIEW_EVERY_MS);
   const wanted = new URLSearchParams(location.hash.slice(1)).get("patient");
   if (wanted) openPatient(wanted);
@@ -122,6 +125,7 @@ function stopApp() {
   state.patients.clear();
   stats.drawing = false;
   alerts.reset();
+  orgs.reset();
   $("patients").replaceChildren();
   $("patient-view").hidden = true;
   $("placeholder").hidden = false;
@@ -184,6 +188,7 @@ async function openPatient(id) {
   $("events").replaceChildren();
   $("events-empty").hidden = false;
   alerts.show(id);
+  orgs.hide();
   $("placeholder").hidden = true;
   $("patient-view").hidden = false;
   $("call-btn").hidden = Boolean(state.call && state.call.busy);
@@ -353,7 +358,7 @@ async function loadOngoing(id) {
 
 function showJoin() {
   const idle = !(state.call && state.call.busy);
-  $("join-btn").hidden = !(idle && state.ongoing && session.user && session.user.role === "clinician");
+  $("join-btn").hidden = !(idle && state.ongoing && session.user && session.user.acting_role === "clinician");
   $("call-btn").hidden = !idle || !$("join-btn").hidden; // one call at a time: join the one in progress
 }
 $("hangup-btn").addEventListener("click", () => state.call && state.call.hangup());
@@ -423,4 +428,5 @@ function frame(now) {
 requestAnimationFrame(frame);
 
 if (session.active) startApp();
+else if (invitationToken()) orgs.showSignUp(startApp);
 else showLogin();

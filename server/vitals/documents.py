@@ -127,23 +127,46 @@ class VitalEvent(VersionedDocument):
                 "detail": self.detail}
 
 
+# The clinical limits of what a clinician may set (docs/client-guide.md, "Alert thresholds"): beyond them a
+# threshold would silence an alarm a patient needs (a critical tachycardia at 300/min never fires, a critical
+# bradycardia at 15/min fires only in asystole, an alarm held back for ten minutes) or fire on normal rhythm.
+THRESHOLD_LIMITS: dict[str, tuple[float, float]] = {
+    "tachycardia_hr": (90, 200),  # /min
+    "tachycardia_critical_hr": (100, 220),  # /min
+    "tachycardia_s": (5, 120),  # seconds a fast rate lasts before it is an event
+    "bradycardia_hr": (35, 70),
+    "bradycardia_critical_hr": (30, 60),
+    "bradycardia_s": (5, 120),
+    "poor_quality": (0.2, 0.8),  # signal quality (0..1) below which the signal is poor
+    "poor_signal_s": (3, 60),
+    "stalled_s": (2, 60),  # seconds without samples before the stream counts as stalled
+    "frequent_ectopy_per_min": (1, 30),  # ectopic beats a minute above which frequent ectopy is told
+    "frequent_ectopy_s": (10, 300),
+}
+
+
+def _limit(name: str) -> Any:
+    low, high = THRESHOLD_LIMITS[name]
+    return Field(None, ge=low, le=high)
+
+
 class ThresholdsIn(BaseModel):
-    """What a clinician may tune; anything left out keeps its default."""
+    """What a clinician may tune, within ``THRESHOLD_LIMITS``; anything left out keeps its value."""
 
     model_config = ConfigDict(extra="forbid")
     patient_id: str = Field(max_length=64)
     # Names are those of ``ml.rhythm_events.Thresholds``.
-    tachycardia_hr: float | None = Field(None, ge=80, le=250)
-    tachycardia_critical_hr: float | None = Field(None, ge=90, le=300)
-    tachycardia_s: float | None = Field(None, ge=5, le=600)
-    bradycardia_hr: float | None = Field(None, ge=20, le=70)
-    bradycardia_critical_hr: float | None = Field(None, ge=15, le=70)
-    bradycardia_s: float | None = Field(None, ge=5, le=600)
-    poor_quality: float | None = Field(None, ge=0.05, le=0.95)
-    poor_signal_s: float | None = Field(None, ge=3, le=120)
-    stalled_s: float | None = Field(None, ge=2, le=120)
-    frequent_ectopy_per_min: float | None = Field(None, ge=1, le=60)
-    frequent_ectopy_s: float | None = Field(None, ge=10, le=600)
+    tachycardia_hr: float | None = _limit("tachycardia_hr")
+    tachycardia_critical_hr: float | None = _limit("tachycardia_critical_hr")
+    tachycardia_s: float | None = _limit("tachycardia_s")
+    bradycardia_hr: float | None = _limit("bradycardia_hr")
+    bradycardia_critical_hr: float | None = _limit("bradycardia_critical_hr")
+    bradycardia_s: float | None = _limit("bradycardia_s")
+    poor_quality: float | None = _limit("poor_quality")
+    poor_signal_s: float | None = _limit("poor_signal_s")
+    stalled_s: float | None = _limit("stalled_s")
+    frequent_ectopy_per_min: float | None = _limit("frequent_ectopy_per_min")
+    frequent_ectopy_s: float | None = _limit("frequent_ectopy_s")
 
 
 class PatientThresholds(VersionedDocument):

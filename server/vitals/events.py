@@ -1,19 +1,21 @@
 """Vital events from the live analysis (tachycardia, bradycardia, irregular rhythm, frequent ectopy, poor
 signal, no signal, stalled stream): persisted before they are pushed to the patient's room; and the
-per-patient thresholds a linked clinician sets."""
+per-patient thresholds a verified, linked clinician sets, within clinical limits."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from beanie import PydanticObjectId
+from pymongo.errors import DuplicateKeyError
 
 from ml.rhythm_events import Thresholds
 from server.care import audit
 from server.care.access import care_team, require_patient
-from server.core.documents import utcnow
+from server.core.documents import iso, utcnow
 from server.core.errors import ApiError, forbidden
 from server.core.identity import Client, Principal, as_object_id
 from server.core.ports import Broadcaster, Notifier
@@ -25,9 +27,10 @@ log = logging.getLogger(__name__)
 
 
 class Vitals:
-    def __init__(self, broadcaster: Broadcaster, bus: ControlBus) -> None:
+    def __init__(self, broadcaster: Broadcaster, bus: ControlBus, notes: Notifier) -> None:
         self.broadcaster = broadcaster
         self.bus = bus
+        self.notes = notes
         self._thresholds: dict[PydanticObjectId, dict[str, float]] = {}
         self.sinks: list[EventSink] = []  # e.g. the alert path, for critical events
         self.on_thresholds_changed: list[Callable[[PydanticObjectId, Thresholds], None]] = []
@@ -64,25 +67,57 @@ class Vitals:
         return {"patient_id": str(pid), **vars(await self.load_thresholds(pid))}
 
     async def set_thresholds(self, principal: Principal, body: ThresholdsIn, client: Client) -> dict[str, Any]:
-        """A linked clinician's values, checked together with the ones kept, announced to every process."""
+        """A verified, linked clinician's values (within ``THRESHOLD_LIMITS``, checked by the model), checked
+        together with the ones kept; the change is audited with the old and new values, announced to the patient's
+        room (``vitals:thresholds-changed``), notified to the patient and the care team, applied in every process."""
         changes = body.model_dump(exclude_none=True, exclude={"patient_id"})
-        if principal.role != "clinician":
+        if principal.role != "clinician":  # an unverified clinician acts as a caregiver
             await audit.record("thresholds.write", principal=principal, patient_id=as_object_id(body.patient_id),
                                outcome="denied", client=client, **changes)
-            raise forbidden("Only a linked clinician sets a patient's alert thresholds")
+            raise forbidden("Only a verified clinician linked to the patient sets their alert thresholds")
         pid = await require_patient(principal, body.patient_id, "thresholds.write", client, **changes)
-        current = (await PatientThresholds.get(pid)) or PatientThresholds(id=pid)
-        values = {**current.values, **changes}
-        th = Thresholds(**values)
-        if th.tachycardia_critical_hr < th.tachycardia_hr or th.bradycardia_critical_hr > th.bradycardia_hr \
-                or th.bradycardia_hr >= th.tachycardia_hr:
-            raise ApiError("invalid_thresholds", "Critical rates must lie beyond their warning rates, and the "
-                           "bradycardia rate below the tachycardia rate", 422, {"thresholds": vars(th)})
-        current.values = values
-        current.set_by, current.set_at = principal.user_id, utcnow()
-        await current.save()
-        await self.bus.publish("thresholds_changed", patient_id=str(pid))
-        return {"patient_id": str(pid), **vars(Thresholds(**current.values))}
+        before, after = await self._save(pid, changes, principal.user_id)
+        changed = {k: {"old": before[k], "new": after[k]} for k in changes if before[k] != after[k]}
+        if changed:
+            await audit.record("thresholds.changed", principal=principal, patient_id=pid, client=client,
+                               old={k: c["old"] for k, c in changed.items()},
+                               new={k: c["new"] for k, c in changed.items()})
+            await self.bus.publish("thresholds_changed", patient_id=str(pid))
+            await self._announce(pid, principal, changed, after)
+        return {"patient_id": str(pid), **after}
+
+    async def _save(self, pid: PydanticObjectId, changes: dict[str, float],
+                    by: PydanticObjectId) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Compare-and-swap on ``set_at``, so the old values audited are the ones replaced; the effective
+        thresholds (defaults filled in) before and after."""
+        for _ in range(5):
+            current = await PatientThresholds.get(pid)
+            kept = dict(current.values) if current else {}
+            values = {**kept, **changes}
+            th = Thresholds(**values)
+            if th.tachycardia_critical_hr < th.tachycardia_hr or th.bradycardia_critical_hr > th.bradycardia_hr \
+                    or th.bradycardia_hr >= th.tachycardia_hr:
+                raise ApiError("invalid_thresholds", "Critical rates must lie beyond their warning rates, and the "
+                               "bradycardia rate below the tachycardia rate", 422, {"thresholds": vars(th)})
+            fields = {"values": values, "set_by": by, "set_at": utcnow()}
+            if current is None:
+                with contextlib.suppress(DuplicateKeyError):
+                    await PatientThresholds(id=pid, **fields).insert()
+                    return vars(Thresholds()), vars(th)
+            elif (await PatientThresholds.get_pymongo_collection().update_one(
+                    {"_id": pid, "set_at": current.set_at}, {"$set": fields})).matched_count:
+                return vars(Thresholds(**kept)), vars(th)
+        raise ApiError("conflict", "The thresholds were changed meanwhile; try again", 409)
+
+    async def _announce(self, pid: PydanticObjectId, by: Principal, changed: dict[str, dict[str, Any]],
+                        thresholds: dict[str, Any]) -> None:
+        await self.broadcaster.to_patient(pid, "vitals:thresholds-changed", {
+            "patient_id": str(pid), "thresholds": thresholds, "changed": changed,
+            "by": {"id": by.id, "name": by.name}, "at": iso(utcnow())})
+        team = [pid, *[link.member_id for link in await care_team(pid) if link.member_id != by.user_id]]
+        summary = ", ".join(f"{k.replace('_', ' ')} {c['old']:g} → {c['new']:g}" for k, c in changed.items())
+        await self.notes.notify(team, "thresholds_changed", "Alert thresholds changed", f"{by.name}: {summary}",
+                                patient_id=pid, data={"changed": changed, "by": by.id})
 
     async def _reload(self, msg: dict[str, Any]) -> None:
         """Thresholds changed (in any process): reload them and apply them to running streams."""
