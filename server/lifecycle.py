@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from signaling.calls import Calls
 
 log = logging.getLogger(__name__)
+STOP_S = 20.0  # the longest one component's stop may take at shutdown
 
 
 @dataclass
@@ -88,7 +89,8 @@ async def connected(settings: Settings, documents: Sequence[type[Document]], mig
 @contextlib.asynccontextmanager
 async def running(components: Sequence[Component]) -> AsyncIterator[None]:
     """Each component started in order; on the way out (or if one fails to start) those started are
-    stopped in reverse, each stop's failure logged without keeping the others from stopping."""
+    stopped in reverse, each stop's failure (or a stop still going after ``STOP_S``) logged without keeping
+    the others from stopping: a shutdown always ends."""
     started: list[Component] = []
     try:
         for component in components:
@@ -98,7 +100,7 @@ async def running(components: Sequence[Component]) -> AsyncIterator[None]:
     finally:
         for component in reversed(started):
             try:
-                await component.stop()
+                await asyncio.wait_for(component.stop(), STOP_S)
             except Exception:
                 log.exception("stopping %s failed", type(component).__name__)
 

@@ -97,7 +97,7 @@ async def test_browser_calls_an_aiortc_peer_and_media_flows_both_ways(browser_ap
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = await browser.new_page()
+            page = await browser.new_page(bypass_csp=True)  # the test page scripts inline; the app does not
             errors: list[str] = []
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             await page.goto(api.base_url + "/test/call.html")
