@@ -3,7 +3,8 @@
 ``POST /api/uploads`` takes ``multipart/form-data`` with the fields ``purpose`` (``avatar`` or
 ``medication``) and, optionally, ``patient_id``, followed by the ``file`` part. The file is read in
 chunks straight into a GridFS upload stream: its type is decided by its magic bytes (JPEG, PNG,
-WebP) and its size read from its header before anything is stored, and the upload is aborted
+WebP) and its size read from its header before anything is stored (a JPEG's header is stored without
+its location metadata: ``server.infra.image_metadata``), and the upload is aborted
 (and its chunks deleted) as soon as it passes ``upload_max_bytes``, so nothing is ever held whole.
 
 An upload belongs to its uploader (the owner) and, for a medication image or a patient's own
@@ -24,13 +25,14 @@ from server.care.documents import User
 from server.core.documents import iso
 from server.core.errors import ApiError, forbidden, not_found
 from server.core.identity import Client, Principal, as_object_id
+from server.infra.image_metadata import strip_location
 from server.infra.image_probe import ImageInfo, NotAnImage, probe_image
 
 BUCKET = "uploads"
 PURPOSES = ("avatar", "medication")
 FIELDS = ("purpose", "patient_id")  # the form fields before the file part
 READ_CHUNK = 64 * 1024
-MAX_HEADER_BYTES = 512 * 1024  # JPEG metadata (EXIF, ICC) may come before the frame header
+MAX_HEADER_BYTES = 512 * 1024  # JPEG metadata (EXIF, ICC) may come before the frame header and the image data
 MAX_FIELD_BYTES = 64
 MULTIPART_SLACK = 16 * 1024  # boundaries and the small fields around the file
 
@@ -131,23 +133,23 @@ class Uploads:
                            {"width": info.width, "height": info.height, "max_dimension": self.max_dimension})
 
     async def _read_head(self, part: Part) -> tuple[bytes, ImageInfo]:
-        """Read just enough of the file to know its type and size (bounded by MAX_HEADER_BYTES)."""
-        head = b""
-        while True:
-            chunk = await part.read_chunk(READ_CHUNK)
-            if not chunk:
-                break
+        """Read just enough of the file to know its type and size (bounded by MAX_HEADER_BYTES) and, for a
+        JPEG, its whole header, returned without the location metadata (``image_metadata``)."""
+        head, info = b"", None
+        while chunk := await part.read_chunk(READ_CHUNK):
             head += chunk
             if len(head) > self.max_bytes:
                 raise self.too_big()
             try:
-                info = probe_image(head)
+                info = info or probe_image(head)
+                if info is not None:
+                    self._check(info)
+                    kept = strip_location(head) if info.content_type == "image/jpeg" else head
+                    if kept is not None:
+                        return kept, info
             except NotAnImage as exc:
                 raise ApiError("unsupported_image", f"Only JPEG, PNG and WebP images are accepted ({exc})",
                                415) from None
-            if info is not None:
-                self._check(info)
-                return head, info
             if len(head) > MAX_HEADER_BYTES:
                 break
         raise ApiError("unsupported_image", "Only JPEG, PNG and WebP images are accepted (no image header found)",

@@ -6,6 +6,7 @@ The type is decided by the content's magic bytes only, never by a file name or a
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -13,6 +14,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 # Start-of-frame markers (baseline, progressive, lossless, arithmetic...), which carry the size.
 JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+JPEG_SOS = 0xDA  # start of scan: the compressed image data follows its header
 
 
 class NotAnImage(Exception):
@@ -48,11 +50,15 @@ def _png(head: bytes) -> ImageInfo | None:
     return _info("image/png", width, height)
 
 
-def _jpeg(head: bytes) -> ImageInfo | None:
+def jpeg_segments(head: bytes) -> Iterator[tuple[int, int, int]]:
+    """The marker segments of a JPEG's header after SOI, as ``(marker, start, end)`` offsets into ``head``,
+    up to and including the start of scan (SOS, whose segment ends where the compressed image data begins).
+    Stops where ``head`` ends before the next segment's length; an ``end`` may lie past the bytes given.
+    Raises ``NotAnImage`` where the structure is broken."""
     i = 2
     while True:
         if i + 1 >= len(head):
-            return None
+            return
         if head[i] != 0xFF:
             raise NotAnImage("JPEG segment without a marker")
         marker = head[i + 1]
@@ -60,21 +66,32 @@ def _jpeg(head: bytes) -> ImageInfo | None:
             i += 1
             continue
         if marker in JPEG_STANDALONE:
+            yield marker, i, i + 2
             i += 2
             continue
-        if marker in (0xD8, 0xD9, 0xDA):
+        if marker in (0xD8, 0xD9):
             raise NotAnImage("JPEG without a frame header before its data")
         if i + 4 > len(head):
-            return None
+            return
         (length,) = struct.unpack(">H", head[i + 2:i + 4])
         if length < 2:
             raise NotAnImage("JPEG segment with a bad length")
-        if marker in JPEG_SOF:
-            if i + 9 > len(head):
-                return None
-            height, width = struct.unpack(">HH", head[i + 5:i + 9])
-            return _info("image/jpeg", width, height)
+        yield marker, i, i + 2 + length
+        if marker == JPEG_SOS:
+            return
         i += 2 + length
+
+
+def _jpeg(head: bytes) -> ImageInfo | None:
+    for marker, start, _ in jpeg_segments(head):
+        if marker == JPEG_SOS:
+            raise NotAnImage("JPEG without a frame header before its data")
+        if marker in JPEG_SOF:
+            if start + 9 > len(head):
+                return None
+            height, width = struct.unpack(">HH", head[start + 5:start + 9])
+            return _info("image/jpeg", width, height)
+    return None
 
 
 def _webp(head: bytes) -> ImageInfo | None:
