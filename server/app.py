@@ -152,7 +152,7 @@ def create_app(settings: Settings) -> web.Application:
     calls_api.mount(mount, calls)
     rtc = DeviceRtc(realtime.router)
     media_api.mount(mount, rtc)
-    medications = Medications(realtime, notes)
+    medications = Medications(realtime, notes, uploads)
     scheduler = Scheduler(settings, realtime, notes, medications)
     profiles.on_timezone_changed.append(scheduler.replan_patient)
     meds_api.mount(mount, medications, scheduler)

@@ -9,10 +9,11 @@ from typing import Any
 from server.care.documents import AuditEntry
 from server.meds.documents import Medication, MedicationChange
 from tests.helpers import Api, Sock
+from tests.test_uploads import image, upload
 
 MED: dict[str, Any] = {"name": "Metformin", "strength": "500 mg", "form": "tablet", "dose": "1 tablet",
                        "instructions": "With food", "schedule": {"times": ["20:00", "08:00"], "days": ["mon", "wed"]},
-                       "drawer": 2, "stock": 30, "low_stock_at": 5, "image_id": "upl_abc123"}
+                       "drawer": 2, "stock": 30, "low_stock_at": 5}
 
 
 async def create(sock: Sock, patient_id: str, **over: Any) -> dict[str, Any]:
@@ -27,9 +28,11 @@ async def test_caregiver_acts_for_patient_and_everyone_linked_hears_it(api: Api)
     await api.link(patient, clinician)
     p_sock, c_sock, d_sock = await api.socket(patient), await api.socket(carer), await api.socket(clinician)
 
-    med = await create(c_sock, patient.id)
+    status, picture = await upload(api, carer, image("JPEG"), "medication", patient.id)
+    assert status == 201, picture
+    med = await create(c_sock, patient.id, image_id=picture["id"])
     assert med["patient_id"] == patient.id and med["schedule"]["times"] == ["08:00", "20:00"]
-    assert med["image_id"] == "upl_abc123" and med["low_stock"] is False and med["revision"] == 1
+    assert med["image_id"] == picture["id"] and med["low_stock"] is False and med["revision"] == 1
     for sock in (p_sock, c_sock, d_sock):
         (pushed,) = await sock.events.wait("med:changed")
         assert pushed["change"] == "created" and pushed["medication"]["id"] == med["id"]

@@ -13,6 +13,7 @@ from typing import Any
 from beanie import PydanticObjectId
 
 from server.care.access import care_team, require_patient
+from server.care.uploads import Uploads
 from server.core.documents import iso, utcnow
 from server.core.errors import ApiError, forbidden, not_found
 from server.core.identity import Client, Principal, as_object_id
@@ -65,9 +66,10 @@ ChangeHook = Callable[[Medication, str, dict[str, Any]], Awaitable[None]]
 
 
 class Medications:
-    def __init__(self, broadcaster: Broadcaster, notifier: Notifier) -> None:
+    def __init__(self, broadcaster: Broadcaster, notifier: Notifier, uploads: Uploads) -> None:
         self.out = broadcaster
         self.notifier = notifier
+        self.uploads = uploads  # a medication's image must be the caller's upload for its patient
         self.on_change: list[ChangeHook] = []  # the scheduler re-plans the medication's doses
 
     async def _writer(self, principal: Principal, client: Client, patient_id: str, action: str,
@@ -77,8 +79,14 @@ class Medications:
             raise forbidden("Only the patient or their care team changes the patient's medications")
         return pid
 
+    async def _check_image(self, principal: Principal, pid: PydanticObjectId, image_id: str | None) -> None:
+        """Refuse another patient's picture, or anyone else's upload, as this medication's image."""
+        if image_id is not None:
+            await self.uploads.require_own(principal.user_id, image_id, "medication", pid)
+
     async def create(self, principal: Principal, client: Client, body: MedCreate) -> dict[str, Any]:
         pid = await self._writer(principal, client, body.patient_id, "medication.create", name=body.name)
+        await self._check_image(principal, pid, body.image_id)
         active = await Medication.find(Medication.patient_id == pid, Medication.archived_at == None).count()  # noqa: E711
         if active >= MAX_ACTIVE:
             raise ApiError("too_many_medications", f"A patient has at most {MAX_ACTIVE} active medications", 409)
@@ -103,6 +111,8 @@ class Medications:
         med = await self._load(pid, body.medication_id)
         if med.archived_at is not None:
             raise ApiError("archived", "This medication is archived", 409)
+        if "image_id" in fields and body.image_id != med.image_id:
+            await self._check_image(principal, pid, body.image_id)
         new = body.model_dump(mode="json", include=fields)
         changes = {k: {"from": getattr(med, k), "to": v} for k, v in new.items() if getattr(med, k) != v}
         if not changes:
