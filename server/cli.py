@@ -12,6 +12,7 @@ from aiohttp import web
 
 from server.cli_models import add_commands
 from server.core.config import ConfigError, Settings, settings_from
+from server.core.logs import setup_logging
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=simulate)
     add_commands(sub)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=Settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(Settings().log_level)  # one line per record: control characters escaped
     try:
         args.func(args)
     except ConfigError as exc:
