@@ -42,6 +42,7 @@ from typing import Any
 from beanie import PydanticObjectId
 
 from server.alerts.acks import Acknowledgements
+from server.alerts.caps import count_one, until_tomorrow
 from server.alerts.documents import Alert
 from server.alerts.escalation import SWEEP_BATCH, Escalation
 from server.alerts.fanout import Fanout
@@ -51,6 +52,7 @@ from server.care.documents import User
 from server.core.background import Background
 from server.core.config import Settings
 from server.core.documents import utcnow
+from server.core.errors import ApiError
 from server.core.identity import Principal
 from server.core.ports import Broadcaster, Notifier
 from server.infra.pubsub import ControlBus
@@ -83,12 +85,15 @@ class Alerts:
 
     async def raise_alert(self, patient_id: PydanticObjectId | str, kind: str, title: str, body: str = "", *,
                           source: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
-                          raised_by: Principal | None = None) -> Alert:
-        """Raise an alert to the patient's care team, or return the open one of this kind (no storm)."""
+                          raised_by: Principal | None = None, on_demand: bool = False) -> Alert:
+        """Raise an alert to the patient's care team, or return the open one of this kind (no storm). One raised
+        on demand (triage) is refused past ``alerts_on_demand_per_day`` new ones for the patient that day."""
         pid = PydanticObjectId(patient_id)
         existing = await Alert.find_one(Alert.patient_id == pid, Alert.kind == kind, Alert.status == "open")
         if existing is not None:
             return existing
+        if on_demand:
+            await self._on_demand_allowed(pid)
         patient = await User.get(pid)
         links = await care_team(pid)
         # Names are looked up only when the lifecycle is read: a thousand-user lookup here would delay the alert.
@@ -106,6 +111,17 @@ class Alerts:
             os._exit(70)  # a process dying between persisting and emitting (tests only)
         await self._emit(alert)
         return alert
+
+    async def _on_demand_allowed(self, patient_id: PydanticObjectId) -> None:
+        now, cap = utcnow(), self.settings.alerts_on_demand_per_day
+        count = await count_one("on_demand_alert", patient_id, now)
+        if count > cap:
+            log.warning("on-demand alert for patient %s refused: attempt %d today, over the cap of %d "
+                        "(HEALTHMATE_ALERTS_ON_DEMAND_PER_DAY)", patient_id, count, cap)
+            retry = until_tomorrow(now)
+            raise ApiError("too_many_alerts", f"No more than {cap} alerts can be raised on demand for this patient "
+                           "today and no new one was sent; in an emergency call your local emergency number now",
+                           429, {"retry_after_s": retry, "limit": cap}, headers={"Retry-After": str(retry)})
 
     async def _emit(self, alert: Alert) -> None:
         await self.fanout.push("alert:new", alert.push(), alert.recipient_ids, key=str(alert.id))

@@ -100,6 +100,18 @@ class AlertDelivery(VersionedDocument):
         return f"{alert_id}:{user_id}:{device_id}"
 
 
+class DailyCount(Document):
+    """How often something happened for a patient on one UTC day (``what``: alerts raised on demand, emergency
+    webhook calls), attempts past the cap included. Counted with one atomic update, so every process sees the
+    same count."""
+
+    id: str  # type: ignore[assignment]  # "<what>:<patient>:<YYYY-MM-DD>"
+    times: int = 0
+
+    class Settings:
+        name = "daily_counts"
+
+
 class AlertRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
     alert_id: str = Field(max_length=64)
@@ -221,4 +233,4 @@ class UnregisterIn(BaseModel):
     provider: ProviderName | None = None
 
 
-DOCUMENTS: list[type[Document]] = [Alert, AlertDelivery, Notification, PushToken]
+DOCUMENTS: list[type[Document]] = [Alert, AlertDelivery, Notification, PushToken, DailyCount]

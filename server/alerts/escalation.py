@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from beanie import PydanticObjectId
 
+from server.alerts.caps import count_one
 from server.alerts.documents import Alert
 from server.alerts.fanout import Fanout
 from server.core.background import Background
@@ -75,10 +76,26 @@ class Escalation:
             PydanticObjectId(r["user_id"]) for r in alert.recipients if r["role"] == "clinician"]
         await self.fanout.push("alert:escalated", data, users, key=f"{alert.id}/{alert.level}")
         await self.fanout.notify(alert, users)
-        if alert.level >= 2 and self.settings.emergency_webhook_url and alert.emergency_contacts:
+        if alert.level >= 2 and self.settings.emergency_webhook_url and alert.emergency_contacts \
+                and await self._webhook_allowed(alert):
             self.background.spawn(self._call_webhook(alert))  # marks the step done once its outcome is stored
         else:
             await self._step_done(alert)
+
+    async def _webhook_allowed(self, alert: Alert) -> bool:
+        """At most ``emergency_webhook_per_day`` calls per patient per day; one past it is logged for the operator
+        and recorded on the alert (the care team sees the contacts were not called), not made."""
+        now, cap = utcnow(), self.settings.emergency_webhook_per_day
+        count = await count_one("emergency_webhook", alert.patient_id, now)
+        if count <= cap:
+            return True
+        log.warning("emergency webhook NOT called for alert %s of patient %s: call %d today, over the cap of %d "
+                    "(HEALTHMATE_EMERGENCY_WEBHOOK_PER_DAY); %d held back today", alert.id, alert.patient_id, count,
+                    cap, count - cap)
+        await Alert.get_pymongo_collection().update_one({"_id": alert.id}, {"$push": {"escalations": {
+            "channel": "webhook", "ok": False, "level": alert.level, "at": now, "suppressed": "daily_cap",
+            "calls_today": count, "cap": cap}}})
+        return False
 
     async def _step_done(self, alert: Alert) -> None:
         await Alert.get_pymongo_collection().update_one(

@@ -17,6 +17,7 @@ from server.core.identity import Client, Principal, as_object_id
 from server.core.ports import Broadcaster
 
 MAX_CONTACTS = 100
+MAX_EMERGENCY_CONTACTS = 5  # each is told by the escalation webhook: more would make it a broadcast channel
 
 
 async def emergency_contacts(patient_id: PydanticObjectId) -> list[dict[str, Any]]:
@@ -24,6 +25,12 @@ async def emergency_contacts(patient_id: PydanticObjectId) -> list[dict[str, Any
         .sort(+MedicalContact.id).to_list()
     return [{"id": str(c.id), "name": c.name, "phone": c.phone, "email": c.email, "relationship": c.relationship}
             for c in docs]
+
+
+def too_many_emergency_contacts() -> ApiError:
+    return ApiError("too_many_emergency_contacts",
+                    f"A patient has at most {MAX_EMERGENCY_CONTACTS} emergency contacts", 409,
+                    {"max": MAX_EMERGENCY_CONTACTS})
 
 
 class Contacts:
@@ -42,8 +49,24 @@ class Contacts:
             raise ApiError("too_many_contacts", f"A patient keeps at most {MAX_CONTACTS} contacts", 409)
         contact = MedicalContact(patient_id=pid, created_by=principal.user_id,
                                  **body.model_dump(exclude={"patient_id"}))
+        if contact.kind == "emergency":
+            await self._emergency_room(pid)
         await contact.insert()
+        if contact.kind == "emergency" and await self._emergency_count(pid) > MAX_EMERGENCY_CONTACTS:
+            await contact.delete()  # another add won the last place meanwhile
+            raise too_many_emergency_contacts()
         return await self._changed("added", contact)
+
+    @staticmethod
+    async def _emergency_count(patient_id: PydanticObjectId) -> int:
+        return await MedicalContact.find(MedicalContact.patient_id == patient_id,
+                                         MedicalContact.kind == "emergency").count()
+
+    async def _emergency_room(self, patient_id: PydanticObjectId) -> None:
+        """Refuse one more emergency contact where there are as many as allowed. Checked again once stored:
+        of parallel additions past the cap none is kept (each sees the others), never more than the cap."""
+        if await self._emergency_count(patient_id) >= MAX_EMERGENCY_CONTACTS:
+            raise too_many_emergency_contacts()
 
     async def _find(self, principal: Principal, contact_id: str, action: str, client: Client | None,
                     patient_id: Any = None) -> MedicalContact:
@@ -67,10 +90,17 @@ class Contacts:
         except ValueError as exc:
             raise ApiError("invalid_payload", str(exc), 422, {"problems": [{"field": "(body)",
                                                                            "problem": str(exc)}]}) from None
+        becomes_emergency = merged["kind"] == "emergency" and contact.kind != "emergency"
+        if becomes_emergency:
+            await self._emergency_room(contact.patient_id)
+        before = contact.model_copy()
         for key, value in changes.items():
             setattr(contact, key, value)
         contact.updated_at = utcnow()
         await contact.save()
+        if becomes_emergency and await self._emergency_count(contact.patient_id) > MAX_EMERGENCY_CONTACTS:
+            await before.save()
+            raise too_many_emergency_contacts()
         return await self._changed("updated", contact)
 
     async def delete(self, principal: Principal, contact_id: str, client: Client | None,

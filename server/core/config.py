@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     alert_sweep_s: float = Field(1.0, ge=0.1, le=60)  # how often each process resumes pending emits/escalations
     alert_emit_lease_s: float = Field(5.0, ge=0.5, le=300)  # after this, another process emits a stalled alert
     emergency_webhook_url: str | None = None  # the emergency contacts' notification channel (e.g. an SMS gateway)
+    # The emergency channel's caps per patient per UTC day: new alerts raised on demand (triage), and calls of
+    # the emergency webhook (past it: logged for the operator and noted on the alert, not called).
+    alerts_on_demand_per_day: int = Field(5, ge=1, le=1000)
+    emergency_webhook_per_day: int = Field(10, ge=1, le=10_000)
     webhook_secret: SecretStr | None = None  # HMAC key for signed webhooks: never the JWT secret
     # Push delivery to users with no connected device (each provider is on when its settings are given).
     push_queue_size: int = Field(10_000, ge=10)  # pending sends; beyond it new ones are dropped (logged)

@@ -55,11 +55,12 @@ class Online(Protocol):
 class AlertRaiser(Protocol):
     """Raises an emergency alert to a patient's care team: stored before it is pushed to every device of every
     linked caregiver and clinician, escalated until someone acknowledges it (``server.alerts.alerts.Alerts``).
-    While one of the same ``kind`` is open for the patient, that one is returned and no other is raised."""
+    While one of the same ``kind`` is open for the patient, that one is returned and no other is raised.
+    ``on_demand`` (someone asked for it, e.g. triage): refused (``ApiError`` ``too_many_alerts``) past a daily cap."""
 
     async def raise_alert(self, patient_id: Any, kind: str, title: str, body: str = "", *,
                           source: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
-                          raised_by: Principal | None = None) -> Any:
+                          raised_by: Principal | None = None, on_demand: bool = False) -> Any:
         """The alert (its ``id`` names it)."""
 
 

@@ -47,10 +47,15 @@ class Triage:
         answer["alert_id"] = None
         if answer["level"] == "emergency":
             reasons = " ".join(f["reason"] for f in answer["fired"] if f["level"] == "emergency")
-            alert = await self.alerts.raise_alert(
-                pid, "symptom_emergency", "Emergency symptoms reported", reasons or "Emergency symptoms",
-                source={"type": "triage", "rules": [f["rule"] for f in answer["fired"]]}, raised_by=principal,
-                data={"symptoms": answer["recognised"]["symptoms"], "bp": answer["bp"]})
+            try:
+                alert = await self.alerts.raise_alert(
+                    pid, "symptom_emergency", "Emergency symptoms reported", reasons or "Emergency symptoms",
+                    source={"type": "triage", "rules": [f["rule"] for f in answer["fired"]]}, raised_by=principal,
+                    data={"symptoms": answer["recognised"]["symptoms"], "bp": answer["bp"]}, on_demand=True)
+            except ApiError as exc:  # the day's cap of alerts raised on demand
+                await audit.record("ml.triage.outcome", principal=principal, patient_id=pid, client=client,
+                                   outcome="denied", level=answer["level"], alert_refused=exc.code)
+                raise
             answer["alert_id"] = str(alert.id)
         await audit.record("ml.triage.outcome", principal=principal, patient_id=pid, client=client,
                            level=answer["level"], rules=[f["rule"] for f in answer["fired"]],
