@@ -16,7 +16,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
 
-from tests.helpers import Sock
+from tests.helpers import Api, Sock, User
 
 
 class ToneTrack(AudioStreamTrack):
@@ -152,3 +152,31 @@ class CallPeer:
             if sink.task is not None:
                 sink.task.cancel()
         await self.pc.close()
+
+
+async def recorded_call(api: Api, caller: User, callee: User) -> str:
+    """A real audio call from ``caller`` to ``callee``, both consenting to its recording: the server relays and
+    records it until the caller hangs up, then stores it. The call's id, once its recording is downloadable."""
+    s_caller, s_callee = await api.socket(caller), await api.socket(callee)
+    call = await s_caller.ok("call:invite", {"callee": callee.id, "media": "audio"})
+    await s_callee.events.wait("call:incoming")
+    await s_callee.ok("call:accept", {"call_id": call["id"]})
+    for sock in (s_caller, s_callee):
+        await sock.ok("call:consent", {"call_id": call["id"], "record": True})
+    (relay,) = await s_caller.events.wait("call:relay")
+    peers = CallPeer(s_caller, 440), CallPeer(s_callee, 660)
+    try:
+        await asyncio.gather(*(p.connect_relay(call["id"], relay["slots"]) for p in peers))
+        for peer in peers:
+            await peer.heard(1)
+        await s_caller.ok("call:hangup", {"call_id": call["id"]})
+    finally:
+        for peer in peers:
+            await peer.close()
+    for _ in range(100):
+        _, history = await api.request("GET", "/api/calls", caller)
+        recording = next(c for c in history["items"] if c["id"] == call["id"])["recording"]
+        if recording["bytes"]:
+            return str(call["id"])
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the recording of {call['id']} was not stored: {recording}")

@@ -11,7 +11,7 @@ from server.care.documents import AuditEntry
 from server.core.documents import utcnow
 from server.meds.documents import DoseEvent
 from server.streaming.history import Stream
-from tests.helpers import Api
+from tests.helpers import Api, Sock, User
 
 # (method, path) with {patient_id} to fill in; the body, if any.
 ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
@@ -80,34 +80,34 @@ def test_table_names_every_patient_scoped_route_and_event(api: Api) -> None:
     assert scoped == {name for name, _ in EVENTS}
 
 
+async def patient_data(api: Api, patient: User, member: Sock) -> dict[str, str]:
+    """One of each thing the tables name by id, for ``patient``: a device, an emergency contact, a stream, a
+    medication (created by ``member``, a linked user's socket) and a due dose; their ids by table name."""
+    status, device = await api.request("POST", f"/api/patients/{patient.id}/devices", patient,
+                                       json={"kind": "ecg", "serial": "E-1", "model": "Patch"})
+    assert status == 201
+    status, contact = await api.request("POST", f"/api/patients/{patient.id}/contacts", patient,
+                                        json={"kind": "emergency", "name": "Maria", "phone": "+442079460958"})
+    assert status == 201
+    stream = Stream(patient_id=patient.id, device_id=device["device"]["id"], kind="ecg", sampling_rate=250,
+                    units="mV", channel="lead-I")
+    await stream.insert()
+    ids = {"patient_id": patient.id, "device_id": device["device"]["id"], "contact_id": contact["id"],
+           "stream_id": str(stream.id)}
+    ids["medication_id"] = (await member.ok("med:create", {"patient_id": patient.id, "name": "Statin",
+                                                            "schedule": {"as_needed": True}}))["id"]
+    ids["dose_id"] = str((await DoseEvent(patient_id=patient.id, medication_id=ids["medication_id"], slot="now",
+                                          timezone="UTC", due_at=utcnow(), medication_name="Statin").insert()).id)
+    return ids
+
+
 async def test_unlinked_users_refused_everywhere(api: Api) -> None:
     patient = await api.register("patient")
     linked = await api.register("clinician")  # a clinician may do all a caregiver may, and set thresholds
     await api.link(patient, linked)
     strangers = [await api.register(role) for role in ("caregiver", "clinician", "patient")]
     sockets = {u.id: await api.socket(u) for u in [linked, *strangers]}
-    status, device = await api.request("POST", f"/api/patients/{patient.id}/devices", patient,
-                                       json={"kind": "ecg", "serial": "E-1", "model": "Patch"})
-    assert status == 201
-    ids = {"patient_id": patient.id, "device_id": device["device"]["id"]}
-    status, contact = await api.request("POST", f"/api/patients/{patient.id}/contacts", patient,
-                                        json={"kind": "emergency", "name": "Maria", "phone": "+442079460958"})
-    assert status == 201
-    stream = Stream(patient_id=patient.id, device_id=device["device"]["id"], kind="ecg", sampling_rate=250,
-                    units="mV", channel="lead-I")
-    await stream.insert()
-    stream = Stream(patient_id=patient.id, device_id=device["device"]["id"], kind="ecg", sampling_rate=250,
-                    units="mV", channel="lead-I")
-    await stream.insert()
-    status, contact = await api.request("POST", f"/api/patients/{patient.id}/contacts", patient,
-                                        json={"kind": "emergency", "name": "Maria", "phone": "+442079460958"})
-    assert status == 201
-    ids = {"patient_id": patient.id, "device_id": device["device"]["id"], "contact_id": contact["id"],
-           "stream_id": str(stream.id)}
-    ids["medication_id"] = (await sockets[linked.id].ok("med:create", {"patient_id": patient.id, "name": "Statin",
-                                                                        "schedule": {"as_needed": True}}))["id"]
-    ids["dose_id"] = str((await DoseEvent(patient_id=patient.id, medication_id=ids["medication_id"], slot="now",
-                                          timezone="UTC", due_at=utcnow(), medication_name="Statin").insert()).id)
+    ids = await patient_data(api, patient, sockets[linked.id])
     for method, path, body in ROUTES:
         url = _fill(path, ids)
         for stranger in strangers:

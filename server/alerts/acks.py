@@ -87,7 +87,7 @@ class Acknowledgements:
             await self.fanout.push("alert:acknowledged", {
                 "alert_id": str(alert.id), "patient_id": str(alert.patient_id),
                 "by": alert.push()["acknowledged_by"], "message": f"{who['name']} is handling it"},
-                alert.recipient_ids, key=str(alert.id))
+                alert, alert.recipient_ids, key=str(alert.id))
         return {**alert.push(), "acknowledged_by_you": won.modified_count == 1}
 
     async def resolve(self, principal: Principal, alert_id: str, note: str | None) -> dict[str, Any]:
@@ -103,7 +103,7 @@ class Acknowledgements:
         assert alert is not None
         await self.fanout.push("alert:resolved", {"alert_id": str(alert.id), "patient_id": str(alert.patient_id),
                                                   "by": alert.public()["resolved_by"], "note": note},
-                               alert.recipient_ids, key=str(alert.id))
+                               alert, alert.recipient_ids, key=str(alert.id))
         return alert.public()
 
     async def _recipient_alert(self, principal: Principal, alert_id: str) -> Alert:

@@ -124,7 +124,7 @@ class Alerts:
                            429, {"retry_after_s": retry, "limit": cap}, headers={"Retry-After": str(retry)})
 
     async def _emit(self, alert: Alert) -> None:
-        await self.fanout.push("alert:new", alert.push(), alert.recipient_ids, key=str(alert.id))
+        await self.fanout.push("alert:new", alert.push(), alert, alert.recipient_ids, key=str(alert.id))
         await Alert.get_pymongo_collection().update_one(
             {"_id": alert.id, "emitted_at": None}, {"$set": {"emitted_at": utcnow(), "emitted_by": self.node}})
         # In the background: a notification document per recipient (and push to their offline devices).

@@ -123,7 +123,7 @@ def _mount_notifications(m: Mount, notes: Notifications) -> None:
 
     async def page(user_id: PydanticObjectId, before: PydanticObjectId | None, limit: int,
                    unread_only: bool) -> dict[str, Any]:
-        found = await cursor_page(Notification, mine(user_id, unread_only), before, limit, Notification.public)
+        found = await cursor_page(Notification, await mine(user_id, unread_only), before, limit, Notification.public)
         return {**found, "unread": await notes.unread(user_id)}
 
     @ev("notifications:list", ListIn)

@@ -74,7 +74,7 @@ class Escalation:
         data = {**alert.push(), "escalation": alert.level}
         users = alert.recipient_ids if alert.level == 1 else [
             PydanticObjectId(r["user_id"]) for r in alert.recipients if r["role"] == "clinician"]
-        await self.fanout.push("alert:escalated", data, users, key=f"{alert.id}/{alert.level}")
+        await self.fanout.push("alert:escalated", data, alert, users, key=f"{alert.id}/{alert.level}")
         await self.fanout.notify(alert, users)
         if alert.level >= 2 and self.settings.emergency_webhook_url and alert.emergency_contacts \
                 and await self._webhook_allowed(alert):

@@ -15,7 +15,7 @@ from beanie import PydanticObjectId
 from beanie.operators import In
 
 from server.alerts.documents import Alert, AlertDelivery
-from server.care.access import patients_of
+from server.care.access import care_team, patients_of
 from server.core.background import Background
 from server.core.identity import Principal
 from server.core.ports import Broadcaster, Notifier
@@ -74,9 +74,17 @@ class Fanout:
     def attach(self, sockets: Sockets) -> None:
         self.sockets = sockets
 
-    async def push(self, event: str, data: dict[str, Any], user_ids: Iterable[Any], key: str) -> None:
-        """To every connected device of ``user_ids``, in every process."""
-        await self.bus.publish("alert_push", event=event, data=data, users=[str(u) for u in user_ids], key=key)
+    async def push(self, event: str, data: dict[str, Any], alert: Alert, user_ids: Iterable[Any], key: str) -> None:
+        """To every connected device of those of ``user_ids`` still on the patient's care team, in every process."""
+        users = await self.on_team(alert, user_ids)
+        await self.bus.publish("alert_push", event=event, data=data, users=[str(u) for u in users], key=key)
+
+    @staticmethod
+    async def on_team(alert: Alert, user_ids: Iterable[Any]) -> list[PydanticObjectId]:
+        """Those of ``user_ids`` on the alert's patient's care team now: a recipient whose link has ended since
+        the alert was raised hears no more of it (nor of any alert of the patient's)."""
+        team = {link.member_id for link in await care_team(alert.patient_id)}
+        return [uid for uid in (PydanticObjectId(u) for u in user_ids) if uid in team]
 
     async def _apply(self, msg: dict[str, Any]) -> None:
         if self.sockets is None:
@@ -92,6 +100,7 @@ class Fanout:
 
     async def notify(self, alert: Alert, user_ids: list[PydanticObjectId]) -> None:
         """A notification per recipient; not live: their connected devices got the alert itself."""
+        user_ids = await self.on_team(alert, user_ids) if user_ids else []
         if self.notifier is not None and user_ids:
             await self.notifier.notify(
                 user_ids, "alert", alert.title, alert.body, patient_id=alert.patient_id, urgency=alert.urgency,

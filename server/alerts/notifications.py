@@ -13,6 +13,7 @@ from typing import Any
 from beanie import PydanticObjectId
 
 from server.alerts.documents import Notification, Urgency
+from server.care.access import memberships
 from server.core.background import Background
 from server.core.documents import utcnow
 from server.core.errors import not_found
@@ -24,9 +25,12 @@ log = logging.getLogger(__name__)
 Pusher = Callable[[list[Notification]], Awaitable[None]]
 
 
-def mine(user_id: PydanticObjectId, unread_only: bool = False) -> dict[str, Any]:
-    """A user's notifications (not deleted); only the unread ones if asked."""
-    return {"user_id": user_id, "deleted_at": None, **({"read_at": None} if unread_only else {})}
+async def mine(user_id: PydanticObjectId, unread_only: bool = False) -> dict[str, Any]:
+    """A user's notifications (not deleted); only the unread ones if asked. One about a patient shows while the
+    user is that patient or on their care team: a member whose link was revoked no longer sees the patient's."""
+    patients = [user_id, *[link.patient_id for link in await memberships(user_id)]]
+    return {"user_id": user_id, "deleted_at": None, "$or": [{"patient_id": None}, {"patient_id": {"$in": patients}}],
+            **({"read_at": None} if unread_only else {})}
 
 
 class Notifications:
@@ -77,7 +81,7 @@ class Notifications:
 
     @staticmethod
     async def unread(user_id: PydanticObjectId) -> int:
-        return await Notification.find(mine(user_id, unread_only=True)).count()
+        return await Notification.find(await mine(user_id, unread_only=True)).count()
 
     @staticmethod
     async def notified(user_id: Any, kind: str, data: dict[str, Any]) -> bool:
@@ -87,10 +91,10 @@ class Notifications:
     @staticmethod
     async def mark_read(user_id: PydanticObjectId, notification_id: str | None) -> int:
         """One notification (not found if it is not the user's), or all of the user's when None."""
-        query = mine(user_id, unread_only=True)
+        query = await mine(user_id, unread_only=True)
         if notification_id is not None:
             query["_id"] = as_object_id(notification_id, "id")
-            if await Notification.find({**mine(user_id), "_id": query["_id"]}).count() == 0:
+            if await Notification.find({**await mine(user_id), "_id": query["_id"]}).count() == 0:
                 raise not_found("notification")
         result = await Notification.get_pymongo_collection().update_many(query, {"$set": {"read_at": utcnow()}})
         return result.modified_count
@@ -98,6 +102,6 @@ class Notifications:
     @staticmethod
     async def delete(user_id: PydanticObjectId, notification_id: str) -> None:
         result = await Notification.get_pymongo_collection().update_one(
-            {**mine(user_id), "_id": as_object_id(notification_id, "id")}, {"$set": {"deleted_at": utcnow()}})
+            {**await mine(user_id), "_id": as_object_id(notification_id, "id")}, {"$set": {"deleted_at": utcnow()}})
         if result.modified_count == 0:
             raise not_found("notification")

@@ -8,7 +8,7 @@ from typing import Any
 from beanie import PydanticObjectId
 
 from server.alerts.documents import Alert, AlertDelivery
-from server.care.access import require_patient
+from server.care.access import patients_of, require_patient
 from server.care.documents import User
 from server.core.documents import iso
 from server.core.errors import not_found
@@ -27,26 +27,26 @@ async def lifecycle(alert: Alert) -> dict[str, Any]:
 
 
 async def get_alert(principal: Principal, alert_id: str, client: Client | None) -> dict[str, Any]:
-    """For its recipients, and for whoever may read the patient's data (audited)."""
+    """For whoever may read the patient's data now (audited): having been a recipient is not enough once the
+    link has ended."""
     alert = await Alert.get(as_object_id(alert_id, "alert_id"))
     if alert is None:
         raise not_found("alert")
-    if principal.user_id not in alert.recipient_ids:
-        await require_patient(principal, alert.patient_id, "alerts.read", client, alert_id=alert_id)
+    await require_patient(principal, alert.patient_id, "alerts.read", client, alert_id=alert_id)
     return await lifecycle(alert)
 
 
 async def listed(principal: Principal, patient_id: str | None, status: str | None,
                  client: Client | None) -> dict[str, Any]:
     """The query of a principal's alert list: one patient's (access checked), else a patient's own,
-    else those the principal received."""
+    else those the principal received about the patients whose care team they are on now."""
     if patient_id is not None:
         condition: dict[str, Any] = {"patient_id": await require_patient(principal, patient_id, "alerts.read",
                                                                          client)}
     elif principal.role == "patient":
         condition = {"patient_id": principal.user_id}
     else:
-        condition = {"recipient_ids": principal.user_id}
+        condition = {"recipient_ids": principal.user_id, "patient_id": {"$in": await patients_of(principal)}}
     if status is not None:
         condition["status"] = status
     return condition

@@ -8,8 +8,9 @@ its location metadata: ``server.infra.image_metadata``), and the upload is abort
 (and its chunks deleted) as soon as it passes ``upload_max_bytes``, so nothing is ever held whole.
 
 An upload belongs to its uploader (the owner) and, for a medication image or a patient's own
-avatar, to a patient: the owner and every user linked to that patient may read it. A
-caregiver's or clinician's avatar is readable by the owner and by the patients linked to them.
+avatar, to a patient: the patient and every user linked to that patient now may read it (an uploader
+whose link has ended no longer may). A caregiver's or clinician's avatar is readable by the owner and by
+the patients linked to them.
 """
 
 from __future__ import annotations
@@ -84,10 +85,11 @@ async def _owning_patient(principal: Principal, purpose: str, patient_id: str | 
 
 async def _require_readable(principal: Principal, doc: dict[str, Any], client: Client) -> None:
     meta = doc["metadata"]
-    if meta["owner_id"] == principal.user_id:
-        return
-    if meta.get("patient_id") is not None:
+    if meta.get("patient_id") is not None:  # the patient's: for whoever may see the patient's data now, even
+        # the member who uploaded it, once their link has ended
         await require_patient(principal, meta["patient_id"], "upload.read", client, upload_id=str(doc["_id"]))
+        return
+    if meta["owner_id"] == principal.user_id:
         return
     # A caregiver's or clinician's own avatar: the patients linked to them may see it.
     if not await linked(principal.user_id, meta["owner_id"]):
