@@ -19,6 +19,7 @@ from server.core.identity import Client, Principal, as_object_id
 from server.infra.pubsub import ControlBus
 
 TOKEN_PREFIX = "hmd_"
+MAX_DEVICES = 10  # paired (unrevoked) per patient: each is a credential, a broker login and streams to analyse
 
 
 def _digest(secret: str) -> str:
@@ -54,6 +55,11 @@ def device_principal(device: Device) -> Principal:
                      name=f"{device.kind}:{device.serial}")
 
 
+def too_many_devices() -> ApiError:
+    return ApiError("too_many_devices", f"A patient has at most {MAX_DEVICES} paired devices; revoke one first", 409,
+                    {"max": MAX_DEVICES})
+
+
 class DeviceRegistry:
     """Pairing, listing and revoking a patient's devices; every process hears of a pairing or a
     revocation on the control bus (``device_paired``, ``device_revoked``)."""
@@ -70,14 +76,23 @@ class DeviceRegistry:
         if duplicate is not None:
             raise ApiError("already_paired", "This device is already paired; revoke it first to pair it again", 409,
                            {"device_id": str(duplicate.id)})
+        if await self._paired(pid) >= MAX_DEVICES:
+            raise too_many_devices()
         device = Device(id=PydanticObjectId(), patient_id=pid, kind=body.kind, serial=body.serial, model=body.model,
                         credential_hash="", paired_by=principal.user_id)
         credential, device.credential_hash = new_credential(device.id)
         device.mqtt_hash = mosquitto_hash(credential)
         await device.insert()
+        if await self._paired(pid) > MAX_DEVICES:  # parallel pairings took the last places: none of them is kept
+            await device.delete()
+            raise too_many_devices()
         await self.bus.publish("device_paired", device_id=str(device.id))
         # Shown once: only the hashes are kept.
         return {"device": device.public(), "credential": credential}
+
+    @staticmethod
+    async def _paired(patient_id: PydanticObjectId) -> int:
+        return await Device.find(Device.patient_id == patient_id, Device.revoked_at == None).count()  # noqa: E711
 
     async def list(self, principal: Principal, patient_id: Any, client: Client) -> list[dict[str, Any]]:
         pid = await require_patient(principal, patient_id, "device.list", client)
