@@ -57,6 +57,10 @@ NOT_PATIENT_DATA_ROUTES = {
     ("POST", "/api/links/codes"), ("GET", "/api/links/codes/{code}/qr.png"),  # a patient's own codes
     ("POST", "/api/links/redeem"), ("DELETE", "/api/links/{link_id}"),  # links: one's own (the ended one: 404)
     ("GET", "/api/audit"),  # what concerns oneself: one's own actions (and, for a patient, on their data)
+    ("GET", "/api/orgs"), ("GET", "/api/orgs/{org_id}/members"), ("POST", "/api/orgs/{org_id}/invitations"),
+    ("DELETE", "/api/orgs/{org_id}/invitations/{invitation_id}"), ("POST", "/api/invitations/accept"),
+    ("POST", "/api/orgs/{org_id}/members/{user_id}/suspend"),
+    ("POST", "/api/orgs/{org_id}/members/{user_id}/reinstate"),  # organisations: members, for their admins
     ("GET", "/api/calls/ice-servers"),  # TURN credentials for oneself
     ("GET", "/api/calls"),  # one's own call history (times, who); its recordings as BY_ID_ROUTES
     ("POST", "/api/notifications/read-all"), ("POST", "/api/notifications/{notification_id}/read"),
@@ -202,7 +206,7 @@ async def test_in_every_process_at_once(store: Any, redis_url: str, tmp_path: An
     async with server_processes(env, {**env, "HEALTHMATE_DATA_DIR": str(tmp_path / "b")}) as (a, b):
         async with Api(a.url) as on_a, Api(b.url) as on_b:
             patient, teammate = await on_a.register("patient"), await on_a.register("caregiver")
-            member, other = await on_a.register("clinician"), await on_a.register("patient")
+            member, other = await on_a.register("caregiver"), await on_a.register("patient")
             for p, m in ((patient, member), (patient, teammate), (other, member)):
                 await on_a.link(p, m)
             m_sock, t_sock = await on_b.socket(member), await on_a.socket(teammate)
