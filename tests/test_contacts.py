@@ -90,11 +90,11 @@ async def test_one_email_rule_for_accounts_and_contacts(api: Api) -> None:
                            ("José@Example.org", "josé@example.org")):
         contact = await ps.ok("contact:add", {"patient_id": patient.id, **DOCTOR, "email": typed})
         status, account = await api.request("POST", "/api/auth/register", json={
-            "email": typed, "password": PASSWORD, "name": "Ana", "role": "clinician"})
+            "email": typed, "password": PASSWORD, "name": "Ana", "role": "caregiver"})
         assert status == 201 and contact["email"] == account["user"]["email"] == spelled, typed
     for bad in ("ana@clinic.-example", "ana@-clinic.example", "a" * 65 + "@example.org"):
         reply = await ps.call("contact:add", {"patient_id": patient.id, **DOCTOR, "email": bad})
         assert reply["ok"] is False and reply["error"]["code"] == "invalid_payload", bad
         status, body = await api.request("POST", "/api/auth/register", json={
-            "email": bad, "password": PASSWORD, "name": "Ana", "role": "clinician"})
+            "email": bad, "password": PASSWORD, "name": "Ana", "role": "caregiver"})
         assert status == 422 and body["error"]["code"] == "invalid_email", bad
