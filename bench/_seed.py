@@ -60,7 +60,8 @@ class Seeder:
         first = self._made
         self._made += count
         users = [User(id=PydanticObjectId(), email=f"{role}{first + i}@bench.example.org",
-                      password_hash=self.password_hash, name=f"Bench {role} {first + i}", role=role)  # type: ignore[arg-type]
+                      password_hash=self.password_hash, name=f"Bench {role} {first + i}", role=role,  # type: ignore[arg-type]
+                      verified=role == "clinician")  # a clinician an organisation vouches for
                  for i in range(count)]
         sessions = [AuthSession(id=PydanticObjectId(), user_id=u.id, current_jti="bench",  # type: ignore[arg-type]
                                 expires_at=utcnow() + timedelta(days=1)) for u in users]

@@ -15,12 +15,13 @@ import asyncio
 import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from playwright.async_api import CDPSession, Page
 
 from bench._common import REPEATS, SMOKE, Budget, emit, spread, start
-from server.infra.embedded_store import free_port
+from server.infra.embedded_store import EmbeddedStore, free_port
 from tests.browser import HARNESS_EVAL, chromium, sign_in, streaming_ward
 from tests.helpers import Api, ServerProcess
 
@@ -38,10 +39,13 @@ async def heap_mb(cdp: CDPSession) -> float:
 
 async def run(budget: Budget) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess({"HEALTHMATE_DATA_DIR": tmp, "HEALTHMATE_LOG_LEVEL": "WARNING"}, free_port())
+        store = EmbeddedStore(Path(tmp) / "store")  # shared with `healthmate org create`, who makes the clinician's org
+        env = {"HEALTHMATE_DATA_DIR": tmp, "HEALTHMATE_LOG_LEVEL": "WARNING",
+               "HEALTHMATE_MONGODB_URL": await store.start()}
+        server = ServerProcess(env, free_port())
         await server.start()
         try:
-            async with Api(server.url) as api:
+            async with Api(server.url, operator_env=env) as api:
                 ward = await streaming_ward(api)
                 try:
                     async with chromium() as browser:
@@ -60,6 +64,7 @@ async def run(budget: Budget) -> dict[str, Any]:
                     await ward.close()
         finally:
             await server.stop()
+            await store.stop()
 
 
 async def observe(page: Page, cdp: CDPSession, duration: float) -> dict[str, Any]:
