@@ -205,7 +205,8 @@ async def test_analysis_each_second_and_thresholds_set_by_a_clinician_only(api: 
     for bad in ({"tachycardia_hr": 20}, {"stalled_s": 0}, {"tachycardia_hr": "fast"}, {"nonsense": 1}):
         reply = await doctor.call("vitals:set-thresholds", {"patient_id": patient.id, **bad})
         assert reply["error"]["code"] == "invalid_payload", bad
-    reply = await doctor.call("vitals:set-thresholds", {"patient_id": patient.id, "tachycardia_critical_hr": 95})
+    reply = await doctor.call("vitals:set-thresholds", {"patient_id": patient.id, "tachycardia_hr": 160,
+                                                         "tachycardia_critical_hr": 130})  # each within its limits
     assert reply["error"]["code"] == "invalid_thresholds"
     data = await doctor.ok("vitals:set-thresholds", {"patient_id": patient.id, "tachycardia_hr": 90,
                                                        "tachycardia_s": 5})
