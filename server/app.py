@@ -144,8 +144,7 @@ def create_app(settings: Settings) -> web.Application:
     mqtt, broker_files = mqtt_bridge.from_settings(settings, realtime.router, realtime.process_id, bus)
     realtime.attach(app)
     orgs = Organisations(auth, Mailer.from_settings(settings), settings.invitation_ttl_s, settings.public_url)
-    care_api.mount(mount, auth, profiles, Linking(realtime, bus, failures, settings.link_code_ttl_s), contacts, uploads,
-                   orgs)
+    care_api.mount(mount, auth, profiles, Linking(realtime, bus, failures, settings), contacts, uploads, orgs)
     streaming_api.mount(mount, streams, live)
     vitals_api.mount(mount, bp, vitals, forecasts, triage)
     calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)

@@ -19,7 +19,7 @@ from server.core.documents import utcnow
 from server.core.errors import ApiError, unauthorized
 from server.core.identity import Client, Principal, as_object_id
 from server.infra.pubsub import ControlBus
-from server.infra.ratelimit import FailureCounter
+from server.infra.ratelimit import FailureCounter, Taken
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ class AuthService:
         except ValueError:
             raise ApiError("invalid_email", "That is not a valid email address", 422, {"field": "email"}) from None
         check_password(password, email)
+        s = self.settings  # every registration counts (not only failures): accounts are what guesses are made from
+        await self.failures.take([(f"register:ip:{client.addr}", s.register_max_per_ip),
+                                  (f"register:acct:{email}", s.login_max_failures_per_account)],
+                                 "Too many registrations from here; try again later")
         user = User(email=email, password_hash=await hash_password(password), name=name.strip(), role=role)
         try:
             await user.insert()
@@ -69,26 +73,23 @@ class AuthService:
         await audit.record("auth.register", user_id=user.id, role=user.role, client=client)
         return {"user": user.public(), **await self.new_session(user, client)}
 
-    async def _throttle(self, keys: list[tuple[str, int]]) -> None:
-        for key, limit in keys:
-            count, retry = await self.failures.count(key)
-            if count >= limit:
-                raise ApiError("too_many_attempts", "Too many failed attempts; try again later", 429,
-                               {"retry_after_s": retry}, headers={"Retry-After": str(retry)})
+    async def _guess(self, scope: str, account: str, client: Client) -> Taken:
+        """Count a password guess per account and per address before it is checked (Argon2 is the cost an
+        attacker wants us to pay); a wrong one stays counted."""
+        return await self.failures.take([(f"{scope}:acct:{account}", self.settings.login_max_failures_per_account),
+                                         (f"{scope}:ip:{client.addr}", self.settings.login_max_failures_per_ip)],
+                                        "Too many failed attempts; try again later")
 
     async def login(self, email: str, password: str, client: Client) -> dict[str, Any]:
         email = email.strip().lower()
-        keys = [(f"login:acct:{email}", self.settings.login_max_failures_per_account),
-                (f"login:ip:{client.addr}", self.settings.login_max_failures_per_ip)]
-        await self._throttle(keys)
+        taken = await self._guess("login", email, client)
         user = await User.find_one(User.email == email)
         if not await verify_password(user.password_hash if user else None, password) or user is None:
-            for key, _ in keys:
-                await self.failures.add(key)
             await audit.record("auth.login", user_id=user.id if user else None, outcome="denied", client=client,
                                email=email)
             raise unauthorized("Email or password is wrong", "invalid_credentials")
-        await self.failures.reset(keys[0][0])
+        await self.failures.give_back(taken)
+        await self.failures.reset(f"login:acct:{email}")
         if user.suspended:  # told only to whoever knows the password
             await audit.record("auth.login", user_id=user.id, outcome="denied", client=client, reason="suspended")
             raise suspended()
@@ -143,9 +144,11 @@ class AuthService:
         user = await User.get(principal.user_id)
         if user is None:
             raise unauthorized()
+        taken = await self._guess("password", str(user.id), client)
         if not await verify_password(user.password_hash, current):
             await audit.record("auth.password_change", principal=principal, outcome="denied", client=client)
             raise ApiError("invalid_credentials", "The current password is wrong", 403, {"field": "current_password"})
+        await self.failures.give_back(taken)
         check_password(new, user.email)
         user.password_hash = await hash_password(new)
         user.password_changed_at = utcnow()
