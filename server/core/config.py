@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     link_redeem_max_failures_per_account: int = Field(10, ge=1)
     link_redeem_max_failures_per_ip: int = Field(30, ge=1)
     link_redeem_max_failures_global: int = Field(10_000, ge=1)
+    # Argon2 runs one hash per core at a time; this many more may wait, past that `busy` (503).
+    password_queue: int = Field(32, ge=0, le=10_000)
     cors_origins: list[str] = []
     trust_forwarded: bool = False  # take the client address from X-Forwarded-For (behind nginx)
     max_message_bytes: int = 1_000_000  # largest Socket.IO message accepted (transport limit)
