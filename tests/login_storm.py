@@ -1,5 +1,5 @@
 """A login storm against a ``healthmate serve`` subprocess (used by tests/security/test_exhaustion.py and
-bench/login_storm.py): concurrent logins, right and wrong passwords, spread over accounts and client addresses
+bench/_login_storm.py): concurrent logins, right and wrong passwords, spread over accounts and client addresses
 (a botnet behind the trusted proxy, so the throttles per account and per address leave them all to Argon2),
 while ``/healthz`` and an authenticated ``sys:ping`` are asked over and over, and the server process's
 memory is read from /proc (VmRSS before, VmHWM: the peak during the storm)."""
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.helpers import PASSWORD, Api, ServerProcess, Sock, User
+from tests.helpers import Api, Sock
 
 PROBE_TIMEOUT_S = 10.0  # a liveness bound, not a latency target
 
@@ -46,10 +46,10 @@ class StormResult:
         return self.peak_mb - self.rss_before_mb
 
 
-async def _login(http: aiohttp.ClientSession, url: str, user: User, right: bool, addr: str,
+async def _login(http: aiohttp.ClientSession, url: str, email: str, password: str, addr: str,
                  result: StormResult) -> None:
-    body = {"email": user.email, "password": PASSWORD if right else "a-wrong-passphrase"}
-    async with http.post(url + "/api/auth/login", json=body, headers={"X-Forwarded-For": addr}) as resp:
+    async with http.post(url + "/api/auth/login", json={"email": email, "password": password},
+                         headers={"X-Forwarded-For": addr}) as resp:
         reply = await resp.json()
         code = reply["error"]["code"] if resp.status >= 400 else ""
         result.outcomes[f"{resp.status} {code}".strip()] += 1
@@ -74,14 +74,19 @@ async def _probe(api: Api, sock: Sock, done: asyncio.Event, into: list[tuple[str
         await asyncio.sleep(0.05)
 
 
-async def storm(server: ServerProcess, logins: int = 300, accounts: int = 60) -> StormResult:
-    """``logins`` at once over ``accounts`` (each account's right, wrong, right, ...), each from its own address."""
-    assert server.proc is not None
-    pid = server.proc.pid
+def login_plan(emails: list[str], password: str, logins: int) -> list[tuple[str, str]]:
+    """``logins`` (email, password) over the accounts in turn, each account's right, wrong, right, ... (so no
+    account reaches the per-account limit of 5 failures)."""
+    return [(emails[i % len(emails)], password if (i // len(emails)) % 2 == 0 else "a-wrong-passphrase")
+            for i in range(logins)]
+
+
+async def storm(url: str, pid: int, logins: list[tuple[str, str]], probe_token: str) -> StormResult:
+    """Every login of ``logins`` at once, each from its own address; the probes' socket signs in with
+    ``probe_token``; ``pid`` is the server process measured."""
     result = StormResult()
-    async with Api(server.url) as api:
-        users = [await api.register("caregiver") for _ in range(accounts)]
-        sock = await api.socket(users[0])
+    async with Api(url) as api:
+        sock = await api.socket(token=probe_token)
         done = asyncio.Event()
         await _probe(api, sock, done, result.idle_probes, rounds=20)
         _reset_peak(pid)
@@ -90,8 +95,8 @@ async def storm(server: ServerProcess, logins: int = 300, accounts: int = 60) ->
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             t0 = time.perf_counter()
             try:
-                await asyncio.gather(*(_login(http, server.url, users[i % accounts], (i // accounts) % 2 == 0,
-                                              f"10.{i // 250}.{i % 250}.1", result) for i in range(logins)))
+                await asyncio.gather(*(_login(http, url, email, password, f"10.{i // 250}.{i % 250}.1", result)
+                                       for i, (email, password) in enumerate(logins)))
             finally:
                 result.storm_s = time.perf_counter() - t0
                 done.set()

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.infra.embedded_store import EmbeddedStore, free_port
-from tests.helpers import ServerProcess, process_env
-from tests.login_storm import storm
+from tests.helpers import PASSWORD, Api, ServerProcess, process_env
+from tests.login_storm import login_plan, storm
 
 GROWTH_BOUND_MB = 200  # generous: one Argon2 hash per core (2 x 64 MiB here) plus the connections
 
@@ -18,7 +18,11 @@ async def test_300_concurrent_logins_leave_the_server_responsive_and_its_memory_
     server = ServerProcess(process_env(store.url, tmp_path, trust_forwarded="true", log_level="WARNING"), free_port())
     await server.start()
     try:
-        result = await storm(server, logins=300, accounts=60)
+        async with Api(server.url) as api:
+            users = [await api.register("caregiver") for _ in range(60)]
+        assert server.proc is not None
+        result = await storm(server.url, server.proc.pid, login_plan([u.email for u in users], PASSWORD, 300),
+                             users[0].access_token)
     finally:
         await server.stop()
     print(f"login storm: {dict(result.outcomes)}; RSS {result.rss_before_mb:.0f} MB before, peak "

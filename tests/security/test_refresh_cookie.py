@@ -2,7 +2,8 @@
 page) looks for tokens where the page used to keep them: sessionStorage (then), localStorage, document.cookie.
 Now the dashboard asks for the refresh token as an HttpOnly; Secure; SameSite=Strict cookie scoped to
 /api/auth, keeps the access token in memory only, and signs in again after a reload with the cookie. The
-cookie's refresh token rotates and its reuse ends the session, as in the body; logging out clears it."""
+cookie's refresh token rotates and its reuse ends the session, as in the body; logging out clears it. A
+clinician's account made from an invitation starts the same way."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from server.transport.http import SERVICES
+from server.app import SERVER
 from tests.browser import chromium, sign_in
 from tests.helpers import PASSWORD, Api
 
@@ -38,7 +39,7 @@ async def test_login_and_refresh_put_the_refresh_token_in_a_cookie_scripts_canno
     assert status == 200 and body["access_token"] and "refresh_token" not in body
     cookie = jar[COOKIE]
     assert cookie["httponly"] and cookie["secure"] and cookie["samesite"] == "Strict"
-    ttl_s = api.app[SERVICES].settings.refresh_token_ttl_s  # type: ignore[index]
+    ttl_s = api.app[SERVER].settings.refresh_token_ttl_s  # type: ignore[index]
     assert cookie["path"] == "/api/auth" and int(cookie["max-age"]) == ttl_s
     # The refresh takes the cookie (no token in the body) and answers with a new one in the cookie.
     status, pair, jar2 = await _post(api, "/api/auth/refresh", {}, cookie=cookie.value)
@@ -75,6 +76,16 @@ async def test_logout_clears_the_cookie_and_its_token_is_dead(api: Api) -> None:
     # Without a cookie or a token in the body, nothing to refresh.
     status, err, _ = await _post(api, "/api/auth/refresh", {})
     assert status == 401 and err["error"]["code"] == "token_missing"
+
+
+async def test_a_new_account_from_an_invitation_gets_the_cookie_too(api: Api) -> None:
+    admin, org_id = await api.org_admin()
+    token = await api.invite(admin, org_id, "dr.cookie@example.org")
+    status, body, jar = await _post(api, "/api/invitations/accept", {
+        "token": token, "email": "dr.cookie@example.org", "name": "Dr Cookie", "password": PASSWORD, "cookie": True})
+    assert status == 201 and body["access_token"] and "refresh_token" not in body
+    assert jar[COOKIE]["httponly"] and jar[COOKIE]["path"] == "/api/auth"
+    assert (await _post(api, "/api/auth/refresh", {}, cookie=jar[COOKIE].value))[0] == 200
 
 
 FIND_TOKENS = """() => {
