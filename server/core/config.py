@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     link_redeem_max_failures_per_account: int = Field(10, ge=1)
     link_redeem_max_failures_per_ip: int = Field(30, ge=1)
     link_redeem_max_failures_global: int = Field(10_000, ge=1)
+    # Heavy reads (FHIR export, per-minute analyses over more than a day): one at a time per user, this many a minute.
+    heavy_reads_per_minute: int = Field(6, ge=1)
     # Argon2 runs one hash per core at a time; this many more may wait, past that `busy` (503).
     password_queue: int = Field(32, ge=0, le=10_000)
     cors_origins: list[str] = []

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 
 from beanie import Document
@@ -81,17 +81,17 @@ class FailureCounter:
             assert doc is not None, "a throttle window vanished as it was made"
         return int(doc["n"]) if doc is not None else 0
 
-    async def take(self, limits: Sequence[tuple[str, int]], message: str) -> Taken:
+    async def take(self, limits: Sequence[tuple[str, int]], message: str, code: str = "too_many_attempts") -> Taken:
         """Count one attempt against each ``(key, limit)`` in turn. Over a limit: the attempt is refused
-        (``too_many_attempts``, 429, ``retry_after_s`` and Retry-After: the end of that window) and stays
-        counted against that limit only. Returns what was counted, for `give_back`."""
+        (``code``, 429, ``retry_after_s`` and Retry-After: the end of that window) and stays counted against
+        that limit only. Returns what was counted, for `give_back`."""
         taken: Taken = []
         for key, limit in limits:
             name, end = self._window(key)
             if await self._add(name, end, 1) > limit:
                 await self.give_back(taken)
                 retry = max(math.ceil(end - time.time()), 1)
-                raise ApiError("too_many_attempts", message, 429, {"retry_after_s": retry},
+                raise ApiError(code, message, 429, {"retry_after_s": retry},
                                headers={"Retry-After": str(retry)})
             taken.append((name, end))
         return taken
@@ -107,6 +107,31 @@ class FailureCounter:
             await self.redis.delete(REDIS_PREFIX + name)
         else:
             await ThrottleWindow.get_pymongo_collection().delete_one({"_id": name})
+
+
+class HeavyReads:
+    """Expensive reads (a FHIR export of tens of thousands of readings, a month of per-minute analyses) per
+    user: one at a time in this process, and at most ``per_minute`` begun a minute over all processes
+    (``counter``'s window is a minute). Past either: ``too_many_requests`` (429, Retry-After) at once."""
+
+    def __init__(self, counter: FailureCounter, per_minute: int) -> None:
+        self.counter = counter
+        self.per_minute = per_minute
+        self._running: set[str] = set()
+
+    @asynccontextmanager
+    async def run(self, user: object) -> AsyncIterator[None]:
+        key = str(user)
+        if key in self._running:
+            raise ApiError("too_many_requests", "Such a request of yours is still running; wait for it", 429,
+                           {"retry_after_s": 1}, headers={"Retry-After": "1"})
+        self._running.add(key)  # before any await: two arriving together cannot both pass
+        try:
+            await self.counter.take([(f"heavy:{key}", self.per_minute)], "Too many such requests; try again later",
+                                    "too_many_requests")
+            yield
+        finally:
+            self._running.discard(key)
 
 
 class TokenBuckets:
