@@ -54,9 +54,9 @@ def budget_s(name: str) -> float:
 class Budget:
     """A bench's time budget, from ``start`` on."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, seconds: float | None = None) -> None:
         self.name = name
-        self.seconds = budget_s(name)
+        self.seconds = budget_s(name) if seconds is None else seconds  # given: a bench run on demand only
         self.started = time.monotonic()
         self.cut: list[str] = []
 
@@ -141,13 +141,13 @@ def _terminated(*_: object) -> None:
     raise SystemExit(143)
 
 
-def start(name: str) -> Budget:
-    """The bench's budget, from now; the machine is calibrated first (before any load of the bench).
-    SIGTERM (the runner ending a bench over its budget) unwinds the bench, so that it stops what it
-    started."""
+def start(name: str, seconds: float | None = None) -> Budget:
+    """The bench's budget, from now (``seconds`` for one not in ``BUDGETS_S``); the machine is calibrated first
+    (before any load of the bench). SIGTERM (the runner ending a bench over its budget) unwinds the bench, so
+    that it stops what it started."""
     signal.signal(signal.SIGTERM, _terminated)
     _machine.update(machine())
-    return Budget(name)
+    return Budget(name, seconds)
 
 
 # ------------------------------------------------------------------------------------------------ figures

@@ -29,7 +29,8 @@ NODE = Path(__file__).resolve().parent / "node"
 # Benchmarks drive many connections and events from one address: lift the abuse limits.
 UNLIMITED = {"HEALTHMATE_EVENT_BURST": "10000000", "HEALTHMATE_EVENT_RATE_PER_S": "10000000",
              "HEALTHMATE_USER_EVENT_BURST": "10000000", "HEALTHMATE_USER_EVENT_RATE_PER_S": "10000000",
-             "HEALTHMATE_CONNECT_BURST": "10000000", "HEALTHMATE_CONNECT_RATE_PER_S": "10000000"}
+             "HEALTHMATE_CONNECT_BURST": "10000000", "HEALTHMATE_CONNECT_RATE_PER_S": "10000000",
+             "HEALTHMATE_REGISTER_MAX_PER_IP": "10000000"}
 
 
 def rss_mb(pid: int) -> float:

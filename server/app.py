@@ -46,7 +46,7 @@ from server.dashboard import setup as setup_dashboard
 from server.infra.mailer import Mailer
 from server.infra.presence import Presence
 from server.infra.pubsub import ControlBus, make_pubsub
-from server.infra.ratelimit import FailureCounter
+from server.infra.ratelimit import FailureCounter, HeavyReads
 from server.lifecycle import Server, lifecycle, stop_demo
 from server.meds import api as meds_api
 from server.meds import documents as meds_documents
@@ -144,10 +144,10 @@ def create_app(settings: Settings) -> web.Application:
     mqtt, broker_files = mqtt_bridge.from_settings(settings, realtime.router, realtime.process_id, bus)
     realtime.attach(app)
     orgs = Organisations(auth, Mailer.from_settings(settings), settings.invitation_ttl_s, settings.public_url)
-    care_api.mount(mount, auth, profiles, Linking(realtime, bus, failures, settings.link_code_ttl_s), contacts, uploads,
-                   orgs)
-    streaming_api.mount(mount, streams, live)
-    vitals_api.mount(mount, bp, vitals, forecasts, triage)
+    care_api.mount(mount, auth, profiles, Linking(realtime, bus, failures, settings), contacts, uploads, orgs)
+    heavy = HeavyReads(FailureCounter(60, redis), settings.heavy_reads_per_minute)  # FHIR export, long analyses
+    streaming_api.mount(mount, streams, live, heavy)
+    vitals_api.mount(mount, bp, vitals, forecasts, triage, heavy)
     calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)
     calls_api.mount(mount, calls)
     rtc = DeviceRtc(realtime.router)

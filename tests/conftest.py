@@ -26,6 +26,8 @@ from server.infra.embedded_store import EmbeddedStore, free_port
 from tests.helpers import Api
 
 TEST_SECRET = "test-secret-" + "x" * 40
+# The tests make many accounts from 127.0.0.1; tests/security/ sets the real limits where it tests them.
+TEST_LIMITS = {"register_max_per_ip": 1_000_000}
 _db_counter = itertools.count()
 
 
@@ -68,7 +70,7 @@ async def store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Embed
 def make_settings(store_url: str, tmp: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "mongodb_url": store_url, "mongodb_db": f"hm_test_{next(_db_counter)}", "jwt_secret": TEST_SECRET,
-        "data_dir": tmp, "port": 0,
+        "data_dir": tmp, "port": 0, **TEST_LIMITS,
     }
     values.update(overrides)
     return load_settings(**values)

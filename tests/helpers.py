@@ -221,12 +221,12 @@ async def run_cli(env: dict[str, str], *args: str) -> str:
 def process_env(store_url: str, data_dir: Any, redis_url: str = "", **settings: object) -> dict[str, str]:
     """The environment of a ``healthmate serve`` subprocess on the test store (a fresh database) and
     Redis; ``settings`` by name, e.g. ``call_grace_s=5`` for ``HEALTHMATE_CALL_GRACE_S``."""
-    from tests.conftest import TEST_SECRET
+    from tests.conftest import TEST_LIMITS, TEST_SECRET
 
     return {"HEALTHMATE_MONGODB_URL": store_url, "HEALTHMATE_MONGODB_DB": f"hm_proc_{os.getpid()}_{next(_dbs)}",
             "HEALTHMATE_REDIS_URL": redis_url, "HEALTHMATE_JWT_SECRET": TEST_SECRET,
             "HEALTHMATE_DATA_DIR": str(data_dir),
-            **{f"HEALTHMATE_{name.upper()}": str(value) for name, value in settings.items()}}
+            **{f"HEALTHMATE_{name.upper()}": str(value) for name, value in {**TEST_LIMITS, **settings}.items()}}
 
 
 class ServerProcess:

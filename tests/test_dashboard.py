@@ -181,7 +181,6 @@ async def test_expired_token_refreshed_and_socket_reconnects_without_reload(api:
             await sign_in(page, api.base_url, ward.clinician)
             await page.click(f'.patient-row[data-id="{ward.patient.id}"]')
             await page.wait_for_function("window.__dashboard.frames >= 2", timeout=20_000)
-            before = await page.evaluate("window.__dashboard.session.state.refresh_token")
             # The access token in hand expires (the page believes it still valid) and the server drops the socket.
             await page.evaluate("""t => { const s = window.__dashboard.session.state;
                                           s.access_token = t; s.expires_at = s.refresh_at = Date.now() + 600000; }""",
@@ -190,7 +189,7 @@ async def test_expired_token_refreshed_and_socket_reconnects_without_reload(api:
             for sid, principal in list(realtime.principals.items()):
                 if principal.user_id == ward.clinician.id or str(principal.user_id) == ward.clinician.id:
                     await realtime.sio.disconnect(sid)
-            await page.wait_for_function("window.__dashboard.session.state.refresh_token !== " + repr(before),
+            await page.wait_for_function("window.__dashboard.session.state.access_token !== " + repr(expired),
                                          timeout=15_000)
             frames = await page.evaluate("window.__dashboard.frames")
             await page.wait_for_function(f"window.__dashboard.frames > {frames + 1}", timeout=15_000)
@@ -201,6 +200,7 @@ async def test_expired_token_refreshed_and_socket_reconnects_without_reload(api:
             await page.click("#logout")
             await page.wait_for_selector("#login-view:not([hidden])")
             assert await page.evaluate("sessionStorage.length") == 0
+            assert [c for c in await page.context.cookies() if c["name"] == "hm_refresh"] == []
             assert await page.locator(".patient-row").count() == 0
             status, err = await api.request("GET", "/api/me", headers={"Authorization": f"Bearer {token}"})
             assert status == 401 and err["error"]["code"] == "session_revoked"
@@ -418,11 +418,11 @@ async def test_tokens_refreshed_before_they_expire(store, tmp_path, aiohttp_serv
         async with chromium() as browser:
             page = await browser.new_page(bypass_csp=HARNESS_EVAL)
             await sign_in(page, api.base_url, clinician)
-            first, first_refresh = await page.evaluate(
-                "[window.__dashboard.session.state.access_token, window.__dashboard.session.state.refresh_token]")
+            first = await page.evaluate("window.__dashboard.session.state.access_token")
+            (first_refresh,) = [c["value"] for c in await page.context.cookies() if c["name"] == "hm_refresh"]
             await page.wait_for_function(f"window.__dashboard.session.state.access_token !== {first!r}",
                                          timeout=35_000)
-            # The new token works (a reload signs in from sessionStorage with it); the old refresh token was rotated.
+            # The new tokens work (a reload signs in with the refresh cookie); the old refresh token was rotated.
             await page.reload()
             await page.locator(f'.patient-row[data-id="{patient.id}"]').wait_for()
             await page.wait_for_selector("#conn[data-state=connected]")

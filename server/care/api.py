@@ -41,6 +41,10 @@ from server.transport.http import cursor_page, page_params, read_json, send_grid
 from server.transport.mount import Mount
 
 NO_CONTENT = 204
+# The refresh token as a cookie: out of reach of scripts (HttpOnly), sent only over TLS (localhost counts)
+# and only by this site's own pages (SameSite=Strict), and only to /api/auth/refresh and /api/auth/logout.
+REFRESH_COOKIE = "hm_refresh"
+REFRESH_COOKIE_ATTRS: dict[str, Any] = {"path": "/api/auth", "secure": True, "httponly": True, "samesite": "Strict"}
 
 
 def mount(m: Mount, auth: AuthService, profiles: Profiles, linking: Linking, contacts: Contacts,
@@ -61,8 +65,18 @@ def mount(m: Mount, auth: AuthService, profiles: Profiles, linking: Linking, con
     m.routes.add_get("/api/audit", list_audit)
 
 
+def _tokens(result: dict[str, Any], cookie: bool, max_age_s: int, status: int = 200) -> web.Response:
+    """A token pair; with ``cookie`` the refresh token leaves the body for the refresh cookie."""
+    if not cookie or "refresh_token" not in result:
+        return web.json_response(result, status=status)
+    response = web.json_response({k: v for k, v in result.items() if k != "refresh_token"}, status=status)
+    response.set_cookie(REFRESH_COOKIE, result["refresh_token"], max_age=max_age_s, **REFRESH_COOKIE_ATTRS)
+    return response
+
+
 def _accounts(m: Mount, auth: AuthService, profiles: Profiles) -> None:
     rest = m.rest
+    refresh_ttl_s = auth.settings.refresh_token_ttl_s
 
     async def register(request: web.Request) -> web.Response:
         body = await read_json(request, RegisterIn)
@@ -71,15 +85,20 @@ def _accounts(m: Mount, auth: AuthService, profiles: Profiles) -> None:
 
     async def login(request: web.Request) -> web.Response:
         body = await read_json(request, LoginIn)
-        return web.json_response(await auth.login(body.email, body.password, rest.client(request)))
+        return _tokens(await auth.login(body.email, body.password, rest.client(request)), body.cookie, refresh_ttl_s)
 
     async def refresh(request: web.Request) -> web.Response:
+        """The refresh token from the body, else from the cookie (then the new one goes back in the cookie)."""
         body = await read_json(request, RefreshIn)
-        return web.json_response(await auth.refresh(body.refresh_token, rest.client(request)))
+        token = body.refresh_token or request.cookies.get(REFRESH_COOKIE, "")
+        result = await auth.refresh(token, rest.client(request))
+        return _tokens(result, body.cookie or body.refresh_token is None, refresh_ttl_s)
 
     async def logout(request: web.Request) -> web.Response:
         await auth.logout(await rest.principal(request), rest.client(request))
-        return web.Response(status=NO_CONTENT)
+        response = web.Response(status=NO_CONTENT)
+        response.del_cookie(REFRESH_COOKIE, **REFRESH_COOKIE_ATTRS)
+        return response
 
     async def get_me(request: web.Request) -> web.Response:
         return web.json_response(await profiles.get(await rest.principal(request)))
@@ -132,7 +151,7 @@ def _orgs(m: Mount, orgs: Organisations) -> None:
         principal = await rest.principal(request) if "Authorization" in request.headers else None
         body = await read_json(request, AcceptIn)
         result, created = await orgs.accept(principal, body, rest.client(request))
-        return web.json_response(result, status=201 if created else 200)
+        return _tokens(result, body.cookie, orgs.auth.settings.refresh_token_ttl_s, 201 if created else 200)
 
     async def set_status(suspend: bool, request: web.Request) -> web.Response:
         principal = await rest.principal(request)

@@ -13,7 +13,7 @@ from pymongo.errors import DuplicateKeyError
 
 from server.care import audit
 from server.care.documents import AuthSession, Role, User
-from server.care.security import TokenService, check_password, hash_password, normalise_email, verify_password
+from server.care.security import PasswordWork, TokenService, check_password, normalise_email
 from server.core.config import Settings
 from server.core.documents import utcnow
 from server.core.errors import ApiError, unauthorized
@@ -30,6 +30,7 @@ class AuthService:
         self.tokens = tokens
         self.failures = failures
         self.bus = bus
+        self.passwords = PasswordWork(settings.password_queue)
 
     async def new_session(self, user: User, client: Client) -> dict[str, Any]:
         """A login for ``user``: its session stored, its token pair returned."""
@@ -60,7 +61,11 @@ class AuthService:
         except ValueError:
             raise ApiError("invalid_email", "That is not a valid email address", 422, {"field": "email"}) from None
         check_password(password, email)
-        user = User(email=email, password_hash=await hash_password(password), name=name.strip(), role=role)
+        s = self.settings  # every registration counts (not only failures): accounts are what guesses are made from
+        await self.failures.take([(f"register:ip:{client.addr}", s.register_max_per_ip),
+                                  (f"register:acct:{email}", s.login_max_failures_per_account)],
+                                 "Too many registrations from here; try again later")
+        user = User(email=email, password_hash=await self.passwords.hash(password), name=name.strip(), role=role)
         try:
             await user.insert()
         except DuplicateKeyError:
@@ -69,26 +74,31 @@ class AuthService:
         await audit.record("auth.register", user_id=user.id, role=user.role, client=client)
         return {"user": user.public(), **await self.new_session(user, client)}
 
-    async def _throttle(self, keys: list[tuple[str, int]]) -> None:
-        for key, limit in keys:
-            count, retry = await self.failures.count(key)
-            if count >= limit:
-                raise ApiError("too_many_attempts", "Too many failed attempts; try again later", 429,
-                               {"retry_after_s": retry}, headers={"Retry-After": str(retry)})
+    async def _guess(self, scope: str, account: str, client: Client, password_hash: str | None,
+                     password: str) -> bool:
+        """Check a password guess, counted per account and per address before the Argon2 work it costs; a
+        wrong one stays counted, a right one (or one refused as ``busy``, so not checked) is given back."""
+        taken = await self.failures.take([(f"{scope}:acct:{account}", self.settings.login_max_failures_per_account),
+                                          (f"{scope}:ip:{client.addr}", self.settings.login_max_failures_per_ip)],
+                                         "Too many failed attempts; try again later")
+        try:
+            right = await self.passwords.verify(password_hash, password)
+        except ApiError:  # busy
+            await self.failures.give_back(taken)
+            raise
+        if right:
+            await self.failures.give_back(taken)
+        return right
 
     async def login(self, email: str, password: str, client: Client) -> dict[str, Any]:
         email = email.strip().lower()
-        keys = [(f"login:acct:{email}", self.settings.login_max_failures_per_account),
-                (f"login:ip:{client.addr}", self.settings.login_max_failures_per_ip)]
-        await self._throttle(keys)
         user = await User.find_one(User.email == email)
-        if not await verify_password(user.password_hash if user else None, password) or user is None:
-            for key, _ in keys:
-                await self.failures.add(key)
+        if not await self._guess("login", email, client, user.password_hash if user else None, password) \
+                or user is None:
             await audit.record("auth.login", user_id=user.id if user else None, outcome="denied", client=client,
                                email=email)
             raise unauthorized("Email or password is wrong", "invalid_credentials")
-        await self.failures.reset(keys[0][0])
+        await self.failures.reset(f"login:acct:{email}")
         if user.suspended:  # told only to whoever knows the password
             await audit.record("auth.login", user_id=user.id, outcome="denied", client=client, reason="suspended")
             raise suspended()
@@ -143,11 +153,11 @@ class AuthService:
         user = await User.get(principal.user_id)
         if user is None:
             raise unauthorized()
-        if not await verify_password(user.password_hash, current):
+        if not await self._guess("password", str(user.id), client, user.password_hash, current):
             await audit.record("auth.password_change", principal=principal, outcome="denied", client=client)
             raise ApiError("invalid_credentials", "The current password is wrong", 403, {"field": "current_password"})
         check_password(new, user.email)
-        user.password_hash = await hash_password(new)
+        user.password_hash = await self.passwords.hash(new)
         user.password_changed_at = utcnow()
         await user.save()
         others = [sid for sid in await self.live_sessions(principal.user_id) if sid != principal.sid]

@@ -280,10 +280,12 @@ class RegisterIn(Strict):
 class LoginIn(Strict):
     email: Annotated[str, Field(max_length=254)]
     password: Secret
+    cookie: bool = False  # the refresh token in an HttpOnly cookie rather than in the body
 
 
 class RefreshIn(Strict):
-    refresh_token: Annotated[str, Field(min_length=1, max_length=4096)]
+    refresh_token: Annotated[str, Field(min_length=1, max_length=4096)] | None = None  # else the cookie's
+    cookie: bool = False
 
 
 class ProfilePatch(Patch):
@@ -389,3 +391,4 @@ class AcceptIn(Strict):
     email: Annotated[str, Field(max_length=254)] | None = None
     name: Name | None = None
     password: Secret | None = None
+    cookie: bool = False  # a new account's refresh token in the refresh cookie, as for a login

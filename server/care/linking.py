@@ -15,6 +15,7 @@ from beanie.operators import In
 from server.care import audit
 from server.care.access import care_team, memberships
 from server.care.documents import Link, LinkCode, User
+from server.core.config import Settings
 from server.core.documents import aware, iso, utcnow
 from server.core.errors import ApiError, forbidden, not_found
 from server.core.identity import Client, Principal
@@ -25,7 +26,6 @@ from server.infra.ratelimit import FailureCounter
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"  # no 0/O, 1/I/L, U: read aloud and typed by hand
 CODE_LENGTH = 8
 MAX_OPEN_CODES = 10
-MAX_FAILED_REDEEMS = 10
 
 
 def _code_payload(code: str) -> str:
@@ -47,11 +47,12 @@ async def link_json(link: Link, users: dict[PydanticObjectId, User] | None = Non
 
 
 class Linking:
-    def __init__(self, broadcaster: Broadcaster, bus: ControlBus, failures: FailureCounter, code_ttl_s: int) -> None:
+    def __init__(self, broadcaster: Broadcaster, bus: ControlBus, failures: FailureCounter, settings: Settings) -> None:
         self.broadcaster = broadcaster
         self.bus = bus
         self.failures = failures
-        self.code_ttl = timedelta(seconds=code_ttl_s)
+        self.settings = settings
+        self.code_ttl = timedelta(seconds=settings.link_code_ttl_s)
 
     async def create_code(self, principal: Principal, client: Client) -> dict[str, Any]:
         if principal.role != "patient":
@@ -90,21 +91,21 @@ class Linking:
     async def redeem(self, principal: Principal, code: str, client: Client) -> dict[str, Any]:
         if principal.role not in ("caregiver", "clinician"):
             raise forbidden("Only a caregiver or clinician can redeem a link code")
-        throttle_key = f"redeem:{principal.user_id}"
-        failures, retry = await self.failures.count(throttle_key)
-        if failures >= MAX_FAILED_REDEEMS:
-            raise ApiError("too_many_attempts", "Too many wrong link codes; try again later", 429,
-                           {"retry_after_s": retry}, headers={"Retry-After": str(retry)})
+        s = self.settings  # guesses per account, per address and over everyone (what bounds a botnet)
+        taken = await self.failures.take([(f"redeem:acct:{principal.user_id}", s.link_redeem_max_failures_per_account),
+                                          (f"redeem:ip:{client.addr}", s.link_redeem_max_failures_per_ip),
+                                          ("redeem:all", s.link_redeem_max_failures_global)],
+                                         "Too many wrong link codes; try again later")
         now = utcnow()
         claimed = await LinkCode.get_pymongo_collection().find_one_and_update(
             {"code": code, "redeemed_at": None, "expires_at": {"$gt": now}},
             {"$set": {"redeemed_at": now, "redeemed_by": principal.user_id}},
         )
         if claimed is None:
-            await self.failures.add(throttle_key)
             await audit.record("link.redeem", principal=principal, outcome="denied", client=client)
             raise ApiError("invalid_code", "This link code is not valid, was already used, or has expired", 404,
                            {"field": "code"})
+        await self.failures.give_back(taken)  # a right code is not a failure
         patient_id = claimed["patient_id"]
         link = Link(id=Link.key(patient_id, principal.user_id), patient_id=patient_id, member_id=principal.user_id,
                     member_role=principal.role)  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from pymongo.errors import DuplicateKeyError
 from server.care import audit
 from server.care.auth import AuthService
 from server.care.documents import AcceptIn, Invitation, InviteIn, Link, Membership, Organisation, OrgRole, User
-from server.care.security import check_password, hash_password, normalise_email
+from server.care.security import check_password, normalise_email
 from server.core.documents import aware, iso, utcnow
 from server.core.errors import ApiError, forbidden, not_found
 from server.core.identity import Client, Principal, as_object_id
@@ -250,7 +250,7 @@ class Organisations:
             raise ApiError("account_exists", "An account with this email exists: log in as it, then accept", 409,
                            {"field": "email"})
         check_password(body.password, email)
-        return None, await hash_password(body.password)
+        return None, await self.auth.passwords.hash(body.password)  # bounded like every request's Argon2
 
     async def _set_status(self, principal: Principal, org_id: str, user_id: str, suspend: bool,
                           client: Client) -> dict[str, Any]:

@@ -36,10 +36,20 @@ class Settings(BaseSettings):
     access_token_ttl_s: int = Field(15 * 60, ge=30, le=24 * 3600)
     refresh_token_ttl_s: int = Field(30 * 24 * 3600, ge=60)
     link_code_ttl_s: int = Field(10 * 60, ge=10, le=24 * 3600)
-    # Login throttling: after this many failures in the window, 429 with Retry-After.
-    login_max_failures_per_account: int = 5
-    login_max_failures_per_ip: int = 20
-    login_failure_window_s: int = 15 * 60
+    # Throttling, per window of login_failure_window_s (then 429 too_many_attempts with Retry-After):
+    # failed logins and password changes per account and per client address, registrations per address
+    # (and per email), failed link-code redemptions per account, per address and over all of them.
+    login_max_failures_per_account: int = Field(5, ge=1)
+    login_max_failures_per_ip: int = Field(20, ge=1)
+    login_failure_window_s: int = Field(15 * 60, ge=1)
+    register_max_per_ip: int = Field(20, ge=1)
+    link_redeem_max_failures_per_account: int = Field(10, ge=1)
+    link_redeem_max_failures_per_ip: int = Field(30, ge=1)
+    link_redeem_max_failures_global: int = Field(10_000, ge=1)
+    # Heavy reads (FHIR export, per-minute analyses over more than a day): one at a time per user, this many a minute.
+    heavy_reads_per_minute: int = Field(6, ge=1)
+    # Argon2 runs one hash per core at a time; this many more may wait, past that `busy` (503).
+    password_queue: int = Field(32, ge=0, le=10_000)
     cors_origins: list[str] = []
     trust_forwarded: bool = False  # take the client address from X-Forwarded-For (behind nginx)
     max_message_bytes: int = 1_000_000  # largest Socket.IO message accepted (transport limit)

@@ -1,59 +1,137 @@
-"""Failure counters for throttling (login attempts, link-code guesses).
+"""Attempt counters for throttling (registrations, logins, password changes, link-code guesses) and
+token buckets for event and connect rates.
 
-A fixed window per key: in Redis when configured, so every process sees the same count;
-in memory otherwise, with a bounded number of keys so an attacker cycling through
-addresses cannot grow memory.
+Attempts are counted per key in fixed windows, atomically and where every process sees them: in Redis
+(``INCR``) when configured, else in the store (``find_one_and_update`` with ``$inc``). Counting is the
+check, never a read followed by a write, so parallel attempts each get their own number and cannot all
+see a count under the limit.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
 
+from beanie import Document
+from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
+
+from server.core.errors import ApiError
+
+REDIS_PREFIX = "hm:fail:"
+# Give one attempt back: never below zero, and not at all once the window's key is gone.
+_GIVE_BACK = ("local n = tonumber(redis.call('GET', KEYS[1]) or '0') "
+              "if n > 0 then return redis.call('DECR', KEYS[1]) end return 0")
+
+
+class ThrottleWindow(Document):
+    """One key's attempts in one window (``id``: ``<key>@<window number>``) when there is no Redis;
+    the store deletes it once the window is over (TTL index)."""
+
+    id: str  # type: ignore[assignment]
+    n: int = 0
+    expires_at: datetime
+
+    class Settings:
+        name = "throttle_windows"
+        indexes = [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expiry")]
+
+
+Taken = list[tuple[str, float]]  # the windows an attempt was counted in (name, end): to give it back
 
 
 class FailureCounter:
-    def __init__(self, window_s: int, redis: Redis | None = None, max_keys: int = 100_000) -> None:
+    """Attempts per key in fixed windows of ``window_s`` seconds (see the module's docstring)."""
+
+    def __init__(self, window_s: int, redis: Redis | None = None) -> None:
         self.window_s = window_s
         self.redis = redis
-        self.max_keys = max_keys
-        self._mem: OrderedDict[str, tuple[int, float]] = OrderedDict()  # key -> (count, window end)
+        self._give_back = redis.register_script(_GIVE_BACK) if redis is not None else None
 
-    async def count(self, key: str) -> tuple[int, int]:
-        """Failures in the current window and seconds until it ends."""
-        if self.redis is not None:
-            pipe = self.redis.pipeline()
-            pipe.get(f"hm:fail:{key}")
-            pipe.ttl(f"hm:fail:{key}")
-            n, ttl = await pipe.execute()
-            return int(n or 0), max(int(ttl), 1)
-        entry = self._mem.get(key)
-        now = time.monotonic()
-        if entry is None or entry[1] <= now:
-            return 0, 0
-        return entry[0], max(int(entry[1] - now + 0.999), 1)
+    def _window(self, key: str) -> tuple[str, float]:
+        """The current window of ``key``: its name and when it ends (epoch seconds)."""
+        number = int(time.time() // self.window_s)
+        return f"{key}@{number}", (number + 1) * self.window_s
 
-    async def add(self, key: str) -> None:
+    async def _add(self, name: str, end: float, delta: int) -> int:
+        """Add ``delta`` (1, or -1 to give an attempt back) atomically; the count after it."""
         if self.redis is not None:
-            pipe = self.redis.pipeline()
-            pipe.incr(f"hm:fail:{key}")
-            pipe.expire(f"hm:fail:{key}", self.window_s, nx=True)
-            await pipe.execute()
-            return
-        now = time.monotonic()
-        count, end = self._mem.pop(key, (0, 0.0))
-        if end <= now:
-            count, end = 0, now + self.window_s
-        self._mem[key] = (count + 1, end)
-        while len(self._mem) > self.max_keys:
-            self._mem.popitem(last=False)
+            key = REDIS_PREFIX + name
+            if delta < 0:
+                return int(await self._give_back(keys=[key]))  # type: ignore[misc]
+            async with self.redis.pipeline(transaction=True) as pipe:
+                count, _ = await pipe.incr(key, delta).expireat(key, math.ceil(end) + 1).execute()
+            return int(count)
+        coll = ThrottleWindow.get_pymongo_collection()
+        query = {"_id": name, **({"n": {"$gt": 0}} if delta < 0 else {})}
+        doc = await coll.find_one_and_update(query, {"$inc": {"n": delta}}, return_document=ReturnDocument.AFTER)
+        if doc is None and delta > 0:
+            # First attempt of the window: make the document, then count. (An upsert that also counts
+            # loses the count it returns when parallel first attempts race on SecantusDB.)
+            with suppress(DuplicateKeyError):
+                await coll.update_one({"_id": name}, {"$setOnInsert": {
+                    "n": 0, "expires_at": datetime.fromtimestamp(end, UTC)}}, upsert=True)
+            doc = await coll.find_one_and_update(query, {"$inc": {"n": delta}},
+                                                 return_document=ReturnDocument.AFTER)
+            assert doc is not None, "a throttle window vanished as it was made"
+        return int(doc["n"]) if doc is not None else 0
+
+    async def take(self, limits: Sequence[tuple[str, int]], message: str, code: str = "too_many_attempts") -> Taken:
+        """Count one attempt against each ``(key, limit)`` in turn. Over a limit: the attempt is refused
+        (``code``, 429, ``retry_after_s`` and Retry-After: the end of that window) and stays counted against
+        that limit only. Returns what was counted, for `give_back`."""
+        taken: Taken = []
+        for key, limit in limits:
+            name, end = self._window(key)
+            if await self._add(name, end, 1) > limit:
+                await self.give_back(taken)
+                retry = max(math.ceil(end - time.time()), 1)
+                raise ApiError(code, message, 429, {"retry_after_s": retry},
+                               headers={"Retry-After": str(retry)})
+            taken.append((name, end))
+        return taken
+
+    async def give_back(self, taken: Taken) -> None:
+        """Uncount an attempt that turned out right (a valid code, the right password)."""
+        for name, end in taken:
+            await self._add(name, end, -1)
 
     async def reset(self, key: str) -> None:
+        name, _ = self._window(key)
         if self.redis is not None:
-            await self.redis.delete(f"hm:fail:{key}")
+            await self.redis.delete(REDIS_PREFIX + name)
         else:
-            self._mem.pop(key, None)
+            await ThrottleWindow.get_pymongo_collection().delete_one({"_id": name})
+
+
+class HeavyReads:
+    """Expensive reads (a FHIR export of tens of thousands of readings, a month of per-minute analyses) per
+    user: one at a time in this process, and at most ``per_minute`` begun a minute over all processes
+    (``counter``'s window is a minute). Past either: ``too_many_requests`` (429, Retry-After) at once."""
+
+    def __init__(self, counter: FailureCounter, per_minute: int) -> None:
+        self.counter = counter
+        self.per_minute = per_minute
+        self._running: set[str] = set()
+
+    @asynccontextmanager
+    async def run(self, user: object) -> AsyncIterator[None]:
+        key = str(user)
+        if key in self._running:
+            raise ApiError("too_many_requests", "Such a request of yours is still running; wait for it", 429,
+                           {"retry_after_s": 1}, headers={"Retry-After": "1"})
+        self._running.add(key)  # before any await: two arriving together cannot both pass
+        try:
+            await self.counter.take([(f"heavy:{key}", self.per_minute)], "Too many such requests; try again later",
+                                    "too_many_requests")
+            yield
+        finally:
+            self._running.discard(key)
 
 
 class TokenBuckets:

@@ -6,6 +6,7 @@ from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient, monitoring
 
 from server.infra.migrations import MigrationRecord
+from server.infra.ratelimit import ThrottleWindow
 
 
 class CommandCounter(monitoring.CommandListener):
@@ -45,5 +46,6 @@ def make_client(url: str, **kwargs: object) -> AsyncMongoClient:
 
 
 async def init_documents(client: AsyncMongoClient, db_name: str, documents: list[type[Document]]) -> None:
-    """Beanie on ``documents`` (each concern's ``DOCUMENTS``, gathered by ``server.app``), indexes created."""
-    await init_beanie(database=client[db_name], document_models=[*documents, MigrationRecord])
+    """Beanie on ``documents`` (each concern's ``DOCUMENTS``, gathered by ``server.app``) and infra's own
+    (migrations, throttle windows), indexes created."""
+    await init_beanie(database=client[db_name], document_models=[*documents, MigrationRecord, ThrottleWindow])

@@ -427,6 +427,8 @@ function frame(now) {
 }
 requestAnimationFrame(frame);
 
-if (session.active) startApp();
-else if (invitationToken()) orgs.showSignUp(startApp);
-else showLogin();
+session.resume().then((signedIn) => {
+  if (signedIn) startApp();
+  else if (invitationToken()) orgs.showSignUp(startApp);
+  else showLogin();
+});

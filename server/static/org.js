@@ -143,7 +143,7 @@ export class OrgPanel {
       const body = await fetch("/api/invitations/accept", {
         method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ token: invitationToken(), email: $("join-email").value, name: $("join-name").value,
-                               password: $("join-password").value }),
+                               password: $("join-password").value, cookie: true }),
       }).then(async (r) => ({ ok: r.ok, data: await r.json() }));
       if (!body.ok) throw new Error(body.data.error.code === "account_exists"
         ? "You have an account: sign in, then open the invitation link again." : body.data.error.message);

@@ -1,9 +1,11 @@
-// The login session: tokens in memory and sessionStorage (this tab only), refreshed before they
-// expire and whenever the server says `token_expired`; refresh tokens rotate, so a refresh is
-// single-flight (two concurrent ones would look like a stolen token and end the session).
+// The login session. The access token lives in memory only; the refresh token in an HttpOnly cookie the
+// server sets (scoped to /api/auth, SameSite=Strict) that no script here can read. After a reload, `resume()`
+// gets a new access token with that cookie. Tokens are refreshed before they expire and whenever the server
+// says `token_expired`; refresh tokens rotate, so a refresh is single-flight, across this browser's tabs too
+// (they share the cookie): two at once would look like a stolen token and end the session.
 
-const KEY = "healthmate.session";
 const EARLY_MS = 60_000; // refresh this long before the access token expires
+const REFRESH_LOCK = "healthmate.refresh";
 
 export class ApiError extends Error {
   constructor(status, body) {
@@ -26,30 +28,25 @@ function refreshAt(token) {
   }
 }
 
+/** A new access token for the refresh cookie (which the server rotates), one tab at a time. */
+function exchange() {
+  const call = () => request("POST", "/api/auth/refresh", { cookie: true });
+  return navigator.locks ? navigator.locks.request(REFRESH_LOCK, call) : call();
+}
+
 export class Session extends EventTarget {
   constructor() {
     super();
-    this.state = null; // {user, access_token, refresh_token, expires_at}
+    this.state = null; // {user, access_token, expires_at, refresh_at}
     this.refreshing = null;
     this.timer = null;
-    const saved = sessionStorage.getItem(KEY);
-    if (saved) {
-      try {
-        this.state = JSON.parse(saved);
-        this.schedule();
-      } catch {
-        sessionStorage.removeItem(KEY);
-      }
-    }
   }
 
   get user() { return this.state && this.state.user; }
   get active() { return this.state !== null; }
 
   store(tokens, user) {
-    this.state = { user: user || this.user, access_token: tokens.access_token, refresh_token: tokens.refresh_token,
-                   ...refreshAt(tokens.access_token) };
-    sessionStorage.setItem(KEY, JSON.stringify(this.state));
+    this.state = { user: user || this.user, access_token: tokens.access_token, ...refreshAt(tokens.access_token) };
     this.schedule();
     this.dispatchEvent(new Event("tokens"));
   }
@@ -62,9 +59,22 @@ export class Session extends EventTarget {
   }
 
   async login(email, password) {
-    const body = await request("POST", "/api/auth/login", { email, password });
+    const body = await request("POST", "/api/auth/login", { email, password, cookie: true });
     this.store(body, body.user);
     return body.user;
+  }
+
+  /** After a reload: signed in again if the refresh cookie is still good. */
+  async resume() {
+    try {
+      const tokens = await exchange();
+      this.store(tokens, await request("GET", "/api/me", undefined, tokens.access_token));
+      return true;
+    } catch {
+      clearTimeout(this.timer);
+      this.state = null;
+      return false;
+    }
   }
 
   /** A valid access token, refreshed first if it is about to expire. */
@@ -78,8 +88,7 @@ export class Session extends EventTarget {
     if (!this.refreshing) {
       this.refreshing = (async () => {
         try {
-          const body = await request("POST", "/api/auth/refresh", { refresh_token: this.state.refresh_token });
-          this.store(body);
+          this.store(await exchange());
         } catch (err) {
           if (err.status === 401) this.end("Your session has ended; please sign in again.");
           throw err;
@@ -114,7 +123,6 @@ export class Session extends EventTarget {
   end(reason) {
     clearTimeout(this.timer);
     this.state = null;
-    sessionStorage.removeItem(KEY);
     this.dispatchEvent(new CustomEvent("ended", { detail: reason }));
   }
 }

@@ -13,6 +13,7 @@ from server.core.documents import utcnow
 from server.core.errors import ApiError, not_found
 from server.core.identity import as_object_id
 from server.core.params import parse_time
+from server.infra.ratelimit import HeavyReads
 from server.streaming import history
 from server.streaming.documents import Stream, StreamRef, SubscribeIn, UnsubscribeIn
 from server.streaming.ingest import StreamService
@@ -20,8 +21,10 @@ from server.streaming.live import LiveHub
 from server.transport.events import DEVICE_ROLES, EventContext
 from server.transport.mount import Mount
 
+HEAVY_RANGE = timedelta(days=1)  # per-minute analyses over a longer range are a heavy read
 
-def mount(m: Mount, streams: StreamService, live: LiveHub) -> None:
+
+def mount(m: Mount, streams: StreamService, live: LiveHub, heavy: HeavyReads) -> None:
     events, rest = m.events, m.rest
     m.realtime.disconnect_hooks.append(live.on_disconnect)
     events.event("stream:open", StreamOpen, roles=DEVICE_ROLES)(streams.open)
@@ -66,15 +69,23 @@ def mount(m: Mount, streams: StreamService, live: LiveHub) -> None:
         return web.json_response(await history.waveform(stream, start, end, max_points))
 
     async def get_analyses(request: web.Request) -> web.Response:
-        """Per-second analyses in a range, or per-minute aggregates (``?every=minute``, the default)."""
-        pid = await require_patient(await rest.principal(request), request.match_info["patient_id"], "analyses.read",
-                                    rest.client(request))
+        """Per-second analyses in a range, or per-minute aggregates (``?every=minute``, the default); over more
+        than a day (up to 31), a heavy read: one at a time per user, a few a minute."""
+        principal = await rest.principal(request)
+        pid = await require_patient(principal, request.match_info["patient_id"], "analyses.read", rest.client(request))
         end = parse_time(request.query.get("to"), "to", utcnow())
         start = parse_time(request.query.get("from"), "from", end - timedelta(hours=1))
         stream_id = request.query.get("stream_id")
-        return web.json_response(await history.analyses(
-            pid, start, end, request.query.get("every", "minute"),
-            as_object_id(stream_id, "stream_id") if stream_id else None))
+
+        async def read() -> web.Response:
+            return web.json_response(await history.analyses(
+                pid, start, end, request.query.get("every", "minute"),
+                as_object_id(stream_id, "stream_id") if stream_id else None))
+
+        if end - start <= HEAVY_RANGE:
+            return await read()
+        async with heavy.run(principal.user_id):
+            return await read()
 
     m.routes.add_get("/api/patients/{patient_id}/streams", list_streams)
     m.routes.add_get("/api/patients/{patient_id}/streams/{stream_id}/waveform", get_waveform)

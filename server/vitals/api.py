@@ -12,6 +12,7 @@ from server.care.access import require_patient
 from server.care.documents import PatientRef
 from server.core.errors import ApiError
 from server.core.identity import as_object_id
+from server.infra.ratelimit import HeavyReads
 from server.transport.events import DEVICE_ROLES, USER_ROLES, EventContext
 from server.transport.http import cursor_page, page_params
 from server.transport.mount import Mount
@@ -37,7 +38,8 @@ async def _history(pid: PydanticObjectId, before: PydanticObjectId | None, limit
     return await cursor_page(BPReading, live(pid), before, limit, BPReading.public)
 
 
-def mount(m: Mount, bp: BloodPressure, vitals: Vitals, forecasts: BPForecasts, triage: Triage) -> None:
+def mount(m: Mount, bp: BloodPressure, vitals: Vitals, forecasts: BPForecasts, triage: Triage,
+          heavy: HeavyReads) -> None:
     _events(m, bp, vitals, forecasts, triage)
     rest = m.rest
 
@@ -59,10 +61,16 @@ def mount(m: Mount, bp: BloodPressure, vitals: Vitals, forecasts: BPForecasts, t
         pid = await require_patient(principal, request.match_info["patient_id"], "bp.stats", rest.client(request))
         return web.json_response(await statistics(pid, window, None))
 
-    async def bp_fhir(request: web.Request) -> web.Response:
+    async def bp_fhir(request: web.Request) -> web.StreamResponse:
+        """Streamed as it is read (up to 50,000 readings); a heavy read: one at a time per user, a few a minute."""
         pid = await patient(request, "bp.export")
-        bundle = await fhir_export(pid, f"{request.scheme}://{request.host}/fhir")
-        return web.json_response(bundle, content_type="application/fhir+json")
+        async with heavy.run((await rest.principal(request)).user_id):
+            response = web.StreamResponse(headers={"Content-Type": "application/fhir+json"})
+            await response.prepare(request)
+            async for piece in fhir_export(pid, f"{request.scheme}://{request.host}/fhir"):
+                await response.write(piece)
+            await response.write_eof()
+            return response
 
     async def vital_events(request: web.Request) -> web.Response:
         pid = await patient(request, "vital_events.read")

@@ -6,7 +6,7 @@ A hypertensive-crisis reading is handed to ``on_crisis`` listeners (the alert pa
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -142,7 +142,12 @@ async def statistics(pid: PydanticObjectId, window: str, end: datetime | None) -
             **bp_stats(readings)}
 
 
-async def fhir_export(pid: PydanticObjectId, base_url: str) -> dict[str, Any]:
-    """The patient's readings as a FHIR R4 Bundle; ``base_url`` is the server's FHIR base."""
-    docs = await BPReading.find(live(pid)).sort(+BPReading.measured_at).limit(EXPORT_LIMIT).to_list()
-    return bp_bundle(base_url, str(pid), [d.public() for d in docs], iso(utcnow()) or "")
+def fhir_export(pid: PydanticObjectId, base_url: str) -> AsyncIterator[bytes]:
+    """The patient's readings (the oldest EXPORT_LIMIT) as a FHIR R4 Bundle, in pieces as they are read from
+    the store; ``base_url`` is the server's FHIR base."""
+
+    async def readings() -> AsyncIterator[dict[str, Any]]:
+        async for doc in BPReading.find(live(pid)).sort(+BPReading.measured_at).limit(EXPORT_LIMIT):
+            yield doc.public()
+
+    return bp_bundle(base_url, str(pid), readings(), iso(utcnow()) or "")

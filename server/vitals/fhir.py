@@ -3,6 +3,8 @@ coded with LOINC (panel 85354-9, systolic 8480-6, diastolic 8462-4, heart rate 8
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 LOINC = "http://loinc.org"
@@ -47,6 +49,19 @@ def bp_observations(base_url: str, patient_id: str, reading: dict[str, Any]) -> 
     return [{"fullUrl": f"{base_url}/Observation/{o['id']}", "resource": o} for o in out]
 
 
-def bp_bundle(base_url: str, patient_id: str, readings: list[dict[str, Any]], timestamp: str) -> dict[str, Any]:
-    entries = [e for r in readings for e in bp_observations(base_url, patient_id, r)]
-    return {"resourceType": "Bundle", "type": "collection", "timestamp": timestamp, "entry": entries}
+async def bp_bundle(base_url: str, patient_id: str, readings: AsyncIterator[dict[str, Any]], timestamp: str,
+                    piece_bytes: int = 64 * 1024) -> AsyncIterator[bytes]:
+    """The Bundle as JSON in pieces of about ``piece_bytes``, made as the readings come: a large export
+    holds one piece in memory, not the whole document."""
+    head = json.dumps({"resourceType": "Bundle", "type": "collection", "timestamp": timestamp})
+    piece, size, sep = [head[:-1] + ', "entry": ['], 0, ""
+    async for reading in readings:
+        for entry in bp_observations(base_url, patient_id, reading):
+            text = sep + json.dumps(entry)
+            piece.append(text)
+            size, sep = size + len(text), ","
+        if size >= piece_bytes:
+            yield "".join(piece).encode()
+            piece, size = [], 0
+    piece.append("]}")
+    yield "".join(piece).encode()
