@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from server.infra.embedded_store import EmbeddedStore, free_port
 from tests.helpers import PASSWORD, Api, ServerProcess, process_env
 from tests.login_storm import login_plan, storm
@@ -13,6 +15,7 @@ from tests.login_storm import login_plan, storm
 GROWTH_BOUND_MB = 200  # generous: one Argon2 hash per core (2 x 64 MiB here) plus the connections
 
 
+@pytest.mark.timeout(300)  # 60 accounts registered (an Argon2 hash each) and the storm, on a shared machine
 async def test_300_concurrent_logins_leave_the_server_responsive_and_its_memory_bounded(
         store: EmbeddedStore, tmp_path: Path) -> None:
     server = ServerProcess(process_env(store.url, tmp_path, trust_forwarded="true", log_level="WARNING"), free_port())
