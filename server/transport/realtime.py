@@ -17,7 +17,6 @@ from typing import Any
 import socketio
 from aiohttp import web
 from multidict import CIMultiDict
-from pydantic import BaseModel
 
 from server.core.config import Settings
 from server.core.errors import ApiError, as_api_error
@@ -25,7 +24,7 @@ from server.core.identity import Client, Principal
 from server.infra import fastjson
 from server.infra.presence import Presence
 from server.infra.ratelimit import TokenBuckets
-from server.transport.events import DEVICE_ROLES, USER_ROLES, EventContext, EventRouter, Handler, unknown_event
+from server.transport.events import EventRouter, unknown_event
 
 log = logging.getLogger(__name__)
 NAMESPACE = "/"
@@ -46,7 +45,6 @@ Authenticate = Callable[[Any], Awaitable[Principal]]  # the handshake's auth dic
 PatientsOf = Callable[[Principal], Awaitable[list[Any]]]  # the patients whose rooms a user joins
 RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error"})
 CLIENT_DEVICE_ID = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
-__all__ = ["DEVICE_ROLES", "USER_ROLES", "EventContext", "Handler", "Realtime"]
 
 
 DeviceSink = Callable[[str, str, Any, Callable[..., Any] | None], Awaitable[None]]
@@ -210,10 +208,6 @@ class Realtime:
 
     # --- events ------------------------------------------------------------------------------------
 
-    def event(self, name: str, model: type[BaseModel] | None = None,
-              roles: frozenset[str] = USER_ROLES) -> Callable[[Handler], Handler]:
-        return self.router.event(name, model, roles)
-
     def _route(self, name: str) -> None:
         async def dispatch(sid: str, *args: Any) -> dict[str, Any]:
             principal = self.principals.get(sid)
@@ -224,9 +218,6 @@ class Realtime:
                                             args[0] if args else None)
 
         self.sio.on(name, dispatch)
-
-    async def handle(self, name: str, principal: Principal, sid: str, client: Client, data: Any) -> dict[str, Any]:
-        return await self.router.handle(name, principal, sid, client, data)
 
     async def _unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
         return unknown_event(event)
