@@ -119,3 +119,20 @@ class SocketSender(Protocol):
 
     async def to_socket(self, sid: str, event: str, data: Any) -> None:
         """Emit to that socket of this process, nothing through the other processes."""
+
+
+class DevicePush(Protocol):
+    """Push through the durable outbox (``server.alerts.push``) to the registered devices of a user, whether or
+    not they have sockets open: one outbox entry per registration and message, written before it is attempted.
+    ``devices`` narrows it to those app installations (``device_id``s); None: all of the user's."""
+
+    async def push_notes(self, notes: list[Any], devices: dict[Any, list[str]] | None = None) -> None:
+        """Stored notifications (each in its user's language), to ``devices[note.user_id]`` or every device of the
+        note's user; the notification id is the collapse id, so a retry never shows twice."""
+
+    async def ring(self, user_id: Any, call: dict[str, Any], devices: list[str] | None = None) -> None:
+        """A VoIP push for an incoming call (APNs PushKit ``voip``, FCM high-priority data) carrying the call id and
+        caller, to the user's VoIP registrations (of ``devices``, or all)."""
+
+    async def cancel_ring(self, user_id: Any, call_id: str, reason: str) -> None:
+        """The call was answered elsewhere, hung up or missed: a cancelling VoIP push to every device rung."""
