@@ -9,18 +9,26 @@ from typing import Any
 from pydantic import ValidationError
 from pymongo.errors import ConnectionFailure
 
+from server.core.error_codes import ERRORS
+
 log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    """A refusal the client is told about. ``status`` is the HTTP status used by REST."""
+    """A refusal the client is told about. ``code`` is one of ``error_codes.ERRORS``; ``status``, the HTTP
+    status REST answers with, is the code's own unless one of its other declared statuses is given."""
 
-    def __init__(self, code: str, message: str, status: int = 400, details: Any = None,
+    def __init__(self, code: str, message: str, status: int | None = None, details: Any = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
+        declared = ERRORS.get(code)
+        if declared is None:
+            raise ValueError(f"error code {code!r} is not declared in server/core/error_codes.py")
+        if status is not None and status not in declared.statuses:
+            raise ValueError(f"error code {code!r} is declared with status {declared.statuses}, not {status}")
         self.code = code
         self.message = message
-        self.status = status
+        self.status = declared.status if status is None else status
         self.details = details if details is not None else {}
         self.headers = headers or {}
 
@@ -29,6 +37,8 @@ class ApiError(Exception):
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    if code not in ERRORS:
+        raise ValueError(f"error code {code!r} is not declared in server/core/error_codes.py")
     return {"error": {"code": code, "message": message, "details": details if details is not None else {}}}
 
 
