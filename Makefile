@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 # the calls' browser tests; the MQTT broker).
 TEST_DEBS := redis-server:redis-server docker-compose:docker-compose chromium:chromium mosquitto:mosquitto
 # Browser libraries from npm (package.json): the dashboard's, served under /vendor/, and the socket.io
-# client the call browser tests load.
+# client the call browser tests load; and the tests' tools: @asyncapi/parser (docs/asyncapi.yaml checked by the
+# official parser), json-schema-to-typescript and typescript (the typed client in clients/typescript).
 NPM_STAMP := node_modules/.package-lock.json
 # The official socket.io client and server, for bench/events.py and bench/scale.py (and their smoke test).
 BENCH_NPM_STAMP := bench/node/node_modules/.package-lock.json

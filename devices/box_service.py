@@ -141,6 +141,9 @@ class MedicineBox:
         return {"device_id": str(device_id), "drawers": drawers, "assigned": await self.scheduler.drawers(pid)}
 
     async def hello(self, ctx: EventContext, body: BoxHello) -> dict[str, Any]:
+        """(a paired medicine box, on every connect) Its drawers, firmware and battery. The reply lists the patient's
+        medications assigned to drawers; commands for doses still waiting are resent at once. Errors `forbidden`
+        (not a medicine box), `invalid_payload`."""
         device_id, pid = await self._box(ctx, "box.hello")
         extra = {k: v for k, v in (("firmware", body.firmware), ("battery", body.battery)) if v is not None}
         if extra:
@@ -155,6 +158,7 @@ class MedicineBox:
         return state
 
     async def drawers(self, ctx: EventContext, body: BoxDrawers) -> dict[str, Any]:
+        """(medicine box) Its drawers changed."""
         device_id, pid = await self._box(ctx, "box.drawers")
         return await self._store_drawers(device_id, pid, body)
 
@@ -164,6 +168,10 @@ class MedicineBox:
             raise ApiError("invalid_drawer", f"This box has no drawer {drawer}", 422, {"drawer": drawer})
 
     async def opened(self, ctx: EventContext, body: DrawerEvent) -> dict[str, Any]:
+        """(medicine box) A drawer was opened. It confirms the reminded doses kept in that drawer (`dose:confirmed`,
+        `confirmed_via: box`); opening another drawer while a dose waits is flagged to the patient
+        (`box:wrong-drawer` and a `wrong_drawer` notification). Recorded. Error `invalid_drawer` for a drawer the
+        box did not report."""
         device_id, pid = await self._box(ctx, "box.drawer_opened", drawer=body.drawer)
         await self._check_drawer(device_id, body.drawer)
         waiting = await self.scheduler.doses.find({"patient_id": pid, "state": "reminded"}).to_list(None)
@@ -188,6 +196,7 @@ class MedicineBox:
         return {"confirmed": confirmed, "wrong_drawer": wrong, "expected": expected}
 
     async def closed(self, ctx: EventContext, body: DrawerEvent) -> dict[str, Any]:
+        """(medicine box) A drawer was closed; recorded."""
         device_id, pid = await self._box(ctx, "box.drawer_closed", drawer=body.drawer)
         await self._check_drawer(device_id, body.drawer)
         await BoxEvent(device_id=device_id, patient_id=pid, kind="closed", drawer=body.drawer,

@@ -41,7 +41,7 @@ class BoxHello(BoxDrawers):
     """``box:hello``: sent on every connect."""
 
     firmware: Annotated[str, StringConstraints(max_length=40, pattern=r"^[\w .+-]*$")] | None = None
-    battery: float | None = Field(None, ge=0, le=1)
+    battery: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, description="percent")
 
 
 class DrawerEvent(BaseModel):
@@ -90,7 +90,7 @@ class BoxBehaviour:
 
     def hello(self) -> dict[str, object]:
         return {"drawers": [{"index": i, "label": f"Drawer {i}"} for i in range(1, self.drawers + 1)],
-                "firmware": "sim-1.0", "battery": 0.87}
+                "firmware": "sim-1.0", "battery": 87.0}
 
     def on_command(self, cmd: BoxCommand) -> tuple[bool, list[DrawerAction]]:
         """Apply a command; return whether to acknowledge it and the drawer actions it leads to."""

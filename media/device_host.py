@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +33,14 @@ MAX_MESSAGE = 64 * 1024
 class RtcOfferIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sdp: str = Field(min_length=1, max_length=100_000)
+
+
+class RtcAnswer(BaseModel):
+    """The server's SDP answer: open the data channel and send stream messages on it."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["answer"]
+    sdp: str
 
 
 def parse(message: Message) -> tuple[str, dict[str, Any]]:

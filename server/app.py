@@ -82,13 +82,20 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 SERVER = web.AppKey("server", Server)
+REST = web.AppKey("rest", Rest)  # with every route's contract (rest.docs)
 
 
-def _doc_route(name: str, content_type: str) -> web.RouteDef:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=(DOCS / name).read_bytes(), content_type=content_type)
+def _doc_routes(m: Mount) -> None:
+    async def openapi(request: web.Request) -> web.Response:
+        """This document (OpenAPI 3.1)."""
+        return web.Response(body=(DOCS / "openapi.yaml").read_bytes(), content_type="application/yaml")
 
-    return web.get(f"/api/{name}", handler)
+    async def asyncapi(request: web.Request) -> web.Response:
+        """The Socket.IO events (AsyncAPI 3.0)."""
+        return web.Response(body=(DOCS / "asyncapi.yaml").read_bytes(), content_type="application/yaml")
+
+    m.route("GET", "/api/openapi.yaml", openapi, media="application/yaml", public=True)
+    m.route("GET", "/api/asyncapi.yaml", asyncapi, media="application/yaml", public=True)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -165,11 +172,11 @@ def create_app(settings: Settings) -> web.Application:
                          alerting, models, presence, *(c for c in (broker_files, mqtt) if c is not None), scheduler,
                          rtc]
     app[SERVER] = server
+    app[REST] = rest
     health.mount(mount, server)
     overview_api.mount(mount)
-    app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
-                           _doc_route("asyncapi.yaml", "application/yaml")])
-    setup_dashboard(app, settings.trust_forwarded)
+    _doc_routes(mount)
+    setup_dashboard(app, mount, settings.trust_forwarded)
     app.cleanup_ctx.append(lambda _app: lifecycle(server, DOCUMENTS))
     app.on_shutdown.append(lambda _app: stop_demo(server))
     return app

@@ -1,4 +1,4 @@
-"""``healthmate`` command line: ``serve``, ``migrate``, ``org create``, ``simulate``, ``train`` and ``models``
+"""``healthmate`` command line: ``serve``, ``migrate``, ``org create``, ``simulate``, ``docs``, ``train`` and ``models``
 (see ``server.cli_models``)."""
 
 from __future__ import annotations
@@ -97,6 +97,15 @@ def simulate(args: argparse.Namespace) -> None:
         pass
 
 
+def docs(args: argparse.Namespace) -> None:
+    """Write docs/asyncapi.yaml and docs/openapi.yaml from the code (the models, the events' and routes'
+    registrations, the error registry)."""
+    from server.contract.generate import write
+
+    written = write()
+    print("written: " + (", ".join(str(p) for p in written) if written else "nothing (up to date)"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="healthmate", description="Health Mate real-time server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("simulate", help="a simulated ECG/PPG device streaming to a server")
     simulate_arguments(p)
     p.set_defaults(func=simulate)
+    p = sub.add_parser("docs", help="write docs/asyncapi.yaml and docs/openapi.yaml from the code")
+    p.set_defaults(func=docs)
     add_commands(sub)
     args = parser.parse_args(argv)
     setup_logging(Settings().log_level)  # one line per record: control characters escaped

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from aiohttp import web
 
 from server.core.errors import ApiError, not_found
+from server.core.wire import Wire
+from server.transport.mount import Mount
 
 STATIC = Path(__file__).resolve().parent / "static"
 NODE_MODULES = Path(__file__).resolve().parent.parent / "node_modules"
@@ -45,10 +48,12 @@ def _file(path: Path) -> web.FileResponse:
 
 
 async def index(request: web.Request) -> web.FileResponse:
+    """The clinician dashboard (an HTML page; its modules load from /static/ and /vendor/)."""
     return _file(STATIC / "index.html")
 
 
 async def static_file(request: web.Request) -> web.FileResponse:
+    """One of the dashboard's own files (ES modules, CSS, images)."""
     name = request.match_info["name"]
     if not NAME.fullmatch(name):
         raise not_found("file")
@@ -56,6 +61,7 @@ async def static_file(request: web.Request) -> web.FileResponse:
 
 
 async def vendor_file(request: web.Request) -> web.FileResponse:
+    """One of the dashboard's browser libraries from npm (`not_installed` until `npm ci` ran)."""
     rel = VENDOR.get(request.match_info["name"])
     if rel is None:
         raise not_found("file")
@@ -65,7 +71,15 @@ async def vendor_file(request: web.Request) -> web.FileResponse:
     return _file(NODE_MODULES / rel)
 
 
+class ServiceInfo(Wire):
+    service: Literal["healthmate"]
+    dashboard: str
+    openapi: str
+    asyncapi: str
+
+
 async def service_info(request: web.Request) -> web.Response:
+    """What this service is and where its documents are."""
     return web.json_response({"service": "healthmate", "dashboard": "/", "openapi": "/api/openapi.yaml",
                               "asyncapi": "/api/asyncapi.yaml"})
 
@@ -74,7 +88,7 @@ def _behind_tls(request: web.Request, trust_forwarded: bool) -> bool:
     return request.secure or (trust_forwarded and request.headers.get("X-Forwarded-Proto", "").lower() == "https")
 
 
-def setup(app: web.Application, trust_forwarded: bool = False) -> None:
+def setup(app: web.Application, m: Mount, trust_forwarded: bool = False) -> None:
     async def harden(request: web.Request, response: web.StreamResponse) -> None:
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
@@ -82,7 +96,7 @@ def setup(app: web.Application, trust_forwarded: bool = False) -> None:
             response.headers.setdefault("Strict-Transport-Security", HSTS)
 
     app.on_response_prepare.append(harden)
-    app.router.add_get("/", index)
-    app.router.add_get("/static/{name}", static_file)
-    app.router.add_get("/vendor/{name}", vendor_file)
-    app.router.add_get("/api", service_info)
+    m.route("GET", "/", index, media="text/html", public=True)
+    m.route("GET", "/static/{name}", static_file, media="*/*", public=True)
+    m.route("GET", "/vendor/{name}", vendor_file, media="*/*", public=True)
+    m.route("GET", "/api", service_info, ServiceInfo, public=True)

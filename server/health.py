@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.core.errors import error_body
+from server.core.wire import Wire
 from server.infra.store import COMMANDS
 from server.transport.events import DEVICE_ROLES, USER_ROLES, EventContext
 from server.transport.mount import Mount
@@ -26,7 +27,24 @@ class PingIn(BaseModel):
     note: str | None = Field(None, max_length=100)
 
 
+class Pong(Wire):
+    t: float | None = Field(description="The client's clock, echoed")
+    server_time_ms: float = Field(description="The server's clock (Unix time, ms)")
+
+
+class Health(Wire):
+    status: Literal["ok"]
+    process: str = Field(description="Which server process answered (pid-random)")
+    store_commands: int = Field(description="Store commands this process has sent since it started")
+
+
+class Ready(Wire):
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
 async def ping(ctx: EventContext, body: PingIn) -> dict[str, Any]:
+    """Echoes `t` with the server's clock in ms, for round-trip time and clock offset."""
     return {"t": body.t, "server_time_ms": round(time.time() * 1000, 3)}
 
 
@@ -39,15 +57,18 @@ async def _check(probe: Any) -> str:
 
 
 def mount(m: Mount, server: Server) -> None:
-    m.events.event("sys:ping", PingIn, roles=USER_ROLES | DEVICE_ROLES)(ping)
+    m.events.event("sys:ping", PingIn, roles=USER_ROLES | DEVICE_ROLES, reply=Pong)(ping)
 
     async def healthz(request: web.Request) -> web.Response:
-        """Liveness; ``process`` tells the workers of a multi-process server apart; ``store_commands``: the
+        """Liveness: the process answers.
+
+        ``process`` tells the workers of a multi-process server apart; ``store_commands``: the
         store commands this process has sent since it started."""
         return web.json_response({"status": "ok", "process": server.realtime.process_id,
                                   "store_commands": COMMANDS.total})
 
     async def readyz(request: web.Request) -> web.Response:
+        """Readiness: the store and (if configured) Redis answer within a second; else 503 `not_ready`."""
         checks: dict[str, str] = {}
         if server.mongo is None:
             checks["store"] = "down: not connected"
@@ -62,5 +83,5 @@ def mount(m: Mount, server: Server) -> None:
         return web.json_response(error_body("not_ready", "A dependency is unavailable", {"checks": checks}),
                                  status=503)
 
-    m.routes.add_get("/healthz", healthz)
-    m.routes.add_get("/readyz", readyz)
+    m.route("GET", "/healthz", healthz, Health, public=True)
+    m.route("GET", "/readyz", readyz, Ready, public=True)

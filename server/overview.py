@@ -11,13 +11,16 @@ from typing import Any
 from aiohttp import web
 from beanie import PydanticObjectId
 from beanie.operators import In
+from pydantic import Field
 
 from server.alerts.documents import Alert
 from server.care import audit
 from server.care.access import patients_of
 from server.care.documents import User
+from server.care.wire import UserOut
 from server.core.documents import aware, iso, utcnow
 from server.core.identity import Principal
+from server.core.wire import Items, Time, Wire
 from server.streaming.history import AnalysisChunk, Stream
 from server.transport.mount import Mount
 from server.vitals.blood_pressure import BPReading
@@ -67,12 +70,50 @@ async def overview(principal: Principal) -> list[dict[str, Any]]:
     return list(await asyncio.gather(*(patient_status(p) for p in patients)))
 
 
+class LatestHr(Wire):
+    value: float | None = Field(description="Beats per minute; null when the latest second had no pulse")
+    reason: str | None
+    at: Time
+    quality: float | None
+
+
+class LatestBp(Wire):
+    id: str
+    systolic: float
+    diastolic: float
+    pulse: float | None
+    category: str
+    measured_at: Time
+
+
+class StreamBrief(Wire):
+    id: str
+    kind: str
+    sampling_rate: float
+
+
+class PatientStatus(Wire):
+    patient: UserOut
+    streaming: bool = Field(description="An open stream sent a frame in the last 30 s")
+    streams: list[StreamBrief]
+    hr: LatestHr | None = Field(description="The latest analysed heart rate of the last 5 minutes")
+    bp: LatestBp | None = Field(description="The latest blood pressure reading")
+    open_alerts: int = Field(description="Alerts awaiting an acknowledgement")
+
+
+class Overview(Items[PatientStatus]):
+    at: Time
+
+
 def mount(m: Mount) -> None:
     async def rest_overview(request: web.Request) -> web.Response:
+        """Every patient the caller may see with their live status, in one request (the dashboard's list).
+
+        Patients by name. Audited as one `patients.overview` entry."""
         principal = await m.rest.principal(request)
         items = await overview(principal)
         await audit.record("patients.overview", principal=principal, client=m.rest.client(request),
                            patients=[i["patient"]["id"] for i in items])
         return web.json_response({"items": items, "at": iso(utcnow())})
 
-    m.routes.add_get("/api/overview", rest_overview)
+    m.route("GET", "/api/overview", rest_overview, Overview)

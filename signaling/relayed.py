@@ -77,6 +77,7 @@ class RelayedCalls:
                                                                  body.sdp)}
 
     async def leave(self, ctx: EventContext, body: CallRef) -> dict[str, Any]:
+        """(the joiner) Leave a relayed call; the two participants go on."""
         doc = await self.store.get(body.call_id)
         if ctx.principal.id not in doc.joined:
             raise not_found("call")

@@ -57,6 +57,13 @@ class CallService:
     # --- invite -------------------------------------------------------------------------------------
 
     async def invite(self, ctx: EventContext, body: InviteIn) -> dict[str, Any]:
+        """(patient, caregiver, clinician) Call a linked user (a patient and their caregiver or clinician). Every
+        connected device of the callee gets `call:incoming`; a callee with no device connected gets an
+        `incoming_call` notification (push) and rings on connecting within the ring time (default 30 s; then the
+        call ends `missed` and the callee gets a `missed_call` notification). Errors: `forbidden` (not linked),
+        `busy` (the callee is in another call; recorded in the history), `already_in_call`. If the callee is
+        ringing the caller at this moment (glare), the invite answers that call: the reply is that call, active,
+        with `glare: true`."""
         principal = ctx.principal
         callee_id = as_object_id(body.callee, "callee")
         patient_id = await _linked(principal, callee_id)
@@ -102,6 +109,9 @@ class CallService:
     # --- answering, ending --------------------------------------------------------------------------
 
     async def accept(self, ctx: EventContext, body: CallRef) -> dict[str, Any]:
+        """(callee) Answer on this device. The first device wins; the caller gets `call:accepted`, the callee's other
+        devices `call:answered-elsewhere`; a later answer gets `invalid_transition`. The caller then sends the SDP
+        offer with `call:signal`."""
         doc = await self.store.participant(body.call_id, ctx.principal, "callee")
         _, call = await self.store.update(doc.id, lambda d, now: self.store.move(
             d, Action.ACCEPT, now, ctx.principal.id, callee_sid=ctx.sid, answered_at=now, ring_deadline=None))

@@ -1,14 +1,24 @@
-"""The protocol documents match the code: every route is in docs/openapi.yaml and every
-Socket.IO event, received or pushed, in docs/asyncapi.yaml; both are served."""
+"""The protocol documents are the code's: docs/asyncapi.yaml, docs/openapi.yaml and the client guide's error
+table are what ``healthmate docs`` generates from the models and registrations (a change to either without the
+other fails here); both documents pass the reference validators (openapi-spec-validator; the official
+AsyncAPI parser, @asyncapi/parser, run through node); every route is documented and every Socket.IO event,
+received or pushed; both are served. What the tests' traffic looks like is checked against them by
+tests/contract.py."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
+from openapi_spec_validator import validate as validate_openapi
 
 from server.app import SERVER
+from server.contract.generate import documents
 from tests.helpers import Api
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,3 +91,24 @@ def test_documents_are_well_formed() -> None:
                 node = node[part]
     for key, message in ASYNCAPI["components"]["messages"].items():
         assert "payload" in message, key
+
+
+def test_documents_are_generated_from_the_code() -> None:
+    """Run `healthmate docs` after changing a model, an event, a route or an error code."""
+    for name, text in documents().items():
+        assert (ROOT / "docs" / name).read_text() == text, f"docs/{name} is stale: run `healthmate docs`"
+
+
+def test_openapi_document_validates() -> None:
+    validate_openapi(OPENAPI)
+
+
+def test_asyncapi_document_validates_with_the_official_parser() -> None:
+    node = shutil.which("node")
+    if node is None or not (ROOT / "node_modules" / "@asyncapi" / "parser").is_dir():
+        pytest.fail("node and the npm packages are needed: `make node_modules/.package-lock.json`")
+    done = subprocess.run([node, str(ROOT / "tests" / "node" / "asyncapi_validate.mjs"), str(ROOT / "docs" /
+                                                                                           "asyncapi.yaml")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 0 and result["parsed"] and result["errors"] == [], result

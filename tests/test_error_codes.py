@@ -22,7 +22,10 @@ def _literal_codes() -> list[tuple[str, str, int | None]]:
     found = []
     for package in ("server", "devices", "media", "signaling"):
         for path in (ROOT / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
+            tree = ast.parse(path.read_text())
+            subclasses = {path.stem for c in ast.walk(tree) if isinstance(c, ast.ClassDef)
+                          and any(getattr(b, "id", "") == "ApiError" for b in c.bases)}
+            for node in ast.walk(tree):
                 if not isinstance(node, ast.Call):
                     continue
                 name = getattr(node.func, "id", getattr(node.func, "attr", ""))
@@ -32,6 +35,9 @@ def _literal_codes() -> list[tuple[str, str, int | None]]:
                 for kw in node.keywords:
                     if kw.arg == "code" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
                         found.append((where, kw.value.value, None))
+                if name == "__init__" and path.stem in subclasses and node.args and \
+                        isinstance(node.args[0], ast.Constant):  # an ApiError subclass's own code
+                    found.append((where, node.args[0].value, None))
                 if name not in CODE_CALLS:
                     continue
                 args = node.args[3:] if name == "_refuse" else node.args

@@ -103,7 +103,7 @@ async def test_on_time_opening_the_commanded_drawer_confirms_the_dose(api: Api) 
     events = await BoxEvent.find(BoxEvent.patient_id == PydanticObjectId(patient.id)).sort(BoxEvent.id).to_list()
     assert [(e.kind, e.drawer, e.confirmed) for e in events] == [("opened", 2, [str(dose.id)]), ("closed", 2, [])]
     device = await Device.find_one(Device.patient_id == PydanticObjectId(patient.id))
-    assert device is not None and device.firmware == "sim-1.0" and device.battery == 0.87
+    assert device is not None and device.firmware == "sim-1.0" and device.battery == 87.0
     state = await MedicineBoxState.get(device.id)
     assert state is not None and len(state.drawers) == 7
     changes = await p_sock.events.wait("med:changed", count=2)
@@ -167,7 +167,7 @@ async def test_box_events_are_validated_and_only_for_a_box(api: Api) -> None:
         for event, payload in (("box:hello", {"drawers": [{"index": 1}, {"index": 1}]}),
                                ("box:hello", {"drawers": [{"index": i} for i in range(1, 34)]}),
                                ("box:hello", {"drawers": [{"index": 0}]}), ("box:hello", {"drawers": []}),
-                               ("box:hello", {"drawers": [{"index": 1}], "battery": 7}),
+                               ("box:hello", {"drawers": [{"index": 1}], "battery": 101}),
                                ("box:drawer-opened", {"drawer": 40}), ("box:drawer-opened", {"drawer": "two"}),
                                ("box:drawer-closed", {}), ("box:drawers", {"drawers": [{"index": 1, "x": 1}]})):
             reply = await client.call(event, payload, timeout=5)

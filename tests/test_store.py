@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession
+from bson import ObjectId
 from pymongo import monitoring
 
 from server.app import DOCUMENTS, SERVER, create_app
@@ -109,11 +110,18 @@ async def test_migrations_run_once_in_order(store: EmbeddedStore) -> None:
     db_name = "hm_migrations_test"
     await client[db_name].users.insert_one({"email": "Old.User@Example.ORG", "name": "Old", "role": "patient",
                                             "password_hash": "x"})
+    box, cuff = ObjectId(), ObjectId()  # a box's battery from box:hello was 0-1; a cuff's heartbeat said percent
+    await client[db_name].devices.insert_many([{"_id": box, "kind": "medicine_box", "battery": 0.87},
+                                               {"_id": cuff, "kind": "bp_cuff", "battery": 0.5}])
+    await client[db_name].medicine_boxes.insert_one({"_id": box, "battery": 0.87})
     await init_documents(client, db_name, DOCUMENTS)
     applied = await run_migrations(client[db_name])
     assert applied == [name for name, _ in MIGRATIONS]
     old = await client[db_name].users.find_one({"name": "Old"})
     assert old["schema_version"] == 1 and old["email"] == "old.user@example.org"
+    batteries = [(await client[db_name][c].find_one({"_id": i}))["battery"]
+                 for c, i in (("devices", box), ("medicine_boxes", box), ("devices", cuff))]
+    assert batteries == [87.0, 87.0, 0.5]
     assert await run_migrations(client[db_name]) == []
     assert [r.id async for r in MigrationRecord.find_all()] == [name for name, _ in MIGRATIONS]
     # Two processes starting together: the lock lets one apply, the other sees it done.

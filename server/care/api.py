@@ -3,7 +3,6 @@ the audit log, medical contacts and uploads, each handler bound once to its serv
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -35,9 +34,28 @@ from server.care.orgs import Organisations
 from server.care.patients import get_patient, list_patients
 from server.care.uploads import FIELDS, Uploads, read_field
 from server.care.uploads import public as upload_json
+from server.care.wire import (
+    AcceptResult,
+    AuditEntryOut,
+    AuthResult,
+    ContactOut,
+    ContactsChanged,
+    InvitationOut,
+    Invited,
+    LinkCode,
+    LinkOut,
+    LinksChanged,
+    Member,
+    Members,
+    MyOrg,
+    Tokens,
+    UploadOut,
+    UserOut,
+)
 from server.core.errors import ApiError
+from server.core.wire import Items, Page
 from server.transport.events import EventContext
-from server.transport.http import cursor_page, page_params, read_json, send_grid_file
+from server.transport.http import PageQuery, cursor_page, page_params, read_json, send_grid_file
 from server.transport.mount import Mount
 
 NO_CONTENT = 204
@@ -49,6 +67,10 @@ REFRESH_COOKIE_ATTRS: dict[str, Any] = {"path": "/api/auth", "secure": True, "ht
 
 def mount(m: Mount, auth: AuthService, profiles: Profiles, linking: Linking, contacts: Contacts,
           uploads: Uploads, orgs: Organisations) -> None:
+    m.events.push("links:changed", LinksChanged, "To both users of a link when it is created or revoked.")
+    m.events.push("patient:updated", UserOut, "To a patient's room when the patient's profile changes.")
+    m.events.push("contacts:changed", ContactsChanged, "To a patient's room when a medical contact is added, "
+                  "changed or deleted.")
     _accounts(m, auth, profiles)
     _orgs(m, orgs)
     _links(m, linking)
@@ -57,12 +79,15 @@ def mount(m: Mount, auth: AuthService, profiles: Profiles, linking: Linking, con
     _uploads(m, uploads)
 
     async def list_audit(request: web.Request) -> web.Response:
+        """Audit entries about the caller's data (as a patient) and the caller's own actions, newest first
+
+        Append-only; nothing in the API edits or deletes entries."""
         principal = await m.rest.principal(request)
         before, limit = page_params(request)
         return web.json_response(await cursor_page(AuditEntry, audit.concerning(principal.user_id), before, limit,
                                                    audit.entry_json))
 
-    m.routes.add_get("/api/audit", list_audit)
+    m.route("GET", "/api/audit", list_audit, Page[AuditEntryOut], query=PageQuery)
 
 
 def _tokens(result: dict[str, Any], cookie: bool, max_age_s: int, status: int = 200) -> web.Response:
@@ -79,11 +104,25 @@ def _accounts(m: Mount, auth: AuthService, profiles: Profiles) -> None:
     refresh_ttl_s = auth.settings.refresh_token_ttl_s
 
     async def register(request: web.Request) -> web.Response:
+        """Create an account and log in
+
+        Passwords: at least 10 characters, not a common password, not the email. Emails are normalised (trimmed,
+        lower case) and unique. Role `patient` or `caregiver`: `clinician` is refused with
+        `clinician_invite_required` (403) and nothing is created; clinicians join through an organisation's
+        invitation (`/api/invitations/accept`). Throttled: 20 registrations per client address (and 5 attempts per
+        email) in a 15-minute window; past that, 429 `too_many_attempts` with `Retry-After`."""
         body = await read_json(request, RegisterIn)
         result = await auth.register(body.email, body.password, body.name, body.role, rest.client(request))
         return web.json_response(result, status=201)
 
     async def login(request: web.Request) -> web.Response:
+        """Log in
+
+        Throttled per account (5 failures) and per client address (20 failures) in a 15-minute window; past that,
+        429 `too_many_attempts` with `Retry-After`. Each attempt is counted before the password is checked (a right
+        one is then given back), so attempts sent in parallel cannot all pass. Password hashing runs one per core
+        with a bounded queue: past it, 503 `busy` with `Retry-After` at once (nothing counted). A member an
+        organisation suspended gets `account_suspended` (403), told only with the right password."""
         body = await read_json(request, LoginIn)
         return _tokens(await auth.login(body.email, body.password, rest.client(request)), body.cookie, refresh_ttl_s)
 
@@ -95,46 +134,63 @@ def _accounts(m: Mount, auth: AuthService, profiles: Profiles) -> None:
         return _tokens(result, body.cookie or body.refresh_token is None, refresh_ttl_s)
 
     async def logout(request: web.Request) -> web.Response:
+        """End this login session (its tokens stop working; its sockets are disconnected)"""
         await auth.logout(await rest.principal(request), rest.client(request))
         response = web.Response(status=NO_CONTENT)
         response.del_cookie(REFRESH_COOKIE, **REFRESH_COOKIE_ATTRS)
         return response
 
     async def get_me(request: web.Request) -> web.Response:
+        """The caller's profile"""
         return web.json_response(await profiles.get(await rest.principal(request)))
 
     async def patch_me(request: web.Request) -> web.Response:
+        """Change the caller's profile
+
+        Only the fields given change; `null` removes `phone` or `avatar_id` and is refused (422) on the others. A
+        patient's change is pushed live (`patient:updated`) to their care team; a new time zone re-plans the doses
+        not yet due in it."""
         principal = await rest.principal(request)
         changes = (await read_json(request, ProfilePatch)).model_dump(exclude_unset=True)
         return web.json_response(await profiles.update(principal, changes, rest.client(request)))
 
     async def change_password(request: web.Request) -> web.Response:
+        """Change password; every other login session of the user is revoked
+
+        A wrong `current_password` is 403 `invalid_credentials`; wrong ones are throttled like logins (5 per
+        account, 20 per client address in 15 minutes; then 429 `too_many_attempts`)."""
         principal = await rest.principal(request)
         body = await read_json(request, PasswordChange)
         await auth.change_password(principal, body.current_password, body.new_password, rest.client(request))
         return web.Response(status=NO_CONTENT)
 
-    r = m.routes
-    r.add_post("/api/auth/register", register)
-    r.add_post("/api/auth/login", login)
-    r.add_post("/api/auth/refresh", refresh)
-    r.add_post("/api/auth/logout", logout)
-    r.add_get("/api/me", get_me)
-    r.add_patch("/api/me", patch_me)
-    r.add_post("/api/me/password", change_password)
+    m.route("POST", "/api/auth/register", register, AuthResult, body=RegisterIn, status=201, public=True)
+    m.route("POST", "/api/auth/login", login, AuthResult, body=LoginIn, public=True)
+    m.route("POST", "/api/auth/refresh", refresh, Tokens, body=RefreshIn, public=True)
+    m.route("POST", "/api/auth/logout", logout, status=NO_CONTENT)
+    m.route("GET", "/api/me", get_me, UserOut)
+    m.route("PATCH", "/api/me", patch_me, UserOut, body=ProfilePatch)
+    m.route("POST", "/api/me/password", change_password, body=PasswordChange, status=NO_CONTENT)
 
 
 def _orgs(m: Mount, orgs: Organisations) -> None:
     rest = m.rest
 
     async def mine(request: web.Request) -> web.Response:
+        """The caller's memberships (organisation, role admin or clinician, status)"""
         return web.json_response({"items": await orgs.mine(await rest.principal(request))})
 
     async def members(request: web.Request) -> web.Response:
+        """(org admin) The members and the pending invitations"""
         principal = await rest.principal(request)
         return web.json_response(await orgs.members(principal, request.match_info["org_id"], rest.client(request)))
 
     async def invite(request: web.Request) -> web.Response:
+        """(org admin) Invite an email address to join as a clinician (or an admin)
+
+        A single-use link, valid `HEALTHMATE_INVITATION_TTL_S` (3 days), for that email only. It is returned here
+        (shown to the admin) and, where the operator configured SMTP, mailed (`mailed`). Only its SHA-256 is
+        stored. `already_member` (409) if the account is already an active member in that role."""
         principal = await rest.principal(request)
         body = await read_json(request, InviteIn)
         result = await orgs.invite(principal, request.match_info["org_id"], body, f"{request.scheme}://{request.host}",
@@ -142,6 +198,7 @@ def _orgs(m: Mount, orgs: Organisations) -> None:
         return web.json_response(result, status=201, headers={"Cache-Control": "no-store"})
 
     async def revoke(request: web.Request) -> web.Response:
+        """(org admin) Revoke a pending invitation; its link stops working"""
         principal = await rest.principal(request)
         return web.json_response(await orgs.revoke_invitation(
             principal, request.match_info["org_id"], request.match_info["invitation_id"], rest.client(request)))
@@ -159,60 +216,82 @@ def _orgs(m: Mount, orgs: Organisations) -> None:
         return web.json_response(await change(principal, request.match_info["org_id"], request.match_info["user_id"],
                                               rest.client(request)))
 
-    r = m.routes
-    r.add_get("/api/orgs", mine)
-    r.add_get("/api/orgs/{org_id}/members", members)
-    r.add_post("/api/orgs/{org_id}/invitations", invite)
-    r.add_delete("/api/orgs/{org_id}/invitations/{invitation_id}", revoke)
-    r.add_post("/api/orgs/{org_id}/members/{user_id}/suspend", partial(set_status, True))
-    r.add_post("/api/orgs/{org_id}/members/{user_id}/reinstate", partial(set_status, False))
-    r.add_post("/api/invitations/accept", accept)
+    async def suspend(request: web.Request) -> web.Response:
+        """Suspend a member (an administrator; not themselves): a suspended clinician is no longer verified."""
+        return await set_status(True, request)
+
+    async def reinstate(request: web.Request) -> web.Response:
+        """Reinstate a suspended member."""
+        return await set_status(False, request)
+
+    m.route("GET", "/api/orgs", mine, Items[MyOrg])
+    m.route("GET", "/api/orgs/{org_id}/members", members, Members)
+    m.route("POST", "/api/orgs/{org_id}/invitations", invite, Invited, body=InviteIn, status=201)
+    m.route("DELETE", "/api/orgs/{org_id}/invitations/{invitation_id}", revoke, InvitationOut)
+    m.route("POST", "/api/orgs/{org_id}/members/{user_id}/suspend", suspend, Member)
+    m.route("POST", "/api/orgs/{org_id}/members/{user_id}/reinstate", reinstate, Member)
+    m.route("POST", "/api/invitations/accept", accept, AcceptResult, body=AcceptIn, status=(201, 200),
+            public=True)
 
 
 def _links(m: Mount, linking: Linking) -> None:
     rest = m.rest
 
     async def post_code(request: web.Request) -> web.Response:
+        """(patient) Create a single-use link code, valid 10 minutes"""
         principal = await rest.principal(request)
         return web.json_response(await linking.create_code(principal, rest.client(request)), status=201)
 
     async def get_qr(request: web.Request) -> web.Response:
+        """(patient) The link code as a QR image, while it is unused and unexpired"""
         png = await linking.qr_png(await rest.principal(request), request.match_info["code"])
         return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "no-store"})
 
     async def post_redeem(request: web.Request) -> web.Response:
+        """(caregiver, clinician) Redeem a patient's link code
+
+        Case, spaces and dashes in the code do not matter. Wrong codes in 15 minutes: 10 per account, 30 per client
+        address, 10,000 over everyone; past any, 429 `too_many_attempts` with `retry_after_s` and `Retry-After` (a
+        right code is not counted)."""
         principal = await rest.principal(request)
         body = await read_json(request, RedeemIn)
         return web.json_response(await linking.redeem(principal, body.code, rest.client(request)), status=201)
 
     async def get_links(request: web.Request) -> web.Response:
+        """The caller's active links (a patient's care team, or a member's patients)"""
         return web.json_response({"items": await linking.links(await rest.principal(request))})
 
     async def delete_link(request: web.Request) -> web.Response:
+        """End a link (the patient or the member); effective on live connections at once"""
         principal = await rest.principal(request)
         return web.json_response(await linking.revoke(principal, request.match_info["link_id"], rest.client(request)))
 
-    r = m.routes
-    r.add_post("/api/links/codes", post_code)
-    r.add_get("/api/links/codes/{code}/qr.png", get_qr)
-    r.add_post("/api/links/redeem", post_redeem)
-    r.add_get("/api/links", get_links)
-    r.add_delete("/api/links/{link_id}", delete_link)
+    m.route("POST", "/api/links/codes", post_code, LinkCode, status=201)
+    m.route("GET", "/api/links/codes/{code}/qr.png", get_qr, media="image/png")
+    m.route("POST", "/api/links/redeem", post_redeem, LinkOut, body=RedeemIn, status=201)
+    m.route("GET", "/api/links", get_links, Items[LinkOut])
+    m.route("DELETE", "/api/links/{link_id}", delete_link, LinkOut)
 
-    @m.events.event("links:create-code")
+    @m.events.event("links:create-code", reply=LinkCode)
     async def _create(ctx: EventContext, _: None) -> dict[str, Any]:
+        """(patient) Create a single-use link code, valid 10 minutes."""
         return await linking.create_code(ctx.principal, ctx.client)
 
-    @m.events.event("links:redeem", RedeemIn)
+    @m.events.event("links:redeem", RedeemIn, reply=LinkOut)
     async def _redeem(ctx: EventContext, body: RedeemIn) -> dict[str, Any]:
+        """(caregiver, clinician) Redeem a link code; errors `invalid_code` (404), `forbidden`, `too_many_attempts`
+        (wrong codes per account, per client address and over everyone; `details.retry_after_s`)."""
         return await linking.redeem(ctx.principal, body.code, ctx.client)
 
-    @m.events.event("links:list")
+    @m.events.event("links:list", reply=list[LinkOut])
     async def _list(ctx: EventContext, _: None) -> list[dict[str, Any]]:
+        """The caller's active links."""
         return await linking.links(ctx.principal)
 
-    @m.events.event("links:revoke", RevokeIn)
+    @m.events.event("links:revoke", RevokeIn, reply=LinkOut)
     async def _revoke(ctx: EventContext, body: RevokeIn) -> dict[str, Any]:
+        """End a link (the patient or the member); error `not_found` for a link that is not the caller's or already
+        ended."""
         return await linking.revoke(ctx.principal, body.link_id, ctx.client)
 
 
@@ -220,22 +299,26 @@ def _patients(m: Mount) -> None:
     rest = m.rest
 
     async def rest_list(request: web.Request) -> web.Response:
+        """The patients whose data the caller may see (a patient sees themself)"""
         return web.json_response({"items": await list_patients(await rest.principal(request))})
 
     async def rest_get(request: web.Request) -> web.Response:
+        """One patient's profile (patient-scoped; audited)"""
         principal = await rest.principal(request)
         return web.json_response(await get_patient(principal, request.match_info["patient_id"],
                                                    rest.client(request)))
 
-    m.routes.add_get("/api/patients", rest_list)
-    m.routes.add_get("/api/patients/{patient_id}", rest_get)
+    m.route("GET", "/api/patients", rest_list, Items[UserOut])
+    m.route("GET", "/api/patients/{patient_id}", rest_get, UserOut)
 
-    @m.events.event("patients:list")
+    @m.events.event("patients:list", reply=list[UserOut])
     async def _list(ctx: EventContext, _: None) -> list[dict[str, Any]]:
+        """The patients whose data the caller may see."""
         return await list_patients(ctx.principal)
 
-    @m.events.event("patient:get", PatientRef)
+    @m.events.event("patient:get", PatientRef, reply=UserOut)
     async def _get(ctx: EventContext, body: PatientRef) -> dict[str, Any]:
+        """One patient's profile (patient-scoped, audited; `forbidden` unless linked)."""
         return await get_patient(ctx.principal, body.patient_id, ctx.client)
 
 
@@ -244,17 +327,20 @@ def _contacts(m: Mount, contacts: Contacts) -> None:
     path = "/api/patients/{patient_id}/contacts"
 
     async def rest_list(request: web.Request) -> web.Response:
+        """The patient's medical contacts"""
         principal = await rest.principal(request)
         items = await contacts.list(principal, request.match_info["patient_id"], rest.client(request))
         return web.json_response({"items": items})
 
     async def rest_add(request: web.Request) -> web.Response:
+        """Add a contact (see `contact:add` for the validation rules and limits)"""
         principal = await rest.principal(request)
         body = await read_json(request, ContactIn)
         data = await contacts.add(principal, request.match_info["patient_id"], body, rest.client(request))
         return web.json_response(data, status=201)
 
     async def rest_update(request: web.Request) -> web.Response:
+        """Change fields of a contact (making it a sixth emergency contact is 409 `too_many_emergency_contacts`)"""
         principal = await rest.principal(request)
         fields = await read_json(request, ContactPatch)  # validated; the id is checked where it is looked up
         body = ContactUpdate.model_construct(contact_id=request.match_info["contact_id"],
@@ -263,29 +349,37 @@ def _contacts(m: Mount, contacts: Contacts) -> None:
                                                        request.match_info["patient_id"]))
 
     async def rest_delete(request: web.Request) -> web.Response:
+        """Delete a contact (kept in the audit)"""
         principal = await rest.principal(request)
         return web.json_response(await contacts.delete(principal, request.match_info["contact_id"],
                                                        rest.client(request), request.match_info["patient_id"]))
 
-    m.routes.add_get(path, rest_list)
-    m.routes.add_post(path, rest_add)
-    m.routes.add_patch(path + "/{contact_id}", rest_update)
-    m.routes.add_delete(path + "/{contact_id}", rest_delete)
+    m.route("GET", path, rest_list, Items[ContactOut])
+    m.route("POST", path, rest_add, ContactOut, body=ContactIn, status=201)
+    m.route("PATCH", path + "/{contact_id}", rest_update, ContactOut, body=ContactPatch)
+    m.route("DELETE", path + "/{contact_id}", rest_delete, ContactOut)
 
-    @m.events.event("contacts:list", PatientRef)
+    @m.events.event("contacts:list", PatientRef, reply=list[ContactOut])
     async def _list(ctx: EventContext, body: PatientRef) -> list[dict[str, Any]]:
+        """The patient's medical contacts (patient and linked users)."""
         return await contacts.list(ctx.principal, body.patient_id, ctx.client)
 
-    @m.events.event("contact:add", ContactAdd)
+    @m.events.event("contact:add", ContactAdd, reply=ContactOut)
     async def _add(ctx: EventContext, body: ContactAdd) -> dict[str, Any]:
+        """Add a doctor, clinic, pharmacy or emergency contact. Phones are normalised to E.164 (`+` and 7-15 digits;
+        `00` prefix accepted), emails as for accounts (trimmed, lower case, checked); an emergency contact needs a
+        phone, others a phone or an email; at most 100 per patient (`too_many_contacts`), of which at most 5
+        emergency contacts (409 `too_many_emergency_contacts`, `details.max`)."""
         return await contacts.add(ctx.principal, body.patient_id, body, ctx.client)
 
-    @m.events.event("contact:update", ContactUpdate)
+    @m.events.event("contact:update", ContactUpdate, reply=ContactOut)
     async def _update(ctx: EventContext, body: ContactUpdate) -> dict[str, Any]:
+        """Change fields of a contact (same validation and limits; `too_many_emergency_contacts`)."""
         return await contacts.update(ctx.principal, body, ctx.client)
 
-    @m.events.event("contact:delete", ContactRef)
+    @m.events.event("contact:delete", ContactRef, reply=ContactOut)
     async def _delete(ctx: EventContext, body: ContactRef) -> dict[str, Any]:
+        """Delete a contact (its last state is kept in the audit as `contacts.deleted`)."""
         return await contacts.delete(ctx.principal, body.contact_id, ctx.client)
 
 
@@ -320,6 +414,12 @@ def _uploads(m: Mount, uploads: Uploads) -> None:
         return await uploads.readable(principal, request.match_info["upload_id"], rest.client(request))
 
     async def serve(request: web.Request) -> web.StreamResponse:
+        """The uploaded image, with its detected content type (its patient and users linked to its patient now; a
+        patient's upload is refused to its uploader once their link has ended)
+
+        A caregiver's or clinician's avatar is readable by its owner and the patients linked to them. Reads of
+        patient uploads by others are audited (`upload.read`). One byte range is answered with 206, a range outside
+        the file with 416 `range_not_satisfiable`."""
         doc = await readable(request)
         return await send_grid_file(request, await uploads.open(doc), {
             "Content-Type": doc["metadata"]["content_type"], "Cache-Control": "private, max-age=86400",
@@ -327,8 +427,9 @@ def _uploads(m: Mount, uploads: Uploads) -> None:
             "Content-Security-Policy": "default-src 'none'"})
 
     async def info(request: web.Request) -> web.Response:
+        """An upload's description (type, size, dimensions, owner, patient); same access as the image"""
         return web.json_response(upload_json(await readable(request)))
 
-    m.routes.add_post("/api/uploads", create)
-    m.routes.add_get("/api/uploads/{upload_id}", serve)
-    m.routes.add_get("/api/uploads/{upload_id}/info", info)
+    m.route("POST", "/api/uploads", create, UploadOut, status=201, media="multipart/form-data")
+    m.route("GET", "/api/uploads/{upload_id}", serve, media="image/*")
+    m.route("GET", "/api/uploads/{upload_id}/info", info, UploadOut)

@@ -28,8 +28,7 @@ _LOGIN = "Refresh the access token (`POST /api/auth/refresh`); if that fails too
 CODES: tuple[ErrorCode, ...] = (
     # --- requests and payloads
     ErrorCode("invalid_payload", 422, "The body or event payload is not valid; `details.problems` lists each "
-              "field and what is wrong when the model refused it, `details.field` names a single field otherwise.",
-              _FIX),
+              "`{field, problem}` (at most 20); nothing changed.", _FIX),
     ErrorCode("invalid_query", 422, "A query parameter is not valid (`details.field` when one is to blame).", _FIX),
     ErrorCode("invalid_json", 400, "The body (or an MQTT message) is not valid JSON.", "Send valid JSON."),
     ErrorCode("invalid_id", 422, "An id is not a valid id (`details.field` names it).", _FIX),
@@ -147,6 +146,10 @@ CODES: tuple[ErrorCode, ...] = (
     ErrorCode("already_resolved", 409, "The alert is already resolved.", "Refresh the alert."),
     ErrorCode("too_many_alerts", 429, "The patient's on-demand alerts for today are used up (`details."
               "retry_after_s`); no alert was sent.", "In an emergency call the local emergency number now."),
+    ErrorCode("unsafe_url", 422, "A URL given (a Web Push endpoint) is not `https` or its host does not resolve, "
+              "from the server, only to public internet addresses; `details.reason` is `not_https`, `not_public` or "
+              "`malformed`, `details.field` names it.", "Use the endpoint the browser's push service gave; nothing "
+              "was stored."),
     ErrorCode("too_many_tokens", 409, "The user has as many push registrations as allowed.",
               "Unregister an old device first."),
     ErrorCode("conflict", 409, "Someone else changed the same thing at the same moment.", "Reload and retry."),

@@ -30,6 +30,10 @@ class ApiError(Exception):
         self.message = message
         self.status = declared.status if status is None else status
         self.details = details if details is not None else {}
+        if code == "invalid_payload" and isinstance(self.details, dict) and "problems" not in self.details:
+            # Every invalid_payload lists its problems, as the documents promise, whoever raised it.
+            self.details = {**self.details, "problems": [
+                {"field": str(self.details.get("field", "(body)")), "problem": message}]}
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:

@@ -61,10 +61,21 @@ async def _unverified_clinicians(db: AsyncDatabase) -> None:
                                {"$set": {"member_role": "caregiver"}})
 
 
+async def _box_battery_percent(db: AsyncDatabase) -> None:
+    """Medicine boxes reported their battery as 0-1 in ``box:hello`` while every other device (and
+    ``device:heartbeat``) says percent: a box's stored fraction becomes a percent (one unit everywhere)."""
+    boxes = [doc["_id"] async for doc in db.devices.find({"kind": "medicine_box"}, {"_id": 1})]
+    for name in ("devices", "medicine_boxes"):
+        async for doc in db[name].find({"_id": {"$in": boxes}, "battery": {"$lte": 1}}, {"battery": 1}):
+            await db[name].update_one({"_id": doc["_id"], "battery": doc["battery"]},
+                                      {"$set": {"battery": round(doc["battery"] * 100, 1)}})
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("0001_backfill_schema_version", _backfill_schema_version),
     ("0002_lowercase_emails", _lowercase_emails),
     ("0003_unverified_clinicians", _unverified_clinicians),
+    ("0004_box_battery_percent", _box_battery_percent),
 ]
 
 

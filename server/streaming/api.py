@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
+from pydantic import create_model
 
 from devices.frames import Frame, StreamOpen
 from server.care.access import require_patient
@@ -13,40 +14,86 @@ from server.core.documents import utcnow
 from server.core.errors import ApiError, not_found
 from server.core.identity import as_object_id
 from server.core.params import parse_time
+from server.core.wire import Items
 from server.infra.ratelimit import HeavyReads
 from server.streaming import history
 from server.streaming.documents import Stream, StreamRef, SubscribeIn, UnsubscribeIn
 from server.streaming.ingest import StreamService
 from server.streaming.live import LiveHub
+from server.streaming.wire import (
+    Analyses,
+    Closed,
+    FrameAck,
+    LiveAnalysis,
+    LiveEnded,
+    LiveFrame,
+    LiveGap,
+    LiveStream,
+    Opened,
+    StreamOut,
+    Subscribed,
+    Unsubscribed,
+    Waveform,
+)
 from server.transport.events import DEVICE_ROLES, EventContext
 from server.transport.mount import Mount
 
 HEAVY_RANGE = timedelta(days=1)  # per-minute analyses over a longer range are a heavy read
 
 
+WaveformQuery = create_model("WaveformQuery", **{"from": (str | None, None), "to": (str | None, None),
+                                                 "max_points": (int | None, None)})
+AnalysesQuery = create_model("AnalysesQuery", **{"from": (str | None, None), "to": (str | None, None),
+                                                 "every": (Literal["second", "minute"], "minute"),
+                                                 "stream_id": (str | None, None)})
+
+
 def mount(m: Mount, streams: StreamService, live: LiveHub, heavy: HeavyReads) -> None:
     events, rest = m.events, m.rest
+    events.push("live:frame", LiveFrame, "To a watcher (live:subscribe): a frame's samples at its display rate.")
+    events.push("live:analysis", LiveAnalysis, "To a watcher: one analysed second (heart rate, HRV, quality).")
+    events.push("live:gap", LiveGap, "To a watcher: frames of a stream went missing.")
+    events.push("live:stream", LiveStream, "To a watcher: a stream of the patient opened or closed.")
+    events.push("live:ended", LiveEnded, "To a watcher whose link to the patient was revoked: watching ended.")
     m.realtime.disconnect_hooks.append(live.on_disconnect)
-    events.event("stream:open", StreamOpen, roles=DEVICE_ROLES)(streams.open)
-    events.event("stream:frame", Frame, roles=DEVICE_ROLES)(streams.frame)
+    events.event("stream:open", StreamOpen, roles=DEVICE_ROLES, reply=Opened)(streams.open)
+    events.event("stream:frame", Frame, roles=DEVICE_ROLES, reply=FrameAck)(streams.frame)
 
-    @events.event("stream:close", StreamRef, roles=DEVICE_ROLES)
+    @events.event("stream:close", StreamRef, roles=DEVICE_ROLES, reply=Closed)
     async def _close(ctx: EventContext, body: StreamRef) -> dict[str, Any]:
+        """(device) Close a stream; the answer gives its final counters. A stream silent for 10 minutes is closed by
+        the server."""
         return await streams.close(ctx, body.stream_id)
 
-    @events.event("live:subscribe", SubscribeIn)
+    @events.event("live:subscribe", SubscribeIn, reply=Subscribed)
     async def _subscribe(ctx: EventContext, body: SubscribeIn) -> dict[str, Any]:
+        """(patient, linked caregiver or clinician) Watch a patient live; `forbidden` unless linked.
+
+        From then on the socket receives `live:frame` (every open stream of the patient, decimated by block means
+        to about `display_rate`, 10-1000 Hz, default 125), `live:analysis`, `live:gap` and `live:stream`. Access is
+        checked now and again at every link change: when the link ends, frames stop at once and `live:ended` says
+        so. Each watcher has its own bounded queue: a watcher that cannot keep up loses its oldest frames (the next
+        frame's `dropped` says how many) and slows neither the device nor other watchers. Subscribing again
+        replaces the subscription (e.g. to change the display rate)."""
         watcher = await live.subscribe(ctx, body)
         open_streams = await history.open_streams(as_object_id(watcher.patient_id, "patient_id"))
         return {"patient_id": watcher.patient_id, "display_rate": watcher.display_rate,
                 "streams": [s.public() for s in open_streams]}
 
-    @events.event("live:unsubscribe", UnsubscribeIn)
+    @events.event("live:unsubscribe", UnsubscribeIn, reply=Unsubscribed)
     async def _unsubscribe(ctx: EventContext, body: UnsubscribeIn) -> dict[str, Any]:
+        """Stop watching a patient (disconnecting does it too)."""
         pid = await require_patient(ctx.principal, body.patient_id, "live.unsubscribe", ctx.client)
         return {"unsubscribed": await live.unsubscribe(ctx.sid, str(pid))}
 
     async def list_streams(request: web.Request) -> web.Response:
+        """The patient's device streams, newest first (at most 200), with their counters and clock figures
+
+        `counters` holds `ok` (frames in order), `gap` (times frames were missed) and `missing_frames`, `duplicate`
+        and `late` (frames dropped), `malformed` (frames refused), `analysis_dropped`. A stream open in the
+        answering process shows its current counters; the stored record follows within a second. `drift_ppm` is how
+        fast the device clock runs slow (+) or fast (-) against the server's; `clock_offset_ms` is server time
+        minus device time."""
         pid = await require_patient(await rest.principal(request), request.match_info["patient_id"], "streams.list",
                                     rest.client(request))
         found = await history.recent_streams(pid)
@@ -87,7 +134,8 @@ def mount(m: Mount, streams: StreamService, live: LiveHub, heavy: HeavyReads) ->
         async with heavy.run(principal.user_id):
             return await read()
 
-    m.routes.add_get("/api/patients/{patient_id}/streams", list_streams)
-    m.routes.add_get("/api/patients/{patient_id}/streams/{stream_id}/waveform", get_waveform)
-    m.routes.add_get("/api/patients/{patient_id}/analyses", get_analyses)
+    path = "/api/patients/{patient_id}"
+    m.route("GET", path + "/streams", list_streams, Items[StreamOut])
+    m.route("GET", path + "/streams/{stream_id}/waveform", get_waveform, Waveform, query=WaveformQuery)
+    m.route("GET", path + "/analyses", get_analyses, Analyses, query=AnalysesQuery)
 

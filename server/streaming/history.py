@@ -192,6 +192,10 @@ async def waveform(stream: Stream, start: datetime, end: datetime, max_points: i
     return {"stream": stream.public(), "from": iso(start), "to": iso(end), "downsampled_by": factor, "runs": out}
 
 
+# An analysed second as history gives it: every field, null when the analysis had none.
+SECOND_FIELDS = ("hr", "rmssd", "sdnn", "reason", "ectopic_per_min", "quality", "beats")
+
+
 async def analyses(patient_id: PydanticObjectId, start: datetime, end: datetime, every: str,
                    stream_id: PydanticObjectId | None = None) -> dict[str, Any]:
     """Per-second analyses in a range (``every="second"``), or per-minute aggregates (``"minute"``)."""
@@ -211,8 +215,8 @@ async def analyses(patient_id: PydanticObjectId, start: datetime, end: datetime,
     if every == "second":
         pipeline += [{"$sort": {"items.at": 1}}, {"$limit": 25_000},
                      {"$project": {"_id": 0, "stream_id": {"$toString": "$stream_id"}, "item": "$items"}}]
-        rows = [{"stream_id": r["stream_id"], **r["item"], "at": iso(r["item"]["at"])}
-                async for r in await coll.aggregate(pipeline)]
+        rows = [{"stream_id": r["stream_id"], **{k: r["item"].get(k) for k in SECOND_FIELDS},
+                 "at": iso(r["item"]["at"])} async for r in await coll.aggregate(pipeline)]
         return {"every": "second", "items": rows}
     pipeline += [
         {"$group": {"_id": {"$dateTrunc": {"date": "$items.at", "unit": "minute"}},

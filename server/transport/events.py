@@ -37,6 +37,15 @@ class Event:
     handler: Handler
     model: type[BaseModel] | None
     roles: frozenset[str]
+    reply: Any = None  # the type of the ack's ``data`` (a Wire model, a list of one, ...): the contract
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """An event the server pushes: its payload's type, and what it is for (the docs' summary)."""
+
+    model: Any
+    summary: str
 
 
 class EventRouter:
@@ -44,24 +53,33 @@ class EventRouter:
 
     def __init__(self, settings: Settings) -> None:
         self.events: dict[str, Event] = {}
+        self.pushed: dict[str, Pushed] = {}
         self.conn_limit = TokenBuckets(settings.event_rate_per_s, settings.event_burst)
         self.user_limit = TokenBuckets(settings.user_event_rate_per_s, settings.user_event_burst)
         self.on_register: list[Callable[[str], None]] = []
 
     def event(self, name: str, model: type[BaseModel] | None = None,
-              roles: frozenset[str] = USER_ROLES) -> Callable[[Handler], Handler]:
+              roles: frozenset[str] = USER_ROLES, reply: Any = None) -> Callable[[Handler], Handler]:
         """Register ``handler(ctx, payload)`` for event ``name``; ``payload`` is validated by ``model``.
-        Only principals with one of ``roles`` may send it (users by default, not devices)."""
+        Only principals with one of ``roles`` may send it (users by default, not devices). ``reply`` is the
+        type of the ack's ``data`` and the handler's docstring says what the event does: both go into
+        docs/asyncapi.yaml (``healthmate docs``)."""
 
         def register(handler: Handler) -> Handler:
             if name in self.events:
                 raise ValueError(f"event {name} registered twice")
-            self.events[name] = Event(handler, model, roles)
+            self.events[name] = Event(handler, model, roles, reply)
             for hook in self.on_register:
                 hook(name)
             return handler
 
         return register
+
+    def push(self, name: str, model: Any, summary: str) -> None:
+        """Declare an event the server pushes to clients, with its payload's type (for the documents)."""
+        if name in self.pushed:
+            raise ValueError(f"pushed event {name} declared twice")
+        self.pushed[name] = Pushed(model, summary)
 
     async def handle(self, name: str, principal: Principal, sid: str, client: Client, data: Any) -> dict[str, Any]:
         """Run event ``name`` for ``principal`` on connection ``sid`` and return its ack."""

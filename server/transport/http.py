@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
 from beanie import Document, PydanticObjectId
 from bson.errors import InvalidId
 from gridfs.asynchronous.grid_file import AsyncGridOut
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from server.core.errors import ApiError, as_api_error, error_body, validation_error
 from server.core.identity import Client, Principal
@@ -60,13 +61,30 @@ async def read_json(request: web.Request, model: type[M]) -> M:
         raise validation_error(exc) from None
 
 
+@dataclass(frozen=True)
+class RouteDoc:
+    """A route's contract, for docs/openapi.yaml (``healthmate docs``): the JSON body it reads, its query
+    parameters (a model's fields), what it answers with ``status`` (a Wire model or list of one; or
+    ``media``, a content type that is not JSON), and whether it needs no access token. The handler's
+    docstring is the summary (first line) and description."""
+
+    handler: Callable[..., Any]
+    reply: Any = None
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    status: int | tuple[int, ...] = 200  # a tuple: the reply comes with any of these
+    public: bool = False
+    media: str | None = None
+
+
 class Rest:
     """What every REST handler needs of the transport, bound once when the routes are made: who the
-    caller is (the bearer token) and where the request came from."""
+    caller is (the bearer token) and where the request came from; and every route's contract."""
 
     def __init__(self, authenticate: Callable[[str], Awaitable[Principal]], trust_forwarded: bool) -> None:
         self._authenticate = authenticate
         self.trust_forwarded = trust_forwarded
+        self.docs: dict[tuple[str, str], RouteDoc] = {}  # (METHOD, path) -> contract
 
     def client(self, request: web.Request) -> Client:
         return Client.of(request.remote, request.headers.get("X-Forwarded-For"), request.headers.get("User-Agent"),
@@ -83,6 +101,13 @@ class Rest:
         principal = await self._authenticate(token.strip())
         request[PRINCIPAL] = principal
         return principal
+
+
+class PageQuery(BaseModel):
+    """A page's query parameters (``page_params`` reads them)."""
+
+    limit: int = Field(50, ge=1, le=MAX_PAGE, description="Items per page")
+    before: str | None = Field(None, description="The previous page's next_cursor")
 
 
 def page_params(request: web.Request) -> tuple[PydanticObjectId | None, int]:

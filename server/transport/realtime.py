@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from server.core.config import Settings
-from server.core.errors import ApiError, as_api_error
+from server.core.errors import ApiError, as_api_error, error_body
 from server.core.identity import Client, Principal
 from server.infra import fastjson
 from server.infra.presence import Presence
@@ -212,8 +212,7 @@ class Realtime:
         async def dispatch(sid: str, *args: Any) -> dict[str, Any]:
             principal = self.principals.get(sid)
             if principal is None:
-                return {"ok": False, "error": {"code": "unauthorized", "message": "Not authenticated",
-                                               "details": None}}
+                return {"ok": False, **error_body("unauthorized", "Not authenticated")}
             return await self.router.handle(name, principal, sid, self.clients.get(sid, Client()),
                                             args[0] if args else None)
 

@@ -151,6 +151,8 @@ async def test_change_within_limits_is_audited_and_announced(api: Api) -> None:
 def test_documented_limits_are_the_enforced_ones() -> None:
     from tests.test_docs import ASYNCAPI
 
-    documented = ASYNCAPI["components"]["messages"]["VitalsSetThresholds"]["payload"]["properties"]
-    assert {name: (documented[name]["minimum"], documented[name]["maximum"]) for name in THRESHOLD_LIMITS} \
-        == THRESHOLD_LIMITS
+    ref = ASYNCAPI["components"]["messages"]["vitals.set-thresholds"]["payload"]["$ref"]
+    documented = ASYNCAPI["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]
+    bounds = {name: next(s for s in documented[name]["anyOf"] if s.get("type") == "number")
+              for name in THRESHOLD_LIMITS}
+    assert {name: (b["minimum"], b["maximum"]) for name, b in bounds.items()} == THRESHOLD_LIMITS
