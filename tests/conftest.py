@@ -23,12 +23,42 @@ from devices.mqtt_broker import BrokerFiles
 from server.app import create_app
 from server.core.config import Settings, load_settings
 from server.infra.embedded_store import EmbeddedStore, free_port
+from tests.contract import CONTRACT
 from tests.helpers import Api
 
 TEST_SECRET = "test-secret-" + "x" * 40
 # The tests make many accounts from 127.0.0.1; tests/security/ sets the real limits where it tests them.
 TEST_LIMITS = {"register_max_per_ip": 1_000_000}
 _db_counter = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def contract_checked() -> Iterator[None]:
+    """Every test: what its clients received matches docs/asyncapi.yaml and docs/openapi.yaml (tests/contract.py)."""
+    CONTRACT.take_violations()
+    yield
+    violations = CONTRACT.take_violations()
+    if violations:
+        pytest.fail("traffic outside the contract:\n" + "\n".join(violations[:10]), pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How much of the contract the run's traffic covered (every documented event should be)."""
+    seen = CONTRACT.coverage
+    if not seen:
+        return
+    acks = {k.split(" ", 1)[1] for k in seen if k.startswith("ack ")}
+    pushes = {k.split(" ", 1)[1] for k in seen if k.startswith("push ")}
+    routes = {k for k in seen if not k.startswith(("ack ", "push ", "refused "))}
+    codes = len(CONTRACT.codes_seen)
+    total_routes = sum(len(m) for m in CONTRACT.openapi["paths"].values())
+    terminalreporter.write_line(
+        f"contract coverage: {len(acks)}/{len(CONTRACT.received)} events acked, {len(pushes)}/{len(CONTRACT.pushed)} "
+        f"pushed events, {len(routes)}/{total_routes} routes, {codes} error codes; "
+        f"{sum(seen.values())} messages checked")
+    missing = sorted((CONTRACT.received - acks) | (CONTRACT.pushed - pushes))
+    if missing:
+        terminalreporter.write_line("contract: events no test observed: " + ", ".join(missing))
 
 
 @pytest.fixture(scope="session")

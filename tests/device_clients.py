@@ -14,6 +14,7 @@ import aiomqtt
 import socketio
 
 from devices.mqtt_bridge import NO_DELAY
+from tests.contract import CONTRACT
 from tests.helpers import Api, Events, User
 
 _clients = itertools.count()
@@ -56,7 +57,9 @@ class SioDevice:
                                   wait_timeout=10)
 
     async def call(self, event: str, payload: Any = None, timeout: float = 10) -> dict[str, Any]:
-        return await self.client.call(event, payload, timeout=timeout)
+        reply = await self.client.call(event, payload, timeout=timeout)
+        CONTRACT.ack(event, reply)
+        return reply
 
     async def close(self) -> None:
         await self.client.disconnect()
@@ -109,9 +112,11 @@ class MqttDevice:
         await self.publish(f"healthmate/devices/{self.device_id}/up/{event}",
                            json.dumps({"id": correlation, "data": payload}))
         try:
-            return await asyncio.wait_for(future, timeout)
+            reply = await asyncio.wait_for(future, timeout)
         finally:
             self.acks.pop(correlation, None)
+        CONTRACT.ack(event, reply)
+        return reply
 
     async def close(self) -> None:
         if self._reader is not None:

@@ -18,6 +18,8 @@ import aiohttp
 import socketio
 from aiohttp import web
 
+from tests.contract import CONTRACT
+
 _names = itertools.count()
 PASSWORD = "plenty-long-passphrase-42"
 
@@ -44,6 +46,7 @@ class Events:
         self._cond = asyncio.Condition()
 
     async def add(self, name: str, data: Any) -> None:
+        CONTRACT.push(name, data)
         async with self._cond:
             self.items.append((name, data))
             self._cond.notify_all()
@@ -65,7 +68,9 @@ class Sock:
         self.events = events
 
     async def call(self, event: str, data: Any = None, timeout: float = 10) -> dict[str, Any]:
-        return await self.client.call(event, data, timeout=timeout)
+        reply = await self.client.call(event, data, timeout=timeout)
+        CONTRACT.ack(event, reply)
+        return reply
 
     async def ok(self, event: str, data: Any = None) -> Any:
         reply = await self.call(event, data)
@@ -141,9 +146,9 @@ class Api:
         if user is not None:
             headers.update(user.auth)
         async with self.http.request(method, self.base_url + path, headers=headers, **kwargs) as resp:
-            if resp.content_type == "application/json":
-                return resp.status, await resp.json()
-            return resp.status, await resp.read()
+            body = await resp.json() if resp.content_type == "application/json" else await resp.read()
+            CONTRACT.response(method, path, resp.status, resp.content_type, body)
+            return resp.status, body
 
     async def register(self, role: str = "patient", name: str | None = None, **extra: Any) -> User:
         """A new account; a clinician is invited by the admin of a test organisation and accepts (clinicians

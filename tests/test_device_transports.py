@@ -146,7 +146,7 @@ async def test_commands_reach_the_device_and_only_it(rig: Rig) -> None:
     assert (await box.call("device:heartbeat"))["ok"] is True
     assert (await other.call("device:heartbeat"))["ok"] is True
     assert api.app is not None
-    command = {"command_id": "c-1", "drawer": 3, "led": "on", "buzzer": True}
+    command = {"command_id": "c-1", "action": "remind", "drawer": 3, "led": "on", "buzzer": True}
     acked = asyncio.Event()
     await api.app[SERVER].realtime.sio.emit("box:command", command, room=device_room(box.device_id),
                                               callback=lambda *reply: acked.set())
