@@ -99,11 +99,21 @@ def simulate(args: argparse.Namespace) -> None:
 
 def docs(args: argparse.Namespace) -> None:
     """Write docs/asyncapi.yaml and docs/openapi.yaml from the code (the models, the events' and routes'
-    registrations, the error registry)."""
-    from server.contract.generate import write
+    registrations, the error registry), then the TypeScript client's types from them (with node, once the
+    npm packages are installed)."""
+    import shutil
+    import subprocess
+
+    from server.contract.generate import DOCS, write
 
     written = write()
     print("written: " + (", ".join(str(p) for p in written) if written else "nothing (up to date)"))
+    root = DOCS.parent
+    node, generator = shutil.which("node"), root / "clients" / "typescript" / "generate.mjs"
+    if node and generator.exists() and (root / "node_modules" / "json-schema-to-typescript").is_dir():
+        subprocess.run([node, str(generator)], check=True, cwd=root)
+    else:
+        print("clients/typescript/src/contract.ts not regenerated: needs node and `npm ci`")
 
 
 def main(argv: list[str] | None = None) -> None:
