@@ -122,4 +122,4 @@ def mount(m: Mount, calls: Calls) -> None:
 
     m.route("GET", "/api/calls/ice-servers", get_ice_servers, IceServers)
     m.route("GET", "/api/calls", get_calls, Page[CallOut], query=PageQuery)
-    m.route("GET", "/api/calls/{call_id}/recording", get_recording, media="audio/x-matroska")
+    m.route("GET", "/api/calls/{call_id}/recording", get_recording, media="audio/x-matroska", status=(200, 206))

@@ -431,5 +431,5 @@ def _uploads(m: Mount, uploads: Uploads) -> None:
         return web.json_response(upload_json(await readable(request)))
 
     m.route("POST", "/api/uploads", create, UploadOut, status=201, media="multipart/form-data")
-    m.route("GET", "/api/uploads/{upload_id}", serve, media="image/*")
+    m.route("GET", "/api/uploads/{upload_id}", serve, media="image/*", status=(200, 206))
     m.route("GET", "/api/uploads/{upload_id}/info", info, UploadOut)
