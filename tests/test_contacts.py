@@ -38,6 +38,7 @@ async def test_crud_over_socket_and_rest(api: Api) -> None:
     assert [c["change"] for c in ps.events.of("contacts:changed")][-1] == "deleted"
     assert await AuditEntry.find(AuditEntry.action == "contacts.deleted").count() == 1
     assert (await ps.call("contact:delete", {"contact_id": doctor["id"]}))["error"]["code"] == "not_found"
+    assert (await cs.ok("contact:delete", {"contact_id": daughter["id"]}))["id"] == daughter["id"]
 
 
 async def test_invalid_contacts_refused_and_nothing_stored(api: Api) -> None:

@@ -26,7 +26,7 @@ from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore
 from server.meds.documents import DoseEvent
 from tests.conftest import make_settings
-from tests.helpers import PASSWORD, Api, User
+from tests.helpers import PASSWORD, Api, User, connect
 from tests.test_medications import create
 from tests.test_scheduler import add_dose, notes_of
 
@@ -159,8 +159,7 @@ async def test_confirming_in_the_app_clears_the_box(api: Api) -> None:
 
 async def test_box_events_are_validated_and_only_for_a_box(api: Api) -> None:
     patient = await api.register("patient")
-    client = socketio.AsyncClient(reconnection=False)
-    await client.connect(api.base_url, auth={"device_token": await pair_box(api, patient)}, transports=["websocket"])
+    client = await connect(api.base_url, None, auth={"device_token": await pair_box(api, patient)})
     try:
         ok = await client.call("box:hello", {"drawers": [{"index": 1}, {"index": 2}], "firmware": "1.2"}, timeout=5)
         assert ok["ok"] is True and ok["data"]["assigned"] == []
@@ -178,7 +177,7 @@ async def test_box_events_are_validated_and_only_for_a_box(api: Api) -> None:
         reply = await client.call("box:drawer-opened", {"drawer": 5}, timeout=5)
         assert reply["ok"] is True and reply["data"] == {"confirmed": [], "wrong_drawer": False, "expected": []}
     finally:
-        await client.disconnect()
+        await client.close()
     # Another kind of device, and users, may not speak for a box.
     ecg = socketio.AsyncClient(reconnection=False)
     await ecg.connect(api.base_url, auth={"device_token": await pair_box(api, patient, "ecg")},
