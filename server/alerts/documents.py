@@ -4,7 +4,7 @@ notifications, push registrations, and the request models of their events."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from beanie import Document, PydanticObjectId
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
@@ -103,13 +103,16 @@ class AlertDelivery(VersionedDocument):
 class DailyCount(Document):
     """How often something happened for a patient on one UTC day (``what``: alerts raised on demand, emergency
     webhook calls), attempts past the cap included. Counted with one atomic update, so every process sees the
-    same count."""
+    same count. Kept ``KEPT_DAYS`` for the operator, then the store deletes it (TTL index)."""
 
+    KEPT_DAYS: ClassVar[int] = 30
     id: str  # type: ignore[assignment]  # "<what>:<patient>:<YYYY-MM-DD>"
     times: int = 0
+    expires_at: datetime | None = None
 
     class Settings:
         name = "daily_counts"
+        indexes = [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expiry")]
 
 
 class AlertRef(BaseModel):
