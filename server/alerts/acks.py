@@ -10,7 +10,7 @@ from typing import Any
 
 from beanie import PydanticObjectId
 
-from server.alerts.documents import Alert, AlertDelivery
+from server.alerts.documents import Alert, AlertDelivery, AlertRecipients
 from server.alerts.fanout import Fanout
 from server.care.access import may_access
 from server.care.documents import User
@@ -20,6 +20,7 @@ from server.core.identity import Principal, as_object_id
 from server.infra.bulk import insert_new
 
 RECIPIENT_CACHE = 256  # alerts whose recipients are kept in memory for receipts
+Recipients = frozenset[PydanticObjectId]
 
 
 class Receipts:
@@ -62,7 +63,7 @@ class Acknowledgements:
     def __init__(self, fanout: Fanout) -> None:
         self.fanout = fanout
         self.receipts = Receipts()
-        self._recipient_cache: OrderedDict[PydanticObjectId, frozenset[PydanticObjectId]] = OrderedDict()
+        self._recipient_cache: OrderedDict[PydanticObjectId, asyncio.Future[Recipients]] = OrderedDict()
 
     async def received(self, principal: Principal, alert_id: str, device: str) -> dict[str, Any]:
         """This device has the alert."""
@@ -113,16 +114,27 @@ class Acknowledgements:
             raise not_found("alert")
         return alert
 
-    async def _recipients(self, alert_id: PydanticObjectId) -> frozenset[PydanticObjectId]:
-        """An alert's recipients, cached (bounded): a thousand receipts must not be a thousand queries."""
-        cached = self._recipient_cache.get(alert_id)
-        if cached is None:
-            alert = await Alert.find_one(Alert.id == alert_id)
-            cached = frozenset(alert.recipient_ids) if alert else frozenset()
-            self._recipient_cache[alert_id] = cached
+    async def _recipients(self, alert_id: PydanticObjectId) -> Recipients:
+        """An alert's recipients, cached (bounded): a thousand receipts must not be a thousand queries. The
+        lookup itself is shared: the receipts that arrive together (all of them, within milliseconds of the
+        push) wait for the one query rather than each missing the cache and sending its own."""
+        lookup = self._recipient_cache.get(alert_id)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._load_recipients(alert_id))
+            self._recipient_cache[alert_id] = lookup
             if len(self._recipient_cache) > RECIPIENT_CACHE:
                 self._recipient_cache.popitem(last=False)
-        return cached
+        try:
+            return await asyncio.shield(lookup)
+        except Exception:
+            if self._recipient_cache.get(alert_id) is lookup:  # not cached: the next receipt asks again
+                del self._recipient_cache[alert_id]
+            raise
+
+    @staticmethod
+    async def _load_recipients(alert_id: PydanticObjectId) -> Recipients:
+        alert = await Alert.find_one(Alert.id == alert_id, projection_model=AlertRecipients)
+        return frozenset(alert.recipient_ids) if alert else frozenset()
 
     @staticmethod
     async def _who(principal: Principal) -> dict[str, Any]:

@@ -82,6 +82,12 @@ class Alert(VersionedDocument):
         return None if who is None else {**who, "at": iso(at)}
 
 
+class AlertRecipients(BaseModel):
+    """An alert's recipients alone (a projection: checking a receipt needs no more of the alert)."""
+
+    recipient_ids: list[PydanticObjectId] = Field(default_factory=list)
+
+
 class AlertDelivery(VersionedDocument):
     """One device's confirmation that it has an alert; the id makes the first one win."""
 
