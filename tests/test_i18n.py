@@ -106,11 +106,11 @@ async def test_a_crisis_alert_is_notified_to_each_caregiver_in_their_language(ap
     assert note["body"].startswith("Presión arterial 1")
 
 
-async def test_a_missed_dose_is_notified_live_to_each_caregiver_in_their_language(api: Api) -> None:
+async def test_a_missed_dose_is_notified_live_to_each_caregiver_in_their_language_as_it_changes(api: Api) -> None:
     patient = await api.register("patient")
     spanish, english = await speaking(api, patient, ["es", "en"])
-    es_sock, en_sock = await api.socket(spanish), await api.socket(english)
-    med = await create(await api.socket(patient), patient.id, schedule={"times": ["03:00"]})
+    es_sock, en_sock, p_sock = await api.socket(spanish), await api.socket(english), await api.socket(patient)
+    med = await create(p_sock, patient.id, schedule={"times": ["03:00"]})
     due = utcnow() - timedelta(hours=2)  # past any grace: the next pass marks it missed and tells the caregivers
     await DoseEvent(patient_id=PydanticObjectId(patient.id), medication_id=PydanticObjectId(med["id"]),
                     slot="2026-01-05T03:00", timezone="UTC", due_at=due, medication_name=med["name"],
@@ -125,3 +125,10 @@ async def test_a_missed_dose_is_notified_live_to_each_caregiver_in_their_languag
     # What was pushed live is what is stored (and what a push to the phone would carry).
     (stored,) = await notes(api, spanish, "dose_missed")
     assert (stored["title"], stored["body"]) == (es_note["title"], es_note["body"])
+    # The English caregiver switches to Spanish: the next notification is in Spanish at once.
+    status, _ = await api.request("PATCH", "/api/me", english, json={"language": "es"})
+    assert status == 200
+    await p_sock.ok("med:update", {"patient_id": patient.id, "medication_id": med["id"], "stock": 2})
+    low = (await en_sock.events.wait("notification:new", count=2))[1]
+    assert low["kind"] == "low_stock" and (low["title"], low["body"]) == (f"{med['name']}: quedan pocas unidades",
+                                                                           "Quedan 2")
