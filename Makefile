@@ -12,7 +12,7 @@ NPM_STAMP := node_modules/.package-lock.json
 # The official socket.io client and server, for bench/events.py and bench/scale.py (and their smoke test).
 BENCH_NPM_STAMP := bench/node/node_modules/.package-lock.json
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench system-deps clean messages
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or newer"; exit 1; }
@@ -55,6 +55,13 @@ test: lint $(NPM_STAMP) $(BENCH_NPM_STAMP) system-deps
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+
+# The message catalogs of notifications and pushes (docs/operations.md, "Languages"): every Text("id", ...) of the
+# code into server/locale/healthmate.pot, then into each language's .po (new ids untranslated: fill them in).
+messages: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg --no-location --sort-output --omit-header -o server/locale/healthmate.pot \
+	  server signaling devices media
+	$(BIN)/pybabel update -i server/locale/healthmate.pot -d server/locale -D healthmate -w 120 --no-fuzzy-matching --ignore-obsolete
 
 bench: $(STAMP) $(NPM_STAMP) $(BENCH_NPM_STAMP) system-deps
 	$(BIN)/python -m bench

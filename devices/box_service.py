@@ -20,6 +20,7 @@ from devices.medicine_box import BoxCommand, BoxDrawers, BoxHello, DrawerEvent
 from server.care.access import require_patient
 from server.core.documents import utcnow
 from server.core.errors import ApiError, forbidden
+from server.core.i18n import Text
 from server.core.ports import Broadcaster, DoseSchedule, Notifier
 from server.transport.events import EventContext
 
@@ -180,8 +181,8 @@ class MedicineBox:
                     "dose_ids": [str(d["_id"]) for d in waiting if d.get("drawer") in expected]}
             await self.broadcaster.to_patient(pid, "box:wrong-drawer", flag)
             try:  # a failure to notify never undoes what the box reported
-                await self.notifier.notify([pid], "wrong_drawer", f"That was drawer {body.drawer}",
-                                           f"Your dose is in drawer {', '.join(map(str, expected))}", patient_id=pid,
+                await self.notifier.notify([pid], "wrong_drawer", Text("box.wrong_drawer.title", drawer=body.drawer),
+                                           Text("box.wrong_drawer.body", drawers=expected), patient_id=pid,
                                            data=flag, urgency="high")
             except Exception:
                 log.exception("could not notify the wrong drawer")

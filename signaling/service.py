@@ -23,6 +23,7 @@ from server.care.documents import Link, User
 from server.core.config import Settings
 from server.core.documents import aware, utcnow
 from server.core.errors import ApiError, forbidden, not_found
+from server.core.i18n import Text
 from server.core.identity import Principal, as_object_id
 from server.core.ports import Broadcaster, Notifier, Online
 from server.infra.pubsub import ControlBus
@@ -79,7 +80,8 @@ class CallService:
             self.timers.schedule(call, "ring", self.settings.call_ring_timeout_s, Action.TIMEOUT)
             await self.out.to_user(callee_id, "call:incoming", call_json(call))
             if not await self.online.user_online(callee_id):
-                await self._notify([callee_id], "incoming_call", f"{principal.name} is calling", call, urgency="high")
+                await self._notify([callee_id], "incoming_call", Text("call.incoming.title", caller=principal.name),
+                                   call, urgency="high")
             return call_json(call, principal.id)
         holder, decision = blocking
         if decision == "busy":
@@ -127,9 +129,10 @@ class CallService:
         for user in (call.caller_id, call.callee_id, *call.joined):
             await self.out.to_user(user, "call:ended", body)
         if call.end_reason == "missed":
-            await self._notify([call.callee_id], "missed_call", f"Missed call from {call.caller_name}", call)
+            await self._notify([call.callee_id], "missed_call", Text("call.missed.title", caller=call.caller_name),
+                               call)
 
-    async def _notify(self, users: list[PydanticObjectId], kind: str, title: str, call: CallSession,
+    async def _notify(self, users: list[PydanticObjectId], kind: str, title: Text, call: CallSession,
                       urgency: str = "normal") -> None:
         try:
             data = {"call_id": str(call.id), "caller_id": str(call.caller_id), "caller_name": call.caller_name,

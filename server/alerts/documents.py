@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from server.core.documents import VersionedDocument, iso, utcnow
+from server.core.i18n import Text
 from server.core.ports import Urgency
 
 Status = Literal["open", "acknowledged", "resolved"]
@@ -23,8 +24,10 @@ class Alert(VersionedDocument):
     patient_id: PydanticObjectId
     patient_name: str = ""
     kind: str
-    title: str
+    title: str  # in English, as every recipient's device is sent it (``alert:new``)
     body: str = ""
+    title_text: Text | None = None  # what each recipient's notification renders in their language
+    body_text: Text | None = None
     urgency: Literal["high", "critical"] = "high"
     level: int = 0  # escalation level: 0 raised, 1 repeated louder, 2 outward
     source: dict[str, Any] = Field(default_factory=dict)

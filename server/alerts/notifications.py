@@ -14,9 +14,11 @@ from beanie import PydanticObjectId
 
 from server.alerts.documents import Notification, Urgency
 from server.care.access import memberships
+from server.care.accounts import languages
 from server.core.background import Background
 from server.core.documents import utcnow
 from server.core.errors import not_found
+from server.core.i18n import Text, render
 from server.core.identity import as_object_id
 from server.core.ports import Broadcaster, Online
 
@@ -48,15 +50,20 @@ class Notifications:
     async def stop(self) -> None:
         await self.background.stop()
 
-    async def notify(self, user_ids: Iterable[PydanticObjectId | str], kind: str, title: str, body: str = "", *,
-                     patient_id: PydanticObjectId | str | None = None, data: dict[str, Any] | None = None,
-                     urgency: Urgency = "normal", live: bool = True) -> list[Notification]:
-        """Persist one notification per user, then push it live (``live=False``: the caller already reached
-        the connected devices with its own event, e.g. ``alert:new``); hand the offline users' to the pushers."""
+    async def notify(self, user_ids: Iterable[PydanticObjectId | str], kind: str, title: str | Text,
+                     body: str | Text = "", *, patient_id: PydanticObjectId | str | None = None,
+                     data: dict[str, Any] | None = None, urgency: Urgency = "normal",
+                     live: bool = True) -> list[Notification]:
+        """Persist one notification per user, its ``Text`` title and body rendered in the user's language, then
+        push it live (``live=False``: the caller already reached the connected devices with its own event, e.g.
+        ``alert:new``); hand the offline users' to the pushers."""
         pid = PydanticObjectId(patient_id) if patient_id is not None else None
-        docs = [Notification(id=PydanticObjectId(), user_id=PydanticObjectId(uid), kind=kind, title=title, body=body,
-                             urgency=urgency, patient_id=pid, data=data or {})
-                for uid in dict.fromkeys(str(u) for u in user_ids)]
+        users = [PydanticObjectId(uid) for uid in dict.fromkeys(str(u) for u in user_ids)]
+        langs = await languages(users) if users and (isinstance(title, Text) or isinstance(body, Text)) else {}
+        texts = {lang: (render(title, lang), render(body, lang)) for lang in {*langs.values(), None}}
+        docs = [Notification(id=PydanticObjectId(), user_id=uid, kind=kind, title=texts[langs.get(uid)][0],
+                             body=texts[langs.get(uid)][1], urgency=urgency, patient_id=pid, data=data or {})
+                for uid in users]
         if not docs:
             return []
         await Notification.insert_many(docs)

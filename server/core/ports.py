@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from server.core.i18n import Text
 from server.core.identity import Principal
 
 Urgency = Literal["low", "normal", "high", "critical"]  # as stored on a notification
@@ -37,9 +38,10 @@ class Broadcaster(Protocol):
 class Notifier(Protocol):
     """Stored notifications, pushed live to connected users and to the devices of the others."""
 
-    async def notify(self, user_ids: Iterable[Any], kind: str, title: str, body: str = "", *,
+    async def notify(self, user_ids: Iterable[Any], kind: str, title: str | Text, body: str | Text = "", *,
                      patient_id: Any = None, data: dict[str, Any] | None = None,
-                     urgency: Urgency = "normal", live: bool = True) -> list[Any]: ...
+                     urgency: Urgency = "normal", live: bool = True) -> list[Any]:
+        """A ``Text`` title or body is rendered in each user's language (``server.core.i18n``); a str is as is."""
 
 
 class Online(Protocol):
@@ -56,9 +58,10 @@ class AlertRaiser(Protocol):
     """Raises an emergency alert to a patient's care team: stored before it is pushed to every device of every
     linked caregiver and clinician, escalated until someone acknowledges it (``server.alerts.alerts.Alerts``).
     While one of the same ``kind`` is open for the patient, that one is returned and no other is raised.
-    ``on_demand`` (someone asked for it, e.g. triage): refused (``ApiError`` ``too_many_alerts``) past a daily cap."""
+    ``on_demand`` (someone asked for it, e.g. triage): refused (``ApiError`` ``too_many_alerts``) past a daily cap.
+    The alert carries its title and body in English; each recipient's notification renders a ``Text`` in theirs."""
 
-    async def raise_alert(self, patient_id: Any, kind: str, title: str, body: str = "", *,
+    async def raise_alert(self, patient_id: Any, kind: str, title: str | Text, body: str | Text = "", *,
                           source: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
                           raised_by: Principal | None = None, on_demand: bool = False) -> Any:
         """The alert (its ``id`` names it)."""

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from server.core.documents import aware, iso, utcnow
+from server.core.i18n import Text
 from server.core.ports import NotificationLookup
 from server.meds.claims import DoseClaims
 from server.meds.delivery import LEASE, POLL_S, DueDelivery
@@ -71,7 +72,10 @@ class Reminders:
         """The ``reminder`` notification; ``again`` (a dead process's claim): not if that process stored it."""
         if again and await self.notifier.notified(d["patient_id"], "reminder", {"dose_id": str(d["_id"])}):
             return
-        body = " · ".join(x for x in (d.get("dose"), f"drawer {d['drawer']}" if d.get("drawer") else None) if x)
-        await notify_quietly(self.notifier, [d["patient_id"]], "reminder", f"Time for {d['medication_name']}", body,
+        drawer = Text("dose.reminder.drawer", drawer=d["drawer"]) if d.get("drawer") else None
+        body = Text("dose.reminder.body", dose=d["dose"], drawer=drawer) if d.get("dose") and drawer \
+            else d.get("dose") or drawer or ""
+        await notify_quietly(self.notifier, [d["patient_id"]], "reminder",
+                             Text("dose.reminder.title", medication=d["medication_name"]), body,
                              patient_id=d["patient_id"],
                              data={"dose_id": str(d["_id"]), "due_at": iso(aware(d["due_at"]))})
