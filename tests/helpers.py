@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import socketio
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 _names = itertools.count()
 PASSWORD = "plenty-long-passphrase-42"
@@ -204,6 +205,26 @@ class Api:
         status, link = await self.request("POST", "/api/links/redeem", member, json={"code": code["code"]})
         assert status == 201, link
         return link
+
+
+class Metrics:
+    """A ``/metrics`` scrape, parsed by prometheus-client's own parser: ``value(name, **labels)`` (0 if absent)."""
+
+    def __init__(self, text: str) -> None:
+        self.samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                        for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def label_values(self, name: str, label: str) -> set[str]:
+        return {dict(labels)[label] for n, labels in self.samples if n == name}
+
+
+async def scrape(http: aiohttp.ClientSession, base_url: str, **kwargs: Any) -> Metrics:
+    async with http.get(base_url + "/metrics", **kwargs) as resp:
+        assert resp.status == 200, await resp.text()
+        return Metrics(await resp.text())
 
 
 _dbs = itertools.count()
