@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,6 +225,17 @@ async def scrape(http: aiohttp.ClientSession, base_url: str, **kwargs: Any) -> M
     async with http.get(base_url + "/metrics", **kwargs) as resp:
         assert resp.status == 200, await resp.text()
         return Metrics(await resp.text())
+
+
+async def scrape_until(http: aiohttp.ClientSession, base_url: str, ok: Callable[[Metrics], bool]) -> Metrics:
+    """A scrape once ``ok`` holds of it, for what the server counts a moment after the fact (a socket's close,
+    the store driver's view, which it publishes within a second, a gauge sampled each second)."""
+    for _ in range(100):
+        metrics = await scrape(http, base_url)
+        if ok(metrics):
+            return metrics
+        await asyncio.sleep(0.1)
+    raise AssertionError("the metrics never got there")
 
 
 _dbs = itertools.count()

@@ -18,24 +18,13 @@ from server.care.documents import User
 from server.infra.embedded_store import EmbeddedStore, free_port
 from tests.alert_clients import crisis, device_sock
 from tests.conftest import make_settings
-from tests.helpers import Api, Metrics, process_env, scrape, server_processes
+from tests.helpers import Api, process_env, scrape, scrape_until, server_processes
 from tests.streaming import device_socket, ecg, frame, open_stream, pair
 
 
 async def _ready(http: aiohttp.ClientSession, base: str) -> tuple[int, dict]:
     async with http.get(base + "/readyz") as resp:
         return resp.status, await resp.json()
-
-
-async def _store_up(http: aiohttp.ClientSession, base: str, up: int) -> Metrics:
-    """A scrape once /metrics says the store is up (1) or down (0): the driver publishes what it saw within
-    a second."""
-    for _ in range(100):
-        metrics = await scrape(http, base)
-        if metrics.value("healthmate_store_up") == up:
-            return metrics
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"healthmate_store_up never {up}")
 
 
 async def test_store_outage_refuses_clearly_and_recovers(tmp_path: Path, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
@@ -60,7 +49,7 @@ async def test_store_outage_refuses_clearly_and_recovers(tmp_path: Path, aiohttp
         reply = await sock.call("links:create-code")
         assert reply["ok"] is False and reply["error"]["code"] == "store_unavailable"
         assert reply["error"]["details"]["retry_after_s"] > 0
-        during = await _store_up(http, base, 0)
+        during = await scrape_until(http, base, lambda m: m.value("healthmate_store_up") == 0)
         assert during.value("healthmate_store_outages_total") == before.value("healthmate_store_outages_total") + 1
         assert during.value("healthmate_events_total", event="links:create-code", outcome="store_unavailable") == \
             before.value("healthmate_events_total", event="links:create-code", outcome="store_unavailable") + 1
@@ -73,7 +62,7 @@ async def test_store_outage_refuses_clearly_and_recovers(tmp_path: Path, aiohttp
                 break
             await asyncio.sleep(0.1)
         assert (await _ready(http, base))[0] == 200
-        after = await _store_up(http, base, 1)
+        after = await scrape_until(http, base, lambda m: m.value("healthmate_store_up") == 1)
         # (at least: a stale pooled connection failing after the restart is another short one, as the driver sees it)
         assert after.value("healthmate_store_outages_total") >= before.value("healthmate_store_outages_total") + 1
         assert after.value("healthmate_store_unavailable_seconds_total") > \
