@@ -9,7 +9,7 @@ from typing import Any
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient, monitoring
 
-from server.infra.metrics import STORE_COMMANDS, STORE_OUTAGES, STORE_UNAVAILABLE_SECONDS, STORE_UP
+from server.infra.metrics import STORE_COMMANDS, STORE_OUTAGES, STORE_UNAVAILABLE_SECONDS, STORE_UP, child
 from server.infra.migrations import MigrationRecord
 from server.infra.ratelimit import ThrottleWindow
 
@@ -24,7 +24,7 @@ class CommandCounter(monitoring.CommandListener):
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         self.total += 1
-        STORE_COMMANDS.labels(event.command_name).inc()
+        child(STORE_COMMANDS, event.command_name).inc()
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass

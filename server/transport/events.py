@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from server.core.config import Settings
 from server.core.errors import ApiError, as_api_error, error_body
 from server.core.identity import Client, Principal
-from server.infra.metrics import EVENTS, OTHER, outcome
+from server.infra.metrics import EVENTS, OTHER, child, outcome
 from server.infra.ratelimit import TokenBuckets
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class EventRouter:
         if event is None:
             return unknown_event(name)
         ack = await self._run(event, name, principal, sid, client, data)
-        EVENTS.labels(name, outcome(ack)).inc()
+        child(EVENTS, name, outcome(ack)).inc()
         return ack
 
     async def _run(self, event: Event, name: str, principal: Principal, sid: str, client: Client,
@@ -101,5 +101,5 @@ class EventRouter:
 
 def unknown_event(event: Any) -> dict[str, Any]:
     """The ack of an event no handler is registered for, counted as ``other``: the name is the client's."""
-    EVENTS.labels(OTHER, "unknown_event").inc()
+    child(EVENTS, OTHER, "unknown_event").inc()
     return {"ok": False, **error_body("unknown_event", "No such event", {"event": str(event)[:64]})}

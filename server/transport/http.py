@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from server.core.errors import ApiError, as_api_error, error_body, validation_error
 from server.core.identity import Client, Principal
-from server.infra.metrics import HTTP_REQUESTS, OTHER
+from server.infra.metrics import HTTP_REQUESTS, OTHER, child
 
 log = logging.getLogger(__name__)
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -64,8 +64,8 @@ async def count_requests(request: web.Request, handler: Callable[..., Any]) -> w
         raise
     finally:
         resource = request.match_info.route.resource
-        HTTP_REQUESTS.labels(request.method if request.method in _METHODS else OTHER,
-                             resource.canonical if resource is not None else "unmatched", str(status)).inc()
+        child(HTTP_REQUESTS, request.method if request.method in _METHODS else OTHER,
+              resource.canonical if resource is not None else "unmatched", str(status)).inc()
 
 
 async def read_json(request: web.Request, model: type[M]) -> M:
