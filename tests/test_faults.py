@@ -50,7 +50,8 @@ async def test_store_outage_refuses_clearly_and_recovers(tmp_path: Path, aiohttp
         assert reply["ok"] is False and reply["error"]["code"] == "store_unavailable"
         assert reply["error"]["details"]["retry_after_s"] > 0
         during = await scrape_until(http, base, lambda m: m.value("healthmate_store_up") == 0)
-        assert during.value("healthmate_store_outages_total") == before.value("healthmate_store_outages_total") + 1
+        # At least one: the driver may see the store flap as it shuts down (one connection still answering).
+        assert during.value("healthmate_store_outages_total") >= before.value("healthmate_store_outages_total") + 1
         assert during.value("healthmate_events_total", event="links:create-code", outcome="store_unavailable") == \
             before.value("healthmate_events_total", event="links:create-code", outcome="store_unavailable") + 1
         register_503 = {"method": "POST", "route": "/api/auth/register", "status": "503"}
@@ -63,8 +64,6 @@ async def test_store_outage_refuses_clearly_and_recovers(tmp_path: Path, aiohttp
             await asyncio.sleep(0.1)
         assert (await _ready(http, base))[0] == 200
         after = await scrape_until(http, base, lambda m: m.value("healthmate_store_up") == 1)
-        # (at least: a stale pooled connection failing after the restart is another short one, as the driver sees it)
-        assert after.value("healthmate_store_outages_total") >= before.value("healthmate_store_outages_total") + 1
         assert after.value("healthmate_store_unavailable_seconds_total") > \
             before.value("healthmate_store_unavailable_seconds_total")
         assert await User.find(User.email == "during@example.org").count() == 0
