@@ -22,6 +22,7 @@ from devices.registry import DeviceRegistry, authenticate_device
 from media import api as media_api
 from media.device_host import DeviceRtc
 from server import health
+from server import metrics as metrics_api
 from server import overview as overview_api
 from server.alerts import api as alerts_api
 from server.alerts import documents as alert_documents
@@ -58,7 +59,7 @@ from server.streaming.history import HistoryWriter
 from server.streaming.ingest import StreamService
 from server.streaming.live import LiveHub
 from server.transport.events import EventRouter
-from server.transport.http import Rest, error_middleware
+from server.transport.http import Rest, count_requests, error_middleware
 from server.transport.mount import Mount
 from server.transport.realtime import Realtime
 from server.vitals import api as vitals_api
@@ -92,7 +93,7 @@ def _doc_route(name: str, content_type: str) -> web.RouteDef:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[count_requests, error_middleware], client_max_size=settings.max_body_bytes)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     pubsub = make_pubsub(redis)
     bus = ControlBus(pubsub)
@@ -166,6 +167,7 @@ def create_app(settings: Settings) -> web.Application:
                          rtc]
     app[SERVER] = server
     health.mount(mount, server)
+    metrics_api.mount(mount, settings)
     overview_api.mount(mount)
     app.router.add_routes([_doc_route("openapi.yaml", "application/yaml"),
                            _doc_route("asyncapi.yaml", "application/yaml")])

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     password_queue: int = Field(32, ge=0, le=10_000)
     cors_origins: list[str] = []
     trust_forwarded: bool = False  # take the client address from X-Forwarded-For (behind nginx)
+    metrics_token: SecretStr | None = None  # bearer token /metrics asks for; unset: loopback clients only
     max_message_bytes: int = 1_000_000  # largest Socket.IO message accepted (transport limit)
     max_body_bytes: int = 1_000_000  # largest JSON REST body (uploads have their own limit)
     upload_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # an uploaded image, streamed and cut off past this

@@ -24,6 +24,7 @@ from server.core.documents import iso, utcnow
 from server.core.errors import ApiError, forbidden
 from server.core.identity import as_object_id
 from server.core.ports import VitalEvents
+from server.infra.metrics import ANALYSIS_BACKLOG, ANALYSIS_LAG, STREAMS_OPEN
 from server.streaming.analysis_pool import AnalysisPool, Result
 from server.streaming.documents import AnalysisChunk, Stream
 from server.streaming.history import BucketBuilder, HistoryWriter
@@ -248,6 +249,7 @@ class StreamService:
             pid = str(stream.doc.patient_id)
             if received_at:
                 stream.lag_ms = (now - received_at) * 1000
+                ANALYSIS_LAG.observe(now - received_at)
             for a in analyses:
                 # Server time of the end of the analysed second, through the device clock mapping.
                 at_s = stream.clock.to_server((stream.first_t0 or 0.0) + a["t"] * 1000.0) \
@@ -290,6 +292,8 @@ class StreamService:
 
     async def _watch_once(self) -> None:
         now = time.monotonic()
+        STREAMS_OPEN.set(len(self.streams))
+        ANALYSIS_BACKLOG.set(self.pool.backlog)
         for stream in list(self.streams.values()):
             silent = now - stream.last_frame
             if silent >= IDLE_CLOSE_S:

@@ -22,6 +22,7 @@ from server.core.config import Settings
 from server.core.errors import ApiError, as_api_error
 from server.core.identity import Client, Principal
 from server.infra import fastjson
+from server.infra.metrics import CONNECTIONS, EVENTS
 from server.infra.presence import Presence
 from server.infra.ratelimit import TokenBuckets
 from server.transport.events import EventRouter, unknown_event
@@ -181,6 +182,7 @@ class Realtime:
                 await self.sio.enter_room(sid, patient_room(pid))
         for hook in self.connect_hooks:
             await hook(sid, principal)
+        CONNECTIONS.labels(principal.role).inc()
 
     @staticmethod
     def _device_id(sid: str, auth: Any) -> str:
@@ -203,6 +205,8 @@ class Realtime:
         self.clients.pop(sid, None)
         self.device_ids.pop(sid, None)
         self.router.forget(sid)
+        if principal is not None:
+            CONNECTIONS.labels(principal.role).dec()
         if principal is not None and not principal.is_device:
             await self.presence.mark(principal.user_id, sid, False)
 
@@ -212,6 +216,7 @@ class Realtime:
         async def dispatch(sid: str, *args: Any) -> dict[str, Any]:
             principal = self.principals.get(sid)
             if principal is None:
+                EVENTS.labels(name, "unauthorized").inc()
                 return {"ok": False, "error": {"code": "unauthorized", "message": "Not authenticated",
                                                "details": None}}
             return await self.router.handle(name, principal, sid, self.clients.get(sid, Client()),
