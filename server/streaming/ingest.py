@@ -64,18 +64,24 @@ class StreamService:
         self.streams: dict[str, LiveStream] = {}
         self.frames_in = 0
         self._watchdog: asyncio.Task[None] | None = None
+        # Results are handled one batch after another, in the order the pool gave them: a task per batch
+        # interleaved at each publish and watchers could see second 2 before second 1.
+        self._results: asyncio.Queue[list[Result]] = asyncio.Queue()
+        self._results_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.pool.start()
         self._watchdog = asyncio.create_task(self._watch(), name="stream-watchdog")
+        self._results_task = asyncio.create_task(self._handle_results_forever(), name="stream-results")
 
     async def stop(self) -> None:
-        if self._watchdog:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+        for task in (self._watchdog, self._results_task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for stream in list(self.streams.values()):
             await self._close(stream, "server_shutdown", announce=False)
         await self.pool.stop()
@@ -238,7 +244,15 @@ class StreamService:
     # --- analysis results ---------------------------------------------------------------------------
 
     def _on_results(self, results: list[Result]) -> None:
-        asyncio.get_running_loop().create_task(self._handle_results(results))
+        self._results.put_nowait(results)  # no more than the pool's bounded inboxes let through
+
+    async def _handle_results_forever(self) -> None:
+        while True:
+            results = await self._results.get()
+            try:
+                await self._handle_results(results)
+            except Exception:
+                log.exception("handling analysis results failed")
 
     async def _handle_results(self, results: list[Result]) -> None:
         now = time.time()
