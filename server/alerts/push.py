@@ -176,7 +176,7 @@ class PushDispatcher:
                               data={"kind": "call_cancel", "call_id": call_id, "reason": reason})
         now = utcnow()
         deadline = now + timedelta(seconds=self.settings.call_ring_timeout_s)
-        await self.outbox.coll.delete_many({**query, "lease_owner": None})  # sent, or waiting to be retried
+        await self.outbox.coll.delete_many(query)  # sent, in flight or waiting for a retry: none rings again
         await self.outbox.add([self._entry(r, f"cancel:{call_id}", message, "call_cancel", now, deadline,
                                            call_id=call_id) for r in rung])
 

@@ -52,6 +52,7 @@ HISTORY_FLUSH_S = 1.0
 DEPTH_EVERY_S = 5.0
 PRUNE_EVERY_S = 60.0
 WAITING = {"next_attempt_at": {"$ne": None}}  # not a rung call kept for its cancel
+OUTCOMES = ("sent", "retried", "dead_token", "gave_up", "obsolete")
 
 
 def backoff_s(settings: Settings, attempt: int) -> float:
@@ -70,6 +71,9 @@ class Outbox:
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
         self._pruned_at = 0.0
+        for provider in providers:  # every series present from the start, at 0
+            for outcome in OUTCOMES:
+                PUSHES.labels(provider, outcome)
 
     @property
     def coll(self) -> Any:

@@ -3,13 +3,15 @@
 
 - FCM HTTP v1: a service-account JWT (RS256) is exchanged for an OAuth2 bearer token (cached), then
   ``POST {endpoint}/v1/projects/<project>/messages:send``.
-- APNs: HTTP/2 (``httpx``) ``POST {endpoint}/3/device/<token>`` with a provider token (ES256 JWT from
-  the .p8 key, renewed every 50 minutes).
+- APNs: HTTP/2 only (``httpx``) ``POST {endpoint}/3/device/<token>`` with a provider token (ES256 JWT from
+  the .p8 key, renewed every 50 minutes); a call's ring or cancel as a PushKit (``voip``) push.
 - Web Push: the browser's subscription, aes128gcm-encrypted by ``pywebpush`` and VAPID-signed, posted to its
   endpoint (a URL the user gave) over ``server.infra.safe_url.PublicClient``: https, public addresses only.
 - Webhook: an HMAC-signed POST to one configured URL (``server.infra.webhook``).
 
-Every operator endpoint is a setting, so tests point the providers at a local receiver; Web Push
+Each message says how urgent it is (``level``: the interruption level, priority and Android channel) and its
+collapse id (``apns-collapse-id``, FCM's ``collapse_key``, Web Push's ``Topic``). Every operator endpoint is a
+setting, so tests point the providers at a local receiver; Web Push
 subscriptions reach one only at an origin the operator trusts (``HEALTHMATE_WEBPUSH_TRUSTED_ORIGINS``).
 """
 
