@@ -10,8 +10,8 @@ to the store before it is attempted, so that neither a crash nor a restart loses
   again after ``push_retry_base_s`` x 2^(attempt - 1), at most ``push_retry_max_s``, times a random factor in
   [0.5, 1] (jitter, so that a provider's outage does not end in a thundering herd), until the entry's
   deadline: ``push_deadline_s`` after it was written, or for an alert ``push_alert_deadline_s``. An alert's
-  push is dropped as soon as the alert is no longer open (acknowledged, resolved) or a push of a later
-  escalation level for the same device replaces it.
+  push is dropped once the alert is no longer open (acknowledged, resolved; as the store said within the last
+  second) or a push of a later escalation level for the same device replaces it.
 - **Dead tokens.** When the provider says the token is dead (APNs 410 / BadDeviceToken, FCM 404 / UNREGISTERED,
   Web Push 404 / 410) the registration is deleted (unless the device registered a new token meanwhile) and so
   are its entries.
@@ -51,6 +51,7 @@ DEPTH = Gauge("healthmate_push_outbox_depth", "Pushes waiting in the outbox (due
 HISTORY_FLUSH_S = 1.0
 DEPTH_EVERY_S = 5.0
 PRUNE_EVERY_S = 60.0
+ALERT_FRESH_S = 1.0
 WAITING = {"next_attempt_at": {"$ne": None}}  # not a rung call kept for its cancel
 OUTCOMES = ("sent", "retried", "dead_token", "gave_up", "obsolete")
 
@@ -71,6 +72,7 @@ class Outbox:
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
         self._pruned_at = 0.0
+        self._alerts: dict[Any, tuple[bool, float]] = {}  # alert id -> (open, when the store said so)
         for provider in providers:  # every series present from the start, at 0
             for outcome in OUTCOMES:
                 PUSHES.labels(provider, outcome)
@@ -178,10 +180,17 @@ class Outbox:
         else:
             await self._done(entry, "sent")
 
-    @staticmethod
-    async def _alert_open(entry: PushEntry) -> bool:
-        alert = await Alert.get_pymongo_collection().find_one({"_id": entry.alert_id}, {"status": 1})
-        return alert is not None and alert["status"] == "open"
+    async def _alert_open(self, entry: PushEntry) -> bool:
+        """Whether the entry's alert is still open, as the store said at most ``ALERT_FRESH_S`` ago (one read for
+        the pushes of an alert to all its recipients, not one each)."""
+        loop = asyncio.get_running_loop()
+        known = self._alerts.get(entry.alert_id)
+        if known is None or loop.time() - known[1] > ALERT_FRESH_S:
+            if len(self._alerts) > 10_000:
+                self._alerts.clear()
+            alert = await Alert.get_pymongo_collection().find_one({"_id": entry.alert_id}, {"status": 1})
+            known = self._alerts[entry.alert_id] = (alert is not None and alert["status"] == "open", loop.time())
+        return known[0]
 
     async def _failed(self, entry: PushEntry, exc: PushError) -> None:
         entry.last_error = str(exc)[:300]
