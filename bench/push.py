@@ -25,6 +25,7 @@ import secrets
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +96,12 @@ async def headline(url: str, patient: Account, receiver: Any, outbox: Any, windo
         since = len(receiver.accepted)
         window.open()
         t0 = time.time()
-        reading = asyncio.create_task(sock.call("bp:add", CRISIS))
+        reading = asyncio.create_task(sock.call("bp:add", {**CRISIS, "measured_at": datetime.now(UTC).isoformat()}))
         times, depth_max = await collect(receiver, since, budget, outbox=outbox)
         window.close()
-        await reading
+        reply = await reading
+        if reply.get("ok") is False:
+            print(f"  bp:add answered {str(reply)[:300]}", flush=True)
         await sock.disconnect()
     lat = [(t - t0) * 1000 for t in times]
     return {"alert_to_push_p50_ms": pct(lat, 50), "alert_to_push_p99_ms": pct(lat, 99),
@@ -146,7 +149,9 @@ async def send_straight(endpoint: str, key: str, tag: str, tokens: list[str]) ->
 async def measure(store_url: str, store_pid: int, tmp: Path, budget: Budget) -> list[dict[str, Any]]:
     from tests.push_receivers import receivers
 
+    t = time.monotonic()
     patients, tokens = await seed(store_url)
+    print(f"{DEVICES} phones and {REPEATS} patients seeded in {time.monotonic() - t:.1f} s", flush=True)
     key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
     key_file = tmp / "apns.p8"
@@ -154,18 +159,21 @@ async def measure(store_url: str, store_pid: int, tmp: Path, budget: Budget) -> 
     rounds: list[dict[str, Any]] = []
     mongo: AsyncMongoClient = AsyncMongoClient(store_url, tz_aware=True)
     async with receivers() as receiver:
-        proc, url, _ = start_server(str(tmp / "data"), **server_env(store_url, DB),
-                                    **apns_env(receiver.apns_base, key))
+        proc, url, started_s = start_server(str(tmp / "data"), **server_env(store_url, DB),
+                                            **apns_env(receiver.apns_base, key))
+        print(f"server ready in {started_s:.1f} s ({budget.elapsed():.1f} s into the bench)", flush=True)
         try:
             window = Window(CpuMeter(server=lambda: server_pids(proc.pid), store=[store_pid]), (url,))
             for r in budget.rounds(REPEATS, "round"):
                 out = await headline(url, patients[r], receiver, mongo[DB]["push_outbox"], window, budget)
                 out.update(await baseline(receiver.apns_base, str(key_file), tokens, receiver, f"baseline-{r}",
                                           budget))
-                print(f"  round {r + 1}: alert to push p50 {out['alert_to_push_p50_ms']} ms, p99 "
-                      f"{out['alert_to_push_p99_ms']} ms, {rounded(out['pushes_per_s'])} pushes/s, outbox depth max "
-                      f"{out['outbox_depth_max']}, {out['missing']} missing; straight: p50 {out['baseline_p50_ms']} "
-                      f"ms, {rounded(out['baseline_pushes_per_s'])} pushes/s", flush=True)
+                print(f"  round {r + 1}: alert to push p50 {rounded(out['alert_to_push_p50_ms'])} ms, p99 "
+                      f"{rounded(out['alert_to_push_p99_ms'])} ms, {rounded(out['pushes_per_s'])} pushes/s, outbox "
+                      f"depth max {out['outbox_depth_max']}, {out['missing']} missing, "
+                      f"{rounded(out['store_commands_per_push'])} store commands/push; straight: p50 "
+                      f"{rounded(out['baseline_p50_ms'])} ms, {rounded(out['baseline_pushes_per_s'])} pushes/s",
+                      flush=True)
                 rounds.append(out)
         finally:
             stop(proc)

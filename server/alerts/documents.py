@@ -256,8 +256,9 @@ class PushEntry(Document):
     call_id: str | None = None
     attempt: int = 0
     next_attempt_at: datetime | None
-    lease_owner: str | None = None
+    lease_owner: str | None = None  # the process: host:pid:random
     lease_until: datetime | None = None
+    claim: str | None = None  # the batch that claimed it last
     deadline: datetime
     created_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = None

@@ -1,11 +1,12 @@
 """The durable push outbox: every push is a document (``PushEntry``, one per registration and message) written
 to the store before it is attempted, so that neither a crash nor a restart loses it.
 
-- **Claimed under a lease.** Any process's workers (``push_workers`` each) claim due entries one at a time with
-  an atomic ``find_one_and_update`` that moves the entry's ``next_attempt_at`` to the end of the lease
-  (``push_lease_s``, longer than a provider's timeout): an entry whose process died is due again, for any
-  process, when its lease runs out. A process looks when it writes entries (it wakes its own workers), when
-  a retry it scheduled falls due, and every ``push_poll_s``.
+- **Claimed under a lease.** Any process claims due entries, oldest first, in batches of up to 4 per worker
+  (``push_workers`` sends at a time), with a conditional update that moves each entry's ``next_attempt_at`` to
+  the end of its lease (``push_lease_s``, longer than a provider's timeout): an entry whose process died is due
+  again, for any process, when its lease runs out; a worker does not start a send its lease could not cover.
+  A process looks when it writes entries (it wakes its own claimer), when a retry it scheduled falls due, and
+  every ``push_poll_s``.
 - **Retried until its deadline.** A failure the provider calls temporary (a 429, a 5xx, no answer) is tried
   again after ``push_retry_base_s`` x 2^(attempt - 1), at most ``push_retry_max_s``, times a random factor in
   [0.5, 1] (jitter, so that a provider's outage does not end in a thundering herd), until the entry's
@@ -15,8 +16,9 @@ to the store before it is attempted, so that neither a crash nor a restart loses
 - **Dead tokens.** When the provider says the token is dead (APNs 410 / BadDeviceToken, FCM 404 / UNREGISTERED,
   Web Push 404 / 410) the registration is deleted (unless the device registered a new token meanwhile) and so
   are its entries.
-- **Removed when done,** with each outcome counted (``healthmate_push_total{provider, outcome}``, Prometheus'
-  default registry) and kept ``push_history_s`` in ``push_outcomes`` for the operator (``stats``).
+- **Removed when done** (in batches, within 20 ms of the provider's answer), with each outcome counted
+  (``healthmate_push_total{provider, outcome}``, Prometheus' default registry) and kept ``push_history_s`` in
+  ``push_outcomes`` for the operator (``stats``).
 
 Exactly once is not promised: a process that dies after the provider accepted a push and before it deleted the
 entry has it sent again by another. Every push carries a collapse id (the alert, dose, notification or call id)
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -35,7 +38,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError
 
 from server.alerts.documents import Alert, PushEntry, PushOutcome, PushToken
@@ -52,6 +54,8 @@ HISTORY_FLUSH_S = 1.0
 DEPTH_EVERY_S = 5.0
 PRUNE_EVERY_S = 60.0
 ALERT_FRESH_S = 1.0
+CLAIM_PER_WORKER = 4
+REMOVE_EVERY_S = 0.02
 WAITING = {"next_attempt_at": {"$ne": None}}  # not a rung call kept for its cancel
 OUTCOMES = ("sent", "retried", "dead_token", "gave_up", "obsolete")
 
@@ -73,6 +77,12 @@ class Outbox:
         self._timers: set[asyncio.TimerHandle] = set()
         self._pruned_at = 0.0
         self._alerts: dict[Any, tuple[bool, float]] = {}  # alert id -> (open, when the store said so)
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # claimed, for the workers
+        self._taken = asyncio.Event()
+        self._claims = itertools.count()
+        self._removals: list[str] = []  # done: removed from the store in batches
+        self._removal = asyncio.Event()
+        self._send_time = timedelta(seconds=settings.push_timeout_s)
         for provider in providers:  # every series present from the start, at 0
             for outcome in OUTCOMES:
                 PUSHES.labels(provider, outcome)
@@ -82,13 +92,17 @@ class Outbox:
         return PushEntry.get_pymongo_collection()
 
     async def start(self) -> None:
+        """Nothing runs without a provider (nothing is then written either)."""
         if self.providers:
             self._tasks = [asyncio.create_task(self._work(), name=f"push-{i}")
                            for i in range(self.settings.push_workers)]
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="push-housekeeping"))
+            self._tasks += [asyncio.create_task(self._claim_forever(), name="push-claims"),
+                            asyncio.create_task(self._remove_forever(), name="push-removals"),
+                            asyncio.create_task(self._housekeeping(), name="push-housekeeping")]
 
     async def stop(self) -> None:
-        """Sends in flight are abandoned and their leases given back, so that the next process takes them at once."""
+        """Sends in flight are abandoned; what was done is removed and the rest's leases given back, so that the
+        next process takes them at once."""
         for handle in self._timers:
             handle.cancel()
         for task in self._tasks:
@@ -96,6 +110,8 @@ class Outbox:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        with contextlib.suppress(Exception):
+            await self._remove()
         with contextlib.suppress(Exception):
             await self.coll.update_many({"lease_owner": self.owner, **WAITING}, {"$set": {
                 "lease_owner": None, "lease_until": None, "next_attempt_at": utcnow()}})
@@ -128,31 +144,52 @@ class Outbox:
 
     # --- sending ---------------------------------------------------------------------------------------
 
-    async def _work(self) -> None:
+    async def _claim_forever(self) -> None:
+        """Keeps the workers' queue fed: due entries claimed in batches (a range query costs the store about as
+        much for a batch as for one), each entry under its own lease."""
+        batch = CLAIM_PER_WORKER * self.settings.push_workers
         while True:
+            if self._queue.qsize() >= self.settings.push_workers:
+                self._taken.clear()
+                await self._taken.wait()
+                continue
             self._wake.clear()
             try:
-                doc = await self._claim()
+                docs = await self._claim(batch - self._queue.qsize())
             except Exception:
-                log.exception("claiming a push failed")
-                doc = None
-            if doc is None:
+                log.exception("claiming pushes failed")
+                docs = []
+            for doc in docs:
+                self._queue.put_nowait(doc)
+            if not docs:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.push_poll_s)
-                continue
+
+    async def _claim(self, count: int) -> list[dict[str, Any]]:
+        """Up to ``count`` due entries, oldest first: each moved to the end of its lease by a conditional update,
+        so of two processes claiming one entry one wins (the claim token says which)."""
+        now = utcnow()
+        due = self.coll.find({"next_attempt_at": {"$lte": now}}, {"_id": 1}).sort("next_attempt_at", 1).limit(count)
+        ids = [d["_id"] for d in await due.to_list(None)]
+        if not ids:
+            return []
+        lease, claim = now + timedelta(seconds=self.settings.push_lease_s), f"{self.owner}/{next(self._claims)}"
+        await self.coll.update_many({"_id": {"$in": ids}, "next_attempt_at": {"$lte": now}}, {
+            "$set": {"lease_owner": self.owner, "lease_until": lease, "next_attempt_at": lease, "claim": claim},
+            "$inc": {"attempt": 1}})
+        return await self.coll.find({"_id": {"$in": ids}, "claim": claim}).to_list(None)
+
+    async def _work(self) -> None:
+        while True:
+            doc = await self._queue.get()
+            self._taken.set()
             try:
-                await self._attempt(PushEntry.model_validate(doc))
+                entry = PushEntry.model_validate(doc)
+                if entry.lease_until is None or aware(entry.lease_until) - utcnow() < self._send_time:
+                    continue  # its lease could run out mid-send: left to whoever claims it when the lease ends
+                await self._attempt(entry)
             except Exception:
                 log.exception("push %s: handling its attempt failed (it is due again when its lease ends)", doc["_id"])
-
-    async def _claim(self) -> dict[str, Any] | None:
-        now = utcnow()
-        lease = now + timedelta(seconds=self.settings.push_lease_s)
-        return await self.coll.find_one_and_update(
-            {"next_attempt_at": {"$lte": now}},
-            {"$set": {"lease_owner": self.owner, "lease_until": lease, "next_attempt_at": lease},
-             "$inc": {"attempt": 1}},
-            sort=[("next_attempt_at", 1)], return_document=ReturnDocument.AFTER)
 
     async def _attempt(self, entry: PushEntry) -> None:
         if aware(entry.deadline) <= utcnow():
@@ -214,8 +251,25 @@ class Outbox:
         self._count(entry, "retried")
 
     async def _done(self, entry: PushEntry, outcome: str) -> None:
-        await self.coll.delete_one({"_id": entry.id})
+        """Counted now, removed from the store with others within ``REMOVE_EVERY_S``."""
+        self._removals.append(entry.id)
+        self._removal.set()
         self._count(entry, outcome)
+
+    async def _remove_forever(self) -> None:
+        while True:
+            await self._removal.wait()
+            await asyncio.sleep(REMOVE_EVERY_S)
+            self._removal.clear()
+            try:
+                await self._remove()
+            except Exception:
+                log.exception("removing sent pushes failed (they may be sent again)")
+
+    async def _remove(self) -> None:
+        batch, self._removals = self._removals, []
+        if batch:
+            await self.coll.delete_many({"_id": {"$in": batch}})
 
     def _count(self, entry: PushEntry, outcome: str) -> None:
         PUSHES.labels(entry.provider, outcome).inc()
