@@ -1,12 +1,13 @@
 """The durable push outbox: every push is a document (``PushEntry``, one per registration and message) written
 to the store before it is attempted, so that neither a crash nor a restart loses it.
 
-- **Claimed under a lease.** Any process claims due entries, oldest first, in batches of up to 4 per worker
-  (``push_workers`` sends at a time), with a conditional update that moves each entry's ``next_attempt_at`` to
-  the end of its lease (``push_lease_s``, longer than a provider's timeout): an entry whose process died is due
-  again, for any process, when its lease runs out; a worker does not start a send its lease could not cover.
-  A process looks when it writes entries (it wakes its own claimer), when a retry it scheduled falls due, and
-  every ``push_poll_s``.
+- **Claimed under a lease.** The process that writes entries writes them claimed by itself (leased for
+  ``push_lease_s``, longer than a provider's timeout) and queues them for its ``push_workers`` senders; retries,
+  and the entries of a process that died once their lease has run out, are claimed by any process, oldest
+  first, in batches of up to 4 per worker, with a conditional update that moves each entry's
+  ``next_attempt_at`` to the end of its lease (of two processes, one wins). A worker does not start a send its
+  lease could not cover. A process looks for due entries when a retry it scheduled falls due and every
+  ``push_poll_s``.
 - **Retried until its deadline.** A failure the provider calls temporary (a 429, a 5xx, no answer) is tried
   again after ``push_retry_base_s`` x 2^(attempt - 1), at most ``push_retry_max_s``, times a random factor in
   [0.5, 1] (jitter, so that a provider's outage does not end in a thundering herd), until the entry's
@@ -121,18 +122,25 @@ class Outbox:
     # --- writing ---------------------------------------------------------------------------------------
 
     async def add(self, entries: list[PushEntry]) -> int:
-        """Store the entries (one already there, same id, is left as it is); wake this process's workers."""
+        """Store the entries already claimed by this process (so that it sends them without a claim query, and any
+        other takes them if it dies) and queue them for its workers; one already there (same id) is left as it is.
+        How many were new."""
         if not entries:
             return 0
+        now = utcnow()
+        lease, claim = now + timedelta(seconds=self.settings.push_lease_s), f"{self.owner}/{next(self._claims)}"
+        docs = [{**e.model_dump(by_alias=True), "attempt": 1, "next_attempt_at": lease, "lease_owner": self.owner,
+                 "lease_until": lease, "claim": claim} for e in entries]
         try:
-            result = await self.coll.insert_many([e.model_dump(by_alias=True) for e in entries], ordered=False)
-            added = len(result.inserted_ids)
+            await self.coll.insert_many(docs, ordered=False)
         except BulkWriteError as exc:  # duplicates: the same message to the same registration, written before
             if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                 raise
-            added = exc.details.get("nInserted", 0)
-        self.wake()
-        return added
+            there = {e["index"] for e in exc.details.get("writeErrors", [])}
+            docs = [d for i, d in enumerate(docs) if i not in there]
+        for doc in docs:
+            self._queue.put_nowait(doc)
+        return len(docs)
 
     def wake(self) -> None:
         self._wake.set()
