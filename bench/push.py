@@ -167,7 +167,7 @@ async def measure(store_url: str, store_pid: int, tmp: Path, budget: Budget) -> 
         print(f"server ready in {started_s:.1f} s ({budget.elapsed():.1f} s into the bench)", flush=True)
         try:
             window = Window(CpuMeter(server=lambda: server_pids(proc.pid), store=[store_pid]), (url,))
-            for r in budget.rounds(REPEATS, "round"):
+            for r in budget.rounds(REPEATS, "round", reserve=5.0):
                 out = await headline(url, patients[r], receiver, mongo[DB]["push_outbox"], window, budget)
                 out.update(await baseline(receiver.apns_base, str(key_file), tokens, receiver, f"baseline-{r}",
                                           budget))

@@ -126,15 +126,16 @@ class PushDispatcher:
             return
         wanted = None if devices is None else {str(u): set(d) for u, d in devices.items()}
         users = list({note.user_id for note in notes})
-        tokens = await PushToken.find(In(PushToken.user_id, users), In(PushToken.provider, VISIBLE)).to_list()
+        by_user: dict[Any, list[PushToken]] = {}
+        for token in await PushToken.find(In(PushToken.user_id, users), In(PushToken.provider, VISIBLE)).to_list():
+            if token.provider in self.providers and (
+                    wanted is None or token.device_id in wanted.get(str(token.user_id), ())):
+                by_user.setdefault(token.user_id, []).append(token)
         now, entries = utcnow(), []
         for note in notes:
             message, alert_id = message_of(note), note.data.get("alert_id") if note.kind == "alert" else None
             level = int(note.data.get("level") or 0) if alert_id else 0
-            for token in tokens:
-                if token.user_id != note.user_id or token.provider not in self.providers or (
-                        wanted is not None and token.device_id not in wanted.get(str(note.user_id), ())):
-                    continue
+            for token in by_user.get(note.user_id, ()):
                 entries.append(self._entry(token, str(note.id), message, note.kind, now,
                                            deadline_of(self.settings, bool(alert_id), now),
                                            alert_id=PydanticObjectId(alert_id) if alert_id else None,
