@@ -12,6 +12,7 @@ notification's id, and a call's id for its ring and cancel. (The registration ev
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import asdict
 from datetime import datetime, timedelta
@@ -32,6 +33,7 @@ from server.infra import safe_url
 
 log = logging.getLogger(__name__)
 TOKENS_PER_USER = 20
+IN_CHUNK = 100  # users per registrations query
 VISIBLE: list[ProviderName] = ["fcm", "apns", "webpush", "webhook"]  # registrations that show notifications
 RINGING: list[ProviderName] = ["apns-voip", "fcm"]  # a device's PushKit token, else its FCM token
 
@@ -127,8 +129,11 @@ class PushDispatcher:
         wanted = None if devices is None else {str(u): set(d) for u, d in devices.items()}
         users = list({note.user_id for note in notes})
         by_user: dict[Any, list[PushToken]] = {}
-        for token in await PushToken.find(In(PushToken.user_id, users), In(PushToken.provider, VISIBLE)).to_list():
-            if token.provider in self.providers and (
+        found = await asyncio.gather(*(  # SecantusDB answers an $in of 1,000 ids in seconds, of 100 in tens of ms
+            PushToken.find(In(PushToken.user_id, users[i:i + IN_CHUNK])).to_list()
+            for i in range(0, len(users), IN_CHUNK)))
+        for token in (t for chunk in found for t in chunk):
+            if token.provider in VISIBLE and token.provider in self.providers and (
                     wanted is None or token.device_id in wanted.get(str(token.user_id), ())):
                 by_user.setdefault(token.user_id, []).append(token)
         now, entries = utcnow(), []
