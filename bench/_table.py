@@ -99,6 +99,14 @@ ROWS: dict[str, Row] = {
         f"{fig(e, 'rates_on_pulseless')} rates on pulseless windows; all meet the goals: {e.get('all_meet_goals')}"),
         "Each recording streamed as 1 s device frames; every `live:analysis` a watcher receives judged against the "
         "recording's reference beats (goals: >= 95% within 5/min and coverage, 0 rates without a pulse)"),
+    "push": (lambda e: (
+        f"alert → push p50 {fig(e, 'alert_to_push_p50_ms', 'ms')}, p99 {fig(e, 'alert_to_push_p99_ms', 'ms')}, "
+        f"{fig(e, 'pushes_per_s', 'pushes/s')} to {e.get('devices'):,} offline phones, outbox depth max "
+        f"{fig(e, 'outbox_depth_max')}; sent straight (no outbox): {fig(e, 'baseline_pushes_per_s', 'pushes/s')}, "
+        f"p50 {fig(e, 'baseline_p50_ms', 'ms')}: ratio {fig(e, 'pushes_per_s_ratio', 'x')}; "
+        f"{fig(e, 'store_commands_per_push')} store commands and CPU µs {costs(e.get('cpu_us_per_push'))} per push"),
+        "A crisis reading sent → the local APNs receiver (HTTP/2) answering each phone's push; straight: the same "
+        "pushes from a process with the same number of senders, first send → each answer"),
     "startup": (lambda e: (
         f"cold {fig(e, 'cold_start_s', 's')}, warm {fig(e, 'warm_start_s', 's')}; idle RSS server "
         f"{e.get('server_rss_mb')} MB, store {e.get('store_rss_mb')} MB"),

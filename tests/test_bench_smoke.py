@@ -28,6 +28,8 @@ HEADLINES = {
     "device_transports": ["sio_heartbeat_p50_ms", "mqtt_heartbeat_p50_ms", "sio_frames_per_s", "mqtt_frames_per_s"],
     "events": ["rt_per_s_1", "rt_per_s_2", "bare_python_rt_per_s", "node_rt_per_s", "cpu_us_per_rt"],
     "ml": ["predict_p50_ms", "predict_p99_ms"],
+    "push": ["alert_to_push_p50_ms", "alert_to_push_p99_ms", "pushes_per_s", "outbox_depth_max",
+             "baseline_pushes_per_s", "pushes_per_s_ratio"],
     "reminders": ["lag_p99_ms", "notifications_stored", "doses_per_s", "store_commands_per_dose"],
     "scale": ["scale_efficiency", "store_commands_per_op"],
     "startup": ["cold_start_s", "warm_start_s"],
@@ -35,6 +37,7 @@ HEADLINES = {
                 "delivered_ratio"],
 }
 OTHER_KEYS = {"accuracy": ["recordings", "all_meet_goals"], "reminders": ["doses"], "streams": ["top_reached"],
+              "push": ["devices", "workers"],
               "calls": ["max_relayed_calls", "top_reached"],
               "alerts": ["cpu_us_per_reading", "store_commands_per_reading"], "scale": ["cpu_us_per_op"]}
 COMMON = ["bench", "machine", "repeats", "budget_s", "elapsed_s", "stopped_on_budget", "cut_for_budget", "smoke",

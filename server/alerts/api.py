@@ -183,3 +183,8 @@ def _mount_push(m: Mount, push: PushDispatcher, sockets: Sockets) -> None:
     @m.events.event("push:unregister", UnregisterIn)
     async def unregister(ctx: EventContext, body: UnregisterIn) -> dict[str, Any]:
         return await push.unregister(ctx.principal.user_id, _device(sockets, ctx), body.provider)
+
+    async def rest_stats(request: web.Request) -> web.Response:
+        return web.json_response(await push.stats(await m.rest.principal(request)))
+
+    m.routes.add_get("/api/admin/push-stats", rest_stats)

@@ -15,7 +15,7 @@ from server.core.i18n import Text
 from server.core.ports import Urgency
 
 Status = Literal["open", "acknowledged", "resolved"]
-ProviderName = Literal["fcm", "apns", "webpush", "webhook"]
+ProviderName = Literal["fcm", "apns", "apns-voip", "webpush", "webhook"]  # apns-voip: a PushKit token, for calls
 
 
 # --- alerts ----------------------------------------------------------------------------------------
@@ -234,8 +234,8 @@ class RegisterIn(BaseModel):
     def one_target(self) -> RegisterIn:
         if (self.provider == "webpush") != (self.subscription is not None) or \
                 (self.provider != "webpush") != (self.token is not None):
-            raise ValueError("webpush takes a subscription; fcm, apns and webhook take a token")
-        if self.provider == "apns" and not all(c in "0123456789abcdefABCDEF" for c in self.token or ""):
+            raise ValueError("webpush takes a subscription; fcm, apns, apns-voip and webhook take a token")
+        if self.provider in ("apns", "apns-voip") and not all(c in "0123456789abcdefABCDEF" for c in self.token or ""):
             raise ValueError("an APNs device token is hexadecimal")
         return self
 
@@ -245,4 +245,58 @@ class UnregisterIn(BaseModel):
     provider: ProviderName | None = None
 
 
-DOCUMENTS: list[type[Document]] = [Alert, AlertDelivery, Notification, PushToken, DailyCount]
+# --- the push outbox -------------------------------------------------------------------------------
+
+class PushEntry(Document):
+    """One message to send to one registration (``server.alerts.push_outbox``), written before it is attempted.
+    The id ``<token id>/<message key>`` makes writing it twice a no-op. Due when ``next_attempt_at`` has come;
+    a claim moves ``next_attempt_at`` to the end of its lease, so an entry whose process died is due again
+    when the lease runs out. A rung call (``kind`` call, sent) keeps ``next_attempt_at`` None and ``sent_at``
+    until it is cancelled or its deadline passes, so that the cancel reaches the devices that rang."""
+
+    id: str  # type: ignore[assignment]
+    token_id: str
+    user_id: PydanticObjectId
+    device_id: str
+    provider: ProviderName
+    target: Any  # the device token, or the Web Push subscription, as registered
+    message: dict[str, Any]  # PushMessage's fields
+    kind: str  # the notification's kind; call / call_cancel for VoIP pushes
+    collapse_id: str
+    alert_id: PydanticObjectId | None = None  # an alert's pushes end when it is no longer open
+    alert_level: int = 0
+    call_id: str | None = None
+    attempt: int = 0
+    next_attempt_at: datetime | None
+    lease_owner: str | None = None  # the process: host:pid:random
+    lease_until: datetime | None = None
+    claim: str | None = None  # the batch that claimed it last
+    deadline: datetime
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
+    last_error: str | None = None
+
+    class Settings:
+        name = "push_outbox"
+        indexes = [IndexModel([("next_attempt_at", ASCENDING)], name="due"),
+                   IndexModel([("token_id", ASCENDING)], name="token"),
+                   IndexModel([("call_id", ASCENDING)], name="call"),
+                   IndexModel([("alert_id", ASCENDING)], name="alert")]
+
+
+class PushOutcome(Document):
+    """What became of one outbox entry, kept ``push_history_s`` for the operator (``GET /api/admin/push-stats``)."""
+
+    at: datetime
+    provider: str
+    outcome: str  # sent | retried | dead_token | gave_up | obsolete
+    kind: str
+    attempt: int
+    latency_ms: float | None = None  # from the entry's writing to this outcome
+
+    class Settings:
+        name = "push_outcomes"
+        indexes = [IndexModel([("at", ASCENDING)], name="at")]
+
+
+DOCUMENTS: list[type[Document]] = [Alert, AlertDelivery, Notification, PushToken, DailyCount, PushEntry, PushOutcome]
