@@ -26,8 +26,10 @@ from server import overview as overview_api
 from server.alerts import api as alerts_api
 from server.alerts import documents as alert_documents
 from server.alerts.alerts import Alerts
+from server.alerts.device_delivery import DeviceDelivery
 from server.alerts.notifications import Notifications
 from server.alerts.push import PushDispatcher
+from server.alerts.push_bridge import DispatcherPush
 from server.alerts.push_providers import providers_from
 from server.care import api as care_api
 from server.care import documents as care_documents
@@ -119,7 +121,7 @@ def create_app(settings: Settings) -> web.Application:
     bus.on("device_revoked", realtime.apply_device_revoked)
     live = LiveHub(realtime, pubsub)
     bus.on("link_changed", live.revoke_member)
-    notes = Notifications(realtime, realtime)
+    notes = Notifications(realtime)  # its per-device delivery is handed over with the push below
     vitals = Vitals(realtime, bus, notes)
     writer = HistoryWriter(settings.raw_retention_days)
     streams = StreamService(live, vitals, writer, settings.analysis_workers)
@@ -132,7 +134,8 @@ def create_app(settings: Settings) -> web.Application:
     bp.on_crisis.append(alerting.on_bp_crisis)
     vitals.sinks.append(alerting.on_vital_event)  # critical events: emergency alerts, escalated
     vitals.sinks.append(alerts_to(notes))  # the others: notifications
-    notes.pushers.append(push.push)
+    delivery = DeviceDelivery(settings, DispatcherPush(push), realtime)  # what each device gets pushed, and when
+    notes.delivery = delivery
     presence = DevicePresence(realtime, notes, settings.device_silence_s)
     models = ModelRegistry(bus)
     forecasts = BPForecasts(realtime, models, BPHistory(streaming_documents.AnalysisChunk.get_pymongo_collection))
@@ -162,8 +165,8 @@ def create_app(settings: Settings) -> web.Application:
                     live=live, streams=streams, vitals=vitals, models=models, calls=calls, scheduler=scheduler, rtc=rtc,
                     mqtt=mqtt)
     server.components = [pubsub, bus, realtime.presence, live, notes, writer, streams, forecasts, calls, push,
-                         alerting, models, presence, *(c for c in (broker_files, mqtt) if c is not None), scheduler,
-                         rtc]
+                         delivery, alerting, models, presence, *(c for c in (broker_files, mqtt) if c is not None),
+                         scheduler, rtc]
     app[SERVER] = server
     health.mount(mount, server)
     overview_api.mount(mount)

@@ -1,0 +1,157 @@
+"""Per-device delivery over real sockets, checked at what the push outbox (``DevicePush``) is asked to send: an
+alert, a due dose or an urgent notification goes to each registered device that has not confirmed it in time,
+whatever other sockets are open (at once to a device with no socket); other notifications to each device with no
+socket.
+
+The checks after the delay run the due-time sweep with a time past it (``HEALTHMATE_ALERT_PUSH_AFTER_S`` is long
+here, so no device's confirmation races a timer); one test lets the periodic claimer do it after a short delay."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from beanie import PydanticObjectId
+
+from server.alerts.device_delivery import DeviceDelivery
+from server.alerts.documents import PushWatch
+from server.app import SERVER
+from server.core.config import Settings
+from server.core.documents import utcnow
+from server.infra.embedded_store import EmbeddedStore
+from tests.alert_clients import crisis
+from tests.conftest import make_settings
+from tests.device_pushes import Recorder, device
+from tests.helpers import Api, User
+from tests.test_medications import create
+from tests.test_scheduler import add_dose
+
+LONG_S = 60.0  # the push delay of the tests that run the sweep themselves
+
+
+@pytest.fixture
+async def settings(store: EmbeddedStore, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Overrides from ``@pytest.mark.parametrize("settings", [{...}], indirect=True)``."""
+    return make_settings(store.url, tmp_path, **{"alert_push_after_s": LONG_S, **getattr(request, "param", {})})
+
+
+@pytest.fixture
+def pushes(api: Api) -> Recorder:
+    return Recorder(api.app[SERVER].notifications.delivery.push)  # type: ignore[index,union-attr]
+
+
+def delivery(api: Api) -> DeviceDelivery:
+    return api.app[SERVER].notifications.delivery  # type: ignore[index,return-value]
+
+
+async def watches_of(user: User) -> int:
+    return await PushWatch.find(PushWatch.user_id == PydanticObjectId(user.id)).count()
+
+
+async def sweep_after_delay(api: Api) -> None:
+    """Run the due-time sweep as if the push delay had passed, once the pushes made at once (to devices with no
+    socket) are handed over and noted on their watches (the notifications' background work)."""
+    await asyncio.gather(*list(api.app[SERVER].notifications.background.tasks))  # type: ignore[index]
+    await delivery(api).sweep(utcnow() + timedelta(seconds=LONG_S + 1))
+
+
+async def team(api: Api, members: int) -> tuple[User, list[User]]:
+    patient = await api.register("patient")
+    carers = [await api.register("caregiver") for _ in range(members)]
+    for carer in carers:
+        await api.link(patient, carer)
+    return patient, carers
+
+
+async def test_an_alert_is_pushed_to_each_device_that_has_not_confirmed_it(api: Api, pushes: Recorder) -> None:
+    patient, (ana, ben) = await team(api, 2)
+    silent = await device(api, ana, "ana-phone")  # connected, frozen in the background: never confirms
+    tab = await device(api, ben, "ben-tab")  # the dashboard, open: confirms
+    await device(api, ben, "ben-phone", stay=False)  # registered, its app closed
+
+    await (await api.socket(patient)).ok("bp:add", crisis())
+    (alert,) = await tab.events.wait("alert:new")
+    await tab.ok("alert:received", {"alert_id": alert["id"]})
+    await silent.events.wait("alert:new")
+    # The phone with no socket is pushed at once, though Ben's tab is open; nothing else yet.
+    await pushes.wait(lambda: pushes.devices_pushed(ben) == ["ben-phone"])
+    assert pushes.devices_pushed(ana) == [] and await watches_of(ana) == 1
+
+    await sweep_after_delay(api)
+    assert pushes.devices_pushed(ana) == ["ana-phone"] and pushes.devices_pushed(ben) == ["ben-phone"]
+    assert {kind for _, _, kind in pushes.pushed} == {"alert"}
+    assert await PushWatch.count() == 0  # done: a later sweep (or another process) has nothing left to push
+    await sweep_after_delay(api)
+    assert len(pushes.pushed) == 2
+
+
+@pytest.mark.parametrize("settings", [{"alert_push_after_s": 0.3}], indirect=True)
+async def test_a_background_phone_is_pushed_after_the_delay(api: Api, pushes: Recorder) -> None:
+    patient, (ana,) = await team(api, 1)
+    silent = await device(api, ana, "ana-phone")
+    await (await api.socket(patient)).ok("bp:add", crisis())
+    await silent.events.wait("alert:new")
+    await pushes.wait(lambda: pushes.devices_pushed(ana) == ["ana-phone"])  # by the periodic claimer
+
+
+async def test_a_due_dose_is_pushed_to_each_device_that_has_not_confirmed_it(api: Api, pushes: Recorder) -> None:
+    patient = await api.register("patient")
+    tab = await device(api, patient, "pat-tab")
+    silent = await device(api, patient, "pat-phone")
+    await device(api, patient, "pat-watch", stay=False)
+    med = await create(tab, patient.id, schedule={"times": ["03:00"]})
+    dose = await add_dose(patient, med, utcnow())
+
+    (due,) = await tab.events.wait("dose:due")
+    assert due["id"] == str(dose.id)
+    assert await tab.ok("dose:received", {"dose_id": due["id"]}) == {"dose_id": str(dose.id), "device_id": "pat-tab"}
+    await silent.events.wait("dose:due")
+    await pushes.wait(lambda: pushes.devices_pushed(patient, "reminder") == ["pat-watch"])  # no socket: at once
+    await sweep_after_delay(api)
+    assert sorted(pushes.devices_pushed(patient, "reminder")) == ["pat-phone", "pat-watch"]
+    reply = await tab.call("dose:received", {"dose_id": "not-an-id"})
+    assert reply["ok"] is False and reply["error"]["code"] == "invalid_id"
+
+
+async def test_urgent_notifications_wait_for_confirmation_others_go_to_devices_with_no_socket(
+        api: Api, pushes: Recorder) -> None:
+    user = await api.register("caregiver")
+    tab = await device(api, user, "tab")
+    silent = await device(api, user, "phone")
+    await device(api, user, "watch", stay=False)
+    notes = api.app[SERVER].notifications  # type: ignore[index]
+
+    [normal] = await notes.notify([user.id], "link_request", "Someone asks to link")
+    await pushes.wait(lambda: pushes.devices_pushed(user) == ["watch"])  # not the connected tab and phone
+    [urgent] = await notes.notify([user.id], "device_disconnected", "The sensor stopped", urgency="high")
+    (live,) = [n for n in await tab.events.wait("notification:new", 2) if n["id"] == str(urgent.id)]
+    assert (await tab.ok("notification:received", {"id": live["id"]}))["device_id"] == "tab"
+    await silent.events.wait("notification:new", 2)
+    await pushes.wait(lambda: len(pushes.pushed) == 2)
+    await sweep_after_delay(api)
+    assert pushes.pushed == [(user.id, "watch", "link_request"), (user.id, "watch", "device_disconnected"),
+                             (user.id, "phone", "device_disconnected")]
+    assert normal.urgency == "normal"
+
+
+async def test_two_processes_sweeping_the_same_due_watch_push_it_once(api: Api) -> None:
+    user = await api.register("caregiver")
+    await device(api, user, "phone")
+    sent: list[tuple[list[Any], Any]] = []
+
+    class Fake:  # each process's DevicePush
+        async def push_notes(self, notes: list[Any], devices: Any = None) -> None:
+            sent.append((notes, devices))
+
+    settings = api.app[SERVER].settings  # type: ignore[index]
+    one, two = (DeviceDelivery(settings, Fake(), api.app[SERVER].realtime) for _ in range(2))  # type: ignore[index,arg-type]
+    notes = api.app[SERVER].notifications  # type: ignore[index]
+    notes.delivery = one
+    [note] = await notes.notify([user.id], "alert_test", "Urgent", urgency="critical")
+    later = utcnow() + timedelta(seconds=LONG_S + 1)
+    await asyncio.gather(one.sweep(later), two.sweep(later), one.sweep(later), two.sweep(later))
+    assert [[n.id for n in ns] for ns, _ in sent] == [[note.id]]
+    assert sent[0][1] == {note.user_id: ["phone"]}
