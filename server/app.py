@@ -151,7 +151,7 @@ def create_app(settings: Settings) -> web.Application:
     heavy = HeavyReads(FailureCounter(60, redis), settings.heavy_reads_per_minute)  # FHIR export, long analyses
     streaming_api.mount(mount, streams, live, heavy)
     vitals_api.mount(mount, bp, vitals, forecasts, triage, heavy)
-    calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)
+    calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes, delivery.push, delivery)
     calls_api.mount(mount, calls)
     rtc = DeviceRtc(realtime.router)
     media_api.mount(mount, rtc)

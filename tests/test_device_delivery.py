@@ -1,7 +1,8 @@
 """Per-device delivery over real sockets, checked at what the push outbox (``DevicePush``) is asked to send: an
 alert, a due dose or an urgent notification goes to each registered device that has not confirmed it in time,
 whatever other sockets are open (at once to a device with no socket); other notifications to each device with no
-socket.
+socket; a call rings by VoIP push the callee's devices with no socket, then those that do not acknowledge
+``call:incoming``, and the ring is cancelled when the call is answered, cancelled or missed.
 
 The checks after the delay run the due-time sweep with a time past it (``HEALTHMATE_ALERT_PUSH_AFTER_S`` is long
 here, so no device's confirmation races a timer); one test lets the periodic claimer do it after a short delay."""
@@ -22,10 +23,12 @@ from server.app import SERVER
 from server.core.config import Settings
 from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore
+from signaling.call_state import Action
+from signaling.documents import CallSession
 from tests.alert_clients import crisis
 from tests.conftest import make_settings
 from tests.device_pushes import Recorder, device
-from tests.helpers import Api, User
+from tests.helpers import Api, User, raw_socket
 from tests.test_medications import create
 from tests.test_scheduler import add_dose
 
@@ -35,7 +38,8 @@ LONG_S = 60.0  # the push delay of the tests that run the sweep themselves
 @pytest.fixture
 async def settings(store: EmbeddedStore, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     """Overrides from ``@pytest.mark.parametrize("settings", [{...}], indirect=True)``."""
-    return make_settings(store.url, tmp_path, **{"alert_push_after_s": LONG_S, **getattr(request, "param", {})})
+    return make_settings(store.url, tmp_path, **{"alert_push_after_s": LONG_S, "call_push_after_s": 1.0,
+                                                 **getattr(request, "param", {})})
 
 
 @pytest.fixture
@@ -155,3 +159,52 @@ async def test_two_processes_sweeping_the_same_due_watch_push_it_once(api: Api) 
     await asyncio.gather(one.sweep(later), two.sweep(later), one.sweep(later), two.sweep(later))
     assert [[n.id for n in ns] for ns, _ in sent] == [[note.id]]
     assert sent[0][1] == {note.user_id: ["phone"]}
+
+
+# --- calls -------------------------------------------------------------------------------------------------
+
+
+async def invite(api: Api, caller: User, callee: User) -> dict[str, Any]:
+    sock = await api.socket(caller)
+    return {"sock": sock, **await sock.ok("call:invite", {"callee": callee.id, "media": "audio"})}
+
+
+async def test_a_call_rings_the_devices_with_no_socket_and_stops_when_answered_elsewhere(
+        api: Api, pushes: Recorder) -> None:
+    patient, (carer,) = await team(api, 1)
+    tab = await device(api, patient, "pat-tab")  # connected: acknowledges call:incoming (the client acks)
+    await device(api, patient, "pat-phone", stay=False)
+    call = await invite(api, carer, patient)
+    await tab.events.wait("call:incoming")
+    await pushes.wait(lambda: (patient.id, call["id"], ["pat-phone"]) in pushes.rings)
+    ringer = api.app[SERVER].calls.ringer  # type: ignore[index]
+    for _ in range(200):  # the later ring, to devices that did not acknowledge, has been decided
+        if call["id"] not in ringer.acked:
+            break
+        await asyncio.sleep(0.05)
+    assert pushes.rings == [(patient.id, call["id"], ["pat-phone"])] and pushes.cancels == []
+    await tab.ok("call:accept", {"call_id": call["id"]})
+    await pushes.wait(lambda: (patient.id, call["id"], "answered_elsewhere") in pushes.cancels)
+
+
+async def test_a_device_that_does_not_acknowledge_is_rung_and_the_ring_cancelled_or_missed(
+        api: Api, pushes: Recorder) -> None:
+    patient, (carer,) = await team(api, 1)
+    await device(api, patient, "pat-phone", stay=False)
+    frozen = await raw_socket(api, {"token": patient.access_token, "device_id": "pat-phone"})  # never acks
+    try:
+        first = await invite(api, carer, patient)
+        await pushes.wait(lambda: (patient.id, first["id"], ["pat-phone"]) in pushes.rings)
+        await first["sock"].ok("call:cancel", {"call_id": first["id"]})  # the caller hangs up while it rings
+        await pushes.wait(lambda: (patient.id, first["id"], "cancelled") in pushes.cancels)
+
+        second = await invite(api, carer, patient)
+        await pushes.wait(lambda: (patient.id, second["id"], ["pat-phone"]) in pushes.rings)
+        # The ring time is up (as the sweep of any process finds it): missed.
+        second_id = PydanticObjectId(second["id"])
+        await CallSession.get_pymongo_collection().update_one({"_id": second_id},
+                                                              {"$set": {"ring_deadline": utcnow()}})
+        await api.app[SERVER].calls.timers.expire(second_id, Action.TIMEOUT)  # type: ignore[index]
+        await pushes.wait(lambda: (patient.id, second["id"], "missed") in pushes.cancels)
+    finally:
+        await frozen.close()
