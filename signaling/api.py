@@ -13,7 +13,6 @@ from server.care.patients import PatientRef
 from server.transport.events import EventContext
 from server.transport.http import cursor_page, page_params, send_grid_file
 from server.transport.mount import Mount
-from server.transport.realtime import Realtime, user_room
 from signaling.call_state import Action
 from signaling.calls import Calls
 from signaling.documents import CallSession, call_json
@@ -21,25 +20,9 @@ from signaling.models import CallRef, ConsentIn, InviteIn, MediaOfferIn, SignalI
 from signaling.turn import ice_servers
 
 
-class CalleeSockets:
-    """``ringing.CalleeSockets`` over the Socket.IO adapter."""
-
-    def __init__(self, realtime: Realtime) -> None:
-        self.rt = realtime
-
-    def user_sids(self, user_id: Any) -> list[str]:
-        return self.rt.local_sids(user_room(user_id))
-
-    def device_id(self, sid: str) -> str | None:
-        return self.rt.device_ids.get(sid)
-
-    async def to_socket(self, sid: str, event: str, data: Any, callback: Any = None) -> None:
-        await self.rt.to_socket(sid, event, data, callback)
-
-
 def mount(m: Mount, calls: Calls) -> None:
     service, relayed = calls.service, calls.relayed
-    calls.ringer.attach(CalleeSockets(m.realtime))
+    calls.ringer.attach(m.realtime)  # its sockets, to ring on each with an ack request
     for name, model, handler in (
         ("call:invite", InviteIn, service.invite), ("call:accept", CallRef, service.accept),
         ("call:reject", CallRef, functools.partial(service.end, action=Action.REJECT, side="callee")),

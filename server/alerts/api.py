@@ -31,7 +31,7 @@ from server.core.identity import Client, Principal, as_object_id
 from server.transport.events import EventContext
 from server.transport.http import cursor_page, page_params
 from server.transport.mount import Mount
-from server.transport.realtime import NAMESPACE, Realtime, user_room
+from server.transport.realtime import NAMESPACE, Realtime
 
 
 class Sockets:
@@ -41,10 +41,10 @@ class Sockets:
         self.rt = realtime
 
     def user_sids(self, user_id: Any) -> list[str]:
-        return self.rt.local_sids(user_room(user_id))
+        return self.rt.user_sids(user_id)
 
     def device_id(self, sid: str) -> str | None:
-        return self.rt.device_ids.get(sid)
+        return self.rt.device_id(sid)
 
     def connected(self, sid: str) -> bool:
         return sid in self.rt.principals

@@ -257,6 +257,14 @@ class Realtime:
         """This process's sockets in ``room``."""
         return self._local(room)
 
+    def user_sids(self, user_id: Any) -> list[str]:
+        """This process's sockets of one user."""
+        return self._local(user_room(user_id))
+
+    def device_id(self, sid: str) -> str | None:
+        """The app installation a socket of this process belongs to."""
+        return self.device_ids.get(sid)
+
     def _local(self, room: str) -> list[str]:
         return [sid for sid, _ in self.sio.manager.get_participants(NAMESPACE, room)]
 
