@@ -91,6 +91,14 @@ async def test_an_alert_is_pushed_to_each_device_that_has_not_confirmed_it(api: 
     await sweep_after_delay(api)
     assert len(pushes.pushed) == 2
 
+    # Nobody acknowledged it: its escalation goes to every device again, confirmed before or not.
+    notes = api.app[SERVER].notifications  # type: ignore[index]
+    await notes.notify([ana.id, ben.id], "alert", alert["title"], urgency="critical", live=False,
+                       data={"alert_id": alert["id"], "level": 1})
+    await sweep_after_delay(api)
+    assert sorted(pushes.devices_pushed(ben)) == ["ben-phone", "ben-phone", "ben-tab"]
+    assert pushes.devices_pushed(ana) == ["ana-phone", "ana-phone"]
+
 
 @pytest.mark.parametrize("settings", [{"alert_push_after_s": 0.3}], indirect=True)
 async def test_a_background_phone_is_pushed_after_the_delay(api: Api, pushes: Recorder) -> None:

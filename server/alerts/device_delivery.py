@@ -6,7 +6,10 @@ and when (the pushing itself is ``DevicePush``'s, the durable outbox).
   registered device (``PushToken``, per ``device_id``) of the user that has not confirmed it within
   ``alert_push_after_s`` is pushed it, whatever other sockets the user has open; a device with no connected
   socket is pushed it at once. A device that confirmed in time gets no push; neither does anyone once the
-  alert is no longer open (acknowledged or resolved: someone is handling it).
+  alert is no longer open (acknowledged or resolved: someone is handling it). An escalation's notification
+  (nobody acknowledged the alert) counts only confirmations made after it: a device confirms an alert once, so
+  every registered device that already had it is pushed the escalation, louder (only one that first confirms
+  the alert after the escalation, within the delay, is not).
 - **The others**: pushed at once to each registered device with no connected socket, even while the user's other
   devices are connected.
 
@@ -44,7 +47,7 @@ from server.alerts.documents import (
 )
 from server.core.background import Background
 from server.core.config import Settings
-from server.core.documents import utcnow
+from server.core.documents import aware, utcnow
 from server.core.ports import DevicePush, Online
 from server.infra.bulk import insert_new
 
@@ -53,6 +56,10 @@ BATCH = 200
 LEASE = timedelta(seconds=30)  # a claimed watch not done by then (its process died) is claimed again
 POLL_S = 1.0  # the longest wait before a due watch is looked at
 Registered = dict[PydanticObjectId, set[str]]  # user -> device ids with a push registration
+
+
+def escalated(note: Notification) -> bool:
+    return note.kind == "alert" and int(note.data.get("level") or 0) > 0
 
 
 def confirmation(note: Notification) -> tuple[Confirmable, str] | None:
@@ -105,7 +112,8 @@ class DeviceDelivery:
         device). The users' registrations, for ``push_now``."""
         devices = await registered(n.user_id for n in notes)
         due = utcnow() + self.after
-        watches = [PushWatch(id=n.id, user_id=n.user_id, confirm=c[0], ref=c[1], due_at=due)
+        watches = [PushWatch(id=n.id, user_id=n.user_id, confirm=c[0], ref=c[1], due_at=due,
+                             since=n.created_at if escalated(n) else None)
                    for n in notes if devices.get(n.user_id) and (c := confirmation(n)) is not None]
         if watches:
             await PushWatch.insert_many(watches)
@@ -180,22 +188,24 @@ class DeviceDelivery:
             note = notes.get(w.id)
             if note is None or (w.confirm == "alert" and w.ref not in still_open):
                 continue
-            need = devices.get(w.user_id, set()) - confirmed.get((w.ref, w.user_id), set()) - set(w.pushed)
+            since = aware(w.since) if w.since is not None else None
+            done = {d for d, at in confirmed.get((w.ref, w.user_id), {}).items() if since is None or aware(at) >= since}
+            need = devices.get(w.user_id, set()) - done - set(w.pushed)
             if need:
                 groups[frozenset(need)].append(note)
         for need, group in groups.items():
             await self.push.push_notes(group, {n.user_id: sorted(need) for n in group})
 
 
-async def _confirmed(watches: list[PushWatch]) -> dict[tuple[str, PydanticObjectId], set[str]]:
-    """(what, user) -> the devices that confirmed it."""
-    found: dict[tuple[str, PydanticObjectId], set[str]] = defaultdict(set)
+async def _confirmed(watches: list[PushWatch]) -> dict[tuple[str, PydanticObjectId], dict[str, datetime]]:
+    """(what, user) -> the devices that confirmed it, and when."""
+    found: dict[tuple[str, PydanticObjectId], dict[str, datetime]] = defaultdict(dict)
     alerts = list({PydanticObjectId(w.ref) for w in watches if w.confirm == "alert"})
     if alerts:
         for d in await AlertDelivery.find(In(AlertDelivery.alert_id, alerts)).to_list():
-            found[(str(d.alert_id), d.user_id)].add(d.device_id)
+            found[(str(d.alert_id), d.user_id)][d.device_id] = d.received_at
     refs = list({w.ref for w in watches if w.confirm != "alert"})
     if refs:
         for r in await DeviceReceipt.find(In(DeviceReceipt.ref, refs)).to_list():
-            found[(r.ref, r.user_id)].add(r.device_id)
+            found[(r.ref, r.user_id)][r.device_id] = r.received_at
     return found

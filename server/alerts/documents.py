@@ -248,6 +248,7 @@ class PushWatch(Document):
     confirm: Confirmable  # what confirms it: alert:received, dose:received or notification:received
     ref: str  # of that: the alert, dose or notification id
     due_at: datetime
+    since: datetime | None = None  # only confirmations from then on count (an escalation's)
     owner: str | None = None
     pushed: list[str] = Field(default_factory=list)  # devices pushed it at once (no socket then)
 
