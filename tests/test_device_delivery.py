@@ -19,7 +19,7 @@ from beanie import PydanticObjectId
 
 from server.alerts.device_delivery import DeviceDelivery
 from server.alerts.documents import PushWatch
-from server.app import SERVER
+from server.app import SERVER, create_app
 from server.core.config import Settings
 from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore
@@ -149,24 +149,26 @@ async def test_urgent_notifications_wait_for_confirmation_others_go_to_devices_w
     assert normal.urgency == "normal"
 
 
-async def test_two_processes_sweeping_the_same_due_watch_push_it_once(api: Api) -> None:
-    user = await api.register("caregiver")
-    await device(api, user, "phone")
-    sent: list[tuple[list[Any], Any]] = []
-
-    class Fake:  # each process's DevicePush
-        async def push_notes(self, notes: list[Any], devices: Any = None) -> None:
-            sent.append((notes, devices))
-
-    settings = api.app[SERVER].settings  # type: ignore[index]
-    one, two = (DeviceDelivery(settings, Fake(), api.app[SERVER].realtime) for _ in range(2))  # type: ignore[index,arg-type]
-    notes = api.app[SERVER].notifications  # type: ignore[index]
-    notes.delivery = one
-    [note] = await notes.notify([user.id], "alert_test", "Urgent", urgency="critical")
-    later = utcnow() + timedelta(seconds=LONG_S + 1)
-    await asyncio.gather(one.sweep(later), two.sweep(later), one.sweep(later), two.sweep(later))
-    assert [[n.id for n in ns] for ns, _ in sent] == [[note.id]]
-    assert sent[0][1] == {note.user_id: ["phone"]}
+async def test_two_processes_push_a_due_watch_once(store: EmbeddedStore, redis_url: str, tmp_path: Path,
+                                                   aiohttp_server: Any) -> None:
+    """Two server processes on one Redis and one store: the phone's socket is held by one, the notification raised
+    in the other; the other knows the phone is connected (no push at once), and the due watch is pushed once."""
+    settings = make_settings(store.url, tmp_path, redis_url=redis_url, alert_push_after_s=0.3)
+    one = await aiohttp_server(create_app(settings))
+    two = await aiohttp_server(create_app(settings.model_copy(update={"port": 0})))
+    records = [Recorder(server.app[SERVER].notifications.delivery.push) for server in (one, two)]
+    async with Api(str(two.make_url("")).rstrip("/"), two.app) as api:
+        user = await api.register("caregiver")
+        silent = await device(api, user, "phone")
+        [note] = await one.app[SERVER].notifications.notify([user.id], "device_disconnected", "The sensor stopped",
+                                                           urgency="critical")
+        await silent.events.wait("notification:new")
+        for _ in range(200):
+            if sum(len(r.pushed) for r in records) and not await PushWatch.count():
+                break
+            await asyncio.sleep(0.05)
+        assert [p for r in records for p in r.pushed] == [(user.id, "phone", "device_disconnected")]
+        assert note.urgency == "critical"
 
 
 # --- calls -------------------------------------------------------------------------------------------------
