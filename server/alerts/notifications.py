@@ -2,8 +2,8 @@
 is told about is a persisted document first, then pushed live (``notification:new``) to every
 connected device of the user. Users page through them, count the unread, mark them read and
 delete them (``api.py``: over Socket.IO or REST). Which of the user's devices each one is pushed to, and when,
-is ``delivery``'s (``server.alerts.device_delivery``: per device; in the background, never blocking live
-delivery)."""
+is ``delivery``'s (``server.alerts.device_delivery``: per device, handed to the durable push outbox after live
+delivery, before ``notify`` returns)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from typing import Any
 
 from beanie import PydanticObjectId
 
-from server.alerts.device_delivery import DeviceDelivery, Registered
+from server.alerts.device_delivery import DeviceDelivery
 from server.alerts.documents import Notification, Urgency
 from server.care.access import memberships
-from server.core.background import Background
 from server.core.documents import utcnow
 from server.core.errors import not_found
 from server.core.identity import as_object_id
@@ -39,13 +38,12 @@ class Notifications:
     def __init__(self, broadcaster: Broadcaster, delivery: DeviceDelivery | None = None) -> None:
         self.out = broadcaster
         self.delivery = delivery  # pushes to the user's devices (none: no push)
-        self.background = Background()
 
     async def start(self) -> None:
         pass
 
     async def stop(self) -> None:
-        await self.background.stop()
+        pass
 
     async def notify(self, user_ids: Iterable[PydanticObjectId | str], kind: str, title: str, body: str = "", *,
                      patient_id: PydanticObjectId | str | None = None, data: dict[str, Any] | None = None,
@@ -53,7 +51,8 @@ class Notifications:
         """Persist one notification per user, then send it live (``live=False``: the caller already reached
         the connected devices with its own event, e.g. ``alert:new``) and push it to the user's devices
         (``push=False``: the caller pushes its own way). What each device must confirm is watched before it is
-        stored (``DeviceDelivery.watch``), so that no stored notification goes unwatched."""
+        stored (``DeviceDelivery.watch``), so that no stored notification goes unwatched; what goes at once to the
+        devices with no socket is in the push outbox when this returns."""
         pid = PydanticObjectId(patient_id) if patient_id is not None else None
         docs = [Notification(id=PydanticObjectId(), user_id=PydanticObjectId(uid), kind=kind, title=title, body=body,
                              urgency=urgency, patient_id=pid, data=data or {})
@@ -67,15 +66,11 @@ class Notifications:
             for doc in docs:
                 await self.out.to_user(doc.user_id, "notification:new", doc.public())
         if delivery is not None and devices:
-            self.background.spawn(self._push(delivery, docs, devices))
+            try:
+                await delivery.push_now(docs, devices)
+            except Exception:  # stored and sent live all the same; a watched one is pushed at its due time
+                log.exception("push delivery failed")
         return docs
-
-    @staticmethod
-    async def _push(delivery: DeviceDelivery, docs: list[Notification], devices: Registered) -> None:
-        try:
-            await delivery.push_now(docs, devices)
-        except Exception:  # a watched notification is pushed at its due time all the same
-            log.exception("push delivery failed")
 
     # --- reading ------------------------------------------------------------------------------------
 
