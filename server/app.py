@@ -27,6 +27,7 @@ from server import overview as overview_api
 from server.alerts import api as alerts_api
 from server.alerts import documents as alert_documents
 from server.alerts.alerts import Alerts
+from server.alerts.device_delivery import DeviceDelivery
 from server.alerts.notifications import Notifications
 from server.alerts.push import PushDispatcher
 from server.alerts.push_providers import providers_from
@@ -120,7 +121,7 @@ def create_app(settings: Settings) -> web.Application:
     bus.on("device_revoked", realtime.apply_device_revoked)
     live = LiveHub(realtime, pubsub)
     bus.on("link_changed", live.revoke_member)
-    notes = Notifications(realtime, realtime)
+    notes = Notifications(realtime)  # its per-device delivery is handed over with the push below
     vitals = Vitals(realtime, bus, notes)
     writer = HistoryWriter(settings.raw_retention_days)
     streams = StreamService(live, vitals, writer, settings.analysis_workers)
@@ -133,7 +134,8 @@ def create_app(settings: Settings) -> web.Application:
     bp.on_crisis.append(alerting.on_bp_crisis)
     vitals.sinks.append(alerting.on_vital_event)  # critical events: emergency alerts, escalated
     vitals.sinks.append(alerts_to(notes))  # the others: notifications
-    notes.pushers.append(push.push)
+    delivery = DeviceDelivery(settings, push, realtime)  # what each device gets pushed, and when
+    notes.delivery = delivery
     presence = DevicePresence(realtime, notes, settings.device_silence_s)
     models = ModelRegistry(bus)
     forecasts = BPForecasts(realtime, models, BPHistory(streaming_documents.AnalysisChunk.get_pymongo_collection))
@@ -149,7 +151,7 @@ def create_app(settings: Settings) -> web.Application:
     heavy = HeavyReads(FailureCounter(60, redis), settings.heavy_reads_per_minute)  # FHIR export, long analyses
     streaming_api.mount(mount, streams, live, heavy)
     vitals_api.mount(mount, bp, vitals, forecasts, triage, heavy)
-    calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)
+    calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes, delivery.push, delivery)
     calls_api.mount(mount, calls)
     rtc = DeviceRtc(realtime.router)
     media_api.mount(mount, rtc)
@@ -163,8 +165,8 @@ def create_app(settings: Settings) -> web.Application:
                     live=live, streams=streams, vitals=vitals, models=models, calls=calls, scheduler=scheduler, rtc=rtc,
                     mqtt=mqtt)
     server.components = [pubsub, bus, realtime.presence, live, notes, writer, streams, forecasts, calls, push,
-                         alerting, models, presence, *(c for c in (broker_files, mqtt) if c is not None), scheduler,
-                         rtc]
+                         delivery, alerting, models, presence, *(c for c in (broker_files, mqtt) if c is not None),
+                         scheduler, rtc]
     app[SERVER] = server
     health.mount(mount, server)
     metrics_api.mount(mount, settings)

@@ -22,6 +22,7 @@ from signaling.turn import ice_servers
 
 def mount(m: Mount, calls: Calls) -> None:
     service, relayed = calls.service, calls.relayed
+    calls.ringer.attach(m.realtime)  # its sockets, to ring on each with an ack request
     for name, model, handler in (
         ("call:invite", InviteIn, service.invite), ("call:accept", CallRef, service.accept),
         ("call:reject", CallRef, functools.partial(service.end, action=Action.REJECT, side="callee")),

@@ -10,11 +10,13 @@ from beanie import PydanticObjectId
 
 from server.alerts import reads
 from server.alerts.alerts import Alerts
+from server.alerts.device_delivery import DeviceDelivery
 from server.alerts.documents import (
     Alert,
     AlertNote,
     AlertQuery,
     AlertRef,
+    DoseReceived,
     ListIn,
     MarkRead,
     Notification,
@@ -29,7 +31,7 @@ from server.core.identity import Client, Principal, as_object_id
 from server.transport.events import EventContext
 from server.transport.http import cursor_page, page_params
 from server.transport.mount import Mount
-from server.transport.realtime import NAMESPACE, Realtime, user_room
+from server.transport.realtime import NAMESPACE, Realtime
 
 
 class Sockets:
@@ -39,10 +41,10 @@ class Sockets:
         self.rt = realtime
 
     def user_sids(self, user_id: Any) -> list[str]:
-        return self.rt.local_sids(user_room(user_id))
+        return self.rt.user_sids(user_id)
 
     def device_id(self, sid: str) -> str | None:
-        return self.rt.device_ids.get(sid)
+        return self.rt.device_id(sid)
 
     def connected(self, sid: str) -> bool:
         return sid in self.rt.principals
@@ -58,6 +60,7 @@ def mount(m: Mount, alerts: Alerts, notes: Notifications, push: PushDispatcher) 
     m.realtime.disconnect_hooks.append(alerts.fanout.on_disconnect)
     _mount_alerts(m, alerts, sockets)
     _mount_notifications(m, notes)
+    _mount_receipts(m, sockets)
     _mount_push(m, push, sockets)
 
 
@@ -173,6 +176,23 @@ def _mount_notifications(m: Mount, notes: Notifications) -> None:
     m.routes.add_post("/api/notifications/read-all", rest_read_all)
     m.routes.add_post("/api/notifications/{notification_id}/read", rest_read)
     m.routes.add_delete("/api/notifications/{notification_id}", rest_delete)
+
+
+def _mount_receipts(m: Mount, sockets: Sockets) -> None:
+    """A device confirms it has a due dose or an urgent notification (alerts: ``alert:received``), so that it is
+    not pushed it (``server.alerts.device_delivery``)."""
+
+    @m.events.event("dose:received", DoseReceived)
+    async def dose(ctx: EventContext, body: DoseReceived) -> dict[str, Any]:
+        dose_id = str(as_object_id(body.dose_id, "dose_id"))
+        await DeviceDelivery.received(ctx.principal.user_id, dose_id, _device(sockets, ctx))
+        return {"dose_id": dose_id, "device_id": _device(sockets, ctx)}
+
+    @m.events.event("notification:received", NotificationRef)
+    async def notification(ctx: EventContext, body: NotificationRef) -> dict[str, Any]:
+        note_id = str(as_object_id(body.id, "id"))
+        await DeviceDelivery.received(ctx.principal.user_id, note_id, _device(sockets, ctx))
+        return {"id": note_id, "device_id": _device(sockets, ctx)}
 
 
 def _mount_push(m: Mount, push: PushDispatcher, sockets: Sockets) -> None:

@@ -299,4 +299,55 @@ class PushOutcome(Document):
         indexes = [IndexModel([("at", ASCENDING)], name="at")]
 
 
-DOCUMENTS: list[type[Document]] = [Alert, AlertDelivery, Notification, PushToken, DailyCount, PushEntry, PushOutcome]
+
+# --- per-device delivery --------------------------------------------------------------------------
+
+Confirmable = Literal["alert", "dose", "notification"]
+
+
+class PushWatch(Document):
+    """A stored notification that each registered device must confirm (``server.alerts.device_delivery``): at
+    ``due_at`` one process claims it (``owner``, the due time moved on by a lease), pushes it to the devices that
+    have neither confirmed ``ref`` nor been pushed it already, and deletes it. The id is the notification's."""
+
+    id: PydanticObjectId  # type: ignore[assignment]
+    user_id: PydanticObjectId
+    confirm: Confirmable  # what confirms it: alert:received, dose:received or notification:received
+    ref: str  # of that: the alert, dose or notification id
+    due_at: datetime
+    since: datetime | None = None  # only confirmations from then on count (an escalation's)
+    owner: str | None = None
+    pushed: list[str] = Field(default_factory=list)  # devices pushed it at once (no socket then)
+
+    class Settings:
+        name = "push_watches"
+        indexes = [IndexModel([("due_at", ASCENDING)], name="due")]
+
+
+class DeviceReceipt(Document):
+    """A device's confirmation that it has a due dose or an urgent notification (alerts have ``AlertDelivery``);
+    the id ``<ref>:<user>:<device>`` makes the first one win. Only needed until its push would be due: expires."""
+
+    id: str  # type: ignore[assignment]
+    ref: str
+    user_id: PydanticObjectId
+    device_id: str
+    received_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "device_receipts"
+        indexes = [IndexModel([("ref", ASCENDING)], name="ref"),
+                   IndexModel([("received_at", ASCENDING)], expireAfterSeconds=7 * 24 * 3600, name="expiry")]
+
+    @staticmethod
+    def key(ref: str, user_id: Any, device_id: str) -> str:
+        return f"{ref}:{user_id}:{device_id}"
+
+
+class DoseReceived(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dose_id: str = Field(max_length=64)
+
+
+DOCUMENTS: list[type[Document]] = [Alert, AlertDelivery, Notification, PushToken, DailyCount, PushEntry, PushOutcome,
+                                   PushWatch, DeviceReceipt]

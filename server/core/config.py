@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     alert_escalation_s: float = Field(120.0, ge=1, le=3600)
     alert_sweep_s: float = Field(1.0, ge=0.1, le=60)  # how often each process resumes pending emits/escalations
     alert_emit_lease_s: float = Field(5.0, ge=0.5, le=300)  # after this, another process emits a stalled alert
+    # Per-device push of what must be confirmed (alerts, due doses, urgent notifications): a registered device that
+    # has not confirmed it this long after it was sent is pushed it (one with no socket at once); a call's callee
+    # device that has not acknowledged `call:incoming` this long is rung by VoIP push (one with no socket at once).
+    alert_push_after_s: float = Field(5.0, ge=0.05, le=600)
+    call_push_after_s: float = Field(3.0, ge=0.05, le=60)
     emergency_webhook_url: str | None = None  # the emergency contacts' notification channel (e.g. an SMS gateway)
     # The emergency channel's caps per patient per UTC day: new alerts raised on demand (triage), and calls of
     # the emergency webhook (past it: logged for the operator and noted on the alert, not called).

@@ -40,8 +40,10 @@ class Notifier(Protocol):
 
     async def notify(self, user_ids: Iterable[Any], kind: str, title: str | Text, body: str | Text = "", *,
                      patient_id: Any = None, data: dict[str, Any] | None = None,
-                     urgency: Urgency = "normal", live: bool = True) -> list[Any]:
-        """A ``Text`` title or body is rendered in each user's language (``server.core.i18n``); a str is as is."""
+                     urgency: Urgency = "normal", live: bool = True, push: bool = True) -> list[Any]:
+        """A ``Text`` title or body is rendered in each user's language (``server.core.i18n``); a str is as is.
+        ``live=False``: the caller reached the connected devices with its own event; ``push=False``: stored and
+        shown live, not pushed to devices (the caller pushes it its own way, e.g. a call's VoIP ring)."""
 
 
 class Online(Protocol):
@@ -52,6 +54,10 @@ class Online(Protocol):
 
     async def socket_alive(self, user_id: Any, sid: str) -> bool:
         """Whether socket ``sid`` of the user is still held by this or a live process."""
+
+    async def live_devices(self, user_id: Any) -> set[str] | None:
+        """The ``device_id``s of the user's connected sockets, in any live process; None if that cannot be told
+        now (Redis unreachable)."""
 
 
 class AlertRaiser(Protocol):
@@ -139,3 +145,10 @@ class DevicePush(Protocol):
 
     async def cancel_ring(self, user_id: Any, call_id: str, reason: str) -> None:
         """The call was answered elsewhere, hung up or missed: a cancelling VoIP push to every device rung."""
+
+
+class PushRegistrations(Protocol):
+    """Which app installations of a user can be reached by push (``server.alerts.device_delivery``)."""
+
+    async def registered_devices(self, user_id: Any) -> set[str]:
+        """The ``device_id``s with a push registration (any provider)."""
