@@ -19,6 +19,7 @@ from server.core.documents import utcnow
 from server.core.errors import not_found
 from server.core.identity import as_object_id
 from server.core.ports import Broadcaster, Online
+from server.infra.group_commit import COMMITS
 
 log = logging.getLogger(__name__)
 # A pusher gets the notifications of users who had no connected socket when they were raised.
@@ -59,7 +60,8 @@ class Notifications:
                 for uid in dict.fromkeys(str(u) for u in user_ids)]
         if not docs:
             return []
-        await Notification.insert_many(docs)
+        await COMMITS.insert_documents(docs, bulk=kind == "reminder",
+                                       urgent=urgency in ("high", "critical"))
         offline: list[Notification] = []
         for doc in docs:
             if live:
