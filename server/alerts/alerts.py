@@ -55,6 +55,7 @@ from server.core.documents import utcnow
 from server.core.errors import ApiError
 from server.core.identity import Principal
 from server.core.ports import Broadcaster, Notifier
+from server.infra.group_commit import COMMITS
 from server.infra.pubsub import ControlBus
 
 log = logging.getLogger(__name__)
@@ -94,12 +95,15 @@ class Alerts:
             return existing
         if on_demand:
             await self._on_demand_allowed(pid)
-        patient = await User.get(pid)
+        # The patient's name: from the patient's own session when they raised it (no lookup on the urgent path).
+        name = raised_by.name if raised_by is not None and raised_by.role == "patient" and raised_by.user_id == pid \
+            else None
+        patient = None if name is not None else await User.get(pid)
         links = await care_team(pid)
         # Names are looked up only when the lifecycle is read: a thousand-user lookup here would delay the alert.
         recipients = [{"user_id": str(lk.member_id), "role": lk.member_role} for lk in links]
         now = utcnow()
-        alert = Alert(patient_id=pid, patient_name=patient.name if patient else "", kind=kind[:40],
+        alert = Alert(patient_id=pid, patient_name=name or (patient.name if patient else ""), kind=kind[:40],
                       title=title[:200], body=body[:1000], source=source or {}, data=data or {},
                       recipients=recipients, recipient_ids=[lk.member_id for lk in links],
                       emergency_contacts=await emergency_contacts(pid), raised_at=now,
@@ -164,11 +168,12 @@ class Alerts:
     # --- sources (wired in server/app.py) ----------------------------------------------------------
 
     async def on_bp_crisis(self, reading: Any, principal: Principal) -> None:
-        await self.raise_alert(
-            reading.patient_id, "bp_crisis", "Hypertensive crisis",
-            f"Blood pressure {reading.systolic:g}/{reading.diastolic:g} mmHg",
-            source={"type": "bp_reading", "id": str(reading.id)}, raised_by=principal,
-            data={"systolic": reading.systolic, "diastolic": reading.diastolic, "reading_id": str(reading.id)})
+        async with COMMITS.urgent():  # bulk work (reminder notifications) holds back meanwhile
+            await self.raise_alert(
+                reading.patient_id, "bp_crisis", "Hypertensive crisis",
+                f"Blood pressure {reading.systolic:g}/{reading.diastolic:g} mmHg",
+                source={"type": "bp_reading", "id": str(reading.id)}, raised_by=principal,
+                data={"systolic": reading.systolic, "diastolic": reading.diastolic, "reading_id": str(reading.id)})
 
     async def on_vital_event(self, event: Any) -> None:
         if event.severity == "critical" and event.phase == "started":

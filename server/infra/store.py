@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient, monitoring
 
@@ -11,13 +13,16 @@ from server.infra.ratelimit import ThrottleWindow
 
 class CommandCounter(monitoring.CommandListener):
     """Counts the store commands this process's clients send (PyMongo command monitoring); ``/healthz``
-    reports the total, so that store work can be divided by the operations that caused it."""
+    reports the total, so that store work can be divided by the operations that caused it; ``by_name`` counts
+    them per command (``insert``, ``find``, ...), for the per-action counts in docs/operations.md."""
 
     def __init__(self) -> None:
         self.total = 0
+        self.by_name: Counter[str] = Counter()
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         self.total += 1
+        self.by_name[event.command_name] += 1
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
