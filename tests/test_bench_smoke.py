@@ -29,12 +29,15 @@ HEADLINES = {
     "events": ["rt_per_s_1", "rt_per_s_2", "bare_python_rt_per_s", "node_rt_per_s", "cpu_us_per_rt"],
     "ml": ["predict_p50_ms", "predict_p99_ms"],
     "reminders": ["lag_p99_ms", "notifications_stored", "doses_per_s", "store_commands_per_dose"],
+    "rush": ["patients", "patients_off"],
     "scale": ["scale_efficiency", "store_commands_per_op"],
     "startup": ["cold_start_s", "warm_start_s"],
     "streams": ["streams_per_core", "naive_streams_per_core", "ratio", "analysis_only_ratio", "watcher_p99_ms",
                 "delivered_ratio"],
 }
-OTHER_KEYS = {"accuracy": ["recordings", "all_meet_goals"], "reminders": ["doses"], "streams": ["top_reached"],
+OTHER_KEYS = {"accuracy": ["recordings", "all_meet_goals"], "reminders": ["doses"],
+              "rush": ["reminder_p99_ms", "bp_ack_p99_ms", "alert_e2e_p99_ms_on", "store_cmds_per_patient",
+                       "server_cpu_s", "store_cpu_s", "steps", "window_s"], "streams": ["top_reached"],
               "calls": ["max_relayed_calls", "top_reached"],
               "alerts": ["cpu_us_per_reading", "store_commands_per_reading"], "scale": ["cpu_us_per_op"]}
 COMMON = ["bench", "machine", "repeats", "budget_s", "elapsed_s", "stopped_on_budget", "cut_for_budget", "smoke",
