@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import struct
 import tempfile
@@ -54,7 +55,7 @@ from bench._seed import Seeder, server_env
 from bench._servers import UNLIMITED, Helpers, Store, Window, embedded_store, start_server, stop
 from bench._sio import SioClient
 
-N_FROM = 6 if SMOKE else 200
+N_FROM = int(os.environ.get("BENCH_RUSH_FROM", 6 if SMOKE else 100))  # overridable for a quick try
 N_MAX = 6 if SMOKE else 6400
 WINDOW_S = 2.0 if SMOKE else 10.0
 COMPRESSION = 300 / WINDOW_S
@@ -65,7 +66,7 @@ IDLE_ALERTS = 3 if SMOKE else 10
 LIMITS = {"reminder_p99_ms": 5000, "bp_ack_p99_ms": 1000, "alert_e2e_p99_ms": 1000}
 FRAME_LOSS = 0.01
 CRISIS = {"systolic": 192, "diastolic": 124, "pulse": 101}
-CONFIGS = ("off", "on")
+CONFIGS = tuple(os.environ.get("BENCH_RUSH_CONFIGS", "off,on").split(","))  # both for the line
 FRAME = struct.pack("<250f", *(0.5 * ((i % 50) < 3) for i in range(250)))  # a spike a fifth of a second
 
 
@@ -415,6 +416,8 @@ def main() -> None:
     budget = start("rush")
     with tempfile.TemporaryDirectory(prefix="bench-rush-") as tmp:
         servers = asyncio.run(run(budget, Path(tmp)))
+    if set(servers) != set(("off", "on")):  # a quick try of one (BENCH_RUSH_CONFIGS): its steps were printed
+        return
     off, on = servers["off"], servers["on"]
     on_figures = figures(on, "")
     on_figures["alert_e2e_p99_ms_on"] = on_figures["alert_e2e_p99_ms"]  # (the key the issue names, and the table's)

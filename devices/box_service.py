@@ -115,10 +115,11 @@ class MedicineBox:
             await doses.update_many({"box_owner": token, "box_attempts": attempt}, wait)
         if claimed:
             await doses.update_many({"box_owner": token}, {"$set": {"box_owner": None}})
-        for d in claimed:
-            if d["box_attempts"] <= len(BACKOFF_S):
-                for device_id in await self.boxes(d["patient_id"]):
-                    await self.command(device_id, self._remind(d, d["box_attempts"]), d["_id"])
+        resent = [d for d in claimed if d["box_attempts"] <= len(BACKOFF_S)]
+        boxes = await self.boxes_of(list({d["patient_id"] for d in resent})) if resent else {}
+        for d in resent:
+            for device_id in boxes[d["patient_id"]]:
+                await self.command(device_id, self._remind(d, d["box_attempts"]), d["_id"])
 
     async def on_confirmed(self, d: dict[str, Any]) -> None:
         if not d.get("drawer"):

@@ -21,7 +21,7 @@ from server.meds.delivery import LEASE, POLL_S, DueDelivery
 from server.meds.medications import bounded, notify_quietly
 
 log = logging.getLogger(__name__)
-NOTIFY_BATCH = 500  # a claim's notifications are stored together (the group commit): one insert per batch
+NOTIFY_BATCH = 100  # a claim's notifications are stored together (the group commit): one insert per batch
 UNBATCHED = 32  # with the group commit off: a claim's worth of inserts at a time, as before it
 UNNOTIFIED = {"state": "reminded", "reminder_notified_at": None}
 
