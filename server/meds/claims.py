@@ -14,7 +14,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from server.meds.documents import DoseEvent
 
-BATCH = 100  # the embedded store matches an `$in` of ids against each candidate: a batch costs its square
+BATCH = 500
 
 
 class DoseClaims:
