@@ -2,11 +2,10 @@
 SecantusDB) serves through 08:00, with the group commit off (the path before issue 18) and on, in the
 same run.
 
-Per patient (accounts, links and devices seeded into the store): the patient's phone and their
-caregiver's phone connected (bench._sio, in LOADERS load-generator processes; a patient's sockets all in
-one), a paired medicine box (not connected: the box command goes to its room, the server's work is the
-same) and, for 10% of them, an ECG device. A step with N patients plays 08:00-08:05 compressed into
-WINDOW_S seconds (x COMPRESSION):
+Per patient (accounts, links and devices seeded into the store): the patient's phone, their caregiver's
+phone and their medicine box connected (bench._sio, in LOADERS load-generator processes; a patient's sockets
+all in one; the box acknowledges each command) and, for 10% of them, an ECG device. A step with N patients
+plays 08:00-08:05 compressed into WINDOW_S seconds (x COMPRESSION):
 
 * at due time (08:00) every patient has a dose due (written into ``dose_events`` as the planner writes
   them, drawer 1): ``dose:due`` to the patient's phone, a box command, a stored reminder notification;
@@ -126,7 +125,10 @@ class Loader:
                 carer.on("live:frame", self._frame)
                 await phone.connect(url, {"token": row["patient_token"], "device_id": "phone"})
                 await carer.connect(url, {"token": row["carer_token"], "device_id": "carer-phone"})
-                person = {**row, "phone": phone, "carer": carer, "device": None}
+                box = SioClient(self.http)  # acknowledges each box command, as a box does
+                box.on("box:command", lambda _: None)
+                await box.connect(url, {"device_token": row["box_credential"]})
+                person = {**row, "phone": phone, "carer": carer, "box": box, "device": None}
                 if row["ecg"]:
                     reply = await carer.call("live:subscribe", {"patient_id": row["patient_id"], "display_rate": 250})
                     assert reply.get("ok"), reply
@@ -230,7 +232,7 @@ class Loader:
         return out["alert_e2e"]
 
     async def disconnect(self) -> None:
-        socks = [s for p in self.people for s in (p["phone"], p["carer"], p["device"]) if s is not None]
+        socks = [s for p in self.people for s in (p["phone"], p["carer"], p["box"], p["device"]) if s is not None]
         await asyncio.gather(*(s.disconnect() for s in socks), return_exceptions=True)
         self.people = []
 
@@ -267,13 +269,13 @@ class Server:
             patients = await seed.users("patient", n - first)
             carers = await seed.users("caregiver", n - first)
             await seed.link(list(zip(patients, carers, strict=True)))
-            await seed.devices(patients, kind="medicine_box")
+            boxes = await seed.devices(patients, kind="medicine_box")
             roles = [role_of(first + k) for k in range(len(patients))]
             ecg = await seed.devices([p for p, r in zip(patients, roles, strict=True) if r["ecg"]], kind="ecg")
         credentials = iter(ecg)
-        new = [{"patient_id": p.id, "patient_token": p.token, "carer_token": c.token, **r,
+        new = [{"patient_id": p.id, "patient_token": p.token, "carer_token": c.token, **r, "box_credential": box,
                 "ecg_credential": next(credentials) if r["ecg"] else None}
-               for p, c, r in zip(patients, carers, roles, strict=True)]
+               for p, c, r, box in zip(patients, carers, roles, boxes, strict=True)]
         self.rows += new
         await self.loaders.ask([("add", self.url, new[i::LOADERS]) for i in range(LOADERS)])
 
