@@ -31,12 +31,15 @@ HEADLINES = {
     "push": ["alert_to_push_p50_ms", "alert_to_push_p99_ms", "pushes_per_s", "outbox_depth_max",
              "baseline_pushes_per_s", "pushes_per_s_ratio"],
     "reminders": ["lag_p99_ms", "notifications_stored", "doses_per_s", "store_commands_per_dose"],
+    "rush": ["patients", "patients_off"],
     "scale": ["scale_efficiency", "store_commands_per_op"],
     "startup": ["cold_start_s", "warm_start_s"],
     "streams": ["streams_per_core", "naive_streams_per_core", "ratio", "analysis_only_ratio", "watcher_p99_ms",
                 "delivered_ratio"],
 }
-OTHER_KEYS = {"accuracy": ["recordings", "all_meet_goals"], "reminders": ["doses"], "streams": ["top_reached"],
+OTHER_KEYS = {"accuracy": ["recordings", "all_meet_goals"], "reminders": ["doses"],
+              "rush": ["reminder_p99_ms", "bp_ack_p99_ms", "alert_e2e_p99_ms_on", "store_cmds_per_patient",
+                       "server_cpu_s", "store_cpu_s", "steps", "window_s"], "streams": ["top_reached"],
               "push": ["devices", "workers"],
               "calls": ["max_relayed_calls", "top_reached"],
               "alerts": ["cpu_us_per_reading", "store_commands_per_reading"], "scale": ["cpu_us_per_op"]}

@@ -17,46 +17,22 @@ from server.care.documents import User
 from server.core.documents import utcnow
 from server.core.errors import ApiError, not_found
 from server.core.identity import Principal, as_object_id
-from server.infra.bulk import insert_new
+from server.infra.group_commit import COMMITS
 
 RECIPIENT_CACHE = 256  # alerts whose recipients are kept in memory for receipts
 Recipients = frozenset[PydanticObjectId]
 
 
 class Receipts:
-    """Group commit of ``alert:received``: the receipts that arrive within a few milliseconds are
-    inserted together; each sender's ack waits until its receipt is stored. A device's second
-    receipt for the same alert is a duplicate key, ignored."""
-
-    def __init__(self, delay_s: float = 0.01) -> None:
-        self.delay_s = delay_s
-        self._pending: dict[str, tuple[AlertDelivery, list[asyncio.Future[None]]]] = {}
-        self._flusher: asyncio.Task[None] | None = None
+    """``alert:received``, stored through the group commit (``server.infra.group_commit``, always on: the
+    receipts of a thousand recipients arrive together); each sender's ack waits until its receipt is stored. A
+    device's second receipt for the same alert is a duplicate key, ignored."""
 
     async def record(self, alert_id: PydanticObjectId, user_id: PydanticObjectId, device_id: str) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        key = AlertDelivery.key(alert_id, user_id, device_id)
-        doc = AlertDelivery(id=key, alert_id=alert_id, user_id=user_id, device_id=device_id, received_at=utcnow())
-        self._pending.setdefault(key, (doc, []))[1].append(future)
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        await future
-
-    async def _flush(self) -> None:
-        await asyncio.sleep(self.delay_s)
-        batch, self._pending = self._pending, {}
-        error: BaseException | None = None
-        try:
-            await insert_new(AlertDelivery.get_pymongo_collection(),
-                             [doc.model_dump(by_alias=True) for doc, _ in batch.values()])
-        except Exception as exc:  # the senders are told; they send the receipt again
-            error = exc
-        finally:
-            self._flusher = asyncio.create_task(self._flush()) if self._pending else None
-        for _, futures in batch.values():
-            for f in futures:
-                if not f.done():
-                    f.set_exception(error) if error else f.set_result(None)
+        doc = AlertDelivery(id=AlertDelivery.key(alert_id, user_id, device_id), alert_id=alert_id, user_id=user_id,
+                            device_id=device_id, received_at=utcnow())
+        await COMMITS.insert(AlertDelivery.get_pymongo_collection(), [doc.model_dump(by_alias=True)],
+                             ignore_duplicates=True, always=True)
 
 
 class Acknowledgements:

@@ -22,6 +22,7 @@ from server.core.errors import not_found
 from server.core.i18n import Text, render
 from server.core.identity import as_object_id
 from server.core.ports import Broadcaster
+from server.infra.group_commit import COMMITS
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Notifications:
             return []
         delivery = self.delivery if push else None
         devices = await delivery.watch(docs) if delivery is not None else {}
-        await Notification.insert_many(docs)
+        await COMMITS.insert_documents(docs, bulk=kind == "reminder", urgent=urgency in ("high", "critical"))
         if live:
             for doc in docs:
                 await self.out.to_user(doc.user_id, "notification:new", doc.public())

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from beanie import Document, init_beanie
@@ -16,15 +17,18 @@ from server.infra.ratelimit import ThrottleWindow
 
 class CommandCounter(monitoring.CommandListener):
     """Counts the store commands this process's clients send (PyMongo command monitoring); ``/healthz``
-    reports the total, so that store work can be divided by the operations that caused it, and
-    ``/metrics`` the count by command name."""
+    reports the total, so that store work can be divided by the operations that caused it; ``by_name`` counts
+    them per command (``insert``, ``find``, ...), for the per-action counts in docs/operations.md, and
+    ``/metrics`` exports the same count by command name."""
 
     def __init__(self) -> None:
         self.total = 0
+        self.by_name: Counter[str] = Counter()
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         self.total += 1
         child(STORE_COMMANDS, event.command_name).inc()
+        self.by_name[event.command_name] += 1
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
