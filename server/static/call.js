@@ -138,14 +138,7 @@ export class AudioCall extends EventTarget {
 
   /** The calls stats: packets received and sent on the audio track (for the page's tests). */
   async packets() {
-    if (!this.pc) return { received: 0, sent: 0 };
-    let received = 0;
-    let sent = 0;
-    (await this.pc.getStats()).forEach((s) => {
-      if (s.type === "inbound-rtp" && s.kind === "audio") received += s.packetsReceived || 0;
-      if (s.type === "outbound-rtp" && s.kind === "audio") sent += s.packetsSent || 0;
-    });
-    return { received, sent };
+    return audioStats(this.pc);
   }
 
   cleanup() {
@@ -157,6 +150,21 @@ export class AudioCall extends EventTarget {
     this.pending = [];
     this.audio.srcObject = null;
   }
+}
+
+/** A peer connection's audio: packets received and sent, the level heard (0–1) and its energy so far. */
+export async function audioStats(pc) {
+  const out = { state: pc ? pc.connectionState : "none", received: 0, sent: 0, level: 0, energy: 0 };
+  if (!pc) return out;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "audio") {
+      out.received += s.packetsReceived || 0;
+      out.level = Math.max(out.level, s.audioLevel || 0);
+      out.energy += s.totalAudioEnergy || 0;
+    }
+    if (s.type === "outbound-rtp" && s.kind === "audio") out.sent += s.packetsSent || 0;
+  });
+  return out;
 }
 
 /** Resolves once the peer connection has gathered its candidates (the relay takes them in the offer). */
