@@ -143,7 +143,7 @@ class Screens:
     def __init__(self) -> None:
         self.checked: list[str] = []
 
-    async def check(self, page: Page, name: str) -> None:
+    async def check(self, page: Page, name: str, top: bool = False) -> None:
         if not await page.evaluate("typeof window.axe !== 'undefined'"):
             await page.evaluate(AXE.read_text())
         found = await page.evaluate("""async () => (await axe.run(document, {resultTypes: ["violations"]}))
@@ -152,6 +152,8 @@ class Screens:
         assert found == [], f"{name}: {found}"
         self.checked.append(name)
         if SHOTS:
+            if top:
+                await page.evaluate("window.scrollTo(0, 0)")
             await page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), animations="disabled", timeout=15_000)
 
 
@@ -285,7 +287,7 @@ async def test_patient_and_caregiver_story(app_api: Api) -> None:
                 await c_page.locator("#alert-view:not(.ringing)").wait_for()
                 assert "You are handling it" in await c_page.locator("#av-status").inner_text()
                 await p_page.locator("#banner", has_text="Maria Costa is handling it").wait_for(timeout=WAIT_S * 1000)
-                await screens.check(p_page, "patient-home")
+                await screens.check(p_page, "patient-home", top=True)
 
                 # 6. The caregiver calls the patient; both hear the other; the caregiver's network drops and
                 # the call resumes (call:resume and an ICE restart), the audio flowing again.
