@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -193,6 +194,25 @@ async def as_user(page: Page, role: str) -> User:
     return User(me["id"], me["email"], role, me["token"], "")
 
 
+# The QR canvas (one pixel a module) as grey levels (transparent is white), for the caregiver's camera.
+QR_PIXELS = """(() => { const c = document.querySelector('#link-qr');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  return {size: c.width, grey: Array.from({length: c.width * c.height}, (_, i) => (d[4 * i + 3] < 128 ? 255 : d[4 * i]))}; })()"""
+
+
+def camera_frame(qr: dict[str, Any], width: int = 640, height: int = 480) -> bytes:
+    """A Y4M video of one frame (Chromium loops it as its fake camera): the QR enlarged on white."""
+    scale = min(width, height) * 3 // 4 // qr["size"]
+    luma = bytearray(b"\xff" * width * height)
+    left, top = (width - qr["size"] * scale) // 2, (height - qr["size"] * scale) // 2
+    for y in range(qr["size"] * scale):
+        row = bytes(qr["grey"][(y // scale) * qr["size"] + x // scale] for x in range(qr["size"] * scale))
+        start = (top + y) * width + left
+        luma[start:start + len(row)] = row
+    chroma = b"\x80" * (width // 2 * height // 2)
+    return f"YUV4MPEG2 W{width} H{height} F10:1 Ip A1:1 C420jpeg\n".encode() + b"FRAME\n" + bytes(luma) + chroma * 2
+
+
 def push_stub(key: ec.EllipticCurvePrivateKey) -> str:
     """The browser's push service, stood in for: a subscription at the trusted origin, keeping the
     application server key the app gave (headless Chromium has no push service of its own)."""
@@ -219,15 +239,16 @@ async def heard(page: Page, more_than: int = 20) -> dict[str, Any]:
                              " && s.energy > 0 && s)")
 
 
-async def test_patient_and_caregiver_story(app_api: Api) -> None:
+async def test_patient_and_caregiver_story(app_api: Api, tmp_path: Path) -> None:
     api = app_api
     screens = Screens()
     device_stop = asyncio.Event()
     tasks: list[asyncio.Task[Any]] = []
     try:
-        async with chromium(FAKE_MEDIA) as browser:
+        async with contextlib.AsyncExitStack() as stack:
+            browser = await stack.enter_async_context(chromium(FAKE_MEDIA))
             p_ctx, p_page, p_problems = await phone(browser, push_stub(ec.generate_private_key(ec.SECP256R1())))
-            c_ctx, c_page, c_problems = await phone(browser)
+            c_page, c_problems = p_page, p_problems  # until the caregiver's phone is on
 
             try:
                 # 1. The patient registers and shows a link code (its QR drawn).
@@ -238,18 +259,25 @@ async def test_patient_and_caregiver_story(app_api: Api) -> None:
                 await p_page.locator("#code-box").wait_for()
                 code = (await p_page.locator("#link-code").inner_text()).strip()
                 assert re.fullmatch(r"[A-Z0-9-]{4,}", code), code
-                assert await p_page.evaluate("document.querySelector('#link-qr').width > 20")
+                qr = tmp_path / "qr.y4m"
+                qr.write_bytes(camera_frame(await p_page.evaluate(QR_PIXELS)))
 
-                # 2. The caregiver registers, stays signed in across a reload (the refresh token in the HttpOnly
-                # cookie, not readable by the page), and redeems the code.
+                # 2. The caregiver (on a phone whose camera sees that QR) registers, stays signed in across a
+                # reload (the refresh token in the HttpOnly cookie, not readable by the page), is told in words
+                # that a wrong code is wrong, and scans the QR.
+                c_browser = await stack.enter_async_context(
+                    chromium((*FAKE_MEDIA, f"--use-file-for-fake-video-capture={qr}")))
+                c_ctx, c_page, c_problems = await phone(c_browser)
                 await register(c_page, api.base_url, "caregiver", "Maria Costa",
                                f"maria-{secrets.token_hex(4)}@example.com", None)
                 await c_page.reload()
                 await c_page.locator("#carer-home").wait_for()
                 assert "hm_refresh" not in await c_page.evaluate("document.cookie")
                 assert "hm_refresh" in {c["name"] for c in await c_ctx.cookies()}
-                await c_page.locator("#redeem-form").get_by_label("Link code").fill(code.lower())
+                await c_page.locator("#redeem-form").get_by_label("Link code").fill("ZZZZ9999")
                 await c_page.get_by_role("button", name="Add", exact=True).click()
+                await c_page.locator("#toast", has_text="That code is not valid or has expired").wait_for()
+                await c_page.get_by_role("button", name="Scan a QR code").click()
                 row = c_page.locator(f'.patient-row[data-id="{patient.id}"]')
                 await row.wait_for()
                 assert "Ana Ribeiro" in await row.inner_text()
