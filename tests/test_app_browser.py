@@ -31,7 +31,7 @@ from server.alerts.documents import PushToken
 from server.app import SERVER, create_app
 from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore
-from tests.browser import chromium, pair
+from tests.browser import chromium
 from tests.conftest import make_settings
 from tests.helpers import PASSWORD, Api, User
 from tests.test_medications import create as create_med
@@ -197,7 +197,8 @@ async def as_user(page: Page, role: str) -> User:
 # The QR canvas (one pixel a module) as grey levels (transparent is white), for the caregiver's camera.
 QR_PIXELS = """(() => { const c = document.querySelector('#link-qr');
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  return {size: c.width, grey: Array.from({length: c.width * c.height}, (_, i) => (d[4 * i + 3] < 128 ? 255 : d[4 * i]))}; })()"""
+  const grey = Array.from({length: c.width * c.height}, (_, i) => (d[4 * i + 3] < 128 ? 255 : d[4 * i]));
+  return {size: c.width, grey}; })()"""
 
 
 def camera_frame(qr: dict[str, Any], width: int = 640, height: int = 480) -> bytes:
@@ -283,9 +284,17 @@ async def test_patient_and_caregiver_story(app_api: Api, tmp_path: Path) -> None
                 assert "Ana Ribeiro" in await row.inner_text()
                 await screens.check(p_page, "patient-link-code")
 
-                # 3. A paired sensor streams: the caregiver sees the waveform and the heart rate.
-                run = DeviceRun(url=api.base_url, credential=await pair(api, patient, "ecg"), kind="ecg",
-                                sampling_rate=250.0, heart_rate=72.0, seed=5)
+                # 3. The patient pairs a sensor (its credential shown once), which streams: the caregiver sees
+                # the waveform and the heart rate.
+                form = p_page.locator("#pair-form")
+                await form.get_by_label("Kind").select_option("ecg")
+                await form.get_by_label("Serial number").fill(f"SIM-ECG-{patient.id[-6:]}")
+                await form.get_by_label("Model").fill("Sim ECG")
+                await form.get_by_role("button", name="Pair device").click()
+                await p_page.locator("#pair-result").wait_for()
+                credential = (await p_page.locator("#pair-credential").inner_text()).strip()
+                run = DeviceRun(url=api.base_url, credential=credential, kind="ecg", sampling_rate=250.0,
+                                heart_rate=72.0, seed=5)
                 tasks.append(asyncio.create_task(stream(run, device_stop)))
                 await row.click()
                 await c_page.locator("#patient-view").wait_for()

@@ -19,6 +19,10 @@ export class PatientHome {
     this.watch = null;
     $("help-btn").addEventListener("click", (e) => busy(e.currentTarget, () => this.help(), ctx.fail));
     $("code-btn").addEventListener("click", (e) => busy(e.currentTarget, () => this.showCode(), ctx.fail));
+    $("pair-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      busy($("pair-submit"), () => this.pair(), ctx.fail);
+    });
     $("bp-form").addEventListener("submit", (e) => {
       e.preventDefault();
       busy($("bp-submit"), () => this.addBp(), ctx.fail);
@@ -54,6 +58,7 @@ export class PatientHome {
     this.loadBp();
     this.loadDoses();
     this.loadAudit();
+    this.loadDevices();
     this.watchAlerts();
   }
 
@@ -62,7 +67,9 @@ export class PatientHome {
     this.watch = null;
     this.chart.clear();
     this.doses.clear();
-    for (const id of ["team", "doses", "audit"]) $(id).replaceChildren();
+    for (const id of ["team", "doses", "audit", "devices"]) $(id).replaceChildren();
+    $("pair-result").hidden = true;
+    $("pair-credential").textContent = "";
     for (const id of ["help-status", "bp-result", "bp-forecast", "link-code", "code-expiry"]) $(id).textContent = "";
     $("code-box").hidden = true;
   }
@@ -129,6 +136,26 @@ export class PatientHome {
       el("span", { class: "grow" }, el("span", { class: "strong" }, link.member.name), " ",
          el("span", { class: "muted" }, humanize(link.member.role))),
       call, video, revoke);
+  }
+
+  // --- devices ----------------------------------------------------------------------------------
+
+  async loadDevices() {
+    try {
+      const { items } = await this.ctx.session.api("GET", `/api/patients/${this.me}/devices`);
+      $("devices").replaceChildren(...items.filter((d) => !d.revoked_at).map((d) => el("li", { class: "row" },
+        el("span", { class: "grow" }, `${d.model} · ${d.serial}`), el("span", { class: "muted" }, `${humanize(d.kind)}, ${d.online ? "online" : "offline"}`))));
+    } catch { /* shown again on the next visit */ }
+  }
+
+  /** Pair a device by its serial: its credential is shown once, to be typed into the device. */
+  async pair() {
+    const device = await this.ctx.session.api("POST", `/api/patients/${this.me}/devices`, {
+      kind: $("pair-kind").value, serial: $("pair-serial").value.trim(), model: $("pair-model").value.trim() });
+    $("pair-form").reset();
+    $("pair-credential").textContent = device.credential;
+    $("pair-result").hidden = false;
+    this.loadDevices();
   }
 
   // --- blood pressure ----------------------------------------------------------------------------
