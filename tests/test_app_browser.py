@@ -355,9 +355,22 @@ async def test_patient_and_caregiver_story(app_api: Api, tmp_path: Path) -> None
                 await took.click()
                 await p_page.locator(f'.dose.state-confirmed[data-id="{dose.id}"]').wait_for()
 
-                # 8. Notifications: the subscription made with the server's VAPID key reaches the server.
+                # 8. The profile (time zone, language, picture, password); notifications: the subscription made
+                # with the server's VAPID key reaches the server.
                 await p_page.get_by_role("link", name="Profile").click()
                 await p_page.locator("#profile-view").wait_for()
+                await p_page.get_by_label("Time zone").fill("Europe/Lisbon")
+                await p_page.get_by_label("Language").select_option("pt")
+                await p_page.get_by_role("button", name="Save", exact=True).click()
+                await p_page.locator("#toast", has_text="Your profile is saved").wait_for()
+                await p_page.get_by_label("Picture").set_input_files(ROOT / "server/static/app/icon-192.png")
+                await p_page.locator("#pf-avatar[src^='blob:']").wait_for()
+                _, me = await api.request("GET", "/api/me", patient)
+                assert me["timezone"] == "Europe/Lisbon" and me["language"] == "pt" and me["avatar_id"], me
+                await p_page.get_by_label("Current password").fill(PASSWORD)
+                await p_page.get_by_label("New password").fill(PASSWORD + "-new")
+                await p_page.get_by_role("button", name="Change password").click()
+                await p_page.locator("#toast", has_text="Your password is changed").wait_for()
                 await p_page.get_by_role("button", name="Turn on notifications").click()
                 await p_page.locator("#push-status", has_text="Notifications are on").wait_for()
                 assert await p_page.evaluate("window.__pushKey") == b64url(public_point(VAPID))
