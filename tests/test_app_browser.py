@@ -158,9 +158,9 @@ class Screens:
             await page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), animations="disabled", timeout=15_000)
 
 
-async def phone(browser: Any, init: str = "") -> tuple[BrowserContext, Page, list[str]]:
-    """A phone-sized context with the app's policy enforced; console errors and CSP violations collected."""
-    context = await browser.new_context(**PHONE)
+async def phone(browser: Any, init: str = "", **options: Any) -> tuple[BrowserContext, Page, list[str]]:
+    """A phone-sized context with the app's policy enforced; page errors and CSP violations collected."""
+    context = await browser.new_context(**PHONE, **options)
     if init:
         await context.add_init_script(init)
     page = await context.new_page()
@@ -268,7 +268,7 @@ async def test_patient_and_caregiver_story(app_api: Api, tmp_path: Path) -> None
                 # that a wrong code is wrong, and scans the QR.
                 c_browser = await stack.enter_async_context(
                     chromium((*FAKE_MEDIA, f"--use-file-for-fake-video-capture={qr}")))
-                c_ctx, c_page, c_problems = await phone(c_browser)
+                c_ctx, c_page, c_problems = await phone(c_browser, reduced_motion="reduce")  # asked for less motion
                 await register(c_page, api.base_url, "caregiver", "Maria Costa",
                                f"maria-{secrets.token_hex(4)}@example.com", None)
                 await c_page.reload()
@@ -315,6 +315,11 @@ async def test_patient_and_caregiver_story(app_api: Api, tmp_path: Path) -> None
                 await p_page.locator("#bp-result[data-category=hypertensive_crisis]").wait_for()
                 assert "Crisis" in await p_page.locator("#bp-result").inner_text()
                 await c_page.locator("#alert-view.ringing").wait_for(timeout=WAIT_S * 1000)
+                icon = "getComputedStyle(document.querySelector('.alarm-icon')).animationName"
+                assert await c_page.evaluate(icon) == "none"  # it rings without pulsing
+                ringing = "document.querySelector('#alert-view').classList.toggle('ringing')"
+                assert await p_page.evaluate(f"{ringing} && {icon}") == "pulse"  # where motion is fine it pulses
+                await p_page.evaluate(ringing)
                 assert "crisis" in (await c_page.locator("#av-title").inner_text()).lower()
                 assert "Ana Ribeiro" in await c_page.locator("#av-patient").inner_text()
                 await screens.check(c_page, "caregiver-alert-ringing")
@@ -359,6 +364,7 @@ async def test_patient_and_caregiver_story(app_api: Api, tmp_path: Path) -> None
                 # with the server's VAPID key reaches the server.
                 await p_page.get_by_role("link", name="Profile").click()
                 await p_page.locator("#profile-view").wait_for()
+                await p_page.locator("#profile-form[data-loaded]").wait_for()
                 await p_page.get_by_label("Time zone").fill("Europe/Lisbon")
                 await p_page.get_by_label("Language").select_option("pt")
                 await p_page.get_by_role("button", name="Save", exact=True).click()

@@ -29,6 +29,7 @@ export class Profile {
   }
 
   async open() {
+    delete $("profile-form").dataset.loaded;
     this.ctx.show("profile-view");
     try {
       this.fill(await this.ctx.session.api("GET", "/api/me"));
@@ -42,6 +43,7 @@ export class Profile {
     $("pf-tz").value = me.timezone || Intl.DateTimeFormat().resolvedOptions().timeZone;
     $("pf-lang").value = me.language || "en";
     this.showAvatar(me.avatar_id);
+    $("profile-form").dataset.loaded = "true";
   }
 
   async save() {
