@@ -331,6 +331,14 @@ async def test_patient_and_caregiver_story(app_api: Api, tmp_path: Path) -> None
                 await p_page.locator("#banner", has_text="Maria Costa is handling it").wait_for(timeout=WAIT_S * 1000)
                 await screens.check(p_page, "patient-home", top=True)
 
+                # 5b. "I need help", from the keyboard: the caregiver's screen rings again; they resolve it.
+                await p_page.locator("#help-btn").focus()
+                await p_page.keyboard.press("Enter")
+                await p_page.locator("#help-status", has_text="Your care team has been alerted").wait_for()
+                await c_page.locator("#alert-view.ringing", has_text="Help requested").wait_for(timeout=WAIT_S * 1000)
+                await c_page.get_by_role("button", name="Resolve").click()
+                await c_page.locator("#av-status", has_text="Resolved").wait_for()
+
                 # 6. The caregiver calls the patient; both hear the other; the caregiver's network drops and
                 # the call resumes (call:resume and an ICE restart), the audio flowing again.
                 await c_page.get_by_role("button", name="Open patient").click()
