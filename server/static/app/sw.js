@@ -1,5 +1,5 @@
-// The app's service worker (scope /app/): the app shell from a cache (so it opens fast and offline),
-// an offline page for a page that cannot be loaded, and Web Push: a notification per push, a tap opening
+// The app's service worker (scope /app/): the app shell cached at install and kept fresh (served from the
+// cache when the network fails), an offline page for a page that cannot be loaded, and Web Push: a notification per push, a tap opening
 // the screen it is about. The API and the socket always go to the network.
 
 const CACHE = "healthmate-app-1";
@@ -32,18 +32,18 @@ self.addEventListener("fetch", (event) => {
     event.respondWith(fetch(req).catch(() => caches.match(OFFLINE)));
     return;
   }
-  // The shell's files: from the cache at once, refreshed from the network for next time.
+  // The shell's files: from the network while there is one (never a stale module beside a new page after a
+  // deploy), kept in the cache for when there is none.
   event.respondWith(caches.open(CACHE).then(async (cache) => {
-    const cached = await cache.match(req);
-    const fresh = fetch(req).then((resp) => {
+    try {
+      const resp = await fetch(req);
       if (resp.ok) cache.put(req, resp.clone());
       return resp;
-    });
-    if (cached) {
-      event.waitUntil(fresh.catch(() => null));
-      return cached;
+    } catch (err) {
+      const cached = await cache.match(req);
+      if (cached) return cached;
+      throw err;
     }
-    return fresh;
   }));
 });
 
