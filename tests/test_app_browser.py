@@ -358,6 +358,14 @@ async def test_patient_and_caregiver_story(app_api: Api, tmp_path: Path) -> None
                 await c_page.get_by_role("button", name="Hang up").click()
                 await p_page.locator("#patient-home").wait_for()
                 await c_page.locator("#patient-view").wait_for()
+                # The patient video-calls the caregiver, who is rung and declines.
+                await p_page.get_by_role("button", name="Video call Maria Costa").click()
+                await c_page.locator("#cv-status", has_text="Ana Ribeiro is calling (video)").wait_for()
+                await c_page.get_by_role("button", name="Decline").click()
+                await p_page.locator("#toast", has_text="They declined").wait_for()
+                await c_page.locator("#toast", has_text="You declined the call").wait_for()
+                await p_page.locator("#patient-home").wait_for()
+                await c_page.locator("#patient-view").wait_for()
 
                 # 7. A dose comes due; the patient confirms it.
                 p_sock = await api.socket(patient)

@@ -189,7 +189,9 @@ export class CallScreen {
 
   ended(m) {
     if (!this.mine(m)) return;
-    const why = { rejected: "They declined.", cancelled: "Call cancelled.", missed: "No answer.",
+    const callee = this.call.callee.id === (this.ctx.user() || {}).id;
+    const why = { rejected: callee ? "You declined the call." : "They declined.", cancelled: "Call cancelled.",
+                  missed: callee ? "Missed call." : "No answer.",
                   connection_lost: "The connection was lost.", link_revoked: "You are no longer on the care team." };
     this.finish(why[m.reason] || "Call ended.");
   }
