@@ -142,14 +142,16 @@ export class AudioCall extends EventTarget {
   }
 
   cleanup() {
-    if (this.pc) this.pc.close();
-    if (this.local) for (const t of this.local.getTracks()) t.stop();
-    this.pc = null;
-    this.local = null;
-    this.call = null;
-    this.pending = [];
+    release(this);
     this.audio.srcObject = null;
   }
+}
+
+/** A call's media let go: its peer connection closed, the microphone (and camera) off, the call forgotten. */
+export function release(holder) {
+  if (holder.pc) holder.pc.close();
+  if (holder.local) for (const t of holder.local.getTracks()) t.stop();
+  Object.assign(holder, { pc: null, local: null, call: null, pending: [] });
 }
 
 /** A peer connection's audio: packets received and sent, the level heard (0–1) and its energy so far. */

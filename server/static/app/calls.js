@@ -4,7 +4,7 @@
 // hang up. When this side's socket drops mid-call, the reconnected socket sends `call:resume` and an
 // ICE-restart offer (the other side hears `call:peer-resumed`), so the call goes on.
 
-import { audioStats } from "/static/call.js";
+import { audioStats, release } from "/static/call.js";
 import { $ } from "/static/dom.js";
 import { busy } from "/app/ui.js";
 
@@ -214,12 +214,7 @@ export class CallScreen {
   }
 
   cleanup() {
-    if (this.pc) this.pc.close();
-    if (this.local) for (const t of this.local.getTracks()) t.stop();
-    this.pc = null;
-    this.local = null;
-    this.call = null;
-    this.pending = [];
+    release(this);
     this.dropped = false;
     $("cv-remote").srcObject = null;
     $("cv-local").srcObject = null;
