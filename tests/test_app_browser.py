@@ -398,7 +398,7 @@ async def test_patient_and_caregiver_story(app_api: Api, tmp_path: Path) -> None
                 assert await p_page.evaluate("window.__pushKey") == b64url(public_point(VAPID))
                 (token,) = await PushToken.find(PushToken.user_id == PydanticObjectId(patient.id)).to_list()
                 assert token.provider == "webpush" and token.subscription["endpoint"] == f"{PUSH_ORIGIN}/wp/sub-1"
-                await screens.check(p_page, "patient-profile")
+                await screens.check(p_page, "patient-profile", top=True)
 
                 # 9. The patient removes the caregiver: the caregiver's screen loses the patient at once.
                 await p_page.get_by_role("link", name="Home").click()
