@@ -355,6 +355,9 @@ async def test_patient_and_caregiver_story(app_api: Api, tmp_path: Path) -> None
                 await until(c_page, "__app.call.resumes === 1")
                 await heard(c_page, before["received"] + 20)
                 await heard(p_page, before["sent"] + 20)
+                await p_page.get_by_role("button", name="Mute").click()
+                assert await p_page.evaluate("__app.call.local.getAudioTracks()[0].enabled") is False
+                assert await p_page.get_by_role("button", name="Unmute").get_attribute("aria-pressed") == "true"
                 await c_page.get_by_role("button", name="Hang up").click()
                 await p_page.locator("#patient-home").wait_for()
                 await c_page.locator("#patient-view").wait_for()
