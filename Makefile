@@ -6,13 +6,13 @@ STAMP := $(VENV)/.installed-stamp
 # Debian packages the test suite drives for real (Redis; compose validation; Chromium for the dashboard's and
 # the calls' browser tests; the MQTT broker).
 TEST_DEBS := redis-server:redis-server docker-compose:docker-compose chromium:chromium mosquitto:mosquitto
-# Browser libraries from npm (package.json): the dashboard's, served under /vendor/, and the socket.io
-# client the call browser tests load.
+# Browser libraries from npm (package.json): the dashboard's and the app's, served under /vendor/, the
+# socket.io client the call browser tests load, and axe-core the app's browser test checks each screen with.
 NPM_STAMP := node_modules/.package-lock.json
 # The official socket.io client and server, for bench/events.py and bench/scale.py (and their smoke test).
 BENCH_NPM_STAMP := bench/node/node_modules/.package-lock.json
 
-.PHONY: run test lint bench system-deps clean messages
+.PHONY: run test lint bench system-deps clean messages app-screenshots
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or newer"; exit 1; }
@@ -65,6 +65,10 @@ messages: $(STAMP)
 
 bench: $(STAMP) $(NPM_STAMP) $(BENCH_NPM_STAMP) system-deps
 	$(BIN)/python -m bench
+
+# The app's screens at phone size into docs/app/ (the browser story test, saving each screen it checks).
+app-screenshots: $(STAMP) $(NPM_STAMP) system-deps
+	HEALTHMATE_APP_SCREENSHOTS=docs/app $(BIN)/python -m pytest -q tests/test_app_browser.py -k story
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache node_modules bench/node/node_modules

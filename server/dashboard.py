@@ -1,6 +1,8 @@
-"""The clinician dashboard's files: the page at ``/``, its ES modules and CSS from ``server/static/``,
-and the browser libraries it uses (socket.io client, uPlot) straight from ``node_modules/``, installed
-from npm by the Makefile (``package.json`` at the repository root) and never copied into the repository."""
+"""The browser apps' files: the clinician dashboard at ``/`` (its ES modules and CSS from ``server/static/``),
+the patients' and caregivers' installable app at ``/app/`` (``server/static/app/``: its page, modules, manifest
+and service worker, whose scope is ``/app/``), and the browser libraries they use (socket.io client, uPlot,
+lean-qr, jsQR) straight from ``node_modules/``, installed from npm by the Makefile (``package.json`` at the
+repository root) and never copied into the repository."""
 
 from __future__ import annotations
 
@@ -12,15 +14,18 @@ from aiohttp import web
 from server.core.errors import ApiError, not_found
 
 STATIC = Path(__file__).resolve().parent / "static"
+APP = STATIC / "app"
 NODE_MODULES = Path(__file__).resolve().parent.parent / "node_modules"
 # The only files served from node_modules: public name -> path inside it.
 VENDOR = {
     "socket.io.esm.min.js": "socket.io-client/dist/socket.io.esm.min.js",
     "uPlot.esm.js": "uplot/dist/uPlot.esm.js",
     "uPlot.min.css": "uplot/dist/uPlot.min.css",
+    "lean-qr.mjs": "lean-qr/index.mjs",  # the app's link-code QR (encoder)
+    "jsQR.js": "jsqr/dist/jsQR.js",  # the app's QR scanner (decoder; a classic script defining jsQR)
 }
-TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png",
-         ".svg": "image/svg+xml"}
+TYPES = {".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
+         ".png": "image/png", ".svg": "image/svg+xml", ".webmanifest": "application/manifest+json"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")  # one flat folder: no way out of it
 NO_CACHE = {"Cache-Control": "no-cache"}  # revalidated each load, so a deploy is seen at once
 # Every response: scripts and styles only from this origin (no inline script, so an injected <script> or
@@ -55,6 +60,21 @@ async def static_file(request: web.Request) -> web.FileResponse:
     return _file(STATIC / name)
 
 
+async def app_index(request: web.Request) -> web.FileResponse:
+    return _file(APP / "index.html")
+
+
+async def app_redirect(request: web.Request) -> web.Response:
+    raise web.HTTPPermanentRedirect("/app/")
+
+
+async def app_file(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    if not NAME.fullmatch(name):
+        raise not_found("file")
+    return _file(APP / name)
+
+
 async def vendor_file(request: web.Request) -> web.FileResponse:
     rel = VENDOR.get(request.match_info["name"])
     if rel is None:
@@ -66,7 +86,7 @@ async def vendor_file(request: web.Request) -> web.FileResponse:
 
 
 async def service_info(request: web.Request) -> web.Response:
-    return web.json_response({"service": "healthmate", "dashboard": "/", "openapi": "/api/openapi.yaml",
+    return web.json_response({"service": "healthmate", "dashboard": "/", "app": "/app/", "openapi": "/api/openapi.yaml",
                               "asyncapi": "/api/asyncapi.yaml"})
 
 
@@ -85,4 +105,7 @@ def setup(app: web.Application, trust_forwarded: bool = False) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static_file)
     app.router.add_get("/vendor/{name}", vendor_file)
+    app.router.add_get("/app", app_redirect)
+    app.router.add_get("/app/", app_index)
+    app.router.add_get("/app/{name}", app_file)
     app.router.add_get("/api", service_info)

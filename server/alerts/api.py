@@ -3,10 +3,12 @@ the alert fan-out's view of this process's sockets."""
 
 from __future__ import annotations
 
+from base64 import urlsafe_b64encode
 from typing import Any
 
 from aiohttp import web
 from beanie import PydanticObjectId
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from server.alerts import reads
 from server.alerts.alerts import Alerts
@@ -17,6 +19,7 @@ from server.alerts.documents import (
     AlertQuery,
     AlertRef,
     DoseReceived,
+    HelpIn,
     ListIn,
     MarkRead,
     Notification,
@@ -83,6 +86,13 @@ def _mount_alerts(m: Mount, alerts: Alerts, sockets: Sockets) -> None:
     @ev("alert:ack", AlertNote)
     async def ack(ctx: EventContext, body: AlertNote) -> dict[str, Any]:
         return await acks.ack(ctx.principal, body.alert_id, body.note, _device(sockets, ctx))
+
+    @ev("alert:help", HelpIn, roles=frozenset({"patient"}))
+    async def help_(ctx: EventContext, body: HelpIn) -> dict[str, Any]:
+        alert = await alerts.raise_alert(ctx.principal.user_id, "help_requested", "Help requested",
+                                         body.note or "The patient pressed \u201cI need help\u201d.",
+                                         source={"type": "patient"}, raised_by=ctx.principal, on_demand=True)
+        return alert.public()
 
     @ev("alert:resolve", AlertNote)
     async def resolve(ctx: EventContext, body: AlertNote) -> dict[str, Any]:
@@ -208,3 +218,14 @@ def _mount_push(m: Mount, push: PushDispatcher, sockets: Sockets) -> None:
         return web.json_response(await push.stats(await m.rest.principal(request)))
 
     m.routes.add_get("/api/admin/push-stats", rest_stats)
+
+    async def vapid_key(request: web.Request) -> web.Response:
+        """The server's VAPID public key (base64url, uncompressed P-256 point): a browser's
+        ``applicationServerKey`` for ``pushManager.subscribe``, then ``push:register``."""
+        vapid = getattr(push.providers.get("webpush"), "vapid", None)
+        if vapid is None:
+            raise ApiError("push_unavailable", "Web Push is not configured on this server", 404)
+        point = vapid.public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        return web.json_response({"public_key": urlsafe_b64encode(point).rstrip(b"=").decode()})
+
+    m.routes.add_get("/api/push/vapid-key", vapid_key)

@@ -133,6 +133,11 @@ class AlertNote(AlertRef):
     note: str | None = Field(None, max_length=500)
 
 
+class HelpIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: str | None = Field(None, max_length=500)
+
+
 class AlertQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     patient_id: str | None = Field(None, max_length=64)

@@ -81,7 +81,7 @@ def _accounts(m: Mount, auth: AuthService, profiles: Profiles) -> None:
     async def register(request: web.Request) -> web.Response:
         body = await read_json(request, RegisterIn)
         result = await auth.register(body.email, body.password, body.name, body.role, rest.client(request))
-        return web.json_response(result, status=201)
+        return _tokens(result, body.cookie, refresh_ttl_s, 201)
 
     async def login(request: web.Request) -> web.Response:
         body = await read_json(request, LoginIn)

@@ -275,6 +275,7 @@ class RegisterIn(Strict):
     password: Secret
     name: Name
     role: Role
+    cookie: bool = False  # the refresh token in an HttpOnly cookie rather than in the body, as for a login
 
 
 class LoginIn(Strict):
