@@ -6,14 +6,15 @@ STAMP := $(VENV)/.installed-stamp
 # Debian packages the test suite drives for real (Redis; compose validation; Chromium for the dashboard's and
 # the calls' browser tests; the MQTT broker).
 TEST_DEBS := redis-server:redis-server docker-compose:docker-compose chromium:chromium mosquitto:mosquitto
-# Browser libraries from npm (package.json): the dashboard's, served under /vendor/, and the socket.io
-# client the call browser tests load; and the tests' tools: @asyncapi/parser (docs/asyncapi.yaml checked by the
-# official parser), json-schema-to-typescript and typescript (the typed client in clients/typescript).
+# Browser libraries from npm (package.json): the dashboard's and the app's, served under /vendor/, the
+# socket.io client the call browser tests load, and axe-core the app's browser test checks each screen with;
+# and the tests' tools: @asyncapi/parser (docs/asyncapi.yaml checked by the official parser),
+# json-schema-to-typescript and typescript (the typed client in clients/typescript).
 NPM_STAMP := node_modules/.package-lock.json
 # The official socket.io client and server, for bench/events.py and bench/scale.py (and their smoke test).
 BENCH_NPM_STAMP := bench/node/node_modules/.package-lock.json
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench system-deps clean messages app-screenshots
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or newer"; exit 1; }
@@ -57,8 +58,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 
+# The message catalogs of notifications and pushes (docs/operations.md, "Languages"): every Text("id", ...) of the
+# code into server/locale/healthmate.pot, then into each language's .po (new ids untranslated: fill them in).
+messages: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg --no-location --sort-output --omit-header -o server/locale/healthmate.pot \
+	  server signaling devices media
+	$(BIN)/pybabel update -i server/locale/healthmate.pot -d server/locale -D healthmate -w 120 --no-fuzzy-matching --ignore-obsolete
+
 bench: $(STAMP) $(NPM_STAMP) $(BENCH_NPM_STAMP) system-deps
 	$(BIN)/python -m bench
+
+# The app's screens at phone size into docs/app/ (the browser story test, saving each screen it checks).
+app-screenshots: $(STAMP) $(NPM_STAMP) system-deps
+	HEALTHMATE_APP_SCREENSHOTS=docs/app $(BIN)/python -m pytest -q tests/test_app_browser.py -k story
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache node_modules bench/node/node_modules

@@ -182,12 +182,16 @@ def run_marked(cmd: list[str], on_start: Callable[[], None], on_stop: Callable[[
     return json.loads(last)
 
 
-def post(url: str, path: str, body: Any, token: str | None = None) -> Any:
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          **({"Authorization": f"Bearer {token}"} if token else {})})
+def request(url: str, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+    req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
+                                 method=method, headers={"Content-Type": "application/json",
+                                                         **({"Authorization": f"Bearer {token}"} if token else {})})
     with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+        return json.loads(resp.read() or b"null")
+
+
+def post(url: str, path: str, body: Any, token: str | None = None) -> Any:
+    return request(url, "POST", path, body, token)
 
 
 def register(url: str, role: str, tag: str) -> dict[str, Any]:

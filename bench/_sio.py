@@ -55,6 +55,7 @@ class SioClient:
         self._callbacks: dict[int, Handler] = {}
         self._ids = itertools.count(1)
         self._reader: asyncio.Task[None] | None = None
+        self._acking: set[asyncio.Future[None]] = set()
         self._pending: tuple[str, int | None, Any, int, list[bytes]] | None = None  # binary packet being assembled
 
     def on(self, event: str, handler: Handler) -> None:
@@ -157,6 +158,10 @@ class SioClient:
             handler = self.handlers.get(body[0])
             if handler is not None:
                 handler(body[1] if len(body) > 1 else None)
+                if ack_id is not None and self.ws is not None:  # the server asked for an ack: a handled event is one
+                    task = asyncio.ensure_future(self.ws.send_str(f"43{ack_id}[true]"))
+                    self._acking.add(task)
+                    task.add_done_callback(self._acking.discard)
 
     async def disconnect(self) -> None:
         if self.ws is not None and not self.ws.closed:

@@ -63,6 +63,15 @@ ROWS: dict[str, Row] = {
         f"{costs(e.get('redis_per_op_2'))}; ops/s {fig(e, 'ops_per_s_1')} / {fig(e, 'ops_per_s_2')}"),
         "Mixed workload (live ECG, call signaling, BP readings, alerts): operations acknowledged ok in the window ÷ "
         "the CPU seconds of the server processes (and Redis) in it; efficiency = 2 workers ÷ 1 process"),
+    "rush": (lambda e: (
+        f"{fig(e, 'patients', 'patients')} with the group commit, {fig(e, 'patients_off')} without (same run); at "
+        f"that N: reminder p99 {e.get('reminder_p99_ms')} ms, BP ack p99 {e.get('bp_ack_p99_ms')} ms, alert e2e p99 "
+        f"{e.get('alert_e2e_p99_ms_on')} ms (idle {e.get('alert_e2e_p99_ms_idle')} ms), "
+        f"{e.get('store_cmds_per_patient')} store commands per patient (without: {e.get('store_cmds_per_patient_off')}"
+        f"), CPU s server {e.get('server_cpu_s')} / store {e.get('store_cpu_s')}; top reached: {e.get('top_reached')}"),
+        "The morning rush on one server + embedded store, 08:00-08:05 compressed (`window_s`): a dose due for every "
+        "patient at once (due → `dose:due` on the phone), one reading each (send → ack; 1% crisis: send → "
+        "caregiver's `alert:new`), 10% ECG watched, 2% calls; the largest N meeting every limit"),
     "reminders": (lambda e: (
         f"lag p50 {fig(e, 'lag_p50_ms', 'ms')}, p99 {fig(e, 'lag_p99_ms', 'ms')}, max {fig(e, 'lag_max_ms', 'ms')} "
         f"for {e.get('doses'):,} doses ({fig(e, 'missing')} missing); {fig(e, 'doses_per_s', 'doses/s')}; "
@@ -99,6 +108,14 @@ ROWS: dict[str, Row] = {
         f"{fig(e, 'rates_on_pulseless')} rates on pulseless windows; all meet the goals: {e.get('all_meet_goals')}"),
         "Each recording streamed as 1 s device frames; every `live:analysis` a watcher receives judged against the "
         "recording's reference beats (goals: >= 95% within 5/min and coverage, 0 rates without a pulse)"),
+    "push": (lambda e: (
+        f"alert → push p50 {fig(e, 'alert_to_push_p50_ms', 'ms')}, p99 {fig(e, 'alert_to_push_p99_ms', 'ms')}, "
+        f"{fig(e, 'pushes_per_s', 'pushes/s')} to {e.get('devices'):,} offline phones, outbox depth max "
+        f"{fig(e, 'outbox_depth_max')}; sent straight (no outbox): {fig(e, 'baseline_pushes_per_s', 'pushes/s')}, "
+        f"p50 {fig(e, 'baseline_p50_ms', 'ms')}: ratio {fig(e, 'pushes_per_s_ratio', 'x')}; "
+        f"{fig(e, 'store_commands_per_push')} store commands and CPU µs {costs(e.get('cpu_us_per_push'))} per push"),
+        "A crisis reading sent → the local APNs receiver (HTTP/2) answering each phone's push; straight: the same "
+        "pushes from a process with the same number of senders, first send → each answer"),
     "startup": (lambda e: (
         f"cold {fig(e, 'cold_start_s', 's')}, warm {fig(e, 'warm_start_s', 's')}; idle RSS server "
         f"{e.get('server_rss_mb')} MB, store {e.get('store_rss_mb')} MB"),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import REPEATS, SMOKE, Budget, CpuMeter, emit, pct, per_op_us, rounded, server_pids, spread, start
-from bench._servers import UNLIMITED, Window, post, register, start_server, stop
+from bench._servers import UNLIMITED, Window, post, register, request, start_server, stop
 from devices.mqtt_broker import BrokerFiles
 from server.infra.embedded_store import free_port
 from tests.device_clients import DeviceClient, MqttDevice, SioDevice
@@ -106,9 +106,10 @@ async def run(url: str, mqtt_port: int, broker_pid: int, server_pid: int, patien
                 t0 = time.perf_counter()
                 acked = sum(await asyncio.gather(*(stream(d, t0 + FRAMES_S) for d in devices)))
                 window.close()
-            finally:
+            finally:  # and unpaired: a patient keeps at most 10 devices
                 for device in devices:
                     await device.close()
+                    request(url, "DELETE", f"/api/patients/{pid}/devices/{device.device_id}", token=token)
             for key, value in (("heartbeat_p50_ms", pct(lags, 50)), ("heartbeat_p99_ms", pct(lags, 99)),
                                ("frames_per_s", acked / window.seconds),
                                ("cpu_us_per_frame", per_op_us(window.cpu, acked)),

@@ -14,12 +14,14 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from beanie import PydanticObjectId
+from beanie.operators import In
 
 from devices.documents import BoxEvent, Device, MedicineBoxState
 from devices.medicine_box import BoxCommand, BoxDrawers, BoxHello, DrawerEvent
 from server.care.access import require_patient
 from server.core.documents import utcnow
 from server.core.errors import ApiError, forbidden
+from server.core.i18n import Text
 from server.core.ports import Broadcaster, DoseSchedule, Notifier
 from server.transport.events import EventContext
 
@@ -52,9 +54,18 @@ class MedicineBox:
 
     @staticmethod
     async def boxes(patient_id: PydanticObjectId) -> list[PydanticObjectId]:
-        found = Device.find(Device.patient_id == patient_id, Device.kind == "medicine_box",
+        return (await MedicineBox.boxes_of([patient_id]))[patient_id]
+
+    @staticmethod
+    async def boxes_of(patient_ids: list[Any]) -> dict[Any, list[PydanticObjectId]]:
+        """Each patient's boxes, in one query (a batch of due doses is one lookup, not one per patient)."""
+        out: dict[Any, list[PydanticObjectId]] = {pid: [] for pid in patient_ids}
+        found = Device.find(In(Device.patient_id, list(out)), Device.kind == "medicine_box",
                             Device.revoked_at == None)  # noqa: E711
-        return [d.id async for d in found if d.id is not None]
+        async for d in found:
+            if d.id is not None:
+                out[d.patient_id].append(d.id)
+        return out
 
     async def command(self, device_id: PydanticObjectId, cmd: BoxCommand, dose_id: Any = None) -> None:
         """Emit to the box's room; its ack (from whichever process holds its socket) is stored on the dose."""
@@ -74,14 +85,11 @@ class MedicineBox:
     async def on_due(self, doses: list[dict[str, Any]]) -> None:
         """The scheduler reminded these doses: light each one's drawer on the patient's boxes. Once per dose:
         a dose pushed again (its first push's process died) that was already commanded is left to ``resend``."""
-        boxes: dict[Any, list[PydanticObjectId]] = {}
-        sends = []
-        for d in doses:
-            if not d.get("drawer") or d.get("box_attempts"):
-                continue
-            if d["patient_id"] not in boxes:
-                boxes[d["patient_id"]] = await self.boxes(d["patient_id"])
-            sends += [(device_id, d) for device_id in boxes[d["patient_id"]]]
+        doses = [d for d in doses if d.get("drawer") and not d.get("box_attempts")]
+        if not doses:
+            return
+        boxes = await self.boxes_of(list({d["patient_id"] for d in doses}))
+        sends = [(device_id, d) for d in doses for device_id in boxes[d["patient_id"]]]
         if not sends:
             return
         wait = utcnow() + timedelta(seconds=BACKOFF_S[0])
@@ -108,10 +116,11 @@ class MedicineBox:
             await doses.update_many({"box_owner": token, "box_attempts": attempt}, wait)
         if claimed:
             await doses.update_many({"box_owner": token}, {"$set": {"box_owner": None}})
-        for d in claimed:
-            if d["box_attempts"] <= len(BACKOFF_S):
-                for device_id in await self.boxes(d["patient_id"]):
-                    await self.command(device_id, self._remind(d, d["box_attempts"]), d["_id"])
+        resent = [d for d in claimed if d["box_attempts"] <= len(BACKOFF_S)]
+        boxes = await self.boxes_of(list({d["patient_id"] for d in resent})) if resent else {}
+        for d in resent:
+            for device_id in boxes[d["patient_id"]]:
+                await self.command(device_id, self._remind(d, d["box_attempts"]), d["_id"])
 
     async def on_confirmed(self, d: dict[str, Any]) -> None:
         if not d.get("drawer"):
@@ -188,8 +197,8 @@ class MedicineBox:
                     "dose_ids": [str(d["_id"]) for d in waiting if d.get("drawer") in expected]}
             await self.broadcaster.to_patient(pid, "box:wrong-drawer", flag)
             try:  # a failure to notify never undoes what the box reported
-                await self.notifier.notify([pid], "wrong_drawer", f"That was drawer {body.drawer}",
-                                           f"Your dose is in drawer {', '.join(map(str, expected))}", patient_id=pid,
+                await self.notifier.notify([pid], "wrong_drawer", Text("box.wrong_drawer.title", drawer=body.drawer),
+                                           Text("box.wrong_drawer.body", drawers=expected), patient_id=pid,
                                            data=flag, urgency="high")
             except Exception:
                 log.exception("could not notify the wrong drawer")

@@ -21,11 +21,14 @@ from beanie import PydanticObjectId
 from devices.documents import Device
 from server.care.access import care_team
 from server.core.documents import iso, utcnow
+from server.core.i18n import Text
 from server.core.identity import Principal
 from server.core.ports import Broadcaster, Notifier
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 500
+KINDS = {"ecg": Text("device.kind.ecg"), "ppg": Text("device.kind.ppg"), "bp_cuff": Text("device.kind.bp_cuff"),
+         "medicine_box": Text("device.kind.medicine_box")}
 
 
 class DevicePresence:
@@ -111,25 +114,20 @@ class DevicePresence:
                                                                           "firmware", "last_seen_at")}}
         await self.broadcaster.to_patient(pid, "device:presence", presence)
         users = [pid, *[link.member_id for link in await care_team(pid, ("caregiver",))]]
-        label = f"{device.model} ({device.serial})"
+        label, kind = f"{device.model} ({device.serial})", KINDS.get(device.kind, device.kind)
         data = {"device_id": str(device.id), "kind": device.kind, "serial": device.serial}
         if online:
-            away = f" after {_duration(at - offline_since)}" if offline_since is not None else ""
-            await self.notifier.notify(users, "device_reconnected", f"Sensor reconnected: {label}",
-                                       f"The {device.kind} device is sending again{away}.",
-                                       patient_id=pid, data=data, urgency="low")
+            body = Text("device.reconnected.body", kind=kind) if offline_since is None else \
+                Text("device.reconnected_after.body", kind=kind, duration=_duration(at - offline_since))
+            await self.notifier.notify(users, "device_reconnected", Text("device.reconnected.title", device=label),
+                                       body, patient_id=pid, data=data, urgency="low")
         else:
-            silent = f" for {_duration(at - device.last_seen_at)}" if device.last_seen_at else ""
-            await self.notifier.notify(users, "device_disconnected", f"Sensor disconnected: {label}",
-                                       f"No sign of life from the {device.kind} device{silent}. "
-                                       "Check that it is switched on, charged and in range.",
-                                       patient_id=pid, data=data, urgency="high")
+            body = Text("device.disconnected.body", kind=kind) if device.last_seen_at is None else \
+                Text("device.disconnected_for.body", kind=kind, duration=_duration(at - device.last_seen_at))
+            await self.notifier.notify(users, "device_disconnected", Text("device.disconnected.title", device=label),
+                                       body, patient_id=pid, data=data, urgency="high")
 
 
-def _duration(delta: timedelta) -> str:
-    seconds = max(0, int(delta.total_seconds()))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h"
+def _duration(delta: timedelta) -> timedelta:
+    """Never negative (clocks); the renderer writes it in the user's language (``2 min``, ``3 hr``)."""
+    return max(delta, timedelta(0))

@@ -22,10 +22,12 @@ from devices.registry import DeviceRegistry, authenticate_device
 from media import api as media_api
 from media.device_host import DeviceRtc
 from server import health
+from server import metrics as metrics_api
 from server import overview as overview_api
 from server.alerts import api as alerts_api
 from server.alerts import documents as alert_documents
 from server.alerts.alerts import Alerts
+from server.alerts.device_delivery import DeviceDelivery
 from server.alerts.notifications import Notifications
 from server.alerts.push import PushDispatcher
 from server.alerts.push_providers import providers_from
@@ -58,7 +60,7 @@ from server.streaming.history import HistoryWriter
 from server.streaming.ingest import StreamService
 from server.streaming.live import LiveHub
 from server.transport.events import EventRouter
-from server.transport.http import Rest, error_middleware
+from server.transport.http import Rest, count_requests, error_middleware
 from server.transport.mount import Mount
 from server.transport.realtime import Realtime
 from server.vitals import api as vitals_api
@@ -99,7 +101,7 @@ def _doc_routes(m: Mount) -> None:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[count_requests, error_middleware], client_max_size=settings.max_body_bytes)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     pubsub = make_pubsub(redis)
     bus = ControlBus(pubsub)
@@ -126,7 +128,7 @@ def create_app(settings: Settings) -> web.Application:
     bus.on("device_revoked", realtime.apply_device_revoked)
     live = LiveHub(realtime, pubsub)
     bus.on("link_changed", live.revoke_member)
-    notes = Notifications(realtime, realtime)
+    notes = Notifications(realtime)  # its per-device delivery is handed over with the push below
     vitals = Vitals(realtime, bus, notes)
     writer = HistoryWriter(settings.raw_retention_days)
     streams = StreamService(live, vitals, writer, settings.analysis_workers)
@@ -139,7 +141,8 @@ def create_app(settings: Settings) -> web.Application:
     bp.on_crisis.append(alerting.on_bp_crisis)
     vitals.sinks.append(alerting.on_vital_event)  # critical events: emergency alerts, escalated
     vitals.sinks.append(alerts_to(notes))  # the others: notifications
-    notes.pushers.append(push.push)
+    delivery = DeviceDelivery(settings, push, realtime)  # what each device gets pushed, and when
+    notes.delivery = delivery
     presence = DevicePresence(realtime, notes, settings.device_silence_s)
     models = ModelRegistry(bus)
     forecasts = BPForecasts(realtime, models, BPHistory(streaming_documents.AnalysisChunk.get_pymongo_collection))
@@ -155,7 +158,7 @@ def create_app(settings: Settings) -> web.Application:
     heavy = HeavyReads(FailureCounter(60, redis), settings.heavy_reads_per_minute)  # FHIR export, long analyses
     streaming_api.mount(mount, streams, live, heavy)
     vitals_api.mount(mount, bp, vitals, forecasts, triage, heavy)
-    calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes)
+    calls = Calls(settings, bus, pubsub, realtime.presence, realtime, realtime, notes, delivery.push, delivery)
     calls_api.mount(mount, calls)
     rtc = DeviceRtc(realtime.router)
     media_api.mount(mount, rtc)
@@ -169,11 +172,12 @@ def create_app(settings: Settings) -> web.Application:
                     live=live, streams=streams, vitals=vitals, models=models, calls=calls, scheduler=scheduler, rtc=rtc,
                     mqtt=mqtt)
     server.components = [pubsub, bus, realtime.presence, live, notes, writer, streams, forecasts, calls, push,
-                         alerting, models, presence, *(c for c in (broker_files, mqtt) if c is not None), scheduler,
-                         rtc]
+                         delivery, alerting, models, presence, *(c for c in (broker_files, mqtt) if c is not None),
+                         scheduler, rtc]
     app[SERVER] = server
     app[REST] = rest
     health.mount(mount, server)
+    metrics_api.mount(mount, settings)
     overview_api.mount(mount)
     _doc_routes(mount)
     setup_dashboard(app, mount, settings.trust_forwarded)

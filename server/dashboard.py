@@ -1,6 +1,8 @@
-"""The clinician dashboard's files: the page at ``/``, its ES modules and CSS from ``server/static/``,
-and the browser libraries it uses (socket.io client, uPlot) straight from ``node_modules/``, installed
-from npm by the Makefile (``package.json`` at the repository root) and never copied into the repository."""
+"""The browser apps' files: the clinician dashboard at ``/`` (its ES modules and CSS from ``server/static/``),
+the patients' and caregivers' installable app at ``/app/`` (``server/static/app/``: its page, modules, manifest
+and service worker, whose scope is ``/app/``), and the browser libraries they use (socket.io client, uPlot,
+lean-qr, jsQR) straight from ``node_modules/``, installed from npm by the Makefile (``package.json`` at the
+repository root) and never copied into the repository."""
 
 from __future__ import annotations
 
@@ -15,15 +17,18 @@ from server.core.wire import Wire
 from server.transport.mount import Mount
 
 STATIC = Path(__file__).resolve().parent / "static"
+APP = STATIC / "app"
 NODE_MODULES = Path(__file__).resolve().parent.parent / "node_modules"
 # The only files served from node_modules: public name -> path inside it.
 VENDOR = {
     "socket.io.esm.min.js": "socket.io-client/dist/socket.io.esm.min.js",
     "uPlot.esm.js": "uplot/dist/uPlot.esm.js",
     "uPlot.min.css": "uplot/dist/uPlot.min.css",
+    "lean-qr.mjs": "lean-qr/index.mjs",  # the app's link-code QR (encoder)
+    "jsQR.js": "jsqr/dist/jsQR.js",  # the app's QR scanner (decoder; a classic script defining jsQR)
 }
-TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png",
-         ".svg": "image/svg+xml"}
+TYPES = {".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
+         ".png": "image/png", ".svg": "image/svg+xml", ".webmanifest": "application/manifest+json"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")  # one flat folder: no way out of it
 NO_CACHE = {"Cache-Control": "no-cache"}  # revalidated each load, so a deploy is seen at once
 # Every response: scripts and styles only from this origin (no inline script, so an injected <script> or
@@ -60,8 +65,29 @@ async def static_file(request: web.Request) -> web.FileResponse:
     return _file(STATIC / name)
 
 
+async def app_index(request: web.Request) -> web.FileResponse:
+    """The patients' and caregivers' app (an installable web app)."""
+    return _file(APP / "index.html")
+
+
+async def app_redirect(request: web.Request) -> web.Response:
+    """Redirects to `/app/`."""
+    raise web.HTTPPermanentRedirect("/app/")
+
+
+async def app_file(request: web.Request) -> web.FileResponse:
+    """One of the app's files (scripts, styles, manifest, service worker, icons)."""
+    name = request.match_info["name"]
+    if not NAME.fullmatch(name):
+        raise not_found("file")
+    return _file(APP / name)
+
+
 async def vendor_file(request: web.Request) -> web.FileResponse:
-    """One of the dashboard's browser libraries from npm (`not_installed` until `npm ci` ran)."""
+    """One of the dashboard's and the app's browser libraries from npm (`not_installed` until `npm ci` ran).
+
+    Only `socket.io.esm.min.js` (socket.io-client), `uPlot.esm.js` and `uPlot.min.css` (uplot), `lean-qr.mjs`
+    (lean-qr, the app's QR encoder) and `jsQR.js` (jsqr, the app's QR decoder)."""
     rel = VENDOR.get(request.match_info["name"])
     if rel is None:
         raise not_found("file")
@@ -74,14 +100,15 @@ async def vendor_file(request: web.Request) -> web.FileResponse:
 class ServiceInfo(Wire):
     service: Literal["healthmate"]
     dashboard: str
+    app: str
     openapi: str
     asyncapi: str
 
 
 async def service_info(request: web.Request) -> web.Response:
     """What this service is and where its documents are."""
-    return web.json_response({"service": "healthmate", "dashboard": "/", "openapi": "/api/openapi.yaml",
-                              "asyncapi": "/api/asyncapi.yaml"})
+    return web.json_response({"service": "healthmate", "dashboard": "/", "app": "/app/",
+                              "openapi": "/api/openapi.yaml", "asyncapi": "/api/asyncapi.yaml"})
 
 
 def _behind_tls(request: web.Request, trust_forwarded: bool) -> bool:
@@ -99,4 +126,7 @@ def setup(app: web.Application, m: Mount, trust_forwarded: bool = False) -> None
     m.route("GET", "/", index, media="text/html", public=True)
     m.route("GET", "/static/{name}", static_file, media="*/*", public=True)
     m.route("GET", "/vendor/{name}", vendor_file, media="*/*", public=True)
+    m.route("GET", "/app", app_redirect, media="text/html", status=308, public=True)
+    m.route("GET", "/app/", app_index, media="text/html", public=True)
+    m.route("GET", "/app/{name}", app_file, media="*/*", public=True)
     m.route("GET", "/api", service_info, ServiceInfo, public=True)

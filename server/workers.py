@@ -6,6 +6,10 @@ new connections over them), restarts a child that dies, and stops them all on SI
 A Socket.IO websocket stays on the worker that accepted it. Long-polling needs every request of a
 session to reach one worker, which SO_REUSEPORT does not promise: clients of a multi-worker server use
 the websocket transport, or a balancer with sticky sessions sits in front (compose.yaml's nginx).
+
+Metrics: the workers count into files in a private ``PROMETHEUS_MULTIPROC_DIR`` the parent makes (and removes
+at the end), so ``/metrics`` on whichever worker a scrape reaches adds up all of them; a worker that exits is
+marked dead there (its live gauges, such as its connections, go; its counts stay in the totals).
 """
 
 from __future__ import annotations
@@ -14,11 +18,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
+
+from prometheus_client import multiprocess
 
 from server.core.config import ConfigError, Settings
 from server.infra.embedded_store import EmbeddedStore
+from server.infra.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("healthmate.workers")
 RESTART_DELAY_S = 1.0
@@ -32,17 +41,20 @@ async def _run_worker(index: int, env: dict[str, str], stopping: asyncio.Event) 
         log.info("worker %d started (pid %d)", index, proc.pid)
         waiter = asyncio.create_task(proc.wait())
         stop = asyncio.create_task(stopping.wait())
-        await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if stopping.is_set():
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(waiter, 20)
-                except TimeoutError:
-                    proc.kill()
-                    await waiter
-            return
-        stop.cancel()
+        try:
+            await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping.is_set():
+                if proc.returncode is None:
+                    proc.terminate()
+                    try:
+                        await asyncio.wait_for(waiter, 20)
+                    except TimeoutError:
+                        proc.kill()
+                        await waiter
+                return
+            stop.cancel()
+        finally:
+            multiprocess.mark_process_dead(proc.pid, env[MULTIPROC_ENV])
         log.error("worker %d (pid %d) exited with %s; restarting", index, proc.pid, proc.returncode)
         await asyncio.sleep(RESTART_DELAY_S)
 
@@ -51,7 +63,8 @@ async def serve_workers(settings: Settings, workers: int) -> None:
     if not settings.redis_url:
         raise ConfigError("--workers needs HEALTHMATE_REDIS_URL: the workers share Socket.IO rooms through Redis")
     env = {**os.environ, "HEALTHMATE_HOST": settings.host, "HEALTHMATE_PORT": str(settings.port),
-           "HEALTHMATE_DATA_DIR": str(settings.data_dir), "HEALTHMATE_JWT_SECRET": settings.secret}
+           "HEALTHMATE_DATA_DIR": str(settings.data_dir), "HEALTHMATE_JWT_SECRET": settings.secret,
+           MULTIPROC_ENV: tempfile.mkdtemp(prefix="healthmate-metrics-")}  # 0700, this server's alone
     store = None
     if settings.mongodb_url is None:
         store = EmbeddedStore(settings.data_dir)
@@ -67,3 +80,4 @@ async def serve_workers(settings: Settings, workers: int) -> None:
         if store is not None:
             with contextlib.suppress(Exception):
                 await store.stop()
+        shutil.rmtree(env[MULTIPROC_ENV], ignore_errors=True)

@@ -37,8 +37,10 @@ from signaling.wire import (
 )
 
 _PUSHED = (
-    ("call:incoming", CallOut, "To every device of the callee (and the caller's own other devices) when a call "
-                               "rings."),
+    ("call:incoming", CallOut, "To every connected device of the callee (and the caller's own other devices) when "
+                               "a call rings, with an ack request: acknowledge it (no data) so that the server "
+                               "knows this device rings; one that has not within call_push_after_s is rung by "
+                               "VoIP push."),
     ("call:accepted", CallOut, "To the caller's socket when the callee accepts."),
     ("call:answered-elsewhere", CallIdOnly, "To the callee's other devices when one of them accepted."),
     ("call:ended", CallEnded, "To everyone in the call when it ends (not for busy: the invite's answer said so)."),
@@ -59,6 +61,7 @@ def _ending(end: Any, action: Action, side: str | None, doc: str) -> Any:
 
 def mount(m: Mount, calls: Calls) -> None:
     service, relayed = calls.service, calls.relayed
+    calls.ringer.attach(m.realtime)  # its sockets, to ring on each with an ack request
     for name, model, handler, reply in (
         ("call:invite", InviteIn, service.invite, InviteReply), ("call:accept", CallRef, service.accept, CallOut),
         ("call:reject", CallRef, _ending(service.end, Action.REJECT, "callee", "Reject a ringing call (the callee)."),

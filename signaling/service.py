@@ -23,6 +23,7 @@ from server.care.documents import Link, User
 from server.core.config import Settings
 from server.core.documents import aware, utcnow
 from server.core.errors import ApiError, forbidden, not_found
+from server.core.i18n import Text
 from server.core.identity import Principal, as_object_id
 from server.core.ports import Broadcaster, Notifier, Online
 from server.infra.pubsub import ControlBus
@@ -32,6 +33,7 @@ from signaling.call_state import LIVE_STATES, Action, CallState, LiveCall, after
 from signaling.documents import CallLine, CallSession, call_json
 from signaling.models import CallRef, InviteIn, SignalIn
 from signaling.relayed import RelayedCalls
+from signaling.ringing import Ringer
 from signaling.store import ROUTE_FIELDS, CallStore, Refused, to_socket
 from signaling.timers import SWEEP_BATCH, CallTimers
 
@@ -41,11 +43,12 @@ Side = Literal["caller", "callee"]
 
 class CallService:
     def __init__(self, settings: Settings, store: CallStore, timers: CallTimers, relayed: RelayedCalls,
-                 bus: ControlBus, out: Broadcaster, online: Online, notifier: Notifier) -> None:
+                 bus: ControlBus, out: Broadcaster, online: Online, notifier: Notifier, ringer: Ringer) -> None:
         self.settings = settings
         self.store = store
         self.timers = timers
         self.relayed = relayed
+        self.ringer = ringer  # call:incoming to each socket, VoIP rings to devices without one
         self.out = out
         self.online = online
         self.notifier = notifier
@@ -58,9 +61,13 @@ class CallService:
 
     async def invite(self, ctx: EventContext, body: InviteIn) -> dict[str, Any]:
         """(patient, caregiver, clinician) Call a linked user (a patient and their caregiver or clinician). Every
-        connected device of the callee gets `call:incoming`; a callee with no device connected gets an
-        `incoming_call` notification (push) and rings on connecting within the ring time (default 30 s; then the
-        call ends `missed` and the callee gets a `missed_call` notification). Errors: `forbidden` (not linked),
+        connected device of the callee gets `call:incoming`; each registered device of the callee with no socket,
+        or whose socket does not acknowledge `call:incoming` within `HEALTHMATE_CALL_PUSH_AFTER_S` (3 s), is rung
+        by a VoIP push (APNs PushKit, FCM high-priority data), cancelled by another push once the call is
+        answered or ends; a callee with no device connected also gets an `incoming_call` notification (stored,
+        not pushed: the ring is its push). A device connecting while it rings gets `call:incoming` (ring time,
+        default 30 s; then the call ends `missed` and the callee gets a `missed_call` notification). Errors:
+        `forbidden` (not linked),
         `busy` (the callee is in another call; recorded in the history), `already_in_call`. If the callee is
         ringing the caller at this moment (glare), the invite answers that call: the reply is that call, active,
         with `glare: true`."""
@@ -84,9 +91,10 @@ class CallService:
         if blocking is None:
             self.bound[ctx.sid] = str(call.id)
             self.timers.schedule(call, "ring", self.settings.call_ring_timeout_s, Action.TIMEOUT)
-            await self.out.to_user(callee_id, "call:incoming", call_json(call))
-            if not await self.online.user_online(callee_id):
-                await self._notify([callee_id], "incoming_call", f"{principal.name} is calling", call, urgency="high")
+            await self.ringer.start(call)
+            if not await self.online.user_online(callee_id):  # stored for the list; the VoIP ring is its push
+                await self._notify([callee_id], "incoming_call", Text("call.incoming.title", caller=principal.name),
+                                   call, urgency="high", push=False)
             return call_json(call, principal.id)
         holder, decision = blocking
         if decision == "busy":
@@ -104,7 +112,7 @@ class CallService:
         line = await CallLine.get(principal.id)
         call = await CallSession.get(line.call_id) if line is not None else None
         if call is not None and call.state == CallState.RINGING and call.callee_id == principal.user_id:
-            await self.out.to_room(sid, "call:incoming", call_json(call))
+            await self.ringer.to_socket(sid, call)
 
     # --- answering, ending --------------------------------------------------------------------------
 
@@ -117,6 +125,7 @@ class CallService:
             d, Action.ACCEPT, now, ctx.principal.id, callee_sid=ctx.sid, answered_at=now, ring_deadline=None))
         self.bound[ctx.sid] = str(call.id)
         self.timers.cancel(call, "ring")
+        self.ringer.stop_ringing(call, "answered_elsewhere")
         data = call_json(call)
         await to_socket(self.out, call.caller_sid, "call:accepted", data)
         await self.out.to_room(user_room(call.callee_id), "call:answered-elsewhere", {"call_id": data["id"]},
@@ -133,19 +142,22 @@ class CallService:
         await CallLine.get_pymongo_collection().delete_many({"call_id": call.id})
         if call.end_reason == "busy":
             return  # it never rang: the caller was told in the invite's answer
+        if call.answered_at is None:  # ended while it rang: the devices rung stop ringing
+            self.ringer.stop_ringing(call, call.end_reason or "cancelled")
         body = {"call_id": str(call.id), "reason": call.end_reason, "duration_s": call.duration_s}
         for user in (call.caller_id, call.callee_id, *call.joined):
             await self.out.to_user(user, "call:ended", body)
         if call.end_reason == "missed":
-            await self._notify([call.callee_id], "missed_call", f"Missed call from {call.caller_name}", call)
+            await self._notify([call.callee_id], "missed_call", Text("call.missed.title", caller=call.caller_name),
+                               call)
 
-    async def _notify(self, users: list[PydanticObjectId], kind: str, title: str, call: CallSession,
-                      urgency: str = "normal") -> None:
+    async def _notify(self, users: list[PydanticObjectId], kind: str, title: Text, call: CallSession,
+                      urgency: str = "normal", push: bool = True) -> None:
         try:
             data = {"call_id": str(call.id), "caller_id": str(call.caller_id), "caller_name": call.caller_name,
                     "media": call.media}
             await self.notifier.notify(users, kind, title, patient_id=call.patient_id, urgency=urgency,
-                                       data=data)
+                                       data=data, push=push)
         except Exception:
             log.exception("notifying %s for call %s failed", kind, call.id)
 

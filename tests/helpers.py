@@ -10,13 +10,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import socketio
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.contract import CONTRACT
 
@@ -209,6 +210,37 @@ class Api:
         status, link = await self.request("POST", "/api/links/redeem", member, json={"code": code["code"]})
         assert status == 201, link
         return link
+
+
+class Metrics:
+    """A ``/metrics`` scrape, parsed by prometheus-client's own parser: ``value(name, **labels)`` (0 if absent)."""
+
+    def __init__(self, text: str) -> None:
+        self.samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                        for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def label_values(self, name: str, label: str) -> set[str]:
+        return {dict(labels)[label] for n, labels in self.samples if n == name}
+
+
+async def scrape(http: aiohttp.ClientSession, base_url: str, **kwargs: Any) -> Metrics:
+    async with http.get(base_url + "/metrics", **kwargs) as resp:
+        assert resp.status == 200, await resp.text()
+        return Metrics(await resp.text())
+
+
+async def scrape_until(http: aiohttp.ClientSession, base_url: str, ok: Callable[[Metrics], bool]) -> Metrics:
+    """A scrape once ``ok`` holds of it, for what the server counts a moment after the fact (a socket's close,
+    the store driver's view, which it publishes within a second, a gauge sampled each second)."""
+    for _ in range(100):
+        metrics = await scrape(http, base_url)
+        if ok(metrics):
+            return metrics
+        await asyncio.sleep(0.1)
+    raise AssertionError("the metrics never got there")
 
 
 _dbs = itertools.count()

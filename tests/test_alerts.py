@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from beanie import PydanticObjectId
 
+from server.alerts.alerts import Alerts
 from server.alerts.documents import Alert
 from server.app import SERVER, create_app
 from server.infra.embedded_store import EmbeddedStore
@@ -310,3 +311,29 @@ async def test_a_malformed_device_id_is_refused_at_connect(api: Api) -> None:
     for bad in ("has space", "x" * 65, "dot.ted", 42):
         data = await connect_refused(api.base_url, {"token": carer.access_token, "device_id": bad})
         assert data["error"]["code"] == "invalid_device_id", bad
+
+
+async def test_receipts_arriving_together_share_one_lookup_of_the_recipients(api: Api, monkeypatch: Any) -> None:
+    """A thousand devices confirm an alert within milliseconds of its push: one store query for its recipients,
+    not one per receipt (each missing the cache while the first query is in flight, as they used to)."""
+    patient, carer = await api.register("patient"), await api.register("caregiver")
+    await api.link(patient, carer)
+    (alerting,) = [c for c in api.app[SERVER].components if isinstance(c, Alerts)]
+    acks = alerting.acks
+    loads: list[Any] = []
+    real = acks._load_recipients
+
+    async def counted(alert_id: Any) -> Any:
+        loads.append(alert_id)
+        await asyncio.sleep(0.2)  # a slow store: every receipt below arrives while the query is in flight
+        return await real(alert_id)
+
+    monkeypatch.setattr(acks, "_load_recipients", counted)
+    devices = [await device_sock(api.base_url, carer, f"phone-{n}") for n in range(12)]
+    await (await api.socket(patient)).ok("bp:add", crisis())
+    (alert,) = await devices[0].events.wait("alert:new")
+    replies = await asyncio.gather(*(d.ok("alert:received", {"alert_id": alert["id"]}) for d in devices))
+    assert sorted(r["device_id"] for r in replies) == sorted(f"phone-{n}" for n in range(12))
+    assert len(loads) == 1
+    for d in devices:
+        await d.close()

@@ -18,7 +18,7 @@ from server.care.documents import User
 from server.infra.embedded_store import EmbeddedStore, free_port
 from tests.alert_clients import crisis, device_sock
 from tests.conftest import make_settings
-from tests.helpers import Api, process_env, server_processes
+from tests.helpers import Api, process_env, scrape, scrape_until, server_processes
 from tests.streaming import device_socket, ecg, frame, open_stream, pair
 
 
@@ -29,7 +29,8 @@ async def _ready(http: aiohttp.ClientSession, base: str) -> tuple[int, dict]:
 
 async def test_store_outage_refuses_clearly_and_recovers(tmp_path: Path, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
     """An external store (as MongoDB would be) stops: requests are refused with `store_unavailable`
-    (503, Retry-After), readiness says not ready, nothing half-written; after it returns, all works."""
+    (503, Retry-After), readiness says not ready, nothing half-written; after it returns, all works.
+    /metrics counts the outage, its seconds and the refusals."""
     store = EmbeddedStore(tmp_path / "store")
     await store.start()
     settings = make_settings(store.url, tmp_path, store_timeout_ms=800)
@@ -38,6 +39,7 @@ async def test_store_outage_refuses_clearly_and_recovers(tmp_path: Path, aiohttp
     async with Api(base, server.app) as api, aiohttp.ClientSession() as http:
         patient = await api.register("patient")
         sock = await api.socket(patient)
+        before = await scrape(http, base)
         await store.stop()
         status, body = await _ready(http, base)
         assert status == 503 and body["error"]["details"]["checks"]["store"].startswith("down")
@@ -47,12 +49,23 @@ async def test_store_outage_refuses_clearly_and_recovers(tmp_path: Path, aiohttp
         reply = await sock.call("links:create-code")
         assert reply["ok"] is False and reply["error"]["code"] == "store_unavailable"
         assert reply["error"]["details"]["retry_after_s"] > 0
+        during = await scrape_until(http, base, lambda m: m.value("healthmate_store_up") == 0)
+        # At least one: the driver may see the store flap as it shuts down (one connection still answering).
+        assert during.value("healthmate_store_outages_total") >= before.value("healthmate_store_outages_total") + 1
+        assert during.value("healthmate_events_total", event="links:create-code", outcome="store_unavailable") == \
+            before.value("healthmate_events_total", event="links:create-code", outcome="store_unavailable") + 1
+        register_503 = {"method": "POST", "route": "/api/auth/register", "status": "503"}
+        assert during.value("healthmate_http_requests_total", **register_503) == \
+            before.value("healthmate_http_requests_total", **register_503) + 1
         await store.start()  # same port and files
         for _ in range(100):
             if (await _ready(http, base))[0] == 200:
                 break
             await asyncio.sleep(0.1)
         assert (await _ready(http, base))[0] == 200
+        after = await scrape_until(http, base, lambda m: m.value("healthmate_store_up") == 1)
+        assert after.value("healthmate_store_unavailable_seconds_total") > \
+            before.value("healthmate_store_unavailable_seconds_total")
         assert await User.find(User.email == "during@example.org").count() == 0
         assert (await sock.call("links:create-code"))["ok"] is True
         status, _ = await api.request("GET", "/api/me", patient)

@@ -45,8 +45,9 @@ class Live:
                "HEALTHMATE_DATA_DIR": str(tmp), "HEALTHMATE_MONGODB_URL": "", "HEALTHMATE_REDIS_URL": "",
                "HEALTHMATE_JWT_SECRET": "", "HEALTHMATE_EVENT_BURST": "100000", "HEALTHMATE_USER_EVENT_BURST": "100000",
                "HEALTHMATE_LOGIN_MAX_FAILURES_PER_IP": "100000", "HEALTHMATE_LOGIN_MAX_FAILURES_PER_ACCOUNT": "100000",
-               # no device marked silent mid-run: time passing is not a refusal changing the store
-               "HEALTHMATE_DEVICE_SILENCE_S": "86400"}
+               # no device marked silent, no alert (alert:help raises one) escalated mid-run: time passing is not a
+               # refusal changing the store
+               "HEALTHMATE_DEVICE_SILENCE_S": "86400", "HEALTHMATE_ALERT_ESCALATION_S": "3600"}
         self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.output: list[str] = []

@@ -1,5 +1,6 @@
 """Notifications: persisted first, pushed live to every device of the user, listed, counted,
-marked read and deleted by their owner only; offline users are handed to the push providers."""
+marked read and deleted by their owner only; which devices are connected is known across processes (what is
+pushed to which device: tests/test_device_delivery.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 from server.alerts.documents import Notification
 from server.app import SERVER
 from tests.conftest import make_settings
-from tests.helpers import Api
+from tests.helpers import Api, connect
 
 
 async def test_persisted_then_pushed_to_every_device(api: Api) -> None:
@@ -77,24 +78,6 @@ async def test_rest_history(api: Api) -> None:
     assert status == 401
 
 
-async def test_offline_users_go_to_pushers(api: Api) -> None:
-    online, offline = await api.register("caregiver"), await api.register("caregiver")
-    await api.socket(online)
-    notes = api.app[SERVER].notifications  # type: ignore[index]
-    pushed: list[str] = []
-
-    async def pusher(docs: list[Notification]) -> None:
-        pushed.extend(str(d.user_id) for d in docs)
-
-    notes.pushers.append(pusher)
-    await notes.notify([online.id, offline.id], "alert", "Crisis")
-    for _ in range(50):
-        if pushed:
-            break
-        await asyncio.sleep(0.02)
-    assert pushed == [offline.id]
-
-
 async def test_online_is_known_across_processes(store, redis_url, tmp_path, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
     """With Redis, a socket on one process makes its user online for the other."""
     from server.app import create_app
@@ -105,12 +88,13 @@ async def test_online_is_known_across_processes(store, redis_url, tmp_path, aioh
     async with Api(str(one.make_url("")).rstrip("/"), one.app) as a:
         user = await a.register("caregiver")
         rt_two = two.app[SERVER].realtime
-        assert await rt_two.user_online(user.id) is False
-        sock = await a.socket(user)
+        assert await rt_two.user_online(user.id) is False and await rt_two.live_devices(user.id) == set()
+        sock = await connect(a.base_url, None, auth={"token": user.access_token, "device_id": "phone-1"})
         assert await rt_two.user_online(user.id) is True
+        assert await rt_two.live_devices(user.id) == {"phone-1"}  # which app installations, for per-device push
         await sock.close()
         for _ in range(50):
             if not await rt_two.user_online(user.id):
                 break
             await asyncio.sleep(0.02)
-        assert await rt_two.user_online(user.id) is False
+        assert await rt_two.user_online(user.id) is False and await rt_two.live_devices(user.id) == set()

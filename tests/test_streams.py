@@ -12,7 +12,7 @@ import numpy as np
 from beanie import PydanticObjectId
 
 from server.streaming.documents import Stream, WaveBucket
-from tests.helpers import Api, User
+from tests.helpers import Api, User, scrape, scrape_until
 from tests.streaming import device_socket, ecg, frame, open_stream, pair
 
 RATE = 250.0
@@ -214,10 +214,15 @@ async def test_analysis_each_second_and_thresholds_set_by_a_clinician_only(api: 
     got = await carer.ok("vitals:get-thresholds", {"patient_id": patient.id})
     assert got["tachycardia_hr"] == 90
     # 100/min for 20 s: above the clinician's 90, below the default 120.
+    before = await scrape(api.http, api.base_url)
     await _stream_signal(dev, stream_id, ecg(20, hr=100.0, seed=5))
     analyses = await doctor.events.wait("live:analysis", 15, timeout=20)
     a = analyses[-1]
     assert set(a) >= {"stream_id", "hr", "hrv", "quality", "beats", "window", "at", "lag_ms"}
+    # /metrics: each batch of results observed its lag; the open stream is sampled each second.
+    after = await scrape_until(api.http, api.base_url, lambda m: m.value("healthmate_streams_open") == 1)
+    lags = after.value("healthmate_analysis_lag_seconds_count") - before.value("healthmate_analysis_lag_seconds_count")
+    assert lags >= 1
     assert set(a["hrv"]) == {"rmssd", "sdnn"} and abs(a["hr"] - 100) < 5 and a["quality"] > 0.5
     assert [x["t"] for x in analyses[:5]] == [1.0, 2.0, 3.0, 4.0, 5.0]
     event = next(e for e in await carer.events.wait("vitals:event", timeout=20) if e["type"] == "tachycardia")

@@ -10,59 +10,36 @@ from typing import Any
 
 from beanie import PydanticObjectId
 
-from server.alerts.documents import Alert, AlertDelivery
+from server.alerts.documents import Alert, AlertDelivery, AlertRecipients
 from server.alerts.fanout import Fanout
 from server.care.access import may_access
 from server.care.documents import User
 from server.core.documents import utcnow
 from server.core.errors import ApiError, not_found
 from server.core.identity import Principal, as_object_id
-from server.infra.bulk import insert_new
+from server.infra.group_commit import COMMITS
 
 RECIPIENT_CACHE = 256  # alerts whose recipients are kept in memory for receipts
+Recipients = frozenset[PydanticObjectId]
 
 
 class Receipts:
-    """Group commit of ``alert:received``: the receipts that arrive within a few milliseconds are
-    inserted together; each sender's ack waits until its receipt is stored. A device's second
-    receipt for the same alert is a duplicate key, ignored."""
-
-    def __init__(self, delay_s: float = 0.01) -> None:
-        self.delay_s = delay_s
-        self._pending: dict[str, tuple[AlertDelivery, list[asyncio.Future[None]]]] = {}
-        self._flusher: asyncio.Task[None] | None = None
+    """``alert:received``, stored through the group commit (``server.infra.group_commit``, always on: the
+    receipts of a thousand recipients arrive together); each sender's ack waits until its receipt is stored. A
+    device's second receipt for the same alert is a duplicate key, ignored."""
 
     async def record(self, alert_id: PydanticObjectId, user_id: PydanticObjectId, device_id: str) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        key = AlertDelivery.key(alert_id, user_id, device_id)
-        doc = AlertDelivery(id=key, alert_id=alert_id, user_id=user_id, device_id=device_id, received_at=utcnow())
-        self._pending.setdefault(key, (doc, []))[1].append(future)
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        await future
-
-    async def _flush(self) -> None:
-        await asyncio.sleep(self.delay_s)
-        batch, self._pending = self._pending, {}
-        error: BaseException | None = None
-        try:
-            await insert_new(AlertDelivery.get_pymongo_collection(),
-                             [doc.model_dump(by_alias=True) for doc, _ in batch.values()])
-        except Exception as exc:  # the senders are told; they send the receipt again
-            error = exc
-        finally:
-            self._flusher = asyncio.create_task(self._flush()) if self._pending else None
-        for _, futures in batch.values():
-            for f in futures:
-                if not f.done():
-                    f.set_exception(error) if error else f.set_result(None)
+        doc = AlertDelivery(id=AlertDelivery.key(alert_id, user_id, device_id), alert_id=alert_id, user_id=user_id,
+                            device_id=device_id, received_at=utcnow())
+        await COMMITS.insert(AlertDelivery.get_pymongo_collection(), [doc.model_dump(by_alias=True)],
+                             ignore_duplicates=True, always=True)
 
 
 class Acknowledgements:
     def __init__(self, fanout: Fanout) -> None:
         self.fanout = fanout
         self.receipts = Receipts()
-        self._recipient_cache: OrderedDict[PydanticObjectId, frozenset[PydanticObjectId]] = OrderedDict()
+        self._recipient_cache: OrderedDict[PydanticObjectId, asyncio.Future[Recipients]] = OrderedDict()
 
     async def received(self, principal: Principal, alert_id: str, device: str) -> dict[str, Any]:
         """This device has the alert."""
@@ -113,16 +90,27 @@ class Acknowledgements:
             raise not_found("alert")
         return alert
 
-    async def _recipients(self, alert_id: PydanticObjectId) -> frozenset[PydanticObjectId]:
-        """An alert's recipients, cached (bounded): a thousand receipts must not be a thousand queries."""
-        cached = self._recipient_cache.get(alert_id)
-        if cached is None:
-            alert = await Alert.find_one(Alert.id == alert_id)
-            cached = frozenset(alert.recipient_ids) if alert else frozenset()
-            self._recipient_cache[alert_id] = cached
+    async def _recipients(self, alert_id: PydanticObjectId) -> Recipients:
+        """An alert's recipients, cached (bounded): a thousand receipts must not be a thousand queries. The
+        lookup itself is shared: the receipts that arrive together (all of them, within milliseconds of the
+        push) wait for the one query rather than each missing the cache and sending its own."""
+        lookup = self._recipient_cache.get(alert_id)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._load_recipients(alert_id))
+            self._recipient_cache[alert_id] = lookup
             if len(self._recipient_cache) > RECIPIENT_CACHE:
                 self._recipient_cache.popitem(last=False)
-        return cached
+        try:
+            return await asyncio.shield(lookup)
+        except Exception:
+            if self._recipient_cache.get(alert_id) is lookup:  # not cached: the next receipt asks again
+                del self._recipient_cache[alert_id]
+            raise
+
+    @staticmethod
+    async def _load_recipients(alert_id: PydanticObjectId) -> Recipients:
+        alert = await Alert.find_one(Alert.id == alert_id, projection_model=AlertRecipients)
+        return frozenset(alert.recipient_ids) if alert else frozenset()
 
     @staticmethod
     async def _who(principal: Principal) -> dict[str, Any]:

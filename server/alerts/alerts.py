@@ -53,11 +53,14 @@ from server.core.background import Background
 from server.core.config import Settings
 from server.core.documents import utcnow
 from server.core.errors import ApiError
+from server.core.i18n import Text, render
 from server.core.identity import Principal
 from server.core.ports import Broadcaster, Notifier
+from server.infra.group_commit import COMMITS
 from server.infra.pubsub import ControlBus
 
 log = logging.getLogger(__name__)
+CRITICAL = {"tachycardia": Text("alert.vital.tachycardia.title"), "bradycardia": Text("alert.vital.bradycardia.title")}
 
 
 class Alerts:
@@ -83,7 +86,8 @@ class Alerts:
 
     # --- raising -----------------------------------------------------------------------------------
 
-    async def raise_alert(self, patient_id: PydanticObjectId | str, kind: str, title: str, body: str = "", *,
+    async def raise_alert(self, patient_id: PydanticObjectId | str, kind: str, title: str | Text,
+                          body: str | Text = "", *,
                           source: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
                           raised_by: Principal | None = None, on_demand: bool = False) -> Alert:
         """Raise an alert to the patient's care team, or return the open one of this kind (no storm). One raised
@@ -94,13 +98,18 @@ class Alerts:
             return existing
         if on_demand:
             await self._on_demand_allowed(pid)
-        patient = await User.get(pid)
+        # The patient's name: from the patient's own session when they raised it (no lookup on the urgent path).
+        name = raised_by.name if raised_by is not None and raised_by.role == "patient" and raised_by.user_id == pid \
+            else None
+        patient = None if name is not None else await User.get(pid)
         links = await care_team(pid)
         # Names are looked up only when the lifecycle is read: a thousand-user lookup here would delay the alert.
         recipients = [{"user_id": str(lk.member_id), "role": lk.member_role} for lk in links]
         now = utcnow()
-        alert = Alert(patient_id=pid, patient_name=patient.name if patient else "", kind=kind[:40],
-                      title=title[:200], body=body[:1000], source=source or {}, data=data or {},
+        alert = Alert(patient_id=pid, patient_name=name or (patient.name if patient else ""), kind=kind[:40],
+                      title=render(title, None)[:200], body=render(body, None)[:1000],
+                      title_text=title if isinstance(title, Text) else None,
+                      body_text=body if isinstance(body, Text) else None, source=source or {}, data=data or {},
                       recipients=recipients, recipient_ids=[lk.member_id for lk in links],
                       emergency_contacts=await emergency_contacts(pid), raised_at=now,
                       raised_by={"user_id": raised_by.id, "role": raised_by.role} if raised_by else None,
@@ -164,13 +173,15 @@ class Alerts:
     # --- sources (wired in server/app.py) ----------------------------------------------------------
 
     async def on_bp_crisis(self, reading: Any, principal: Principal) -> None:
-        await self.raise_alert(
-            reading.patient_id, "bp_crisis", "Hypertensive crisis",
-            f"Blood pressure {reading.systolic:g}/{reading.diastolic:g} mmHg",
-            source={"type": "bp_reading", "id": str(reading.id)}, raised_by=principal,
-            data={"systolic": reading.systolic, "diastolic": reading.diastolic, "reading_id": str(reading.id)})
+        async with COMMITS.urgent():  # bulk work (reminder notifications) holds back meanwhile
+            await self.raise_alert(
+                reading.patient_id, "bp_crisis", Text("alert.bp_crisis.title"),
+                Text("alert.bp_crisis.body", systolic=reading.systolic, diastolic=reading.diastolic),
+                source={"type": "bp_reading", "id": str(reading.id)}, raised_by=principal,
+                data={"systolic": reading.systolic, "diastolic": reading.diastolic, "reading_id": str(reading.id)})
 
     async def on_vital_event(self, event: Any) -> None:
         if event.severity == "critical" and event.phase == "started":
-            await self.raise_alert(event.patient_id, f"vital_{event.type}", f"Critical: {event.type}",
+            title = CRITICAL.get(event.type) or Text("alert.vital.title", event=event.type)
+            await self.raise_alert(event.patient_id, f"vital_{event.type}", title,
                                    source={"type": "vital_event", "id": str(event.id)}, data=event.detail)

@@ -3,19 +3,24 @@ the alert fan-out's view of this process's sockets."""
 
 from __future__ import annotations
 
+from base64 import urlsafe_b64encode
 from typing import Any, Literal
 
 from aiohttp import web
 from beanie import PydanticObjectId
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import Field
 
 from server.alerts import reads
 from server.alerts.alerts import Alerts
+from server.alerts.device_delivery import DeviceDelivery
 from server.alerts.documents import (
     Alert,
     AlertNote,
     AlertQuery,
     AlertRef,
+    DoseReceived,
+    HelpIn,
     ListIn,
     MarkRead,
     Notification,
@@ -35,13 +40,17 @@ from server.alerts.wire import (
     AlertPush,
     AlertResolved,
     Deleted,
+    DoseReceipt,
     Marked,
     NotificationOut,
     NotificationPage,
+    NotificationReceipt,
+    PushStats,
     Received,
     Registered,
     Removed,
     Unread,
+    VapidKey,
 )
 from server.core.errors import ApiError
 from server.core.identity import Client, Principal, as_object_id
@@ -49,7 +58,7 @@ from server.core.wire import Page
 from server.transport.events import EventContext
 from server.transport.http import PageQuery, cursor_page, page_params
 from server.transport.mount import Mount
-from server.transport.realtime import NAMESPACE, Realtime, user_room
+from server.transport.realtime import NAMESPACE, Realtime
 
 
 class Sockets:
@@ -59,10 +68,10 @@ class Sockets:
         self.rt = realtime
 
     def user_sids(self, user_id: Any) -> list[str]:
-        return self.rt.local_sids(user_room(user_id))
+        return self.rt.user_sids(user_id)
 
     def device_id(self, sid: str) -> str | None:
-        return self.rt.device_ids.get(sid)
+        return self.rt.device_id(sid)
 
     def connected(self, sid: str) -> bool:
         return sid in self.rt.principals
@@ -79,13 +88,17 @@ def mount(m: Mount, alerts: Alerts, notes: Notifications, push: PushDispatcher) 
     m.events.push("alert:acknowledged", AlertAcknowledged, "To every recipient when someone acknowledges the alert.")
     m.events.push("alert:resolved", AlertResolved, "To every recipient when the alert is resolved.")
     m.events.push("notification:new", NotificationOut, "To every connected device of the user, once the "
-                  "notification is stored.")
+                  "notification is stored. One with urgency high or critical is pushed to each registered device "
+                  "of the user that has not confirmed it with notification:received within "
+                  "HEALTHMATE_ALERT_PUSH_AFTER_S (default 5 s); the others are pushed at once to each registered "
+                  "device with no connected socket.")
     sockets = Sockets(m.realtime)
     alerts.fanout.attach(sockets)
     m.realtime.connect_hooks.append(alerts.fanout.on_connect)
     m.realtime.disconnect_hooks.append(alerts.fanout.on_disconnect)
     _mount_alerts(m, alerts, sockets)
     _mount_notifications(m, notes)
+    _mount_receipts(m, sockets)
     _mount_push(m, push, sockets)
 
 
@@ -113,7 +126,8 @@ def _mount_alerts(m: Mount, alerts: Alerts, sockets: Sockets) -> None:
     async def received(ctx: EventContext, body: AlertRef) -> dict[str, Any]:
         """(recipient) Confirm that this device has the alert. Stored per device (the handshake's `auth.device_id`,
         else the socket id); an open alert this device has not confirmed is sent again when it connects, a
-        confirmed one never."""
+        confirmed one never. A registered device that has not confirmed an open alert within
+        `HEALTHMATE_ALERT_PUSH_AFTER_S` (default 5 s) is pushed its notification, whatever else is connected."""
         return await acks.received(ctx.principal, body.alert_id, _device(sockets, ctx))
 
     @ev("alert:ack", AlertNote, reply=AlertAckReply)
@@ -122,6 +136,17 @@ def _mount_alerts(m: Mount, alerts: Alerts, sockets: Sockets) -> None:
         (`alert:acknowledged`); a later one answers with the alert and `acknowledged_by_you: false`. Stops
         escalation. Also confirms receipt on this device."""
         return await acks.ack(ctx.principal, body.alert_id, body.note, _device(sockets, ctx))
+
+    @ev("alert:help", HelpIn, roles=frozenset({"patient"}), reply=AlertOut)
+    async def help_(ctx: EventContext, body: HelpIn) -> dict[str, Any]:
+        """(patient) "I need help": raises the emergency alert `help_requested` to the whole care team
+        (`alert:new`), with the optional note as its body; while one is open, pressing again answers that one.
+        Raised on demand, so capped per patient per UTC day like a triage emergency (`too_many_alerts`,
+        `details.retry_after_s`)."""
+        alert = await alerts.raise_alert(ctx.principal.user_id, "help_requested", "Help requested",
+                                         body.note or "The patient pressed \u201cI need help\u201d.",
+                                         source={"type": "patient"}, raised_by=ctx.principal, on_demand=True)
+        return alert.public()
 
     @ev("alert:resolve", AlertNote, reply=AlertOut)
     async def resolve(ctx: EventContext, body: AlertNote) -> dict[str, Any]:
@@ -240,21 +265,71 @@ def _mount_notifications(m: Mount, notes: Notifications) -> None:
     m.route("DELETE", "/api/notifications/{notification_id}", rest_delete, Deleted)
 
 
+def _mount_receipts(m: Mount, sockets: Sockets) -> None:
+    """A device confirms it has a due dose or an urgent notification (alerts: ``alert:received``), so that it is
+    not pushed it (``server.alerts.device_delivery``)."""
+
+    @m.events.event("dose:received", DoseReceived, reply=DoseReceipt)
+    async def dose(ctx: EventContext, body: DoseReceived) -> dict[str, Any]:
+        """This device (the handshake's `auth.device_id`) has the `dose:due` of `dose_id`: the dose's `reminder`
+        notification is not pushed to it. A device that has not sent this within `HEALTHMATE_ALERT_PUSH_AFTER_S`
+        of the reminder gets it pushed. `invalid_id` for an id that is not one."""
+        dose_id = str(as_object_id(body.dose_id, "dose_id"))
+        await DeviceDelivery.received(ctx.principal.user_id, dose_id, _device(sockets, ctx))
+        return {"dose_id": dose_id, "device_id": _device(sockets, ctx)}
+
+    @m.events.event("notification:received", NotificationRef, reply=NotificationReceipt)
+    async def notification(ctx: EventContext, body: NotificationRef) -> dict[str, Any]:
+        """This device (the handshake's `auth.device_id`) has the urgent notification `id`: it is not pushed to
+        it."""
+        note_id = str(as_object_id(body.id, "id"))
+        await DeviceDelivery.received(ctx.principal.user_id, note_id, _device(sockets, ctx))
+        return {"id": note_id, "device_id": _device(sockets, ctx)}
+
+
 def _mount_push(m: Mount, push: PushDispatcher, sockets: Sockets) -> None:
     @m.events.event("push:register", RegisterIn, reply=Registered)
     async def register(ctx: EventContext, body: RegisterIn) -> dict[str, Any]:
-        """Register this device (the handshake's `auth.device_id`) for push delivery while the user has no connected
-        device: `fcm` (registration token), `apns` (hex device token), `webhook` (an opaque token the gateway
-        knows) or `webpush` (the browser's PushSubscription). Re-registering replaces the device's token for that
-        provider; at most 20 per user. `enabled` says whether the server has that provider configured. Failed sends
-        are retried with backoff; a token the provider calls dead is dropped. A `webpush` endpoint must be `https`
-        and its host must resolve only to public addresses (not loopback, private, CGNAT, link-local, multicast,
-        reserved, IPv6 unique-local or IPv4-mapped forms of those), unless at an origin the operator trusts: else
-        `unsafe_url` (422, `details: {reason: not_https | not_public | malformed, field: subscription.endpoint}`).
-        It is checked again at send time; one refused then is dropped."""
+        """Register this device (the handshake's `auth.device_id`) for push delivery: `fcm` (registration token),
+        `apns` (hex device token), `apns-voip` (hex PushKit token: incoming calls and their cancels only),
+        `webhook` (an opaque token the gateway knows) or `webpush` (the browser's PushSubscription).
+        Re-registering replaces the device's token for that provider; at most 20 per user. `enabled` says whether
+        the server has that provider configured. Pushes go through a durable outbox, retried with backoff until
+        their deadline; a token the provider calls dead is dropped (see docs/client-guide.md, Push). A `webpush`
+        endpoint must be `https` and its host must resolve only to public addresses (not loopback, private,
+        CGNAT, link-local, multicast, reserved, IPv6 unique-local or IPv4-mapped forms of those), unless at an
+        origin the operator trusts: else `unsafe_url` (422, `details: {reason: not_https | not_public |
+        malformed, field: subscription.endpoint}`). It is checked again at send time; one refused then is
+        dropped."""
         return await push.register(ctx.principal.user_id, _device(sockets, ctx), body)
 
     @m.events.event("push:unregister", UnregisterIn, reply=Removed)
     async def unregister(ctx: EventContext, body: UnregisterIn) -> dict[str, Any]:
         """Remove this device's push registrations (one provider, or all)."""
         return await push.unregister(ctx.principal.user_id, _device(sockets, ctx), body.provider)
+
+    async def rest_stats(request: web.Request) -> web.Response:
+        """(an organisation's admin) The push outbox and the outcomes of its kept history.
+
+        `outbox`: the pushes
+        waiting now, of which `in_flight` (claimed under a lease) and `retrying` (failed, waiting for their next
+        attempt), and the oldest waiting one's age; `history`, outcomes per provider over the last
+        `HEALTHMATE_PUSH_HISTORY_S`, and the latency from a push's writing to its send over the last hour."""
+        return web.json_response(await push.stats(await m.rest.principal(request)))
+
+    m.route("GET", "/api/admin/push-stats", rest_stats, PushStats)
+
+    async def vapid_key(request: web.Request) -> web.Response:
+        """The server's VAPID public key, for a browser's Web Push subscription.
+
+        The `applicationServerKey` to give
+        `pushManager.subscribe` (base64url of the uncompressed P-256 point); then register the subscription with
+        the Socket.IO event `push:register {provider: "webpush", subscription}`. 404 `push_unavailable` when the
+        operator configured no VAPID key (`HEALTHMATE_VAPID_PRIVATE_KEY`)."""
+        vapid = getattr(push.providers.get("webpush"), "vapid", None)
+        if vapid is None:
+            raise ApiError("push_unavailable", "Web Push is not configured on this server", 404)
+        point = vapid.public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        return web.json_response({"public_key": urlsafe_b64encode(point).rstrip(b"=").decode()})
+
+    m.route("GET", "/api/push/vapid-key", vapid_key, VapidKey, public=True)

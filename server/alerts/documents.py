@@ -4,17 +4,18 @@ notifications, push registrations, and the request models of their events."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from beanie import Document, PydanticObjectId
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from server.core.documents import VersionedDocument, iso, utcnow
+from server.core.i18n import Text
 from server.core.ports import Urgency
 
 Status = Literal["open", "acknowledged", "resolved"]
-ProviderName = Literal["fcm", "apns", "webpush", "webhook"]
+ProviderName = Literal["fcm", "apns", "apns-voip", "webpush", "webhook"]  # apns-voip: a PushKit token, for calls
 
 
 # --- alerts ----------------------------------------------------------------------------------------
@@ -23,8 +24,10 @@ class Alert(VersionedDocument):
     patient_id: PydanticObjectId
     patient_name: str = ""
     kind: str
-    title: str
+    title: str  # in English, as every recipient's device is sent it (``alert:new``)
     body: str = ""
+    title_text: Text | None = None  # what each recipient's notification renders in their language
+    body_text: Text | None = None
     urgency: Literal["high", "critical"] = "high"
     level: int = 0  # escalation level: 0 raised, 1 repeated louder, 2 outward
     source: dict[str, Any] = Field(default_factory=dict)
@@ -82,6 +85,12 @@ class Alert(VersionedDocument):
         return None if who is None else {**who, "at": iso(at)}
 
 
+class AlertRecipients(BaseModel):
+    """An alert's recipients alone (a projection: checking a receipt needs no more of the alert)."""
+
+    recipient_ids: list[PydanticObjectId] = Field(default_factory=list)
+
+
 class AlertDelivery(VersionedDocument):
     """One device's confirmation that it has an alert; the id makes the first one win."""
 
@@ -103,13 +112,16 @@ class AlertDelivery(VersionedDocument):
 class DailyCount(Document):
     """How often something happened for a patient on one UTC day (``what``: alerts raised on demand, emergency
     webhook calls), attempts past the cap included. Counted with one atomic update, so every process sees the
-    same count."""
+    same count. Kept ``KEPT_DAYS`` for the operator, then the store deletes it (TTL index)."""
 
+    KEPT_DAYS: ClassVar[int] = 30
     id: str  # type: ignore[assignment]  # "<what>:<patient>:<YYYY-MM-DD>"
     times: int = 0
+    expires_at: datetime | None = None
 
     class Settings:
         name = "daily_counts"
+        indexes = [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expiry")]
 
 
 class AlertRef(BaseModel):
@@ -118,6 +130,11 @@ class AlertRef(BaseModel):
 
 
 class AlertNote(AlertRef):
+    note: str | None = Field(None, max_length=500)
+
+
+class HelpIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     note: str | None = Field(None, max_length=500)
 
 
@@ -215,15 +232,16 @@ class Subscription(BaseModel):
 class RegisterIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     provider: ProviderName
-    token: str | None = Field(None, min_length=8, max_length=4096, pattern=r"^[A-Za-z0-9_:.\-]+$")
+    token: str | None = Field(None, min_length=8, max_length=4096, pattern=r"^[A-Za-z0-9_:.\-]+$",
+                              description="fcm, apns and apns-voip (hex), webhook")
     subscription: Subscription | None = None
 
     @model_validator(mode="after")
     def one_target(self) -> RegisterIn:
         if (self.provider == "webpush") != (self.subscription is not None) or \
                 (self.provider != "webpush") != (self.token is not None):
-            raise ValueError("webpush takes a subscription; fcm, apns and webhook take a token")
-        if self.provider == "apns" and not all(c in "0123456789abcdefABCDEF" for c in self.token or ""):
+            raise ValueError("webpush takes a subscription; fcm, apns, apns-voip and webhook take a token")
+        if self.provider in ("apns", "apns-voip") and not all(c in "0123456789abcdefABCDEF" for c in self.token or ""):
             raise ValueError("an APNs device token is hexadecimal")
         return self
 
@@ -233,4 +251,109 @@ class UnregisterIn(BaseModel):
     provider: ProviderName | None = None
 
 
-DOCUMENTS: list[type[Document]] = [Alert, AlertDelivery, Notification, PushToken, DailyCount]
+# --- the push outbox -------------------------------------------------------------------------------
+
+class PushEntry(Document):
+    """One message to send to one registration (``server.alerts.push_outbox``), written before it is attempted.
+    The id ``<token id>/<message key>`` makes writing it twice a no-op. Due when ``next_attempt_at`` has come;
+    a claim moves ``next_attempt_at`` to the end of its lease, so an entry whose process died is due again
+    when the lease runs out. A rung call (``kind`` call, sent) keeps ``next_attempt_at`` None and ``sent_at``
+    until it is cancelled or its deadline passes, so that the cancel reaches the devices that rang."""
+
+    id: str  # type: ignore[assignment]
+    token_id: str
+    user_id: PydanticObjectId
+    device_id: str
+    provider: ProviderName
+    target: Any  # the device token, or the Web Push subscription, as registered
+    message: dict[str, Any]  # PushMessage's fields
+    kind: str  # the notification's kind; call / call_cancel for VoIP pushes
+    collapse_id: str
+    alert_id: PydanticObjectId | None = None  # an alert's pushes end when it is no longer open
+    alert_level: int = 0
+    call_id: str | None = None
+    attempt: int = 0
+    next_attempt_at: datetime | None
+    lease_owner: str | None = None  # the process: host:pid:random
+    lease_until: datetime | None = None
+    claim: str | None = None  # the batch that claimed it last
+    deadline: datetime
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
+    last_error: str | None = None
+
+    class Settings:
+        name = "push_outbox"
+        indexes = [IndexModel([("next_attempt_at", ASCENDING)], name="due"),
+                   IndexModel([("token_id", ASCENDING)], name="token"),
+                   IndexModel([("call_id", ASCENDING)], name="call"),
+                   IndexModel([("alert_id", ASCENDING)], name="alert")]
+
+
+class PushOutcome(Document):
+    """What became of one outbox entry, kept ``push_history_s`` for the operator (``GET /api/admin/push-stats``)."""
+
+    at: datetime
+    provider: str
+    outcome: str  # sent | retried | dead_token | gave_up | obsolete
+    kind: str
+    attempt: int
+    latency_ms: float | None = None  # from the entry's writing to this outcome
+
+    class Settings:
+        name = "push_outcomes"
+        indexes = [IndexModel([("at", ASCENDING)], name="at")]
+
+
+
+# --- per-device delivery --------------------------------------------------------------------------
+
+Confirmable = Literal["alert", "dose", "notification"]
+
+
+class PushWatch(Document):
+    """A stored notification that each registered device must confirm (``server.alerts.device_delivery``): at
+    ``due_at`` one process claims it (``owner``, the due time moved on by a lease), pushes it to the devices that
+    have neither confirmed ``ref`` nor been pushed it already, and deletes it. The id is the notification's."""
+
+    id: PydanticObjectId  # type: ignore[assignment]
+    user_id: PydanticObjectId
+    confirm: Confirmable  # what confirms it: alert:received, dose:received or notification:received
+    ref: str  # of that: the alert, dose or notification id
+    due_at: datetime
+    since: datetime | None = None  # only confirmations from then on count (an escalation's)
+    owner: str | None = None
+    pushed: list[str] = Field(default_factory=list)  # devices pushed it at once (no socket then)
+
+    class Settings:
+        name = "push_watches"
+        indexes = [IndexModel([("due_at", ASCENDING)], name="due")]
+
+
+class DeviceReceipt(Document):
+    """A device's confirmation that it has a due dose or an urgent notification (alerts have ``AlertDelivery``);
+    the id ``<ref>:<user>:<device>`` makes the first one win. Only needed until its push would be due: expires."""
+
+    id: str  # type: ignore[assignment]
+    ref: str
+    user_id: PydanticObjectId
+    device_id: str
+    received_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "device_receipts"
+        indexes = [IndexModel([("ref", ASCENDING)], name="ref"),
+                   IndexModel([("received_at", ASCENDING)], expireAfterSeconds=7 * 24 * 3600, name="expiry")]
+
+    @staticmethod
+    def key(ref: str, user_id: Any, device_id: str) -> str:
+        return f"{ref}:{user_id}:{device_id}"
+
+
+class DoseReceived(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dose_id: str = Field(max_length=64)
+
+
+DOCUMENTS: list[type[Document]] = [Alert, AlertDelivery, Notification, PushToken, DailyCount, PushEntry, PushOutcome,
+                                   PushWatch, DeviceReceipt]

@@ -99,11 +99,12 @@ class Fanout:
             await self.out.to_room(sid, event, data)
 
     async def notify(self, alert: Alert, user_ids: list[PydanticObjectId]) -> None:
-        """A notification per recipient; not live: their connected devices got the alert itself."""
+        """A notification per recipient, in their language; not live: their connected devices got the alert."""
         user_ids = await self.on_team(alert, user_ids) if user_ids else []
         if self.notifier is not None and user_ids:
             await self.notifier.notify(
-                user_ids, "alert", alert.title, alert.body, patient_id=alert.patient_id, urgency=alert.urgency,
+                user_ids, "alert", alert.title_text or alert.title, alert.body_text or alert.body,
+                patient_id=alert.patient_id, urgency=alert.urgency,
                 data={"alert_id": str(alert.id), "level": alert.level}, live=False)
 
     # --- devices connecting and leaving ------------------------------------------------------------------

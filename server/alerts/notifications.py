@@ -1,28 +1,30 @@
 """Notifications: every alert, reminder, missed call, disconnected sensor or link request a user
 is told about is a persisted document first, then pushed live (``notification:new``) to every
 connected device of the user. Users page through them, count the unread, mark them read and
-delete them (``api.py``: over Socket.IO or REST). Push delivery to users with no connected device hangs
-off ``Notifications.pushers`` (callables run in the background, never blocking live delivery)."""
+delete them (``api.py``: over Socket.IO or REST). Which of the user's devices each one is pushed to, and when,
+is ``delivery``'s (``server.alerts.device_delivery``: per device, handed to the durable push outbox after live
+delivery, before ``notify`` returns)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from beanie import PydanticObjectId
 
+from server.alerts.device_delivery import DeviceDelivery
 from server.alerts.documents import Notification, Urgency
 from server.care.access import memberships
-from server.core.background import Background
+from server.care.accounts import languages
 from server.core.documents import utcnow
 from server.core.errors import not_found
+from server.core.i18n import Text, render
 from server.core.identity import as_object_id
-from server.core.ports import Broadcaster, Online
+from server.core.ports import Broadcaster
+from server.infra.group_commit import COMMITS
 
 log = logging.getLogger(__name__)
-# A pusher gets the notifications of users who had no connected socket when they were raised.
-Pusher = Callable[[list[Notification]], Awaitable[None]]
 
 
 async def mine(user_id: PydanticObjectId, unread_only: bool = False) -> dict[str, Any]:
@@ -36,46 +38,47 @@ async def mine(user_id: PydanticObjectId, unread_only: bool = False) -> dict[str
 class Notifications:
     """The ``Notifier`` (and ``NotificationLookup``) of ``server.core.ports``."""
 
-    def __init__(self, broadcaster: Broadcaster, online: Online) -> None:
+    def __init__(self, broadcaster: Broadcaster, delivery: DeviceDelivery | None = None) -> None:
         self.out = broadcaster
-        self.online = online  # who has a connected socket, in any process
-        self.pushers: list[Pusher] = []
-        self.background = Background()
+        self.delivery = delivery  # pushes to the user's devices (none: no push)
 
     async def start(self) -> None:
         pass
 
     async def stop(self) -> None:
-        await self.background.stop()
+        pass
 
-    async def notify(self, user_ids: Iterable[PydanticObjectId | str], kind: str, title: str, body: str = "", *,
-                     patient_id: PydanticObjectId | str | None = None, data: dict[str, Any] | None = None,
-                     urgency: Urgency = "normal", live: bool = True) -> list[Notification]:
-        """Persist one notification per user, then push it live (``live=False``: the caller already reached
-        the connected devices with its own event, e.g. ``alert:new``); hand the offline users' to the pushers."""
+    async def notify(self, user_ids: Iterable[PydanticObjectId | str], kind: str, title: str | Text,
+                     body: str | Text = "", *, patient_id: PydanticObjectId | str | None = None,
+                     data: dict[str, Any] | None = None, urgency: Urgency = "normal", live: bool = True,
+                     push: bool = True) -> list[Notification]:
+        """Persist one notification per user, its ``Text`` title and body rendered in the user's language, then
+        send it live (``live=False``: the caller already reached the connected devices with its own event, e.g.
+        ``alert:new``) and push it to the user's devices (``push=False``: the caller pushes its own way). What each
+        device must confirm is watched before it is stored (``DeviceDelivery.watch``), so that no stored
+        notification goes unwatched; what goes at once to the devices with no socket is in the push outbox when
+        this returns."""
         pid = PydanticObjectId(patient_id) if patient_id is not None else None
-        docs = [Notification(id=PydanticObjectId(), user_id=PydanticObjectId(uid), kind=kind, title=title, body=body,
-                             urgency=urgency, patient_id=pid, data=data or {})
-                for uid in dict.fromkeys(str(u) for u in user_ids)]
+        users = [PydanticObjectId(uid) for uid in dict.fromkeys(str(u) for u in user_ids)]
+        langs = await languages(users) if users and (isinstance(title, Text) or isinstance(body, Text)) else {}
+        texts = {lang: (render(title, lang), render(body, lang)) for lang in {*langs.values(), None}}
+        docs = [Notification(id=PydanticObjectId(), user_id=uid, kind=kind, title=texts[langs.get(uid)][0],
+                             body=texts[langs.get(uid)][1], urgency=urgency, patient_id=pid, data=data or {})
+                for uid in users]
         if not docs:
             return []
-        await Notification.insert_many(docs)
-        offline: list[Notification] = []
-        for doc in docs:
-            if live:
+        delivery = self.delivery if push else None
+        devices = await delivery.watch(docs) if delivery is not None else {}
+        await COMMITS.insert_documents(docs, bulk=kind == "reminder", urgent=urgency in ("high", "critical"))
+        if live:
+            for doc in docs:
                 await self.out.to_user(doc.user_id, "notification:new", doc.public())
-            if not await self.online.user_online(doc.user_id):
-                offline.append(doc)
-        if offline and self.pushers:
-            self.background.spawn(self._push(offline))
-        return docs
-
-    async def _push(self, docs: list[Notification]) -> None:
-        for pusher in self.pushers:
+        if delivery is not None and devices:
             try:
-                await pusher(docs)
-            except Exception:
+                await delivery.push_now(docs, devices)
+            except Exception:  # stored and sent live all the same; a watched one is pushed at its due time
                 log.exception("push delivery failed")
+        return docs
 
     # --- reading ------------------------------------------------------------------------------------
 

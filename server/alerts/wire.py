@@ -166,3 +166,43 @@ class Registered(Wire):
 class Removed(Wire):
     removed: int
 
+
+
+class DoseReceipt(Wire):
+    dose_id: str
+    device_id: str
+
+
+class NotificationReceipt(Wire):
+    id: str
+    device_id: str
+
+
+class Outbox(Wire):
+    waiting: int = Field(description="Pushes waiting now")
+    in_flight: int = Field(description="Of those, claimed under a lease")
+    retrying: int = Field(description="Of those, failed and waiting for their next attempt")
+    oldest_waiting_s: float | None = Field(description="The oldest waiting one's age")
+
+
+class PushHistory(Wire):
+    kept_s: float = Field(description="How long outcomes are kept (`HEALTHMATE_PUSH_HISTORY_S`)")
+    outcomes: dict[str, dict[str, int]] = Field(
+        description="Per provider, per outcome (`sent`, `retried`, `dead_token`, `gave_up`, `obsolete`): how many")
+    sent_last_hour: int
+    latency_ms_p50: float | None = Field(description="From a push's writing to its send, over the last hour")
+    latency_ms_p99: float | None
+
+
+class PushStats(Wire):
+    """Counts only, no user's data. The same counters, per process, are Prometheus'
+    `healthmate_push_total{provider,outcome}` and `healthmate_push_outbox_depth`."""
+
+    providers: list[str] = Field(description="The providers this server has configured")
+    workers: int
+    outbox: Outbox
+    history: PushHistory
+
+
+class VapidKey(Wire):
+    public_key: str = Field(description="base64url of the uncompressed P-256 point")

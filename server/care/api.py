@@ -113,7 +113,7 @@ def _accounts(m: Mount, auth: AuthService, profiles: Profiles) -> None:
         email) in a 15-minute window; past that, 429 `too_many_attempts` with `Retry-After`."""
         body = await read_json(request, RegisterIn)
         result = await auth.register(body.email, body.password, body.name, body.role, rest.client(request))
-        return web.json_response(result, status=201)
+        return _tokens(result, body.cookie, refresh_ttl_s, 201)
 
     async def login(request: web.Request) -> web.Response:
         """Log in

@@ -9,6 +9,7 @@ from beanie.operators import Or
 
 from server.care.documents import AuditEntry
 from server.core.documents import iso
+from server.infra.group_commit import COMMITS
 
 if TYPE_CHECKING:
     from server.core.identity import Client, Principal
@@ -20,12 +21,12 @@ async def record(
     client: Client | None = None, **details: Any,
 ) -> None:
     """Append one entry; awaited, so the action it records is not acknowledged before it is durable."""
-    await AuditEntry(
+    await COMMITS.insert_documents([AuditEntry(
         actor_id=principal.user_id if principal else user_id,
         actor_role=principal.role if principal else role,
         action=action, patient_id=patient_id, outcome=outcome,  # type: ignore[arg-type]
         client_addr=client.addr if client else None, details=details,
-    ).insert()
+    )])
 
 
 def entry_json(e: AuditEntry) -> dict[str, Any]:

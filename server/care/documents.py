@@ -275,6 +275,8 @@ class RegisterIn(Strict):
     password: Secret
     name: Name
     role: Role
+    cookie: bool = Field(False, description="The refresh token in the `hm_refresh` HttpOnly cookie instead of the "
+                                            "body, as for a login")
 
 
 class LoginIn(Strict):
@@ -293,7 +295,9 @@ class ProfilePatch(Patch):
     name: Name | None = None
     phone: Annotated[str, StringConstraints(pattern=_E164)] | None = None
     timezone: Annotated[str, Field(max_length=64), AfterValidator(_timezone)] | None = None
-    language: Annotated[str, StringConstraints(pattern=re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$"))] | None = None
+    language: Annotated[str, StringConstraints(pattern=re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")), Field(
+        description="BCP 47; notifications and pushes are written in it (English and Spanish; others fall back to "
+                    "English)")] | None = None
     avatar_id: Annotated[str, AfterValidator(_object_id)] | None = None
 
 
@@ -391,4 +395,5 @@ class AcceptIn(Strict):
     email: Annotated[str, Field(max_length=254)] | None = None
     name: Name | None = None
     password: Secret | None = None
-    cookie: bool = False  # a new account's refresh token in the refresh cookie, as for a login
+    cookie: bool = Field(False, description="A new account's refresh token in the `hm_refresh` HttpOnly cookie "
+                                            "instead of the body, as for a login")

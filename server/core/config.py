@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     password_queue: int = Field(32, ge=0, le=10_000)
     cors_origins: list[str] = []
     trust_forwarded: bool = False  # take the client address from X-Forwarded-For (behind nginx)
+    metrics_token: SecretStr | None = None  # bearer token /metrics asks for; unset: loopback clients only
     max_message_bytes: int = 1_000_000  # largest Socket.IO message accepted (transport limit)
     max_body_bytes: int = 1_000_000  # largest JSON REST body (uploads have their own limit)
     upload_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # an uploaded image, streamed and cut off past this
@@ -69,6 +70,8 @@ class Settings(BaseSettings):
     connect_rate_per_s: float = Field(10.0, gt=0)
     connect_burst: int = Field(100, ge=1)
     store_timeout_ms: int = Field(5000, ge=100, le=60_000)  # how long a request waits for an unavailable store
+    # Concurrent durable writes to a collection share one store command and disk sync (server/infra/group_commit.py).
+    group_commit: bool = True
     analysis_workers: int = Field(1, ge=1, le=64)  # processes running the streaming analysis
     raw_retention_days: int = Field(30, ge=1)  # raw waveforms; analyses are kept
     # Calls: how long an invite rings, how long a dropped participant has to come back, how often
@@ -88,17 +91,31 @@ class Settings(BaseSettings):
     alert_escalation_s: float = Field(120.0, ge=1, le=3600)
     alert_sweep_s: float = Field(1.0, ge=0.1, le=60)  # how often each process resumes pending emits/escalations
     alert_emit_lease_s: float = Field(5.0, ge=0.5, le=300)  # after this, another process emits a stalled alert
+    # Per-device push of what must be confirmed (alerts, due doses, urgent notifications): a registered device that
+    # has not confirmed it this long after it was sent is pushed it (one with no socket at once); a call's callee
+    # device that has not acknowledged `call:incoming` this long is rung by VoIP push (one with no socket at once).
+    alert_push_after_s: float = Field(5.0, ge=0.05, le=600)
+    call_push_after_s: float = Field(3.0, ge=0.05, le=60)
     emergency_webhook_url: str | None = None  # the emergency contacts' notification channel (e.g. an SMS gateway)
     # The emergency channel's caps per patient per UTC day: new alerts raised on demand (triage), and calls of
     # the emergency webhook (past it: logged for the operator and noted on the alert, not called).
     alerts_on_demand_per_day: int = Field(5, ge=1, le=1000)
     emergency_webhook_per_day: int = Field(10, ge=1, le=10_000)
     webhook_secret: SecretStr | None = None  # HMAC key for signed webhooks: never the JWT secret
-    # Push delivery to users with no connected device (each provider is on when its settings are given).
-    push_queue_size: int = Field(10_000, ge=10)  # pending sends; beyond it new ones are dropped (logged)
-    push_workers: int = Field(4, ge=1, le=64)
-    push_max_attempts: int = Field(5, ge=1, le=20)
-    push_retry_base_s: float = Field(1.0, ge=0.01, le=600)  # backoff: base, 2x base, 4x base, ...
+    # Push delivery through the durable outbox (each provider is on when its settings are given): sends at a time
+    # per process; retries with exponential backoff and jitter (base, 2x, 4x, ... up to the max) until the
+    # message's deadline (an alert's: until it is acknowledged or resolved, or this long at most); a claimed send
+    # is another process's after the lease (longer than a provider's timeout); the idle poll; the operator's
+    # history of outcomes is kept this long.
+    push_workers: int = Field(8, ge=1, le=64)
+    push_retry_base_s: float = Field(1.0, ge=0.01, le=600)
+    push_retry_max_s: float = Field(300.0, ge=0.01, le=3600)
+    push_deadline_s: float = Field(3600.0, ge=1, le=7 * 24 * 3600)
+    push_alert_deadline_s: float = Field(24 * 3600.0, ge=1, le=7 * 24 * 3600)
+    push_timeout_s: float = Field(10.0, gt=0, le=120)
+    push_lease_s: float = Field(30.0, gt=0, le=3600)
+    push_poll_s: float = Field(1.0, gt=0, le=60)
+    push_history_s: float = Field(7 * 24 * 3600.0, ge=60, le=90 * 24 * 3600)
     fcm_service_account: SecretStr | None = None  # the service-account JSON, or a path to it
     fcm_endpoint: str = "https://fcm.googleapis.com"
     fcm_token_uri: str | None = None  # default: the service account's token_uri
@@ -130,6 +147,9 @@ class Settings(BaseSettings):
         in development, where a kept file must be the owner's alone (0600) and long enough."""
         if self.env == "production" and self.fault_injection:
             raise ConfigError("HEALTHMATE_FAULT_INJECTION is for tests; unset it in production")
+        if self.push_lease_s <= self.push_timeout_s:
+            raise ConfigError("HEALTHMATE_PUSH_LEASE_S must be longer than HEALTHMATE_PUSH_TIMEOUT_S (a send still "
+                              "running must not be taken over by another process)")
         jwt = _given("HEALTHMATE_JWT_SECRET", self.jwt_secret)
         hook = _given("HEALTHMATE_WEBHOOK_SECRET", self.webhook_secret)
         if jwt is not None and hook == jwt:

@@ -152,6 +152,8 @@ CODES: tuple[ErrorCode, ...] = (
               "was stored."),
     ErrorCode("too_many_tokens", 409, "The user has as many push registrations as allowed.",
               "Unregister an old device first."),
+    ErrorCode("push_unavailable", 404, "Web Push is not configured on this server (no VAPID key).",
+              "Do not offer browser notifications; the app works without them."),
     ErrorCode("conflict", 409, "Someone else changed the same thing at the same moment.", "Reload and retry."),
     # --- medications
     ErrorCode("too_many_medications", 409, "The patient has as many active medications as allowed.",

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from server.core.i18n import Text
 from server.core.identity import Principal
 
 Urgency = Literal["low", "normal", "high", "critical"]  # as stored on a notification
@@ -37,9 +38,12 @@ class Broadcaster(Protocol):
 class Notifier(Protocol):
     """Stored notifications, pushed live to connected users and to the devices of the others."""
 
-    async def notify(self, user_ids: Iterable[Any], kind: str, title: str, body: str = "", *,
+    async def notify(self, user_ids: Iterable[Any], kind: str, title: str | Text, body: str | Text = "", *,
                      patient_id: Any = None, data: dict[str, Any] | None = None,
-                     urgency: Urgency = "normal", live: bool = True) -> list[Any]: ...
+                     urgency: Urgency = "normal", live: bool = True, push: bool = True) -> list[Any]:
+        """A ``Text`` title or body is rendered in each user's language (``server.core.i18n``); a str is as is.
+        ``live=False``: the caller reached the connected devices with its own event; ``push=False``: stored and
+        shown live, not pushed to devices (the caller pushes it its own way, e.g. a call's VoIP ring)."""
 
 
 class Online(Protocol):
@@ -51,14 +55,19 @@ class Online(Protocol):
     async def socket_alive(self, user_id: Any, sid: str) -> bool:
         """Whether socket ``sid`` of the user is still held by this or a live process."""
 
+    async def live_devices(self, user_id: Any) -> set[str] | None:
+        """The ``device_id``s of the user's connected sockets, in any live process; None if that cannot be told
+        now (Redis unreachable)."""
+
 
 class AlertRaiser(Protocol):
     """Raises an emergency alert to a patient's care team: stored before it is pushed to every device of every
     linked caregiver and clinician, escalated until someone acknowledges it (``server.alerts.alerts.Alerts``).
     While one of the same ``kind`` is open for the patient, that one is returned and no other is raised.
-    ``on_demand`` (someone asked for it, e.g. triage): refused (``ApiError`` ``too_many_alerts``) past a daily cap."""
+    ``on_demand`` (someone asked for it, e.g. triage): refused (``ApiError`` ``too_many_alerts``) past a daily cap.
+    The alert carries its title and body in English; each recipient's notification renders a ``Text`` in theirs."""
 
-    async def raise_alert(self, patient_id: Any, kind: str, title: str, body: str = "", *,
+    async def raise_alert(self, patient_id: Any, kind: str, title: str | Text, body: str | Text = "", *,
                           source: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
                           raised_by: Principal | None = None, on_demand: bool = False) -> Any:
         """The alert (its ``id`` names it)."""
@@ -136,3 +145,10 @@ class DevicePush(Protocol):
 
     async def cancel_ring(self, user_id: Any, call_id: str, reason: str) -> None:
         """The call was answered elsewhere, hung up or missed: a cancelling VoIP push to every device rung."""
+
+
+class PushRegistrations(Protocol):
+    """Which app installations of a user can be reached by push (``server.alerts.device_delivery``)."""
+
+    async def registered_devices(self, user_id: Any) -> set[str]:
+        """The ``device_id``s with a push registration (any provider)."""

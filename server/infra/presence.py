@@ -1,7 +1,7 @@
 """Which server process holds which user's sockets, across processes.
 
-With Redis: a hash per user (socket id -> process id), trusted only while that process's heartbeat
-key lives, so a killed process's sockets stop counting within ``PROCESS_TTL_S``. Without Redis there
+With Redis: a hash per user (socket id -> "<process id> <device id>"), trusted only while that process's
+heartbeat key lives, so a killed process's sockets stop counting within ``PROCESS_TTL_S``. Without Redis there
 is one process, and only what it holds counts (the caller checks its own sockets first).
 """
 
@@ -50,12 +50,12 @@ class Presence:
                 log.warning("process heartbeat failed: %s", exc)
             await asyncio.sleep(PROCESS_TTL_S / 3)
 
-    async def mark(self, user_id: Any, sid: str, online: bool) -> None:
+    async def mark(self, user_id: Any, sid: str, online: bool, device_id: str = "") -> None:
         if self.redis is None:
             return
         try:
             if online:
-                await self.redis.hset(ONLINE_KEY + str(user_id), sid, self.process_id)
+                await self.redis.hset(ONLINE_KEY + str(user_id), sid, f"{self.process_id} {device_id}")
             else:
                 await self.redis.hdel(ONLINE_KEY + str(user_id), sid)
         except Exception as exc:
@@ -67,20 +67,39 @@ class Presence:
         if self.redis is None:
             return False
         try:
-            owners = set((await self.redis.hgetall(ONLINE_KEY + str(user_id))).values())
-            return any([await self.alive(p.decode()) for p in owners])
+            owners = {_owner(v) for v in (await self.redis.hgetall(ONLINE_KEY + str(user_id))).values()}
+            return any([await self.alive(p) for p in owners])
         except Exception as exc:
             log.warning("online check failed: %s", exc)
             return True
+
+    async def devices_elsewhere(self, user_id: Any) -> set[str] | None:
+        """The device ids of the user's sockets held by live processes (this one's included); None if Redis
+        cannot be asked now."""
+        if self.redis is None:
+            return set()
+        try:
+            held = await self.redis.hgetall(ONLINE_KEY + str(user_id))
+            entries = [v.decode().partition(" ") for v in held.values()]
+            owners = {owner: await self.alive(owner) for owner in {e[0] for e in entries}}
+            return {device for owner, _, device in entries if device and owners[owner]}
+        except Exception as exc:
+            log.warning("online check failed: %s", exc)
+            return None
 
     async def socket_alive(self, user_id: Any, sid: str) -> bool:
         """Whether socket ``sid`` of the user is held by a live process (this one's are checked by the caller)."""
         if self.redis is None:
             return False
         owner = await self.redis.hget(ONLINE_KEY + str(user_id), sid)
-        return owner is not None and await self.alive(owner.decode())
+        return owner is not None and await self.alive(_owner(owner))
 
     async def alive(self, process_id: str) -> bool:
         if process_id == self.process_id:
             return True
         return self.redis is not None and bool(await self.redis.exists(PROCESS_KEY + process_id))
+
+
+def _owner(value: bytes) -> str:
+    """The process id of a presence entry (``"<process id> <device id>"``)."""
+    return value.decode().partition(" ")[0]

@@ -1,23 +1,34 @@
-"""Connection to MongoDB (or the embedded store) and Beanie initialisation."""
+"""Connection to MongoDB (or the embedded store), Beanie initialisation, and what the driver reports of the store
+(commands sent, reachability) counted for ``/healthz`` and ``/metrics``."""
 
 from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
 
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient, monitoring
 
+from server.infra.metrics import STORE_COMMANDS, STORE_OUTAGES, STORE_UNAVAILABLE_SECONDS, STORE_UP, child
 from server.infra.migrations import MigrationRecord
 from server.infra.ratelimit import ThrottleWindow
 
 
 class CommandCounter(monitoring.CommandListener):
     """Counts the store commands this process's clients send (PyMongo command monitoring); ``/healthz``
-    reports the total, so that store work can be divided by the operations that caused it."""
+    reports the total, so that store work can be divided by the operations that caused it; ``by_name`` counts
+    them per command (``insert``, ``find``, ...), for the per-action counts in docs/operations.md, and
+    ``/metrics`` exports the same count by command name."""
 
     def __init__(self) -> None:
         self.total = 0
+        self.by_name: Counter[str] = Counter()
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         self.total += 1
+        child(STORE_COMMANDS, event.command_name).inc()
+        self.by_name[event.command_name] += 1
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
@@ -29,10 +40,60 @@ class CommandCounter(monitoring.CommandListener):
 COMMANDS = CommandCounter()
 
 
+class StoreReachability(monitoring.ServerListener, monitoring.ServerHeartbeatListener):
+    """The store's reachability as the driver sees it (server discovery and monitoring): an outage starts
+    when a server the client knew turns unknown (a failed heartbeat, or an operation's network error) and
+    ends when it is known again, or its client closes. Counted in ``STORE_OUTAGES``; its seconds go into
+    ``STORE_UNAVAILABLE_SECONDS`` at each failed heartbeat meanwhile and at its end; ``STORE_UP`` is 0 while
+    any client of this process is in an outage."""
+
+    def __init__(self) -> None:
+        self.down: dict[Any, float] = {}  # (topology, server) in an outage -> when its seconds were last counted
+
+    def description_changed(self, event: monitoring.ServerDescriptionChangedEvent) -> None:
+        key = (event.topology_id, event.server_address)
+        if event.new_description.is_server_type_known:
+            self._end(key)
+        elif event.previous_description.is_server_type_known and key not in self.down:
+            self.down[key] = time.monotonic()
+            STORE_OUTAGES.inc()
+            STORE_UP.set(0)
+
+    def closed(self, event: monitoring.ServerClosedEvent) -> None:
+        self._end((event.topology_id, event.server_address))
+
+    def failed(self, event: monitoring.ServerHeartbeatFailedEvent) -> None:
+        for key in [k for k in self.down if k[1] == event.connection_id]:
+            self._count(key)
+
+    def _count(self, key: Any) -> None:
+        now = time.monotonic()
+        STORE_UNAVAILABLE_SECONDS.inc(now - self.down[key])
+        self.down[key] = now
+
+    def _end(self, key: Any) -> None:
+        if key in self.down:
+            self._count(key)
+            del self.down[key]
+        STORE_UP.set(0 if self.down else 1)
+
+    def opened(self, event: monitoring.ServerOpeningEvent) -> None:
+        pass
+
+    def started(self, event: monitoring.ServerHeartbeatStartedEvent) -> None:
+        pass
+
+    def succeeded(self, event: monitoring.ServerHeartbeatSucceededEvent) -> None:
+        pass
+
+
+REACHABILITY = StoreReachability()
+
+
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:
     """A client whose writes are acknowledged only once durable (majority + journal), its commands
-    counted in ``COMMANDS``."""
-    listeners = [COMMANDS, *kwargs.pop("event_listeners", ())]  # type: ignore[misc]
+    counted in ``COMMANDS`` and its reachability followed by ``REACHABILITY``."""
+    listeners = [COMMANDS, REACHABILITY, *kwargs.pop("event_listeners", ())]  # type: ignore[misc]
     opts: dict[str, object] = {
         "event_listeners": listeners,
         "tz_aware": True,

@@ -37,7 +37,9 @@ def mount(m: Mount, meds: Medications, scheduler: Scheduler) -> None:
     ev = m.events.event
     m.events.push("med:changed", MedChanged, "To the patient's room when a medication is created, changed, "
                   "archived or its stock used.")
-    m.events.push("dose:due", DoseDue, "To the patient's room when a dose is due (the box is told too).")
+    m.events.push("dose:due", DoseDue, "To the patient's room when a dose is due (the box is told too). The "
+                  "patient's app confirms it with dose:received; each registered device of the patient that has "
+                  "not, within HEALTHMATE_ALERT_PUSH_AFTER_S of the reminder, is pushed the reminder.")
     m.events.push("dose:confirmed", DoseOut, "To the patient's room when a dose is confirmed (app or box).")
     m.events.push("dose:missed", DoseOut, "To the patient's room when a dose is marked missed.")
 

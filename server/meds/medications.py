@@ -16,6 +16,7 @@ from server.care.access import care_team, require_patient
 from server.care.uploads import Uploads
 from server.core.documents import iso, utcnow
 from server.core.errors import ApiError, forbidden, not_found
+from server.core.i18n import Text
 from server.core.identity import Client, Principal, as_object_id
 from server.core.ports import Broadcaster, Notifier, Urgency
 from server.meds.documents import MedCreate, Medication, MedicationChange, MedRef, MedUpdate
@@ -25,8 +26,8 @@ WRITERS = frozenset({"patient", "caregiver", "clinician"})  # the patient, or an
 MAX_ACTIVE = 100  # medications per patient
 
 
-async def notify_quietly(notifier: Notifier, user_ids: list[PydanticObjectId], kind: str, title: str,
-                         body: str = "", *, patient_id: PydanticObjectId, data: dict[str, Any] | None = None,
+async def notify_quietly(notifier: Notifier, user_ids: list[PydanticObjectId], kind: str, title: str | Text,
+                         body: str | Text = "", *, patient_id: PydanticObjectId, data: dict[str, Any] | None = None,
                          urgency: Urgency = "normal") -> None:
     """A failure to notify never undoes the change that caused it."""
     try:
@@ -41,7 +42,7 @@ async def bounded(jobs: list[Awaitable[Any]], width: int = 32) -> None:
         await asyncio.gather(*jobs[i:i + width])
 
 
-async def notify(svc: Any, user_ids: list[PydanticObjectId], kind: str, title: str, body: str = "",
+async def notify(svc: Any, user_ids: list[PydanticObjectId], kind: str, title: str | Text, body: str | Text = "",
                  **kwargs: Any) -> None:
     """``devices/box_service.py``'s way in (it holds the services registry), until it is handed a Notifier;
     then delete this."""
@@ -168,8 +169,8 @@ class Medications:
             await hook(med, change, changes)
         if med.low_stock and not was_low and med.archived_at is None:
             team = [med.patient_id, *[lk.member_id for lk in await care_team(med.patient_id, ("caregiver",))]]
-            await notify_quietly(self.notifier, team, "low_stock", f"{med.name} is running low",
-                                 f"{med.stock} left", patient_id=med.patient_id,
+            await notify_quietly(self.notifier, team, "low_stock", Text("med.low_stock.title", medication=med.name),
+                                 Text("med.low_stock.body", stock=med.stock), patient_id=med.patient_id,
                                  data={"medication_id": str(med.id), "stock": med.stock})
 
     async def use_stock(self, med_id: PydanticObjectId, principal: Principal | None) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from beanie import PydanticObjectId
 
 from server.care.access import care_team
+from server.core.i18n import Text
 from server.core.ports import Broadcaster, Notifier
 from server.meds.claims import DoseClaims
 from server.meds.delivery import LEASE
@@ -47,8 +48,9 @@ class MissedDoses:
                 teams[d["patient_id"]] = [lk.member_id for lk in await care_team(d["patient_id"], ("caregiver",))]
             await self.out.to_patient(d["patient_id"], "dose:missed", dose_json(d))
         await bounded([
-            notify_quietly(self.notifier, teams[d["patient_id"]], "dose_missed", f"Missed dose: {d['medication_name']}",
-                           f"Due {d['slot'].replace('T', ' ')} ({d['timezone']}), not confirmed",
+            notify_quietly(self.notifier, teams[d["patient_id"]], "dose_missed",
+                           Text("dose.missed.title", medication=d["medication_name"]),
+                           Text("dose.missed.body", due=d["slot"].replace("T", " "), timezone=d["timezone"]),
                            patient_id=d["patient_id"], urgency="high",
                            data={"dose_id": str(d["_id"]), "medication_id": str(d["medication_id"])})
             for d in claimed])

@@ -1,8 +1,9 @@
 """Reminder notifications, apart from the firing loop so their cost (a stored notification each) never
 delays a reminder: a loop claims reminded, unnotified doses with a conditional write (so each is sent by
-one process), leased (``reminder_lease_until``), in small batches that leave the store to the firing loop
-in between. A notification its process claimed and did not finish before the lease ran out is claimed
-again and sent, unless the dead process had already stored it."""
+one process), leased (``reminder_lease_until``), in batches that leave the store to the firing loop
+in between; a batch's notifications are stored by one insert (``server.infra.group_commit``, bulk: they
+wait while an alert is being written). A notification its process claimed and did not finish before the
+lease ran out is claimed again and sent, unless the dead process had already stored it."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ from datetime import datetime
 from typing import Any
 
 from server.core.documents import aware, iso, utcnow
+from server.core.i18n import Text
 from server.core.ports import NotificationLookup
+from server.infra.group_commit import COMMITS
 from server.meds.claims import DoseClaims
 from server.meds.delivery import LEASE, POLL_S, DueDelivery
 from server.meds.medications import bounded, notify_quietly
 
 log = logging.getLogger(__name__)
-NOTIFY_BATCH = 32
+NOTIFY_BATCH = 100  # a claim's notifications are stored together (the group commit): one insert per batch
+UNBATCHED = 32  # with the group commit off: a claim's worth of inserts at a time, as before it
 UNNOTIFIED = {"state": "reminded", "reminder_notified_at": None}
 
 
@@ -29,6 +33,10 @@ class Reminders:
         self.notifier = notifier
         self.delivery = delivery
 
+    @staticmethod
+    def batch() -> int:
+        return NOTIFY_BATCH if COMMITS.enabled else UNBATCHED
+
     async def run(self) -> None:
         """The loop: woken when doses were delivered, else every ``POLL_S``."""
         while True:
@@ -36,7 +44,7 @@ class Reminders:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.delivery.reminded.wait(), POLL_S)
                 self.delivery.reminded.clear()
-                while await self._notify_some() == NOTIFY_BATCH:
+                while await self._notify_some() == self.batch():
                     await self._yield_to_reminders()
             except asyncio.CancelledError:
                 raise
@@ -53,10 +61,11 @@ class Reminders:
 
     async def _notify_some(self, query: dict[str, Any] = UNNOTIFIED, again: bool = False) -> int:
         """Claim and send up to NOTIFY_BATCH reminder notifications matching ``query`` (leased), then release."""
+        await COMMITS.until_clear()  # an alert being raised goes first
         now = utcnow()
         token, claimed = await self.claims.claim(
-            query, {"$set": {"reminder_notified_at": now, "reminder_lease_until": now + LEASE}}, limit=NOTIFY_BATCH)
-        await bounded([self._remind_patient(d, again) for d in claimed])
+            query, {"$set": {"reminder_notified_at": now, "reminder_lease_until": now + LEASE}}, limit=self.batch())
+        await bounded([self._remind_patient(d, again) for d in claimed], width=self.batch())
         if claimed:
             await self.claims.doses.update_many(
                 {"_id": {"$in": [d["_id"] for d in claimed]}, "lease_owner": token},
@@ -71,7 +80,10 @@ class Reminders:
         """The ``reminder`` notification; ``again`` (a dead process's claim): not if that process stored it."""
         if again and await self.notifier.notified(d["patient_id"], "reminder", {"dose_id": str(d["_id"])}):
             return
-        body = " · ".join(x for x in (d.get("dose"), f"drawer {d['drawer']}" if d.get("drawer") else None) if x)
-        await notify_quietly(self.notifier, [d["patient_id"]], "reminder", f"Time for {d['medication_name']}", body,
+        drawer = Text("dose.reminder.drawer", drawer=d["drawer"]) if d.get("drawer") else None
+        body = Text("dose.reminder.body", dose=d["dose"], drawer=drawer) if d.get("dose") and drawer \
+            else d.get("dose") or drawer or ""
+        await notify_quietly(self.notifier, [d["patient_id"]], "reminder",
+                             Text("dose.reminder.title", medication=d["medication_name"]), body,
                              patient_id=d["patient_id"],
                              data={"dose_id": str(d["_id"]), "due_at": iso(aware(d["due_at"]))})

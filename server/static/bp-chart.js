@@ -45,7 +45,8 @@ export class BpChart {
     const point = (color) => ({ show: true, size: 7, fill: color, stroke: color });
     this.plot = new uPlot({
       width, height: 220,
-      scales: { y: { range: (_, lo, hi) => [Math.min(50, lo - 10), Math.max(190, hi + 10)] } },
+      scales: { x: { time: true, range: (_, lo, hi) => (hi - lo < 3600 ? [lo - 43200, hi + 43200] : [lo, hi]) },
+                y: { range: (_, lo, hi) => [Math.min(50, lo - 10), Math.max(190, hi + 10)] } },
       axes: [{ stroke: "#647880", grid: { stroke: "#eef2f4" } },
              { stroke: "#647880", grid: { stroke: "#eef2f4" }, label: "mmHg", size: 55 }],
       series: [{}, { label: "Systolic", stroke: "#c62828", width: 2, points: point("#c62828") },

@@ -138,25 +138,35 @@ export class AudioCall extends EventTarget {
 
   /** The calls stats: packets received and sent on the audio track (for the page's tests). */
   async packets() {
-    if (!this.pc) return { received: 0, sent: 0 };
-    let received = 0;
-    let sent = 0;
-    (await this.pc.getStats()).forEach((s) => {
-      if (s.type === "inbound-rtp" && s.kind === "audio") received += s.packetsReceived || 0;
-      if (s.type === "outbound-rtp" && s.kind === "audio") sent += s.packetsSent || 0;
-    });
-    return { received, sent };
+    return audioStats(this.pc);
   }
 
   cleanup() {
-    if (this.pc) this.pc.close();
-    if (this.local) for (const t of this.local.getTracks()) t.stop();
-    this.pc = null;
-    this.local = null;
-    this.call = null;
-    this.pending = [];
+    release(this);
     this.audio.srcObject = null;
   }
+}
+
+/** A call's media let go: its peer connection closed, the microphone (and camera) off, the call forgotten. */
+export function release(holder) {
+  if (holder.pc) holder.pc.close();
+  if (holder.local) for (const t of holder.local.getTracks()) t.stop();
+  Object.assign(holder, { pc: null, local: null, call: null, pending: [] });
+}
+
+/** A peer connection's audio: packets received and sent, the level heard (0–1) and its energy so far. */
+export async function audioStats(pc) {
+  const out = { state: pc ? pc.connectionState : "none", received: 0, sent: 0, level: 0, energy: 0 };
+  if (!pc) return out;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "audio") {
+      out.received += s.packetsReceived || 0;
+      out.level = Math.max(out.level, s.audioLevel || 0);
+      out.energy += s.totalAudioEnergy || 0;
+    }
+    if (s.type === "outbound-rtp" && s.kind === "audio") out.sent += s.packetsSent || 0;
+  });
+  return out;
 }
 
 /** Resolves once the peer connection has gathered its candidates (the relay takes them in the offer). */

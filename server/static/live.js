@@ -80,8 +80,10 @@ export class Live extends EventTarget {
       this.socket.timeout(timeoutMs).emit(event, ...args, (err, reply) => {
         if (err) reject(new Error(`${event}: no answer`));
         else if (reply && reply.ok) resolve(reply.data);
-        else reject(Object.assign(new Error((reply && reply.error && reply.error.message) || event),
-                                  { code: reply && reply.error && reply.error.code }));
+        else {
+          const error = (reply && reply.error) || {};
+          reject(Object.assign(new Error(error.message || event), { code: error.code, details: error.details }));
+        }
       });
     });
   }

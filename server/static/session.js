@@ -64,6 +64,13 @@ export class Session extends EventTarget {
     return body.user;
   }
 
+  /** A new patient's or caregiver's account (the app's sign-up), signed in as for a login. */
+  async register(fields) {
+    const body = await request("POST", "/api/auth/register", { ...fields, cookie: true });
+    this.store(body, body.user);
+    return body.user;
+  }
+
   /** After a reload: signed in again if the refresh cookie is still good. */
   async resume() {
     try {
@@ -125,13 +132,26 @@ export class Session extends EventTarget {
     this.state = null;
     this.dispatchEvent(new CustomEvent("ended", { detail: reason }));
   }
+
+  /** A multipart upload (``FormData``) as the signed-in user. */
+  async upload(path, form) {
+    return request("POST", path, form, await this.token());
+  }
+
+  /** A file the signed-in user may read (an avatar), as a Blob. */
+  async blob(path) {
+    const resp = await fetch(path, { headers: { Authorization: `Bearer ${await this.token()}` } });
+    if (!resp.ok) throw new ApiError(resp.status, await resp.json().catch(() => null));
+    return resp.blob();
+  }
 }
 
 async function request(method, path, body, token) {
   const headers = {};
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const form = body instanceof FormData;
+  if (body !== undefined && !form) headers["Content-Type"] = "application/json";
   if (token) headers.Authorization = `Bearer ${token}`;
-  const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const resp = await fetch(path, { method, headers, body: body === undefined || form ? body : JSON.stringify(body) });
   const data = resp.status === 204 ? null : await resp.json().catch(() => null);
   if (!resp.ok) throw new ApiError(resp.status, data);
   return data;

@@ -24,6 +24,7 @@ from server.core.documents import iso, utcnow
 from server.core.errors import ApiError, forbidden
 from server.core.identity import as_object_id
 from server.core.ports import VitalEvents
+from server.infra.metrics import ANALYSIS_BACKLOG, ANALYSIS_LAG, STREAMS_OPEN
 from server.streaming.analysis_pool import AnalysisPool, Result
 from server.streaming.documents import AnalysisChunk, Stream
 from server.streaming.history import BucketBuilder, HistoryWriter
@@ -63,18 +64,24 @@ class StreamService:
         self.streams: dict[str, LiveStream] = {}
         self.frames_in = 0
         self._watchdog: asyncio.Task[None] | None = None
+        # Results are handled one batch after another, in the order the pool gave them: a task per batch
+        # interleaved at each publish and watchers could see second 2 before second 1.
+        self._results: asyncio.Queue[list[Result]] = asyncio.Queue()
+        self._results_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.pool.start()
         self._watchdog = asyncio.create_task(self._watch(), name="stream-watchdog")
+        self._results_task = asyncio.create_task(self._handle_results_forever(), name="stream-results")
 
     async def stop(self) -> None:
-        if self._watchdog:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+        for task in (self._watchdog, self._results_task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for stream in list(self.streams.values()):
             await self._close(stream, "server_shutdown", announce=False)
         await self.pool.stop()
@@ -267,7 +274,15 @@ class StreamService:
     # --- analysis results ---------------------------------------------------------------------------
 
     def _on_results(self, results: list[Result]) -> None:
-        asyncio.get_running_loop().create_task(self._handle_results(results))
+        self._results.put_nowait(results)  # no more than the pool's bounded inboxes let through
+
+    async def _handle_results_forever(self) -> None:
+        while True:
+            results = await self._results.get()
+            try:
+                await self._handle_results(results)
+            except Exception:
+                log.exception("handling analysis results failed")
 
     async def _handle_results(self, results: list[Result]) -> None:
         now = time.time()
@@ -278,6 +293,7 @@ class StreamService:
             pid = str(stream.doc.patient_id)
             if received_at:
                 stream.lag_ms = (now - received_at) * 1000
+                ANALYSIS_LAG.observe(now - received_at)
             for a in analyses:
                 # Server time of the end of the analysed second, through the device clock mapping.
                 at_s = stream.clock.to_server((stream.first_t0 or 0.0) + a["t"] * 1000.0) \
@@ -320,6 +336,8 @@ class StreamService:
 
     async def _watch_once(self) -> None:
         now = time.monotonic()
+        STREAMS_OPEN.set(len(self.streams))
+        ANALYSIS_BACKLOG.set(self.pool.backlog)
         for stream in list(self.streams.values()):
             silent = now - stream.last_frame
             if silent >= IDLE_CLOSE_S:

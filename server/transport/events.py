@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from server.core.config import Settings
 from server.core.errors import ApiError, as_api_error, error_body
 from server.core.identity import Client, Principal
+from server.infra.metrics import EVENTS, OTHER, child, outcome
 from server.infra.ratelimit import TokenBuckets
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,17 @@ class EventRouter:
         self.pushed[name] = Pushed(model, summary)
 
     async def handle(self, name: str, principal: Principal, sid: str, client: Client, data: Any) -> dict[str, Any]:
-        """Run event ``name`` for ``principal`` on connection ``sid`` and return its ack."""
+        """Run event ``name`` for ``principal`` on connection ``sid`` and return its ack, counted in ``EVENTS``
+        by name and outcome."""
         event = self.events.get(name)
         if event is None:
             return unknown_event(name)
+        ack = await self._run(event, name, principal, sid, client, data)
+        child(EVENTS, name, outcome(ack)).inc()
+        return ack
+
+    async def _run(self, event: Event, name: str, principal: Principal, sid: str, client: Client,
+                   data: Any) -> dict[str, Any]:
         wait = self.conn_limit.take(sid) or self.user_limit.take(
             principal.sid if principal.is_device else str(principal.user_id))
         if wait:
@@ -110,4 +118,6 @@ class EventRouter:
 
 
 def unknown_event(event: Any) -> dict[str, Any]:
+    """The ack of an event no handler is registered for, counted as ``other``: the name is the client's."""
+    child(EVENTS, OTHER, "unknown_event").inc()
     return {"ok": False, **error_body("unknown_event", "No such event", {"event": str(event)[:64]})}

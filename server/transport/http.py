@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from server.core.errors import ApiError, as_api_error, error_body, validation_error
 from server.core.identity import Client, Principal
+from server.infra.metrics import HTTP_REQUESTS, OTHER, child
 
 log = logging.getLogger(__name__)
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -44,6 +45,28 @@ async def error_middleware(request: web.Request, handler: Callable[..., Any]) ->
                                  headers={k: v for k, v in exc.headers.items() if k.lower() in {"allow"}})
     except Exception as exc:
         return error_response(as_api_error(exc, f"{request.method} {request.path}"))
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+    """Count every request in ``HTTP_REQUESTS`` by method, the pattern of the route it matched (never the raw
+    URL: ``/api/patients/{patient_id}``, ``unmatched`` if none) and the status answered. Outermost, so it
+    sees the status ``error_middleware`` turned an exception into."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        child(HTTP_REQUESTS, request.method if request.method in _METHODS else OTHER,
+              resource.canonical if resource is not None else "unmatched", str(status)).inc()
 
 
 async def read_json(request: web.Request, model: type[M]) -> M:

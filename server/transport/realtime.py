@@ -22,6 +22,7 @@ from server.core.config import Settings
 from server.core.errors import ApiError, as_api_error, error_body
 from server.core.identity import Client, Principal
 from server.infra import fastjson
+from server.infra.metrics import CONNECTIONS, EVENTS
 from server.infra.presence import Presence
 from server.infra.ratelimit import TokenBuckets
 from server.transport.events import EventRouter, unknown_event
@@ -146,6 +147,12 @@ class Realtime:
     async def socket_alive(self, user_id: Any, sid: str) -> bool:
         return sid in self.principals or await self.presence.socket_alive(user_id, sid)
 
+    async def live_devices(self, user_id: Any) -> set[str] | None:
+        """The device ids of the user's connected sockets, here and in every live process (None: unknown)."""
+        here = {self.device_ids[sid] for sid in self._local(user_room(user_id)) if sid in self.device_ids}
+        elsewhere = await self.presence.devices_elsewhere(user_id)
+        return None if elsewhere is None else here | elsewhere
+
     # --- connections -------------------------------------------------------------------------------
 
     def _client(self, environ: dict[str, Any]) -> Client:
@@ -176,11 +183,12 @@ class Realtime:
         else:
             await self.sio.enter_room(sid, user_room(principal.user_id))
             await self.sio.enter_room(sid, f"session:{principal.sid}")
-            await self.presence.mark(principal.user_id, sid, True)
+            await self.presence.mark(principal.user_id, sid, True, device_id)
             for pid in await self.patients_of(principal):
                 await self.sio.enter_room(sid, patient_room(pid))
         for hook in self.connect_hooks:
             await hook(sid, principal)
+        CONNECTIONS.labels(principal.role).inc()
 
     @staticmethod
     def _device_id(sid: str, auth: Any) -> str:
@@ -203,6 +211,8 @@ class Realtime:
         self.clients.pop(sid, None)
         self.device_ids.pop(sid, None)
         self.router.forget(sid)
+        if principal is not None:
+            CONNECTIONS.labels(principal.role).dec()
         if principal is not None and not principal.is_device:
             await self.presence.mark(principal.user_id, sid, False)
 
@@ -212,6 +222,7 @@ class Realtime:
         async def dispatch(sid: str, *args: Any) -> dict[str, Any]:
             principal = self.principals.get(sid)
             if principal is None:
+                EVENTS.labels(name, "unauthorized").inc()
                 return {"ok": False, **error_body("unauthorized", "Not authenticated")}
             return await self.router.handle(name, principal, sid, self.clients.get(sid, Client()),
                                             args[0] if args else None)
@@ -240,15 +251,23 @@ class Realtime:
         sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
         return None if sock is None else sock.queue.qsize()
 
-    async def to_socket(self, sid: str, event: str, data: Any) -> None:
-        """To a socket of this process, directly (nothing through Redis)."""
-        await self.sio.emit(event, data, to=sid, ignore_queue=True)
+    async def to_socket(self, sid: str, event: str, data: Any, callback: Callable[..., Any] | None = None) -> None:
+        """To a socket of this process, directly (nothing through Redis); ``callback`` runs on the client's ack."""
+        await self.sio.emit(event, data, to=sid, ignore_queue=True, callback=callback)
 
     # --- control messages, applied to this process's sockets ----------------------------------------
 
     def local_sids(self, room: str) -> list[str]:
         """This process's sockets in ``room``."""
         return self._local(room)
+
+    def user_sids(self, user_id: Any) -> list[str]:
+        """This process's sockets of one user."""
+        return self._local(user_room(user_id))
+
+    def device_id(self, sid: str) -> str | None:
+        """The app installation a socket of this process belongs to."""
+        return self.device_ids.get(sid)
 
     def _local(self, room: str) -> list[str]:
         return [sid for sid, _ in self.sio.manager.get_participants(NAMESPACE, room)]

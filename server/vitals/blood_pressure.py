@@ -22,6 +22,7 @@ from server.core.documents import iso, utcnow
 from server.core.errors import ApiError, forbidden, not_found
 from server.core.identity import Client, Principal, as_object_id
 from server.core.ports import Broadcaster
+from server.infra.group_commit import COMMITS
 from server.vitals.documents import BPDelete, BPIn, BPReading, BPUpdate, BPValues
 from server.vitals.fhir import bp_bundle
 
@@ -74,7 +75,7 @@ class BloodPressure:
         reading = BPReading(patient_id=pid, **body.model_dump(exclude={"patient_id"}), category=category,
                             source="device" if device_id else "app", entered_by=principal.user_id,
                             entered_by_role=principal.role, device_id=device_id)
-        await reading.insert()
+        await COMMITS.insert_documents([reading], urgent=category == "hypertensive_crisis")
         await self.broadcaster.to_patient(pid, "bp:new", reading.public())
         if category == "hypertensive_crisis":
             for listener in self.on_crisis:

@@ -17,6 +17,7 @@ from server.care import audit
 from server.care.access import care_team, require_patient
 from server.core.documents import iso, utcnow
 from server.core.errors import ApiError, forbidden
+from server.core.i18n import Text
 from server.core.identity import Client, Principal, as_object_id
 from server.core.ports import Broadcaster, Notifier
 from server.infra.pubsub import ControlBus
@@ -115,8 +116,10 @@ class Vitals:
             "patient_id": str(pid), "thresholds": thresholds, "changed": changed,
             "by": {"id": by.id, "name": by.name}, "at": iso(utcnow())})
         team = [pid, *[link.member_id for link in await care_team(pid) if link.member_id != by.user_id]]
-        summary = ", ".join(f"{k.replace('_', ' ')} {c['old']:g} → {c['new']:g}" for k, c in changed.items())
-        await self.notes.notify(team, "thresholds_changed", "Alert thresholds changed", f"{by.name}: {summary}",
+        summary = [Text("thresholds.change", name=THRESHOLD_NAMES.get(k, k), old=c["old"], new=c["new"])
+                   for k, c in changed.items()]
+        await self.notes.notify(team, "thresholds_changed", Text("thresholds.changed.title"),
+                                Text("thresholds.changed.body", by=by.name, changes=summary),
                                 patient_id=pid, data={"changed": changed, "by": by.id})
 
     async def _reload(self, msg: dict[str, Any]) -> None:
@@ -127,10 +130,19 @@ class Vitals:
             listener(pid, thresholds)
 
 
-RHYTHM_EVENTS = {"tachycardia": "Fast heart rate", "bradycardia": "Slow heart rate",
-                 "irregular_rhythm": "Irregular heart rhythm suspected", "frequent_ectopy": "Frequent extra heartbeats"}
-SIGNAL_EVENTS = {"poor_signal": "Poor sensor signal", "no_signal": "No pulse signal from the sensor",
-                 "stalled": "Sensor stopped sending"}
+RHYTHM_EVENTS = {"tachycardia": Text("vital.tachycardia.title"), "bradycardia": Text("vital.bradycardia.title"),
+                 "irregular_rhythm": Text("vital.irregular_rhythm.title"),
+                 "frequent_ectopy": Text("vital.frequent_ectopy.title")}
+SIGNAL_EVENTS = {"poor_signal": Text("vital.poor_signal.title"), "no_signal": Text("vital.no_signal.title"),
+                 "stalled": Text("vital.stalled.title")}
+THRESHOLD_NAMES = {"tachycardia_hr": Text("threshold.tachycardia_hr"),
+                   "tachycardia_critical_hr": Text("threshold.tachycardia_critical_hr"),
+                   "tachycardia_s": Text("threshold.tachycardia_s"), "bradycardia_hr": Text("threshold.bradycardia_hr"),
+                   "bradycardia_critical_hr": Text("threshold.bradycardia_critical_hr"),
+                   "bradycardia_s": Text("threshold.bradycardia_s"), "poor_quality": Text("threshold.poor_quality"),
+                   "poor_signal_s": Text("threshold.poor_signal_s"), "stalled_s": Text("threshold.stalled_s"),
+                   "frequent_ectopy_per_min": Text("threshold.frequent_ectopy_per_min"),
+                   "frequent_ectopy_s": Text("threshold.frequent_ectopy_s")}
 
 
 def alerts_to(notes: Notifier) -> EventSink:
@@ -142,10 +154,11 @@ def alerts_to(notes: Notifier) -> EventSink:
         if event.phase != "started" or event.severity == "critical" or event.type not in RHYTHM_EVENTS | SIGNAL_EVENTS:
             return
         rate = event.detail.get("rate") or event.detail.get("hr") or event.detail.get("ectopic_per_min")
-        what = " extra beats" if event.type == "frequent_ectopy" else ""
-        body = f"{event.signal or 'sensor'}: {rate:.0f}{what}/min" if isinstance(rate, (int, float)) else ""
+        signal, n = event.signal or Text("vital.sensor"), round(rate) if isinstance(rate, (int, float)) else None
+        body = "" if n is None else Text("vital.ectopy.body", signal=signal, rate=n) \
+            if event.type == "frequent_ectopy" else Text("vital.rate.body", signal=signal, rate=n)
         if event.type in SIGNAL_EVENTS:
-            await notes.notify([event.patient_id], "alert", SIGNAL_EVENTS[event.type], "Check the sensor",
+            await notes.notify([event.patient_id], "alert", SIGNAL_EVENTS[event.type], Text("vital.check_sensor"),
                                patient_id=event.patient_id, data={"vital_event_id": str(event.id)}, urgency="low")
             return
         team = [event.patient_id, *[link.member_id for link in await care_team(event.patient_id)]]

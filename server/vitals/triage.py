@@ -14,6 +14,7 @@ from server.care import audit
 from server.care.access import require_patient
 from server.core.documents import utcnow
 from server.core.errors import ApiError
+from server.core.i18n import Text, sentences
 from server.core.identity import Client, Principal
 from server.core.ports import AlertRaiser
 from server.vitals.bp_history import readings
@@ -21,6 +22,11 @@ from server.vitals.documents import TriageIn
 
 RECENT_BP = timedelta(hours=2)
 CLOCK_SLACK = timedelta(minutes=5)
+# What the emergency rules of ``ml.triage`` tell, in each recipient's language (English: the rules' own reasons).
+REASONS = {"chest_pain": Text("triage.chest_pain"), "stroke_fast": Text("triage.stroke_fast"),
+           "severe_breathlessness": Text("triage.severe_breathlessness"), "fainting": Text("triage.fainting"),
+           "sudden_confusion": Text("triage.sudden_confusion"),
+           "bp_crisis_with_symptoms": Text("triage.bp_crisis_with_symptoms")}
 
 
 class Triage:
@@ -46,10 +52,11 @@ class Triage:
         answer["patient_id"] = str(pid)
         answer["alert_id"] = None
         if answer["level"] == "emergency":
-            reasons = " ".join(f["reason"] for f in answer["fired"] if f["level"] == "emergency")
+            reasons = [REASONS.get(f["rule"], f["reason"]) for f in answer["fired"] if f["level"] == "emergency"]
             try:
                 alert = await self.alerts.raise_alert(
-                    pid, "symptom_emergency", "Emergency symptoms reported", reasons or "Emergency symptoms",
+                    pid, "symptom_emergency", Text("alert.symptoms.title"),
+                    sentences(reasons) if reasons else Text("alert.symptoms.body"),
                     source={"type": "triage", "rules": [f["rule"] for f in answer["fired"]]}, raised_by=principal,
                     data={"symptoms": answer["recognised"]["symptoms"], "bp": answer["bp"]}, on_demand=True)
             except ApiError as exc:  # the day's cap of alerts raised on demand

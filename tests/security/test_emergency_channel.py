@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -120,5 +121,9 @@ async def test_emergency_webhook_calls_are_capped_per_patient_per_day(
         assert len(warned) == 1 and patient.id in warned[0] and "1 held back today" in warned[0]
         counted = await DailyCount.find({"_id": {"$regex": f"^emergency_webhook:{patient.id}:"}}).to_list()
         assert [c.times for c in counted] == [2]
+        (day,) = counted  # dropped by the store's TTL index after a month, not kept forever
+        assert day.expires_at is not None and day.expires_at.date() > datetime.now(UTC).date() + timedelta(days=28)
+        indexes = await DailyCount.get_pymongo_collection().index_information()
+        assert indexes["expiry"].get("expireAfterSeconds") == 0
         assert alerts.events.of("alert:escalated") == []
         await alerts.close()

@@ -67,11 +67,14 @@ NOT_PATIENT_DATA_ROUTES = {
     ("DELETE", "/api/notifications/{notification_id}"),  # changes to one's own (the listing: LISTS_ROUTES)
     ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/api/openapi.yaml"), ("GET", "/api/asyncapi.yaml"),
     ("GET", "/"), ("GET", "/static/{name}"), ("GET", "/vendor/{name}"), ("GET", "/api"),  # the app, its docs
+    ("GET", "/app"), ("GET", "/app/"), ("GET", "/app/{name}"),  # the patients' and caregivers' app's files
+    ("GET", "/api/push/vapid-key"),  # the server's public key
     ("GET", "/socket.io/"), ("POST", "/socket.io/"), ("OPTIONS", "/socket.io/"),  # the transport
 }
 NOT_PATIENT_DATA_EVENTS = {
     "links:create-code", "links:redeem", "links:revoke",  # one's own links
     "notifications:mark-read", "notifications:delete", "push:register", "push:unregister",  # one's own
+    "alert:help",  # a patient raises an alert about themselves (a member is refused by role)
     "alert:received",  # one's own device's receipt: tells nothing back (a thousand receipts must stay cheap)
     "sys:ping",
     # Device events: a user is refused by role; a device acts for its own patient only.

@@ -26,7 +26,7 @@ from beanie import PydanticObjectId
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from server.alerts.documents import PushToken
+from server.alerts.documents import PushEntry, PushToken
 from server.app import SERVER, create_app
 from server.core.config import ConfigError
 from server.infra import safe_url
@@ -266,7 +266,7 @@ async def test_old_subscriptions_to_internal_addresses_are_refused_when_an_alert
             if push_service.paths and await PushToken.find({"_id": {"$in": refused}}).count() == 0:
                 break
             await asyncio.sleep(0.05)
-        await push.queue.join()
+        await push.outbox.idle()
     assert push_service.paths and set(push_service.paths) == {"/wp"}
     assert listener.connections == []
     # Each refused, logged, dropped: no retry was scheduled and nothing of them is left to send.
@@ -274,7 +274,7 @@ async def test_old_subscriptions_to_internal_addresses_are_refused_when_an_alert
     warned = [r.getMessage() for r in caplog.records if "webpush endpoint refused" in r.getMessage()]
     assert {token for token in refused if any(token in m for m in warned)} == set(refused), warned
     assert len(warned) == len(refused) * len(push_service.paths), warned  # once per notification: no retries
-    assert not push._retries and push.queue.empty()
+    assert await PushEntry.find_all().count() == 0
     assert await PushToken.find(PushToken.user_id == PydanticObjectId(carer.id)).count() == 1
 
 
@@ -292,5 +292,5 @@ async def test_a_redirect_from_a_push_service_is_not_followed(api: Api, listener
         if push_service.paths:
             break
         await asyncio.sleep(0.05)
-    await api.app[SERVER].push.queue.join()
+    await api.app[SERVER].push.outbox.idle()
     assert push_service.paths == ["/redirect"] and listener.connections == []

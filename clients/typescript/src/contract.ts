@@ -820,6 +820,21 @@ confirmed_via: (("app" | "box") | null)
 missed_at: (string | null)
 }
 /**
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "DoseReceipt".
+ */
+export interface DoseReceipt {
+dose_id: string
+device_id: string
+}
+/**
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "DoseReceived".
+ */
+export interface DoseReceived {
+dose_id: string
+}
+/**
  * ``box:drawer-opened`` / ``box:drawer-closed``; ``at_ms`` is the box's own clock, kept as reported.
  * 
  * This interface was referenced by `Contract`'s JSON-Schema
@@ -859,7 +874,7 @@ error: ErrorInfo
  * via the `definition` "ErrorInfo".
  */
 export interface ErrorInfo {
-code: ("invalid_payload" | "invalid_query" | "invalid_json" | "invalid_id" | "invalid_message" | "bad_request" | "unsupported_media_type" | "payload_too_large" | "too_large" | "method_not_allowed" | "not_found" | "http_error" | "unknown_event" | "range_not_satisfiable" | "unauthorized" | "token_missing" | "token_invalid" | "token_expired" | "session_revoked" | "refresh_token_reused" | "invalid_credentials" | "account_suspended" | "device_revoked" | "invalid_device_id" | "email_taken" | "account_exists" | "invalid_email" | "weak_password" | "clinician_invite_required" | "role_conflict" | "invitation_invalid" | "invitation_email_mismatch" | "already_member" | "cannot_suspend_self" | "invalid_name" | "forbidden" | "rate_limited" | "too_many_attempts" | "too_many_requests" | "too_many_connections" | "busy" | "store_unavailable" | "not_ready" | "internal" | "unavailable" | "invalid_code" | "too_many_codes" | "too_many_contacts" | "too_many_emergency_contacts" | "upload_too_large" | "unsupported_image" | "image_too_large" | "invalid_upload" | "not_installed" | "already_paired" | "too_many_devices" | "wrong_kind" | "unknown_stream" | "too_many_streams" | "bad_samples" | "empty_frame" | "frame_too_long" | "non_finite_samples" | "invalid_drawer" | "implausible_reading" | "invalid_thresholds" | "not_enough_data" | "model_unavailable" | "unknown_model" | "model_corrupt" | "no_previous_version" | "already_resolved" | "too_many_alerts" | "unsafe_url" | "too_many_tokens" | "conflict" | "too_many_medications" | "archived" | "dose_missed" | "not_due_yet" | "already_in_call" | "call_full" | "invalid_transition" | "glare" | "peer_away" | "not_relayed" | "media_elsewhere" | "media_timeout" | "invalid_sdp" | "recording_in_progress" | "recording_lost")
+code: ("invalid_payload" | "invalid_query" | "invalid_json" | "invalid_id" | "invalid_message" | "bad_request" | "unsupported_media_type" | "payload_too_large" | "too_large" | "method_not_allowed" | "not_found" | "http_error" | "unknown_event" | "range_not_satisfiable" | "unauthorized" | "token_missing" | "token_invalid" | "token_expired" | "session_revoked" | "refresh_token_reused" | "invalid_credentials" | "account_suspended" | "device_revoked" | "invalid_device_id" | "email_taken" | "account_exists" | "invalid_email" | "weak_password" | "clinician_invite_required" | "role_conflict" | "invitation_invalid" | "invitation_email_mismatch" | "already_member" | "cannot_suspend_self" | "invalid_name" | "forbidden" | "rate_limited" | "too_many_attempts" | "too_many_requests" | "too_many_connections" | "busy" | "store_unavailable" | "not_ready" | "internal" | "unavailable" | "invalid_code" | "too_many_codes" | "too_many_contacts" | "too_many_emergency_contacts" | "upload_too_large" | "unsupported_image" | "image_too_large" | "invalid_upload" | "not_installed" | "already_paired" | "too_many_devices" | "wrong_kind" | "unknown_stream" | "too_many_streams" | "bad_samples" | "empty_frame" | "frame_too_long" | "non_finite_samples" | "invalid_drawer" | "implausible_reading" | "invalid_thresholds" | "not_enough_data" | "model_unavailable" | "unknown_model" | "model_corrupt" | "no_previous_version" | "already_resolved" | "too_many_alerts" | "unsafe_url" | "too_many_tokens" | "push_unavailable" | "conflict" | "too_many_medications" | "archived" | "dose_missed" | "not_due_yet" | "already_in_call" | "call_full" | "invalid_transition" | "glare" | "peer_away" | "not_relayed" | "media_elsewhere" | "media_timeout" | "invalid_sdp" | "recording_in_progress" | "recording_lost")
 message: string
 details: {
 [k: string]: unknown
@@ -988,6 +1003,13 @@ export interface HeartbeatIn {
  */
 battery?: (number | null)
 firmware?: (string | null)
+}
+/**
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "HelpIn".
+ */
+export interface HelpIn {
+note?: (string | null)
 }
 /**
  * This interface was referenced by `Contract`'s JSON-Schema
@@ -1424,6 +1446,14 @@ unread: number
 }
 /**
  * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "NotificationReceipt".
+ */
+export interface NotificationReceipt {
+id: string
+device_id: string
+}
+/**
+ * This interface was referenced by `Contract`'s JSON-Schema
  * via the `definition` "NotificationRef".
  */
 export interface NotificationRef {
@@ -1642,7 +1672,10 @@ code: string
  * via the `definition` "RegisterIn".
  */
 export interface RegisterIn {
-provider: ("fcm" | "apns" | "webpush" | "webhook")
+provider: ("fcm" | "apns" | "apns-voip" | "webpush" | "webhook")
+/**
+ * fcm, apns and apns-voip (hex), webhook
+ */
 token?: (string | null)
 subscription?: (Subscription | null)
 }
@@ -1668,7 +1701,7 @@ auth: string
  */
 export interface Registered {
 device_id: string
-provider: ("fcm" | "apns" | "webpush" | "webhook")
+provider: ("fcm" | "apns" | "apns-voip" | "webpush" | "webhook")
 created_at: string
 /**
  * Whether this server has the provider configured
@@ -1896,7 +1929,7 @@ unread: number
  * via the `definition` "UnregisterIn".
  */
 export interface UnregisterIn {
-provider?: (("fcm" | "apns" | "webpush" | "webhook") | null)
+provider?: (("fcm" | "apns" | "apns-voip" | "webpush" | "webhook") | null)
 }
 /**
  * ``live:unsubscribe``.
@@ -1976,6 +2009,8 @@ export type AlertAckPayload = AlertNote;
 export type AlertAckResult = AlertAckReply;
 export type AlertGetPayload = AlertRef;
 export type AlertGetResult = AlertDetail;
+export type AlertHelpPayload = HelpIn;
+export type AlertHelpResult = AlertOut;
 export type AlertReceivedPayload = AlertRef;
 export type AlertReceivedResult = Received;
 export type AlertResolvePayload = AlertNote;
@@ -2036,6 +2071,8 @@ export type DeviceHeartbeatPayload = HeartbeatIn;
 export type DeviceHeartbeatResult = Beat;
 export type DoseConfirmPayload = ConfirmIn;
 export type DoseConfirmResult = DoseOut;
+export type DoseReceivedPayload = DoseReceived;
+export type DoseReceivedResult = DoseReceipt;
 export type LinksCreateCodePayload = null | Record<string, never>;
 export type LinksCreateCodeResult = LinkCode;
 export type LinksListPayload = null | Record<string, never>;
@@ -2060,6 +2097,8 @@ export type MlBpForecastPayload = ForecastIn;
 export type MlBpForecastResult = Forecast;
 export type MlTriagePayload = TriageIn;
 export type MlTriageResult = TriageOut;
+export type NotificationReceivedPayload = NotificationRef;
+export type NotificationReceivedResult = NotificationReceipt;
 export type NotificationsDeletePayload = NotificationRef;
 export type NotificationsDeleteResult = Deleted;
 export type NotificationsListPayload = ListIn;
@@ -2127,12 +2166,13 @@ export type VitalsEventMessage = VitalEventOut;
 export type VitalsThresholdsChangedMessage = ThresholdsChanged;
 
 /** Every error code the server sends (docs: the error table). */
-export type ErrorCode = "invalid_payload" | "invalid_query" | "invalid_json" | "invalid_id" | "invalid_message" | "bad_request" | "unsupported_media_type" | "payload_too_large" | "too_large" | "method_not_allowed" | "not_found" | "http_error" | "unknown_event" | "range_not_satisfiable" | "unauthorized" | "token_missing" | "token_invalid" | "token_expired" | "session_revoked" | "refresh_token_reused" | "invalid_credentials" | "account_suspended" | "device_revoked" | "invalid_device_id" | "email_taken" | "account_exists" | "invalid_email" | "weak_password" | "clinician_invite_required" | "role_conflict" | "invitation_invalid" | "invitation_email_mismatch" | "already_member" | "cannot_suspend_self" | "invalid_name" | "forbidden" | "rate_limited" | "too_many_attempts" | "too_many_requests" | "too_many_connections" | "busy" | "store_unavailable" | "not_ready" | "internal" | "unavailable" | "invalid_code" | "too_many_codes" | "too_many_contacts" | "too_many_emergency_contacts" | "upload_too_large" | "unsupported_image" | "image_too_large" | "invalid_upload" | "not_installed" | "already_paired" | "too_many_devices" | "wrong_kind" | "unknown_stream" | "too_many_streams" | "bad_samples" | "empty_frame" | "frame_too_long" | "non_finite_samples" | "invalid_drawer" | "implausible_reading" | "invalid_thresholds" | "not_enough_data" | "model_unavailable" | "unknown_model" | "model_corrupt" | "no_previous_version" | "already_resolved" | "too_many_alerts" | "unsafe_url" | "too_many_tokens" | "conflict" | "too_many_medications" | "archived" | "dose_missed" | "not_due_yet" | "already_in_call" | "call_full" | "invalid_transition" | "glare" | "peer_away" | "not_relayed" | "media_elsewhere" | "media_timeout" | "invalid_sdp" | "recording_in_progress" | "recording_lost";
+export type ErrorCode = "invalid_payload" | "invalid_query" | "invalid_json" | "invalid_id" | "invalid_message" | "bad_request" | "unsupported_media_type" | "payload_too_large" | "too_large" | "method_not_allowed" | "not_found" | "http_error" | "unknown_event" | "range_not_satisfiable" | "unauthorized" | "token_missing" | "token_invalid" | "token_expired" | "session_revoked" | "refresh_token_reused" | "invalid_credentials" | "account_suspended" | "device_revoked" | "invalid_device_id" | "email_taken" | "account_exists" | "invalid_email" | "weak_password" | "clinician_invite_required" | "role_conflict" | "invitation_invalid" | "invitation_email_mismatch" | "already_member" | "cannot_suspend_self" | "invalid_name" | "forbidden" | "rate_limited" | "too_many_attempts" | "too_many_requests" | "too_many_connections" | "busy" | "store_unavailable" | "not_ready" | "internal" | "unavailable" | "invalid_code" | "too_many_codes" | "too_many_contacts" | "too_many_emergency_contacts" | "upload_too_large" | "unsupported_image" | "image_too_large" | "invalid_upload" | "not_installed" | "already_paired" | "too_many_devices" | "wrong_kind" | "unknown_stream" | "too_many_streams" | "bad_samples" | "empty_frame" | "frame_too_long" | "non_finite_samples" | "invalid_drawer" | "implausible_reading" | "invalid_thresholds" | "not_enough_data" | "model_unavailable" | "unknown_model" | "model_corrupt" | "no_previous_version" | "already_resolved" | "too_many_alerts" | "unsafe_url" | "too_many_tokens" | "push_unavailable" | "conflict" | "too_many_medications" | "archived" | "dose_missed" | "not_due_yet" | "already_in_call" | "call_full" | "invalid_transition" | "glare" | "peer_away" | "not_relayed" | "media_elsewhere" | "media_timeout" | "invalid_sdp" | "recording_in_progress" | "recording_lost";
 
 /** The events a client sends: their payload and the data of a successful ack. */
 export interface ClientEvents {
   "alert:ack": { payload: AlertAckPayload; reply: AlertAckResult };
   "alert:get": { payload: AlertGetPayload; reply: AlertGetResult };
+  "alert:help": { payload: AlertHelpPayload; reply: AlertHelpResult };
   "alert:received": { payload: AlertReceivedPayload; reply: AlertReceivedResult };
   "alert:resolve": { payload: AlertResolvePayload; reply: AlertResolveResult };
   "alerts:list": { payload: AlertsListPayload; reply: AlertsListResult };
@@ -2163,6 +2203,7 @@ export interface ClientEvents {
   "contacts:list": { payload: ContactsListPayload; reply: ContactsListResult };
   "device:heartbeat": { payload: DeviceHeartbeatPayload; reply: DeviceHeartbeatResult };
   "dose:confirm": { payload: DoseConfirmPayload; reply: DoseConfirmResult };
+  "dose:received": { payload: DoseReceivedPayload; reply: DoseReceivedResult };
   "links:create-code": { payload: LinksCreateCodePayload; reply: LinksCreateCodeResult };
   "links:list": { payload: LinksListPayload; reply: LinksListResult };
   "links:redeem": { payload: LinksRedeemPayload; reply: LinksRedeemResult };
@@ -2175,6 +2216,7 @@ export interface ClientEvents {
   "med:update": { payload: MedUpdatePayload; reply: MedUpdateResult };
   "ml:bp-forecast": { payload: MlBpForecastPayload; reply: MlBpForecastResult };
   "ml:triage": { payload: MlTriagePayload; reply: MlTriageResult };
+  "notification:received": { payload: NotificationReceivedPayload; reply: NotificationReceivedResult };
   "notifications:delete": { payload: NotificationsDeletePayload; reply: NotificationsDeleteResult };
   "notifications:list": { payload: NotificationsListPayload; reply: NotificationsListResult };
   "notifications:mark-read": { payload: NotificationsMarkReadPayload; reply: NotificationsMarkReadResult };
@@ -2240,6 +2282,9 @@ export abstract class EventCalls {
   }
   alertGet(payload: AlertGetPayload): Promise<Ack<AlertGetResult>> {
     return this.call("alert:get", payload);
+  }
+  alertHelp(payload: AlertHelpPayload): Promise<Ack<AlertHelpResult>> {
+    return this.call("alert:help", payload);
   }
   alertReceived(payload: AlertReceivedPayload): Promise<Ack<AlertReceivedResult>> {
     return this.call("alert:received", payload);
@@ -2331,6 +2376,9 @@ export abstract class EventCalls {
   doseConfirm(payload: DoseConfirmPayload): Promise<Ack<DoseConfirmResult>> {
     return this.call("dose:confirm", payload);
   }
+  doseReceived(payload: DoseReceivedPayload): Promise<Ack<DoseReceivedResult>> {
+    return this.call("dose:received", payload);
+  }
   linksCreateCode(payload: LinksCreateCodePayload): Promise<Ack<LinksCreateCodeResult>> {
     return this.call("links:create-code", payload);
   }
@@ -2366,6 +2414,9 @@ export abstract class EventCalls {
   }
   mlTriage(payload: MlTriagePayload): Promise<Ack<MlTriageResult>> {
     return this.call("ml:triage", payload);
+  }
+  notificationReceived(payload: NotificationReceivedPayload): Promise<Ack<NotificationReceivedResult>> {
+    return this.call("notification:received", payload);
   }
   notificationsDelete(payload: NotificationsDeletePayload): Promise<Ack<NotificationsDeleteResult>> {
     return this.call("notifications:delete", payload);
