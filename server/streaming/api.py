@@ -56,8 +56,44 @@ def mount(m: Mount, streams: StreamService, live: LiveHub, heavy: HeavyReads) ->
     events.push("live:stream", LiveStream, "To a watcher: a stream of the patient opened or closed.")
     events.push("live:ended", LiveEnded, "To a watcher whose link to the patient was revoked: watching ended.")
     m.realtime.disconnect_hooks.append(live.on_disconnect)
-    events.event("stream:open", StreamOpen, roles=DEVICE_ROLES, reply=Opened)(streams.open)
-    events.event("stream:frame", Frame, roles=DEVICE_ROLES, reply=FrameAck)(streams.frame)
+
+    @events.event("stream:open", StreamOpen, roles=DEVICE_ROLES, reply=Opened)
+    async def open_(ctx: EventContext, body: StreamOpen) -> dict[str, Any]:
+        """(device) Open a stream of samples; errors `wrong_kind` (the device is paired as another kind),
+        `invalid_payload`.
+
+        An ECG device opens `kind: ecg`, a PPG device `kind: ppg` (a cuff or a medicine box cannot stream).
+        `sampling_rate` is 25-1000 Hz. The answer gives the `stream_id` for the frames and `max_samples`, the most
+        samples one frame may carry (2 s of signal). Open viewers of the patient get `live:stream`. Opening a
+        `channel` the device already streams on ends that stream (`close_reason: replaced`: the device restarted);
+        a device streams at most 4 channels at once (`too_many_streams`, 409)."""
+        return await streams.open(ctx, body)
+
+    @events.event("stream:frame", Frame, roles=DEVICE_ROLES, reply=FrameAck)
+    async def frame(ctx: EventContext, body: Frame) -> dict[str, Any]:
+        """(device) One frame of samples of an open stream.
+
+        **Frame protocol.** `{stream_id, seq, t0, samples, dtype?}`: - `seq`: the frame's sequence number,
+        increasing by one per frame (it may start anywhere). - `t0`: the device clock, in milliseconds, at the
+        frame's first sample (any epoch, e.g. since boot). - `samples`, the efficient path: raw **little-endian**
+        `float32` (default) or `int16` values (say which in `dtype`), sent as a Socket.IO **binary attachment**
+        (e.g. a `Float32Array`'s buffer, or Python `bytes`). Or, simply, a JSON list of numbers (then no `dtype`).
+        - Limits: at least one sample and at most 2 s of samples at the stream's rate (`max_samples` from
+        `stream:open`; at most 2,000 in a JSON list); every value finite; the whole message at most 1 MB.
+
+        A malformed frame gets the uniform error (`empty_frame`, `bad_samples`, `frame_too_long`,
+        `non_finite_samples`, `invalid_payload`) and nothing of it is stored; `unknown_stream` (404) if the stream
+        is not open (open another), `forbidden` for another device's stream. A frame whose `seq` skips ahead is
+        accepted with `status: gap`: the missing frames are recorded in the stream's counters and in its stored
+        waveform, and watchers get `live:gap`. A frame at or below the last accepted `seq` is dropped and counted:
+        `duplicate` (already received) or `late` (given up as missing). A device that reconnects keeps sending on
+        its stream with the next `seq`.
+
+        The server maps the device clock to its own (the smallest observed `server - device` offset, at each
+        frame's last sample) and records the drift in the stream record (`drift_ppm`). Analyses come back once per
+        second of signal (`live:analysis`, with `hr: null` and a `reason` while there is no readable pulse); no
+        frame for 5 s raises the `stalled` vital event."""
+        return await streams.frame(ctx, body)
 
     @events.event("stream:close", StreamRef, roles=DEVICE_ROLES, reply=Closed)
     async def _close(ctx: EventContext, body: StreamRef) -> dict[str, Any]:
