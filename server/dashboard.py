@@ -126,7 +126,7 @@ def setup(app: web.Application, m: Mount, trust_forwarded: bool = False) -> None
     m.route("GET", "/", index, media="text/html", public=True)
     m.route("GET", "/static/{name}", static_file, media="*/*", public=True)
     m.route("GET", "/vendor/{name}", vendor_file, media="*/*", public=True)
-    m.route("GET", "/app", app_redirect, media="text/html", status=308, public=True)
+    m.route("GET", "/app", app_redirect, status=308, public=True)
     m.route("GET", "/app/", app_index, media="text/html", public=True)
     m.route("GET", "/app/{name}", app_file, media="*/*", public=True)
     m.route("GET", "/api", service_info, ServiceInfo, public=True)

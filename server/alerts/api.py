@@ -311,10 +311,10 @@ def _mount_push(m: Mount, push: PushDispatcher, sockets: Sockets) -> None:
     async def rest_stats(request: web.Request) -> web.Response:
         """(an organisation's admin) The push outbox and the outcomes of its kept history.
 
-        `outbox`: the pushes
-        waiting now, of which `in_flight` (claimed under a lease) and `retrying` (failed, waiting for their next
-        attempt), and the oldest waiting one's age; `history`, outcomes per provider over the last
-        `HEALTHMATE_PUSH_HISTORY_S`, and the latency from a push's writing to its send over the last hour."""
+        `outbox`: the pushes waiting now, of which `in_flight` (claimed under a lease) and `retrying` (failed,
+        waiting for their next attempt), and the oldest waiting one's age; `history`, outcomes per provider over
+        the last `HEALTHMATE_PUSH_HISTORY_S`, and the latency from a push's writing to its send over the last
+        hour."""
         return web.json_response(await push.stats(await m.rest.principal(request)))
 
     m.route("GET", "/api/admin/push-stats", rest_stats, PushStats)
@@ -322,10 +322,10 @@ def _mount_push(m: Mount, push: PushDispatcher, sockets: Sockets) -> None:
     async def vapid_key(request: web.Request) -> web.Response:
         """The server's VAPID public key, for a browser's Web Push subscription.
 
-        The `applicationServerKey` to give
-        `pushManager.subscribe` (base64url of the uncompressed P-256 point); then register the subscription with
-        the Socket.IO event `push:register {provider: "webpush", subscription}`. 404 `push_unavailable` when the
-        operator configured no VAPID key (`HEALTHMATE_VAPID_PRIVATE_KEY`)."""
+        The `applicationServerKey` to give `pushManager.subscribe` (base64url of the uncompressed P-256 point);
+        then register the subscription with the Socket.IO event `push:register {provider: "webpush",
+        subscription}`. 404 `push_unavailable` when the operator configured no VAPID key
+        (`HEALTHMATE_VAPID_PRIVATE_KEY`)."""
         vapid = getattr(push.providers.get("webpush"), "vapid", None)
         if vapid is None:
             raise ApiError("push_unavailable", "Web Push is not configured on this server", 404)
