@@ -69,7 +69,7 @@ NOT_PATIENT_DATA_ROUTES = {
     ("GET", "/"), ("GET", "/static/{name}"), ("GET", "/vendor/{name}"), ("GET", "/api"),  # the app, its docs
     ("GET", "/app"), ("GET", "/app/"), ("GET", "/app/{name}"),  # the patients' and caregivers' app's files
     ("GET", "/api/push/vapid-key"),  # the server's public key
-    ("GET", "/metrics"), ("GET", "/api/admin/push-stats"),  # operational counts, no user's data (loopback/token; admins)
+    ("GET", "/metrics"), ("GET", "/api/admin/push-stats"),  # operational counts, no user's data
     ("GET", "/socket.io/"), ("POST", "/socket.io/"), ("OPTIONS", "/socket.io/"),  # the transport
 }
 NOT_PATIENT_DATA_EVENTS = {
