@@ -77,6 +77,7 @@ NOT_PATIENT_DATA_EVENTS = {
     "notifications:mark-read", "notifications:delete", "push:register", "push:unregister",  # one's own
     "alert:help",  # a patient raises an alert about themselves (a member is refused by role)
     "alert:received",  # one's own device's receipt: tells nothing back (a thousand receipts must stay cheap)
+    "dose:received", "notification:received",  # the same: a receipt under one's own id, read by nobody else
     "sys:ping",
     # Device events: a user is refused by role; a device acts for its own patient only.
     "stream:open", "stream:frame", "stream:close", "stream:rtc-offer", "device:heartbeat",
