@@ -41,7 +41,7 @@ async def team(api: Api) -> tuple[User, User, User, User]:
     return patient, maria, doctor, stranger
 
 
-async def test_crisis_reaches_every_device_and_first_ack_is_shown_to_all(api: Api) -> None:
+async def test_crisis_reaches_every_device_and_first_ack_is_shown_to_all_and_the_patient(api: Api) -> None:
     patient, maria, doctor, stranger = await team(api)
     phone, tablet = await device_sock(api.base_url, maria, "maria-phone"), await device_sock(api.base_url, maria)
     desk, other = await device_sock(api.base_url, doctor, "desk"), await device_sock(api.base_url, stranger)
@@ -69,6 +69,10 @@ async def test_crisis_reaches_every_device_and_first_ack_is_shown_to_all(api: Ap
     for sock in (phone, tablet, desk):
         assert len(sock.events.of("alert:new")) == 1 and len(sock.events.of("alert:acknowledged")) == 1
     assert other.events.of("alert:new") == [] and ps.events.of("alert:new") == []
+    # The patient's own device is told who is handling it (once), a stranger is not.
+    (told,) = await ps.events.wait("alert:acknowledged")
+    assert told["alert_id"] == alert["id"] and told["message"] == "Maria is handling it"
+    assert other.events.of("alert:acknowledged") == []
     # The alert is also in each recipient's notifications (not pushed live a second time).
     for _ in range(40):  # written in the background, after the live fan-out
         _, notes = await api.request("GET", "/api/notifications", maria)
@@ -81,6 +85,8 @@ async def test_crisis_reaches_every_device_and_first_ack_is_shown_to_all(api: Ap
     resolved = await desk.ok("alert:resolve", {"alert_id": alert["id"], "note": "BP back to 150/95"})
     assert resolved["status"] == "resolved" and resolved["resolved_by"]["name"] == "Dr. Lee"
     await phone.events.wait("alert:resolved")
+    (closed,) = await ps.events.wait("alert:resolved")
+    assert closed["alert_id"] == alert["id"] and closed["by"]["name"] == "Dr. Lee"
     assert (await desk.call("alert:resolve", {"alert_id": alert["id"]}))["error"]["code"] == "already_resolved"
     for sock in (phone, tablet, desk, other):
         await sock.close()

@@ -1,8 +1,8 @@
 """The patients' and caregivers' app (``/app/``) in Debian's Chromium, phone-sized (360 px, touch), two
 browser contexts against the real server with a simulated ECG sensor: one end-to-end story, each step
 checked as a person would see it, axe-core on every screen, the service worker serving the shell offline,
-and Web Push registration reaching the server. Its files, ``alert:help`` and the VAPID key route without a
-browser first.
+Web Push registration reaching the server, and a tapped notification opening its screen. Its files,
+``alert:help`` and the VAPID key route without a browser first.
 
 ``HEALTHMATE_APP_SCREENSHOTS=docs/app`` (``make app-screenshots``) saves each screen as a PNG there."""
 
@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from playwright.async_api import BrowserContext, Page
 
 from devices.simulators.sensor import DeviceRun, stream
-from server.alerts.documents import PushToken
+from server.alerts.documents import Notification, PushToken
+from server.alerts.push import message_of
 from server.app import SERVER, create_app
 from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore
@@ -46,6 +47,7 @@ FAKE_MEDIA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-str
               "--autoplay-policy=no-user-gesture-required")
 PUSH_ORIGIN = "https://push.example.test"  # the operator's trusted push service: never contacted here
 WAIT_S = 30.0
+SENT_VIDEO = "__app.call.pc.getSenders().find((s) => s.track && s.track.kind === 'video').track.enabled"
 HEART_RATE = "((v) => Number.isFinite(v) && v)(parseFloat(document.querySelector('#pv-hr').textContent))"
 
 
@@ -369,6 +371,19 @@ async def test_patient_and_caregiver_story(app_api: Api, tmp_path: Path) -> None
                 await c_page.locator("#toast", has_text="You declined the call").wait_for()
                 await p_page.locator("#patient-home").wait_for()
                 await c_page.locator("#patient-view").wait_for()
+                # Again; the caregiver accepts, and the patient turns the camera off (the track the peer
+                # connection sends is disabled: black frames) and on again.
+                await p_page.get_by_role("button", name="Video call Maria Costa").click()
+                await c_page.get_by_role("button", name="Accept").click()
+                await heard(p_page)
+                await p_page.get_by_role("button", name="Camera off").click()
+                assert await p_page.evaluate(SENT_VIDEO) is False
+                assert await p_page.get_by_role("button", name="Camera on").get_attribute("aria-pressed") == "true"
+                await p_page.get_by_role("button", name="Camera on").click()
+                assert await p_page.evaluate(SENT_VIDEO) is True
+                await p_page.get_by_role("button", name="Hang up").click()
+                await p_page.locator("#patient-home").wait_for()
+                await c_page.locator("#patient-view").wait_for()
 
                 # 7. A dose comes due; the patient confirms it.
                 p_sock = await api.socket(patient)
@@ -430,3 +445,81 @@ async def test_patient_and_caregiver_story(app_api: Api, tmp_path: Path) -> None
     finally:
         device_stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --- a tapped notification ------------------------------------------------------------------------------
+
+
+async def sign_in(page: Page, base_url: str, user: User) -> None:
+    await page.goto(base_url + "/app/")
+    await page.locator("#login-email").fill(user.email)
+    await page.locator("#login-password").fill(PASSWORD)
+    await page.locator("#login-submit").click()
+    await page.locator("#patient-home" if user.role == "patient" else "#carer-home").wait_for()
+
+
+async def pushed(user: User, kind: str) -> dict[str, Any]:
+    """What the server's Web Push carries for the user's stored notification of ``kind``."""
+    for _ in range(300):  # stored in the background
+        note = await Notification.find_one(Notification.user_id == PydanticObjectId(user.id), Notification.kind == kind)
+        if note is not None:
+            return message_of(note).payload()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no {kind} notification")
+
+
+# In the service worker: the push handler's body shows the push, the notification is found as the system
+# has it, and the click handler's body routes it.
+TAP = """async ([msg, tag]) => {
+  await shown(msg);
+  const [n] = await self.registration.getNotifications({ tag });
+  const seen = { title: n.title, data: n.data };
+  await opened(n);
+  return { ...seen, left: (await self.registration.getNotifications({ tag })).length };
+}"""
+
+
+async def tap(context: BrowserContext, page: Page, msg: dict[str, Any], tag: str) -> None:
+    await page.evaluate("location.hash = '#profile'")  # elsewhere first: the tap must move the app
+    await page.locator("#profile-view").wait_for()
+    await until(page, "navigator.serviceWorker.ready.then((r) => r.active !== null)")
+    (worker,) = [w for w in context.service_workers if w.url.endswith("/app/sw.js")]
+    seen = await worker.evaluate(TAP, [msg, tag])
+    assert seen == {"title": msg["title"], "data": msg["data"], "left": 0}, seen
+
+
+async def test_a_tapped_notification_opens_its_screen(app_api: Api) -> None:
+    """A caregiver's alert notification opens that alert's screen; a patient's dose reminder opens today's
+    medicines. Exercised for real, in the app's service worker under a granted notification permission: the
+    payload the server's Web Push carries (built from the stored notification by the server's own code) shown
+    by the push handler's body (``shown``), the notification read back from the system
+    (``registration.getNotifications``), the click handler's body (``opened``: close, find the app's window,
+    post it the screen) and the app's routing. Not exercised: the push service delivering the push, the OS
+    tap itself (Chromium cannot click a system notification; its two one-line listeners only pass the event
+    to ``shown``/``opened``), the window's focus (refused without a tap's user activation, as here) and
+    ``clients.openWindow`` when no app window is open."""
+    api = app_api
+    patient, carer = await api.register("patient", name="Rosa Lima"), await api.register("caregiver")
+    await api.link(patient, carer)
+    p_sock, c_sock = await api.socket(patient), await api.socket(carer)
+    alert = await p_sock.ok("alert:help", {})
+    await c_sock.ok("alert:ack", {"alert_id": alert["id"]})  # handled: the caregiver's app will not ring
+    med = await create_med(p_sock, patient.id, schedule={"times": ["03:00"]})
+    dose = await add_dose(patient, med, utcnow(), slot="tap")
+    alert_push, reminder_push = await pushed(carer, "alert"), await pushed(patient, "reminder")
+    assert alert_push["data"]["alert_id"] == alert["id"] and reminder_push["data"]["dose_id"] == str(dose.id)
+    async with chromium() as browser:
+        c_ctx, c_page, c_problems = await phone(browser, permissions=["notifications"])
+        await sign_in(c_page, api.base_url, carer)
+        await tap(c_ctx, c_page, alert_push, alert["id"])
+        await c_page.locator("#alert-view").wait_for()
+        assert await c_page.evaluate("location.hash") == f"#alert={alert['id']}"
+        assert "Rosa Lima" in await c_page.locator("#av-patient").inner_text()
+
+        p_ctx, p_page, p_problems = await phone(browser, permissions=["notifications"])
+        await sign_in(p_page, api.base_url, patient)
+        await tap(p_ctx, p_page, reminder_push, str(dose.id))
+        await p_page.locator("#patient-home").wait_for()
+        assert await p_page.evaluate("[location.hash, document.activeElement.id]") == ["#doses", "doses-title"]
+        await p_page.locator(f'.dose[data-id="{dose.id}"]').wait_for()
+        assert c_problems == [] and p_problems == [], (c_problems, p_problems)

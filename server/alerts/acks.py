@@ -1,6 +1,7 @@
 """What recipients do with an alert: confirm that a device has it (``alert:received``, stored per device,
 written in batches), acknowledge it (the first acknowledgement wins and is shown to all recipients), resolve
-it. A recipient whose link to the patient has ended may do none of these."""
+it. A recipient whose link to the patient has ended may do none of these. The patient's own devices are told
+too (``alert:acknowledged``, ``alert:resolved``): they show who is handling it."""
 
 from __future__ import annotations
 
@@ -61,10 +62,9 @@ class Acknowledgements:
         alert = await Alert.get(alert.id)
         assert alert is not None
         if won.modified_count:
-            await self.fanout.push("alert:acknowledged", {
+            await self._tell(alert, "alert:acknowledged", {
                 "alert_id": str(alert.id), "patient_id": str(alert.patient_id),
-                "by": alert.push()["acknowledged_by"], "message": f"{who['name']} is handling it"},
-                alert, alert.recipient_ids, key=str(alert.id))
+                "by": alert.push()["acknowledged_by"], "message": f"{who['name']} is handling it"})
         return {**alert.push(), "acknowledged_by_you": won.modified_count == 1}
 
     async def resolve(self, principal: Principal, alert_id: str, note: str | None) -> dict[str, Any]:
@@ -78,10 +78,14 @@ class Acknowledgements:
             raise ApiError("already_resolved", "This alert is already resolved", 409)
         alert = await Alert.get(alert.id)
         assert alert is not None
-        await self.fanout.push("alert:resolved", {"alert_id": str(alert.id), "patient_id": str(alert.patient_id),
-                                                  "by": alert.public()["resolved_by"], "note": note},
-                               alert, alert.recipient_ids, key=str(alert.id))
+        await self._tell(alert, "alert:resolved", {"alert_id": str(alert.id), "patient_id": str(alert.patient_id),
+                                                   "by": alert.public()["resolved_by"], "note": note})
         return alert.public()
+
+    async def _tell(self, alert: Alert, event: str, data: dict[str, Any]) -> None:
+        """To every recipient still on the care team, and to the patient's own devices."""
+        await self.fanout.push(event, data, alert, alert.recipient_ids, key=str(alert.id))
+        await self.fanout.out.to_user(alert.patient_id, event, data)
 
     async def _recipient_alert(self, principal: Principal, alert_id: str) -> Alert:
         alert = await Alert.get(as_object_id(alert_id, "alert_id"))

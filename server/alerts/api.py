@@ -85,8 +85,11 @@ def mount(m: Mount, alerts: Alerts, notes: Notifications, push: PushDispatcher) 
                   "confirm receipt with alert:received.")
     m.events.push("alert:escalated", AlertEscalated, "An unacknowledged alert, repeated louder (level 1) or to the "
                   "clinicians and the emergency contacts (level 2).")
-    m.events.push("alert:acknowledged", AlertAcknowledged, "To every recipient when someone acknowledges the alert.")
-    m.events.push("alert:resolved", AlertResolved, "To every recipient when the alert is resolved.")
+    m.events.push("alert:acknowledged", AlertAcknowledged, "To every recipient when the first one acknowledges "
+                  "(\"Maria is handling it\"), and to the patient's own devices (so the patient sees who is "
+                  "handling it).")
+    m.events.push("alert:resolved", AlertResolved, "To every recipient, and to the patient's own devices, when the "
+                  "alert is resolved.")
     m.events.push("notification:new", NotificationOut, "To every connected device of the user, once the "
                   "notification is stored. One with urgency high or critical is pushed to each registered device "
                   "of the user that has not confirmed it with notification:received within "

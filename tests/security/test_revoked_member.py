@@ -69,6 +69,7 @@ NOT_PATIENT_DATA_ROUTES = {
     ("GET", "/"), ("GET", "/static/{name}"), ("GET", "/vendor/{name}"), ("GET", "/api"),  # the app, its docs
     ("GET", "/app"), ("GET", "/app/"), ("GET", "/app/{name}"),  # the patients' and caregivers' app's files
     ("GET", "/api/push/vapid-key"),  # the server's public key
+    ("GET", "/metrics"), ("GET", "/api/admin/push-stats"),  # operational counts, no user's data
     ("GET", "/socket.io/"), ("POST", "/socket.io/"), ("OPTIONS", "/socket.io/"),  # the transport
 }
 NOT_PATIENT_DATA_EVENTS = {
@@ -76,6 +77,7 @@ NOT_PATIENT_DATA_EVENTS = {
     "notifications:mark-read", "notifications:delete", "push:register", "push:unregister",  # one's own
     "alert:help",  # a patient raises an alert about themselves (a member is refused by role)
     "alert:received",  # one's own device's receipt: tells nothing back (a thousand receipts must stay cheap)
+    "dose:received", "notification:received",  # the same: a receipt under one's own id, read by nobody else
     "sys:ping",
     # Device events: a user is refused by role; a device acts for its own patient only.
     "stream:open", "stream:frame", "stream:close", "stream:rtc-offer", "device:heartbeat",

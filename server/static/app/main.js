@@ -1,4 +1,4 @@
-// The patients' and caregivers' app: sign-in and sign-up, the screens by hash (#home, #profile,
+// The patients' and caregivers' app: sign-in and sign-up, the screens by hash (#home, #doses, #profile,
 // #patient=ID, #alert=ID, #call), the live connection, and every refusal shown as a sentence.
 // The login session and the socket are the dashboard's (/static/session.js, /static/live.js): the access
 // token in memory, the refresh token in the server's HttpOnly cookie, refreshed before it expires.
@@ -84,6 +84,9 @@ function route() {
     profile.open();
   } else if (key === "alert" && hash.get("alert")) {
     alarm.open(hash.get("alert"));
+  } else if (key === "doses" && isPatient()) {
+    patient.open();
+    patient.showDoses();
   } else if (key === "call" && call.active) {
     ctx.show("call-view");
   } else if (key === "patient" && hash.get("patient") && !isPatient()) {

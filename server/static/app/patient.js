@@ -7,8 +7,6 @@ import { $, el, fmt, humanize } from "/static/dom.js";
 import { generate } from "/vendor/lean-qr.mjs";
 import { bpText, busy, CATEGORY, categoryChip, dayTime, time } from "/app/ui.js";
 
-const WATCH_EVERY_MS = 4000; // while one of my alerts is open: who is handling it (the patient gets no push of it)
-
 export class PatientHome {
   constructor(ctx) {
     this.ctx = ctx;
@@ -16,7 +14,6 @@ export class PatientHome {
     this.chart = new BpChart($("bp-chart"));
     this.doses = new Map();
     this.names = new Map(); // care-team member id -> name, for the audit log
-    this.watch = null;
     $("help-btn").addEventListener("click", (e) => busy(e.currentTarget, () => this.help(), ctx.fail));
     $("code-btn").addEventListener("click", (e) => busy(e.currentTarget, () => this.showCode(), ctx.fail));
     $("pair-form").addEventListener("submit", (e) => {
@@ -40,6 +37,9 @@ export class PatientHome {
     live.on("dose:confirmed", mine((d) => this.dose(d)));
     live.on("dose:missed", mine((d) => this.dose(d)));
     live.on("med:changed", mine(() => this.loadDoses()));
+    // Who is handling my alert (pushed to my devices too), and when it is closed.
+    live.on("alert:acknowledged", mine(() => this.loadAlerts()));
+    live.on("alert:resolved", mine(() => this.loadAlerts()));
   }
 
   connected() {
@@ -59,12 +59,17 @@ export class PatientHome {
     this.loadDoses();
     this.loadAudit();
     this.loadDevices();
-    this.watchAlerts();
+    this.loadAlerts();
+  }
+
+  /** Today's medicines (a tapped reminder's notification leads here). */
+  showDoses() {
+    $("doses-title").tabIndex = -1;
+    $("doses-title").focus({ preventScroll: true });
+    $("doses-title").scrollIntoView({ block: "start" });
   }
 
   reset() {
-    clearTimeout(this.watch);
-    this.watch = null;
     this.chart.clear();
     this.doses.clear();
     for (const id of ["team", "doses", "audit", "devices"]) $(id).replaceChildren();
@@ -80,23 +85,21 @@ export class PatientHome {
     const alert = await this.live.call("alert:help", {});
     $("help-status").textContent = alert.status === "acknowledged" && alert.acknowledged_by
       ? `${alert.acknowledged_by.name} is handling it.` : "Your care team has been alerted. Help is on the way.";
-    this.watchAlerts();
+    this.loadAlerts();
   }
 
   /** My open alerts (a help request, a crisis reading): shown with who is handling each. */
-  async watchAlerts() {
-    clearTimeout(this.watch);
+  async loadAlerts() {
     if (!this.live || !this.me) return;
     let open = [];
     try {
       const page = await this.live.call("alerts:list", { patient_id: this.me, limit: 10 });
       open = page.items.filter((a) => a.status !== "resolved");
-    } catch { /* offline: try again later */ }
+    } catch { /* offline: loaded again on reconnect */ }
     const handled = open.filter((a) => a.acknowledged_by);
     const waiting = open.filter((a) => !a.acknowledged_by);
     this.ctx.banner(handled.length ? `${handled[0].acknowledged_by.name} is handling it (${handled[0].title}).`
       : waiting.length ? `${waiting[0].title}: your care team has been alerted.` : "");
-    if (open.length && this.ctx.user()) this.watch = setTimeout(() => this.watchAlerts(), WATCH_EVERY_MS);
   }
 
   // --- link code ---------------------------------------------------------------------------------
@@ -172,7 +175,7 @@ export class PatientHome {
     $("bp-result").dataset.category = reading.category;
     this.chart.add(reading);
     this.loadForecast();
-    if (reading.category === "hypertensive_crisis") this.watchAlerts();
+    if (reading.category === "hypertensive_crisis") this.loadAlerts();
   }
 
   async loadBp() {
@@ -258,5 +261,5 @@ async function remind(d) {
   if (!("Notification" in window) || Notification.permission !== "granted" || !navigator.serviceWorker) return;
   const reg = await navigator.serviceWorker.ready;
   reg.showNotification(`Time for ${d.medication_name}`, { body: d.dose || "", tag: `dose-${d.id}`,
-                                                          data: { url: "/app/#home" } });
+                                                          data: { kind: "reminder", dose_id: d.id } });
 }

@@ -47,9 +47,36 @@ self.addEventListener("fetch", (event) => {
   }));
 });
 
-/** Where a notification leads: an alert's screen, else home. */
+/** Where a notification leads, from the data the server's push carries (the app's own reminders carry the
+ * same): an alert's screen; a reminder, the patient's medicines today; a missed dose (to a caregiver), that
+ * patient's screen; else home. */
 function target(data) {
-  return data && data.alert_id ? `#alert=${data.alert_id}` : "#home";
+  if (data && data.alert_id) return `#alert=${data.alert_id}`;
+  if (data && data.dose_id) return data.kind === "dose_missed" && data.patient_id ? `#patient=${data.patient_id}` : "#doses";
+  return "#home";
+}
+
+/** A push as a notification; it keeps the push's data, read again when it is tapped. */
+function shown(msg) {
+  const data = msg.data || {};
+  const urgent = msg.urgency === "high" || msg.urgency === "critical";
+  return self.registration.showNotification(msg.title || "Health Mate", {
+    body: msg.body || "", tag: data.alert_id || data.dose_id || data.call_id || undefined,
+    requireInteraction: urgent, icon: "/app/icon-192.png", data,
+  });
+}
+
+/** A tapped notification: the app's open window goes to its screen (else a window opens on it). */
+async function opened(notification) {
+  notification.close();
+  const hash = target(notification.data);
+  const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
+  const open = windows.find((w) => new URL(w.url).pathname.startsWith("/app/"));
+  if (open) {
+    open.postMessage({ type: "open", hash });
+    return open.focus().catch(() => open); // refused without a user's tap: the window has its screen anyway
+  }
+  return self.clients.openWindow(`/app/${hash}`);
 }
 
 self.addEventListener("push", (event) => {
@@ -59,24 +86,7 @@ self.addEventListener("push", (event) => {
   } catch {
     msg = { title: "Health Mate", body: event.data ? event.data.text() : "" };
   }
-  const data = msg.data || {};
-  const urgent = msg.urgency === "high" || msg.urgency === "critical";
-  event.waitUntil(self.registration.showNotification(msg.title || "Health Mate", {
-    body: msg.body || "", tag: data.alert_id || data.dose_id || data.call_id || undefined,
-    requireInteraction: urgent, icon: "/app/icon-192.png", data: { url: `/app/${target(data)}` },
-  }));
+  event.waitUntil(shown(msg));
 });
 
-self.addEventListener("notificationclick", (event) => {
-  event.notification.close();
-  const url = (event.notification.data && event.notification.data.url) || "/app/";
-  event.waitUntil((async () => {
-    const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
-    const open = windows.find((w) => new URL(w.url).pathname.startsWith("/app/"));
-    if (open) {
-      open.postMessage({ type: "open", hash: new URL(url, self.location.origin).hash });
-      return open.focus();
-    }
-    return self.clients.openWindow(url);
-  })());
-});
+self.addEventListener("notificationclick", (event) => event.waitUntil(opened(event.notification)));
