@@ -27,6 +27,7 @@ from server.transport.events import EventContext
 
 log = logging.getLogger(__name__)
 BACKOFF_S = (1, 2, 4, 8, 16, 30)  # wait before resending an unacknowledged command; then give up
+IN_CHUNK = 50  # ids per {"$in": ...}: the embedded store compares each candidate with every id (B² for B ids)
 
 
 class DeviceCommands(Protocol):
@@ -93,9 +94,11 @@ class MedicineBox:
         if not sends:
             return
         wait = utcnow() + timedelta(seconds=BACKOFF_S[0])
-        await self.scheduler.doses.update_many({"_id": {"$in": list({d["_id"] for _, d in sends})},
-                                                "box_attempts": {"$in": [0, None]}},
-                                               {"$set": {"box_attempts": 1, "box_next_at": wait}})
+        ids = sorted({d["_id"] for _, d in sends})
+        for i in range(0, len(ids), IN_CHUNK):
+            await self.scheduler.doses.update_many(
+                {"_id": {"$in": ids[i:i + IN_CHUNK]}, "box_attempts": {"$in": [0, None]}},
+                {"$set": {"box_attempts": 1, "box_next_at": wait}})
         for device_id, d in sends:
             await self.command(device_id, self._remind(d, 1), d["_id"])
 

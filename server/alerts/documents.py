@@ -327,7 +327,7 @@ class PushWatch(Document):
 
     class Settings:
         name = "push_watches"
-        indexes = [IndexModel([("due_at", ASCENDING)], name="due")]
+        indexes = [IndexModel([("due_at", ASCENDING)], name="due"), IndexModel([("owner", ASCENDING)], name="owner")]
 
 
 class DeviceReceipt(Document):

@@ -1,8 +1,11 @@
 """Claiming doses in the store, the one way every part of the scheduler (and the medicine box) takes work:
 a conditional update marks the doses matching a query as this process's (each dose changes state, or gets an
-owner, once: no other process can match it after), then the doses are read back by id. Bulk updates go by
-ids found through an index, in batches (the embedded store's ``update_many`` scans the collection for any
-other filter), the query repeated so they stay conditional."""
+owner, once: no other process can match it after), then the doses are read back by the claim's token (an
+indexed owner field). Bulk updates go in batches: the ids matching the query are found through an index,
+sorted, and the update selects their ``_id`` range with the query repeated, so it stays conditional (a
+matching dose inserted into the range meanwhile is taken too; it matches). Not ``{"_id": {"$in": ids}}``: the
+embedded store checks each candidate against every id of the list, so a batch of B costs B² comparisons
+(500 doses: about 1.2 ms of the store's CPU per dose more than the update itself)."""
 
 from __future__ import annotations
 
@@ -30,13 +33,19 @@ class DoseClaims:
         return f"{self.owner}:{uuid.uuid4().hex}"
 
     async def matching(self, query: dict[str, Any], limit: int = BATCH) -> list[Any]:
-        return [d["_id"] async for d in self.doses.find(query, {"_id": 1}).limit(limit)]
+        """The first ``limit`` ids matching ``query``, in order."""
+        return [d["_id"] async for d in self.doses.find(query, {"_id": 1}).sort("_id", 1).limit(limit)]
+
+    @staticmethod
+    def span(ids: list[Any], query: dict[str, Any]) -> dict[str, Any]:
+        """``query`` within the range of ``ids`` (sorted)."""
+        return {**query, "_id": {"$gte": ids[0], "$lte": ids[-1]}}
 
     async def update_where(self, query: dict[str, Any], update: dict[str, Any]) -> int:
         """``update_many`` in batches by ids; returns how many doses changed."""
         total = 0
         while ids := await self.matching(query):
-            total += (await self.doses.update_many({"_id": {"$in": ids}, **query}, update)).modified_count
+            total += (await self.doses.update_many(self.span(ids, query), update)).modified_count
             if len(ids) < BATCH:
                 break
         return total
@@ -50,5 +59,5 @@ class DoseClaims:
         if not ids:
             return token, []
         update = {**update, "$set": {**update.get("$set", {}), owner: token}}
-        await self.doses.update_many({"_id": {"$in": ids}, **query}, update)
-        return token, await self.doses.find({"_id": {"$in": ids}, owner: token}).to_list(None)
+        await self.doses.update_many(self.span(ids, query), update)
+        return token, await self.doses.find({owner: token}).to_list(None)

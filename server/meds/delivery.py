@@ -37,7 +37,7 @@ class DueDelivery:
         self.reminded = asyncio.Event()  # set when doses were delivered: their notifications are due
         self.next_due_at = utcnow()
         self._firing = False
-        self._delivered: dict[str, list[Any]] = {}  # claim token -> doses delivered, marked at the next sweep
+        self._delivered: set[str] = set()  # the claims (tokens) whose doses were delivered, marked at the next sweep
 
     def busy(self) -> bool:
         """Doses are being reminded, or fall due within ``CLEAR``: other work leaves the store to them."""
@@ -96,12 +96,12 @@ class DueDelivery:
                 await hook(claimed)
             except Exception:
                 log.exception("dose hook failed")
-        self._delivered.setdefault(token, []).extend(d["_id"] for d in claimed)
+        self._delivered.add(token)
 
     async def mark_delivered(self) -> None:
         """Mark the doses delivered since the last sweep (those our claims still hold)."""
-        done, self._delivered = self._delivered, {}
+        done, self._delivered = self._delivered, set()
         if done:
             await self.claims.doses.update_many(
-                {"_id": {"$in": [i for ids in done.values() for i in ids]}, "due_owner": {"$in": list(done)}},
+                {"due_owner": {"$in": list(done)}},  # every dose of these claims was delivered
                 {"$set": {"due_pushed_at": utcnow(), "due_owner": None, "due_lease_until": None}})

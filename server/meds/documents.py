@@ -195,6 +195,7 @@ class DoseEvent(VersionedDocument):
             IndexModel([("state", ASCENDING), ("reminder_notified_at", ASCENDING)], name="reminded_unnotified"),
             IndexModel([("state", ASCENDING), ("lease_until", ASCENDING)], name="state_lease"),
             IndexModel([("lease_owner", ASCENDING)], name="lease_owner"),
+            IndexModel([("due_owner", ASCENDING)], name="due_owner"),
             IndexModel([("box_owner", ASCENDING)], name="box_owner"),
             IndexModel([("patient_id", ASCENDING), ("due_at", DESCENDING)], name="patient_due"),
         ]

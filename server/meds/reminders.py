@@ -68,7 +68,7 @@ class Reminders:
         await bounded([self._remind_patient(d, again) for d in claimed], width=self.batch())
         if claimed:
             await self.claims.doses.update_many(
-                {"_id": {"$in": [d["_id"] for d in claimed]}, "lease_owner": token},
+                {"lease_owner": token},
                 {"$set": {"lease_owner": None, "reminder_lease_until": None}})
         return len(claimed)
 
