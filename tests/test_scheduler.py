@@ -165,6 +165,11 @@ async def test_reminded_at_due_time_confirmed_in_the_app_or_missed_after_grace(a
     reminders = [n for n in p_sock.events.of("notification:new") if n["kind"] == "reminder"]
     assert sorted(n["data"]["dose_id"] for n in reminders) == sorted([str(taken.id), str(skipped.id)])
     assert reminders[0]["title"] == "Time for Metformin" and "drawer 2" in reminders[0]["body"]
+    # The claim at due time took the reminder notifications too; delivered and stored, both leases are given back.
+    for dose in (taken, skipped):
+        row = await DoseEvent.get(dose.id)
+        assert row is not None and row.due_pushed_at is not None and row.reminder_notified_at is not None
+        assert row.due_owner is None and row.due_lease_until is None and row.reminder_lease_until is None
     lows = [n for n in c_sock.events.of("notification:new") if n["kind"] == "low_stock"]
     assert len(lows) == 1 and lows[0]["data"]["stock"] == 5  # the confirmed dose took stock to its low mark
     missed_notes = await notes_of(c_sock, "dose_missed")

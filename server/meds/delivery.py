@@ -26,6 +26,7 @@ LEASE = timedelta(minutes=5)  # a claim not completed by then (its process died)
 POLL_S = 1.0  # longest sleep: doses planned by another process are noticed within this
 CLEAR = timedelta(milliseconds=250)  # doses falling due within this keep the store to the reminders
 DueHook = Callable[[list[dict[str, Any]]], Awaitable[None]]
+Reminded = Callable[[str, list[dict[str, Any]]], None]
 
 
 class DueDelivery:
@@ -37,7 +38,12 @@ class DueDelivery:
         self.reminded = asyncio.Event()  # set when doses were delivered: their notifications are due
         self.next_due_at = utcnow()
         self._firing = False
-        self._delivered: set[str] = set()  # the claims (tokens) whose doses were delivered, marked at the next sweep
+        # The claims (tokens) whose doses were delivered, marked at the next sweep; True: the claim also took their
+        # reminder notifications (``on_reminded``), whose lease the mark gives back once they are all stored.
+        self._delivered: dict[str, bool] = {}
+        self.on_reminded: Reminded | None = None  # the reminder notifications (``Reminders``) take a fresh claim
+        self._notifying: set[str] = set()  # fresh claims whose reminder notifications are not all stored yet
+        self._unsent: set[str] = set()  # fresh claims whose reminder notifications failed
 
     def busy(self) -> bool:
         """Doses are being reminded, or fall due within ``CLEAR``: other work leaves the store to them."""
@@ -63,13 +69,27 @@ class DueDelivery:
 
     async def _remind_due(self, now: datetime) -> int:
         """Claim the due doses by marking them reminded (one conditional write each: a dose goes from
-        scheduled to reminded once, in whichever process gets there first), leased, then deliver them."""
+        scheduled to reminded once, in whichever process gets there first), leased, then deliver them. The same
+        write claims their reminder notifications (leased as ``Reminders`` claims them; one update a dose, not
+        three: the embedded store's cost is per document updated), handed to ``on_reminded``."""
+        notes = {"reminder_notified_at": now, "reminder_lease_until": now + LEASE} if self.on_reminded else {}
         token, claimed = await self.claims.claim(
             {"state": "scheduled", "due_at": {"$lte": now, "$gt": now - self.grace}},
-            {"$set": {"state": "reminded", "reminded_at": now, "due_pushed_at": None, "due_lease_until": now + LEASE}},
+            {"$set": {"state": "reminded", "reminded_at": now, "due_pushed_at": None, "due_lease_until": now + LEASE,
+                      **notes}},
             owner="due_owner")
-        await self._deliver(token, claimed)
+        if claimed and self.on_reminded:
+            self._notifying.add(token)
+            self.on_reminded(token, claimed)
+        await self._deliver(token, claimed, fresh=bool(notes))
         return len(claimed)
+
+    def notified(self, token: str, ok: bool) -> None:
+        """A fresh claim's reminder notifications are stored (``ok``), or failed: then their lease is left to run
+        out, and ``Reminders.renotify`` sends what was not stored."""
+        self._notifying.discard(token)
+        if not ok:
+            self._unsent.add(token)
 
     async def redeliver(self, now: datetime) -> None:
         """Reminded doses whose claimer died before delivering them (the lease ran out): claimed again
@@ -81,7 +101,7 @@ class DueDelivery:
             log.warning("pushing %d doses again whose process died before pushing them", len(claimed))
         await self._deliver(token, claimed)
 
-    async def _deliver(self, token: str, claimed: list[dict[str, Any]]) -> None:
+    async def _deliver(self, token: str, claimed: list[dict[str, Any]], fresh: bool = False) -> None:
         """Push ``dose:due`` and tell the box; the doses are marked delivered at the next sweep (one write a
         second rather than one more per batch on the reminders' path)."""
         if not claimed:
@@ -96,12 +116,20 @@ class DueDelivery:
                 await hook(claimed)
             except Exception:
                 log.exception("dose hook failed")
-        self._delivered.add(token)
+        self._delivered[token] = fresh
 
-    async def mark_delivered(self) -> None:
-        """Mark the doses delivered since the last sweep (those our claims still hold)."""
-        done, self._delivered = self._delivered, set()
-        if done:
-            await self.claims.doses.update_many(
-                {"due_owner": {"$in": list(done)}},  # every dose of these claims was delivered
-                {"$set": {"due_pushed_at": utcnow(), "due_owner": None, "due_lease_until": None}})
+    async def mark_delivered(self, final: bool = False) -> None:
+        """Mark the doses delivered since the last sweep (those our claims still hold), a fresh claim's once its
+        reminder notifications are stored too (``final``, at shutdown: all; the unstored notifications' lease
+        is left to run out)."""
+        ready = {t: notes and t not in self._notifying and t not in self._unsent
+                 for t, notes in self._delivered.items() if final or t not in self._notifying}
+        for t in ready:
+            del self._delivered[t]
+        self._unsent &= self._delivered.keys() | self._notifying  # (a claim whose delivery failed is forgotten)
+        delivered = {"due_pushed_at": utcnow(), "due_owner": None, "due_lease_until": None}
+        for notes in (True, False):  # every dose of these claims was delivered
+            if tokens := [t for t, n in ready.items() if n == notes]:
+                await self.claims.doses.update_many(
+                    {"due_owner": {"$in": tokens}},
+                    {"$set": {**delivered, **({"reminder_lease_until": None} if notes else {})}})

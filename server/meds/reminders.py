@@ -1,9 +1,12 @@
 """Reminder notifications, apart from the firing loop so their cost (a stored notification each) never
-delays a reminder: a loop claims reminded, unnotified doses with a conditional write (so each is sent by
-one process), leased (``reminder_lease_until``), in batches that leave the store to the firing loop
-in between; a batch's notifications are stored by one insert (``server.infra.group_commit``, bulk: they
-wait while an alert is being written). A notification its process claimed and did not finish before the
-lease ran out is claimed again and sent, unless the dead process had already stored it."""
+delays a reminder. The firing loop's claim of due doses claims their notifications too (leased,
+``reminder_lease_until``) and hands them here (``take``); this loop stores them in batches that leave the store
+to the firing loop in between, each batch's notifications one insert (``server.infra.group_commit``, bulk: they
+wait while an alert is being written), and tells the delivery, whose "delivered" mark gives the lease back.
+Reminded doses whose notification nobody claimed (pushed again after their process died) are claimed here with
+a conditional write (so each is sent by one process), leased the same way. A notification its process claimed
+and did not finish before the lease ran out is claimed again and sent, unless the dead process had already
+stored it."""
 
 from __future__ import annotations
 
@@ -32,6 +35,13 @@ class Reminders:
         self.claims = claims
         self.notifier = notifier
         self.delivery = delivery
+        self._taken: list[tuple[str, list[dict[str, Any]]]] = []  # fresh claims from the delivery, oldest first
+        delivery.on_reminded = self.take
+
+    def take(self, token: str, doses: list[dict[str, Any]]) -> None:
+        """The delivery claimed these doses' notifications (claim ``token``): send them next."""
+        self._taken.append((token, doses))
+        self.delivery.reminded.set()
 
     @staticmethod
     def batch() -> int:
@@ -44,6 +54,8 @@ class Reminders:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.delivery.reminded.wait(), POLL_S)
                 self.delivery.reminded.clear()
+                while self._taken:
+                    await self._send_taken(*self._taken.pop(0))
                 while await self._notify_some() == self.batch():
                     await self._yield_to_reminders()
             except asyncio.CancelledError:
@@ -58,6 +70,18 @@ class Reminders:
             if not self.delivery.busy():
                 return
             await asyncio.sleep(0.05)
+
+    async def _send_taken(self, token: str, doses: list[dict[str, Any]]) -> None:
+        ok = False
+        try:
+            for i in range(0, len(doses), self.batch()):
+                await self._yield_to_reminders()
+                await COMMITS.until_clear()  # an alert being raised goes first
+                batch = doses[i:i + self.batch()]
+                await bounded([self._remind_patient(d) for d in batch], width=len(batch))
+            ok = True
+        finally:
+            self.delivery.notified(token, ok)
 
     async def _notify_some(self, query: dict[str, Any] = UNNOTIFIED, again: bool = False) -> int:
         """Claim and send up to NOTIFY_BATCH reminder notifications matching ``query`` (leased), then release."""

@@ -17,9 +17,10 @@ waiting (reminded, neither confirmed nor missed): ``dose:due`` is delivered at l
 clients tell a repeat by the dose's ``id``; the box is commanded once per dose (``on_due`` skips a
 dose already commanded, whose resends the box schedule carries on).
 
-The ``reminder`` notification is sent by a separate loop that claims reminded, unnotified doses the
-same way (leased, ``reminder_lease_until``), so its cost (a stored notification each) never delays
-a reminder. A notification its process claimed and did not finish before the lease ran out is
+The ``reminder`` notification is claimed by the same write (leased, ``reminder_lease_until``) and sent by
+a separate loop, so its cost (a stored notification each) never delays a reminder; the "delivered" mark
+gives its lease back once it is stored. Doses pushed again have theirs claimed by that loop.
+A notification its process claimed and did not finish before the lease ran out is
 claimed again and sent, unless the dead process had already stored it.
 
 A dose not confirmed within the grace window (``HEALTHMATE_DOSE_GRACE_S``, 30 min) is marked
@@ -130,7 +131,7 @@ class Scheduler:
     async def stop(self) -> None:
         await self._loops.stop()
         with contextlib.suppress(Exception):  # what is not marked is delivered again after LEASE
-            await self.delivery.mark_delivered()
+            await self.delivery.mark_delivered(final=True)
 
     async def _run(self) -> None:
         while True:
