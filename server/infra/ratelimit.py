@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from server.core.errors import ApiError
 
 REDIS_PREFIX = "hm:fail:"
+_MAKE_ATTEMPTS = 5  # a window made this many times, and reset each time in between, counts this attempt as its first
 # Give one attempt back: never below zero, and not at all once the window's key is gone.
 _GIVE_BACK = ("local n = tonumber(redis.call('GET', KEYS[1]) or '0') "
               "if n > 0 then return redis.call('DECR', KEYS[1]) end return 0")
@@ -69,17 +70,17 @@ class FailureCounter:
             return int(count)
         coll = ThrottleWindow.get_pymongo_collection()
         query = {"_id": name, **({"n": {"$gt": 0}} if delta < 0 else {})}
-        doc = await coll.find_one_and_update(query, {"$inc": {"n": delta}}, return_document=ReturnDocument.AFTER)
-        if doc is None and delta > 0:
+        for _ in range(_MAKE_ATTEMPTS):
+            doc = await coll.find_one_and_update(query, {"$inc": {"n": delta}}, return_document=ReturnDocument.AFTER)
+            if doc is not None or delta < 0:
+                return int(doc["n"]) if doc is not None else 0
             # First attempt of the window: make the document, then count. (An upsert that also counts
-            # loses the count it returns when parallel first attempts race on SecantusDB.)
+            # loses the count it returns when parallel first attempts race on SecantusDB.) A `reset` may
+            # delete it in between (a right password for the same account): then make it again.
             with suppress(DuplicateKeyError):
                 await coll.update_one({"_id": name}, {"$setOnInsert": {
                     "n": 0, "expires_at": datetime.fromtimestamp(end, UTC)}}, upsert=True)
-            doc = await coll.find_one_and_update(query, {"$inc": {"n": delta}},
-                                                 return_document=ReturnDocument.AFTER)
-            assert doc is not None, "a throttle window vanished as it was made"
-        return int(doc["n"]) if doc is not None else 0
+        return 1  # reset as often as it was made: the count starts over, this attempt its first
 
     async def take(self, limits: Sequence[tuple[str, int]], message: str, code: str = "too_many_attempts") -> Taken:
         """Count one attempt against each ``(key, limit)`` in turn. Over a limit: the attempt is refused

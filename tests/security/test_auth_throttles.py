@@ -12,6 +12,7 @@ from beanie import PydanticObjectId
 
 from server.care.documents import AuditEntry, User
 from server.infra.embedded_store import EmbeddedStore
+from server.infra.ratelimit import FailureCounter
 from tests.helpers import PASSWORD, Api
 from tests.security.serving import serve
 
@@ -77,3 +78,16 @@ async def test_logins_from_one_address_are_capped_across_accounts(
                                          for e in emails))
         assert [s for s, _ in replies].count(401) == 8
         assert all(_throttled(s, b) for s, b in replies if s != 401), replies
+
+
+async def test_a_right_password_resetting_the_count_mid_guess_breaks_no_login(api: Api) -> None:
+    """On the store (no Redis), a right password's reset can delete the account's window between a parallel
+    guess making it and counting in it (the login storm met it as ``500 internal``): every attempt is
+    still counted or refused, none fails."""
+    del api  # (the server's store and documents, without Redis)
+    counter = FailureCounter(3600)
+    for round_ in range(60):
+        key = f"login:acct:raced{round_}@example.org"
+        outcomes = await asyncio.gather(*(counter.take([(key, 100)], "Too many") for _ in range(4)),
+                                        *(counter.reset(key) for _ in range(2)), return_exceptions=True)
+        assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
