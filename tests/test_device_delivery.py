@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from beanie import PydanticObjectId
 
+from server.alerts import device_delivery
 from server.alerts.device_delivery import DeviceDelivery
 from server.alerts.documents import PushWatch
 from server.app import SERVER, create_app
@@ -227,3 +228,27 @@ async def test_a_device_that_does_not_acknowledge_is_rung_and_the_ring_cancelled
         await pushes.wait(lambda: (patient.id, second["id"], "missed") in pushes.cancels)
     finally:
         await frozen.close()
+
+
+async def test_lookups_of_registrations_asked_together_share_one_query_and_each_gets_its_own(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim's batch of reminders is notified patient by patient at once: their registration lookups share one
+    query, and each caller is told its own users' devices only."""
+    users = [await api.register("patient") for _ in range(3)]
+    for i, user in enumerate(users[:2]):
+        await device(api, user, f"phone-{i}", stay=False)
+    ids = [PydanticObjectId(u.id) for u in users]
+    queries: list[set[PydanticObjectId]] = []
+    query = device_delivery.registered
+
+    async def counted(user_ids: Any) -> device_delivery.Registered:
+        queries.append(set(user_ids))
+        return await query(user_ids)
+
+    monkeypatch.setattr(device_delivery, "registered", counted)
+    found = await asyncio.gather(*(delivery(api).registered([uid]) for uid in ids),
+                                 delivery(api).registered(ids[:2]))
+    assert queries == [set(ids)]
+    assert found == [{ids[0]: {"phone-0"}}, {ids[1]: {"phone-1"}}, {}, {ids[0]: {"phone-0"}, ids[1]: {"phone-1"}}]
+    assert await delivery(api).registered([ids[2]]) == {}  # a later lookup is a query of its own
+    assert queries == [set(ids), {ids[2]}]

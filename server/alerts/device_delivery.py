@@ -94,6 +94,26 @@ class DeviceDelivery:
         self.poll_s = min(POLL_S, settings.alert_push_after_s / 2)
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.background = Background()
+        self._gathering: tuple[set[PydanticObjectId], asyncio.Task[Registered]] | None = None
+
+    async def registered(self, user_ids: Iterable[PydanticObjectId]) -> Registered:
+        """The users' registrations. Lookups asked in the same turn of the event loop share one query: a claim's
+        batch of reminders is notified at once, patient by patient, and would otherwise cost a query each."""
+        users = set(user_ids)
+        if not users:
+            return {}
+        if self._gathering is None:
+            self._gathering = (set(), asyncio.create_task(self._look_up()))
+        gathering, lookup = self._gathering
+        gathering |= users
+        found = await asyncio.shield(lookup)
+        return {u: found[u] for u in users if u in found}
+
+    async def _look_up(self) -> Registered:
+        await asyncio.sleep(0)  # the lookups asked in this turn join
+        assert self._gathering is not None
+        users, self._gathering = self._gathering[0], None
+        return await registered(users)
 
     async def start(self) -> None:
         self.background.spawn(self._run(), name="device-delivery")
@@ -103,14 +123,14 @@ class DeviceDelivery:
 
     async def registered_devices(self, user_id: Any) -> set[str]:
         uid = PydanticObjectId(user_id)
-        return (await registered([uid])).get(uid, set())
+        return (await self.registered([uid])).get(uid, set())
 
     # --- a notification stored: its watch first, then at once to the devices with no socket -----------------
 
     async def watch(self, notes: list[Notification]) -> Registered:
         """Before ``notes`` are stored: a watch for each one every device must confirm (if its user has a registered
         device). The users' registrations, for ``push_now``."""
-        devices = await registered(n.user_id for n in notes)
+        devices = await self.registered(n.user_id for n in notes)
         due = utcnow() + self.after
         watches = [PushWatch(id=n.id, user_id=n.user_id, confirm=c[0], ref=c[1], due_at=due,
                              since=n.created_at if escalated(n) else None)
