@@ -71,15 +71,18 @@ ROWS: dict[str, Row] = {
         f"), CPU s server {e.get('server_cpu_s')} / store {e.get('store_cpu_s')}; top reached: {e.get('top_reached')}"),
         "The morning rush on one server + embedded store, 08:00-08:05 compressed (`window_s`): a dose due for every "
         "patient at once (due → `dose:due` on the phone), one reading each (send → ack; 1% crisis: send → "
-        "caregiver's `alert:new`), 10% ECG watched, 2% calls; the largest N meeting every limit"),
+        "caregiver's `alert:new`), 10% ECG watched, 2% calls; the largest N meeting every limit; off and on take "
+        "turns, each step once the shared store has settled"),
     "reminders": (lambda e: (
         f"lag p50 {fig(e, 'lag_p50_ms', 'ms')}, p99 {fig(e, 'lag_p99_ms', 'ms')}, max {fig(e, 'lag_max_ms', 'ms')} "
         f"for {e.get('doses'):,} doses ({fig(e, 'missing')} missing); {fig(e, 'doses_per_s', 'doses/s')}; "
         f"{fig(e, 'notifications_stored')} notifications stored in {fig(e, 'notifications_s', 's')}; "
         f"{fig(e, 'store_commands_per_dose')} store commands per dose; CPU µs per dose "
-        f"{costs(e.get('cpu_us_per_dose'))}"),
+        f"{costs(e.get('cpu_us_per_dose'))}; store cores with the doses reminded and nothing due: "
+        f"{e.get('idle_store_cores')}"),
         "10,000 doses due at one instant: due time → the patient's socket receives `dose:due`, every dose; "
-        "notifications: due time → the last reminder notification stored"),
+        "notifications: due time → the last reminder notification stored; store cores: its CPU over 3 s after the "
+        "round (null if the round was cut before every notification was stored)"),
     "calls": (lambda e: (
         f"setup p50 {fig(e, 'setup_p50_ms', 'ms')} vs direct aiortc {fig(e, 'direct_setup_p50_ms', 'ms')}; "
         f"{e.get('max_relayed_calls')} relayed calls < 1% loss (top reached: {e.get('top_reached')}); CPU ms per "

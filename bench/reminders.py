@@ -8,7 +8,11 @@ sample; a dose never received is counted in ``missing``). ``doses_per_s``: DOSES
 due time). Each round also waits until every reminder notification is stored (``notifications_stored``,
 and ``notifications_s`` from due time to the last), and measures from just before the due time to
 then: store commands per dose (the server's command monitoring) and CPU per dose of the server, the
-store and the sockets (this process). REPEATS rounds, each with DOSES new doses.
+store and the sockets (this process). REPEATS rounds, each with DOSES new doses. After the rounds,
+``idle_store_cores``: the store's CPU over IDLE_S seconds with nothing due, the doses reminded and unconfirmed
+(as after 08:00 until the patients confirm): what the server's polls for leases that ran out and box commands
+to resend cost it then (measured only once every reminder notification of the last round is stored, else
+null).
 
 Setting up a round: CALIBRATION doses due a day later are inserted and timed, then the round's doses are
 inserted due at one time far enough ahead (1.5 x the time they should take, + 2 s) that they are all in
@@ -28,7 +32,7 @@ import aiohttp
 from beanie import PydanticObjectId
 from pymongo import AsyncMongoClient
 
-from bench._common import REPEATS, SMOKE, Budget, CpuMeter, emit, pct, per_op_us, server_pids, start
+from bench._common import REPEATS, SMOKE, Budget, CpuMeter, cpu_s, emit, pct, per_op_us, server_pids, start
 from bench._seed import Account, Seeder, server_env
 from bench._servers import Store, Window, embedded_store, start_server, stop
 from bench._sio import SioClient
@@ -37,6 +41,7 @@ DOSES = 20 if SMOKE else 10_000
 PATIENTS = 5 if SMOKE else 250
 CALIBRATION = 20 if SMOKE else 200  # doses timed going in before each round's
 DB = "bench_reminders"
+IDLE_S = 1.0 if SMOKE else 3.0
 
 
 class Patients:
@@ -145,6 +150,11 @@ async def measure(store: Store, url: str, server_pid: int, budget: Budget) -> li
         for r in budget.rounds(REPEATS, "round"):
             rounds.append(await one_round(r, client[DB], patients, sockets, window, budget))
         rounds[-1]["repeated_deliveries"] = sockets.repeats
+        rounds[-1]["idle_store_cores"] = None  # not if the server may still be storing notifications
+        if rounds[-1]["notifications_stored"] >= DOSES:
+            before = cpu_s(store.pid) or 0.0
+            await asyncio.sleep(IDLE_S)
+            rounds[-1]["idle_store_cores"] = round(((cpu_s(store.pid) or 0.0) - before) / IDLE_S, 3)
     finally:
         await client.close()
         await sockets.close()
@@ -164,6 +174,7 @@ def main() -> None:
             "store_commands_per_dose", "missing")
     emit(budget, {k: [r[k] for r in rounds] for k in keys}, doses=DOSES, patients=PATIENTS,
          cpu_us_per_dose=rounds[-1]["cpu_us_per_dose"], repeated_deliveries=rounds[-1]["repeated_deliveries"],
+         idle_store_cores=rounds[-1]["idle_store_cores"], reminded_doses=DOSES * len(rounds),
          setup_late_ms=max(0, round(max(r["setup_late_ms"] for r in rounds))), store="embedded SecantusDB")
 
 

@@ -19,7 +19,7 @@ from beanie.operators import In
 from devices.documents import BoxEvent, Device, MedicineBoxState
 from devices.medicine_box import BoxCommand, BoxDrawers, BoxHello, DrawerEvent
 from server.care.access import require_patient
-from server.core.documents import utcnow
+from server.core.documents import passed, utcnow
 from server.core.errors import ApiError, forbidden
 from server.core.i18n import Text
 from server.core.ports import Broadcaster, DoseSchedule, Notifier
@@ -105,7 +105,7 @@ class MedicineBox:
     async def resend(self, now: datetime) -> None:
         """Unacknowledged commands whose wait ran out: resend (claimed, so by one process), or give up."""
         token, claimed = await self.scheduler.claim(
-            {"state": "reminded", "box_next_at": {"$lte": now}},
+            {"state": "reminded", "box_next_at": passed(now, inclusive=True)},
             {"$set": {"box_next_at": now + timedelta(seconds=BACKOFF_S[-1])}, "$inc": {"box_attempts": 1}},
             owner="box_owner")
         doses = self.scheduler.doses

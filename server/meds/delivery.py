@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from server.core.documents import aware, utcnow
+from server.core.documents import aware, passed, utcnow
 from server.core.ports import Broadcaster
 from server.meds.claims import BATCH, DoseClaims
 from server.meds.documents import dose_json
@@ -95,7 +95,7 @@ class DueDelivery:
         """Reminded doses whose claimer died before delivering them (the lease ran out): claimed again
         (a conditional update, so by one process) and delivered again."""
         token, claimed = await self.claims.claim(
-            {"state": "reminded", "due_pushed_at": None, "due_lease_until": {"$lt": now}},
+            {"state": "reminded", "due_pushed_at": None, "due_lease_until": passed(now)},
             {"$set": {"due_lease_until": now + LEASE}}, owner="due_owner")
         if claimed:
             log.warning("pushing %d doses again whose process died before pushing them", len(claimed))

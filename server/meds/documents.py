@@ -194,6 +194,11 @@ class DoseEvent(VersionedDocument):
             IndexModel([("state", ASCENDING), ("missed_notified_at", ASCENDING)], name="missed_unnotified"),
             IndexModel([("state", ASCENDING), ("reminder_notified_at", ASCENDING)], name="reminded_unnotified"),
             IndexModel([("state", ASCENDING), ("lease_until", ASCENDING)], name="state_lease"),
+            # The polls for leases that ran out and box commands to resend (with ``passed``: not the nulls).
+            IndexModel([("state", ASCENDING), ("reminder_lease_until", ASCENDING)], name="reminder_lease"),
+            IndexModel([("state", ASCENDING), ("due_pushed_at", ASCENDING), ("due_lease_until", ASCENDING)],
+                       name="due_lease"),
+            IndexModel([("state", ASCENDING), ("box_next_at", ASCENDING)], name="box_next"),
             IndexModel([("lease_owner", ASCENDING)], name="lease_owner"),
             IndexModel([("due_owner", ASCENDING)], name="due_owner"),
             IndexModel([("box_owner", ASCENDING)], name="box_owner"),

@@ -11,6 +11,7 @@ from typing import Any
 from beanie import PydanticObjectId
 
 from server.care.access import care_team
+from server.core.documents import passed
 from server.core.i18n import Text
 from server.core.ports import Broadcaster, Notifier
 from server.meds.claims import DoseClaims
@@ -28,7 +29,7 @@ class MissedDoses:
 
     async def recover(self, now: datetime) -> None:
         """Claims whose process died (the lease ran out) go back to be taken again."""
-        await self.claims.update_where({"state": "missed", "lease_until": {"$lt": now}},
+        await self.claims.update_where({"state": "missed", "lease_until": passed(now)},
                                        {"$set": {"missed_notified_at": None, "lease_owner": None, "lease_until": None}})
 
     async def mark(self, now: datetime) -> None:

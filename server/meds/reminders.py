@@ -16,7 +16,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from server.core.documents import aware, iso, utcnow
+from server.core.documents import aware, iso, passed, utcnow
 from server.core.i18n import Text
 from server.core.ports import NotificationLookup
 from server.infra.group_commit import COMMITS
@@ -98,7 +98,7 @@ class Reminders:
 
     async def renotify(self, now: datetime) -> None:
         """Reminder notifications whose claimer died before sending them (the lease ran out)."""
-        await self._notify_some({"state": "reminded", "reminder_lease_until": {"$lt": now}}, again=True)
+        await self._notify_some({"state": "reminded", "reminder_lease_until": passed(now)}, again=True)
 
     async def _remind_patient(self, d: dict[str, Any], again: bool = False) -> None:
         """The ``reminder`` notification; ``again`` (a dead process's claim): not if that process stored it."""
