@@ -265,7 +265,10 @@ async def test_failures_retried_dead_tokens_dropped_deadlines_kept_and_counted(
     assert {json.loads(r.body)["token"] for r in receiver.of("/hook")} == {"gateway-user-42"}
     after = {key: counted(*key) - value for key, value in before.items()}
     assert after[("fcm", "retried")] == 2 and after[("fcm", "sent")] == 1 and after[("apns", "dead_token")] == 1
-    assert after[("webhook", "gave_up")] == 1 and after[("webhook", "retried")] == len(receiver.of("/hook")) - 1
+    # Its last failure was given up at once (the next try would fall past the deadline), or retried and given up
+    # unsent when it fell due past the deadline: both are counted once as given up.
+    hooks = len(receiver.of("/hook"))
+    assert after[("webhook", "gave_up")] == 1 and after[("webhook", "retried")] in (hooks - 1, hooks)
     assert after[("webpush", "sent")] == 1
     # The operator's view: an organisation's administrator only.
     status, body = await api.request("GET", "/api/admin/push-stats", offline)
