@@ -103,16 +103,16 @@ class DeviceDelivery:
         if not users:
             return {}
         if self._gathering is None:
-            self._gathering = (set(), asyncio.create_task(self._look_up()))
+            gathering: set[PydanticObjectId] = set()
+            self._gathering = (gathering, asyncio.create_task(self._look_up(gathering)))
         gathering, lookup = self._gathering
         gathering |= users
         found = await asyncio.shield(lookup)
         return {u: found[u] for u in users if u in found}
 
-    async def _look_up(self) -> Registered:
-        await asyncio.sleep(0)  # the lookups asked in this turn join
-        assert self._gathering is not None
-        users, self._gathering = self._gathering[0], None
+    async def _look_up(self, users: set[PydanticObjectId]) -> Registered:
+        await asyncio.sleep(0)  # the lookups asked in this turn join ``users``
+        self._gathering = None
         return await registered(users)
 
     async def start(self) -> None:
