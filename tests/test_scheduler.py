@@ -19,7 +19,7 @@ from server.core.config import Settings
 from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore
 from server.meds.delivery import LEASE
-from server.meds.documents import DoseEvent, Medication
+from server.meds.documents import DoseClaim, DoseEvent, Medication
 from server.meds.dose_times import resolve_local
 from tests.conftest import make_settings
 from tests.helpers import Api, Sock, User
@@ -165,11 +165,12 @@ async def test_reminded_at_due_time_confirmed_in_the_app_or_missed_after_grace(a
     reminders = [n for n in p_sock.events.of("notification:new") if n["kind"] == "reminder"]
     assert sorted(n["data"]["dose_id"] for n in reminders) == sorted([str(taken.id), str(skipped.id)])
     assert reminders[0]["title"] == "Time for Metformin" and "drawer 2" in reminders[0]["body"]
-    # The claim at due time took the reminder notifications too; delivered and stored, both leases are given back.
+    # The claim at due time took the reminder notifications too; delivered and stored, the claim is deleted.
     for dose in (taken, skipped):
         row = await DoseEvent.get(dose.id)
-        assert row is not None and row.due_pushed_at is not None and row.reminder_notified_at is not None
-        assert row.due_owner is None and row.due_lease_until is None and row.reminder_lease_until is None
+        assert row is not None and row.due_owner is not None and row.reminder_notified_at is not None
+        assert row.reminder_lease_until is None
+    assert await DoseClaim.find_all().count() == 0
     lows = [n for n in c_sock.events.of("notification:new") if n["kind"] == "low_stock"]
     assert len(lows) == 1 and lows[0]["data"]["stock"] == 5  # the confirmed dose took stock to its low mark
     missed_notes = await notes_of(c_sock, "dose_missed")
@@ -230,35 +231,39 @@ async def test_a_dose_claimed_by_a_dead_process_and_never_pushed_is_pushed_once_
     p_sock = await api.socket(patient)
     med = await create(p_sock, patient.id, schedule={"as_needed": True})
     async with running_box(api, await pair_box(api, patient), scenario="never") as box:
-        # What a process leaves that claimed doses at due time (scheduled → reminded, leased) and died
+        # What a process leaves that claimed doses at due time (scheduled → reminded, its claim leased) and died
         # before pushing them, the lease since run out: one died before telling the box, one after (the box
-        # acknowledged), and one dose was confirmed in the app meanwhile.
+        # acknowledged), one whose notification it had stored, and one dose was confirmed in the app meanwhile.
         at = utcnow() - LEASE - timedelta(seconds=30)
-        claimed = {"reminded_at": at, "due_owner": DEAD, "due_lease_until": at + LEASE, "due_pushed_at": None}
+        await DoseClaim(id=DEAD, owner="4242-deadbeef", lease_until=at + LEASE, notes=True).insert()
+        claimed = {"reminded_at": at, "due_owner": DEAD, "reminder_notified_at": at}
         crashed = await add_dose(patient, med, at, "reminded", slot="crashed", **claimed)
         commanded = await add_dose(patient, med, at, "reminded", slot="commanded", **claimed,
                                    box_attempts=1, box_acked_at=at)
+        noted = await add_dose(patient, med, at, "reminded", slot="noted", **claimed, box_attempts=1, box_acked_at=at)
+        await Notification(user_id=PydanticObjectId(patient.id), kind="reminder", title="Time for Metformin",
+                           patient_id=PydanticObjectId(patient.id), data={"dose_id": str(noted.id)}).insert()
         taken = await add_dose(patient, med, at, "confirmed", slot="taken", **claimed,
                                confirmed_at=at + timedelta(minutes=1), confirmed_via="app")
 
-        due = await p_sock.events.wait("dose:due", count=2, timeout=10)
-        assert sorted(d["id"] for d in due) == sorted([str(crashed.id), str(commanded.id)])
+        due = await p_sock.events.wait("dose:due", count=3, timeout=10)
+        assert sorted(d["id"] for d in due) == sorted(str(d.id) for d in (crashed, commanded, noted))
         assert all(d["state"] == "reminded" and d["late_ms"] >= (LEASE.total_seconds() + 30) * 1000 for d in due)
         await until(lambda: len(box.behaviour.commands) >= 1)
         notes = await notes_of(p_sock, "reminder", count=2)
         assert sorted(n["data"]["dose_id"] for n in notes) == sorted([str(crashed.id), str(commanded.id)])
         await asyncio.sleep(2.5)  # a few scheduler passes: nothing is pushed, commanded or notified twice
-    assert len(p_sock.events.of("dose:due")) == 2
-    # The box is commanded once per dose: not again for the dose the dead process had commanded.
+    assert len(p_sock.events.of("dose:due")) == 3
+    # The box is commanded once per dose: not again for the doses the dead process had commanded.
     assert [(c.action, c.dose_id, c.attempt) for c in box.behaviour.commands] == [("remind", str(crashed.id), 1)]
     assert len([n for n in p_sock.events.of("notification:new") if n["kind"] == "reminder"]) == 2
+    assert await Notification.find({"data.dose_id": str(noted.id)}).count() == 1
+    assert await DoseClaim.find_all().count() == 0  # finished, the claim is deleted
     for dose in (crashed, commanded):
         row = await DoseEvent.get(dose.id)
-        assert row is not None and row.due_pushed_at is not None  # delivered, the lease given back
-        assert row.due_owner is None and row.due_lease_until is None and row.box_attempts == 1
-        assert row.box_acked_at is not None and row.box_next_at is None
+        assert row is not None and row.box_attempts == 1 and row.box_acked_at is not None and row.box_next_at is None
     left = await DoseEvent.get(taken.id)
-    assert left is not None and left.state == "confirmed" and left.due_pushed_at is None  # confirmed: not pushed
+    assert left is not None and left.state == "confirmed"  # confirmed: not pushed
     assert await Notification.find({"data.dose_id": str(taken.id)}).count() == 0
 
 
@@ -270,7 +275,7 @@ async def test_a_reminder_notification_claimed_by_a_dead_process_is_sent_once_it
     # Both pushed; their notifications claimed by a process that died (one of them after storing it),
     # the lease since run out.
     at = utcnow() - LEASE - timedelta(seconds=30)
-    dead = {"reminded_at": at, "due_pushed_at": at, "reminder_notified_at": at, "lease_owner": DEAD,
+    dead = {"reminded_at": at, "reminder_notified_at": at, "lease_owner": DEAD,
             "reminder_lease_until": at + LEASE}
     unsent = await add_dose(patient, med, at, "reminded", slot="unsent", **dead)
     stored = await add_dose(patient, med, at, "reminded", slot="stored", **dead)

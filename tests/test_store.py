@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,16 @@ async def test_migrations_run_once_in_order(store: EmbeddedStore) -> None:
     await client[db_name].devices.insert_many([{"_id": box, "kind": "medicine_box", "battery": 0.87},
                                                {"_id": cuff, "kind": "bp_cuff", "battery": 0.5}])
     await client[db_name].medicine_boxes.insert_one({"_id": box, "battery": 0.87})
+    # Doses claimed at due time before claims were documents: two of one claim in flight (one of them with its
+    # notification), one delivered; and the index their lease needed.
+    lease = datetime(2026, 12, 3, 8, 5, tzinfo=UTC)
+    await client[db_name].dose_events.insert_many([
+        {"slot": "1", "state": "reminded", "due_owner": "p1:a", "due_lease_until": lease, "due_pushed_at": None},
+        {"slot": "2", "state": "reminded", "due_owner": "p1:a", "due_lease_until": lease - timedelta(seconds=1),
+         "due_pushed_at": None, "reminder_lease_until": lease},
+        {"slot": "3", "state": "reminded", "due_owner": None, "due_lease_until": None, "due_pushed_at": lease}])
+    await client[db_name].dose_events.create_index([("state", 1), ("due_pushed_at", 1), ("due_lease_until", 1)],
+                                                   name="due_lease")
     await init_documents(client, db_name, DOCUMENTS)
     applied = await run_migrations(client[db_name])
     assert applied == [name for name, _ in MIGRATIONS]
@@ -122,6 +133,10 @@ async def test_migrations_run_once_in_order(store: EmbeddedStore) -> None:
     batteries = [(await client[db_name][c].find_one({"_id": i}))["battery"]
                  for c, i in (("devices", box), ("medicine_boxes", box), ("devices", cuff))]
     assert batteries == [87.0, 87.0, 0.5]
+    claims = await client[db_name].dose_claims.find({}).to_list(None)
+    assert [(c["_id"], c["lease_until"].replace(tzinfo=UTC), c["notes"], c["pushed"]) for c in claims] == [
+        ("p1:a", lease, True, False)]
+    assert "due_lease" not in await client[db_name].dose_events.index_information()
     assert await run_migrations(client[db_name]) == []
     assert [r.id async for r in MigrationRecord.find_all()] == [name for name, _ in MIGRATIONS]
     # Two processes starting together: the lock lets one apply, the other sees it done.
@@ -170,3 +185,35 @@ async def test_healthz_counts_the_store_commands_the_process_sent(api: Api) -> N
     await api.register("patient")
     _, after = await api.request("GET", "/healthz")
     assert after["store_commands"] >= before["store_commands"] + 2  # at least the user and the session stored
+
+
+async def test_beanie_queries_of_several_conditions_reach_the_store_as_one_filter_on_an_index(
+        store: EmbeddedStore) -> None:
+    """Beanie joins ``find(A, B)`` with ``$and``, through which the embedded store plans no index (each such
+    query read the whole collection); they go as one filter, and one whose field repeats keeps its ``$and``."""
+    from server.care.documents import Link
+
+    listener = _Commands()
+    client = make_client(store.url, event_listeners=[listener])
+    await init_documents(client, "hm_one_filter", DOCUMENTS)
+    patient, member, other = ObjectId(), ObjectId(), ObjectId()
+    await Link.get_pymongo_collection().insert_many([
+        {"_id": f"{p}:{m}", "patient_id": p, "member_id": m, "member_role": "caregiver", "revoked_at": r,
+         "created_at": datetime.now(UTC)}
+        for p, m, r in ((patient, member, None), (patient, other, datetime.now(UTC)), (other, member, None))])
+    listener.commands.clear()
+    found = await Link.find(Link.patient_id == patient, Link.revoked_at == None).to_list()  # noqa: E711
+    one = await Link.find_one(Link.member_id == member, Link.patient_id == other)
+    count = await Link.find(Link.member_id == member, Link.revoked_at == None).count()  # noqa: E711
+    since = datetime.now(UTC) - timedelta(hours=1)
+    both = await Link.find(Link.created_at > since, Link.created_at < datetime.now(UTC)).to_list()
+    assert [link.member_id for link in found] == [member] and one is not None and count == 2 and len(both) == 3
+    filters = [c.get("filter", (c.get("pipeline") or [{}])[0].get("$match")) for c in listener.commands
+               if {"find", "aggregate"} & c.keys()]
+    assert filters[:3] == [{"patient_id": patient, "revoked_at": None}, {"member_id": member, "patient_id": other},
+                           {"member_id": member, "revoked_at": None}]
+    assert list(filters[3]) == ["$and"]  # the same field twice: left as it was
+    plan = await client["hm_one_filter"].command(
+        {"explain": {"find": "links", "filter": filters[0]}, "verbosity": "queryPlanner"})
+    assert "IXSCAN" in str(plan["queryPlanner"]["winningPlan"])
+    await client.close()

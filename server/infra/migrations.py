@@ -8,6 +8,7 @@ the documents and applied by ``init_beanie`` before migrations run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -15,17 +16,16 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
-from beanie import Document
 from pydantic import Field
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from server.core.documents import utcnow
+from server.core.documents import StoredDocument, utcnow
 
 log = logging.getLogger(__name__)
 
 
-class MigrationRecord(Document):
+class MigrationRecord(StoredDocument):
     """One applied migration; ``id`` is its name."""
 
     id: str  # type: ignore[assignment]
@@ -71,11 +71,30 @@ async def _box_battery_percent(db: AsyncDatabase) -> None:
                                       {"$set": {"battery": round(doc["battery"] * 100, 1)}})
 
 
+async def _dose_claims(db: AsyncDatabase) -> None:
+    """A claim of due doses was a lease (``due_lease_until``) and a "delivered" mark (``due_pushed_at``) on each
+    dose; it is now one ``dose_claims`` document a batch. Claims in flight become such documents, their lease
+    kept (taking the notifications if they had: ``reminder_lease_until``), and the old index goes."""
+    claims: dict[str, dict[str, object]] = {}
+    async for d in db.dose_events.find({"state": "reminded", "due_pushed_at": None, "due_owner": {"$type": "string"},
+                                        "due_lease_until": {"$type": "date"}}):
+        claim = claims.setdefault(d["due_owner"], {"_id": d["due_owner"], "schema_version": 1, "owner": "migrated",
+                                                  "lease_until": d["due_lease_until"], "notes": False, "pushed": False})
+        claim["lease_until"] = max(claim["lease_until"], d["due_lease_until"])  # type: ignore[type-var]
+        claim["notes"] = claim["notes"] or d.get("reminder_lease_until") is not None
+    for claim in claims.values():
+        with contextlib.suppress(DuplicateKeyError):
+            await db.dose_claims.insert_one(claim)
+    with contextlib.suppress(OperationFailure):
+        await db.dose_events.drop_index("due_lease")
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("0001_backfill_schema_version", _backfill_schema_version),
     ("0002_lowercase_emails", _lowercase_emails),
     ("0003_unverified_clinicians", _unverified_clinicians),
     ("0004_box_battery_percent", _box_battery_percent),
+    ("0005_dose_claims", _dose_claims),
 ]
 
 

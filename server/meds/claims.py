@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -51,13 +52,17 @@ class DoseClaims:
         return total
 
     async def claim(self, query: dict[str, Any], update: dict[str, Any], owner: str = "lease_owner",
-                    limit: int = BATCH) -> tuple[str, list[dict[str, Any]]]:
+                    limit: int = BATCH, before: Callable[[str], Awaitable[Any]] | None = None,
+                    ) -> tuple[str, list[dict[str, Any]]]:
         """Mark up to ``limit`` doses matching ``query`` as this claim's (``owner`` field set to its token) with
-        ``update``, and return the token and the doses."""
+        ``update``, and return the token and the doses. ``before(token)``: awaited once there are doses to claim,
+        before they are marked (what must be stored before a dose can carry the token)."""
         token = self.token()
         ids = await self.matching(query, limit)
         if not ids:
             return token, []
+        if before is not None:
+            await before(token)
         update = {**update, "$set": {**update.get("$set", {}), owner: token}}
         await self.doses.update_many(self.span(ids, query), update)
         return token, await self.doses.find({owner: token}).to_list(None)

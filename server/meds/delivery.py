@@ -1,12 +1,13 @@
-"""Due-dose delivery: at due time a process claims the due doses with one conditional update in the store
-(scheduled → reminded, stamped with its token and a push lease, ``due_lease_until``; a dose can leave
-"scheduled" only once, so no two processes claim it), pushes ``dose:due`` to the patient's room, tells the
-box (``on_due`` hooks), and marks the doses delivered (``due_pushed_at``) at its next sweep (within a
-second; at shutdown too). Should a process die before that, its doses' lease (``LEASE``) runs out and
-another process (or the restarted one) claims them again, conditionally, and pushes them again if they are
-still waiting (reminded, neither confirmed nor missed): ``dose:due`` is delivered at least once, and
-clients tell a repeat by the dose's ``id``. Doses due while the server was down whose grace window has not
-ended are reminded at once (late, ``late_ms`` says by how much)."""
+"""Due-dose delivery: at due time a process claims the due doses, a batch at a time: it stores the batch's claim
+(``DoseClaim``: its token, leased), then marks the doses with one conditional update in the store (scheduled →
+reminded, ``due_owner`` the token; a dose can leave "scheduled" only once, so no two processes claim it), pushes
+``dose:due`` to the patient's room, tells the box (``on_due`` hooks), and at its next sweep (within a second; at
+shutdown too), once the batch's reminder notifications are stored, deletes the claim: nothing more is written
+to each dose. Should a process die before that, its claim's lease (``LEASE``) runs out and another process (or
+the restarted one) takes the claim over, conditionally, and pushes again the doses still waiting (reminded,
+neither confirmed nor missed) and sends their notifications unless already stored: ``dose:due`` is delivered at
+least once, and clients tell a repeat by the dose's ``id``. Doses due while the server was down whose grace
+window has not ended are reminded at once (late, ``late_ms`` says by how much)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ from typing import Any
 from server.core.documents import aware, passed, utcnow
 from server.core.ports import Broadcaster
 from server.meds.claims import BATCH, DoseClaims
-from server.meds.documents import dose_json
+from server.meds.documents import DoseClaim, dose_json
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(minutes=5)  # a claim not completed by then (its process died) is taken back
 POLL_S = 1.0  # longest sleep: doses planned by another process are noticed within this
 CLEAR = timedelta(milliseconds=250)  # doses falling due within this keep the store to the reminders
 DueHook = Callable[[list[dict[str, Any]]], Awaitable[None]]
-Reminded = Callable[[str, list[dict[str, Any]]], None]
+Reminded = Callable[[str, list[dict[str, Any]], bool], None]
 
 
 class DueDelivery:
@@ -38,10 +39,11 @@ class DueDelivery:
         self.reminded = asyncio.Event()  # set when doses were delivered: their notifications are due
         self.next_due_at = utcnow()
         self._firing = False
-        # The claims (tokens) whose doses were delivered, marked at the next sweep; True: the claim also took their
-        # reminder notifications (``on_reminded``), whose lease the mark gives back once they are all stored.
-        self._delivered: dict[str, bool] = {}
-        self.on_reminded: Reminded | None = None  # the reminder notifications (``Reminders``) take a fresh claim
+        # The claims (tokens) whose doses were delivered, deleted at the next sweep once their reminder
+        # notifications (if the claim took them, ``on_reminded``) are stored.
+        self._delivered: set[str] = set()
+        # The reminder notifications (``Reminders``) take a claim's doses (True: a dead process's, some may be stored)
+        self.on_reminded: Reminded | None = None
         self._notifying: set[str] = set()  # fresh claims whose reminder notifications are not all stored yet
         self._unsent: set[str] = set()  # fresh claims whose reminder notifications failed
 
@@ -67,45 +69,69 @@ class DueDelivery:
         self.next_due_at = min(dues) if dues else now + timedelta(seconds=POLL_S)
         return max(0.0, (self.next_due_at - now).total_seconds())
 
+    @property
+    def ledger(self) -> Any:
+        return DoseClaim.get_pymongo_collection()
+
     async def _remind_due(self, now: datetime) -> int:
-        """Claim the due doses by marking them reminded (one conditional write each: a dose goes from
-        scheduled to reminded once, in whichever process gets there first), leased, then deliver them. The same
-        write claims their reminder notifications (leased as ``Reminders`` claims them; one update a dose, not
-        three: the embedded store's cost is per document updated), handed to ``on_reminded``."""
-        notes = {"reminder_notified_at": now, "reminder_lease_until": now + LEASE} if self.on_reminded else {}
+        """Claim the due doses by marking them reminded (one conditional write each: a dose goes from scheduled
+        to reminded once, in whichever process gets there first), the claim stored first, then deliver them. The
+        claim takes their reminder notifications too, handed to ``on_reminded``."""
+        notes = self.on_reminded is not None
+
+        async def store_claim(token: str) -> None:
+            await self.ledger.insert_one({"_id": token, "schema_version": 1, "owner": self.claims.owner,
+                                          "lease_until": now + LEASE, "notes": notes, "pushed": False})
+
         token, claimed = await self.claims.claim(
             {"state": "scheduled", "due_at": {"$lte": now, "$gt": now - self.grace}},
-            {"$set": {"state": "reminded", "reminded_at": now, "due_pushed_at": None, "due_lease_until": now + LEASE,
-                      **notes}},
-            owner="due_owner")
-        if claimed and self.on_reminded:
-            self._notifying.add(token)
-            self.on_reminded(token, claimed)
-        await self._deliver(token, claimed, fresh=bool(notes))
+            {"$set": {"state": "reminded", "reminded_at": now, **({"reminder_notified_at": now} if notes else {})}},
+            owner="due_owner", before=store_claim)
+        await self._hand_over(token, claimed, notes)
         return len(claimed)
 
+    async def _hand_over(self, token: str, doses: list[dict[str, Any]], notes: bool, again: bool = False,
+                         push: bool = True) -> None:
+        """Push the claim's doses (``push``) and hand their notifications (``notes``) to ``on_reminded``."""
+        if not doses:
+            return
+        if notes and self.on_reminded:
+            self._notifying.add(token)
+            self.on_reminded(token, doses, again)
+        if push:
+            await self._deliver(doses)
+        else:
+            self.reminded.set()
+        self._delivered.add(token)
+
     def notified(self, token: str, ok: bool) -> None:
-        """A fresh claim's reminder notifications are stored (``ok``), or failed: then their lease is left to run
-        out, and ``Reminders.renotify`` sends what was not stored."""
+        """A claim's reminder notifications are stored (``ok``), or failed: then the claim is kept (``pushed``) for
+        its lease to run out, and the process taking it over sends what was not stored."""
         self._notifying.discard(token)
         if not ok:
             self._unsent.add(token)
 
     async def redeliver(self, now: datetime) -> None:
-        """Reminded doses whose claimer died before delivering them (the lease ran out): claimed again
-        (a conditional update, so by one process) and delivered again."""
-        token, claimed = await self.claims.claim(
-            {"state": "reminded", "due_pushed_at": None, "due_lease_until": passed(now)},
-            {"$set": {"due_lease_until": now + LEASE}}, owner="due_owner")
-        if claimed:
-            log.warning("pushing %d doses again whose process died before pushing them", len(claimed))
-        await self._deliver(token, claimed)
+        """Claims whose process died before finishing them (the lease ran out): taken over (a conditional update,
+        so by one process), their doses still waiting pushed again and their notifications sent unless stored."""
+        for claim in await self.ledger.find({"lease_until": passed(now)}).limit(BATCH).to_list(None):
+            taken = await self.ledger.find_one_and_update(
+                {"_id": claim["_id"], "lease_until": claim["lease_until"]},
+                {"$set": {"lease_until": now + LEASE, "owner": self.claims.owner}})
+            if taken is None:
+                continue  # another process took it over
+            token = claim["_id"]
+            doses = await self.claims.doses.find({"due_owner": token, "state": "reminded"}).to_list(None)
+            if not doses:
+                await self.ledger.delete_one({"_id": token})
+                continue
+            if not claim["pushed"]:
+                log.warning("pushing %d doses again whose process died before pushing them", len(doses))
+            await self._hand_over(token, doses, claim["notes"], again=True, push=not claim["pushed"])
 
-    async def _deliver(self, token: str, claimed: list[dict[str, Any]], fresh: bool = False) -> None:
-        """Push ``dose:due`` and tell the box; the doses are marked delivered at the next sweep (one write a
-        second rather than one more per batch on the reminders' path)."""
-        if not claimed:
-            return
+    async def _deliver(self, claimed: list[dict[str, Any]]) -> None:
+        """Push ``dose:due`` and tell the box; the claim is deleted at the next sweep (one write a second rather
+        than one more per batch on the reminders' path)."""
         for d in claimed:
             dose = dose_json(d)
             dose["late_ms"] = round((utcnow() - aware(d["due_at"])).total_seconds() * 1000)
@@ -116,20 +142,16 @@ class DueDelivery:
                 await hook(claimed)
             except Exception:
                 log.exception("dose hook failed")
-        self._delivered[token] = fresh
 
     async def mark_delivered(self, final: bool = False) -> None:
-        """Mark the doses delivered since the last sweep (those our claims still hold), a fresh claim's once its
-        reminder notifications are stored too (``final``, at shutdown: all; the unstored notifications' lease
-        is left to run out)."""
-        ready = {t: notes and t not in self._notifying and t not in self._unsent
-                 for t, notes in self._delivered.items() if final or t not in self._notifying}
-        for t in ready:
-            del self._delivered[t]
-        self._unsent &= self._delivered.keys() | self._notifying  # (a claim whose delivery failed is forgotten)
-        delivered = {"due_pushed_at": utcnow(), "due_owner": None, "due_lease_until": None}
-        for notes in (True, False):  # every dose of these claims was delivered
-            if tokens := [t for t, n in ready.items() if n == notes]:
-                await self.claims.doses.update_many(
-                    {"due_owner": {"$in": tokens}},
-                    {"$set": {**delivered, **({"reminder_lease_until": None} if notes else {})}})
+        """Delete the claims delivered since the last sweep whose notifications are stored (``final``, at
+        shutdown: every delivered claim; those whose notifications are not all stored are kept, ``pushed``, for
+        their lease to run out and another process to send what was not stored)."""
+        ready = {t for t in self._delivered if final or t not in self._notifying}
+        self._delivered -= ready
+        kept = {t for t in ready if t in self._notifying or t in self._unsent}
+        self._unsent -= ready
+        if done := sorted(ready - kept):
+            await self.ledger.delete_many({"_id": {"$in": done}})
+        if kept:
+            await self.ledger.update_many({"_id": {"$in": sorted(kept)}}, {"$set": {"pushed": True}})

@@ -171,10 +171,8 @@ class DoseEvent(VersionedDocument):
     confirmed_at: datetime | None = None
     confirmed_via: str | None = None  # app | box
     confirmed_by: PydanticObjectId | None = None
-    due_owner: str | None = None  # the process pushing dose:due, until due_lease_until
-    due_lease_until: datetime | None = None
-    due_pushed_at: datetime | None = None  # dose:due pushed and the box told
-    reminder_notified_at: datetime | None = None  # the reminder notification claimed (sent, once its lease is cleared)
+    due_owner: str | None = None  # the claim (``DoseClaim``) that reminded it at due time
+    reminder_notified_at: datetime | None = None  # the reminder notification claimed (by a ``DoseClaim``, or leased)
     reminder_lease_until: datetime | None = None
     missed_at: datetime | None = None
     missed_notified_at: datetime | None = None
@@ -196,14 +194,31 @@ class DoseEvent(VersionedDocument):
             IndexModel([("state", ASCENDING), ("lease_until", ASCENDING)], name="state_lease"),
             # The polls for leases that ran out and box commands to resend (with ``passed``: not the nulls).
             IndexModel([("state", ASCENDING), ("reminder_lease_until", ASCENDING)], name="reminder_lease"),
-            IndexModel([("state", ASCENDING), ("due_pushed_at", ASCENDING), ("due_lease_until", ASCENDING)],
-                       name="due_lease"),
             IndexModel([("state", ASCENDING), ("box_next_at", ASCENDING)], name="box_next"),
             IndexModel([("lease_owner", ASCENDING)], name="lease_owner"),
             IndexModel([("due_owner", ASCENDING)], name="due_owner"),
             IndexModel([("box_owner", ASCENDING)], name="box_owner"),
             IndexModel([("patient_id", ASCENDING), ("due_at", DESCENDING)], name="patient_due"),
         ]
+
+
+class DoseClaim(VersionedDocument):
+    """A batch of doses one process claimed at due time (each dose's ``due_owner`` is this ``id``): it pushes
+    ``dose:due``, tells the box, stores the reminder notifications (``notes``), then deletes this. The claim's
+    state lives here, once a batch, rather than as a lease and a "delivered" mark on every dose: a second write
+    of each dose, and the embedded store's cost is per document written and index entry. A claim whose lease ran
+    out (its process died) is taken over by another process, which finishes it (``pushed``: only the
+    notifications were left)."""
+
+    id: str  # type: ignore[assignment]
+    owner: str  # the process
+    lease_until: datetime
+    notes: bool = False  # the claim took the doses' reminder notifications too
+    pushed: bool = False  # dose:due pushed and the box told; the notifications were not all stored
+
+    class Settings:
+        name = "dose_claims"
+        indexes = [IndexModel([("lease_until", ASCENDING)], name="lease")]
 
 
 def dose_json(d: dict[str, Any]) -> dict[str, Any]:
@@ -222,4 +237,4 @@ class ConfirmIn(BaseModel):
     dose_id: str = Field(max_length=64)
 
 
-DOCUMENTS: list[type[Document]] = [Medication, MedicationChange, DoseEvent]
+DOCUMENTS: list[type[Document]] = [Medication, MedicationChange, DoseEvent, DoseClaim]

@@ -1,12 +1,12 @@
 """Reminder notifications, apart from the firing loop so their cost (a stored notification each) never
-delays a reminder. The firing loop's claim of due doses claims their notifications too (leased,
-``reminder_lease_until``) and hands them here (``take``); this loop stores them in batches that leave the store
-to the firing loop in between, each batch's notifications one insert (``server.infra.group_commit``, bulk: they
-wait while an alert is being written), and tells the delivery, whose "delivered" mark gives the lease back.
-Reminded doses whose notification nobody claimed (pushed again after their process died) are claimed here with
-a conditional write (so each is sent by one process), leased the same way. A notification its process claimed
-and did not finish before the lease ran out is claimed again and sent, unless the dead process had already
-stored it."""
+delays a reminder. The firing loop's claim of due doses (``DoseClaim``, leased) claims their notifications too
+and hands them here (``take``); this loop stores them in batches that leave the store to the firing loop in
+between, each batch's notifications one insert (``server.infra.group_commit``, bulk: they wait while an alert
+is being written), and tells the delivery, which then deletes the claim. A claim taken over from a dead process
+is handed here the same way, and a notification that process had stored is not sent again. Reminded doses whose
+notification no claim took are claimed here with a conditional write (so each is sent by one process), leased
+(``reminder_lease_until``); one whose process died before the lease ran out is claimed again and sent, unless
+the dead process had already stored it."""
 
 from __future__ import annotations
 
@@ -35,12 +35,14 @@ class Reminders:
         self.claims = claims
         self.notifier = notifier
         self.delivery = delivery
-        self._taken: list[tuple[str, list[dict[str, Any]]]] = []  # fresh claims from the delivery, oldest first
+        # claims from the delivery, oldest first (True: a dead process's, some notifications may be stored)
+        self._taken: list[tuple[str, list[dict[str, Any]], bool]] = []
         delivery.on_reminded = self.take
 
-    def take(self, token: str, doses: list[dict[str, Any]]) -> None:
-        """The delivery claimed these doses' notifications (claim ``token``): send them next."""
-        self._taken.append((token, doses))
+    def take(self, token: str, doses: list[dict[str, Any]], again: bool = False) -> None:
+        """The delivery claimed these doses' notifications (claim ``token``; ``again``: taken over from a dead
+        process): send them next."""
+        self._taken.append((token, doses, again))
         self.delivery.reminded.set()
 
     @staticmethod
@@ -71,14 +73,14 @@ class Reminders:
                 return
             await asyncio.sleep(0.05)
 
-    async def _send_taken(self, token: str, doses: list[dict[str, Any]]) -> None:
+    async def _send_taken(self, token: str, doses: list[dict[str, Any]], again: bool) -> None:
         ok = False
         try:
             for i in range(0, len(doses), self.batch()):
                 await self._yield_to_reminders()
                 await COMMITS.until_clear()  # an alert being raised goes first
                 batch = doses[i:i + self.batch()]
-                await bounded([self._remind_patient(d) for d in batch], width=len(batch))
+                await bounded([self._remind_patient(d, again) for d in batch], width=len(batch))
             ok = True
         finally:
             self.delivery.notified(token, ok)

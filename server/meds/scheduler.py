@@ -6,22 +6,22 @@ Planning: each active, scheduled medication has its doses written ahead (``HORIZ
 schedule and the patient's time zone (``server.meds.dose_times``); a dose's slot (medication + local
 date and time) is unique in the store, so any number of processes may plan the same doses.
 
-Firing: at due time a process claims the due doses with one conditional update in the store
-(scheduled → reminded, stamped with its token and a push lease, ``due_lease_until``; a dose can
-leave "scheduled" only once, so no two processes claim it), pushes ``dose:due`` to the patient's
-room, tells the box (``on_due`` hooks), and marks the doses delivered (``due_pushed_at``) at its next
-sweep (within a second; at shutdown too).
-Should a process die before that, its doses' lease (``LEASE``) runs out and another process (or
-the restarted one) claims them again, conditionally, and pushes them again if they are still
+Firing: at due time a process claims the due doses, a batch at a time: the batch's claim is stored
+(``DoseClaim``, leased), then the doses marked with one conditional update in the store (scheduled →
+reminded, ``due_owner`` the claim; a dose can leave "scheduled" only once, so no two processes claim
+it); it pushes ``dose:due`` to the patient's room, tells the box (``on_due`` hooks), and deletes the
+claim at its next sweep (within a second; at shutdown too) once the batch's notifications are stored.
+Should a process die before that, its claim's lease (``LEASE``) runs out and another process (or
+the restarted one) takes the claim over, conditionally, and pushes again the doses still
 waiting (reminded, neither confirmed nor missed): ``dose:due`` is delivered at least once, and
 clients tell a repeat by the dose's ``id``; the box is commanded once per dose (``on_due`` skips a
 dose already commanded, whose resends the box schedule carries on).
 
-The ``reminder`` notification is claimed by the same write (leased, ``reminder_lease_until``) and sent by
-a separate loop, so its cost (a stored notification each) never delays a reminder; the "delivered" mark
-gives its lease back once it is stored. Doses pushed again have theirs claimed by that loop.
-A notification its process claimed and did not finish before the lease ran out is
-claimed again and sent, unless the dead process had already stored it.
+The ``reminder`` notification is claimed by the same claim and sent by a separate loop, so its cost
+(a stored notification each) never delays a reminder; a claim taken over sends the notifications
+its dead process had not stored. Notifications no claim took (doses of an older claim) are claimed
+by that loop, leased (``reminder_lease_until``), and sent again if their process died before
+finishing, unless it had stored them.
 
 A dose not confirmed within the grace window (``HEALTHMATE_DOSE_GRACE_S``, 30 min) is marked
 missed (a conditional update, so once), and the patient's caregivers are notified; that
