@@ -20,7 +20,7 @@ from beanie import PydanticObjectId
 
 from devices.documents import Device
 from server.care.access import care_team
-from server.core.documents import iso, utcnow
+from server.core.documents import iso, passed, utcnow
 from server.core.i18n import Text
 from server.core.identity import Principal
 from server.core.ports import Broadcaster, Notifier
@@ -86,7 +86,7 @@ class DevicePresence:
         now = utcnow()
         cutoff = now - self.silence
         devices = Device.get_pymongo_collection()
-        silent = {"revoked_at": None, "disconnected_at": None, "last_seen_at": {"$lt": cutoff}}
+        silent = {"revoked_at": None, "disconnected_at": None, "last_seen_at": passed(cutoff)}  # (not the never seen)
         marked = 0
         async for doc in devices.find(silent, limit=SWEEP_BATCH):
             won = await devices.find_one_and_update({"_id": doc["_id"], **silent}, {"$set": {"disconnected_at": now}})

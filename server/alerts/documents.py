@@ -10,7 +10,7 @@ from beanie import Document, PydanticObjectId
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
-from server.core.documents import VersionedDocument, iso, utcnow
+from server.core.documents import StoredDocument, VersionedDocument, iso, utcnow
 from server.core.i18n import Text
 from server.core.ports import Urgency
 
@@ -109,7 +109,7 @@ class AlertDelivery(VersionedDocument):
         return f"{alert_id}:{user_id}:{device_id}"
 
 
-class DailyCount(Document):
+class DailyCount(StoredDocument):
     """How often something happened for a patient on one UTC day (``what``: alerts raised on demand, emergency
     webhook calls), attempts past the cap included. Counted with one atomic update, so every process sees the
     same count. Kept ``KEPT_DAYS`` for the operator, then the store deletes it (TTL index)."""
@@ -253,7 +253,7 @@ class UnregisterIn(BaseModel):
 
 # --- the push outbox -------------------------------------------------------------------------------
 
-class PushEntry(Document):
+class PushEntry(StoredDocument):
     """One message to send to one registration (``server.alerts.push_outbox``), written before it is attempted.
     The id ``<token id>/<message key>`` makes writing it twice a no-op. Due when ``next_attempt_at`` has come;
     a claim moves ``next_attempt_at`` to the end of its lease, so an entry whose process died is due again
@@ -290,7 +290,7 @@ class PushEntry(Document):
                    IndexModel([("alert_id", ASCENDING)], name="alert")]
 
 
-class PushOutcome(Document):
+class PushOutcome(StoredDocument):
     """What became of one outbox entry, kept ``push_history_s`` for the operator (``GET /api/admin/push-stats``)."""
 
     at: datetime
@@ -311,7 +311,7 @@ class PushOutcome(Document):
 Confirmable = Literal["alert", "dose", "notification"]
 
 
-class PushWatch(Document):
+class PushWatch(StoredDocument):
     """A stored notification that each registered device must confirm (``server.alerts.device_delivery``): at
     ``due_at`` one process claims it (``owner``, the due time moved on by a lease), pushes it to the devices that
     have neither confirmed ``ref`` nor been pushed it already, and deletes it. The id is the notification's."""
@@ -330,7 +330,7 @@ class PushWatch(Document):
         indexes = [IndexModel([("due_at", ASCENDING)], name="due"), IndexModel([("owner", ASCENDING)], name="owner")]
 
 
-class DeviceReceipt(Document):
+class DeviceReceipt(StoredDocument):
     """A device's confirmation that it has a due dose or an urgent notification (alerts have ``AlertDelivery``);
     the id ``<ref>:<user>:<device>`` makes the first one win. Only needed until its push would be due: expires."""
 

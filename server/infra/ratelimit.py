@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 
-from beanie import Document
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
+from server.core.documents import StoredDocument
 from server.core.errors import ApiError
 
 REDIS_PREFIX = "hm:fail:"
@@ -30,7 +30,7 @@ _GIVE_BACK = ("local n = tonumber(redis.call('GET', KEYS[1]) or '0') "
               "if n > 0 then return redis.call('DECR', KEYS[1]) end return 0")
 
 
-class ThrottleWindow(Document):
+class ThrottleWindow(StoredDocument):
     """One key's attempts in one window (``id``: ``<key>@<window number>``) when there is no Redis;
     the store deletes it once the window is over (TTL index)."""
 
