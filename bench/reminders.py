@@ -5,10 +5,12 @@ PATIENTS patients (seeded), each with a connected socket (bench._sio, in this pr
 doses between them written into the store (``dose_events``, as the planner writes them). The lag of a
 dose: from its due time to its patient's socket receiving ``dose:due`` for it, for every dose (not a
 sample; a dose never received is counted in ``missing``). ``doses_per_s``: DOSES / (last dose received -
-due time). Each round also waits until every reminder notification is stored (``notifications_stored``,
-and ``notifications_s`` from due time to the last), and measures from just before the due time to
-then: store commands per dose (the server's command monitoring) and CPU per dose of the server, the
-store and the sockets (this process). REPEATS rounds, each with DOSES new doses. After the rounds,
+due time). Each round also waits until every reminder notification is stored (``notifications_s``: from due time to
+the last one's ``notification:new`` reaching its patient's socket, which the server sends once it is stored; the
+bench asks the store nothing while it waits, and counts them in the store once after: ``notifications_stored``),
+and measures from just before the due time to then: store commands per dose (the server's command
+monitoring) and CPU per dose of the server, the store and the sockets (this process). REPEATS rounds, each
+with DOSES new doses. After the rounds,
 ``idle_store_cores``: the store's CPU over IDLE_S seconds with nothing due, the doses reminded and unconfirmed
 (as after 08:00 until the patients confirm): what the server's polls for leases that ran out and box commands
 to resend cost it then (measured only once every reminder notification of the last round is stored, else
@@ -49,6 +51,7 @@ class Patients:
 
     def __init__(self) -> None:
         self.received: dict[str, float] = {}
+        self.noted: dict[str, float] = {}  # when each dose's reminder notification arrived (it is stored by then)
         self.repeats = 0
         self.http: aiohttp.ClientSession | None = None
         self.clients: list[SioClient] = []
@@ -59,6 +62,10 @@ class Patients:
         else:
             self.received[dose["id"]] = time.time()
 
+    def _on_note(self, note: dict[str, Any]) -> None:
+        if note.get("kind") == "reminder":
+            self.noted.setdefault(note["data"]["dose_id"], time.time())
+
     async def connect(self, url: str, accounts: list[Account]) -> None:
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         sem = asyncio.Semaphore(16)
@@ -66,6 +73,7 @@ class Patients:
         async def one(account: Account) -> SioClient:
             client = SioClient(self.http)  # type: ignore[arg-type]
             client.on("dose:due", self._on_due)
+            client.on("notification:new", self._on_note)
             async with sem:
                 await client.connect(url, {"token": account.token})
             return client
@@ -109,18 +117,15 @@ async def one_round(r: int, db: Any, patients: list[Account], sockets: Patients,
     window.open()
     wanted, before = {str(i) for i in ids}, await db.notifications.count_documents({"kind": "reminder"})
     deadline = time.monotonic() + min(180.0, max(budget.left() - 20, 10.0))
-    stored, stored_at = 0, None
-    while time.monotonic() < deadline:  # the store is asked only once every dose has arrived
-        await asyncio.sleep(0.25)
-        if not wanted.issubset(sockets.received):
-            continue
-        stored = await db.notifications.count_documents({"kind": "reminder"}) - before
-        if stored >= DOSES:
-            stored_at = time.time()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        if wanted.issubset(sockets.received) and wanted.issubset(sockets.noted):
             break
     else:
         budget.cut.append(f"round {r + 1}: stopped waiting for doses and notifications")
     window.close()
+    stored = await db.notifications.count_documents({"kind": "reminder"}) - before
+    stored_at = max(sockets.noted[i] for i in wanted) if wanted.issubset(sockets.noted) else None
     lags = [(sockets.received[i] - due_s) * 1000 for i in wanted if i in sockets.received]
     last = max(sockets.received[i] for i in wanted if i in sockets.received) if lags else None
     out = {"lag_p50_ms": pct(lags, 50), "lag_p99_ms": pct(lags, 99), "lag_max_ms": max(lags, default=None),
