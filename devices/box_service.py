@@ -21,6 +21,7 @@ from devices.medicine_box import BoxCommand, BoxDrawers, BoxHello, DrawerEvent
 from server.care.access import require_patient
 from server.core.documents import passed, utcnow
 from server.core.errors import ApiError, forbidden
+from server.core.gather import Gathered
 from server.core.i18n import Text
 from server.core.ports import Broadcaster, DoseSchedule, Notifier
 from server.transport.events import EventContext
@@ -28,6 +29,7 @@ from server.transport.events import EventContext
 log = logging.getLogger(__name__)
 BACKOFF_S = (1, 2, 4, 8, 16, 30)  # wait before resending an unacknowledged command; then give up
 IN_CHUNK = 50  # ids per {"$in": ...}: the embedded store compares each candidate with every id (B² for B ids)
+ACK_WINDOW_S = 0.02
 
 
 class DeviceCommands(Protocol):
@@ -47,6 +49,8 @@ class MedicineBox:
         self.broadcaster = broadcaster
         self.notifier = notifier
         self.scheduler = scheduler
+        # Acknowledgements arriving within ACK_WINDOW_S are marked with one update (at 08:00 every box acks at once).
+        self._acked: Gathered[Any, None] = Gathered(self._mark_acked, ACK_WINDOW_S)
         scheduler.on_due.append(self.on_due)
         scheduler.on_confirmed.append(self.on_confirmed)
         scheduler.ticks.append(self.resend)
@@ -73,10 +77,16 @@ class MedicineBox:
 
         async def acked(*reply: Any) -> None:
             if dose_id is not None:
-                await self.scheduler.doses.update_one({"_id": dose_id, "box_acked_at": None},
-                                                      {"$set": {"box_acked_at": utcnow(), "box_next_at": None}})
+                await self._acked([dose_id])
 
         await self.commands.command(device_id, "box:command", cmd.model_dump(), acked)
+
+    async def _mark_acked(self, dose_ids: set[Any]) -> None:
+        """The doses' commands were acknowledged: no more resends."""
+        ids, now = sorted(dose_ids), utcnow()
+        for i in range(0, len(ids), IN_CHUNK):
+            await self.scheduler.doses.update_many({"_id": {"$in": ids[i:i + IN_CHUNK]}, "box_acked_at": None},
+                                                   {"$set": {"box_acked_at": now, "box_next_at": None}})
 
     @staticmethod
     def _remind(d: dict[str, Any], attempt: int) -> BoxCommand:

@@ -245,7 +245,7 @@ async def test_lookups_of_registrations_asked_together_share_one_query_and_each_
         queries.append(set(user_ids))
         return await query(user_ids)
 
-    monkeypatch.setattr(device_delivery, "registered", counted)
+    monkeypatch.setattr(delivery(api)._registered, "work", counted)
     found = await asyncio.gather(*(delivery(api).registered([uid]) for uid in ids),
                                  delivery(api).registered(ids[:2]))
     assert queries == [set(ids)]

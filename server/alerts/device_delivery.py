@@ -48,6 +48,7 @@ from server.alerts.documents import (
 from server.core.background import Background
 from server.core.config import Settings
 from server.core.documents import aware, utcnow
+from server.core.gather import Gathered
 from server.core.ports import DevicePush, Online
 from server.infra.bulk import insert_new
 
@@ -94,7 +95,7 @@ class DeviceDelivery:
         self.poll_s = min(POLL_S, settings.alert_push_after_s / 2)
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.background = Background()
-        self._gathering: tuple[set[PydanticObjectId], asyncio.Task[Registered]] | None = None
+        self._registered: Gathered[PydanticObjectId, Registered] = Gathered(registered)
 
     async def registered(self, user_ids: Iterable[PydanticObjectId]) -> Registered:
         """The users' registrations. Lookups asked in the same turn of the event loop share one query: a claim's
@@ -102,18 +103,8 @@ class DeviceDelivery:
         users = set(user_ids)
         if not users:
             return {}
-        if self._gathering is None:
-            gathering: set[PydanticObjectId] = set()
-            self._gathering = (gathering, asyncio.create_task(self._look_up(gathering)))
-        gathering, lookup = self._gathering
-        gathering |= users
-        found = await asyncio.shield(lookup)
+        found = await self._registered(users)
         return {u: found[u] for u in users if u in found}
-
-    async def _look_up(self, users: set[PydanticObjectId]) -> Registered:
-        await asyncio.sleep(0)  # the lookups asked in this turn join ``users``
-        self._gathering = None
-        return await registered(users)
 
     async def start(self) -> None:
         self.background.spawn(self._run(), name="device-delivery")
