@@ -93,25 +93,34 @@ class Alerts:
         """Raise an alert to the patient's care team, or return the open one of this kind (no storm). One raised
         on demand (triage) is refused past ``alerts_on_demand_per_day`` new ones for the patient that day."""
         pid = PydanticObjectId(patient_id)
-        existing = await Alert.find_one(Alert.patient_id == pid, Alert.kind == kind, Alert.status == "open")
+        # The patient's name: from the patient's own session when they raised it (no lookup on the urgent path).
+        own = raised_by.name if raised_by is not None and raised_by.role == "patient" and raised_by.user_id == pid \
+            else None
+
+        async def patient_name() -> str:
+            if own is not None:
+                return own
+            patient = await User.get(pid)
+            return patient.name if patient else ""
+
+        # What the alert needs, asked at once (one round trip's wait, not four, when the store is busy); only
+        # reads, so an open alert of this kind or a refusal below changes nothing.
+        existing, name, links, contacts = await asyncio.gather(
+            Alert.find_one(Alert.patient_id == pid, Alert.kind == kind, Alert.status == "open"), patient_name(),
+            care_team(pid), emergency_contacts(pid))
         if existing is not None:
             return existing
         if on_demand:
             await self._on_demand_allowed(pid)
-        # The patient's name: from the patient's own session when they raised it (no lookup on the urgent path).
-        name = raised_by.name if raised_by is not None and raised_by.role == "patient" and raised_by.user_id == pid \
-            else None
-        patient = None if name is not None else await User.get(pid)
-        links = await care_team(pid)
         # Names are looked up only when the lifecycle is read: a thousand-user lookup here would delay the alert.
         recipients = [{"user_id": str(lk.member_id), "role": lk.member_role} for lk in links]
         now = utcnow()
-        alert = Alert(patient_id=pid, patient_name=name or (patient.name if patient else ""), kind=kind[:40],
+        alert = Alert(patient_id=pid, patient_name=name, kind=kind[:40],
                       title=render(title, None)[:200], body=render(body, None)[:1000],
                       title_text=title if isinstance(title, Text) else None,
                       body_text=body if isinstance(body, Text) else None, source=source or {}, data=data or {},
                       recipients=recipients, recipient_ids=[lk.member_id for lk in links],
-                      emergency_contacts=await emergency_contacts(pid), raised_at=now,
+                      emergency_contacts=contacts, raised_at=now,
                       raised_by={"user_id": raised_by.id, "role": raised_by.role} if raised_by else None,
                       emit_lease_until=now + timedelta(seconds=self.settings.alert_emit_lease_s),
                       escalate_at=now + timedelta(seconds=self.settings.alert_escalation_s))
