@@ -291,3 +291,27 @@ async def test_a_reminder_notification_claimed_by_a_dead_process_is_sent_once_it
         row = await DoseEvent.get(dose.id)
         assert row is not None and row.reminder_lease_until is None and row.lease_owner is None
     assert p_sock.events.of("dose:due") == []  # pushed already: not again
+
+
+@pytest.mark.parametrize("settings", [600], indirect=True)
+async def test_a_claim_left_with_only_its_notifications_unsent_sends_them_and_pushes_nothing_again(api: Api) -> None:
+    """A claim whose doses were pushed but whose notifications were not all stored (the process stopped or the
+    store failed) is kept, ``pushed``; once its lease runs out another process sends what was not stored."""
+    patient = await api.register("patient")
+    p_sock = await api.socket(patient)
+    med = await create(p_sock, patient.id, schedule={"as_needed": True})
+    at = utcnow() - LEASE - timedelta(seconds=30)
+    await DoseClaim(id=DEAD, owner="4242-deadbeef", lease_until=at + LEASE, notes=True, pushed=True).insert()
+    claimed = {"reminded_at": at, "due_owner": DEAD, "reminder_notified_at": at}
+    unsent = await add_dose(patient, med, at, "reminded", slot="unsent", **claimed)
+    stored = await add_dose(patient, med, at, "reminded", slot="stored", **claimed)
+    await Notification(user_id=PydanticObjectId(patient.id), kind="reminder", title="Time for Metformin",
+                       patient_id=PydanticObjectId(patient.id), data={"dose_id": str(stored.id)}).insert()
+
+    (note,) = await notes_of(p_sock, "reminder")
+    assert note["data"]["dose_id"] == str(unsent.id)
+    await asyncio.sleep(1.5)  # the next passes: nothing sent again
+    assert len([n for n in p_sock.events.of("notification:new") if n["kind"] == "reminder"]) == 1
+    assert p_sock.events.of("dose:due") == []  # pushed already: not again
+    assert await Notification.find({"data.dose_id": str(stored.id)}).count() == 1
+    assert await DoseClaim.find_all().count() == 0

@@ -44,8 +44,8 @@ class DueDelivery:
         self._delivered: set[str] = set()
         # The reminder notifications (``Reminders``) take a claim's doses (True: a dead process's, some may be stored)
         self.on_reminded: Reminded | None = None
-        self._notifying: set[str] = set()  # fresh claims whose reminder notifications are not all stored yet
-        self._unsent: set[str] = set()  # fresh claims whose reminder notifications failed
+        self._notifying: set[str] = set()  # claims whose reminder notifications are not all stored yet
+        self._unsent: set[str] = set()  # claims whose reminder notifications failed
 
     def busy(self) -> bool:
         """Doses are being reminded, or fall due within ``CLEAR``: other work leaves the store to them."""
