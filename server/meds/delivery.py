@@ -80,8 +80,7 @@ class DueDelivery:
         notes = self.on_reminded is not None
 
         async def store_claim(token: str) -> None:
-            await self.ledger.insert_one({"_id": token, "schema_version": 1, "owner": self.claims.owner,
-                                          "lease_until": now + LEASE, "notes": notes, "pushed": False})
+            await DoseClaim(id=token, owner=self.claims.owner, lease_until=now + LEASE, notes=notes).insert()
 
         token, claimed = await self.claims.claim(
             {"state": "scheduled", "due_at": {"$lte": now, "$gt": now - self.grace}},
@@ -98,10 +97,8 @@ class DueDelivery:
         if notes and self.on_reminded:
             self._notifying.add(token)
             self.on_reminded(token, doses, again)
-        if push:
+        if push:  # (not: only the notifications were left, and ``on_reminded`` has them)
             await self._deliver(doses)
-        else:
-            self.reminded.set()
         self._delivered.add(token)
 
     def notified(self, token: str, ok: bool) -> None:
@@ -150,7 +147,7 @@ class DueDelivery:
         ready = {t for t in self._delivered if final or t not in self._notifying}
         self._delivered -= ready
         kept = {t for t in ready if t in self._notifying or t in self._unsent}
-        self._unsent -= ready
+        self._unsent &= self._delivered | self._notifying  # (a claim whose delivery failed is forgotten)
         if done := sorted(ready - kept):
             await self.ledger.delete_many({"_id": {"$in": done}})
         if kept:
