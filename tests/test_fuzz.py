@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,14 +86,20 @@ class Live:
                                                         "name": role.title(), "role": role})
 
     def fingerprint(self) -> dict[str, Any]:
-        """What is stored: every collection's documents but the audit's."""
-        return {name: sorted(map(repr, self.db[name].find({}, {"last_used_at": 0})))
+        """What is stored: every collection's documents but the audit's, each with when it expires (if it does)."""
+        return {name: sorted(((d.get("expires_at"), repr(d)) for d in self.db[name].find({}, {"last_used_at": 0})),
+                             key=lambda e: e[1])
                 for name in sorted(self.db.list_collection_names()) if name not in IGNORED}
 
     def changed_since(self, before: dict[str, Any]) -> list[str]:
-        """The collections whose documents differ from ``before`` (a fingerprint)."""
-        now = self.fingerprint()
-        return sorted(name for name in set(now) | set(before) if now.get(name) != before.get(name))
+        """The collections whose documents differ from ``before`` (a fingerprint), leaving out on both sides the
+        documents expired by now: the store deletes those (TTL) whenever its sweep comes, request or not."""
+        after, now = self.fingerprint(), datetime.now(UTC).replace(tzinfo=None)
+
+        def live(entries: list[tuple[Any, str]] | None) -> list[str]:
+            return [r for at, r in entries or [] if not isinstance(at, datetime) or at.replace(tzinfo=None) > now]
+
+        return sorted(name for name in set(after) | set(before) if live(after.get(name)) != live(before.get(name)))
 
     def stop(self) -> None:
         self.proc.terminate()
