@@ -24,6 +24,7 @@ from server.core.errors import ApiError, forbidden
 from server.core.gather import Gathered
 from server.core.i18n import Text
 from server.core.ports import Broadcaster, DoseSchedule, Notifier
+from server.core.urgency import URGENCY
 from server.transport.events import EventContext
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class MedicineBox:
                 {"_id": {"$in": ids[i:i + IN_CHUNK]}, "box_attempts": {"$in": [0, None]}},
                 {"$set": {"box_attempts": 1, "box_next_at": wait}})
         for device_id, d in sends:
+            await URGENCY.give_way()  # an alert being raised goes first
             await self.command(device_id, self._remind(d, 1), d["_id"])
 
     async def resend(self, now: datetime) -> None:
@@ -133,6 +135,7 @@ class MedicineBox:
         boxes = await self.boxes_of(list({d["patient_id"] for d in resent})) if resent else {}
         for d in resent:
             for device_id in boxes[d["patient_id"]]:
+                await URGENCY.give_way()
                 await self.command(device_id, self._remind(d, d["box_attempts"]), d["_id"])
 
     async def on_confirmed(self, d: dict[str, Any]) -> None:

@@ -56,7 +56,7 @@ from server.core.errors import ApiError
 from server.core.i18n import Text, render
 from server.core.identity import Principal
 from server.core.ports import Broadcaster, Notifier
-from server.infra.group_commit import COMMITS
+from server.core.urgency import URGENCY
 from server.infra.pubsub import ControlBus
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class Alerts:
         await alert.insert()
         if self.settings.fault_injection == "crash_after_alert_persist":
             os._exit(70)  # a process dying between persisting and emitting (tests only)
-        await self._emit(alert)
+        await self._emit(alert, {lk.member_id for lk in links})  # (the team just read, not read again)
         return alert
 
     async def _on_demand_allowed(self, patient_id: PydanticObjectId) -> None:
@@ -141,12 +141,12 @@ class Alerts:
                            "today and no new one was sent; in an emergency call your local emergency number now",
                            429, {"retry_after_s": retry, "limit": cap}, headers={"Retry-After": str(retry)})
 
-    async def _emit(self, alert: Alert) -> None:
-        await self.fanout.push("alert:new", alert.push(), alert, alert.recipient_ids, key=str(alert.id))
+    async def _emit(self, alert: Alert, team: set[PydanticObjectId] | None = None) -> None:
+        await self.fanout.push("alert:new", alert.push(), alert, alert.recipient_ids, key=str(alert.id), team=team)
         await Alert.get_pymongo_collection().update_one(
             {"_id": alert.id, "emitted_at": None}, {"$set": {"emitted_at": utcnow(), "emitted_by": self.node}})
         # In the background: a notification document per recipient (and push to their offline devices).
-        self.background.spawn(self.fanout.notify(alert, alert.recipient_ids))
+        self.background.spawn(self.fanout.notify(alert, alert.recipient_ids, team))
 
     # --- the sweep: stalled emits and escalations, claimed in the store --------------------------------
 
@@ -182,7 +182,7 @@ class Alerts:
     # --- sources (wired in server/app.py) ----------------------------------------------------------
 
     async def on_bp_crisis(self, reading: Any, principal: Principal) -> None:
-        async with COMMITS.urgent():  # bulk work (reminder notifications) holds back meanwhile
+        async with URGENCY.urgent():  # bulk work (reminders, box commands, notifications) holds back
             await self.raise_alert(
                 reading.patient_id, "bp_crisis", Text("alert.bp_crisis.title"),
                 Text("alert.bp_crisis.body", systolic=reading.systolic, diastolic=reading.diastolic),

@@ -74,16 +74,20 @@ class Fanout:
     def attach(self, sockets: Sockets) -> None:
         self.sockets = sockets
 
-    async def push(self, event: str, data: dict[str, Any], alert: Alert, user_ids: Iterable[Any], key: str) -> None:
-        """To every connected device of those of ``user_ids`` still on the patient's care team, in every process."""
-        users = await self.on_team(alert, user_ids)
+    async def push(self, event: str, data: dict[str, Any], alert: Alert, user_ids: Iterable[Any], key: str,
+                   team: set[PydanticObjectId] | None = None) -> None:
+        """To every connected device of those of ``user_ids`` still on the patient's care team, in every process
+        (``team``: the care team as the caller has just read it, not read again)."""
+        users = await self.on_team(alert, user_ids, team)
         await self.bus.publish("alert_push", event=event, data=data, users=[str(u) for u in users], key=key)
 
     @staticmethod
-    async def on_team(alert: Alert, user_ids: Iterable[Any]) -> list[PydanticObjectId]:
+    async def on_team(alert: Alert, user_ids: Iterable[Any],
+                      team: set[PydanticObjectId] | None = None) -> list[PydanticObjectId]:
         """Those of ``user_ids`` on the alert's patient's care team now: a recipient whose link has ended since
         the alert was raised hears no more of it (nor of any alert of the patient's)."""
-        team = {link.member_id for link in await care_team(alert.patient_id)}
+        if team is None:
+            team = {link.member_id for link in await care_team(alert.patient_id)}
         return [uid for uid in (PydanticObjectId(u) for u in user_ids) if uid in team]
 
     async def _apply(self, msg: dict[str, Any]) -> None:
@@ -98,9 +102,10 @@ class Fanout:
         if self.sent.first_time(sid, f"{event}/{key}"):
             await self.out.to_room(sid, event, data)
 
-    async def notify(self, alert: Alert, user_ids: list[PydanticObjectId]) -> None:
+    async def notify(self, alert: Alert, user_ids: list[PydanticObjectId],
+                     team: set[PydanticObjectId] | None = None) -> None:
         """A notification per recipient, in their language; not live: their connected devices got the alert."""
-        user_ids = await self.on_team(alert, user_ids) if user_ids else []
+        user_ids = await self.on_team(alert, user_ids, team) if user_ids else []
         if self.notifier is not None and user_ids:
             await self.notifier.notify(
                 user_ids, "alert", alert.title_text or alert.title, alert.body_text or alert.body,

@@ -22,6 +22,7 @@ from server.core.errors import not_found
 from server.core.i18n import Text, render
 from server.core.identity import as_object_id
 from server.core.ports import Broadcaster
+from server.core.urgency import URGENCY
 from server.infra.group_commit import COMMITS
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,12 @@ class Notifications:
             return []
         delivery = self.delivery if push else None
         devices = await delivery.watch(docs) if delivery is not None else {}
-        await COMMITS.insert_documents(docs, bulk=kind == "reminder", urgent=urgency in ("high", "critical"))
+        urgent = urgency in ("high", "critical")
+        await COMMITS.insert_documents(docs, bulk=kind == "reminder", urgent=urgent)
         if live:
             for doc in docs:
+                if not urgent:
+                    await URGENCY.give_way()  # an alert being raised goes first
                 await self.out.to_user(doc.user_id, "notification:new", doc.public())
         if delivery is not None and devices:
             try:

@@ -57,14 +57,15 @@ async def patients_of(principal: Principal) -> list[PydanticObjectId]:
 
 
 async def require_patient(principal: Principal, patient_id: Any, action: str, client: Client | None = None,
-                          **details: Any) -> PydanticObjectId:
-    """Return the patient's id if the principal may act on their data; refuse (and audit) otherwise.
+                          *, urgent: bool = False, **details: Any) -> PydanticObjectId:
+    """Return the patient's id if the principal may act on their data; refuse (and audit) otherwise. ``urgent``
+    (a reading in crisis): the audit entry is written at once, not queued for the next group commit.
 
     The refusal is the same whether the patient exists or not, so it tells nothing."""
     pid = as_object_id(patient_id, "patient_id")
     allowed = await may_access(principal, pid)
     await audit.record(action, principal=principal, patient_id=pid, outcome="ok" if allowed else "denied",
-                       client=client, **details)
+                       client=client, urgent=urgent, **details)
     if not allowed:
         raise forbidden()
     return pid

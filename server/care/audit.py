@@ -18,15 +18,16 @@ if TYPE_CHECKING:
 async def record(
     action: str, *, principal: Principal | None = None, user_id: PydanticObjectId | None = None,
     role: str | None = None, patient_id: PydanticObjectId | None = None, outcome: str = "ok",
-    client: Client | None = None, **details: Any,
+    client: Client | None = None, urgent: bool = False, **details: Any,
 ) -> None:
-    """Append one entry; awaited, so the action it records is not acknowledged before it is durable."""
+    """Append one entry; awaited, so the action it records is not acknowledged before it is durable (``urgent``:
+    written at once rather than with the next group commit)."""
     await COMMITS.insert_documents([AuditEntry(
         actor_id=principal.user_id if principal else user_id,
         actor_role=principal.role if principal else role,
         action=action, patient_id=patient_id, outcome=outcome,  # type: ignore[arg-type]
         client_addr=client.addr if client else None, details=details,
-    )])
+    )], urgent=urgent)
 
 
 def entry_json(e: AuditEntry) -> dict[str, Any]:

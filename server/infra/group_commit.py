@@ -14,8 +14,8 @@ that one is answered, so under load a batch holds whatever came during one store
 per collection is in flight at a time.
 
 ``urgent`` writes (a crisis reading, an alert's notifications) never wait: they are sent at once, and while
-any is in flight, or an alert is being raised (``async with COMMITS.urgent()``), bulk batches (``bulk=True``,
-reminder notifications) and bulk work that asks (``until_clear``: the reminder loop's claims) hold back.
+any is in flight, or other urgent work is in progress (``server.core.urgency``: an alert being raised), bulk
+batches (``bulk=True``, reminder notifications) hold back.
 
 ``HEALTHMATE_GROUP_COMMIT=off`` (``enabled = False``) restores the one-command-per-write path (for the
 ``rush`` bench's in-run comparison), except for callers that always batched (``always=True``)."""
@@ -23,8 +23,7 @@ reminder notifications) and bulk work that asks (``until_clear``: the reminder l
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,10 +32,10 @@ from beanie.odm.utils.dump import get_dict
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteError
 
+from server.core.urgency import URGENCY
 from server.infra.bulk import DUPLICATE_KEY, insert_new
 
 Row = Mapping[str, Any]
-URGENT_WAITS = 500  # x 2 ms: a bulk batch waits at most a second for urgent writes
 
 
 @dataclass
@@ -56,7 +55,6 @@ class GroupCommit:
         self.batches = 0  # store commands sent, and the documents they carried (for the benches and tests)
         self.documents = 0
         self._queues: dict[tuple[int, str, bool, bool], _Queue] = {}
-        self._urgent = 0  # urgent writes in flight
 
     async def insert(self, collection: AsyncCollection[Any], rows: Sequence[Row], *, ignore_duplicates: bool = False,
                      always: bool = False, bulk: bool = False, urgent: bool = False) -> None:
@@ -96,24 +94,8 @@ class GroupCommit:
         else:
             await collection.insert_many(list(rows))
 
-    @contextlib.asynccontextmanager
-    async def urgent(self) -> AsyncIterator[None]:
-        """Urgent work (raising an alert) in progress: bulk batches and ``until_clear`` callers hold back."""
-        self._urgent += 1
-        try:
-            yield
-        finally:
-            self._urgent -= 1
-
-    async def until_clear(self) -> None:
-        """Wait (up to a second) while urgent work is in progress: bulk work's way of yielding to it."""
-        for _ in range(URGENT_WAITS):
-            if not self._urgent:
-                return
-            await asyncio.sleep(0.002)
-
     async def _urgently(self, collection: AsyncCollection[Any], rows: Sequence[Row], ignore_duplicates: bool) -> None:
-        async with self.urgent():
+        async with URGENCY.urgent():
             await self._directly(collection, rows, ignore_duplicates)
 
     async def _queued(self, collection: AsyncCollection[Any], rows: Sequence[Row], ignore_duplicates: bool,
@@ -137,7 +119,7 @@ class GroupCommit:
             await asyncio.sleep(self.delay_s)
             while queue.pending:
                 if queue.bulk:
-                    await self.until_clear()
+                    await URGENCY.until_clear()
                 batch, queue.pending = queue.pending[:self.max_batch], queue.pending[self.max_batch:]
                 self.batches += 1
                 self.documents += len(batch)

@@ -19,6 +19,7 @@ from typing import Any
 
 from server.core.documents import aware, passed, utcnow
 from server.core.ports import Broadcaster
+from server.core.urgency import URGENCY
 from server.meds.claims import BATCH, DoseClaims
 from server.meds.documents import DoseClaim, dose_json
 
@@ -130,6 +131,7 @@ class DueDelivery:
         """Push ``dose:due`` and tell the box; the claim is deleted at the next sweep (one write a second rather
         than one more per batch on the reminders' path)."""
         for d in claimed:
+            await URGENCY.give_way()  # an alert being raised goes first
             dose = dose_json(d)
             dose["late_ms"] = round((utcnow() - aware(d["due_at"])).total_seconds() * 1000)
             await self.out.to_patient(d["patient_id"], "dose:due", dose)

@@ -19,6 +19,7 @@ from typing import Any
 from server.core.documents import aware, iso, passed, utcnow
 from server.core.i18n import Text
 from server.core.ports import NotificationLookup
+from server.core.urgency import URGENCY
 from server.infra.group_commit import COMMITS
 from server.meds.claims import DoseClaims
 from server.meds.delivery import LEASE, POLL_S, DueDelivery
@@ -78,7 +79,7 @@ class Reminders:
         try:
             for i in range(0, len(doses), self.batch()):
                 await self._yield_to_reminders()
-                await COMMITS.until_clear()  # an alert being raised goes first
+                await URGENCY.until_clear()  # an alert being raised goes first
                 batch = doses[i:i + self.batch()]
                 await bounded([self._remind_patient(d, again) for d in batch], width=len(batch))
             ok = True
@@ -87,7 +88,7 @@ class Reminders:
 
     async def _notify_some(self, query: dict[str, Any] = UNNOTIFIED, again: bool = False) -> int:
         """Claim and send up to NOTIFY_BATCH reminder notifications matching ``query`` (leased), then release."""
-        await COMMITS.until_clear()  # an alert being raised goes first
+        await URGENCY.until_clear()  # an alert being raised goes first
         now = utcnow()
         token, claimed = await self.claims.claim(
             query, {"$set": {"reminder_notified_at": now, "reminder_lease_until": now + LEASE}}, limit=self.batch())

@@ -6,6 +6,7 @@ A hypertensive-crisis reading is handed to ``on_crisis`` listeners (the alert pa
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from server.core.documents import iso, utcnow
 from server.core.errors import ApiError, forbidden, not_found
 from server.core.identity import Client, Principal, as_object_id
 from server.core.ports import Broadcaster
+from server.core.urgency import URGENCY
 from server.infra.group_commit import COMMITS
 from server.vitals.documents import BPDelete, BPIn, BPReading, BPUpdate, BPValues
 from server.vitals.fhir import bp_bundle
@@ -57,6 +59,14 @@ async def _cuff_id(principal: Principal) -> PydanticObjectId:
     return PydanticObjectId(device["_id"])
 
 
+def in_crisis(values: BPValues) -> bool:
+    """Whether the values are a hypertensive crisis (implausible ones are not: they are refused later)."""
+    try:
+        return bp_classify(values.systolic, values.diastolic, values.pulse) == "hypertensive_crisis"
+    except ImplausibleReading:
+        return False
+
+
 def live(pid: PydanticObjectId) -> dict[str, Any]:
     """The patient's readings that are not deleted."""
     return {"patient_id": pid, "deleted_at": None}
@@ -69,8 +79,15 @@ class BloodPressure:
         self.on_added: list[AddedListener] = []
 
     async def add(self, principal: Principal, body: BPIn, client: Client | None = None) -> BPReading:
+        # A reading in crisis is urgent from its first step (its access record, its storage, the alert): bulk
+        # work (reminders, box commands) holds back meanwhile.
+        crisis = in_crisis(body)
+        async with URGENCY.urgent() if crisis else contextlib.nullcontext():
+            return await self._add(principal, body, client, crisis)
+
+    async def _add(self, principal: Principal, body: BPIn, client: Client | None, urgent: bool) -> BPReading:
         device_id = await _cuff_id(principal) if principal.is_device else None
-        pid = await require_patient(principal, body.patient_id or principal.user_id, "bp.add", client)
+        pid = await require_patient(principal, body.patient_id or principal.user_id, "bp.add", client, urgent=urgent)
         category = classify(body.systolic, body.diastolic, body.pulse, body.measured_at)
         reading = BPReading(patient_id=pid, **body.model_dump(exclude={"patient_id"}), category=category,
                             source="device" if device_id else "app", entered_by=principal.user_id,

@@ -22,7 +22,7 @@ from server.core.documents import aware, iso, utcnow
 from server.core.errors import ApiError
 from server.core.identity import Client, Principal
 from server.core.ports import Broadcaster
-from server.infra.group_commit import COMMITS
+from server.core.urgency import URGENCY
 from server.vitals.bp_history import FEATURE_DAYS, BPHistory
 from server.vitals.model_registry import ModelRegistry
 
@@ -93,7 +93,7 @@ class BPForecasts:
 
     async def _push(self, pid: PydanticObjectId, measured_at: datetime, reading_id: str) -> None:
         await asyncio.sleep(0.05)  # let a burst of readings land
-        await COMMITS.until_clear()  # bulk work: an alert being raised goes first
+        await URGENCY.until_clear()  # bulk work: an alert being raised goes first
         try:
             # A cuff's clock may run a little ahead: the forecast includes the reading that triggered it.
             result = await self.forecast(pid, max(utcnow(), measured_at + timedelta(seconds=1)), "reading")

@@ -1,0 +1,129 @@
+"""Urgent before bulk (issue 18): bulk work (reminders pushed, box commands, notifications sent live) gives the
+event loop a turn every few milliseconds and holds back while an alert is being raised; a reading in crisis is
+urgent from its first step. The servers here are real (in this process, over real sockets, on the embedded
+store), so the ``URGENCY`` they use is this process's."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from server.core import urgency
+from server.core.documents import utcnow
+from server.core.urgency import URGENCY, Urgency
+from server.meds.documents import DoseEvent
+from server.vitals import blood_pressure
+from tests.alert_clients import crisis
+from tests.helpers import Api
+from tests.test_medications import create
+from tests.test_scheduler import add_dose
+
+
+async def test_bulk_work_lets_what_is_ready_run_once_per_slice() -> None:
+    """A bulk loop of 100 sends, each taking a millisecond of a (fake) clock: work that became ready while it
+    ran (an alert's next step) runs after at most one slice, not after the whole loop."""
+    now = [0.0]
+    pace = Urgency(clock=lambda: now[0])
+    order: list[str] = []
+    ready = asyncio.Event()
+
+    async def alert() -> None:
+        await ready.wait()
+        order.append("alert")
+
+    async def bulk() -> None:
+        for i in range(100):
+            await pace.give_way()
+            if i == 10:
+                ready.set()
+            now[0] += 0.001  # one send
+            order.append("send")
+
+    waiting = asyncio.create_task(alert())
+    await asyncio.sleep(0)  # it waits for the event
+    await bulk()
+    await waiting
+    sends_before = order.index("alert")
+    assert 11 <= sends_before <= 11 + round(urgency.SLICE_S / 0.001) + 1, order
+
+
+async def test_bulk_work_holds_back_while_urgent_work_is_in_progress_but_not_beyond_its_cap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pace = Urgency()
+    sent: list[int] = []
+
+    async def bulk(n: int) -> None:
+        for i in range(n):
+            await pace.give_way()
+            sent.append(i)
+
+    release = asyncio.Event()
+
+    async def urgent() -> None:
+        async with pace.urgent():
+            await release.wait()
+
+    holder = asyncio.create_task(urgent())
+    await asyncio.sleep(0)
+    loop = asyncio.create_task(bulk(5))
+    await asyncio.sleep(0.1)
+    assert sent == []  # not one send while the alert is raised
+    release.set()
+    await holder
+    await loop
+    assert sent == [0, 1, 2, 3, 4]
+
+    # Urgent work that never ends (a stuck alert) holds bulk work back a second at most: here 5 x 2 ms.
+    monkeypatch.setattr(urgency, "CLEAR_WAITS", 5)
+    sent.clear()
+    release.clear()
+    holder = asyncio.create_task(urgent())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(bulk(3), 5)
+    assert sent == [0, 1, 2] and pace.in_progress == 1
+    release.set()
+    await holder
+
+
+async def test_due_reminders_wait_while_an_alert_is_being_raised(api: Api) -> None:
+    """A dose falls due while urgent work is in progress: it is claimed, but its ``dose:due`` waits for the
+    urgent work to end."""
+    patient = await api.register("patient")
+    sock = await api.socket(patient)
+    med = await create(sock, patient.id, schedule={"times": ["03:00"]})
+    async with URGENCY.urgent():
+        dose = await add_dose(patient, med, utcnow())
+        for _ in range(100):
+            stored = await DoseEvent.get(dose.id)
+            if stored is not None and stored.state == "reminded":
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the dose was not claimed")
+        await asyncio.sleep(0.3)
+        assert sock.events.of("dose:due") == []
+    (due,) = await sock.events.wait("dose:due")
+    assert due["id"] == str(dose.id)
+
+
+async def test_a_reading_in_crisis_is_urgent_from_its_access_check_a_normal_one_is_not(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict[str, Any]] = []
+    check = blood_pressure.require_patient
+
+    async def watched(*args: Any, **kwargs: Any) -> Any:
+        seen.append({"urgent_work": URGENCY.in_progress, "audit_at_once": kwargs.get("urgent", False)})
+        return await check(*args, **kwargs)
+
+    monkeypatch.setattr(blood_pressure, "require_patient", watched)
+    patient = await api.register("patient")
+    sock = await api.socket(patient)
+    await sock.ok("bp:add", {"systolic": 121, "diastolic": 79, "pulse": 70,
+                             "measured_at": (utcnow() - timedelta(seconds=1)).isoformat()})
+    reading = await sock.ok("bp:add", crisis())
+    assert reading["category"] == "hypertensive_crisis"
+    assert seen == [{"urgent_work": 0, "audit_at_once": False}, {"urgent_work": 1, "audit_at_once": True}]
+    assert URGENCY.in_progress == 0  # and over once the reading is stored and its alert raised
