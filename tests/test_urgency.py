@@ -10,12 +10,17 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from beanie import PydanticObjectId
+from pymongo.errors import AutoReconnect
 
+from server.alerts.documents import Alert
 from server.core import urgency
 from server.core.documents import utcnow
 from server.core.urgency import URGENCY, Urgency
+from server.infra.group_commit import COMMITS
 from server.meds.documents import DoseEvent
 from server.vitals import blood_pressure
+from server.vitals.documents import BPReading
 from tests.alert_clients import crisis
 from tests.helpers import Api
 from tests.test_medications import create
@@ -112,13 +117,13 @@ async def test_due_reminders_wait_while_an_alert_is_being_raised(api: Api) -> No
 async def test_a_reading_in_crisis_is_urgent_from_its_access_check_a_normal_one_is_not(
         api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[dict[str, Any]] = []
-    check = blood_pressure.require_patient
+    check = blood_pressure.admit_patient
 
     async def watched(*args: Any, **kwargs: Any) -> Any:
         seen.append({"urgent_work": URGENCY.in_progress, "audit_at_once": kwargs.get("urgent", False)})
         return await check(*args, **kwargs)
 
-    monkeypatch.setattr(blood_pressure, "require_patient", watched)
+    monkeypatch.setattr(blood_pressure, "admit_patient", watched)
     patient = await api.register("patient")
     sock = await api.socket(patient)
     await sock.ok("bp:add", {"systolic": 121, "diastolic": 79, "pulse": 70,
@@ -127,3 +132,32 @@ async def test_a_reading_in_crisis_is_urgent_from_its_access_check_a_normal_one_
     assert reading["category"] == "hypertensive_crisis"
     assert seen == [{"urgent_work": 0, "audit_at_once": False}, {"urgent_work": 1, "audit_at_once": True}]
     assert URGENCY.in_progress == 0  # and over once the reading is stored and its alert raised
+
+
+async def test_the_alert_of_a_reading_in_crisis_is_stored_and_sent_only_once_the_reading_is(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The alert's lookups go while the reading is being stored; if the reading's write fails (the store lost
+    mid-write), the sender is told and no alert about a reading that is not stored reaches anyone."""
+    patient, carer = await api.register("patient"), await api.register("caregiver")
+    await api.link(patient, carer)
+    p_sock, c_sock = await api.socket(patient), await api.socket(carer)
+    write = COMMITS.insert_documents
+
+    async def failing(docs: Any, **options: Any) -> None:
+        if docs and isinstance(docs[0], BPReading):
+            await asyncio.sleep(0.05)  # the lookups are under way meanwhile
+            raise AutoReconnect("connection closed")
+        await write(docs, **options)
+
+    monkeypatch.setattr(COMMITS, "insert_documents", failing)
+    reply = await p_sock.call("bp:add", crisis())
+    assert "error" in reply, reply
+    await asyncio.sleep(0.3)
+    assert c_sock.events.of("alert:new") == []
+    assert await Alert.find(Alert.patient_id == PydanticObjectId(patient.id)).count() == 0
+    assert await BPReading.find(BPReading.patient_id == PydanticObjectId(patient.id)).count() == 0
+
+    monkeypatch.setattr(COMMITS, "insert_documents", write)
+    reading = await p_sock.ok("bp:add", crisis())
+    (alert,) = await c_sock.events.wait("alert:new")
+    assert alert["kind"] == "bp_crisis" and alert["data"]["reading_id"] == reading["id"]

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -89,9 +90,11 @@ class Alerts:
     async def raise_alert(self, patient_id: PydanticObjectId | str, kind: str, title: str | Text,
                           body: str | Text = "", *,
                           source: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
-                          raised_by: Principal | None = None, on_demand: bool = False) -> Alert:
+                          raised_by: Principal | None = None, on_demand: bool = False,
+                          after: Awaitable[Any] | None = None) -> Alert:
         """Raise an alert to the patient's care team, or return the open one of this kind (no storm). One raised
-        on demand (triage) is refused past ``alerts_on_demand_per_day`` new ones for the patient that day."""
+        on demand (triage) is refused past ``alerts_on_demand_per_day`` new ones for the patient that day.
+        ``after``: what must be durable before the alert is stored (its reading), awaited after the lookups."""
         pid = PydanticObjectId(patient_id)
         # The patient's name: from the patient's own session when they raised it (no lookup on the urgent path).
         own = raised_by.name if raised_by is not None and raised_by.role == "patient" and raised_by.user_id == pid \
@@ -108,6 +111,8 @@ class Alerts:
         existing, name, links, contacts = await asyncio.gather(
             Alert.find_one(Alert.patient_id == pid, Alert.kind == kind, Alert.status == "open"), patient_name(),
             care_team(pid), emergency_contacts(pid))
+        if after is not None:
+            await after
         if existing is not None:
             return existing
         if on_demand:
@@ -181,13 +186,16 @@ class Alerts:
 
     # --- sources (wired in server/app.py) ----------------------------------------------------------
 
-    async def on_bp_crisis(self, reading: Any, principal: Principal) -> None:
+    async def on_bp_crisis(self, reading: Any, principal: Principal, stored: Awaitable[Any] | None = None) -> None:
+        """A reading in crisis: its alert's lookups go while the reading is being stored (``stored``), the alert
+        once it is."""
         async with URGENCY.urgent():  # bulk work (reminders, box commands, notifications) holds back
             await self.raise_alert(
                 reading.patient_id, "bp_crisis", Text("alert.bp_crisis.title"),
                 Text("alert.bp_crisis.body", systolic=reading.systolic, diastolic=reading.diastolic),
                 source={"type": "bp_reading", "id": str(reading.id)}, raised_by=principal,
-                data={"systolic": reading.systolic, "diastolic": reading.diastolic, "reading_id": str(reading.id)})
+                data={"systolic": reading.systolic, "diastolic": reading.diastolic, "reading_id": str(reading.id)},
+                after=stored)
 
     async def on_vital_event(self, event: Any) -> None:
         if event.severity == "critical" and event.phase == "started":

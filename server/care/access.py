@@ -7,7 +7,7 @@ route and event goes through ``require_patient``, which also writes the audit en
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from beanie import PydanticObjectId
@@ -57,15 +57,25 @@ async def patients_of(principal: Principal) -> list[PydanticObjectId]:
 
 
 async def require_patient(principal: Principal, patient_id: Any, action: str, client: Client | None = None,
-                          *, urgent: bool = False, **details: Any) -> PydanticObjectId:
-    """Return the patient's id if the principal may act on their data; refuse (and audit) otherwise. ``urgent``
-    (a reading in crisis): the audit entry is written at once, not queued for the next group commit.
+                          **details: Any) -> PydanticObjectId:
+    """Return the patient's id if the principal may act on their data; refuse (and audit) otherwise.
 
     The refusal is the same whether the patient exists or not, so it tells nothing."""
+    pid, audited = await admit_patient(principal, patient_id, action, client, **details)
+    await audited
+    return pid
+
+
+async def admit_patient(principal: Principal, patient_id: Any, action: str, client: Client | None = None,
+                        *, urgent: bool = False, **details: Any) -> tuple[PydanticObjectId, Awaitable[None]]:
+    """``require_patient`` whose allowed access's audit entry is returned to be written alongside the action
+    (the caller awaits it before the action is acknowledged: a reading in crisis stores it, its reading and
+    its alert's lookups at once). ``urgent``: written at once, not queued for the next group commit."""
     pid = as_object_id(patient_id, "patient_id")
     allowed = await may_access(principal, pid)
-    await audit.record(action, principal=principal, patient_id=pid, outcome="ok" if allowed else "denied",
-                       client=client, urgent=urgent, **details)
+    audited = audit.record(action, principal=principal, patient_id=pid, outcome="ok" if allowed else "denied",
+                           client=client, urgent=urgent, **details)
     if not allowed:
+        await audited
         raise forbidden()
-    return pid
+    return pid, audited

@@ -2,10 +2,13 @@
 paired BP cuff; classified (ACC/AHA 2017), stored, pushed live to the patient's room; corrected or
 soft-deleted (kept and audited, left out of statistics); statistics and FHIR export.
 
-A hypertensive-crisis reading is handed to ``on_crisis`` listeners (the alert path) before the ack."""
+A hypertensive-crisis reading is handed to ``on_crisis`` listeners (the alert path) before the ack, with the
+write that stores it (and its access record): the alert's lookups go alongside it, and the alert is stored and
+sent once the reading is durable (two store round trips on the way to the care team, not four)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -17,7 +20,7 @@ from beanie import PydanticObjectId
 from ml.bp_category import ImplausibleReading, bp_classify
 from ml.bp_stats import Reading, bp_stats
 from server.care import audit
-from server.care.access import require_patient
+from server.care.access import admit_patient, require_patient
 from server.care.documents import User
 from server.core.documents import iso, utcnow
 from server.core.errors import ApiError, forbidden, not_found
@@ -34,7 +37,7 @@ OLDEST = timedelta(days=3650)
 STATS_LIMIT = 20_000  # readings considered in one window (a month of one reading every 2 minutes)
 EXPORT_LIMIT = 50_000
 DEVICES = "devices"  # the device registry's collection, read by name (a cuff's kind), not through its code
-CrisisListener = Callable[[BPReading, Principal], Awaitable[None]]
+CrisisListener = Callable[[BPReading, Principal, Awaitable[Any] | None], Awaitable[None]]
 AddedListener = Callable[[BPReading], Awaitable[None]]  # every new reading, after its push (e.g. a forecast)
 
 
@@ -87,16 +90,28 @@ class BloodPressure:
 
     async def _add(self, principal: Principal, body: BPIn, client: Client | None, urgent: bool) -> BPReading:
         device_id = await _cuff_id(principal) if principal.is_device else None
-        pid = await require_patient(principal, body.patient_id or principal.user_id, "bp.add", client, urgent=urgent)
-        category = classify(body.systolic, body.diastolic, body.pulse, body.measured_at)
-        reading = BPReading(patient_id=pid, **body.model_dump(exclude={"patient_id"}), category=category,
-                            source="device" if device_id else "app", entered_by=principal.user_id,
+        pid, audited = await admit_patient(principal, body.patient_id or principal.user_id, "bp.add", client,
+                                           urgent=urgent)
+        try:
+            category = classify(body.systolic, body.diastolic, body.pulse, body.measured_at)
+        except ApiError:
+            await audited
+            raise
+        reading = BPReading(id=PydanticObjectId(), patient_id=pid, **body.model_dump(exclude={"patient_id"}),
+                            category=category, source="device" if device_id else "app", entered_by=principal.user_id,
                             entered_by_role=principal.role, device_id=device_id)
-        await COMMITS.insert_documents([reading], urgent=category == "hypertensive_crisis")
+        if not urgent:
+            await audited  # the access record first, as everywhere
+            await COMMITS.insert_documents([reading])
+        else:  # in a crisis the access record, the reading and the alert's lookups go at once (the reading names
+            # who entered it: a crash between the two writes loses no one's trace), the alert once it is stored
+            stored = asyncio.gather(audited, COMMITS.insert_documents([reading], urgent=True))
+            try:
+                for listener in self.on_crisis:
+                    await listener(reading, principal, stored)
+            finally:
+                await stored
         await self.broadcaster.to_patient(pid, "bp:new", reading.public())
-        if category == "hypertensive_crisis":
-            for listener in self.on_crisis:
-                await listener(reading, principal)
         for added in self.on_added:
             await added(reading)
         return reading
@@ -130,7 +145,7 @@ class BloodPressure:
         await self.broadcaster.to_patient(reading.patient_id, "bp:updated", after)
         if category == "hypertensive_crisis" and before["category"] != category:
             for listener in self.on_crisis:
-                await listener(reading, principal)
+                await listener(reading, principal, None)
         return after
 
     async def delete(self, principal: Principal, body: BPDelete, client: Client | None) -> dict[str, Any]:
