@@ -6,6 +6,7 @@ store), so the ``URGENCY`` they use is this process's."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -161,3 +162,34 @@ async def test_the_alert_of_a_reading_in_crisis_is_stored_and_sent_only_once_the
     reading = await p_sock.ok("bp:add", crisis())
     (alert,) = await c_sock.events.wait("alert:new")
     assert alert["kind"] == "bp_crisis" and alert["data"]["reading_id"] == reading["id"]
+
+
+async def test_a_flood_of_urgent_work_slows_bulk_work_but_never_starves_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Urgent work without a gap (crisis readings one after another: a patient in trouble, or someone sending
+    them on purpose): bulk work waits, then runs at least as long as it waited before it waits again."""
+    monkeypatch.setattr(urgency, "CLEAR_WAITS", 10)  # a wait gives up after 20 ms here (a second in service)
+    pace = Urgency()
+    waits = 0
+    until_clear = pace.until_clear
+
+    async def counted() -> None:
+        nonlocal waits
+        waits += 1
+        await until_clear()
+
+    monkeypatch.setattr(pace, "until_clear", counted)
+    release = asyncio.Event()
+
+    async def flood() -> None:
+        async with pace.urgent():
+            await release.wait()
+
+    holder = asyncio.create_task(flood())
+    await asyncio.sleep(0)
+    for _ in range(200):
+        await pace.give_way()
+        time.sleep(0.001)  # one send's work
+    release.set()
+    await holder
+    # Each wait (about 20 ms) buys about 20 sends before the next: a handful of waits, not one per send.
+    assert 1 <= waits <= 40, waits
