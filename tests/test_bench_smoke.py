@@ -38,8 +38,9 @@ HEADLINES = {
                 "delivered_ratio"],
 }
 OTHER_KEYS = {"accuracy": ["recordings", "all_meet_goals"], "reminders": ["doses"],
-              "rush": ["reminder_p99_ms", "bp_ack_p99_ms", "alert_e2e_p99_ms_on", "store_cmds_per_patient",
-                       "server_cpu_s", "store_cpu_s", "steps", "window_s"], "streams": ["top_reached"],
+              "rush": ["reminder_p99_ms", "bp_ack_p99_ms", "alert_e2e_p99_ms_on", "alert_e2e_ratio",
+                       "store_cmds_per_patient", "server_cpu_s", "store_cpu_s", "steps", "window_s"],
+              "streams": ["top_reached"],
               "push": ["devices", "workers"],
               "calls": ["max_relayed_calls", "top_reached"],
               "alerts": ["cpu_us_per_reading", "store_commands_per_reading"], "scale": ["cpu_us_per_op"]}
