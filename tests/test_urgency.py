@@ -28,6 +28,18 @@ from tests.test_medications import create
 from tests.test_scheduler import add_dose
 
 
+async def urgent_until(pace: Urgency, release: asyncio.Event) -> asyncio.Task[None]:
+    """Urgent work in progress (started before this returns) until ``release`` is set."""
+
+    async def urgent() -> None:
+        async with pace.urgent():
+            await release.wait()
+
+    holder = asyncio.create_task(urgent())
+    await asyncio.sleep(0)
+    return holder
+
+
 async def test_bulk_work_lets_what_is_ready_run_once_per_slice() -> None:
     """A bulk loop of 100 sends, each taking a millisecond of a (fake) clock: work that became ready while it
     ran (an alert's next step) runs after at most one slice, not after the whole loop."""
@@ -67,13 +79,7 @@ async def test_bulk_work_holds_back_while_urgent_work_is_in_progress_but_not_bey
             sent.append(i)
 
     release = asyncio.Event()
-
-    async def urgent() -> None:
-        async with pace.urgent():
-            await release.wait()
-
-    holder = asyncio.create_task(urgent())
-    await asyncio.sleep(0)
+    holder = await urgent_until(pace, release)
     loop = asyncio.create_task(bulk(5))
     await asyncio.sleep(0.1)
     assert sent == []  # not one send while the alert is raised
@@ -86,8 +92,7 @@ async def test_bulk_work_holds_back_while_urgent_work_is_in_progress_but_not_bey
     monkeypatch.setattr(urgency, "CLEAR_WAITS", 5)
     sent.clear()
     release.clear()
-    holder = asyncio.create_task(urgent())
-    await asyncio.sleep(0)
+    holder = await urgent_until(pace, release)
     await asyncio.wait_for(bulk(3), 5)
     assert sent == [0, 1, 2] and pace.in_progress == 1
     release.set()
@@ -179,13 +184,7 @@ async def test_a_flood_of_urgent_work_slows_bulk_work_but_never_starves_it(monke
 
     monkeypatch.setattr(pace, "until_clear", counted)
     release = asyncio.Event()
-
-    async def flood() -> None:
-        async with pace.urgent():
-            await release.wait()
-
-    holder = asyncio.create_task(flood())
-    await asyncio.sleep(0)
+    holder = await urgent_until(pace, release)  # a flood: urgent work without a gap
     for _ in range(200):
         await pace.give_way()
         time.sleep(0.001)  # one send's work
