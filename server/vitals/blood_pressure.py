@@ -105,12 +105,13 @@ class BloodPressure:
             await COMMITS.insert_documents([reading])
         else:  # in a crisis the access record, the reading and the alert's lookups go at once (the reading names
             # who entered it: a crash between the two writes loses no one's trace), the alert once it is stored
-            stored = asyncio.gather(audited, COMMITS.insert_documents([reading], urgent=True))
+            recorded = asyncio.ensure_future(audited)
+            stored = asyncio.ensure_future(COMMITS.insert_documents([reading], urgent=True))
             try:
                 for listener in self.on_crisis:
-                    await listener(reading, principal, stored)
+                    await listener(reading, principal, stored)  # (the alert waits for the reading alone)
             finally:
-                await stored
+                await asyncio.gather(recorded, stored)
         await self.broadcaster.to_patient(pid, "bp:new", reading.public())
         for added in self.on_added:
             await added(reading)
