@@ -3,8 +3,8 @@ paired BP cuff; classified (ACC/AHA 2017), stored, pushed live to the patient's 
 soft-deleted (kept and audited, left out of statistics); statistics and FHIR export.
 
 A hypertensive-crisis reading is handed to ``on_crisis`` listeners (the alert path) before the ack, with the
-write that stores it (and its access record): the alert's lookups go alongside it, and the alert is stored and
-sent once the reading is durable (two store round trips on the way to the care team, not four)."""
+write that stores it: the alert's lookups go alongside it and its access record's write, and the alert is stored
+and sent once the reading is durable (two store round trips on the way to the care team, not four)."""
 
 from __future__ import annotations
 
