@@ -101,6 +101,13 @@ ROWS: dict[str, Row] = {
         f"{e.get('mae_sys')} vs baseline {e.get('baseline_mae_sys')}, dia {e.get('mae_dia')} vs "
         f"{e.get('baseline_mae_dia')}, AUC {e.get('auc')} vs {e.get('baseline_auc')}; kept: {e.get('kept')}"),
         "One prediction in-process (features + the three boosters); quality on the synthetic cohort's test split"),
+    "rooms": (lambda e: (
+        f"CPU per disconnect at {e.get('sockets'):,} sockets: python-socketio's manager "
+        f"{fig(e, 'socketio_us_per_disconnect', 'µs')}, ours (rooms indexed) "
+        f"{fig(e, 'indexed_us_per_disconnect', 'µs')}; from {e.get('smaller'):,} sockets, per disconnect "
+        f"x{e.get('socketio_growth')} vs x{e.get('indexed_growth')}"),
+        "Every socket disconnecting in turn from a manager holding them (in-process, thread CPU, from the first "
+        "disconnect to the last), each socket in 3 rooms"),
     "device_transports": (lambda e: (
         f"heartbeat p50 {fig(e, 'sio_heartbeat_p50_ms', 'ms')} (Socket.IO) / {fig(e, 'mqtt_heartbeat_p50_ms', 'ms')} "
         f"(MQTT); {fig(e, 'sio_frames_per_s')} vs {fig(e, 'mqtt_frames_per_s')} acked frames/s; CPU µs per frame "

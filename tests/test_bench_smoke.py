@@ -31,6 +31,7 @@ HEADLINES = {
     "push": ["alert_to_push_p50_ms", "alert_to_push_p99_ms", "pushes_per_s", "outbox_depth_max",
              "baseline_pushes_per_s", "pushes_per_s_ratio"],
     "reminders": ["lag_p99_ms", "notifications_stored", "doses_per_s", "store_commands_per_dose"],
+    "rooms": ["socketio_us_per_disconnect", "indexed_us_per_disconnect"],
     "rush": ["patients", "patients_off"],
     "scale": ["scale_efficiency", "store_commands_per_op"],
     "startup": ["cold_start_s", "warm_start_s"],
@@ -38,6 +39,7 @@ HEADLINES = {
                 "delivered_ratio"],
 }
 OTHER_KEYS = {"accuracy": ["recordings", "all_meet_goals"], "reminders": ["doses"],
+              "rooms": ["socketio_growth", "indexed_growth", "sockets"],
               "rush": ["reminder_p99_ms", "bp_ack_p99_ms", "alert_e2e_p99_ms_on", "alert_e2e_ratio",
                        "store_cmds_per_patient", "server_cpu_s", "store_cpu_s", "steps", "window_s"],
               "streams": ["top_reached"],

@@ -26,6 +26,7 @@ from server.infra.metrics import CONNECTIONS, EVENTS
 from server.infra.presence import Presence
 from server.infra.ratelimit import TokenBuckets
 from server.transport.events import EventRouter, unknown_event
+from server.transport.rooms import Manager, RedisManager
 
 log = logging.getLogger(__name__)
 NAMESPACE = "/"
@@ -107,7 +108,7 @@ class Realtime:
 
     def __init__(self, settings: Settings, router: EventRouter, presence: Presence, authenticate: Authenticate,
                  patients_of: PatientsOf) -> None:
-        manager = socketio.AsyncRedisManager(settings.redis_url) if settings.redis_url else None
+        manager = RedisManager(settings.redis_url) if settings.redis_url else Manager()
         self.sio = _Server(
             async_mode="aiohttp", client_manager=manager, json=fastjson,
             cors_allowed_origins=settings.cors_origins or None,
