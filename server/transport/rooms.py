@@ -4,9 +4,9 @@ python-socketio keeps its rooms one way only (namespace → room → sockets), s
 ``get_rooms``, test every room of the namespace for it: each socket here is in three or four rooms (its own,
 its user's, its patients', its device's), so N sockets leaving at once (a network blip, a worker restarting,
 the end of the morning rush) cost N x 4N room tests, all on the event loop. ``bench/rooms.py``: with
-python-socketio's own manager a disconnect cost 99 µs of CPU among 1,000 sockets and 453 µs among 4,000
-(4,000 leaving at once: 1.8 s in which the server does nothing else; 1,600 sockets leaving after the ``rush``
-bench's 400-patient step stalled it 0.2 and 0.6 s); with the index 4.3 µs at either size. The
+python-socketio's own manager a disconnect cost 136 µs of CPU among 1,000 sockets and 429 µs among 4,000
+(4,000 leaving at once: 1.7 s in which the server does nothing else; 1,600 sockets leaving after the ``rush``
+bench's 400-patient step stalled it 0.2 and 0.6 s); with the index 6.8 and 4.8 µs. The
 managers here keep the other direction too (namespace → socket → rooms), updated in the two methods
 through which python-socketio enters and leaves every room, and a disconnect leaves just the socket's rooms.
 """
