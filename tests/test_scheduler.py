@@ -15,7 +15,6 @@ import pytest
 from beanie import PydanticObjectId
 
 from server.alerts.documents import Notification
-from server.app import SERVER
 from server.core.config import Settings
 from server.core.documents import utcnow
 from server.infra.embedded_store import EmbeddedStore
@@ -315,46 +314,4 @@ async def test_a_claim_left_with_only_its_notifications_unsent_sends_them_and_pu
     assert len([n for n in p_sock.events.of("notification:new") if n["kind"] == "reminder"]) == 1
     assert p_sock.events.of("dose:due") == []  # pushed already: not again
     assert await Notification.find({"data.dose_id": str(stored.id)}).count() == 1
-    assert await DoseClaim.find_all().count() == 0
-
-
-async def test_the_next_batch_of_due_doses_is_pushed_while_the_box_is_told_of_the_last(api: Api) -> None:
-    """The box's commands for one batch (a store update and a send per box: over a second for 500 doses under
-    the rush bench) run while the next batch is claimed and pushed; the first claim counts as delivered (its
-    claim deleted) only once its box was told."""
-    scheduler = api.app[SERVER].scheduler  # type: ignore[index]
-    release, told = asyncio.Event(), []
-
-    async def slow_box(doses: list[dict[str, Any]]) -> None:
-        if not told:
-            told.append([str(d["_id"]) for d in doses])
-            await release.wait()
-
-    scheduler.on_due.insert(0, slow_box)
-    patient = await api.register("patient")
-    p_sock = await api.socket(patient)
-    med = await create(p_sock, patient.id, schedule={"as_needed": True})
-    first = await add_dose(patient, med, utcnow(), slot="first")
-    scheduler.wake()
-    (due,) = await p_sock.events.wait("dose:due")
-    assert due["id"] == str(first.id)
-    for _ in range(100):
-        if told:
-            break
-        await asyncio.sleep(0.02)
-    assert told == [[str(first.id)]]  # the box is being told of the first batch, and stays so
-    claim = await DoseEvent.get(first.id)
-    assert claim is not None and claim.due_owner is not None
-
-    second = await add_dose(patient, med, utcnow(), slot="second")
-    scheduler.wake()
-    due = await p_sock.events.wait("dose:due", count=2)
-    assert due[1]["id"] == str(second.id)
-    await asyncio.sleep(1.5)  # sweeps meanwhile: the first claim is not done until its box was told
-    assert await DoseClaim.get(claim.due_owner) is not None
-    release.set()
-    for _ in range(150):
-        if await DoseClaim.find_all().count() == 0:
-            break
-        await asyncio.sleep(0.02)
     assert await DoseClaim.find_all().count() == 0

@@ -1,8 +1,7 @@
 """Due-dose delivery: at due time a process claims the due doses, a batch at a time: it stores the batch's claim
 (``DoseClaim``: its token, leased), then marks the doses with one conditional update in the store (scheduled →
 reminded, ``due_owner`` the token; a dose can leave "scheduled" only once, so no two processes claim it), pushes
-``dose:due`` to the patient's room, tells the box (``on_due`` hooks, while the next batch is claimed and
-pushed), and at its next sweep (within a second; at
+``dose:due`` to the patient's room, tells the box (``on_due`` hooks), and at its next sweep (within a second; at
 shutdown too), once the batch's reminder notifications are stored, deletes the claim: nothing more is written
 to each dose. Should a process die before that, its claim's lease (``LEASE``) runs out and another process (or
 the restarted one) takes the claim over, conditionally, and pushes again the doses still waiting (reminded,
@@ -18,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from server.core.background import Background
 from server.core.documents import aware, passed, utcnow
 from server.core.ports import Broadcaster
 from server.core.urgency import URGENCY
@@ -49,8 +47,6 @@ class DueDelivery:
         self.on_reminded: Reminded | None = None
         self._notifying: set[str] = set()  # claims whose reminder notifications are not all stored yet
         self._unsent: set[str] = set()  # claims whose reminder notifications failed
-        self._telling: asyncio.Task[None] | None = None  # the last batch's hooks, run while the next is claimed
-        self._hooks = Background()
 
     def busy(self) -> bool:
         """Doses are being reminded, or fall due within ``CLEAR``: other work leaves the store to them."""
@@ -103,9 +99,8 @@ class DueDelivery:
             self._notifying.add(token)
             self.on_reminded(token, doses, again)
         if push:  # (not: only the notifications were left, and ``on_reminded`` has them)
-            await self._deliver(token, doses)
-        else:
-            self._delivered.add(token)
+            await self._deliver(doses)
+        self._delivered.add(token)
 
     def notified(self, token: str, ok: bool) -> None:
         """A claim's reminder notifications are stored (``ok``), or failed: then the claim is kept (``pushed``) for
@@ -132,37 +127,20 @@ class DueDelivery:
                 log.warning("pushing %d doses again whose process died before pushing them", len(doses))
             await self._hand_over(token, doses, claim["notes"], again=True, push=not claim["pushed"])
 
-    async def _deliver(self, token: str, claimed: list[dict[str, Any]]) -> None:
-        """Push ``dose:due``, then tell the box while the next batch is claimed and pushed: its commands (a store
-        update and a send per box, over a second for 500 doses under the ``rush`` bench) held back the next 500
-        patients' reminders. One batch's hooks at a time; the claim counts as delivered (deleted at the next
-        sweep) once they are done."""
+    async def _deliver(self, claimed: list[dict[str, Any]]) -> None:
+        """Push ``dose:due`` and tell the box; the claim is deleted at the next sweep (one write a second rather
+        than one more per batch on the reminders' path)."""
         for d in claimed:
             await URGENCY.give_way()  # an alert being raised goes first
             dose = dose_json(d)
             dose["late_ms"] = round((utcnow() - aware(d["due_at"])).total_seconds() * 1000)
             await self.out.to_patient(d["patient_id"], "dose:due", dose)
         self.reminded.set()
-        await self._told()
-        self._telling = self._hooks.spawn(self._tell(token, claimed), name="dose-hooks")
-
-    async def _tell(self, token: str, claimed: list[dict[str, Any]]) -> None:
         for hook in self.on_due:
             try:
                 await hook(claimed)
             except Exception:
                 log.exception("dose hook failed")
-        self._delivered.add(token)
-
-    async def _told(self) -> None:
-        """The last batch's hooks are done."""
-        if self._telling is not None:
-            await self._telling
-            self._telling = None
-
-    async def stop(self) -> None:
-        """Hooks still running are ended: their claim stays, and is delivered again once its lease runs out."""
-        await self._hooks.stop()
 
     async def mark_delivered(self, final: bool = False) -> None:
         """Delete the claims delivered since the last sweep whose notifications are stored (``final``, at

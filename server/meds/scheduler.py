@@ -130,7 +130,6 @@ class Scheduler:
 
     async def stop(self) -> None:
         await self._loops.stop()
-        await self.delivery.stop()
         with contextlib.suppress(Exception):  # what is not marked is delivered again after LEASE
             await self.delivery.mark_delivered(final=True)
 
