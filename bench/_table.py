@@ -64,12 +64,12 @@ ROWS: dict[str, Row] = {
         "Mixed workload (live ECG, call signaling, BP readings, alerts): operations acknowledged ok in the window ÷ "
         "the CPU seconds of the server processes (and Redis) in it; efficiency = 2 workers ÷ 1 process"),
     "rush": (lambda e: (
-        f"{fig(e, 'patients', 'patients')} with the group commit, {fig(e, 'patients_off')} without (same run); at "
-        f"that N: reminder p99 {e.get('reminder_p99_ms')} ms, BP ack p99 {e.get('bp_ack_p99_ms')} ms, alert e2e p99 "
-        f"{e.get('alert_e2e_p99_ms_on')} ms (idle {e.get('alert_e2e_p99_ms_idle')} ms: "
-        f"{e.get('alert_e2e_ratio')} x; without: {e.get('alert_e2e_p99_ms_off')} / "
+        f"{fig(e, 'patients', 'patients')} with issue 18's settings on, {fig(e, 'patients_off')} with them off "
+        f"(same run); at that N: reminder p99 {e.get('reminder_p99_ms')} ms, BP ack p99 {e.get('bp_ack_p99_ms')} ms, "
+        f"alert e2e p99 {e.get('alert_e2e_p99_ms_on')} ms (idle {e.get('alert_e2e_p99_ms_idle')} ms: "
+        f"{e.get('alert_e2e_ratio')} x; off: {e.get('alert_e2e_p99_ms_off')} / "
         f"{e.get('alert_e2e_p99_ms_idle_off')} ms, {e.get('alert_e2e_ratio_off')} x), "
-        f"{e.get('store_cmds_per_patient')} store commands per patient (without: {e.get('store_cmds_per_patient_off')}"
+        f"{e.get('store_cmds_per_patient')} store commands per patient (off: {e.get('store_cmds_per_patient_off')}"
         f"), CPU s server {e.get('server_cpu_s')} / store {e.get('store_cpu_s')}; top reached: {e.get('top_reached')}"),
         "The morning rush on one server + embedded store, 08:00-08:05 compressed (`window_s`): a dose due for every "
         "patient at once (due → `dose:due` on the phone), one reading each (send → ack; 1% crisis: send → "

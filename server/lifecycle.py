@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from server.core.config import Settings
 from server.core.ports import Component
+from server.core.urgency import URGENCY
 from server.infra.embedded_store import EmbeddedStore
 from server.infra.group_commit import COMMITS
 from server.infra.migrations import run_migrations
@@ -77,6 +78,7 @@ async def connected(settings: Settings, documents: Sequence[type[Document]], mig
         log.info("data lives in %s", settings.data_dir.resolve())
     client = make_client(url, **client_options)
     COMMITS.enabled = settings.group_commit
+    URGENCY.enabled = settings.urgent_first
     try:
         await init_documents(client, settings.mongodb_db, list(documents))
         if migrate and (applied := await run_migrations(client[settings.mongodb_db])):

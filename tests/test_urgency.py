@@ -100,6 +100,31 @@ async def test_bulk_work_holds_back_while_urgent_work_is_in_progress_but_not_bey
     await holder
 
 
+async def test_with_urgent_first_off_bulk_work_neither_waits_nor_yields() -> None:
+    """``HEALTHMATE_URGENT_FIRST=off`` (the rush bench's comparison, the path before): bulk work runs through
+    while urgent work is in progress, and keeps the event loop for its whole length."""
+    now = [0.0]
+    pace = Urgency(clock=lambda: now[0])
+    pace.enabled = False
+    release = asyncio.Event()
+    holder = await urgent_until(pace, release)
+    assert pace.in_progress == 0  # urgent work is not counted
+    order: list[str] = []
+
+    async def other() -> None:
+        order.append("other")
+
+    waiting = asyncio.create_task(other())
+    for _ in range(100):  # 100 ms of (fake) sends: 20 slices
+        await pace.give_way()
+        now[0] += 0.001
+        order.append("send")
+    await waiting
+    assert order == ["send"] * 100 + ["other"]
+    release.set()
+    await holder
+
+
 async def test_due_reminders_wait_while_an_alert_is_being_raised(api: Api) -> None:
     """A dose falls due while urgent work is in progress: it is claimed, but its ``dose:due`` waits for the
     urgent work to end."""

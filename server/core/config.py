@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     store_timeout_ms: int = Field(5000, ge=100, le=60_000)  # how long a request waits for an unavailable store
     # Concurrent durable writes to a collection share one store command and disk sync (server/infra/group_commit.py).
     group_commit: bool = True
+    # Alerts before bulk work (server/core/urgency.py): off only for the rush bench's in-run comparison.
+    urgent_first: bool = True
     analysis_workers: int = Field(1, ge=1, le=64)  # processes running the streaming analysis
     raw_retention_days: int = Field(30, ge=1)  # raw waveforms; analyses are kept
     # Calls: how long an invite rings, how long a dropped participant has to come back, how often

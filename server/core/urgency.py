@@ -7,7 +7,10 @@ batches) calls ``await URGENCY.give_way()`` between its items: while urgent work
 event loop for ``SLICE_S``, it lets whatever is ready run. A loop of 400 emits never awaits anything that
 blocks (a socket write returns at once), so without this it holds the event loop for its whole length
 (measured under the ``rush`` bench: 370 ms at 400 patients), and every step of an alert raised meanwhile waits
-for it."""
+for it.
+
+``HEALTHMATE_URGENT_FIRST=off`` (``enabled = False``) turns all of it off: bulk work neither waits nor yields,
+and urgent writes queue like any other (for the ``rush`` bench's in-run comparison)."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ CLEAR_WAITS = 500  # x 2 ms: bulk work waits at most a second for urgent work
 class Urgency:
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.clock = clock
+        self.enabled = True
         self.in_progress = 0  # urgent work in progress
         self._turn = clock()  # when bulk work last gave the event loop a turn
         self._free_until = self._turn  # bulk work that has just waited runs until then before waiting again
@@ -30,6 +34,9 @@ class Urgency:
     @contextlib.asynccontextmanager
     async def urgent(self) -> AsyncIterator[None]:
         """Urgent work in progress: bulk work holds back meanwhile."""
+        if not self.enabled:
+            yield
+            return
         self.in_progress += 1
         try:
             yield
@@ -39,7 +46,7 @@ class Urgency:
     async def until_clear(self) -> None:
         """Wait (up to a second) while urgent work is in progress."""
         for _ in range(CLEAR_WAITS):
-            if not self.in_progress:
+            if not self.in_progress or not self.enabled:
                 return
             await asyncio.sleep(0.002)
 
@@ -47,6 +54,8 @@ class Urgency:
         """Between two items of bulk work: wait for urgent work in progress, else yield every ``SLICE_S``.
         Bulk work is never starved: after waiting it runs at least as long before it waits again (a flood of
         crisis readings, one after another, at most halves the pace of reminders)."""
+        if not self.enabled:
+            return
         now = self.clock()
         if self.in_progress and now >= self._free_until:
             await self.until_clear()

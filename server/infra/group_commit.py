@@ -15,7 +15,8 @@ per collection is in flight at a time.
 
 ``urgent`` writes (a crisis reading, an alert's notifications) never wait: they are sent at once, and while
 any is in flight, or other urgent work is in progress (``server.core.urgency``: an alert being raised), bulk
-batches (``bulk=True``, reminder notifications) hold back.
+batches (``bulk=True``, reminder notifications) hold back (unless ``HEALTHMATE_URGENT_FIRST=off``: then they
+queue like any other write).
 
 ``HEALTHMATE_GROUP_COMMIT=off`` (``enabled = False``) restores the one-command-per-write path (for the
 ``rush`` bench's in-run comparison), except for callers that always batched (``always=True``)."""
@@ -62,7 +63,7 @@ class GroupCommit:
         is that row's ``DuplicateKeyError`` unless ``ignore_duplicates`` (the row is there already)."""
         if not rows:
             return
-        if urgent:
+        if urgent and URGENCY.enabled:
             await self._urgently(collection, rows, ignore_duplicates)
         elif not (self.enabled or always):
             await self._directly(collection, rows, ignore_duplicates)
@@ -75,7 +76,7 @@ class GroupCommit:
         if not docs:
             return
         cls = type(docs[0])
-        if not (self.enabled or options.get("always") or options.get("urgent")):
+        if not (self.enabled or options.get("always") or (options.get("urgent") and URGENCY.enabled)):
             await (docs[0].insert() if len(docs) == 1 else cls.insert_many(list(docs)))
             return
         for doc in docs:
