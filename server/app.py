@@ -49,7 +49,7 @@ from server.infra.mailer import Mailer
 from server.infra.presence import Presence
 from server.infra.pubsub import ControlBus, make_pubsub
 from server.infra.ratelimit import FailureCounter, HeavyReads
-from server.lifecycle import Server, lifecycle, stop_demo
+from server.lifecycle import Server, lifecycle, stop_demo, stop_socketio
 from server.meds import api as meds_api
 from server.meds import documents as meds_documents
 from server.meds.medications import Medications
@@ -183,4 +183,5 @@ def create_app(settings: Settings) -> web.Application:
     setup_dashboard(app, mount, settings.trust_forwarded)
     app.cleanup_ctx.append(lambda _app: lifecycle(server, DOCUMENTS))
     app.on_shutdown.append(lambda _app: stop_demo(server))
+    app.on_shutdown.append(lambda _app: stop_socketio(server))
     return app

@@ -127,6 +127,15 @@ async def lifecycle(server: Server, documents: Sequence[type[Document]]) -> Asyn
                 await server.redis.aclose()
 
 
+async def stop_socketio(server: Server) -> None:
+    """On shutdown, as python-socketio asks (before the web server stops): its background work (Engine.IO's
+    ping checks) ends with the server rather than outliving it on the event loop."""
+    try:
+        await asyncio.wait_for(server.realtime.sio.shutdown(), STOP_S)
+    except Exception:
+        log.exception("stopping Socket.IO failed")
+
+
 async def stop_demo(server: Server) -> None:
     """On shutdown, before open connections are waited for: the demo devices are connections too."""
     task, server.demo = server.demo, None

@@ -8,7 +8,10 @@ import asyncio
 import aiohttp
 import jwt
 import pytest
+from aiohttp.test_utils import TestServer
 
+from server.app import SERVER, create_app
+from server.core.config import Settings
 from tests.conftest import TEST_SECRET
 from tests.helpers import Api, connect_refused, raw_call, raw_socket
 from tests.streaming import device_socket, open_stream, pair
@@ -150,3 +153,21 @@ async def test_a_message_that_is_not_a_socket_io_packet_closes_the_connection(ap
             await ws.receive(timeout=1)
     finally:
         await ws.close()
+
+
+async def test_socketio_background_work_ends_with_the_server(settings: Settings) -> None:
+    """python-socketio's background task (Engine.IO's ping checks, started by the first request) ends when the
+    server stops, rather than outliving it on the event loop."""
+    app = create_app(settings)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with Api(str(server.make_url("")).rstrip("/"), app) as client:
+            patient = await client.register("patient")
+            sock = await client.socket(patient)
+            await sock.close()
+        task = app[SERVER].realtime.sio.eio.service_task_handle
+        assert task is not None and not task.done()
+    finally:
+        await server.close()
+    assert task.done() and app[SERVER].realtime.sio.eio.service_task_handle is None
