@@ -1,7 +1,7 @@
-"""The morning rush: the most patients one small box (one ``healthmate serve`` on the embedded store,
-SecantusDB) serves through 08:00, with issue 18's settings off (``HEALTHMATE_GROUP_COMMIT=off`` and
-``HEALTHMATE_URGENT_FIRST=off``: one store command per write, and alerts queue behind bulk work as before) and
-on, in the same run. (Its other steps, fewer store commands per action and due doses claimed in batches, have no
+"""The morning rush: the most patients one small box (one ``healthmate serve`` on the embedded store, SecantusDB)
+serves through 08:00, with issue 18's settings off (``HEALTHMATE_GROUP_COMMIT=off`` and
+``HEALTHMATE_URGENT_FIRST=off``: one store command per write, and alerts queue behind bulk work as before) and on,
+in the same run. (Its other steps, fewer store commands per action and due doses claimed in batches, have no
 setting: both servers have them.)
 
 Per patient (accounts, links and devices seeded into the store): the patient's phone, their caregiver's
@@ -27,20 +27,19 @@ call set up, and nothing lost: every dose reached its phone, every reading ackno
 reminder notification stored (waited for up to STORED_S after the window, not past the budget: each arrives on its
 phone once stored, and the loaders are asked, not the store; the store is counted once the measuring ends).
 
-Two servers, ``off`` and ``on``, share the store (each its own database and accounts) and take turns, step by
-step, who goes first alternating from one turn to the next (the step that follows another has shown a third to a
-half more store CPU: what the first left to the store in the background), each step starting once the store has
-settled (under a tenth of a core over half a second, waited for up to SETTLE_MAX_S: ``settle_s``), so that
-neither's leftover work runs into the other's figures. Each searches N from N_FROM doubling until a step fails
-(halving if the first fails), then once between the last passing step and the failing one, a turn taken only if it
-fits in what is left of the budget (each step estimated as the longest so far, growth aside, scaled by its
-patients, plus the growth it needs); ``patients`` (on) and ``patients_off``: the largest passing N (0 if none;
-``top_reached``: a failing step was found rather than the budget ending the search). The figures beside them are
-the best passing step's; ``store_cmds_per_patient`` is the server's store commands (PyMongo command monitoring,
-``/healthz``) from 0.5 s before due time to the end of the step, per patient, and ``server_cpu_s``/``store_cpu_s``
-the CPU seconds (/proc) over the same span. Before the
-search each server's idle alert e2e is timed (IDLE_ALERTS crisis readings one after another):
-``alert_e2e_p99_ms_idle``; under the rush the alert p99 should stay within 2x of it."""
+Two servers, ``off`` and ``on``, share the store (each its own database and accounts) and take turns, step by step,
+who goes first alternating from one turn to the next (the step that follows another has shown a third to a half more
+store CPU: what the first left to the store in the background), each step starting once the store has settled (under
+a tenth of a core over half a second, waited for up to SETTLE_MAX_S: ``settle_s``), so that neither's leftover work
+runs into the other's figures. Each searches N from N_FROM doubling until a step fails (halving if the first fails),
+then once between the last passing step and the failing one, a turn taken only if it fits in what is left of the
+budget (each step estimated as the longest so far, growth aside, scaled by its patients, plus the growth it needs);
+``patients`` (on) and ``patients_off``: the largest passing N (0 if none; ``top_reached``: a failing step was found
+rather than the budget ending the search). The figures beside them are the best passing step's;
+``store_cmds_per_patient`` is the server's store commands (PyMongo command monitoring, ``/healthz``) from 0.5 s
+before due time to the end of the step, per patient, and ``server_cpu_s``/``store_cpu_s`` the CPU seconds (/proc)
+over the same span. Before the search each server's idle alert e2e is timed (IDLE_ALERTS crisis readings one after
+another): ``alert_e2e_p99_ms_idle``; under the rush the alert p99 should stay within 2x of it."""
 
 from __future__ import annotations
 
@@ -64,8 +63,7 @@ from bench._seed import Seeder, server_env
 from bench._servers import UNLIMITED, Helpers, Store, Window, embedded_store, start_server, stop
 from bench._sio import SioClient
 
-# From 400: in every run of 2026-12 both servers passed 100 and 200, and the budget ran out before the step that
-# fails was found. Overridable for a quick try.
+# From 400 (both passed 100 and 200 in every run of 2026-12, and the budget ended before a failing step); overridable.
 N_FROM = int(os.environ.get("BENCH_RUSH_FROM", 6 if SMOKE else 400))
 N_MAX = 6 if SMOKE else 6400
 WINDOW_S = 2.0 if SMOKE else 10.0
@@ -372,20 +370,18 @@ class Server:
                "call_setup_p99_ms": rounded(pct([x for r in replies for x in r["call_setup"]], 99)),
                "doses_missing": n - len(lags), "bp_sent": sum(r["bp_sent"] for r in replies),
                "bp_errors": sum(r["bp_errors"] for r in replies), "bp_acked": sum(len(r["bp_acks"]) for r in replies)}
-        # Every reminder notification stored: each arrives on its phone once stored (the loaders are asked, not
-        # the store, whose CPU is being measured); at most STORED_S, and not past the budget. Waited for when the
-        # step has failed already too: what a step leaves the store doing runs into the next step's figures (not
-        # waiting, the steps after one at 800 patients had every dose missing).
+        # Every reminder notification stored (each arrives on its phone once stored: the loaders are asked, not the
+        # store, whose CPU is measured), at most STORED_S, not past the budget; after a failed step too: what a step
+        # leaves the store doing runs into the next one (not waiting, the steps after 800 had every dose missing).
         deadline = time.monotonic() + min(STORED_S, max(1.0, budget.left() - 20))
         while time.monotonic() < deadline:
             if sum(await self.loaders.ask([("reminded",)] * LOADERS)) >= n:
                 break
             await asyncio.sleep(0.5)
         self.window.close()
-        out["reminders_stored"] = \
-            await self.db.notifications.count_documents({"kind": "reminder"}) - reminders_before
-        out["bp_stored"] = await self.db.bp_readings.count_documents({}) - readings_before
-        out.update({"store_cmds_per_patient": (self.window.store_commands or 0) / n,
+        out.update({"reminders_stored": await self.db.notifications.count_documents({"kind": "reminder"})
+                    - reminders_before, "bp_stored": await self.db.bp_readings.count_documents({}) - readings_before,
+                    "store_cmds_per_patient": (self.window.store_commands or 0) / n,
                     "server_cpu_s": self.window.cpu.get("server"), "store_cpu_s": self.window.cpu.get("store"),
                     "seconds": self.window.seconds, "settle_s": round(settle_s, 1), "grow_s": round(grow_s, 1)})
         out["passed"] = self.passes(out)
@@ -421,13 +417,10 @@ class Server:
         print(f"  {self.config}: {s['patients']} patients {'passed' if s['passed'] else 'FAILED'}: reminder p99 "
               f"{s['reminder_p99_ms']} ms, BP ack p99 {s['bp_ack_p99_ms']} ms, alert e2e p99 {s['alert_e2e_p99_ms']} ms"
               f" ({s['alerts']} alerts: {s['alert_e2e_ms']}; loader lag p99 {s['loader_lag_p99_ms']} ms), "
-              f"frames lost {s['frame_loss']:.3f}, calls {s['calls']} ({s['calls_failed']} "
-              "failed),"
-              f" doses missing {s['doses_missing']}, readings {s['bp_acked']}/{s['bp_sent']} acked {s['bp_stored']} "
-              f"stored, reminders stored {s['reminders_stored']}; {s['store_cmds_per_patient']:.1f} store cmds per "
-              "patient,"
-              f" CPU server {s['server_cpu_s']:.1f} s store {s['store_cpu_s']:.1f} s"
-              f" (the store settled {s['settle_s']} s)",
+              f"frames lost {s['frame_loss']:.3f}, calls {s['calls']} ({s['calls_failed']} failed), doses missing "
+              f"{s['doses_missing']}, readings {s['bp_acked']}/{s['bp_sent']} acked {s['bp_stored']} stored, reminders "
+              f"stored {s['reminders_stored']}; {s['store_cmds_per_patient']:.1f} store cmds per patient, CPU server "
+              f"{s['server_cpu_s']:.1f} s store {s['store_cpu_s']:.1f} s (the store settled {s['settle_s']} s)",
               flush=True)
 
     async def close(self) -> None:
@@ -454,8 +447,7 @@ async def run(budget: Budget, tmp: Path) -> dict[str, Server]:
                 todo = [(s, n) for s in servers.values() if (n := s.next_n()) is not None]
                 if not todo:
                     break
-                # A step's time grows with its patients (their work: the longest so far, scaled), and with those
-                # to be seeded and connected first (none for a step between two already taken).
+                # A step: the longest so far (growth aside) scaled by its patients, plus seeding the new ones if any.
                 need = sum(longest * max(1.0, n / longest_n) + grow_per_patient * max(0, n - len(s.rows))
                            for s, n in todo)
                 if not budget.allows(need + 10, "search steps"):
@@ -464,10 +456,9 @@ async def run(budget: Budget, tmp: Path) -> dict[str, Server]:
                     t, grown = time.monotonic(), len(s.rows)
                     s.record({**await s.step(n, budget), "position": position + 1})
                     grow_s = s.steps[-1]["grow_s"]
-                    if n > grown:
-                        grow_per_patient = max(grow_per_patient, grow_s / (n - grown))
-                    if time.monotonic() - t - grow_s > longest:
-                        longest, longest_n = time.monotonic() - t - grow_s, n
+                    grow_per_patient = max(grow_per_patient, grow_s / max(1, n - grown))
+                    if (work_s := time.monotonic() - t - grow_s) > longest:
+                        longest, longest_n = work_s, n
                 turn += 1
             return servers
         finally:
