@@ -19,7 +19,8 @@ plays 08:00-08:05 compressed into WINDOW_S seconds (x COMPRESSION):
 Timings, wall clock in the loader processes: reminder lag from the due time to the patient's socket
 receiving ``dose:due`` (every dose); BP ack from ``bp:add`` sent to its ack; alert e2e from the crisis
 reading sent to the caregiver's socket receiving ``alert:new`` (the care team's every recipient);
-frames lost: frames sent in the window that their watcher had not received DRAIN_S after it.
+frames lost: frames sent in the window that their watcher had not received DRAIN_S after it (the load generators:
+``bench._rush_loader``).
 The loaders' own event-loop lag over the step (``loader_lag_p99_ms``: ms late on a 10 ms sleep) is what the
 measuring side adds to those timings; it is reported, not subtracted.
 A step passes if reminder p99 < 5 s, BP ack p99 < 1 s, alert e2e p99 < 1 s, <= 1% frames lost, every
@@ -46,234 +47,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
-import struct
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from beanie import PydanticObjectId
 from pymongo import AsyncMongoClient
 
 from bench._common import SMOKE, Budget, CpuMeter, cpu_s, emit, pct, rounded, server_pids, start
+from bench._rush_loader import loader_main
 from bench._seed import Seeder, server_env
 from bench._servers import UNLIMITED, Helpers, Store, Window, embedded_store, start_server, stop
-from bench._sio import SioClient
 
 # From 400 (both passed 100 and 200 in every run of 2026-12, and the budget ended before a failing step); overridable.
 N_FROM = int(os.environ.get("BENCH_RUSH_FROM", 6 if SMOKE else 400))
 N_MAX = 6 if SMOKE else 6400
 WINDOW_S = 2.0 if SMOKE else 10.0
 COMPRESSION = 300 / WINDOW_S
-DRAIN_S = 2.0
 STORED_S = 5.0 if SMOKE else 15.0
 LOADERS = 2
 IDLE_ALERTS = 3 if SMOKE else 10
 LIMITS = {"reminder_p99_ms": 5000, "bp_ack_p99_ms": 1000, "alert_e2e_p99_ms": 1000}
 FRAME_LOSS = 0.01
-CRISIS = {"systolic": 192, "diastolic": 124, "pulse": 101}
 QUIET_CORE = 0.1  # the store counts as settled under a tenth of a core (over half a second)
 SETTLE_MAX_S = 20.0
 CONFIGS = tuple(os.environ.get("BENCH_RUSH_CONFIGS", "off,on").split(","))  # both for the line
-FRAME = struct.pack("<250f", *(0.5 * ((i % 50) < 3) for i in range(250)))  # a spike a fifth of a second
 
 
 def role_of(i: int) -> dict[str, bool]:
     """What patient ``i`` does besides their dose and reading (1% crisis, 10% ECG, 2% calls)."""
     return {"crisis": i % 100 == 7 or (SMOKE and i == 1), "ecg": i % 10 == 3,
             "calls": i % 50 == 5 or (SMOKE and i == 0)}
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-# --- load-generator processes ---------------------------------------------------------------------------------------
-def loader_main(conn: Any) -> None:
-    asyncio.run(Loader(conn).serve())
-
-
-class Loader:
-    """A share of the patients: their phones, caregivers' phones and ECG devices."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.people: list[dict[str, Any]] = []
-        self.doses: dict[str, float] = {}  # dose id -> when dose:due arrived
-        self.noted: set[str] = set()  # dose ids whose reminder notification arrived (sent once it is stored)
-        self.alerts: dict[str, float] = {}  # patient id -> when alert:new arrived (cleared before each reading)
-        self.alerted: dict[str, asyncio.Event] = {}  # patient id -> set when it arrives
-        self.frames = 0
-        self.tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        while True:
-            cmd, *args = await loop.run_in_executor(None, self.conn.recv)
-            try:
-                reply = await getattr(self, cmd)(*args)
-            except Exception as exc:
-                reply = RuntimeError(f"{cmd}: {exc!r}"[:300])
-            self.conn.send(reply)
-            if cmd == "stop":
-                return
-
-    async def add(self, url: str, rows: list[dict[str, Any]]) -> int:
-        sem = asyncio.Semaphore(16)
-
-        async def one(row: dict[str, Any]) -> dict[str, Any]:
-            async with sem:
-                phone, carer = SioClient(self.http), SioClient(self.http)
-                phone.on("dose:due", lambda d: self.doses.setdefault(d["id"], time.time()))
-                phone.on("notification:new", self._note)
-                carer.on("alert:new", lambda a, c=carer: self._alert(c, a))
-                carer.on("live:frame", self._frame)
-                await phone.connect(url, {"token": row["patient_token"], "device_id": "phone"})
-                await carer.connect(url, {"token": row["carer_token"], "device_id": "carer-phone"})
-                box = SioClient(self.http)  # acknowledges each box command, as a box does
-                box.on("box:command", lambda _: None)
-                await box.connect(url, {"device_token": row["box_credential"]})
-                person = {**row, "phone": phone, "carer": carer, "box": box, "device": None}
-                if row["ecg"]:
-                    reply = await carer.call("live:subscribe", {"patient_id": row["patient_id"], "display_rate": 250})
-                    assert reply.get("ok"), reply
-                    device = SioClient(self.http)
-                    await device.connect(url, {"device_token": row["ecg_credential"]})
-                    person["device"] = device
-                return person
-
-        self.people += await asyncio.gather(*(one(r) for r in rows))
-        return len(rows)
-
-    def _note(self, note: dict[str, Any]) -> None:
-        if note.get("kind") == "reminder":
-            self.noted.add(note["data"]["dose_id"])
-
-    async def reminded(self) -> int:
-        """How many of this step's reminder notifications have arrived."""
-        return len(self.noted)
-
-    def _alert(self, carer: SioClient, alert: dict[str, Any]) -> None:
-        self.alerts.setdefault(alert["patient"]["id"], time.time())
-        self.alerted.setdefault(alert["patient"]["id"], asyncio.Event()).set()
-        self.spawn(carer.emit("alert:received", {"alert_id": alert["id"]}))
-        self.spawn(carer.emit("alert:ack", {"alert_id": alert["id"]}))
-
-    def _frame(self, data: Any) -> None:
-        self.frames += 1
-
-    async def _reading(self, person: dict[str, Any], out: dict[str, Any]) -> None:
-        crisis = person["crisis"]
-        values = CRISIS if crisis else {"systolic": random.randint(105, 150), "diastolic": 75, "pulse": 70}
-        self.alerts.pop(person["patient_id"], None)
-        alerted = self.alerted[person["patient_id"]] = asyncio.Event()
-        t0 = time.time()
-        out["bp_sent"] += 1
-        try:
-            reply = await person["phone"].call("bp:add", {**values, "measured_at": now_iso()}, timeout=30)
-        except Exception:
-            reply = {}
-        if not reply.get("ok"):
-            out["bp_errors"] += 1
-            return
-        out["bp_acks"].append((time.time() - t0) * 1000)
-        if crisis:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(alerted.wait(), 15)
-            at = self.alerts.get(person["patient_id"])
-            out["alert_e2e"].append(None if at is None else (at - t0) * 1000)
-
-    async def _stream(self, person: dict[str, Any], until: float, out: dict[str, Any]) -> None:
-        device = person["device"]
-        reply = await device.call("stream:open", {"kind": "ecg", "sampling_rate": 250, "units": "mV"}, timeout=30)
-        assert reply.get("ok"), reply
-        sid, k = reply["data"]["stream_id"], 0
-        start = time.time() + random.random()
-        while start + k < until:
-            await asyncio.sleep(max(0.0, start + k - time.time()))
-            await device.emit("stream:frame", {"stream_id": sid, "seq": k, "t0": round(time.time() * 1000 - 1000, 3),
-                                               "dtype": "float32", "samples": FRAME})
-            out["frames_sent"] += 1
-            k += 1
-        self.spawn(device.call("stream:close", {"stream_id": sid}, timeout=30))
-
-    async def _call(self, person: dict[str, Any], out: dict[str, Any]) -> None:
-        carer, phone = person["carer"], person["phone"]
-        incoming: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        phone.on("call:incoming", lambda c: incoming.done() or incoming.set_result(c))
-        try:
-            t0 = time.time()
-            invite = await carer.call("call:invite", {"callee": person["patient_id"]}, timeout=30)
-            assert invite.get("ok"), invite
-            call = await asyncio.wait_for(incoming, 30)
-            accept = await phone.call("call:accept", {"call_id": call["id"]}, timeout=30)
-            assert accept.get("ok"), accept
-            out["call_setup"].append((time.time() - t0) * 1000)
-            await carer.call("call:hangup", {"call_id": call["id"]}, timeout=30)
-        except Exception:
-            out["calls_failed"] += 1
-
-    async def rush(self, count: int, due_s: float, window_s: float) -> dict[str, Any]:
-        """The first ``count`` patients play the window from ``due_s``; the figures once it has drained."""
-        people = self.people[:count]
-        out: dict[str, Any] = {"bp_sent": 0, "bp_errors": 0, "bp_acks": [], "alert_e2e": [], "frames_sent": 0,
-                               "call_setup": [], "calls_failed": 0}
-        self.doses.clear()
-        self.noted.clear()
-        frames_before = self.frames
-        await asyncio.sleep(max(0.0, due_s - time.time()))
-
-        async def later(at: float, coro: Any) -> None:
-            await asyncio.sleep(max(0.0, at - time.time()))
-            await coro
-
-        jobs = [later(due_s + random.random() * window_s, self._reading(p, out)) for p in people]
-        jobs += [self._stream(p, due_s + window_s, out) for p in people if p["ecg"]]
-        jobs += [later(due_s + random.random() * window_s, self._call(p, out)) for p in people if p["calls"]]
-        lags: list[float] = []
-        probe = asyncio.create_task(self._lag(lags))
-        await asyncio.gather(*jobs)
-        await asyncio.sleep(max(0.0, due_s + window_s + DRAIN_S - time.time()))
-        probe.cancel()
-        return {**out, "frames_received": self.frames - frames_before, "doses": dict(self.doses), "lags": lags}
-
-    @staticmethod
-    async def _lag(lags: list[float]) -> None:
-        """This loader's own event-loop lag (ms late on a 10 ms sleep): what the clients' side adds to the
-        timings, which a phone with only its own sockets would not."""
-        while True:
-            t = time.perf_counter()
-            await asyncio.sleep(0.01)
-            lags.append((time.perf_counter() - t - 0.01) * 1000)
-
-    async def idle_alerts(self, count: int) -> list[float | None]:
-        """``count`` crisis readings one after another (the first crisis patient); each one's e2e ms."""
-        if not count:
-            return []
-        person = next(p for p in self.people if p["crisis"])
-        out: dict[str, Any] = {"bp_sent": 0, "bp_errors": 0, "bp_acks": [], "alert_e2e": []}
-        for _ in range(count):
-            await self._reading(person, out)
-            await asyncio.sleep(0.2)  # its acknowledgement settles
-        return out["alert_e2e"]
-
-    async def disconnect(self) -> None:
-        socks = [s for p in self.people for s in (p["phone"], p["carer"], p["box"], p["device"]) if s is not None]
-        await asyncio.gather(*(s.disconnect() for s in socks), return_exceptions=True)
-        self.people = []
-
-    async def stop(self, *_: Any) -> None:
-        await self.disconnect()
-        await self.http.close()
 
 
 # --- the measuring process -----------------------------------------------------------------------------------------
