@@ -16,8 +16,10 @@ from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
 from beanie import PydanticObjectId
 
+from server.care.accounts import _languages, languages
 from server.core.documents import utcnow
 from server.core.i18n import DOMAIN, LOCALE_DIR, Text, render, sentences
+from server.infra.store import COMMANDS
 from server.meds.documents import DoseEvent
 from tests.alert_clients import crisis
 from tests.helpers import Api, User
@@ -132,3 +134,21 @@ async def test_a_missed_dose_is_notified_live_to_each_caregiver_in_their_languag
     low = (await en_sock.events.wait("notification:new", count=2))[1]
     assert low["kind"] == "low_stock" and (low["title"], low["body"]) == (f"{med['name']}: quedan pocas unidades",
                                                                            "Quedan 2")
+
+
+async def test_languages_asked_together_for_many_users_cost_one_store_query_and_each_gets_its_own(api: Api) -> None:
+    """A claim's batch of reminders is notified patient by patient, at once: their language lookups share one
+    query (at 08:00 they had cost a query each, a hundred at a time on the store)."""
+    users = [await api.register("patient") for _ in range(6)]
+    status, _ = await api.request("PATCH", "/api/me", users[0], json={"language": "es"})
+    assert status == 200
+    ids = [PydanticObjectId(u.id) for u in users]
+    finds = []
+    for _ in range(3):  # the least of three counts: the dose scheduler's pass sends finds of its own
+        for uid in ids:
+            _languages.pop(uid, None)  # as at 08:00, none read in the last minute
+        before = COMMANDS.by_name["find"]
+        found = await asyncio.gather(*(languages([uid]) for uid in ids))
+        finds.append(COMMANDS.by_name["find"] - before)
+        assert found == [{ids[0]: "es"}, *({uid: "en"} for uid in ids[1:])]
+    assert min(finds) == 1, finds

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from beanie import PydanticObjectId
 
+from server.infra.store import COMMANDS
 from server.streaming.documents import Stream, WaveBucket
 from tests.helpers import Api, User, scrape, scrape_until
 from tests.streaming import device_socket, ecg, frame, open_stream, pair
@@ -303,3 +304,16 @@ async def test_analysis_runs_in_a_worker_process_restarted_if_it_dies(api: Api) 
 
 async def _restarted(worker: Any, old_pid: int) -> bool:
     return worker.proc is not None and worker.proc.pid != old_pid and worker.proc.is_alive()
+
+
+async def test_devices_opening_streams_together_share_one_store_insert(api: Api) -> None:
+    """At 08:00 (or after a restart) many devices open their streams at once: their records share the group
+    commit's insert (one store command and disk sync, not one each), and each is stored."""
+    devices = []
+    for _ in range(6):
+        patient = await api.register("patient")
+        devices.append(await device_socket(api, (await pair(api, patient))["credential"]))
+    before = COMMANDS.by_name["insert"]
+    ids = await asyncio.gather(*(open_stream(dev) for dev in devices))
+    assert COMMANDS.by_name["insert"] - before < len(devices) / 2, COMMANDS.by_name["insert"] - before
+    assert await Stream.find({"_id": {"$in": [PydanticObjectId(i) for i in ids]}}).count() == len(devices)

@@ -12,6 +12,7 @@ from beanie import PydanticObjectId
 from server.care import audit
 from server.care.documents import User
 from server.care.uploads import Uploads
+from server.core.gather import Gathered
 from server.core.identity import Client, Principal
 from server.core.ports import Broadcaster
 
@@ -22,16 +23,25 @@ LANGUAGE_TTL_S = 60.0  # a language changed through another process is used with
 _languages: dict[PydanticObjectId, tuple[float, str]] = {}  # user -> (read at, language), this process's
 
 
+async def _read_languages(stale: set[PydanticObjectId]) -> None:
+    now = time.monotonic()
+    if len(_languages) > 100_000:
+        _languages.clear()
+    async for doc in User.get_pymongo_collection().find({"_id": {"$in": list(stale)}}, {"language": 1}):
+        _languages[doc["_id"]] = (now, doc.get("language") or "en")
+
+
+_read_stale: Gathered[PydanticObjectId, None] = Gathered(_read_languages)
+
+
 async def languages(user_ids: Iterable[PydanticObjectId]) -> dict[PydanticObjectId, str]:
     """Each user's profile language (a user not found is left out): those not read in the last ``LANGUAGE_TTL_S``
-    in one query, so a thousand reminders do not cost a thousand queries."""
+    in one query, shared with the lookups asked in the same turn of the event loop: a claim's batch of reminders,
+    notified patient by patient, costs one query, not one per patient."""
     ids, now = list(user_ids), time.monotonic()
     stale = [u for u in ids if u not in _languages or now - _languages[u][0] >= LANGUAGE_TTL_S]
     if stale:
-        if len(_languages) > 100_000:
-            _languages.clear()
-        async for doc in User.get_pymongo_collection().find({"_id": {"$in": stale}}, {"language": 1}):
-            _languages[doc["_id"]] = (now, doc.get("language") or "en")
+        await _read_stale(stale)
     return {u: _languages[u][1] for u in ids if u in _languages}
 
 

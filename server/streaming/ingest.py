@@ -24,6 +24,7 @@ from server.core.documents import iso, utcnow
 from server.core.errors import ApiError, forbidden
 from server.core.identity import as_object_id
 from server.core.ports import VitalEvents
+from server.infra.group_commit import COMMITS
 from server.infra.metrics import ANALYSIS_BACKLOG, ANALYSIS_LAG, STREAMS_OPEN
 from server.streaming.analysis_pool import AnalysisPool, Result
 from server.streaming.documents import AnalysisChunk, Stream
@@ -104,7 +105,7 @@ class StreamService:
         await self.vitals.load_thresholds(ctx.principal.user_id)
         doc = Stream(patient_id=ctx.principal.user_id, device_id=PydanticObjectId(ctx.principal.sid), kind=body.kind,
                      sampling_rate=body.sampling_rate, units=body.units, channel=body.channel)
-        await doc.insert()
+        await COMMITS.insert_documents([doc])  # devices opening together (08:00, a restart) share a commit
         stream = self._track(doc)
         meta = doc.public()
         await self.live.publish(str(doc.patient_id), "live:stream", {"change": "opened", "stream": meta})
