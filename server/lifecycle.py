@@ -20,7 +20,7 @@ from server.core.urgency import URGENCY
 from server.infra.embedded_store import EmbeddedStore
 from server.infra.group_commit import COMMITS
 from server.infra.migrations import run_migrations
-from server.infra.store import init_documents, make_client
+from server.infra.store import URGENT_LANE, init_documents, make_client
 
 if TYPE_CHECKING:
     from devices.mqtt_bridge import MqttBridge
@@ -80,11 +80,14 @@ async def connected(settings: Settings, documents: Sequence[type[Document]], mig
     COMMITS.enabled = settings.group_commit
     URGENCY.enabled = settings.urgent_first
     try:
+        if settings.urgent_first:
+            await URGENT_LANE.open(client, url, **client_options)
         await init_documents(client, settings.mongodb_db, list(documents))
         if migrate and (applied := await run_migrations(client[settings.mongodb_db])):
             log.info("applied migrations: %s", ", ".join(applied))
         yield client, store
     finally:
+        await URGENT_LANE.close(client)
         await client.close()
         if store is not None:
             await store.stop()

@@ -95,7 +95,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 async def store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedStore]:
-    s = EmbeddedStore(tmp_path_factory.mktemp("store"))
+    s = EmbeddedStore(tmp_path_factory.mktemp("store"), test_commands=True)  # failpoints (tests/test_urgency.py)
     await s.start()
     yield s
     await s.stop()

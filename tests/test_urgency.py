@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from beanie import PydanticObjectId
+from pymongo import AsyncMongoClient
 from pymongo.errors import AutoReconnect
 
 from server.alerts.documents import Alert
@@ -19,6 +20,7 @@ from server.care.documents import AuditEntry
 from server.core import urgency
 from server.core.documents import utcnow
 from server.core.urgency import URGENCY, Urgency
+from server.infra.embedded_store import EmbeddedStore
 from server.infra.group_commit import COMMITS
 from server.meds.documents import DoseEvent
 from server.vitals import blood_pressure
@@ -27,6 +29,8 @@ from tests.alert_clients import crisis
 from tests.helpers import Api
 from tests.test_medications import create
 from tests.test_scheduler import add_dose
+
+HELD_MS = 5000  # how long the store holds each command of the main client
 
 
 async def urgent_until(pace: Urgency, release: asyncio.Event) -> asyncio.Task[None]:
@@ -221,3 +225,33 @@ async def test_a_flood_of_urgent_work_slows_bulk_work_but_never_starves_it(monke
     await holder
     # Each wait (about 20 ms) buys about 20 sends before the next: a handful of waits, not one per send.
     assert 1 <= waits <= 40, waits
+
+
+async def test_a_crisis_alert_reaches_the_care_team_while_the_store_holds_every_bulk_command(
+        api: Api, store: EmbeddedStore) -> None:
+    """Urgent work has its own store connections: with every command of the server's main client held in the store
+    (a failpoint of the embedded store, as mongod's, scoped to the client's name), a reading in crisis is stored and
+    its alert reaches the caregiver while an ordinary reading sent before it still waits; nothing is lost."""
+    patient, carer = await api.register("patient"), await api.register("caregiver")
+    await api.link(patient, carer)
+    p_sock, c_sock = await api.socket(patient), await api.socket(carer)
+    admin: AsyncMongoClient[Any] = AsyncMongoClient(store.url)
+    hold = {"configureFailPoint": "failCommand", "mode": "alwaysOn",
+            "data": {"appName": "healthmate", "blockConnection": True, "blockTimeMS": HELD_MS,
+                     "failCommands": ["find", "insert", "update", "delete", "findAndModify", "getMore", "count"]}}
+    try:
+        await admin.admin.command(hold)
+        normal = asyncio.ensure_future(p_sock.call("bp:add", {"systolic": 121, "diastolic": 79, "pulse": 70,
+                                                              "measured_at": utcnow().isoformat()}, timeout=60))
+        urgent = asyncio.ensure_future(p_sock.call("bp:add", crisis(), timeout=60))
+        # Without its own connections the alert would wait for two held commands (its lookups, then its insert).
+        (alert,) = await c_sock.events.wait("alert:new", timeout=HELD_MS / 1000 * 0.8)
+        assert alert["kind"] == "bp_crisis"
+        assert not normal.done()
+    finally:
+        await admin.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+        await admin.close()
+    assert (await urgent)["data"]["category"] == "hypertensive_crisis"
+    assert (await normal)["data"]["category"] != "hypertensive_crisis"
+    readings = await BPReading.find(BPReading.patient_id == PydanticObjectId(patient.id)).count()
+    assert readings == 2

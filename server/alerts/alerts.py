@@ -58,7 +58,9 @@ from server.core.i18n import Text, render
 from server.core.identity import Principal
 from server.core.ports import Broadcaster, Notifier
 from server.core.urgency import URGENCY
+from server.infra.group_commit import COMMITS
 from server.infra.pubsub import ControlBus
+from server.infra.store import URGENT_LANE
 
 log = logging.getLogger(__name__)
 CRITICAL = {"tachycardia": Text("alert.vital.tachycardia.title"), "bradycardia": Text("alert.vital.bradycardia.title")}
@@ -109,12 +111,12 @@ class Alerts:
         # What the alert needs, asked at once (one round trip's wait, not four, when the store is busy); only
         # reads, so an open alert of this kind or a refusal below changes nothing.
         existing, name, links, contacts = await asyncio.gather(
-            Alert.find_one(Alert.patient_id == pid, Alert.kind == kind, Alert.status == "open"), patient_name(),
-            care_team(pid), emergency_contacts(pid))
+            URGENT_LANE.find(Alert, {"patient_id": pid, "kind": kind, "status": "open"}), patient_name(),
+            care_team(pid, urgent=True), emergency_contacts(pid))
         if after is not None:
             await after
-        if existing is not None:
-            return existing
+        if existing:
+            return existing[0]
         if on_demand:
             await self._on_demand_allowed(pid)
         # Names are looked up only when the lifecycle is read: a thousand-user lookup here would delay the alert.
@@ -129,7 +131,7 @@ class Alerts:
                       raised_by={"user_id": raised_by.id, "role": raised_by.role} if raised_by else None,
                       emit_lease_until=now + timedelta(seconds=self.settings.alert_emit_lease_s),
                       escalate_at=now + timedelta(seconds=self.settings.alert_escalation_s))
-        await alert.insert()
+        await COMMITS.insert_documents([alert], urgent=True)
         if self.settings.fault_injection == "crash_after_alert_persist":
             os._exit(70)  # a process dying between persisting and emitting (tests only)
         await self._emit(alert, {lk.member_id for lk in links})  # (the team just read, not read again)
@@ -148,7 +150,7 @@ class Alerts:
 
     async def _emit(self, alert: Alert, team: set[PydanticObjectId] | None = None) -> None:
         await self.fanout.push("alert:new", alert.push(), alert, alert.recipient_ids, key=str(alert.id), team=team)
-        await Alert.get_pymongo_collection().update_one(
+        await URGENT_LANE(Alert.get_pymongo_collection()).update_one(
             {"_id": alert.id, "emitted_at": None}, {"$set": {"emitted_at": utcnow(), "emitted_by": self.node}})
         # In the background: a notification document per recipient (and push to their offline devices).
         self.background.spawn(self.fanout.notify(alert, alert.recipient_ids, team))

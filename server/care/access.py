@@ -11,12 +11,12 @@ from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from beanie import PydanticObjectId
-from beanie.operators import In
 
 from server.care import audit
 from server.care.documents import Link
 from server.core.errors import forbidden
 from server.core.identity import Client, Principal, as_object_id
+from server.infra.store import URGENT_LANE
 
 CARE_ROLES = ("caregiver", "clinician")
 
@@ -27,11 +27,13 @@ async def linked(patient_id: PydanticObjectId, member_id: PydanticObjectId) -> b
     return link is not None and link.revoked_at is None
 
 
-async def care_team(patient_id: PydanticObjectId, roles: Iterable[str] = CARE_ROLES) -> list[Link]:
+async def care_team(patient_id: PydanticObjectId, roles: Iterable[str] = CARE_ROLES, *, urgent: bool = False,
+                    ) -> list[Link]:
     """The patient's unrevoked care-team links (``member_id``, ``member_role``), of members in ``roles``:
-    who is told of, and may see, what happens to the patient."""
-    return await Link.find(Link.patient_id == patient_id, Link.revoked_at == None,  # noqa: E711
-                           In(Link.member_role, list(roles))).to_list()
+    who is told of, and may see, what happens to the patient. ``urgent`` (an alert's recipients): read on the
+    urgent lane."""
+    query = {"patient_id": patient_id, "revoked_at": None, "member_role": {"$in": list(roles)}}
+    return await (URGENT_LANE.find(Link, query) if urgent else Link.find(query).to_list())
 
 
 async def memberships(member_id: PydanticObjectId) -> list[Link]:

@@ -15,14 +15,15 @@ from server.core.documents import utcnow
 from server.core.errors import ApiError, not_found
 from server.core.identity import Client, Principal, as_object_id
 from server.core.ports import Broadcaster
+from server.infra.store import URGENT_LANE
 
 MAX_CONTACTS = 100
 MAX_EMERGENCY_CONTACTS = 5  # each is told by the escalation webhook: more would make it a broadcast channel
 
 
 async def emergency_contacts(patient_id: PydanticObjectId) -> list[dict[str, Any]]:
-    docs = await MedicalContact.find(MedicalContact.patient_id == patient_id, MedicalContact.kind == "emergency") \
-        .sort(+MedicalContact.id).to_list()
+    """The patient's emergency contacts, for an alert: read on the urgent lane."""
+    docs = await URGENT_LANE.find(MedicalContact, {"patient_id": patient_id, "kind": "emergency"}, sort=[("_id", 1)])
     return [{"id": str(c.id), "name": c.name, "phone": c.phone, "email": c.email, "relationship": c.relationship}
             for c in docs]
 

@@ -58,7 +58,8 @@ USER = "healthmate"
 
 
 class EmbeddedStore:
-    def __init__(self, data_dir: Path, port: int | None = None, cache_size: str = "256M") -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, cache_size: str = "256M",
+                 test_commands: bool = False) -> None:
         self.data_dir = data_dir.resolve()
         self.path = (data_dir / "db").resolve()
         self.log_path = (data_dir / "store.log").resolve()
@@ -66,6 +67,7 @@ class EmbeddedStore:
         self.password: str | None = None
         self.port = port or free_port()
         self.cache_size = cache_size
+        self.test_commands = test_commands  # mongod's test-only commands (failpoints), for the tests only
         self.proc: asyncio.subprocess.Process | None = None
         self.crashes = 0
         self._stopping = False
@@ -121,6 +123,7 @@ class EmbeddedStore:
             store_executable(), "--host", "127.0.0.1", "--port", str(self.port),
             "--storage-path", str(self.path), "--sync-on-commit", "--cache-size", self.cache_size,
             "--log-level", "WARNING", *(["--auth"] if auth else []),
+            *(["--enable-test-commands"] if self.test_commands else []),
         ]
         fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "ab") as logf:

@@ -35,6 +35,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteError
 
 from server.core.urgency import URGENCY
 from server.infra.bulk import DUPLICATE_KEY, insert_new
+from server.infra.store import URGENT_LANE
 
 Row = Mapping[str, Any]
 
@@ -97,7 +98,7 @@ class GroupCommit:
 
     async def _urgently(self, collection: AsyncCollection[Any], rows: Sequence[Row], ignore_duplicates: bool) -> None:
         async with URGENCY.urgent():
-            await self._directly(collection, rows, ignore_duplicates)
+            await self._directly(URGENT_LANE(collection), rows, ignore_duplicates)
 
     async def _queued(self, collection: AsyncCollection[Any], rows: Sequence[Row], ignore_duplicates: bool,
                       bulk: bool) -> None:
