@@ -5,7 +5,8 @@ indexed owner field). Bulk updates go in batches: the ids matching the query are
 sorted, and the update selects their ``_id`` range with the query repeated, so it stays conditional (a
 matching dose inserted into the range meanwhile is taken too; it matches). Not ``{"_id": {"$in": ids}}``: the
 embedded store checks each candidate against every id of the list, so a batch of B costs B² comparisons
-(500 doses: about 1.2 ms of the store's CPU per dose more than the update itself)."""
+(500 doses: about 1.2 ms of the store's CPU per dose more than the update itself). Read back and given back
+by the token within the batch's ``_id`` range (``claimed_by``): the owner fields have no index."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
+from server.core.documents import claimed_by
 from server.meds.documents import DoseEvent
 
 BATCH = 500
@@ -52,17 +54,23 @@ class DoseClaims:
         return total
 
     async def claim(self, query: dict[str, Any], update: dict[str, Any], owner: str = "lease_owner",
-                    limit: int = BATCH, before: Callable[[str], Awaitable[Any]] | None = None,
+                    limit: int = BATCH, before: Callable[[str, list[Any]], Awaitable[Any]] | None = None,
                     ) -> tuple[str, list[dict[str, Any]]]:
         """Mark up to ``limit`` doses matching ``query`` as this claim's (``owner`` field set to its token) with
-        ``update``, and return the token and the doses. ``before(token)``: awaited once there are doses to claim,
-        before they are marked (what must be stored before a dose can carry the token)."""
+        ``update``, and return the token and the doses. ``before(token, ids)``: awaited once there are doses to
+        claim, before they are marked (what must be stored before a dose can carry the token)."""
         token = self.token()
         ids = await self.matching(query, limit)
         if not ids:
             return token, []
         if before is not None:
-            await before(token)
+            await before(token, ids)
         update = {**update, "$set": {**update.get("$set", {}), owner: token}}
         await self.doses.update_many(self.span(ids, query), update)
-        return token, await self.doses.find({owner: token}).to_list(None)
+        return token, await self.doses.find(claimed_by(owner, token, ids)).to_list(None)
+
+    async def release(self, owner: str, token: str, claimed: list[dict[str, Any]], changes: dict[str, Any]) -> None:
+        """The doses ``claimed`` under ``token`` given back (``owner`` cleared) with ``changes``."""
+        if claimed:
+            await self.doses.update_many(claimed_by(owner, token, (d["_id"] for d in claimed)),
+                                         {"$set": {owner: None, **changes}})

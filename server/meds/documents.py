@@ -195,9 +195,6 @@ class DoseEvent(VersionedDocument):
             # The polls for leases that ran out and box commands to resend (with ``passed``: not the nulls).
             IndexModel([("state", ASCENDING), ("reminder_lease_until", ASCENDING)], name="reminder_lease"),
             IndexModel([("state", ASCENDING), ("box_next_at", ASCENDING)], name="box_next"),
-            IndexModel([("lease_owner", ASCENDING)], name="lease_owner"),
-            IndexModel([("due_owner", ASCENDING)], name="due_owner"),
-            IndexModel([("box_owner", ASCENDING)], name="box_owner"),
             IndexModel([("patient_id", ASCENDING), ("due_at", DESCENDING)], name="patient_due"),
         ]
 
@@ -215,6 +212,8 @@ class DoseClaim(VersionedDocument):
     lease_until: datetime
     notes: bool = False  # the claim took the doses' reminder notifications too
     pushed: bool = False  # dose:due pushed and the box told; the notifications were not all stored
+    first_id: PydanticObjectId | None = None  # the batch's first and last dose (its ``_id`` range: the owner
+    last_id: PydanticObjectId | None = None  # fields are not indexed); none in a claim stored before 0006
 
     class Settings:
         name = "dose_claims"

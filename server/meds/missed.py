@@ -55,5 +55,4 @@ class MissedDoses:
                            patient_id=d["patient_id"], urgency="high",
                            data={"dose_id": str(d["_id"]), "medication_id": str(d["medication_id"])})
             for d in claimed])
-        await self.claims.doses.update_many({"lease_owner": token},
-                                            {"$set": {"lease_owner": None, "lease_until": None}})
+        await self.claims.release("lease_owner", token, claimed, {"lease_until": None})

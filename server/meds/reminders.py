@@ -93,10 +93,7 @@ class Reminders:
         token, claimed = await self.claims.claim(
             query, {"$set": {"reminder_notified_at": now, "reminder_lease_until": now + LEASE}}, limit=self.batch())
         await bounded([self._remind_patient(d, again) for d in claimed], width=self.batch())
-        if claimed:
-            await self.claims.doses.update_many(
-                {"lease_owner": token},
-                {"$set": {"lease_owner": None, "reminder_lease_until": None}})
+        await self.claims.release("lease_owner", token, claimed, {"reminder_lease_until": None})
         return len(claimed)
 
     async def renotify(self, now: datetime) -> None:
