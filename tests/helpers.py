@@ -320,11 +320,13 @@ async def server_processes(*envs: dict[str, str]) -> AsyncIterator[tuple[ServerP
     from server.infra.embedded_store import free_port
 
     procs = [ServerProcess(env, free_port()) for env in envs]
-    await asyncio.gather(*(p.start() for p in procs))
+    started = await asyncio.gather(*(p.start() for p in procs), return_exceptions=True)
     try:
+        if failed := next((r for r in started if isinstance(r, BaseException)), None):
+            raise failed  # (after stopping the others: a process left running holds its output's reader thread)
         yield tuple(procs)
     finally:
-        await asyncio.gather(*(p.stop() for p in procs))
+        await asyncio.gather(*(p.stop() for p in procs if p.proc is not None))
 
 
 async def raw_socket(api: Api, auth: dict[str, str]) -> aiohttp.ClientWebSocketResponse:

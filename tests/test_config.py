@@ -6,6 +6,8 @@ import os
 import stat
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,20 @@ def test_environment_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.setenv("HEALTHMATE_DATA_DIR", str(tmp_path))
     s = load_settings()
     assert s.port == 9123 and s.redis_url == "redis://127.0.0.1:1/0" and s.data_dir == tmp_path
+
+
+def test_processes_starting_together_make_one_development_secret(tmp_path: Path) -> None:
+    """Two workers starting at once on a fresh data folder: each gets the one secret kept there, none fails (one
+    of them used to stop on the file the other had just made, or read it still empty)."""
+    barrier = threading.Barrier(8)
+
+    def start() -> tuple[str, str]:
+        barrier.wait()
+        settings = load_settings(data_dir=tmp_path)
+        return settings.secret, settings.signing_secret
+
+    with ThreadPoolExecutor(8) as pool:
+        secrets = list(pool.map(lambda _: start(), range(8)))
+    assert len(set(secrets)) == 1
+    assert (tmp_path / "jwt_secret").read_text() == secrets[0][0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jwt_secret", "webhook_secret"]  # no temporary left

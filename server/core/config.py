@@ -8,8 +8,10 @@ restarts of ``make run``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -203,11 +205,17 @@ def _kept_secret(path: Path) -> str:
             raise ConfigError(f"{path} holds a secret under {MIN_SECRET} characters; delete it to make a new one")
         return secret
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret)
-    return secret
+    # Written whole beside it, then linked into place: processes starting together on a fresh folder keep the
+    # first one's secret, and none reads a file another is still writing.
+    fd, made = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # (mode 0600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+        with contextlib.suppress(FileExistsError):
+            os.link(made, path)
+    finally:
+        os.unlink(made)
+    return _kept_secret(path)
 
 
 def settings_from(args: object) -> Settings:
