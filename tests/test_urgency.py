@@ -22,6 +22,7 @@ from server.core.documents import utcnow
 from server.core.urgency import URGENCY, Urgency
 from server.infra.embedded_store import EmbeddedStore
 from server.infra.group_commit import COMMITS
+from server.infra.store import URGENT_LANE, make_client
 from server.meds.documents import DoseEvent
 from server.vitals import blood_pressure
 from server.vitals.documents import BPReading
@@ -255,3 +256,23 @@ async def test_a_crisis_alert_reaches_the_care_team_while_the_store_holds_every_
     assert (await normal)["data"]["category"] != "hypertensive_crisis"
     readings = await BPReading.find(BPReading.patient_id == PydanticObjectId(patient.id)).count()
     assert readings == 2
+
+
+async def test_each_client_of_the_same_store_keeps_its_own_urgent_lane(store: EmbeddedStore) -> None:
+    """Two servers in one process (as in tests) each have their lane; one stopping closes its own, not the other's
+    (PyMongo's clients of the same store compare equal, so the lanes are kept by identity)."""
+    one, two = make_client(store.url), make_client(store.url)
+    await URGENT_LANE.open(one, store.url)
+    await URGENT_LANE.open(two, store.url)
+    try:
+        lane_one, lane_two = (URGENT_LANE(c.hm_lanes.probe).database.client for c in (one, two))
+        assert len({id(lane_one), id(lane_two), id(one), id(two)}) == 4
+        await URGENT_LANE.close(one)
+        assert URGENT_LANE(one.hm_lanes.probe).database.client is one  # its lane gone: its own connections
+        assert URGENT_LANE(two.hm_lanes.probe).database.client is lane_two
+        await URGENT_LANE(two.hm_lanes.probe).insert_one({"still": "open"})
+    finally:
+        await URGENT_LANE.close(one)
+        await URGENT_LANE.close(two)
+        await one.close()
+        await two.close()

@@ -121,7 +121,8 @@ class UrgentLane:
     setting off) is used as it is."""
 
     def __init__(self) -> None:
-        self.clients: dict[AsyncMongoClient[Any], AsyncMongoClient[Any]] = {}  # main client -> its lane
+        # id of a main client -> its lane (by identity: two clients of the same store compare equal)
+        self.clients: dict[int, AsyncMongoClient[Any]] = {}
 
     async def open(self, main: AsyncMongoClient[Any], url: str, **options: Any) -> None:
         """The lane of ``main``, its connections opened and authenticated now (the first alert would pay for it)."""
@@ -132,15 +133,15 @@ class UrgentLane:
         except BaseException:
             await lane.close()
             raise
-        self.clients[main] = lane
+        self.clients[id(main)] = lane
 
     async def close(self, main: AsyncMongoClient[Any]) -> None:
-        if (lane := self.clients.pop(main, None)) is not None:
+        if (lane := self.clients.pop(id(main), None)) is not None:
             await lane.close()
 
     def __call__(self, collection: AsyncCollection[Any]) -> AsyncCollection[Any]:
         """The same collection on the lane of its client."""
-        lane = self.clients.get(collection.database.client)
+        lane = self.clients.get(id(collection.database.client))
         if lane is None:
             return collection
         return lane[collection.database.name].get_collection(collection.name, codec_options=collection.codec_options)
