@@ -121,7 +121,6 @@ class MedicineBox:
             {"$set": {"box_next_at": now + timedelta(seconds=BACKOFF_S[-1])}, "$inc": {"box_attempts": 1}},
             owner="box_owner")
         doses = self.scheduler.doses
-        mine = claimed_by("box_owner", token, (d["_id"] for d in claimed)) if claimed else {}
         for attempt in sorted({d["box_attempts"] for d in claimed}):
             if attempt <= len(BACKOFF_S):
                 wait: dict[str, Any] = {"$set": {"box_next_at": now + timedelta(seconds=BACKOFF_S[attempt - 1])}}
@@ -129,9 +128,9 @@ class MedicineBox:
                 wait = {"$set": {"box_next_at": None}, "$inc": {"box_attempts": -1}}
                 log.warning("giving up on %d unacknowledged box commands",
                             sum(d["box_attempts"] == attempt for d in claimed))
-            await doses.update_many({**mine, "box_attempts": attempt}, wait)
-        if claimed:
-            await doses.update_many(mine, {"$set": {"box_owner": None}})
+            await doses.update_many(
+                {**claimed_by("box_owner", token, (d["_id"] for d in claimed)), "box_attempts": attempt}, wait)
+        await self.scheduler.release("box_owner", token, claimed, {})
         resent = [d for d in claimed if d["box_attempts"] <= len(BACKOFF_S)]
         boxes = await self.boxes_of(list({d["patient_id"] for d in resent})) if resent else {}
         for d in resent:

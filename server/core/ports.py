@@ -97,6 +97,9 @@ class DoseSchedule(Protocol):
     async def claim(self, query: dict[str, Any], update: dict[str, Any], owner: str = "lease_owner",
                     limit: int = 500) -> tuple[str, list[dict[str, Any]]]: ...
 
+    async def release(self, owner: str, token: str, claimed: list[dict[str, Any]], changes: dict[str, Any]) -> None:
+        """The doses ``claimed`` under ``token`` given back (``owner`` cleared) with ``changes``."""
+
     async def confirm(self, dose_id: Any, patient_id: Any, via: str, by: Any) -> dict[str, Any] | None: ...
 
     def wake(self) -> None: ...

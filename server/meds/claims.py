@@ -1,12 +1,12 @@
 """Claiming doses in the store, the one way every part of the scheduler (and the medicine box) takes work:
 a conditional update marks the doses matching a query as this process's (each dose changes state, or gets an
-owner, once: no other process can match it after), then the doses are read back by the claim's token (an
-indexed owner field). Bulk updates go in batches: the ids matching the query are found through an index,
-sorted, and the update selects their ``_id`` range with the query repeated, so it stays conditional (a
-matching dose inserted into the range meanwhile is taken too; it matches). Not ``{"_id": {"$in": ids}}``: the
+owner, once: no other process can match it after), then the doses are read back by the claim's token within
+the batch's ``_id`` range (``claimed_by``: the owner fields have no index). Bulk updates go in batches: the
+ids matching the query are found through an index, sorted, and the update selects their ``_id`` range with the
+query repeated, so it stays conditional (a matching dose inserted into the range meanwhile is taken too; it
+matches). Not ``{"_id": {"$in": ids}}``: the
 embedded store checks each candidate against every id of the list, so a batch of B costs B² comparisons
-(500 doses: about 1.2 ms of the store's CPU per dose more than the update itself). Read back and given back
-by the token within the batch's ``_id`` range (``claimed_by``): the owner fields have no index."""
+(500 doses: about 1.2 ms of the store's CPU per dose more than the update itself)."""
 
 from __future__ import annotations
 

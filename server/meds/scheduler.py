@@ -104,6 +104,9 @@ class Scheduler:
                     limit: int = BATCH) -> tuple[str, list[dict[str, Any]]]:
         return await self.claims.claim(query, update, owner, limit)
 
+    async def release(self, owner: str, token: str, claimed: list[dict[str, Any]], changes: dict[str, Any]) -> None:
+        await self.claims.release(owner, token, claimed, changes)
+
     async def confirm(self, dose_id: Any, patient_id: PydanticObjectId, via: str,
                       by: PydanticObjectId | None) -> dict[str, Any] | None:
         return await self.confirmations.confirm(dose_id, patient_id, via, by)
