@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -12,6 +13,8 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -41,6 +44,28 @@ def contract_checked() -> Iterator[None]:
     violations = CONTRACT.take_violations()
     if violations:
         pytest.fail("traffic outside the contract:\n" + "\n".join(violations[:10]), pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A test still running 20 s before pytest-timeout ends it prints what each task of the event loop awaits
+    (the timeout's own dump shows threads only, and a hung test is idle in the loop's ``select``)."""
+    timer = threading.Timer(float(item.config.getini("timeout") or 120) - 20, _print_pending_tasks, (item.name,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _print_pending_tasks(test: str) -> None:
+    """The test's own task first (what it awaits), then the others (what that may wait for)."""
+    loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and o.is_running()]
+    tasks = [t for loop in loops for t in asyncio.all_tasks(loop)]
+    for task in sorted(tasks, key=lambda t: test.split("[")[0] not in repr(t)):
+        with contextlib.suppress(Exception):
+            task.print_stack(limit=12, file=sys.stderr)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

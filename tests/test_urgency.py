@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import AutoReconnect
 
 from server.alerts.documents import Alert
+from server.app import create_app
 from server.care.documents import AuditEntry
 from server.core import urgency
 from server.core.documents import utcnow
@@ -27,11 +29,13 @@ from server.meds.documents import DoseEvent
 from server.vitals import blood_pressure
 from server.vitals.documents import BPReading
 from tests.alert_clients import crisis
+from tests.conftest import make_settings
 from tests.helpers import Api
 from tests.test_medications import create
 from tests.test_scheduler import add_dose
 
 HELD_MS = 5000  # how long the store holds each command of the main client
+HELD_APP = "healthmate-held"  # that client's name: the failpoint holds its commands only
 
 
 async def urgent_until(pace: Urgency, release: asyncio.Event) -> asyncio.Task[None]:
@@ -229,33 +233,37 @@ async def test_a_flood_of_urgent_work_slows_bulk_work_but_never_starves_it(monke
 
 
 async def test_a_crisis_alert_reaches_the_care_team_while_the_store_holds_every_bulk_command(
-        api: Api, store: EmbeddedStore) -> None:
+        store: EmbeddedStore, tmp_path: Path, aiohttp_server: Any) -> None:
     """Urgent work has its own store connections: with every command of the server's main client held in the store
-    (a failpoint of the embedded store, as mongod's, scoped to the client's name), a reading in crisis is stored and
-    its alert reaches the caregiver while an ordinary reading sent before it still waits; nothing is lost."""
-    patient, carer = await api.register("patient"), await api.register("caregiver")
-    await api.link(patient, carer)
-    p_sock, c_sock = await api.socket(patient), await api.socket(carer)
-    admin: AsyncMongoClient[Any] = AsyncMongoClient(store.url)
-    hold = {"configureFailPoint": "failCommand", "mode": "alwaysOn",
-            "data": {"appName": "healthmate", "blockConnection": True, "blockTimeMS": HELD_MS,
-                     "failCommands": ["find", "insert", "update", "delete", "findAndModify", "getMore", "count"]}}
-    try:
-        await admin.admin.command(hold)
-        normal = asyncio.ensure_future(p_sock.call("bp:add", {"systolic": 121, "diastolic": 79, "pulse": 70,
-                                                              "measured_at": utcnow().isoformat()}, timeout=60))
-        urgent = asyncio.ensure_future(p_sock.call("bp:add", crisis(), timeout=60))
-        # Without its own connections the alert would wait for two held commands (its lookups, then its insert).
-        (alert,) = await c_sock.events.wait("alert:new", timeout=HELD_MS / 1000 * 0.8)
-        assert alert["kind"] == "bp_crisis"
-        assert not normal.done()
-    finally:
-        await admin.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
-        await admin.close()
-    assert (await urgent)["data"]["category"] == "hypertensive_crisis"
-    assert (await normal)["data"]["category"] != "hypertensive_crisis"
-    readings = await BPReading.find(BPReading.patient_id == PydanticObjectId(patient.id)).count()
-    assert readings == 2
+    (a failpoint of the embedded store, as mongod's, scoped to the client's name: this server's own, given in its
+    URL, so that no other test's client is held), a reading in crisis is stored and its alert reaches the caregiver
+    while an ordinary reading sent before it still waits; nothing is lost."""
+    settings = make_settings(f"{store.url}&appName={HELD_APP}", tmp_path)
+    server = await aiohttp_server(create_app(settings))
+    async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:
+        patient, carer = await api.register("patient"), await api.register("caregiver")
+        await api.link(patient, carer)
+        p_sock, c_sock = await api.socket(patient), await api.socket(carer)
+        admin: AsyncMongoClient[Any] = AsyncMongoClient(store.url)
+        hold = {"configureFailPoint": "failCommand", "mode": "alwaysOn",
+                "data": {"appName": HELD_APP, "blockConnection": True, "blockTimeMS": HELD_MS,
+                         "failCommands": ["find", "insert", "update", "delete", "findAndModify", "getMore", "count"]}}
+        try:
+            await admin.admin.command(hold)
+            normal = asyncio.ensure_future(p_sock.call("bp:add", {"systolic": 121, "diastolic": 79, "pulse": 70,
+                                                                  "measured_at": utcnow().isoformat()}, timeout=60))
+            urgent = asyncio.ensure_future(p_sock.call("bp:add", crisis(), timeout=60))
+            # Without its own connections the alert would wait for two held commands (its lookups, then its insert).
+            (alert,) = await c_sock.events.wait("alert:new", timeout=HELD_MS / 1000 * 0.8)
+            assert alert["kind"] == "bp_crisis"
+            assert not normal.done()
+        finally:
+            await admin.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+            await admin.close()
+        assert (await urgent)["data"]["category"] == "hypertensive_crisis"
+        assert (await normal)["data"]["category"] != "hypertensive_crisis"
+        readings = await BPReading.find(BPReading.patient_id == PydanticObjectId(patient.id)).count()
+        assert readings == 2
 
 
 async def test_each_client_of_the_same_store_keeps_its_own_urgent_lane(store: EmbeddedStore) -> None:

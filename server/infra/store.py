@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections import Counter
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 from beanie import Document, init_beanie
 from beanie.odm.utils.parsing import parse_obj
@@ -96,7 +97,8 @@ D = TypeVar("D", bound=Document)
 
 def make_client(url: str, **kwargs: object) -> AsyncMongoClient:
     """A client whose writes are acknowledged only once durable (majority + journal), its commands
-    counted in ``COMMANDS`` and its reachability followed by ``REACHABILITY``."""
+    counted in ``COMMANDS`` and its reachability followed by ``REACHABILITY``. Its name in the store's logs is
+    ``healthmate`` unless the URL gives one (``appName=``: an operator telling processes apart)."""
     listeners = [COMMANDS, REACHABILITY, *kwargs.pop("event_listeners", ())]  # type: ignore[misc]
     opts: dict[str, object] = {
         "event_listeners": listeners,
@@ -104,8 +106,9 @@ def make_client(url: str, **kwargs: object) -> AsyncMongoClient:
         "w": "majority",
         "journal": True,
         "serverSelectionTimeoutMS": 5000,
-        "appname": "healthmate",
     }
+    if not any(key.lower() == "appname" for key in parse_qs(urlsplit(url).query)):
+        opts["appname"] = "healthmate"
     opts.update(kwargs)
     return AsyncMongoClient(url, **opts)
 
