@@ -103,7 +103,7 @@ class Loader:
     def _frame(self, data: Any) -> None:
         self.frames += 1
 
-    async def _reading(self, person: dict[str, Any], out: dict[str, Any]) -> None:
+    async def _reading(self, person: dict[str, Any], out: dict[str, Any], key: str = "alert_e2e") -> None:
         crisis = person["crisis"]
         values = CRISIS if crisis else {"systolic": random.randint(105, 150), "diastolic": 75, "pulse": 70}
         self.alerts.pop(person["patient_id"], None)
@@ -122,7 +122,7 @@ class Loader:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(alerted.wait(), 15)
             at = self.alerts.get(person["patient_id"])
-            out["alert_e2e"].append(None if at is None else (at - t0) * 1000)
+            out[key].append(None if at is None else (at - t0) * 1000)
 
     async def _stream(self, person: dict[str, Any], until: float, out: dict[str, Any]) -> None:
         device = person["device"]
@@ -154,11 +154,14 @@ class Loader:
         except Exception:
             out["calls_failed"] += 1
 
-    async def rush(self, count: int, due_s: float, window_s: float) -> dict[str, Any]:
-        """The first ``count`` patients play the window from ``due_s``; the figures once it has drained."""
+    async def rush(self, count: int, due_s: float, window_s: float, probes: list[float]) -> dict[str, Any]:
+        """The first ``count`` patients play the window from ``due_s``; the figures once it has drained. This share's
+        first patient in crisis also sends probes: a crisis reading at each of ``probes`` seconds after due time, in
+        the burst of the doses' work (``alert_burst``), and their own reading in the window's second half."""
         people = self.people[:count]
         out: dict[str, Any] = {"bp_sent": 0, "bp_errors": 0, "bp_acks": [], "alert_e2e": [], "frames_sent": 0,
-                               "call_setup": [], "calls_failed": 0}
+                               "call_setup": [], "calls_failed": 0, "alert_burst": []}
+        prober = next((p for p in people if p["crisis"]), None)
         self.doses.clear()
         self.noted.clear()
         frames_before = self.frames
@@ -168,7 +171,10 @@ class Loader:
             await asyncio.sleep(max(0.0, at - time.time()))
             await coro
 
-        jobs = [later(due_s + random.random() * window_s, self._reading(p, out)) for p in people]
+        jobs = [later(due_s + (1 + random.random() if p is prober else 2 * random.random()) * window_s / 2,
+                      self._reading(p, out)) for p in people]
+        if prober is not None:
+            jobs += [later(due_s + at, self._reading(prober, out, "alert_burst")) for at in probes]
         jobs += [self._stream(p, due_s + window_s, out) for p in people if p["ecg"]]
         jobs += [later(due_s + random.random() * window_s, self._call(p, out)) for p in people if p["calls"]]
         lags: list[float] = []

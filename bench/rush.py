@@ -41,7 +41,10 @@ rather than the budget ending the search). The figures beside them are the best 
 before due time to the end of the step, per patient, and ``server_cpu_s``/``store_cpu_s`` the CPU seconds (/proc)
 over the same span. Before the search each server's idle alert e2e is timed (IDLE_ALERTS crisis readings one after
 another, after a first one that is not counted: the first alert after start-up took 30-50 ms where the next took
-15-35): ``alert_e2e_p99_ms_idle``; under the rush the alert p99 should stay within 2x of it."""
+15-35): ``alert_e2e_p99_ms_idle``; under the rush the alert p99 should stay within 2x of it. The 1% of alerts land at
+random times, so whether one falls in the burst of the doses' work (08:00 plus a few seconds) is luck: one patient in
+crisis also sends probes, a crisis reading at 10%, 20%, 30% and 40% of the window (their own reading comes in its second
+half), timed the same way: ``alert_burst_ms`` (not in the pass/fail: the 1% are the issue's load)."""
 
 from __future__ import annotations
 
@@ -70,6 +73,7 @@ COMPRESSION = 300 / WINDOW_S
 STORED_S = 5.0 if SMOKE else 15.0
 LOADERS = 2
 IDLE_ALERTS = 3 if SMOKE else 10
+PROBES = [WINDOW_S * k / 10 for k in (1, 2, 3, 4)]  # the probe alerts: sent so long after due time, in the burst
 LIMITS = {"reminder_p99_ms": 5000, "bp_ack_p99_ms": 1000, "alert_e2e_p99_ms": 1000}
 FRAME_LOSS = 0.01
 QUIET_CORE = 0.1  # the store counts as settled under a tenth of a core (over half a second)
@@ -157,7 +161,7 @@ class Server:
         ids = await self.doses(n, due)
         due_s = due.timestamp()
         counts_share = [len(range(i, n, LOADERS)) for i in range(LOADERS)]
-        ask = asyncio.ensure_future(self.loaders.ask([("rush", c, due_s, WINDOW_S) for c in counts_share]))
+        ask = asyncio.ensure_future(self.loaders.ask([("rush", c, due_s, WINDOW_S, PROBES) for c in counts_share]))
         await asyncio.sleep(max(0.0, due_s - 0.5 - time.time()))
         self.window.open()
         replies = await ask
@@ -170,6 +174,7 @@ class Server:
                "alert_e2e_p99_ms": None if None in e2e else rounded(pct(e2e, 99)), "alerts": len(e2e),
                "alerts_missing": e2e.count(None),
                "alert_e2e_ms": sorted(rounded(x) for x in e2e if x is not None),  # (few: the p99 is their slowest)
+               "alert_burst_ms": [rounded(x) for r in replies for x in r["alert_burst"]],  # (None: it never came)
                "loader_lag_p99_ms": rounded(pct([x for r in replies for x in r["lags"]], 99)),
                "frame_loss": 1 - sum(r["frames_received"] for r in replies) / frames_sent if frames_sent else 0.0,
                "calls": sum(len(r["call_setup"]) for r in replies),
@@ -223,7 +228,8 @@ class Server:
             self.failed_at = s["patients"]
         print(f"  {self.config}: {s['patients']} patients {'passed' if s['passed'] else 'FAILED'}: reminder p99 "
               f"{s['reminder_p99_ms']} ms, BP ack p99 {s['bp_ack_p99_ms']} ms, alert e2e p99 {s['alert_e2e_p99_ms']} ms"
-              f" ({s['alerts']} alerts: {s['alert_e2e_ms']}; loader lag p99 {s['loader_lag_p99_ms']} ms), "
+              f" ({s['alerts']} alerts: {s['alert_e2e_ms']}; probes in the burst: {s['alert_burst_ms']}; "
+              f"loader lag p99 {s['loader_lag_p99_ms']} ms), "
               f"frames lost {s['frame_loss']:.3f}, calls {s['calls']} ({s['calls_failed']} failed), doses missing "
               f"{s['doses_missing']}, readings {s['bp_acked']}/{s['bp_sent']} acked {s['bp_stored']} stored, reminders "
               f"stored {s['reminders_stored']}; {s['store_cmds_per_patient']:.1f} store cmds per patient, CPU server "
@@ -284,6 +290,7 @@ def figures(s: Server, suffix: str) -> dict[str, Any]:
             f"alert_e2e_p99_ms_idle{suffix}": rounded(pct(idle, 99)),
             f"alert_e2e_ratio{suffix}": rounded(best["alert_e2e_p99_ms"] / pct(idle, 99))
             if best.get("alert_e2e_p99_ms") and idle else None,  # under the rush against idle: the goal is <= 2
+            f"alert_burst_ms{suffix}": best.get("alert_burst_ms"),
             f"top_reached{suffix}": s.failed_at is not None}
 
 
