@@ -19,7 +19,7 @@ from beanie.operators import In
 from devices.documents import BoxEvent, Device, MedicineBoxState
 from devices.medicine_box import BoxCommand, BoxDrawers, BoxHello, DrawerEvent
 from server.care.access import require_patient
-from server.core.documents import claimed_by, passed, utcnow
+from server.core.documents import claimed_by, in_chunks, passed, utcnow
 from server.core.errors import ApiError, forbidden
 from server.core.gather import Gathered
 from server.core.i18n import Text
@@ -29,7 +29,6 @@ from server.transport.events import EventContext
 
 log = logging.getLogger(__name__)
 BACKOFF_S = (1, 2, 4, 8, 16, 30)  # wait before resending an unacknowledged command; then give up
-IN_CHUNK = 50  # ids per {"$in": ...}: the embedded store compares each candidate with every id (B² for B ids)
 ACK_WINDOW_S = 0.02
 
 
@@ -66,11 +65,12 @@ class MedicineBox:
     async def boxes_of(patient_ids: list[Any]) -> dict[Any, list[PydanticObjectId]]:
         """Each patient's boxes, in one query (a batch of due doses is one lookup, not one per patient)."""
         out: dict[Any, list[PydanticObjectId]] = {pid: [] for pid in patient_ids}
-        found = Device.find(In(Device.patient_id, list(out)), Device.kind == "medicine_box",
-                            Device.revoked_at == None)  # noqa: E711
-        async for d in found:
-            if d.id is not None:
-                out[d.patient_id].append(d.id)
+        for chunk in in_chunks(out):
+            found = Device.find(In(Device.patient_id, chunk), Device.kind == "medicine_box",
+                                Device.revoked_at == None)  # noqa: E711
+            async for d in found:
+                if d.id is not None:
+                    out[d.patient_id].append(d.id)
         return out
 
     async def command(self, device_id: PydanticObjectId, cmd: BoxCommand, dose_id: Any = None) -> None:
@@ -84,9 +84,9 @@ class MedicineBox:
 
     async def _mark_acked(self, dose_ids: set[Any]) -> None:
         """The doses' commands were acknowledged: no more resends."""
-        ids, now = sorted(dose_ids), utcnow()
-        for i in range(0, len(ids), IN_CHUNK):
-            await self.scheduler.doses.update_many({"_id": {"$in": ids[i:i + IN_CHUNK]}, "box_acked_at": None},
+        now = utcnow()
+        for chunk in in_chunks(sorted(dose_ids)):
+            await self.scheduler.doses.update_many({"_id": {"$in": chunk}, "box_acked_at": None},
                                                    {"$set": {"box_acked_at": now, "box_next_at": None}})
 
     @staticmethod
@@ -105,10 +105,9 @@ class MedicineBox:
         if not sends:
             return
         wait = utcnow() + timedelta(seconds=BACKOFF_S[0])
-        ids = sorted({d["_id"] for _, d in sends})
-        for i in range(0, len(ids), IN_CHUNK):
+        for chunk in in_chunks(sorted({d["_id"] for _, d in sends})):
             await self.scheduler.doses.update_many(
-                {"_id": {"$in": ids[i:i + IN_CHUNK]}, "box_attempts": {"$in": [0, None]}},
+                {"_id": {"$in": chunk}, "box_attempts": {"$in": [0, None]}},
                 {"$set": {"box_attempts": 1, "box_next_at": wait}})
         for device_id, d in sends:
             await URGENCY.give_way()  # an alert being raised goes first

@@ -26,14 +26,13 @@ from server.alerts.push_outbox import Outbox, deadline_of
 from server.alerts.push_providers import Provider, PushMessage
 from server.care.documents import Membership
 from server.core.config import Settings
-from server.core.documents import utcnow
+from server.core.documents import in_chunks, utcnow
 from server.core.errors import ApiError, forbidden
 from server.core.identity import Principal
 from server.infra import safe_url
 
 log = logging.getLogger(__name__)
 TOKENS_PER_USER = 20
-IN_CHUNK = 100  # users per registrations query
 VISIBLE: list[ProviderName] = ["fcm", "apns", "webpush", "webhook"]  # registrations that show notifications
 RINGING: list[ProviderName] = ["apns-voip", "fcm"]  # a device's PushKit token, else its FCM token
 
@@ -129,9 +128,8 @@ class PushDispatcher:
         wanted = None if devices is None else {str(u): set(d) for u, d in devices.items()}
         users = list({note.user_id for note in notes})
         by_user: dict[Any, list[PushToken]] = {}
-        found = await asyncio.gather(*(  # SecantusDB answers an $in of 1,000 ids in seconds, of 100 in tens of ms
-            PushToken.find(In(PushToken.user_id, users[i:i + IN_CHUNK])).to_list()
-            for i in range(0, len(users), IN_CHUNK)))
+        found = await asyncio.gather(*(PushToken.find(In(PushToken.user_id, chunk)).to_list()
+                                       for chunk in in_chunks(users)))
         for token in (t for chunk in found for t in chunk):
             if token.provider in VISIBLE and token.provider in self.providers and (
                     wanted is None or token.device_id in wanted.get(str(token.user_id), ())):

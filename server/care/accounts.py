@@ -12,6 +12,7 @@ from beanie import PydanticObjectId
 from server.care import audit
 from server.care.documents import User
 from server.care.uploads import Uploads
+from server.core.documents import in_chunks
 from server.core.gather import Gathered
 from server.core.identity import Client, Principal
 from server.core.ports import Broadcaster
@@ -27,8 +28,9 @@ async def _read_languages(stale: set[PydanticObjectId]) -> None:
     now = time.monotonic()
     if len(_languages) > 100_000:
         _languages.clear()
-    async for doc in User.get_pymongo_collection().find({"_id": {"$in": list(stale)}}, {"language": 1}):
-        _languages[doc["_id"]] = (now, doc.get("language") or "en")
+    for chunk in in_chunks(stale):
+        async for doc in User.get_pymongo_collection().find({"_id": {"$in": chunk}}, {"language": 1}):
+            _languages[doc["_id"]] = (now, doc.get("language") or "en")
 
 
 _read_stale: Gathered[PydanticObjectId, None] = Gathered(_read_languages)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from beanie import Document
 from beanie.odm.queries.find import FindMany, FindOne
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -73,6 +75,19 @@ def claimed_by(owner: str, token: str, ids: Iterable[Any]) -> dict[str, Any]:
     its documents."""
     ids = list(ids)
     return {"_id": {"$gte": min(ids), "$lte": max(ids)}, owner: token}
+
+
+IN_CHUNK = 50  # ids per {"$in": ...} query
+
+
+def in_chunks(ids: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
+    """``ids`` in slices for ``{"$in": ...}`` queries, one command each. The embedded store compares each
+    candidate document with every listed id (B² for B ids): the medicine boxes of a 500-dose batch looked up in one
+    query held the store's one core for 300-400 ms in the ``rush`` bench's 08:00 burst, and every other command
+    (an alert's among them) waited; in slices of 50 it is a tenth of the work."""
+    ids = list(ids)
+    for i in range(0, len(ids), size):
+        yield ids[i:i + size]
 
 
 def aware(dt: datetime) -> datetime:
