@@ -28,9 +28,11 @@ call set up, and nothing lost: every dose reached its phone, every reading ackno
 reminder notification stored (waited for up to STORED_S after the window, not past the budget: each arrives on its
 phone once stored, and the loaders are asked, not the store; the store is counted once the measuring ends).
 
-Two servers, ``off`` and ``on``, share the store (each its own database and accounts) and take turns, step by step,
+Two servers, ``off`` and ``on``, share the store (each its own database and accounts; ``on`` keeps its bulk collections
+in a second store process, as a server on the embedded store does, and ``off`` everything in the one store, as
+before; ``store_cpu_s`` is both stores', ``bulk_store_cpu_s`` the second's) and take turns, step by step,
 who goes first alternating from one turn to the next (the step that follows another has shown a third to a half more
-store CPU: what the first left to the store in the background), each step starting once the store has settled (under
+store CPU: what the first left to the store in the background), each step starting once the stores have settled (under
 a tenth of a core over half a second, waited for up to SETTLE_MAX_S: ``settle_s``), so that neither's leftover work
 runs into the other's figures. Each searches N from N_FROM doubling until a step fails (halving if the first fails),
 then once between the last passing step and the failing one, a turn taken only if it fits in what is left of the
@@ -91,11 +93,14 @@ def role_of(i: int) -> dict[str, bool]:
 class Server:
     """One configuration: its server, database, seeded patients and load generators; its step search."""
 
-    def __init__(self, config: str, store: Store, tmp: Path) -> None:
+    def __init__(self, config: str, store: Store, bulk: Store, tmp: Path) -> None:
         self.config, self.store, self.db_name = config, store, f"bench_rush_{config}"
+        self.bulk = bulk if config == "on" else None  # the bulk collections' own store: "on" only
+        self.stores = [store, bulk]  # both settle before a step, whoever's it is
         self.proc, self.url, _ = start_server(str(tmp / f"data-{config}"), **server_env(store.url, self.db_name),
                                               **UNLIMITED, HEALTHMATE_GROUP_COMMIT=config,
-                                              HEALTHMATE_URGENT_FIRST=config)
+                                              HEALTHMATE_URGENT_FIRST=config,
+                                              **({"HEALTHMATE_BULK_MONGODB_URL": bulk.url} if self.bulk else {}))
         self.loaders = Helpers(loader_main, [() for _ in range(LOADERS)])
         self.rows: list[dict[str, Any]] = []
         self.steps: list[dict[str, Any]] = []
@@ -104,7 +109,11 @@ class Server:
         self.idle_e2e: list[float | None] = []
         self.client: AsyncMongoClient = AsyncMongoClient(store.url, tz_aware=True)
         self.db = self.client[self.db_name]
-        self.window = Window(CpuMeter(server=lambda: server_pids(self.proc.pid), store=[store.pid]), (self.url,))
+        self.bulk_client: AsyncMongoClient | None = AsyncMongoClient(bulk.url, tz_aware=True) if self.bulk else None
+        self.bulk_db = self.bulk_client[self.db_name] if self.bulk_client else self.db  # doses, notifications
+        pids = {"store": [store.pid, *([bulk.pid] if self.bulk else [])], **({"bulk_store": [bulk.pid]} if self.bulk
+                                                                             else {})}
+        self.window = Window(CpuMeter(server=lambda: server_pids(self.proc.pid), **pids), (self.url,))
 
     async def grow(self, n: int) -> None:
         """Seed and connect patients up to ``n``."""
@@ -134,7 +143,7 @@ class Server:
                 for i, r in enumerate(self.rows[:n])]
         ids = []
         for k in range(0, n, 2000):
-            ids += (await self.db.dose_events.insert_many(rows[k:k + 2000])).inserted_ids
+            ids += (await self.bulk_db.dose_events.insert_many(rows[k:k + 2000])).inserted_ids
         return [str(i) for i in ids]
 
     async def settle(self) -> float:
@@ -143,10 +152,10 @@ class Server:
         waited."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < SETTLE_MAX_S:
-            before = cpu_s(self.store.pid)
+            before = [cpu_s(s.pid) for s in self.stores]
             await asyncio.sleep(0.5)
-            after = cpu_s(self.store.pid)
-            if before is None or after is None or after - before < QUIET_CORE * 0.5:
+            after = [cpu_s(s.pid) for s in self.stores]
+            if all(b is None or a is None or a - b < QUIET_CORE * 0.5 for b, a in zip(before, after, strict=True)):
                 break
         return time.monotonic() - t0
 
@@ -156,7 +165,7 @@ class Server:
         grow_s = time.monotonic() - t
         settle_s = await self.settle()
         readings_before = await self.db.bp_readings.count_documents({})
-        reminders_before = await self.db.notifications.count_documents({"kind": "reminder"})
+        reminders_before = await self.bulk_db.notifications.count_documents({"kind": "reminder"})
         due = datetime.now(UTC) + timedelta(seconds=2.0 + n / 2000)
         ids = await self.doses(n, due)
         due_s = due.timestamp()
@@ -191,10 +200,11 @@ class Server:
                 break
             await asyncio.sleep(0.5)
         self.window.close()
-        out.update({"reminders_stored": await self.db.notifications.count_documents({"kind": "reminder"})
+        out.update({"reminders_stored": await self.bulk_db.notifications.count_documents({"kind": "reminder"})
                     - reminders_before, "bp_stored": await self.db.bp_readings.count_documents({}) - readings_before,
                     "store_cmds_per_patient": (self.window.store_commands or 0) / n,
                     "server_cpu_s": self.window.cpu.get("server"), "store_cpu_s": self.window.cpu.get("store"),
+                    "bulk_store_cpu_s": self.window.cpu.get("bulk_store"),
                     "seconds": self.window.seconds, "settle_s": round(settle_s, 1), "grow_s": round(grow_s, 1)})
         out["passed"] = self.passes(out)
         return out
@@ -233,21 +243,25 @@ class Server:
               f"frames lost {s['frame_loss']:.3f}, calls {s['calls']} ({s['calls_failed']} failed), doses missing "
               f"{s['doses_missing']}, readings {s['bp_acked']}/{s['bp_sent']} acked {s['bp_stored']} stored, reminders "
               f"stored {s['reminders_stored']}; {s['store_cmds_per_patient']:.1f} store cmds per patient, CPU server "
-              f"{s['server_cpu_s']:.1f} s store {s['store_cpu_s']:.1f} s (the store settled {s['settle_s']} s)",
+              f"{s['server_cpu_s']:.1f} s store {s['store_cpu_s']:.1f} s"
+              + (f" (of it the bulk store {s['bulk_store_cpu_s']:.1f} s)" if s.get("bulk_store_cpu_s") is not None
+                 else "") + f" (the stores settled {s['settle_s']} s)",
               flush=True)
 
     async def close(self) -> None:
         await self.loaders.stop()
         await self.client.close()
+        if self.bulk_client is not None:
+            await self.bulk_client.close()
         stop(self.proc)
 
 
 async def run(budget: Budget, tmp: Path) -> dict[str, Server]:
-    with embedded_store(tmp / "store") as store:
+    with embedded_store(tmp / "store") as store, embedded_store(tmp / "bulk") as bulk:
         servers: dict[str, Server] = {}
         try:
             for config in CONFIGS:
-                servers[config] = Server(config, store, tmp)
+                servers[config] = Server(config, store, bulk, tmp)
             for s in servers.values():
                 await s.grow(N_FROM)
                 holder = next(i for i in range(N_FROM) if role_of(i)["crisis"]) % LOADERS  # its sockets' loader
@@ -285,7 +299,7 @@ def figures(s: Server, suffix: str) -> dict[str, Any]:
     best = s.best or {}
     idle = [x for x in s.idle_e2e if x is not None]
     keys = ("reminder_p99_ms", "bp_ack_p99_ms", "alert_e2e_p99_ms", "store_cmds_per_patient", "server_cpu_s",
-            "store_cpu_s", "frame_loss", "call_setup_p99_ms")
+            "store_cpu_s", "bulk_store_cpu_s", "frame_loss", "call_setup_p99_ms")
     return {f"patients{suffix}": best.get("patients", 0), **{f"{k}{suffix}": rounded(best.get(k)) for k in keys},
             f"alert_e2e_p99_ms_idle{suffix}": rounded(pct(idle, 99)),
             f"alert_e2e_ratio{suffix}": rounded(best["alert_e2e_p99_ms"] / pct(idle, 99))
@@ -311,7 +325,8 @@ def main() -> None:
          note=f"08:00-08:05 compressed into {WINDOW_S:g} s (x{COMPRESSION:g}); figures of the largest passing step; "
               "off = HEALTHMATE_GROUP_COMMIT=off and HEALTHMATE_URGENT_FIRST=off (the path before issue 18, as far as "
               "settings reach), on = both on",
-         process="one healthmate serve", store="embedded SecantusDB")
+         process="one healthmate serve",
+         store="embedded SecantusDB (on: the bulk collections in a second process; store_cpu_s is both's)")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,13 @@ log = logging.getLogger(__name__)
 DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, *vitals_documents.DOCUMENTS, *call_documents.DOCUMENTS,
                                    *alert_documents.DOCUMENTS, *meds_documents.DOCUMENTS, *device_documents.DOCUMENTS,
                                    *streaming_documents.DOCUMENTS]
+# Of them, what bulk work writes (08:00's doses, their claims and box states, reminder notifications, waveform
+# history): in a store of their own where there is one (server.lifecycle.connected), so that alerts never share
+# the embedded store's one core with it. Each is read and written through its own class only (no query joins
+# it with another collection).
+BULK_DOCUMENTS: list[type[Document]] = [meds_documents.DoseEvent, meds_documents.DoseClaim,
+                                        device_documents.MedicineBoxState, alert_documents.Notification,
+                                        streaming_documents.WaveBucket]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
@@ -181,7 +188,7 @@ def create_app(settings: Settings) -> web.Application:
     overview_api.mount(mount)
     _doc_routes(mount)
     setup_dashboard(app, mount, settings.trust_forwarded)
-    app.cleanup_ctx.append(lambda _app: lifecycle(server, DOCUMENTS))
+    app.cleanup_ctx.append(lambda _app: lifecycle(server, DOCUMENTS, BULK_DOCUMENTS))
     app.on_shutdown.append(lambda _app: stop_demo(server))
     app.on_shutdown.append(lambda _app: stop_socketio(server))
     return app

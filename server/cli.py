@@ -52,15 +52,15 @@ async def _long_lived(_app: web.Application) -> None:
 
 
 def migrate(args: argparse.Namespace) -> None:
-    from server.app import DOCUMENTS
+    from server.app import BULK_DOCUMENTS, DOCUMENTS
     from server.infra.migrations import run_migrations
     from server.lifecycle import connected
 
     settings = settings_from(args)
 
     async def run() -> None:
-        async with connected(settings, DOCUMENTS) as (client, _store):
-            applied = await run_migrations(client[settings.mongodb_db])
+        async with connected(settings, DOCUMENTS, BULK_DOCUMENTS) as stores:
+            applied = await run_migrations(stores.client[settings.mongodb_db], BULK_DOCUMENTS)
             print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
 
     asyncio.run(run())
@@ -69,7 +69,7 @@ def migrate(args: argparse.Namespace) -> None:
 def org_create(args: argparse.Namespace) -> None:
     """The organisation and its first admin: an existing account at once, or a single-use invitation link for
     the email, printed (and mailed where SMTP is configured)."""
-    from server.app import DOCUMENTS
+    from server.app import BULK_DOCUMENTS, DOCUMENTS
     from server.care.orgs import create_org, invitation_link
     from server.core.errors import ApiError
     from server.infra.mailer import Mailer
@@ -79,7 +79,7 @@ def org_create(args: argparse.Namespace) -> None:
     mailer = Mailer.from_settings(settings)
 
     async def run() -> None:
-        async with connected(settings, DOCUMENTS):
+        async with connected(settings, DOCUMENTS, BULK_DOCUMENTS):
             org, admin, token = await create_org(args.name, args.admin, settings.invitation_ttl_s)
         print(f"organisation {org.name!r} created: {org.id}")
         if admin is not None:

@@ -39,7 +39,7 @@ async def _close(registry: Any) -> None:
 def train(args: argparse.Namespace) -> None:
     from ml.bp_cohort import describe, generate_cohort
     from ml.bp_model import MODEL_NAME, train_bp
-    from server.app import DOCUMENTS
+    from server.app import BULK_DOCUMENTS, DOCUMENTS
     from server.core.config import settings_from
     from server.lifecycle import connected
     from server.streaming.history import AnalysisChunk
@@ -48,7 +48,7 @@ def train(args: argparse.Namespace) -> None:
     settings = settings_from(args)
 
     async def run() -> int:
-        async with connected(settings, DOCUMENTS):
+        async with connected(settings, DOCUMENTS, BULK_DOCUMENTS):
             if args.from_store:
                 history = BPHistory(AnalysisChunk.get_pymongo_collection)
                 cohort = [s async for s in history.store_cohort(args.min_readings)]
@@ -82,7 +82,7 @@ def train(args: argparse.Namespace) -> None:
 
 
 def models(args: argparse.Namespace) -> None:
-    from server.app import DOCUMENTS
+    from server.app import BULK_DOCUMENTS, DOCUMENTS
     from server.core.config import settings_from
     from server.core.errors import ApiError
     from server.lifecycle import connected
@@ -90,7 +90,7 @@ def models(args: argparse.Namespace) -> None:
     settings = settings_from(args)
 
     async def run() -> int:
-        async with connected(settings, DOCUMENTS):
+        async with connected(settings, DOCUMENTS, BULK_DOCUMENTS):
             registry = _registry(settings)
             try:
                 if args.action == "list":

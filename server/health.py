@@ -72,10 +72,12 @@ def mount(m: Mount, server: Server) -> None:
         checks: dict[str, str] = {}
         if server.mongo is None:
             checks["store"] = "down: not connected"
-        elif server.store is not None and not server.store.healthy:
-            checks["store"] = "down: embedded store process is not running"
+        elif server.stores is not None and (down := [s for s in server.stores.embedded if not s.healthy]):
+            checks["store"] = f"down: embedded store process is not running ({down[0].data_dir})"
         else:
             checks["store"] = await _check(server.mongo.admin.command("ping"))
+            if server.stores is not None and server.stores.bulk is not None and checks["store"] == "ok":
+                checks["store"] = await _check(server.stores.bulk.admin.command("ping"))
         if server.redis is not None:
             checks["redis"] = await _check(server.redis.ping())
         if all(v == "ok" for v in checks.values()):

@@ -1,5 +1,5 @@
-"""Start-up and shutdown: the store (the embedded one when no MongoDB URL is set), Beanie on every
-concern's documents, migrations, then each component started in order and stopped in reverse."""
+"""Start-up and shutdown: the store (the embedded one when no MongoDB URL is set) and the bulk store, Beanie on
+every concern's documents, migrations, then each component started in order and stopped in reverse."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from beanie import Document
+from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
@@ -61,35 +62,68 @@ class Server:
     mqtt: MqttBridge | None
     components: list[Component] = field(default_factory=list)  # started in this order, stopped in reverse
     mongo: AsyncMongoClient | None = None  # while running
-    store: EmbeddedStore | None = None  # the embedded store, when no MongoDB URL is set
+    stores: Stores | None = None  # while running
     demo: asyncio.Task[None] | None = None
 
 
+@dataclass
+class Stores:
+    """The clients of one process and the embedded store processes it started (none on MongoDB)."""
+
+    client: AsyncMongoClient  # everything but the bulk collections
+    bulk: AsyncMongoClient | None  # the bulk collections', when they have a store of their own
+    embedded: list[EmbeddedStore]
+
+
+async def _embedded(data_dir: Path, started: list[EmbeddedStore]) -> str:
+    store = EmbeddedStore(data_dir)
+    started.append(store)
+    url = await store.start()
+    log.info("data lives in %s", store.data_dir)
+    return url
+
+
 @contextlib.asynccontextmanager
-async def connected(settings: Settings, documents: Sequence[type[Document]], migrate: bool = False,
-                    **client_options: Any) -> AsyncIterator[tuple[AsyncMongoClient, EmbeddedStore | None]]:
-    """The store with Beanie initialised (and migrations applied if ``migrate``); yields the PyMongo client
-    and the embedded store this started, if it started one."""
-    store = None
-    url = settings.mongodb_url
-    if url is None:
-        store = EmbeddedStore(settings.data_dir)
-        url = await store.start()
-        log.info("data lives in %s", settings.data_dir.resolve())
-    client = make_client(url, **client_options)
-    COMMITS.enabled = settings.group_commit
-    URGENCY.enabled = settings.urgent_first
+async def connected(settings: Settings, documents: Sequence[type[Document]], bulk: Sequence[type[Document]] = (),
+                    migrate: bool = False, **client_options: Any) -> AsyncIterator[Stores]:
+    """The store with Beanie initialised (and migrations applied if ``migrate``).
+
+    ``bulk`` (some of ``documents``: what bulk work writes, see ``server.app.BULK_DOCUMENTS``) lives in a store of
+    its own when there is one (``HEALTHMATE_BULK_MONGODB_URL``; on the embedded store, a second store process under
+    ``<data dir>/bulk``): the embedded store is one Python process, whose threads take turns on one core, so an
+    alert's commands arriving while hundreds of doses are being claimed and marked waited for them (``rush``
+    bench); in a process of their own, the operating system shares the cores between the two. A data dir from before
+    has its bulk documents moved there once its migrations have run (``migrate``)."""
+    started: list[EmbeddedStore] = []
+    clients: list[AsyncMongoClient] = []
+    url, bulk_url = settings.mongodb_url, settings.bulk_mongodb_url
     try:
+        if url is None:
+            url = await _embedded(settings.data_dir, started)
+            if bulk_url is None and bulk:
+                bulk_url = await _embedded(settings.data_dir / "bulk", started)
+        client = make_client(url, **client_options)
+        clients.append(client)
+        bulk_client = None
+        if bulk_url is not None and bulk:
+            bulk_client = make_client(bulk_url, "healthmate-bulk", **client_options)
+            clients.append(bulk_client)
+        COMMITS.enabled = settings.group_commit
+        URGENCY.enabled = settings.urgent_first
         if settings.urgent_first:
             await URGENT_LANE.open(client, url, **client_options)
-        await init_documents(client, settings.mongodb_db, list(documents))
-        if migrate and (applied := await run_migrations(client[settings.mongodb_db])):
+        own = [d for d in documents if bulk_client is None or d not in bulk]
+        await init_documents(client, settings.mongodb_db, own)
+        if bulk_client is not None:
+            await init_beanie(database=bulk_client[settings.mongodb_db], document_models=list(bulk))
+        if migrate and (applied := await run_migrations(client[settings.mongodb_db], bulk)):
             log.info("applied migrations: %s", ", ".join(applied))
-        yield client, store
+        yield Stores(client, bulk_client, started)
     finally:
-        await URGENT_LANE.close(client)
-        await client.close()
-        if store is not None:
+        for client in clients:
+            await URGENT_LANE.close(client)
+            await client.close()
+        for store in reversed(started):
             await store.stop()
 
 
@@ -112,12 +146,13 @@ async def running(components: Sequence[Component]) -> AsyncIterator[None]:
                 log.exception("stopping %s failed", type(component).__name__)
 
 
-async def lifecycle(server: Server, documents: Sequence[type[Document]]) -> AsyncIterator[None]:
+async def lifecycle(server: Server, documents: Sequence[type[Document]], bulk: Sequence[type[Document]] = (),
+                    ) -> AsyncIterator[None]:
     """aiohttp's cleanup context for the whole server."""
     settings = server.settings
-    async with connected(settings, documents, migrate=True,
-                         serverSelectionTimeoutMS=settings.store_timeout_ms) as (client, store):
-        server.mongo, server.store = client, store
+    async with connected(settings, documents, bulk, migrate=True,
+                         serverSelectionTimeoutMS=settings.store_timeout_ms) as stores:
+        server.mongo, server.stores = stores.client, stores
         try:
             async with running(server.components):
                 if settings.demo:

@@ -65,10 +65,13 @@ async def serve_workers(settings: Settings, workers: int) -> None:
     env = {**os.environ, "HEALTHMATE_HOST": settings.host, "HEALTHMATE_PORT": str(settings.port),
            "HEALTHMATE_DATA_DIR": str(settings.data_dir), "HEALTHMATE_JWT_SECRET": settings.secret,
            MULTIPROC_ENV: tempfile.mkdtemp(prefix="healthmate-metrics-")}  # 0700, this server's alone
-    store = None
-    if settings.mongodb_url is None:
-        store = EmbeddedStore(settings.data_dir)
-        env["HEALTHMATE_MONGODB_URL"] = await store.start()
+    stores: list[EmbeddedStore] = []
+    if settings.mongodb_url is None:  # the embedded store and the bulk store (server.lifecycle.connected), shared
+        stores = [EmbeddedStore(settings.data_dir)]
+        if settings.bulk_mongodb_url is None:
+            stores.append(EmbeddedStore(settings.data_dir / "bulk"))
+        for store, key in zip(stores, ("HEALTHMATE_MONGODB_URL", "HEALTHMATE_BULK_MONGODB_URL"), strict=False):
+            env[key] = await store.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -77,7 +80,7 @@ async def serve_workers(settings: Settings, workers: int) -> None:
     try:
         await asyncio.gather(*[_run_worker(i, env, stopping) for i in range(workers)])
     finally:
-        if store is not None:
+        for store in reversed(stores):
             with contextlib.suppress(Exception):
                 await store.stop()
         shutil.rmtree(env[MULTIPROC_ENV], ignore_errors=True)

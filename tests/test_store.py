@@ -18,8 +18,9 @@ from pymongo import monitoring
 
 from server.app import DOCUMENTS, SERVER, create_app
 from server.infra.embedded_store import EmbeddedStore
-from server.infra.migrations import MIGRATIONS, MigrationRecord, run_migrations
+from server.infra.migrations import MIGRATIONS, MigrationRecord, move_collection, run_migrations
 from server.infra.store import init_documents, make_client
+from server.meds.documents import DoseEvent
 from tests.conftest import make_settings
 from tests.helpers import Api
 
@@ -77,14 +78,17 @@ async def test_data_survives_store_restart(tmp_path: Path) -> None:
     await again.stop()
 
 
-async def test_readyz_reports_store_crash_and_recovery(tmp_path: Path, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("which", [0, 1], ids=["main", "bulk"])
+async def test_readyz_reports_store_crash_and_recovery(which: int, tmp_path: Path, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings("unused", tmp_path, mongodb_url=None)
     server = await aiohttp_server(create_app(settings))
     base = str(server.make_url("")).rstrip("/")
     async with Api(base) as api, ClientSession() as http:
         user = await api.register("patient")
-        store = server.app[SERVER].store
-        assert store is not None and store.path == (tmp_path / "db").resolve()
+        stores = server.app[SERVER].stores
+        assert stores is not None and [s.path for s in stores.embedded] == [(tmp_path / "db").resolve(),
+                                                                            (tmp_path / "bulk" / "db").resolve()]
+        store = stores.embedded[which]
         async with http.get(base + "/readyz") as resp:
             assert resp.status == 200
         assert store.proc is not None
@@ -104,6 +108,47 @@ async def test_readyz_reports_store_crash_and_recovery(tmp_path: Path, aiohttp_s
         assert resp.status == 200
         status, me = await api.request("GET", "/api/me", user)
         assert status == 200 and me["id"] == user.id
+
+
+async def test_a_data_dir_from_before_the_bulk_store_has_its_bulk_documents_moved_there(
+        tmp_path: Path, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
+    """The embedded store's server keeps its bulk collections in a second store process under <data dir>/bulk; a data
+    dir whose store still holds them (written before) has them moved there at start-up, and served from there."""
+    settings = make_settings("unused", tmp_path, mongodb_url=None)
+    old = EmbeddedStore(tmp_path)
+    await old.start()
+    client = make_client(old.url)
+    patient = ObjectId()
+    due = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
+    await client[settings.mongodb_db].dose_events.insert_many([
+        {"schema_version": 1, "patient_id": patient, "medication_id": ObjectId(), "slot": f"s{i}", "timezone": "UTC",
+         "due_at": due, "medication_name": "Metformin", "dose": "1 tablet", "drawer": 1, "state": "confirmed"}
+        for i in range(3)])
+    await client[settings.mongodb_db].notifications.insert_one({"user_id": patient, "kind": "reminder"})
+    await client.close()
+    await old.stop()
+
+    server = await aiohttp_server(create_app(settings))
+    stores = server.app[SERVER].stores
+    assert stores.bulk is not None
+    main, bulk = stores.client[settings.mongodb_db], stores.bulk[settings.mongodb_db]
+    assert await main.dose_events.count_documents({}) == 0 and await main.notifications.count_documents({}) == 0
+    assert await bulk.dose_events.count_documents({"patient_id": patient}) == 3
+    assert await bulk.notifications.count_documents({"user_id": patient}) == 1
+    assert {d.slot for d in await DoseEvent.find(DoseEvent.patient_id == patient).to_list()} == {"s0", "s1", "s2"}
+
+
+async def test_a_move_cut_short_is_taken_up_again_keeping_what_was_copied(store: EmbeddedStore) -> None:
+    """Copied, then dropped where it was: a move that died between the two copies again (what is there already is
+    kept) and then drops."""
+    client = make_client(store.url)
+    source, target = client.hm_move.source, client.hm_move_target.target
+    await source.insert_many([{"_id": i, "n": i} for i in range(2500)])
+    await target.insert_many([{"_id": i, "n": i} for i in range(1200)])  # a first move copied these, then died
+    assert await move_collection(source, target) == 1300
+    assert await target.count_documents({}) == 2500 and await source.count_documents({}) == 0
+    assert await move_collection(source, target) == 0  # nothing left: nothing done
+    await client.close()
 
 
 async def test_migrations_run_once_in_order(store: EmbeddedStore) -> None:

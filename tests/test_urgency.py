@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,51 @@ async def test_a_crisis_alert_reaches_the_care_team_while_the_store_holds_every_
         assert (await normal)["data"]["category"] != "hypertensive_crisis"
         readings = await BPReading.find(BPReading.patient_id == PydanticObjectId(patient.id)).count()
         assert readings == 2
+
+
+@pytest.fixture
+async def bulk_store(tmp_path: Path) -> AsyncIterator[EmbeddedStore]:
+    """A store for one server's bulk collections (as the embedded store's server starts under <data dir>/bulk), with
+    failpoints; it outlives the server (requested before ``aiohttp_server``)."""
+    bulk = EmbeddedStore(tmp_path / "bulk-store", test_commands=True)
+    await bulk.start()
+    yield bulk
+    await bulk.stop()
+
+
+async def test_an_alert_goes_through_while_the_bulk_store_holds_every_command(
+        bulk_store: EmbeddedStore, store: EmbeddedStore, tmp_path: Path, aiohttp_server: Any) -> None:
+    """Bulk work's collections (doses, claims, box states, notifications, waveform history) live in a store of their
+    own: with every command of that store held, a dose falling due waits (its claim is held), while a reading in
+    crisis is stored and its alert reaches the caregiver; once the store lets go, the dose arrives: nothing lost."""
+    settings = make_settings(store.url, tmp_path, bulk_mongodb_url=bulk_store.url)
+    server = await aiohttp_server(create_app(settings))
+    async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:
+        patient, carer = await api.register("patient"), await api.register("caregiver")
+        await api.link(patient, carer)
+        p_sock, c_sock = await api.socket(patient), await api.socket(carer)
+        med = await create(p_sock, patient.id, schedule={"times": ["03:00"]})
+        dose = await add_dose(patient, med, utcnow() + timedelta(seconds=0.5))
+        admin: AsyncMongoClient[Any] = AsyncMongoClient(bulk_store.url)
+        hold = {"configureFailPoint": "failCommand", "mode": "alwaysOn",
+                "data": {"blockConnection": True, "blockTimeMS": HELD_MS,
+                         "failCommands": ["find", "insert", "update", "delete", "findAndModify", "getMore", "count"]}}
+        try:
+            await admin.admin.command(hold)
+            await asyncio.sleep(1.0)  # the dose is due, and its claim held
+            urgent = asyncio.ensure_future(p_sock.call("bp:add", crisis(), timeout=60))
+            (alert,) = await c_sock.events.wait("alert:new", timeout=HELD_MS / 1000 * 0.5)
+            assert alert["kind"] == "bp_crisis"
+            assert p_sock.events.of("dose:due") == []
+        finally:
+            await admin.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+            await admin.close()
+        (due,) = await p_sock.events.wait("dose:due", timeout=HELD_MS / 1000 * 4)
+        assert due["id"] == str(dose.id)
+        assert (await urgent)["data"]["category"] == "hypertensive_crisis"
+        for url, doses in ((bulk_store.url, 1), (store.url, 0)):  # the dose in the bulk store, not in the main one
+            async with AsyncMongoClient(url) as client:
+                assert await client[settings.mongodb_db].dose_events.count_documents({"_id": dose.id}) == doses
 
 
 async def test_each_client_of_the_same_store_keeps_its_own_urgent_lane(store: EmbeddedStore) -> None:

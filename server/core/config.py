@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     data_dir: Path = Path("data")
     mongodb_url: str | None = None
+    # The bulk collections' store (server.app.BULK_DOCUMENTS): unset, a second embedded store process under
+    # <data dir>/bulk when the store is embedded, else the same store as the rest.
+    bulk_mongodb_url: str | None = None
     mongodb_db: str = "healthmate"
     redis_url: str | None = None
     jwt_secret: SecretStr | None = None

@@ -13,14 +13,18 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
+from beanie import Document
 from pydantic import Field
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from server.core.documents import StoredDocument, utcnow
+from server.infra.bulk import insert_new
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +129,10 @@ async def _acquire_lock(db: AsyncDatabase, owner: str, ttl_s: float = 120) -> No
             await asyncio.sleep(0.2)
 
 
-async def run_migrations(db: AsyncDatabase) -> list[str]:
-    """Apply every migration not yet recorded, in order; return the names applied now."""
+async def run_migrations(db: AsyncDatabase, moved: Sequence[type[Document]] = ()) -> list[str]:
+    """Apply every migration not yet recorded, in order; return the names applied now. Then the documents of
+    ``moved`` that are still in ``db`` while their class is bound to another store (a data dir from before the bulk
+    store) go there: after the migrations, which may still rewrite them where they were."""
     owner = f"{socket.gethostname()}:{os.getpid()}"
     await _acquire_lock(db, owner)
     applied: list[str] = []
@@ -140,6 +146,31 @@ async def run_migrations(db: AsyncDatabase) -> list[str]:
             await MigrationRecord(id=name, duration_ms=(time.perf_counter() - started) * 1000).insert()
             log.info("migration %s applied", name)
             applied.append(name)
+        for document in moved:
+            target = document.get_pymongo_collection()
+            if target.database.client is not db.client:
+                await move_collection(db[target.name], target)
     finally:
         await db["locks"].delete_one({"_id": "migrations", "owner": owner})
     return applied
+
+
+async def move_collection(source: AsyncCollection[Any], target: AsyncCollection[Any], batch: int = 1000) -> int:
+    """Every document of ``source`` copied into ``target`` (those already there kept), then ``source`` dropped: a
+    move cut short (a crash) is taken up again by the next one, and nothing is dropped before all of it is durable
+    where it goes. Returns how many documents were copied."""
+    if await source.find_one({}, {"_id": 1}) is None:
+        return 0
+    copied = 0
+    rows: list[dict[str, Any]] = []
+    async for doc in source.find({}, sort=[("_id", 1)]):
+        rows.append(doc)
+        if len(rows) == batch:
+            copied += await insert_new(target, rows)
+            rows = []
+    if rows:
+        copied += await insert_new(target, rows)
+    await source.drop()
+    if copied:
+        log.info("moved %d documents of %s to the bulk store", copied, source.name)
+    return copied

@@ -95,10 +95,10 @@ REACHABILITY = StoreReachability()
 D = TypeVar("D", bound=Document)
 
 
-def make_client(url: str, **kwargs: object) -> AsyncMongoClient:
+def make_client(url: str, name: str = "healthmate", **kwargs: object) -> AsyncMongoClient:
     """A client whose writes are acknowledged only once durable (majority + journal), its commands
     counted in ``COMMANDS`` and its reachability followed by ``REACHABILITY``. Its name in the store's logs is
-    ``healthmate`` unless the URL gives one (``appName=``: an operator telling processes apart)."""
+    ``name`` unless the URL gives one (``appName=``: an operator telling processes apart)."""
     listeners = [COMMANDS, REACHABILITY, *kwargs.pop("event_listeners", ())]  # type: ignore[misc]
     opts: dict[str, object] = {
         "event_listeners": listeners,
@@ -108,7 +108,7 @@ def make_client(url: str, **kwargs: object) -> AsyncMongoClient:
         "serverSelectionTimeoutMS": 5000,
     }
     if not any(key.lower() == "appname" for key in parse_qs(urlsplit(url).query)):
-        opts["appname"] = "healthmate"
+        opts["appname"] = name
     opts.update(kwargs)
     return AsyncMongoClient(url, **opts)
 
