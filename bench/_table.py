@@ -130,7 +130,7 @@ ROWS: dict[str, Row] = {
         "pushes from a process with the same number of senders, first send → each answer"),
     "startup": (lambda e: (
         f"cold {fig(e, 'cold_start_s', 's')}, warm {fig(e, 'warm_start_s', 's')}; idle RSS server "
-        f"{e.get('server_rss_mb')} MB, store {e.get('store_rss_mb')} MB"),
+        f"{e.get('server_rss_mb')} MB, stores {e.get('store_rss_mb')} MB"),
         "Process start → first 200 from `/readyz`"),
 }
 

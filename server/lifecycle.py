@@ -8,7 +8,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from beanie import Document, init_beanie
@@ -18,7 +17,7 @@ from redis.asyncio import Redis
 from server.core.config import Settings
 from server.core.ports import Component
 from server.core.urgency import URGENCY
-from server.infra.embedded_store import EmbeddedStore
+from server.infra.embedded_store import EmbeddedStore, start_embedded
 from server.infra.group_commit import COMMITS
 from server.infra.migrations import run_migrations
 from server.infra.store import URGENT_LANE, init_documents, make_client
@@ -75,14 +74,6 @@ class Stores:
     embedded: list[EmbeddedStore]
 
 
-async def _embedded(data_dir: Path, started: list[EmbeddedStore]) -> str:
-    store = EmbeddedStore(data_dir)
-    started.append(store)
-    url = await store.start()
-    log.info("data lives in %s", store.data_dir)
-    return url
-
-
 @contextlib.asynccontextmanager
 async def connected(settings: Settings, documents: Sequence[type[Document]], bulk: Sequence[type[Document]] = (),
                     migrate: bool = False, **client_options: Any) -> AsyncIterator[Stores]:
@@ -99,9 +90,11 @@ async def connected(settings: Settings, documents: Sequence[type[Document]], bul
     url, bulk_url = settings.mongodb_url, settings.bulk_mongodb_url
     try:
         if url is None:
-            url = await _embedded(settings.data_dir, started)
+            started.append(EmbeddedStore(settings.data_dir))
             if bulk_url is None and bulk:
-                bulk_url = await _embedded(settings.data_dir / "bulk", started)
+                started.append(EmbeddedStore(settings.data_dir / "bulk"))
+            url, *more = await start_embedded(started)
+            bulk_url = more[0] if more else bulk_url
         client = make_client(url, **client_options)
         clients.append(client)
         bulk_client = None

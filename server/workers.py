@@ -26,7 +26,7 @@ import tempfile
 from prometheus_client import multiprocess
 
 from server.core.config import ConfigError, Settings
-from server.infra.embedded_store import EmbeddedStore
+from server.infra.embedded_store import EmbeddedStore, start_embedded
 from server.infra.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("healthmate.workers")
@@ -70,8 +70,8 @@ async def serve_workers(settings: Settings, workers: int) -> None:
         stores = [EmbeddedStore(settings.data_dir)]
         if settings.bulk_mongodb_url is None:
             stores.append(EmbeddedStore(settings.data_dir / "bulk"))
-        for store, key in zip(stores, ("HEALTHMATE_MONGODB_URL", "HEALTHMATE_BULK_MONGODB_URL"), strict=False):
-            env[key] = await store.start()
+        urls = await start_embedded(stores)
+        env.update(zip(("HEALTHMATE_MONGODB_URL", "HEALTHMATE_BULK_MONGODB_URL"), urls, strict=False))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

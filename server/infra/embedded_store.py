@@ -197,3 +197,12 @@ class EmbeddedStore:
                 log.error("embedded store did not stop on SIGTERM; killing it")
                 self.proc.kill()
                 await self.proc.wait()
+
+
+async def start_embedded(stores: list[EmbeddedStore]) -> list[str]:
+    """The stores started side by side (start-up waits for the slower one, not for both in turn); their URLs."""
+    urls = await asyncio.gather(*(s.start() for s in stores), return_exceptions=True)
+    if error := next((u for u in urls if isinstance(u, BaseException)), None):
+        raise error
+    log.info("data lives in %s", stores[0].data_dir)
+    return [str(u) for u in urls]
