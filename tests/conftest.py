@@ -144,7 +144,7 @@ async def settings(store: EmbeddedStore, tmp_path: Path) -> Settings:
 async def api(settings: Settings, aiohttp_server) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
     """The app on a real loopback socket, with a client for REST and Socket.IO."""
     server = await aiohttp_server(create_app(settings))
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as client:
+    async with Api.of(server) as client:
         yield client
     await asyncio.sleep(0)
 

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import socketio
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.contract import CONTRACT
@@ -133,6 +134,11 @@ class Api:
         self.http = aiohttp.ClientSession()
         self.sockets: list[Sock] = []
         self._admin: tuple[User, str] | None = None
+
+    @classmethod
+    def of(cls, server: TestServer) -> Api:
+        """A client of a test server running in this process (``aiohttp_server(create_app(settings))``)."""
+        return cls(str(server.make_url("")).rstrip("/"), server.app)
 
     async def __aenter__(self) -> Api:
         return self

@@ -170,7 +170,7 @@ async def escalation_ward(store: EmbeddedStore, tmp_path: Path, aiohttp_server: 
                           ) -> AsyncIterator[tuple[Api, tuple[User, User, User], Sock, Sock]]:
     """A server with ``settings``, the team (patient, Maria, the doctor), Maria's phone and the doctor's desk."""
     server = await aiohttp_server(create_app(make_settings(store.url, tmp_path, **settings)))
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:
+    async with Api.of(server) as api:
         patient, maria, doctor, _ = await team(api)
         phone, desk = await device_sock(api.base_url, maria, "p"), await device_sock(api.base_url, doctor, "d")
         try:

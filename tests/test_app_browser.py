@@ -69,7 +69,7 @@ async def app_api(store: EmbeddedStore, tmp_path: Path, aiohttp_server: Any) -> 
     settings = make_settings(store.url, tmp_path, vapid_private_key=pem, vapid_subject="mailto:ops@healthmate.example",
                              webpush_trusted_origins=[PUSH_ORIGIN], call_grace_s=30)
     server = await aiohttp_server(create_app(settings))
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as client:
+    async with Api.of(server) as client:
         yield client
 
 

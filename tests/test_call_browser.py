@@ -82,7 +82,7 @@ async def browser_api(store: EmbeddedStore, tmp_path: Path, aiohttp_server):  # 
     app.router.add_get("/test/socket.io.min.js", script)
     app.router.add_get("/favicon.ico", no_icon)  # the browser asks for one
     server = await aiohttp_server(app)
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as client:
+    async with Api.of(server) as client:
         yield client
 
 

@@ -35,7 +35,7 @@ async def calls_api(request: pytest.FixtureRequest, store: EmbeddedStore, tmp_pa
                              call_sweep_s=0.2, stun_urls=["stun:stun.example.org:3478"],
                              turn_urls=["turn:turn.example.org:3478?transport=udp"], turn_secret="coturn-secret")
     server = await aiohttp_server(create_app(settings))
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as client:
+    async with Api.of(server) as client:
         yield client
 
 

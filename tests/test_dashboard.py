@@ -411,7 +411,7 @@ async def test_strip_draws_a_gap_as_a_gap_in_a_fixed_buffer(api: Api) -> None:
 async def test_tokens_refreshed_before_they_expire(store, tmp_path, aiohttp_server) -> None:  # type: ignore[no-untyped-def]
     """With 30 s access tokens the page refreshes after about 20 s, on its own, and goes on working."""
     server = await aiohttp_server(create_app(make_settings(store.url, tmp_path, access_token_ttl_s=30)))
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:
+    async with Api.of(server) as api:
         patient = await api.register("patient", name="Ana Ribeiro")
         clinician = await api.register("clinician")
         await api.link(patient, clinician)

@@ -167,7 +167,7 @@ async def test_two_processes_push_a_due_watch_once(store: EmbeddedStore, redis_u
     one = await aiohttp_server(create_app(settings))
     two = await aiohttp_server(create_app(settings.model_copy(update={"port": 0})))
     records = [Recorder(server.app[SERVER].notifications.delivery.push) for server in (one, two)]
-    async with Api(str(two.make_url("")).rstrip("/"), two.app) as api:
+    async with Api.of(two) as api:
         user = await api.register("caregiver")
         silent = await device(api, user, "phone")
         [note] = await one.app[SERVER].notifications.notify([user.id], "device_disconnected", "The sensor stopped",

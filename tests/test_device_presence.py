@@ -22,7 +22,7 @@ SILENCE_S = 1.0
 @pytest.fixture
 async def fast(store: EmbeddedStore, tmp_path: Path, aiohttp_server) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
     server = await aiohttp_server(create_app(make_settings(store.url, tmp_path, device_silence_s=SILENCE_S)))
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as client:
+    async with Api.of(server) as client:
         yield client
 
 

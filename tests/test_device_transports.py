@@ -44,7 +44,7 @@ async def mqtt_app(store: EmbeddedStore, tmp_path: Path, aiohttp_server, broker:
     server = await aiohttp_server(create_app(settings))
     bridge = server.app[SERVER].mqtt
     await asyncio.wait_for(bridge.connected.wait(), 10)
-    return Api(str(server.make_url("")).rstrip("/"), server.app)
+    return Api.of(server)
 
 
 @pytest.fixture(params=["socketio", "mqtt"])

@@ -63,11 +63,13 @@ class Live:
                 pass
             assert self.proc.poll() is None and time.monotonic() < deadline, "".join(self.output)
             time.sleep(0.2)
-        store = re.search(r"embedded store \(SecantusDB\) on 127.0.0.1:(\d+),", "".join(self.output))
-        assert store, "".join(self.output)
-        password = (tmp / "store_credential").read_text().strip()  # the store runs with --auth
-        self.db = MongoClient(f"mongodb://{USER}:{password}@127.0.0.1:{store.group(1)}/?directConnection=true"
-                              "&authSource=admin")["healthmate"]
+        # The embedded store and the bulk collections' store (<data dir>/bulk), each with --auth
+        started = r"embedded store \(SecantusDB\) on 127.0.0.1:(\d+), data in (\S+)/db,"
+        stores = re.findall(started, "".join(self.output))
+        assert len(stores) == 2, "".join(self.output)
+        self.dbs = [MongoClient(f"mongodb://{USER}:{(Path(folder) / 'store_credential').read_text().strip()}"
+                                f"@127.0.0.1:{port}/?directConnection=true&authSource=admin")["healthmate"]
+                    for port, folder in stores]
         self.patient = self._register("patient")
         self.carer = self._register("caregiver")
         code = self._post("/api/links/codes", self.patient, None)["code"]
@@ -86,10 +88,12 @@ class Live:
                                                         "name": role.title(), "role": role})
 
     def fingerprint(self) -> dict[str, Any]:
-        """What is stored: every collection's documents but the audit's, each with when it expires (if it does)."""
-        return {name: sorted(((d.get("expires_at"), repr(d)) for d in self.db[name].find({}, {"last_used_at": 0})),
-                             key=lambda e: e[1])
-                for name in sorted(self.db.list_collection_names()) if name not in IGNORED}
+        """What is stored (in both stores): every collection's documents but the audit's, each with when it expires
+        (if it does)."""
+        return {f"{db.client.address}/{name}": sorted(((d.get("expires_at"), repr(d))
+                                                       for d in db[name].find({}, {"last_used_at": 0})),
+                                                      key=lambda e: e[1])
+                for db in self.dbs for name in sorted(db.list_collection_names()) if name not in IGNORED}
 
     def changed_since(self, before: dict[str, Any]) -> list[str]:
         """The collections whose documents differ from ``before`` (a fingerprint), leaving out on both sides the

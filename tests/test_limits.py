@@ -34,7 +34,7 @@ async def tight(store: EmbeddedStore, tmp_path: Path, aiohttp_server) -> AsyncIt
     settings = make_settings(store.url, tmp_path, event_rate_per_s=1, event_burst=10, user_event_rate_per_s=1,
                              user_event_burst=15, connect_rate_per_s=1, connect_burst=6)
     server = await aiohttp_server(create_app(settings))
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as client:
+    async with Api.of(server) as client:
         yield client
 
 
@@ -74,7 +74,7 @@ async def test_data_channel_messages_share_the_device_connection_limits(
     the limits."""
     settings = make_settings(store.url, tmp_path, event_rate_per_s=0.01, event_burst=10)
     server = await aiohttp_server(create_app(settings))
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as tight:
+    async with Api.of(server) as tight:
         await _flood_the_data_channel(tight)
 
 

@@ -135,7 +135,7 @@ async def fast_device_api(store: Any, tmp_path: Path, aiohttp_server: Any) -> An
     settings = make_settings(store.url, tmp_path, event_rate_per_s=2000.0, event_burst=2000,
                              user_event_rate_per_s=2000.0, user_event_burst=2000)
     server = await aiohttp_server(create_app(settings))
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as client:
+    async with Api.of(server) as client:
         yield client
 
 
@@ -202,8 +202,7 @@ async def two_servers(store: Any, redis_url: str, tmp_path: Path, aiohttp_server
     settings = make_settings(store.url, tmp_path, redis_url=redis_url)
     a = await aiohttp_server(create_app(settings))
     b = await aiohttp_server(create_app(settings))
-    async with Api(str(a.make_url("")).rstrip("/"), a.app) as api_a, \
-            Api(str(b.make_url("")).rstrip("/"), b.app) as api_b:
+    async with Api.of(a) as api_a, Api.of(b) as api_b:
         yield api_a, api_b
 
 

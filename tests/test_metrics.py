@@ -62,7 +62,7 @@ async def test_metrics_are_for_loopback_or_the_metrics_token(store: EmbeddedStor
         extra = {"metrics_token": metrics_token} if metrics_token else {}
         settings = make_settings(store.url, tmp_path, trust_forwarded=True, **extra)
         srv = await aiohttp_server(create_app(settings))
-        async with Api(str(srv.make_url("")).rstrip("/"), srv.app) as api:
+        async with Api.of(srv) as api:
             if metrics_token is None:
                 status, body = await api.request("GET", "/metrics", headers=OUTSIDE)
                 assert status == 403 and body["error"]["code"] == "forbidden"

@@ -60,8 +60,7 @@ async def test_activate_and_rollback_reach_a_second_process(store: EmbeddedStore
     settings = make_settings(store.url, tmp_path, redis_url=redis_url)
     one, two = await aiohttp_server(create_app(settings)), await aiohttp_server(create_app(settings))
     registry = one.app[SERVER].models
-    async with Api(str(one.make_url("")).rstrip("/"), one.app) as api1, \
-            Api(str(two.make_url("")).rstrip("/"), two.app) as api2:
+    async with Api.of(one) as api1, Api.of(two) as api2:
         patient = await api1.register("patient")
         carer = await api1.register("caregiver")
         stranger = await api1.register("clinician")

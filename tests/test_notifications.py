@@ -85,7 +85,7 @@ async def test_online_is_known_across_processes(store, redis_url, tmp_path, aioh
     settings = make_settings(store.url, tmp_path, redis_url=redis_url)
     one = await aiohttp_server(create_app(settings))
     two = await aiohttp_server(create_app(settings.model_copy(update={"port": 0})))
-    async with Api(str(one.make_url("")).rstrip("/"), one.app) as a:
+    async with Api.of(one) as a:
         user = await a.register("caregiver")
         rt_two = two.app[SERVER].realtime
         assert await rt_two.user_online(user.id) is False and await rt_two.live_devices(user.id) == set()

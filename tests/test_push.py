@@ -87,7 +87,7 @@ async def push_api(store: EmbeddedStore, tmp_path: Path, aiohttp_server: Any,
     settings = make_settings(store.url, tmp_path, **provider_settings(receiver, keys), webhook_secret=HOOK_SECRET,
                              push_retry_base_s=0.05, push_deadline_s=2)
     server = await aiohttp_server(create_app(settings))
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:
+    async with Api.of(server) as api:
         yield api, keys
 
 

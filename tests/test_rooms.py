@@ -41,8 +41,7 @@ async def servers(request: pytest.FixtureRequest, store: Any, tmp_path: Path,
     settings = make_settings(store.url, tmp_path, **overrides)
     a = await aiohttp_server(create_app(settings))
     b = await aiohttp_server(create_app(settings)) if overrides else a
-    async with Api(str(a.make_url("")).rstrip("/"), a.app) as api_a, \
-            Api(str(b.make_url("")).rstrip("/"), b.app) as api_b:
+    async with Api.of(a) as api_a, Api.of(b) as api_b:
         yield api_a, api_b
 
 

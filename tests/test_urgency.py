@@ -241,7 +241,7 @@ async def test_a_crisis_alert_reaches_the_care_team_while_the_store_holds_every_
     while an ordinary reading sent before it still waits; nothing is lost."""
     settings = make_settings(f"{store.url}&appName={HELD_APP}", tmp_path)
     server = await aiohttp_server(create_app(settings))
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:
+    async with Api.of(server) as api:
         patient, carer = await api.register("patient"), await api.register("caregiver")
         await api.link(patient, carer)
         p_sock, c_sock = await api.socket(patient), await api.socket(carer)
@@ -284,7 +284,7 @@ async def test_an_alert_goes_through_while_the_bulk_store_holds_every_command(
     crisis is stored and its alert reaches the caregiver; once the store lets go, the dose arrives: nothing lost."""
     settings = make_settings(store.url, tmp_path, bulk_mongodb_url=bulk_store.url)
     server = await aiohttp_server(create_app(settings))
-    async with Api(str(server.make_url("")).rstrip("/"), server.app) as api:
+    async with Api.of(server) as api:
         patient, carer = await api.register("patient"), await api.register("caregiver")
         await api.link(patient, carer)
         p_sock, c_sock = await api.socket(patient), await api.socket(carer)
