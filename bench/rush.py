@@ -111,8 +111,7 @@ class Server:
         self.db = self.client[self.db_name]
         self.bulk_client: AsyncMongoClient | None = AsyncMongoClient(bulk.url, tz_aware=True) if self.bulk else None
         self.bulk_db = self.bulk_client[self.db_name] if self.bulk_client else self.db  # doses, notifications
-        pids = {"store": [store.pid, *([bulk.pid] if self.bulk else [])], **({"bulk_store": [bulk.pid]} if self.bulk
-                                                                             else {})}
+        pids = {"store": [store.pid, bulk.pid], "bulk_store": [bulk.pid]} if self.bulk else {"store": [store.pid]}
         self.window = Window(CpuMeter(server=lambda: server_pids(self.proc.pid), **pids), (self.url,))
 
     async def grow(self, n: int) -> None:
