@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -59,6 +60,45 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path, caplog: pytes
     assert not missing, f"{len(missing)} acknowledged writes lost of {len(acknowledged)}"
     await client.close()
     await store.stop()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit is reaped by whoever adopted it, maybe late)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+async def test_a_store_runs_no_server_code_in_its_child_and_dies_with_a_server_killed_outright(
+        tmp_path: Path) -> None:
+    """The server's loop is uvloop, whose subprocesses run the process's at-fork hooks in the child; PyMongo's
+    fails there when a client is collected meanwhile (a traceback in the log whenever the two stores start
+    side by side, as CI saw). A hook of our own says whether any ran. Then the server is SIGKILLed: its
+    store must not outlive it."""
+    code = ("import asyncio, os, pathlib, sys, uvloop\n"
+            "from server.infra.embedded_store import EmbeddedStore\n"
+            "os.register_at_fork(after_in_child=lambda: os.write(2, b'an at-fork hook ran\\n'))\n"
+            "async def main():\n"
+            "    store = EmbeddedStore(pathlib.Path(sys.argv[1]))\n"
+            "    await store.start()\n"
+            "    print(store.proc.pid, flush=True)\n"
+            "    await asyncio.sleep(600)\n"
+            "uvloop.run(main())\n")
+    server = await asyncio.create_subprocess_exec(sys.executable, "-c", code, str(tmp_path),
+                                                  stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert server.stdout is not None and server.stderr is not None
+    store_pid = int(await asyncio.wait_for(server.stdout.readline(), 60))
+    assert _running(store_pid)
+    server.kill()
+    await server.wait()
+    assert b"at-fork hook ran" not in await server.stderr.read()
+    for _ in range(100):
+        if not _running(store_pid):
+            return
+        await asyncio.sleep(0.1)
+    os.kill(store_pid, signal.SIGKILL)
+    raise AssertionError("the store outlived its server by 10 s")
 
 
 async def test_data_survives_store_restart(tmp_path: Path) -> None:

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
+import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 from pymongo import AsyncMongoClient
 
@@ -39,11 +40,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """In the store's child process: ask Linux to SIGTERM it when the server that started it dies,
-    even by SIGKILL, so no orphaned store outlives its server."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# Run in the store's child before it becomes the store: ask Linux to SIGTERM it when the server that started
+# it dies, even by SIGKILL, so no orphaned store outlives its server (the setting survives the exec). The
+# server may have died already; then exit. Not a ``preexec_fn``: that would run the server's at-fork hooks
+# in the child (see ``Child``).
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)\n"  # PR_SET_PDEATHSIG
+    "if os.getppid() != int(sys.argv[1]): sys.exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def _dying_with_parent(cmd: list[str]) -> list[str]:
+    if sys.platform != "linux":
+        return cmd
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
 
 
 def store_executable() -> str:
@@ -52,6 +64,41 @@ def store_executable() -> str:
     if not found:
         raise RuntimeError("secantusd-py not found: install the project (pip install -e .) to get secantusdb")
     return found
+
+
+class Child:
+    """A child process: ``subprocess.Popen`` awaited on the loop. Not ``asyncio.create_subprocess_exec``: on
+    uvloop (the server's loop) that runs the server's at-fork hooks in the forked child, between fork and
+    exec, and PyMongo's fails there when one of its clients is collected meanwhile ("dictionary changed size
+    during iteration", a traceback in the server's log whenever the two stores start side by side). Popen
+    without ``preexec_fn`` runs no Python code in the child. A thread waits for the exit."""
+
+    def __init__(self, cmd: list[str], **popen: Any) -> None:
+        self.popen = subprocess.Popen(cmd, **popen)
+        self.pid = self.popen.pid
+        loop = asyncio.get_running_loop()
+        self._exit: asyncio.Future[int] = loop.create_future()
+
+        def wait() -> None:
+            code = self.popen.wait()
+            with contextlib.suppress(RuntimeError):  # the loop closed first
+                loop.call_soon_threadsafe(lambda: self._exit.done() or self._exit.set_result(code))
+
+        threading.Thread(target=wait, daemon=True, name=f"child-{self.pid}").start()
+
+    @property
+    def returncode(self) -> int | None:
+        """None until the loop has seen the exit (as asyncio's)."""
+        return self._exit.result() if self._exit.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exit)
+
+    def terminate(self) -> None:
+        self.popen.terminate()
+
+    def kill(self) -> None:
+        self.popen.kill()
 
 
 USER = "healthmate"
@@ -68,7 +115,7 @@ class EmbeddedStore:
         self.port = port or free_port()
         self.cache_size = cache_size
         self.test_commands = test_commands  # mongod's test-only commands (failpoints), for the tests only
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: Child | None = None
         self.crashes = 0
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -127,11 +174,8 @@ class EmbeddedStore:
         ]
         fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "ab") as logf:
-            self.proc = await asyncio.create_subprocess_exec(
-                *cmd, stdout=logf, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C on `make run` reaches us; we stop the store in order
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
+            self.proc = Child(_dying_with_parent(cmd), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              start_new_session=True)  # Ctrl-C on `make run` reaches us; we stop the store in order
         await self._wait_ready(wait_s)
 
     async def _wait_ready(self, wait_s: float) -> None:
