@@ -66,6 +66,7 @@ class MedicineBox:
         """Each patient's boxes, in one query (a batch of due doses is one lookup, not one per patient)."""
         out: dict[Any, list[PydanticObjectId]] = {pid: [] for pid in patient_ids}
         for chunk in in_chunks(out):
+            await URGENCY.give_way()  # (a batch's lookups are bulk work: an alert's go first)
             found = Device.find(In(Device.patient_id, chunk), Device.kind == "medicine_box",
                                 Device.revoked_at == None)  # noqa: E711
             async for d in found:

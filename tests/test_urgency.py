@@ -110,6 +110,52 @@ async def test_bulk_work_holds_back_while_urgent_work_is_in_progress_but_not_bey
     await holder
 
 
+async def test_urgent_work_calling_a_bulk_helper_does_not_wait_for_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bulk helper (``give_way``, ``until_clear``) called by urgent work, or by a task it started, goes on:
+    waiting for urgent work to end would be waiting for itself (a second, the cap; here the cap is an hour)."""
+    monkeypatch.setattr(urgency, "CLEAR_WAITS", 1_800_000)
+    pace = Urgency()
+    async with pace.urgent():
+        await asyncio.wait_for(pace.give_way(), 5)
+        await asyncio.wait_for(asyncio.create_task(pace.until_clear()), 5)
+    release = asyncio.Event()
+    holder = await urgent_until(pace, release)  # someone else's urgent work: bulk work does wait for that
+    waiting = asyncio.create_task(pace.until_clear())
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    release.set()
+    await holder
+    await asyncio.wait_for(waiting, 5)
+
+
+async def test_while_urgent_work_is_in_progress_other_writes_hold_back_but_its_own_go_at_once(
+        store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The group commit's batches (other patients' readings, access records, reminder notifications) wait while
+    an alert is being raised, so that the store serves the alert's commands without theirs in between; a write
+    of the urgent work itself goes at once on the urgent lane, whatever it is."""
+    monkeypatch.setattr(urgency, "CLEAR_WAITS", 1_800_000)  # held until the urgent work ends, however long
+    client = make_client(store.url)
+    coll = client[f"hold_{PydanticObjectId()}"].writes
+    await URGENT_LANE.open(client, store.url)
+    release = asyncio.Event()
+    holder = await urgent_until(URGENCY, release)
+    try:
+        other = asyncio.create_task(COMMITS.insert(coll, [{"_id": "another patient's reading"}]))
+        async with URGENCY.urgent():
+            await asyncio.wait_for(COMMITS.insert(coll, [{"_id": "the crisis reading's own"}]), 5)
+        await asyncio.sleep(0.3)
+        assert not other.done()
+        assert [d["_id"] async for d in coll.find()] == ["the crisis reading's own"]
+        release.set()
+        await holder
+        await asyncio.wait_for(other, 5)
+        assert await coll.count_documents({}) == 2
+    finally:
+        release.set()
+        await URGENT_LANE.close(client)
+        await client.close()
+
+
 async def test_with_urgent_first_off_bulk_work_neither_waits_nor_yields() -> None:
     """``HEALTHMATE_URGENT_FIRST=off`` (the rush bench's comparison, the path before): bulk work runs through
     while urgent work is in progress, and keeps the event loop for its whole length."""

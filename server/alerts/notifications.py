@@ -71,7 +71,7 @@ class Notifications:
         delivery = self.delivery if push else None
         devices = await delivery.watch(docs) if delivery is not None else {}
         urgent = urgency in ("high", "critical")
-        await COMMITS.insert_documents(docs, bulk=kind == "reminder", urgent=urgent)
+        await COMMITS.insert_documents(docs, urgent=urgent)
         if live:
             for doc in docs:
                 if not urgent:

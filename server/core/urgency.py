@@ -7,7 +7,8 @@ batches) calls ``await URGENCY.give_way()`` between its items: while urgent work
 event loop for ``SLICE_S``, it lets whatever is ready run. A loop of 400 emits never awaits anything that
 blocks (a socket write returns at once), so without this it holds the event loop for its whole length
 (measured under the ``rush`` bench: 370 ms at 400 patients), and every step of an alert raised meanwhile waits
-for it.
+for it. ``here()`` says whether the calling task is itself part of urgent work (the writes of a crisis reading's
+request go at once, whatever they are: ``server.infra.group_commit``).
 
 ``HEALTHMATE_URGENT_FIRST=off`` (``enabled = False``) turns all of it off: bulk work neither waits nor yields,
 and urgent writes queue like any other (for the ``rush`` bench's in-run comparison)."""
@@ -18,9 +19,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 
 SLICE_S = 0.005  # the longest bulk work runs before letting what is ready (an alert's next step) have a turn
 CLEAR_WAITS = 500  # x 2 ms: bulk work waits at most a second for urgent work
+_WITHIN: ContextVar[bool] = ContextVar("urgent_work", default=False)  # (tasks started within inherit it)
 
 
 class Urgency:
@@ -38,15 +41,21 @@ class Urgency:
             yield
             return
         self.in_progress += 1
+        within = _WITHIN.set(True)
         try:
             yield
         finally:
+            _WITHIN.reset(within)
             self.in_progress -= 1
 
+    def here(self) -> bool:
+        """Whether the calling task is part of urgent work (inside ``urgent()``, or started from there)."""
+        return self.enabled and _WITHIN.get()
+
     async def until_clear(self) -> None:
-        """Wait (up to a second) while urgent work is in progress."""
+        """Wait (up to a second) while urgent work is in progress (not when the caller is part of it)."""
         for _ in range(CLEAR_WAITS):
-            if not self.in_progress or not self.enabled:
+            if not self.in_progress or not self.enabled or _WITHIN.get():
                 return
             await asyncio.sleep(0.002)
 
@@ -54,7 +63,7 @@ class Urgency:
         """Between two items of bulk work: wait for urgent work in progress, else yield every ``SLICE_S``.
         Bulk work is never starved: after waiting it runs at least as long before it waits again (a flood of
         crisis readings, one after another, at most halves the pace of reminders)."""
-        if not self.enabled:
+        if not self.enabled or _WITHIN.get():  # (urgent work calling a bulk helper does not wait for itself)
             return
         now = self.clock()
         if self.in_progress and now >= self._free_until:

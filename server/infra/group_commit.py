@@ -13,10 +13,12 @@ later (a few milliseconds); writes arriving while a batch is in flight join the 
 that one is answered, so under load a batch holds whatever came during one store round trip. One batch
 per collection is in flight at a time.
 
-``urgent`` writes (a crisis reading, an alert's notifications) never wait: they are sent at once, and while
-any is in flight, or other urgent work is in progress (``server.core.urgency``: an alert being raised), bulk
-batches (``bulk=True``, reminder notifications) hold back (unless ``HEALTHMATE_URGENT_FIRST=off``: then they
-queue like any other write).
+``urgent`` writes (a crisis reading, an alert's notifications), and every write of a task that is part of
+urgent work (``URGENCY.here()``: whatever a crisis reading's request writes), never wait: they are sent at
+once on the urgent lane. While any is in flight, or other urgent work is in progress (``server.core.urgency``:
+an alert being raised), the batches of every other write hold back (up to a second), so that the store serves
+the alert's commands without other patients' readings, access records and reminder notifications between
+them (unless ``HEALTHMATE_URGENT_FIRST=off``: then urgent writes queue like any other and nothing holds back).
 
 ``HEALTHMATE_GROUP_COMMIT=off`` (``enabled = False``) restores the one-command-per-write path (for the
 ``rush`` bench's in-run comparison), except for callers that always batched (``always=True``)."""
@@ -24,6 +26,7 @@ queue like any other write).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +47,6 @@ Row = Mapping[str, Any]
 class _Queue:
     collection: AsyncCollection[Any]
     ignore_duplicates: bool
-    bulk: bool
     pending: list[tuple[Row, asyncio.Future[None]]] = field(default_factory=list)
     flusher: asyncio.Task[None] | None = None
 
@@ -56,20 +58,20 @@ class GroupCommit:
         self.max_batch = max_batch
         self.batches = 0  # store commands sent, and the documents they carried (for the benches and tests)
         self.documents = 0
-        self._queues: dict[tuple[int, str, bool, bool], _Queue] = {}
+        self._queues: dict[tuple[int, str, bool], _Queue] = {}
 
     async def insert(self, collection: AsyncCollection[Any], rows: Sequence[Row], *, ignore_duplicates: bool = False,
-                     always: bool = False, bulk: bool = False, urgent: bool = False) -> None:
+                     always: bool = False, urgent: bool = False) -> None:
         """Insert ``rows`` durably; return once all are stored, or raise the first one's error. A duplicate key
         is that row's ``DuplicateKeyError`` unless ``ignore_duplicates`` (the row is there already)."""
         if not rows:
             return
-        if urgent and URGENCY.enabled:
+        if (urgent and URGENCY.enabled) or URGENCY.here():
             await self._urgently(collection, rows, ignore_duplicates)
         elif not (self.enabled or always):
             await self._directly(collection, rows, ignore_duplicates)
         else:
-            await self._queued(collection, rows, ignore_duplicates, bulk)
+            await self._queued(collection, rows, ignore_duplicates)
 
     async def insert_documents(self, docs: Sequence[Document], **options: bool) -> None:
         """Beanie documents (of one class), their ids given here if they have none; with group commit off,
@@ -77,7 +79,8 @@ class GroupCommit:
         if not docs:
             return
         cls = type(docs[0])
-        if not (self.enabled or options.get("always") or (options.get("urgent") and URGENCY.enabled)):
+        if not (self.enabled or options.get("always") or (options.get("urgent") and URGENCY.enabled)
+                or URGENCY.here()):
             await (docs[0].insert() if len(docs) == 1 else cls.insert_many(list(docs)))
             return
         for doc in docs:
@@ -100,17 +103,17 @@ class GroupCommit:
         async with URGENCY.urgent():
             await self._directly(URGENT_LANE(collection), rows, ignore_duplicates)
 
-    async def _queued(self, collection: AsyncCollection[Any], rows: Sequence[Row], ignore_duplicates: bool,
-                      bulk: bool) -> None:
-        key = (id(collection.database.client), collection.full_name, ignore_duplicates, bulk)
+    async def _queued(self, collection: AsyncCollection[Any], rows: Sequence[Row], ignore_duplicates: bool) -> None:
+        key = (id(collection.database.client), collection.full_name, ignore_duplicates)
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = _Queue(collection, ignore_duplicates, bulk)
+            queue = self._queues[key] = _Queue(collection, ignore_duplicates)
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in rows]
         queue.pending += zip(rows, futures, strict=True)
         if queue.flusher is None or queue.flusher.done():  # (done: its event loop ended under it, in tests)
-            queue.flusher = asyncio.create_task(self._flush(queue))
+            # (in a context of its own: it serves every caller, not the urgent work whose write may start it)
+            queue.flusher = asyncio.create_task(self._flush(queue), context=contextvars.Context())
         outcomes = await asyncio.gather(*futures, return_exceptions=True)  # (every one retrieved)
         if error := next((o for o in outcomes if isinstance(o, BaseException)), None):
             raise error
@@ -120,8 +123,7 @@ class GroupCommit:
         try:
             await asyncio.sleep(self.delay_s)
             while queue.pending:
-                if queue.bulk:
-                    await URGENCY.until_clear()
+                await URGENCY.until_clear()
                 batch, queue.pending = queue.pending[:self.max_batch], queue.pending[self.max_batch:]
                 self.batches += 1
                 self.documents += len(batch)

@@ -113,7 +113,9 @@ def make_client(url: str, name: str = "healthmate", **kwargs: object) -> AsyncMo
     return AsyncMongoClient(url, **opts)
 
 
-URGENT_POOL = 4  # connections of urgent work's own client, kept open
+# Connections of urgent work's own client, kept open: a crisis reading sends five commands at once (its access
+# record, itself, and the alert's three lookups), the fifth waited for one of four to be answered.
+URGENT_POOL = 6
 
 
 class UrgentLane:
