@@ -43,7 +43,10 @@ rather than the budget ending the search). The figures beside them are the best 
 before due time to the end of the step, per patient, and ``server_cpu_s``/``store_cpu_s`` the CPU seconds (/proc)
 over the same span. Before the search each server's idle alert e2e is timed (IDLE_ALERTS crisis readings one after
 another, after a first one that is not counted: the first alert after start-up took 30-50 ms where the next took
-15-35): ``alert_e2e_p99_ms_idle``; under the rush the alert p99 should stay within 2x of it. The 1% of alerts land at
+15-35): ``alert_e2e_p99_ms_idle``; under the rush the alert p99 should stay within 2x of it. Both are the
+slowest of a few, so the ratio swings between runs: once the search ends, the largest passing step is played again
+(REPEATS in all, as the budget allows), each time after idle alerts of its own, and ``alert_e2e_ratio`` is the median
+of the ratios (``alert_e2e_ratios``, ``alert_e2e_ratio_range``; each repeat in ``alert_repeats``). The 1% of alerts land at
 random times, so whether one falls in the burst of the doses' work (08:00 plus a few seconds) is luck: one patient in
 crisis also sends probes, a crisis reading at 10%, 20%, 30% and 40% of the window (their own reading comes in its second
 half), timed the same way: ``alert_burst_ms`` (not in the pass/fail: the 1% are the issue's load)."""
@@ -53,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import statistics
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -62,7 +66,7 @@ from typing import Any
 from beanie import PydanticObjectId
 from pymongo import AsyncMongoClient
 
-from bench._common import SMOKE, Budget, CpuMeter, cpu_s, emit, pct, rounded, server_pids, start
+from bench._common import REPEATS, SMOKE, Budget, CpuMeter, cpu_s, emit, pct, rounded, server_pids, start
 from bench._rush_loader import loader_main
 from bench._seed import Seeder, server_env
 from bench._servers import UNLIMITED, Helpers, Store, Window, embedded_store, start_server, stop
@@ -107,6 +111,7 @@ class Server:
         self.best: dict[str, Any] | None = None
         self.failed_at: int | None = None
         self.idle_e2e: list[float | None] = []
+        self.repeats: list[dict[str, Any]] = []  # the best step again, each after its own idle alerts
         self.client: AsyncMongoClient = AsyncMongoClient(store.url, tz_aware=True)
         self.db = self.client[self.db_name]
         self.bulk_client: AsyncMongoClient | None = AsyncMongoClient(bulk.url, tz_aware=True) if self.bulk else None
@@ -247,6 +252,36 @@ class Server:
                  else "") + f" (the stores settled {s['settle_s']} s)",
               flush=True)
 
+    async def idle(self) -> tuple[float | None, list[float | None]]:
+        """IDLE_ALERTS crisis readings one after another on the idle server, after one not counted; all e2e ms."""
+        holder = next(i for i in range(len(self.rows)) if role_of(i)["crisis"]) % LOADERS  # its sockets' loader
+        first, *rest = (await self.loaders.ask([("idle_alerts", 1 + IDLE_ALERTS if k == holder else 0)
+                                                for k in range(LOADERS)]))[holder]
+        return first, rest
+
+    async def repeat(self, budget: Budget) -> None:
+        """The best step again, after idle alerts of its own (the stores settled first): one more ratio."""
+        assert self.best is not None
+        await self.settle()
+        _, idle = await self.idle()
+        s = await self.step(self.best["patients"], budget)
+        idle_p99 = pct([x for x in idle if x is not None], 99)
+        ratio = s["alert_e2e_p99_ms"] / idle_p99 if s["alert_e2e_p99_ms"] and idle_p99 else None
+        kept = ("patients", "passed", "alert_e2e_p99_ms", "alert_e2e_ms", "alert_burst_ms", "reminder_p99_ms",
+                "bp_ack_p99_ms")
+        self.repeats.append({**{k: s[k] for k in kept}, "alert_e2e_p99_ms_idle": rounded(idle_p99),
+                             "alert_e2e_ratio": rounded(ratio)})
+        print(f"  {self.config}: {s['patients']} patients again: idle alert e2e p99 {rounded(idle_p99)} ms, under the "
+              f"rush {s['alert_e2e_p99_ms']} ms ({s['alert_e2e_ms']}; probes {s['alert_burst_ms']}): "
+              f"{rounded(ratio)}x; {'passed' if s['passed'] else 'FAILED'}", flush=True)
+
+    def ratios(self) -> list[float]:
+        """Alert e2e p99 under the rush against idle: the best step's (against the idle alerts before the search),
+        then each repeat's."""
+        idle = pct([x for x in self.idle_e2e if x is not None], 99)
+        first = [self.best["alert_e2e_p99_ms"] / idle] if self.best and self.best["alert_e2e_p99_ms"] and idle else []
+        return first + [r["alert_e2e_ratio"] for r in self.repeats if r["alert_e2e_ratio"] is not None]
+
     async def close(self) -> None:
         await self.loaders.stop()
         await self.client.close()
@@ -263,9 +298,7 @@ async def run(budget: Budget, tmp: Path) -> dict[str, Server]:
                 servers[config] = Server(config, store, bulk, tmp)
             for s in servers.values():
                 await s.grow(N_FROM)
-                holder = next(i for i in range(N_FROM) if role_of(i)["crisis"]) % LOADERS  # its sockets' loader
-                first, *s.idle_e2e = (await s.loaders.ask([("idle_alerts", 1 + IDLE_ALERTS if k == holder else 0)
-                                                           for k in range(LOADERS)]))[holder]
+                first, s.idle_e2e = await s.idle()
                 idle = rounded(pct([x for x in s.idle_e2e if x is not None], 99))
                 print(f"  {s.config}: idle alert e2e p99 {idle} ms (the first after start-up, not counted: "
                       f"{rounded(first)} ms)", flush=True)
@@ -287,6 +320,15 @@ async def run(budget: Budget, tmp: Path) -> dict[str, Server]:
                     if (work_s := time.monotonic() - t - grow_s) > longest:
                         longest, longest_n = work_s, n
                 turn += 1
+            # The alert ratio is a slowest-of-a-few against a slowest-of-ten: the best step again, REPEATS in all.
+            for _ in range(REPEATS - 1):
+                todo = [s for s in servers.values() if s.best is not None]
+                need = sum(longest * max(1.0, s.best["patients"] / longest_n) + 5 for s in todo)  # (+ idle alerts)
+                if not todo or not budget.allows(need + 10, "alert repeats"):
+                    break
+                for s in todo if turn % 2 == 0 else todo[::-1]:
+                    await s.repeat(budget)
+                turn += 1
             return servers
         finally:
             for s in servers.values():
@@ -301,8 +343,12 @@ def figures(s: Server, suffix: str) -> dict[str, Any]:
             "store_cpu_s", "bulk_store_cpu_s", "frame_loss", "call_setup_p99_ms")
     return {f"patients{suffix}": best.get("patients", 0), **{f"{k}{suffix}": rounded(best.get(k)) for k in keys},
             f"alert_e2e_p99_ms_idle{suffix}": rounded(pct(idle, 99)),
-            f"alert_e2e_ratio{suffix}": rounded(best["alert_e2e_p99_ms"] / pct(idle, 99))
-            if best.get("alert_e2e_p99_ms") and idle else None,  # under the rush against idle: the goal is <= 2
+            # under the rush against idle (the goal: within 2x): the median over the best step and its repeats
+            f"alert_e2e_ratio{suffix}": rounded(statistics.median(s.ratios())) if s.ratios() else None,
+            f"alert_e2e_ratio_range{suffix}": [rounded(min(s.ratios())), rounded(max(s.ratios()))] if s.ratios()
+            else None,
+            f"alert_e2e_ratios{suffix}": [rounded(r) for r in s.ratios()],
+            f"alert_repeats{suffix}": s.repeats,
             f"alert_burst_ms{suffix}": best.get("alert_burst_ms"),
             f"top_reached{suffix}": s.failed_at is not None}
 
