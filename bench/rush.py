@@ -46,10 +46,11 @@ another, after a first one that is not counted: the first alert after start-up t
 15-35): ``alert_e2e_p99_ms_idle``; under the rush the alert p99 should stay within 2x of it. Both are the
 slowest of a few, so the ratio swings between runs: once the search ends, the largest passing step is played again
 (REPEATS in all, as the budget allows), each time after idle alerts of its own, and ``alert_e2e_ratio`` is the median
-of the ratios (``alert_e2e_ratios``, ``alert_e2e_ratio_range``; each repeat in ``alert_repeats``). The 1% of alerts land at
-random times, so whether one falls in the burst of the doses' work (08:00 plus a few seconds) is luck: one patient in
-crisis also sends probes, a crisis reading at 10%, 20%, 30% and 40% of the window (their own reading comes in its second
-half), timed the same way: ``alert_burst_ms`` (not in the pass/fail: the 1% are the issue's load)."""
+of the ratios (``alert_e2e_ratios``, ``alert_e2e_ratio_range``; each repeat in ``alert_repeats``).
+The 1% of alerts land at random times, so whether one falls in the burst of the doses' work (08:00 plus a few
+seconds) is luck: one patient in crisis also sends probes, a crisis reading at 10%, 20%, 30% and 40% of the window
+(their own reading comes in its second half), timed the same way: ``alert_burst_ms`` (not in the pass/fail: the 1%
+are the issue's load)."""
 
 from __future__ import annotations
 
@@ -112,6 +113,7 @@ class Server:
         self.failed_at: int | None = None
         self.idle_e2e: list[float | None] = []
         self.repeats: list[dict[str, Any]] = []  # the best step again, each after its own idle alerts
+        self.step_s: dict[int, float] = {}  # patients -> how long that step took (growth aside)
         self.client: AsyncMongoClient = AsyncMongoClient(store.url, tz_aware=True)
         self.db = self.client[self.db_name]
         self.bulk_client: AsyncMongoClient | None = AsyncMongoClient(bulk.url, tz_aware=True) if self.bulk else None
@@ -317,13 +319,14 @@ async def run(budget: Budget, tmp: Path) -> dict[str, Server]:
                     s.record({**await s.step(n, budget), "position": position + 1})
                     grow_s = s.steps[-1]["grow_s"]
                     grow_per_patient = max(grow_per_patient, grow_s / max(1, n - grown))
-                    if (work_s := time.monotonic() - t - grow_s) > longest:
+                    s.step_s[n] = work_s = time.monotonic() - t - grow_s
+                    if work_s > longest:
                         longest, longest_n = work_s, n
                 turn += 1
             # The alert ratio is a slowest-of-a-few against a slowest-of-ten: the best step again, REPEATS in all.
             for _ in range(REPEATS - 1):
                 todo = [s for s in servers.values() if s.best is not None]
-                need = sum(longest * max(1.0, s.best["patients"] / longest_n) + 5 for s in todo)  # (+ idle alerts)
+                need = sum(s.step_s[s.best["patients"]] + 5 for s in todo)  # as long as it took (+ idle alerts)
                 if not todo or not budget.allows(need + 10, "alert repeats"):
                     break
                 for s in todo if turn % 2 == 0 else todo[::-1]:
