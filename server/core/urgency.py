@@ -55,7 +55,7 @@ class Urgency:
     async def until_clear(self) -> None:
         """Wait (up to a second) while urgent work is in progress (not when the caller is part of it)."""
         for _ in range(CLEAR_WAITS):
-            if not self.in_progress or not self.enabled or _WITHIN.get():
+            if not self.in_progress or not self.enabled or self.here():
                 return
             await asyncio.sleep(0.002)
 
@@ -63,7 +63,7 @@ class Urgency:
         """Between two items of bulk work: wait for urgent work in progress, else yield every ``SLICE_S``.
         Bulk work is never starved: after waiting it runs at least as long before it waits again (a flood of
         crisis readings, one after another, at most halves the pace of reminders)."""
-        if not self.enabled or _WITHIN.get():  # (urgent work calling a bulk helper does not wait for itself)
+        if not self.enabled or self.here():  # (urgent work calling a bulk helper does not wait for itself)
             return
         now = self.clock()
         if self.in_progress and now >= self._free_until:

@@ -66,7 +66,7 @@ class GroupCommit:
         is that row's ``DuplicateKeyError`` unless ``ignore_duplicates`` (the row is there already)."""
         if not rows:
             return
-        if (urgent and URGENCY.enabled) or URGENCY.here():
+        if self._at_once(urgent):
             await self._urgently(collection, rows, ignore_duplicates)
         elif not (self.enabled or always):
             await self._directly(collection, rows, ignore_duplicates)
@@ -79,8 +79,7 @@ class GroupCommit:
         if not docs:
             return
         cls = type(docs[0])
-        if not (self.enabled or options.get("always") or (options.get("urgent") and URGENCY.enabled)
-                or URGENCY.here()):
+        if not (self.enabled or options.get("always") or self._at_once(options.get("urgent", False))):
             await (docs[0].insert() if len(docs) == 1 else cls.insert_many(list(docs)))
             return
         for doc in docs:
@@ -89,6 +88,11 @@ class GroupCommit:
         keep_nulls = cls.get_settings().keep_nulls
         await self.insert(cls.get_pymongo_collection(), [get_dict(d, to_db=True, keep_nulls=keep_nulls) for d in docs],
                           **options)
+
+    @staticmethod
+    def _at_once(urgent: bool) -> bool:
+        """Sent at once on the urgent lane: an urgent write, or any write of urgent work."""
+        return (urgent and URGENCY.enabled) or URGENCY.here()
 
     @staticmethod
     async def _directly(collection: AsyncCollection[Any], rows: Sequence[Row], ignore_duplicates: bool) -> None:
