@@ -254,6 +254,32 @@ async def test_the_alert_of_a_reading_in_crisis_is_stored_and_sent_only_once_the
     assert alert["kind"] == "bp_crisis" and alert["data"]["reading_id"] == str(stored.id)
 
 
+async def test_a_crisis_readings_access_record_is_written_once_its_alert_is_out_and_before_its_ack(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the way to the care team the store writes the reading and the alert, one disk sync each, nothing else;
+    the access record follows (the reading names who entered it) and the sender's ack waits for it."""
+    patient, carer = await api.register("patient"), await api.register("caregiver")
+    await api.link(patient, carer)
+    p_sock, c_sock = await api.socket(patient), await api.socket(carer)
+    write, writes = COMMITS.insert_documents, []
+
+    async def watched(docs: Any, **options: Any) -> None:
+        writes.append(("start", type(docs[0]).__name__))
+        await write(docs, **options)
+        writes.append(("stored", type(docs[0]).__name__))
+
+    monkeypatch.setattr(COMMITS, "insert_documents", watched)
+    reading = await p_sock.ok("bp:add", crisis())
+    # (the alert's notifications are written in the background meanwhile)
+    assert [w for w in writes if w[1] != "Notification"] == [
+        ("start", "BPReading"), ("stored", "BPReading"), ("start", "Alert"), ("stored", "Alert"),
+        ("start", "AuditEntry"), ("stored", "AuditEntry")]
+    (alert,) = c_sock.events.of("alert:new")  # (it arrived before the ack)
+    assert alert["data"]["reading_id"] == reading["id"]
+    assert await AuditEntry.find(AuditEntry.action == "bp.add", AuditEntry.actor_id == PydanticObjectId(patient.id),
+                                 AuditEntry.outcome == "ok").count() == 1
+
+
 async def test_a_flood_of_urgent_work_slows_bulk_work_but_never_starves_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Urgent work without a gap (crisis readings one after another: a patient in trouble, or someone sending
     them on purpose): bulk work waits, then runs at least as long as it waited before it waits again."""

@@ -113,8 +113,9 @@ def make_client(url: str, name: str = "healthmate", **kwargs: object) -> AsyncMo
     return AsyncMongoClient(url, **opts)
 
 
-# Connections of urgent work's own client, kept open: a crisis reading sends five commands at once (its access
-# record, itself, and the alert's three lookups), the fifth waited for one of four to be answered.
+# Connections of urgent work's own client, kept open: a crisis reading sends four commands at once (itself and
+# the alert's three lookups; five with its access record, which used to go alongside and waited for one of four),
+# and two crisis readings at once should not wait for each other's.
 URGENT_POOL = 6
 
 

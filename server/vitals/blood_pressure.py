@@ -3,8 +3,9 @@ paired BP cuff; classified (ACC/AHA 2017), stored, pushed live to the patient's 
 soft-deleted (kept and audited, left out of statistics); statistics and FHIR export.
 
 A hypertensive-crisis reading is handed to ``on_crisis`` listeners (the alert path) before the ack, with the
-write that stores it: the alert's lookups go alongside it and its access record's write, and the alert is stored
-and sent once the reading is durable (two store round trips on the way to the care team, not four)."""
+write that stores it: the alert's lookups go alongside it, the alert is stored and sent once the reading is
+durable (two store round trips on the way to the care team, not four), and the reading's access record is written
+once the alert is out, before the ack."""
 
 from __future__ import annotations
 
@@ -103,15 +104,16 @@ class BloodPressure:
         if not urgent:
             await audited  # the access record first, as everywhere
             await COMMITS.insert_documents([reading])
-        else:  # in a crisis the access record, the reading and the alert's lookups go at once (the reading names
-            # who entered it: a crash between the two writes loses no one's trace), the alert once it is stored
-            recorded = asyncio.ensure_future(audited)
+        else:  # in a crisis the reading and the alert's lookups go at once, the alert once the reading is stored,
+            # and the access record once the alert is out (the ack still waits for it; the reading names who
+            # entered it, so a crash before the record is written loses no one's trace): one disk sync fewer
+            # ahead of the care team
             stored = asyncio.ensure_future(COMMITS.insert_documents([reading], urgent=True))
             try:
                 for listener in self.on_crisis:
                     await listener(reading, principal, stored)  # (the alert waits for the reading alone)
             finally:
-                await asyncio.gather(recorded, stored)
+                await asyncio.gather(audited, stored)
         await self.broadcaster.to_patient(pid, "bp:new", reading.public())
         for added in self.on_added:
             await added(reading)
