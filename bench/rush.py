@@ -86,6 +86,10 @@ FRAME_LOSS = 0.01
 QUIET_CORE = 0.1  # the store counts as settled under a tenth of a core (over half a second)
 SETTLE_MAX_S = 20.0
 CONFIGS = tuple(os.environ.get("BENCH_RUSH_CONFIGS", "off,on").split(","))  # both for the line
+# The boxes and ECG devices here send no heartbeats (a real one does every 20 s), so the servers would mark each
+# of them disconnected a minute after it connected and tell its patient and care team: N notifications' store
+# work at once, in whichever step runs then (the other server's too). The servers' silence limit is a day here.
+SILENCE_S = "86400"
 
 
 def role_of(i: int) -> dict[str, bool]:
@@ -104,7 +108,7 @@ class Server:
         self.stores = [store, bulk]  # both settle before a step, whoever's it is
         self.proc, self.url, _ = start_server(str(tmp / f"data-{config}"), **server_env(store.url, self.db_name),
                                               **UNLIMITED, HEALTHMATE_GROUP_COMMIT=config,
-                                              HEALTHMATE_URGENT_FIRST=config,
+                                              HEALTHMATE_URGENT_FIRST=config, HEALTHMATE_DEVICE_SILENCE_S=SILENCE_S,
                                               **({"HEALTHMATE_BULK_MONGODB_URL": bulk.url} if self.bulk else {}))
         self.loaders = Helpers(loader_main, [() for _ in range(LOADERS)])
         self.rows: list[dict[str, Any]] = []
