@@ -31,6 +31,9 @@ UNLIMITED = {"HEALTHMATE_EVENT_BURST": "10000000", "HEALTHMATE_EVENT_RATE_PER_S"
              "HEALTHMATE_USER_EVENT_BURST": "10000000", "HEALTHMATE_USER_EVENT_RATE_PER_S": "10000000",
              "HEALTHMATE_CONNECT_BURST": "10000000", "HEALTHMATE_CONNECT_RATE_PER_S": "10000000",
              "HEALTHMATE_REGISTER_MAX_PER_IP": "10000000"}
+# The benches' devices send no heartbeats (a real one does every 20 s): a server would mark each of them
+# disconnected a minute after it connected, and tell its patient and care team, in the middle of the figures.
+NO_HEARTBEATS = {"HEALTHMATE_DEVICE_SILENCE_S": "86400"}
 
 
 def rss_mb(pid: int) -> float:

@@ -70,7 +70,7 @@ from pymongo import AsyncMongoClient
 from bench._common import REPEATS, SMOKE, Budget, CpuMeter, cpu_s, emit, pct, rounded, server_pids, start
 from bench._rush_loader import loader_main
 from bench._seed import Seeder, server_env
-from bench._servers import UNLIMITED, Helpers, Store, Window, embedded_store, start_server, stop
+from bench._servers import NO_HEARTBEATS, UNLIMITED, Helpers, Store, Window, embedded_store, start_server, stop
 
 # From 400 (both passed 100 and 200 in every run of 2026-12, and the budget ended before a failing step); overridable.
 N_FROM = int(os.environ.get("BENCH_RUSH_FROM", 6 if SMOKE else 400))
@@ -86,10 +86,6 @@ FRAME_LOSS = 0.01
 QUIET_CORE = 0.1  # the store counts as settled under a tenth of a core (over half a second)
 SETTLE_MAX_S = 20.0
 CONFIGS = tuple(os.environ.get("BENCH_RUSH_CONFIGS", "off,on").split(","))  # both for the line
-# The boxes and ECG devices here send no heartbeats (a real one does every 20 s), so the servers would mark each
-# of them disconnected a minute after it connected and tell its patient and care team: N notifications' store
-# work at once, in whichever step runs then (the other server's too). The servers' silence limit is a day here.
-SILENCE_S = "86400"
 
 
 def role_of(i: int) -> dict[str, bool]:
@@ -108,7 +104,7 @@ class Server:
         self.stores = [store, bulk]  # both settle before a step, whoever's it is
         self.proc, self.url, _ = start_server(str(tmp / f"data-{config}"), **server_env(store.url, self.db_name),
                                               **UNLIMITED, HEALTHMATE_GROUP_COMMIT=config,
-                                              HEALTHMATE_URGENT_FIRST=config, HEALTHMATE_DEVICE_SILENCE_S=SILENCE_S,
+                                              HEALTHMATE_URGENT_FIRST=config, **NO_HEARTBEATS,
                                               **({"HEALTHMATE_BULK_MONGODB_URL": bulk.url} if self.bulk else {}))
         self.loaders = Helpers(loader_main, [() for _ in range(LOADERS)])
         self.rows: list[dict[str, Any]] = []

@@ -51,7 +51,7 @@ import numpy as np
 
 from bench._common import REPEATS, SMOKE, Budget, CpuMeter, cores, descendants, emit, is_store, pct, rounded, start
 from bench._seed import Account, Seeder, server_env
-from bench._servers import Helpers, Store, embedded_store, rss_mb, start_server, stop
+from bench._servers import NO_HEARTBEATS, Helpers, Store, embedded_store, rss_mb, start_server, stop
 from bench._sio import SioClient
 
 FS = 250
@@ -388,7 +388,7 @@ async def run(budget: Budget, tmp: Path, sigs: list[np.ndarray]) -> dict[str, An
             proc, url, _ = start_server(str(tmp / "data"), HEALTHMATE_ANALYSIS_WORKERS="1",
                                         HEALTHMATE_CONNECT_BURST="100000", HEALTHMATE_CONNECT_RATE_PER_S="100000",
                                         HEALTHMATE_EVENT_BURST="10000000", HEALTHMATE_EVENT_RATE_PER_S="10000000",
-                                        **server_env(store.url, DB))
+                                        **NO_HEARTBEATS, **server_env(store.url, DB))
             gens = LoadGens(frames, clinician.token)
             try:
                 server = Server(proc, store, gens)
