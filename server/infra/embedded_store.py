@@ -40,13 +40,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# Run in the store's child before it becomes the store: ask Linux to SIGTERM it when the server that started
-# it dies, even by SIGKILL, so no orphaned store outlives its server (the setting survives the exec). The
-# server may have died already; then exit. Not a ``preexec_fn``: that would run the server's at-fork hooks
-# in the child (see ``Child``).
+# Run in the store's child before it becomes the store: ask Linux to SIGKILL it when the server that started
+# it dies outright, so no orphaned store outlives its server (the setting survives the exec). SIGKILL, not
+# SIGTERM: SecantusDB's SIGTERM handler is not re-entrant, and a store that got the signal more than once
+# deadlocked in it and never exited (1 start in 5 here); what it acknowledged is on disk (``--sync-on-commit``)
+# and recovered at the next start. The server may have died already; then exit. Not a ``preexec_fn``: that
+# would run the server's at-fork hooks in the child (see ``Child``).
 _DIE_WITH_PARENT = (
     "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)\n"  # PR_SET_PDEATHSIG
+    "ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)\n"  # PR_SET_PDEATHSIG
     "if os.getppid() != int(sys.argv[1]): sys.exit(1)\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )
