@@ -6,6 +6,8 @@ store), so the ``URGENCY`` they use is this process's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -179,6 +181,75 @@ async def test_with_urgent_first_off_bulk_work_neither_waits_nor_yields() -> Non
     assert order == ["send"] * 100 + ["other"]
     release.set()
     await holder
+
+
+def collections_while(work: Any) -> list[int]:
+    """The generations the garbage collector collected while ``work()`` ran (it makes garbage enough for several
+    young collections)."""
+    seen: list[int] = []
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            seen.append(info["generation"])
+
+    gc.callbacks.append(watch)
+    try:
+        work()
+    finally:
+        gc.callbacks.remove(watch)
+    return seen
+
+
+def garbage() -> None:
+    for _ in range(5):
+        cycles = [[] for _ in range(gc.get_threshold()[0])]
+        for c in cycles:
+            c.append(c)  # (a cycle: only the collector frees it)
+
+
+async def test_the_garbage_collector_waits_while_urgent_work_is_in_progress_and_not_beyond_its_cap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collection due while an alert is raised runs once it is out, not in its way; a flood of urgent work
+    holds the collector back for at most ``GC_HOLD_S``, and with urgent-first off it is never held."""
+    assert gc.isenabled()
+    pace = Urgency()
+    release = asyncio.Event()
+    holder = await urgent_until(pace, release)
+    assert not gc.isenabled() and collections_while(garbage) == []
+    release.set()
+    await holder
+    assert gc.isenabled() and collections_while(garbage)  # what was due runs now
+
+    monkeypatch.setattr(urgency, "GC_HOLD_S", 0.05)
+    release = asyncio.Event()
+    holder = await urgent_until(pace, release)
+    second = await urgent_until(pace, asyncio.Event())  # (overlapping: still held by the first one's turn)
+    assert not gc.isenabled()
+    await asyncio.sleep(0.1)
+    assert gc.isenabled() and collections_while(garbage)  # urgent work still in progress, the collector back
+    release.set()
+    await holder
+    second.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await second
+    assert pace.in_progress == 0 and gc.isenabled()
+
+    pace.enabled = False
+    release = asyncio.Event()
+    holder = await urgent_until(pace, release)
+    assert gc.isenabled() and collections_while(garbage)
+    release.set()
+    await holder
+
+
+async def test_a_collector_turned_off_elsewhere_stays_off_after_urgent_work() -> None:
+    gc.disable()
+    try:
+        async with Urgency().urgent():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 async def test_due_reminders_wait_while_an_alert_is_being_raised(api: Api) -> None:

@@ -1,28 +1,32 @@
 """Urgent work before bulk work, within one process.
 
 Urgent work (a crisis reading and the alert it raises) runs inside ``async with URGENCY.urgent()``. Bulk work
-(reminders pushed to hundreds of devices at 08:00, box commands, reminder notifications and their store
-batches) calls ``await URGENCY.give_way()`` between its items: while urgent work is in progress it waits for it
-(up to a second, and then runs at least as long before waiting again), and otherwise, once it has held the
-event loop for ``SLICE_S``, it lets whatever is ready run. A loop of 400 emits never awaits anything that
-blocks (a socket write returns at once), so without this it holds the event loop for its whole length
-(measured under the ``rush`` bench: 370 ms at 400 patients), and every step of an alert raised meanwhile waits
-for it. ``here()`` says whether the calling task is itself part of urgent work (the writes of a crisis reading's
-request go at once, whatever they are: ``server.infra.group_commit``).
+(reminders pushed to hundreds of devices at 08:00, box commands, reminder notifications and their store batches)
+calls ``await URGENCY.give_way()`` between its items: while urgent work is in progress it waits for it (up to a
+second, and then runs at least as long before waiting again), and otherwise, once it has held the event loop for
+``SLICE_S``, it lets whatever is ready run. A loop of 400 emits never awaits anything that blocks (a socket write
+returns at once), so without this it holds the event loop for its whole length (measured under the ``rush`` bench:
+370 ms at 400 patients), and every step of an alert raised meanwhile waits for it. The garbage collector holds back
+too while urgent work is in progress (up to ``GC_HOLD_S``). ``here()`` says whether the calling task is itself part
+of urgent work (the writes of a crisis reading's request go at once, whatever they are:
+``server.infra.group_commit``).
 
-``HEALTHMATE_URGENT_FIRST=off`` (``enabled = False``) turns all of it off: bulk work neither waits nor yields,
-and urgent writes queue like any other (for the ``rush`` bench's in-run comparison)."""
+``HEALTHMATE_URGENT_FIRST=off`` (``enabled = False``) turns all of it off: bulk work neither waits nor yields, the
+collector runs whenever it is due, and urgent writes queue like any other (for the ``rush`` bench's in-run
+comparison)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 
 SLICE_S = 0.005  # the longest bulk work runs before letting what is ready (an alert's next step) have a turn
 CLEAR_WAITS = 500  # x 2 ms: bulk work waits at most a second for urgent work
+GC_HOLD_S = 1.0  # the longest the garbage collector is held back for urgent work
 _WITHIN: ContextVar[bool] = ContextVar("urgent_work", default=False)  # (tasks started within inherit it)
 
 
@@ -33,6 +37,7 @@ class Urgency:
         self.in_progress = 0  # urgent work in progress
         self._turn = clock()  # when bulk work last gave the event loop a turn
         self._free_until = self._turn  # bulk work that has just waited runs until then before waiting again
+        self._gc_release: asyncio.TimerHandle | None = None  # set while the collector is held back
 
     @contextlib.asynccontextmanager
     async def urgent(self) -> AsyncIterator[None]:
@@ -41,12 +46,30 @@ class Urgency:
             yield
             return
         self.in_progress += 1
+        if self.in_progress == 1:
+            self._hold_gc()
         within = _WITHIN.set(True)
         try:
             yield
         finally:
             _WITHIN.reset(within)
             self.in_progress -= 1
+            if not self.in_progress:
+                self._release_gc()
+
+    def _hold_gc(self) -> None:
+        """The garbage collector waits while urgent work is in progress, at most ``GC_HOLD_S``: with thousands of
+        sockets' coroutines and futures alive, one of its young collections took 60-100 ms in the ``rush``
+        bench's burst, and an alert caught in one waited that long. What was due runs once the work is done."""
+        if gc.isenabled():  # (not when something else turned it off: that stays as it is)
+            gc.disable()
+            self._gc_release = asyncio.get_running_loop().call_later(GC_HOLD_S, self._release_gc)
+
+    def _release_gc(self) -> None:
+        if self._gc_release is not None:
+            self._gc_release.cancel()
+            self._gc_release = None
+            gc.enable()
 
     def here(self) -> bool:
         """Whether the calling task is part of urgent work (inside ``urgent()``, or started from there)."""
