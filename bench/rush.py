@@ -47,8 +47,8 @@ another, after a first one that is not counted: the first alert after start-up t
 a few, so the ratio swings between runs: once the search ends, the largest passing step is played again (REPEATS in
 all, as the budget allows; the larger steps' patients disconnected first, so that it is played with its own N
 connected, not with the failing step's, and once the server too has settled after they left: with 1,600 patients'
-sockets connected the server's young garbage collections took 60-150 ms, against 20-75 at 800), each time after idle
-alerts of its own, and ``alert_e2e_ratio`` is the median of the ratios (``alert_e2e_ratios``,
+sockets connected the server's young garbage collections took 60-150 ms, against at most 75 at 800), each time after
+idle alerts of its own, and ``alert_e2e_ratio`` is the median of the ratios (``alert_e2e_ratios``,
 ``alert_e2e_ratio_range``; each repeat in ``alert_repeats``). The same plays pooled (``alert_e2e_pooled``):
 p50/p90/p99 of all their alerts (``rush``; the probes apart, ``burst``) and of all the idle alerts timed before them
 (``idle``), and the ratios: a play's p99 of eight alerts is its slowest one, the pooled quantiles lean less on one
