@@ -252,6 +252,29 @@ async def test_a_collector_turned_off_elsewhere_stays_off_after_urgent_work() ->
         gc.enable()
 
 
+def test_a_hold_whose_loop_no_longer_runs_ends_at_the_next_bulk_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Urgent work left unfinished on a loop that stopped (a server torn down mid-alert): its timer never fires,
+    and nothing would collect that work while the collector is off. Bulk work on another loop, once the cap has
+    passed, turns the collector back on."""
+    monkeypatch.setattr(urgency, "GC_HOLD_S", 0.05)
+    pace = Urgency()
+    gone = asyncio.new_event_loop()
+    try:
+        holder = gone.run_until_complete(urgent_until(pace, asyncio.Event()))  # never released
+        assert not gc.isenabled()
+        time.sleep(0.1)  # (that loop no longer runs: its timer cannot fire)
+        assert not gc.isenabled()
+        asyncio.run(pace.give_way())
+        assert gc.isenabled() and pace.in_progress == 1
+    finally:
+        holder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            gone.run_until_complete(holder)
+        gone.close()
+        gc.enable()
+    assert pace.in_progress == 0
+
+
 async def test_due_reminders_wait_while_an_alert_is_being_raised(api: Api) -> None:
     """A dose falls due while urgent work is in progress: it is claimed, but its ``dose:due`` waits for the
     urgent work to end."""

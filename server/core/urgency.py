@@ -37,7 +37,8 @@ class Urgency:
         self.in_progress = 0  # urgent work in progress
         self._turn = clock()  # when bulk work last gave the event loop a turn
         self._free_until = self._turn  # bulk work that has just waited runs until then before waiting again
-        self._gc_release: asyncio.TimerHandle | None = None  # set while the collector is held back
+        self._gc_held_until: float | None = None  # while the collector is held back: until when at most
+        self._gc_release: asyncio.TimerHandle | None = None  # (its timer)
 
     @contextlib.asynccontextmanager
     async def urgent(self) -> AsyncIterator[None]:
@@ -45,6 +46,7 @@ class Urgency:
         if not self.enabled:
             yield
             return
+        self._gc_overdue()
         self.in_progress += 1
         if self.in_progress == 1:
             self._hold_gc()
@@ -63,13 +65,22 @@ class Urgency:
         bench's burst, and an alert caught in one waited that long. What was due runs once the work is done."""
         if gc.isenabled():  # (not when something else turned it off: that stays as it is)
             gc.disable()
+            self._gc_held_until = time.monotonic() + GC_HOLD_S
             self._gc_release = asyncio.get_running_loop().call_later(GC_HOLD_S, self._release_gc)
 
     def _release_gc(self) -> None:
-        if self._gc_release is not None:
-            self._gc_release.cancel()
-            self._gc_release = None
+        if self._gc_held_until is not None:
+            if self._gc_release is not None:
+                self._gc_release.cancel()
+            self._gc_release = self._gc_held_until = None
             gc.enable()
+
+    def _gc_overdue(self) -> None:
+        """The hold ends at ``GC_HOLD_S`` even if the loop whose timer would end it no longer runs: urgent work
+        abandoned there, never finished, would otherwise keep the collector off for good, and with it the only
+        thing that would finish that work (collecting it)."""
+        if self._gc_held_until is not None and time.monotonic() >= self._gc_held_until:
+            self._release_gc()
 
     def here(self) -> bool:
         """Whether the calling task is part of urgent work (inside ``urgent()``, or started from there)."""
@@ -77,6 +88,7 @@ class Urgency:
 
     async def until_clear(self) -> None:
         """Wait (up to a second) while urgent work is in progress (not when the caller is part of it)."""
+        self._gc_overdue()
         for _ in range(CLEAR_WAITS):
             if not self.in_progress or not self.enabled or self.here():
                 return
@@ -88,6 +100,7 @@ class Urgency:
         crisis readings, one after another, at most halves the pace of reminders)."""
         if not self.enabled or self.here():  # (urgent work calling a bulk helper does not wait for itself)
             return
+        self._gc_overdue()
         now = self.clock()
         if self.in_progress and now >= self._free_until:
             await self.until_clear()
