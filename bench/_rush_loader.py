@@ -204,17 +204,20 @@ class Loader:
             await asyncio.sleep(0.2)  # its acknowledgement settles
         return out["alert_e2e"]
 
+    @staticmethod
+    async def _hang_up(people: list[dict[str, Any]]) -> None:
+        socks = [s for p in people for s in (p["phone"], p["carer"], p["box"], p["device"]) if s is not None]
+        await asyncio.gather(*(s.disconnect() for s in socks), return_exceptions=True)
+
     async def trim(self, count: int) -> int:
         """Only the first ``count`` patients stay connected (the best step played again with its own patients, not
         those of the larger steps after it)."""
         gone, self.people = self.people[count:], self.people[:count]
-        socks = [s for p in gone for s in (p["phone"], p["carer"], p["box"], p["device"]) if s is not None]
-        await asyncio.gather(*(s.disconnect() for s in socks), return_exceptions=True)
+        await self._hang_up(gone)
         return len(gone)
 
     async def disconnect(self) -> None:
-        socks = [s for p in self.people for s in (p["phone"], p["carer"], p["box"], p["device"]) if s is not None]
-        await asyncio.gather(*(s.disconnect() for s in socks), return_exceptions=True)
+        await self._hang_up(self.people)
         self.people = []
 
     async def stop(self, *_: Any) -> None:

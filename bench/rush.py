@@ -271,11 +271,11 @@ class Server:
         """The best step again, after idle alerts of its own (the stores settled first): one more ratio."""
         assert self.best is not None
         n = self.best["patients"]
-        if len(self.rows) > n:  # the larger steps' patients leave: the step again is the step as it was
+        trimmed = len(self.rows) > n
+        if trimmed:  # the larger steps' patients leave: the step again is the step as it was
             await self.loaders.ask([("trim", len(range(i, n, LOADERS))) for i in range(LOADERS)])
             self.rows = self.rows[:n]
-            await self.settle(server=True)
-        await self.settle()
+        await self.settle(server=trimmed)
         _, idle = await self.idle()
         s = await self.step(n, budget)
         idle_p99 = pct([x for x in idle if x is not None], 99)
