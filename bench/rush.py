@@ -39,11 +39,12 @@ then once between the last passing step and the failing one, a turn taken only i
 budget (each step estimated as the longest so far, growth aside, scaled by its patients, plus the growth it needs);
 ``patients`` (on) and ``patients_off``: the largest passing N (0 if none; ``top_reached``: a failing step was found
 rather than the budget ending the search). The figures beside them are the best passing step's;
-``store_cmds_per_patient`` is the server's store commands (PyMongo command monitoring, ``/healthz``) from 0.5 s
-before due time to the end of the step, per patient, and ``server_cpu_s``/``store_cpu_s`` the CPU seconds (/proc)
-over the same span. Before the search each server's idle alert e2e is timed (IDLE_ALERTS crisis readings one after
-another, after a first one that is not counted: the first alert after start-up took 30-50 ms where the next took
-15-35): ``alert_e2e_p99_ms_idle``; under the rush the alert p99 should stay within 2x of it. Both are the slowest of
+``store_cmds_per_patient`` is the server's store commands (PyMongo command monitoring, ``/healthz``) from 0.5 s before
+due time to the end of the step, per patient, and ``server_cpu_s``/``store_cpu_s`` the CPU seconds (/proc) over the same
+span (``loaders_cpu_s``: the load generators', which share the machine). Before the search each server's idle alert e2e
+is timed, once the stores and the server have settled after the seeding (IDLE_ALERTS crisis readings one after another,
+after a first one that is not counted: the first alert after start-up took 30-50 ms where the next took 15-35):
+``alert_e2e_p99_ms_idle``; under the rush the alert p99 should stay within 2x of it. Both are the slowest of
 a few, so the ratio swings between runs: once the search ends, the largest passing step is played again (REPEATS in
 all, as the budget allows; the larger steps' patients disconnected first, so that it is played with its own N
 connected, not with the failing step's, and once the server too has settled after they left: with 1,600 patients'
@@ -124,7 +125,8 @@ class Server:
         self.bulk_client: AsyncMongoClient | None = AsyncMongoClient(bulk.url, tz_aware=True) if self.bulk else None
         self.bulk_db = self.bulk_client[self.db_name] if self.bulk_client else self.db  # doses, notifications
         pids = {"store": [store.pid, bulk.pid], "bulk_store": [bulk.pid]} if self.bulk else {"store": [store.pid]}
-        self.window = Window(CpuMeter(server=lambda: server_pids(self.proc.pid), **pids), (self.url,))
+        self.window = Window(CpuMeter(server=lambda: server_pids(self.proc.pid), loaders=lambda: self.loaders.pids,
+                                      **pids), (self.url,))
 
     async def grow(self, n: int) -> None:
         """Seed and connect patients up to ``n``."""
@@ -217,6 +219,7 @@ class Server:
                     "store_cmds_per_patient": (self.window.store_commands or 0) / n,
                     "server_cpu_s": self.window.cpu.get("server"), "store_cpu_s": self.window.cpu.get("store"),
                     "bulk_store_cpu_s": self.window.cpu.get("bulk_store"),
+                    "loaders_cpu_s": self.window.cpu.get("loaders"),
                     "seconds": self.window.seconds, "settle_s": round(settle_s, 1), "grow_s": round(grow_s, 1)})
         out["passed"] = self.passes(out)
         return out
@@ -257,7 +260,8 @@ class Server:
               f"stored {s['reminders_stored']}; {s['store_cmds_per_patient']:.1f} store cmds per patient, CPU server "
               f"{s['server_cpu_s']:.1f} s store {s['store_cpu_s']:.1f} s"
               + (f" (of it the bulk store {s['bulk_store_cpu_s']:.1f} s)" if s.get("bulk_store_cpu_s") is not None
-                 else "") + f" (the stores settled {s['settle_s']} s)",
+                 else "") + f", the load generators {s['loaders_cpu_s']:.1f} s over {s['seconds']:.1f} s"
+              f" (the stores settled {s['settle_s']} s)",
               flush=True)
 
     async def idle(self) -> tuple[float | None, list[float | None]]:
@@ -327,6 +331,7 @@ async def run(budget: Budget, tmp: Path) -> dict[str, Server]:
                 servers[config] = Server(config, store, bulk, tmp)
             for s in servers.values():
                 await s.grow(N_FROM)
+                await s.settle(server=True)  # (timed before, the slowest idle alert was 40-63 ms in 5 of 13 runs)
                 first, s.idle_e2e = await s.idle()
                 idle = rounded(pct([x for x in s.idle_e2e if x is not None], 99))
                 print(f"  {s.config}: idle alert e2e p99 {idle} ms (the first after start-up, not counted: "
@@ -370,7 +375,7 @@ def figures(s: Server, suffix: str) -> dict[str, Any]:
     best, ratios = s.best or {}, s.ratios()
     idle = [x for x in s.idle_e2e if x is not None]
     keys = ("reminder_p99_ms", "bp_ack_p99_ms", "alert_e2e_p99_ms", "store_cmds_per_patient", "server_cpu_s",
-            "store_cpu_s", "bulk_store_cpu_s", "frame_loss", "call_setup_p99_ms")
+            "store_cpu_s", "bulk_store_cpu_s", "loaders_cpu_s", "frame_loss", "call_setup_p99_ms")
     return {f"patients{suffix}": best.get("patients", 0), **{f"{k}{suffix}": rounded(best.get(k)) for k in keys},
             f"alert_e2e_p99_ms_idle{suffix}": rounded(pct(idle, 99)),
             # under the rush against idle (the goal: within 2x): the median over the best step and its repeats
