@@ -162,7 +162,7 @@ class Server:
     async def settle(self, server: bool = False) -> float:
         """Wait (at most SETTLE_MAX_S) until the shared store is settled: the other server's step, and this one's
         growth, have finished their work, which would otherwise run into this step's timings and CPU (``server``:
-        this server too, after the larger steps' patients left). Seconds waited."""
+        this server too, after the seeding or after the larger steps' patients left). Seconds waited."""
         t0 = time.monotonic()
         pids = [s.pid for s in self.stores] + (server_pids(self.proc.pid) if server else [])
         while time.monotonic() - t0 < SETTLE_MAX_S:
