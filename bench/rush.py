@@ -56,12 +56,18 @@ p50/p90/p99 of all their alerts (``rush``; the probes apart, ``burst``) and of a
 alert. The 1% of alerts land at random times, so whether one falls in the burst of the doses' work (08:00 plus a few
 seconds) is luck: one patient in crisis also sends probes, a crisis reading at 10%, 20%, 30% and 40% of the window
 (their own reading comes in its second half), timed the same way: ``alert_burst_ms`` (not in the pass/fail: the 1%
-are the issue's load)."""
+are the issue's load).
+
+A quick try of one server (``BENCH_RUSH_CONFIGS=on``, ``BENCH_RUSH_FROM=800``, ``BENCH_BUDGET_SCALE=0.25``) prints its
+steps and then its pooled alerts, every one (a JSON line, ``{"rush_try": ...}``: not a result): a change is judged by
+such tries taken in turns with and without it, their alerts pooled, and more probes (``BENCH_RUSH_PROBES=14``) give
+the burst's tail more alerts to stand on (docs/operations.md, "The morning rush")."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import statistics
 import tempfile
@@ -86,7 +92,10 @@ COMPRESSION = 300 / WINDOW_S
 STORED_S = 5.0 if SMOKE else 15.0
 LOADERS = 2
 IDLE_ALERTS = 3 if SMOKE else 10
-PROBES = [WINDOW_S * k / 10 for k in (1, 2, 3, 4)]  # the probe alerts: sent so long after due time, in the burst
+# The probe alerts, sent so long after due time, in the burst: at 10, 20, 30, 40% of the window (or n, evenly to 40%;
+# keep them further apart than the slowest alert: they are one patient's)
+PROBE_COUNT = int(os.environ.get("BENCH_RUSH_PROBES", 4))
+PROBES = [WINDOW_S * 0.4 * (k + 1) / PROBE_COUNT for k in range(PROBE_COUNT)]
 LIMITS = {"reminder_p99_ms": 5000, "bp_ack_p99_ms": 1000, "alert_e2e_p99_ms": 1000}
 FRAME_LOSS = 0.01
 QUIET_CORE = 0.1  # the store counts as settled under a tenth of a core (over half a second)
@@ -300,14 +309,20 @@ class Server:
         first = [self.best["alert_e2e_p99_ms"] / idle] if self.best and self.best["alert_e2e_p99_ms"] and idle else []
         return first + [r["alert_e2e_ratio"] for r in self.repeats if r["alert_e2e_ratio"] is not None]
 
-    def pooled(self) -> dict[str, Any]:
-        """Every alert of the best step and its repeats against every idle alert timed before them: with 8 alerts a
-        play a step's "p99" is its slowest, so the quantiles over all plays are the steadier figure."""
+    def pools(self) -> dict[str, list[float]]:
+        """Every alert of the best step and its repeats (``rush``; the probes: ``burst``), and every idle alert timed
+        before them (ms)."""
         if self.best is None:
             return {}
         idle = [x for x in self.idle_e2e if x is not None] + [x for r in self.repeats for x in r["alert_e2e_idle_ms"]]
-        pools = {"idle": idle, "rush": self.best["alert_e2e_ms"] + [x for r in self.repeats for x in r["alert_e2e_ms"]],
-                 "burst": [x for p in [self.best, *self.repeats] for x in p["alert_burst_ms"] if x is not None]}
+        return {"idle": idle, "rush": self.best["alert_e2e_ms"] + [x for r in self.repeats for x in r["alert_e2e_ms"]],
+                "burst": [x for p in [self.best, *self.repeats] for x in p["alert_burst_ms"] if x is not None]}
+
+    def pooled(self) -> dict[str, Any]:
+        """The pools' quantiles and their ratios: with 8 alerts a play a step's "p99" is its slowest, so the quantiles
+        over all plays are the steadier figure."""
+        if not (pools := self.pools()):
+            return {}
         out: dict[str, Any] = {"plays": 1 + len(self.repeats)}
         for name, pool in pools.items():
             out[name] = {"n": len(pool), **{f"p{q}_ms": rounded(pct(pool, q)) for q in (50, 90, 99)}}
@@ -393,6 +408,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-rush-") as tmp:
         servers = asyncio.run(run(budget, Path(tmp)))
     if set(servers) != set(("off", "on")):  # a quick try of one (BENCH_RUSH_CONFIGS): its steps were printed
+        for s in servers.values():
+            print(json.dumps({"rush_try": s.config, "pooled": s.pooled(), "alerts": s.pools()}))
         return
     off, on = servers["off"], servers["on"]
     on_figures = figures(on, "")
