@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -114,10 +114,20 @@ async def connected(settings: Settings, documents: Sequence[type[Document]], bul
         yield Stores(client, bulk_client, started)
     finally:
         for client in clients:
-            await URGENT_LANE.close(client)
-            await client.close()
+            await within_stop_s(URGENT_LANE.close(client), "closing the urgent lane")
+            await within_stop_s(client.close(), "closing a store client")
         for store in reversed(started):
-            await store.stop()
+            await store.stop()  # (bounded by itself: SIGKILL after 15 s)
+
+
+async def within_stop_s(step: Awaitable[object], what: str) -> None:
+    """One step of a shutdown, ended after ``STOP_S`` and its failure logged: a shutdown always ends, and one
+    step that fails or never returns (a driver's close waiting on its own background task) keeps none of the
+    others from running."""
+    try:
+        await asyncio.wait_for(step, STOP_S)
+    except Exception:
+        log.exception("%s failed", what)
 
 
 @contextlib.asynccontextmanager
@@ -133,10 +143,7 @@ async def running(components: Sequence[Component]) -> AsyncIterator[None]:
         yield
     finally:
         for component in reversed(started):
-            try:
-                await asyncio.wait_for(component.stop(), STOP_S)
-            except Exception:
-                log.exception("stopping %s failed", type(component).__name__)
+            await within_stop_s(component.stop(), f"stopping {type(component).__name__}")
 
 
 async def lifecycle(server: Server, documents: Sequence[type[Document]], bulk: Sequence[type[Document]] = (),
@@ -155,16 +162,13 @@ async def lifecycle(server: Server, documents: Sequence[type[Document]], bulk: S
                 yield
         finally:
             if server.redis is not None:
-                await server.redis.aclose()
+                await within_stop_s(server.redis.aclose(), "closing Redis")
 
 
 async def stop_socketio(server: Server) -> None:
     """On shutdown, as python-socketio asks (before the web server stops): its background work (Engine.IO's
     ping checks) ends with the server rather than outliving it on the event loop."""
-    try:
-        await asyncio.wait_for(server.realtime.sio.shutdown(), STOP_S)
-    except Exception:
-        log.exception("stopping Socket.IO failed")
+    await within_stop_s(server.realtime.sio.shutdown(), "stopping Socket.IO")
 
 
 async def stop_demo(server: Server) -> None:

@@ -47,10 +47,13 @@ def contract_checked() -> Iterator[None]:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     """A test still running 20 s before pytest-timeout ends it prints what each task of the event loop awaits
-    (the timeout's own dump shows threads only, and a hung test is idle in the loop's ``select``)."""
-    timer = threading.Timer(float(item.config.getini("timeout") or 120) - 20, _print_pending_tasks, (item.name,))
+    (the timeout's own dump shows threads only, and a hung test is idle in the loop's ``select``). Timed like the
+    timeout, over setup, call and teardown: a hang in a fixture's teardown shows its tasks too."""
+    marker = item.get_closest_marker("timeout")
+    timeout = float(marker.args[0] if marker and marker.args else item.config.getini("timeout") or 120)
+    timer = threading.Timer(timeout - 20, _print_pending_tasks, (item.name,))
     timer.daemon = True
     timer.start()
     try:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -259,6 +260,14 @@ async def run_cli(env: dict[str, str], *args: str) -> str:
     out, _ = await proc.communicate()
     assert proc.returncode == 0, out.decode()
     return out.decode()
+
+
+def process_alive(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit is reaped by whoever adopted it, maybe late)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
 
 
 def process_env(store_url: str, data_dir: Any, redis_url: str = "", **settings: object) -> dict[str, str]:

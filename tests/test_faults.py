@@ -13,12 +13,13 @@ import aiohttp
 import pytest
 from redis import Redis
 
-from server.app import create_app
+from server import lifecycle
+from server.app import SERVER, create_app
 from server.care.documents import User
 from server.infra.embedded_store import EmbeddedStore, free_port
 from tests.alert_clients import crisis, device_sock
 from tests.conftest import make_settings
-from tests.helpers import Api, process_env, scrape, scrape_until, server_processes
+from tests.helpers import Api, process_alive, process_env, scrape, scrape_until, server_processes
 from tests.streaming import device_socket, ecg, frame, open_stream, pair
 
 
@@ -174,3 +175,39 @@ async def test_server_killed_mid_stream_devices_and_watchers_fail_over(store: Em
             assert status == 200 and streams["items"][0]["id"] == stream_id
             for sock in (device, watcher):
                 await sock.close()
+
+
+async def test_a_shutdown_step_that_never_returns_keeps_none_of_the_others_from_running(
+        tmp_path: Path, aiohttp_server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        ) -> None:  # type: ignore[no-untyped-def]
+    """The store client's close and the last component's stop never return: the shutdown still ends, within
+    ``STOP_S`` a step, having stopped the other components and both embedded store processes."""
+    monkeypatch.setattr(lifecycle, "STOP_S", 0.5)
+    app = create_app(make_settings("unused", tmp_path, mongodb_url=None))
+    server = await aiohttp_server(app)
+    running = app[SERVER]
+    assert running.stores is not None and len(running.stores.embedded) == 2
+    pids = [s.proc.pid for s in running.stores.embedded if s.proc is not None]
+    stopped: list[str] = []
+
+    async def never() -> None:
+        await asyncio.Event().wait()
+
+    def recording(component: object) -> object:
+        stop = component.stop  # type: ignore[attr-defined]
+
+        async def recorded() -> None:
+            await stop()
+            stopped.append(type(component).__name__)
+        return recorded
+
+    *others, last = running.components
+    for component in others:
+        monkeypatch.setattr(component, "stop", recording(component))
+    monkeypatch.setattr(last, "stop", never)
+    monkeypatch.setattr(running.mongo, "close", never)
+    await asyncio.wait_for(server.close(), 60)
+    assert stopped == [type(c).__name__ for c in reversed(others)]
+    assert not any(process_alive(pid) for pid in pids), "an embedded store outlived its server's shutdown"
+    assert f"stopping {type(last).__name__} failed" in caplog.text and "closing a store client failed" in caplog.text
+

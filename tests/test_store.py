@@ -23,7 +23,7 @@ from server.infra.migrations import MIGRATIONS, MigrationRecord, move_collection
 from server.infra.store import init_documents, make_client
 from server.meds.documents import DoseEvent
 from tests.conftest import make_settings
-from tests.helpers import Api
+from tests.helpers import Api, process_alive
 
 
 async def test_acknowledged_writes_survive_sigkill(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -62,14 +62,6 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path, caplog: pytes
     await store.stop()
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's exit is reaped by whoever adopted it, maybe late)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
-    except (OSError, IndexError):
-        return False
-
-
 async def test_a_store_runs_no_server_code_in_its_child_and_dies_with_a_server_killed_outright(
         tmp_path: Path) -> None:
     """The server's loop is uvloop, whose subprocesses run the process's at-fork hooks in the child; PyMongo's
@@ -89,12 +81,12 @@ async def test_a_store_runs_no_server_code_in_its_child_and_dies_with_a_server_k
                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert server.stdout is not None and server.stderr is not None
     store_pid = int(await asyncio.wait_for(server.stdout.readline(), 60))
-    assert _running(store_pid)
+    assert process_alive(store_pid)
     server.kill()
     await server.wait()
     assert b"at-fork hook ran" not in await server.stderr.read()
     for _ in range(100):
-        if not _running(store_pid):
+        if not process_alive(store_pid):
             return
         await asyncio.sleep(0.1)
     os.kill(store_pid, signal.SIGKILL)
