@@ -44,6 +44,7 @@ from paho.mqtt.properties import Properties
 from devices.documents import Device
 from devices.mqtt_broker import TOPIC_ROOT, BrokerFiles
 from devices.registry import device_principal
+from server.core.background import cancel_and_wait
 from server.core.config import ConfigError, Settings
 from server.core.errors import error_body
 from server.core.identity import Client, Principal
@@ -129,11 +130,7 @@ class MqttBridge:
         self._task = asyncio.create_task(self._run(), name="mqtt-bridge")
 
     async def stop(self) -> None:
-        for task in [self._task, *self._workers]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(self._task, *self._workers)
 
     async def _run(self) -> None:
         identifier = f"healthmate-bridge-{self.process_id}"
@@ -196,7 +193,8 @@ class MqttBridge:
     async def _drain(self, device_id: str, queue: asyncio.Queue[tuple[str, bytes]]) -> None:
         while True:
             try:
-                event, body = await asyncio.wait_for(queue.get(), IDLE_S)
+                async with asyncio.timeout(IDLE_S):
+                    event, body = await queue.get()
             except TimeoutError:
                 if self._queues.get(device_id) is queue and queue.empty():
                     del self._queues[device_id]

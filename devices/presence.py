@@ -11,7 +11,6 @@ change is announced by exactly one of them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +19,7 @@ from beanie import PydanticObjectId
 
 from devices.documents import Device
 from server.care.access import care_team
+from server.core.background import cancel_and_wait
 from server.core.documents import iso, passed, utcnow
 from server.core.i18n import Text
 from server.core.identity import Principal
@@ -45,10 +45,7 @@ class DevicePresence:
         self._task = asyncio.create_task(self._sweeping(), name="device-presence")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def on_connect(self, sid: str, principal: Principal) -> None:
         if principal.is_device:

@@ -9,11 +9,12 @@ memory (it sees the missing replies, and the stream's sequence numbers show the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+
+from server.core.background import cancel_and_wait
 
 log = logging.getLogger(__name__)
 Message = str | bytes
@@ -64,8 +65,5 @@ class DataChannelPeer:
                 channel.send(reply)
 
     async def close(self) -> None:
-        if self._worker is not asyncio.current_task():
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        await cancel_and_wait(self._worker)  # (not when it is the caller)
         await self.pc.close()

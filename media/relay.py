@@ -79,7 +79,8 @@ class SlotTrack(MediaStreamTrack):
         if self._start is None:
             self._start = time.monotonic()
         try:
-            frame = await asyncio.wait_for(self._queue.get(), SOURCE_WAIT_S)
+            async with asyncio.timeout(SOURCE_WAIT_S):
+                frame = await self._queue.get()
             self.forwarded += 1
         except TimeoutError:
             frame = await self._filler()

@@ -14,6 +14,7 @@ from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from server.core.background import cancel_and_wait
 from server.core.config import Settings
 from server.core.ports import Component
 from server.core.urgency import URGENCY
@@ -174,7 +175,4 @@ async def stop_socketio(server: Server) -> None:
 async def stop_demo(server: Server) -> None:
     """On shutdown, before open connections are waited for: the demo devices are connections too."""
     task, server.demo = server.demo, None
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await cancel_and_wait(task)

@@ -20,6 +20,7 @@ from pymongo.errors import PyMongoError
 
 from server.care import audit
 from server.care.access import may_access
+from server.core.background import cancel_and_wait
 from server.core.config import Settings
 from server.core.documents import utcnow
 from server.core.errors import ApiError, not_found
@@ -59,10 +60,7 @@ class CallRecordings:
         self._retainer = asyncio.create_task(self._retention(), name="call-retention")
 
     async def stop(self) -> None:
-        if self._retainer is not None:
-            self._retainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retainer
+        await cancel_and_wait(self._retainer)
 
     def path(self, call_id: str) -> Path:
         """Where the recording is written while the call goes on (the process serving its media)."""

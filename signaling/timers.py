@@ -5,12 +5,12 @@ every process that catches those a dead process left behind. Every tenth sweep a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+from server.core.background import cancel_and_wait
 from server.core.config import Settings
 from server.core.documents import aware, utcnow
 from server.core.errors import ApiError
@@ -38,11 +38,7 @@ class CallTimers:
         self._sweeper = asyncio.create_task(self._sweep(), name="call-sweeper")
 
     async def stop(self) -> None:
-        for task in [self._sweeper, *self.timers.values()]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(self._sweeper, *self.timers.values())
         self.timers.clear()
 
     def schedule(self, call: CallSession, kind: str, delay: float, action: Action) -> None:

@@ -43,6 +43,7 @@ from pymongo.errors import BulkWriteError
 
 from server.alerts.documents import Alert, PushEntry, PushOutcome, PushToken
 from server.alerts.push_providers import Provider, PushError, PushMessage, RefusedTarget
+from server.core.background import cancel_and_wait
 from server.core.config import Settings
 from server.core.documents import aware, utcnow
 
@@ -106,11 +107,7 @@ class Outbox:
         next process takes them at once."""
         for handle in self._timers:
             handle.cancel()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         with contextlib.suppress(Exception):
             await self._remove()
         with contextlib.suppress(Exception):
@@ -171,7 +168,8 @@ class Outbox:
                 self._queue.put_nowait(doc)
             if not docs:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.push_poll_s)
+                    async with asyncio.timeout(self.settings.push_poll_s):
+                        await self._wake.wait()
 
     async def _claim(self, count: int) -> list[dict[str, Any]]:
         """Up to ``count`` due entries, oldest first: each moved to the end of its lease by a conditional update,

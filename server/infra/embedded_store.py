@@ -29,6 +29,7 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
+from server.core.background import cancel_and_wait
 from server.infra.files import private_dir
 
 log = logging.getLogger(__name__)
@@ -228,10 +229,7 @@ class EmbeddedStore:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._supervisor:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+        await cancel_and_wait(self._supervisor)
         await self._terminate()
 
     async def _terminate(self) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from server.core.background import cancel_and_wait
+
 log = logging.getLogger(__name__)
 ONLINE_KEY = "healthmate:online:"
 PROCESS_KEY = "healthmate:process:"
@@ -35,9 +37,7 @@ class Presence:
     async def stop(self) -> None:
         if self._heartbeat is None:
             return
-        self._heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._heartbeat
+        await cancel_and_wait(self._heartbeat)
         with contextlib.suppress(Exception):
             await self.redis.delete(PROCESS_KEY + self.process_id)  # type: ignore[union-attr]
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from server.core.background import cancel_and_wait
+
 log = logging.getLogger(__name__)
 CHANNEL = "healthmate:control"
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
@@ -136,10 +138,7 @@ class RedisPubSub(PubSub):
                     await self._pubsub.subscribe("healthmate:_", *self._receivers)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()

@@ -55,7 +55,8 @@ class Reminders:
         while True:
             try:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.delivery.reminded.wait(), POLL_S)
+                    async with asyncio.timeout(POLL_S):
+                        await self.delivery.reminded.wait()
                 self.delivery.reminded.clear()
                 while self._taken:
                     await self._send_taken(*self._taken.pop(0))

@@ -148,7 +148,8 @@ class Scheduler:
                 delay = POLL_S
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):  # (not wait_for: on 3.11 it may swallow a stop's cancel)
+                    await self._wake.wait()
 
     async def run_once(self, now: datetime) -> None:
         if self._planned_at is None or now - self._planned_at >= PLAN_EVERY:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from beanie import PydanticObjectId
 
+from server.core.background import cancel_and_wait
 from server.core.documents import VersionedDocument, aware, iso, utcnow
 from server.core.errors import ApiError
 from server.streaming.documents import AnalysisChunk, Stream, WaveBucket
@@ -132,10 +133,8 @@ class HistoryWriter:
             self._tasks.append(asyncio.create_task(self._expire(self.raw_days), name="retention"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:  # bounded: a task cancelled inside a store call must not hold up the shutdown
-            await asyncio.wait(self._tasks, timeout=5)
+        # bounded: a task cancelled inside a store call must not hold up the shutdown
+        await cancel_and_wait(*self._tasks, within=5)
         await self.flush()
 
 

@@ -8,7 +8,6 @@ missed, and the gap is recorded and shown to watchers."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from beanie import PydanticObjectId
 from devices.clock import DeviceClock
 from devices.frames import Frame, FrameError, StreamOpen, decode_samples, max_samples
 from devices.stream_sequencer import StreamSequencer
+from server.core.background import cancel_and_wait
 from server.core.documents import iso, utcnow
 from server.core.errors import ApiError, forbidden
 from server.core.identity import as_object_id
@@ -78,11 +78,7 @@ class StreamService:
         self._results_task = asyncio.create_task(self._handle_results_forever(), name="stream-results")
 
     async def stop(self) -> None:
-        for task in (self._watchdog, self._results_task):
-            if task:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(self._watchdog, self._results_task)
         for stream in list(self.streams.values()):
             await self._close(stream, "server_shutdown", announce=False)
         await self.pool.stop()

@@ -9,7 +9,6 @@ that made it, and a synthetic-trained model's answer says so in ``synthetic`` an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +17,7 @@ from beanie import PydanticObjectId
 
 from ml.bp_features import FEATURES, HORIZON_DAYS, MIN_READINGS, bp_features, enough_history
 from server.care.access import require_patient
+from server.core.background import cancel_and_wait
 from server.core.documents import aware, iso, utcnow
 from server.core.errors import ApiError
 from server.core.identity import Client, Principal
@@ -109,7 +109,4 @@ class BPForecasts:
         pass
 
     async def stop(self) -> None:
-        for task in list(self._pending.values()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._pending.values())
