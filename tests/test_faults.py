@@ -202,11 +202,16 @@ async def test_a_shutdown_step_that_never_returns_keeps_none_of_the_others_from_
         return recorded
 
     *others, last = running.components
+    close, last_stop = running.mongo.close, last.stop
     for component in others:
         monkeypatch.setattr(component, "stop", recording(component))
     monkeypatch.setattr(last, "stop", never)
     monkeypatch.setattr(running.mongo, "close", never)
-    await asyncio.wait_for(server.close(), 60)
+    try:
+        await asyncio.wait_for(server.close(), 60)
+    finally:  # closed and stopped for real: a client left open would count as a store outage for later tests
+        await close()
+        await last_stop()
     assert stopped == [type(c).__name__ for c in reversed(others)]
     assert not any(process_alive(pid) for pid in pids), "an embedded store outlived its server's shutdown"
     assert f"stopping {type(last).__name__} failed" in caplog.text and "closing a store client failed" in caplog.text

