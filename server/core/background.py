@@ -10,7 +10,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 log = logging.getLogger(__name__)
-RECANCEL_S = 2.0  # how long a cancelled task has to end (its clean-up included) before it is cancelled again
+RECANCEL_S = 0.5  # how long a cancelled task has to end (its clean-up included) before it is cancelled again
 
 
 class Background:
