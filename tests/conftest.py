@@ -62,9 +62,16 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
         timer.cancel()
 
 
+def _running_loop(o: object) -> bool:
+    try:  # (a weak proxy whose referent is gone raises on any look)
+        return isinstance(o, asyncio.AbstractEventLoop) and o.is_running()
+    except ReferenceError:
+        return False
+
+
 def _print_pending_tasks(test: str) -> None:
     """The test's own task first (what it awaits), then the others (what that may wait for)."""
-    loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and o.is_running()]
+    loops = [o for o in gc.get_objects() if _running_loop(o)]
     tasks = [t for loop in loops for t in asyncio.all_tasks(loop)]
     for task in sorted(tasks, key=lambda t: test.split("[")[0] not in repr(t)):
         with contextlib.suppress(Exception):
