@@ -62,6 +62,42 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path, caplog: pytes
     await store.stop()
 
 
+async def test_a_store_that_runs_but_stops_answering_is_restarted_with_nothing_acknowledged_lost(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store process that is alive but answers nothing (here stopped with SIGSTOP; in the wild, a connection
+    thread stuck in the storage engine with the store's lock held) is what a crash supervisor alone never sees:
+    every command would wait for good. The watchdog ends it and the supervisor starts it again."""
+    monkeypatch.setattr("server.infra.embedded_store.WATCH_EVERY_S", 0.2)
+    monkeypatch.setattr("server.infra.embedded_store.TERM_GRACE_S", 1.0)  # a stopped process ignores SIGTERM
+    store = EmbeddedStore(tmp_path, hang_s=2.0)
+    await store.start()
+    client = make_client(store.url, serverSelectionTimeoutMS=30000, retryWrites=False)
+    coll = client.wedge.readings
+    try:
+        await coll.insert_many([{"_id": i} for i in range(100)])
+        await asyncio.sleep(0.5)  # the watchdog has seen this process answer
+        assert store.proc is not None
+        wedged = store.proc.pid
+        with caplog.at_level(logging.ERROR, logger="server.infra.embedded_store"):
+            os.kill(wedged, signal.SIGSTOP)
+            waiting = asyncio.ensure_future(coll.count_documents({}))  # sent to the wedged store
+            for _ in range(600):
+                if store.hangs == 1 and store.healthy and store.proc.pid != wedged:
+                    break
+                await asyncio.sleep(0.1)
+        assert store.hangs == 1 and store.healthy and store.proc.pid != wedged
+        assert not process_alive(wedged)
+        assert any("has not answered" in r.message for r in caplog.records)
+        # Its connection died with the process, and the read, retried once, was answered by the store restarted.
+        assert await asyncio.wait_for(waiting, 30) == 100
+        await coll.insert_one({"_id": 100})
+        assert await coll.count_documents({}) == 101
+        assert store.hangs == 1  # a store answering again is not judged again
+    finally:
+        await client.close()
+        await store.stop()
+
+
 async def test_a_store_runs_no_server_code_in_its_child_and_dies_with_a_server_killed_outright(
         tmp_path: Path) -> None:
     """The server's loop is uvloop, whose subprocesses run the process's at-fork hooks in the child; PyMongo's

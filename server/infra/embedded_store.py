@@ -4,7 +4,11 @@ SecantusDB is GPL-2.0-only, so it stays behind a process boundary: we start
 ``secantusd-py`` and talk MongoDB's wire protocol to it with the same PyMongo client
 as for real MongoDB; nothing here imports it. Its Python work also stays off our GIL.
 A crash is logged at ERROR and the process restarted with backoff; ``healthy`` says
-whether it is up, for ``/readyz``.
+whether it is up, for ``/readyz``. A store that runs but has stopped answering is ended the same way: a
+watchdog reads from it every few seconds, and one that has answered before and then not for ``hang_s`` is
+stopped (SIGTERM, on which SecantusDB logs its stuck threads' stacks, then SIGKILL) and so restarted. Seen
+here: a connection thread stuck inside the storage engine's search while holding the store's global lock,
+every other command queued behind it for good.
 
 It runs with ``--auth``: on first start a user with a random password is created (the store is started
 once without auth on loopback for that, as SecantusDB asks) and the credential kept in
@@ -105,11 +109,14 @@ class Child:
 
 
 USER = "healthmate"
+WATCH_EVERY_S = 5.0  # how often the watchdog reads from the store
+HANG_S = 30.0  # a store that has answered before and then not for this long is wedged (no command takes this long)
+TERM_GRACE_S = 10.0  # after SIGTERM, how long a wedged store gets to log its threads' stacks and exit
 
 
 class EmbeddedStore:
     def __init__(self, data_dir: Path, port: int | None = None, cache_size: str = "256M",
-                 test_commands: bool = False) -> None:
+                 test_commands: bool = False, hang_s: float = HANG_S) -> None:
         self.data_dir = data_dir.resolve()
         self.path = (data_dir / "db").resolve()
         self.log_path = (data_dir / "store.log").resolve()
@@ -119,9 +126,12 @@ class EmbeddedStore:
         self.cache_size = cache_size
         self.test_commands = test_commands  # mongod's test-only commands (failpoints), for the tests only
         self.proc: Child | None = None
+        self.hang_s = hang_s
         self.crashes = 0
+        self.hangs = 0
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -147,6 +157,7 @@ class EmbeddedStore:
             await self._provision(wait_s)
         await self._spawn(wait_s)
         self._supervisor = asyncio.create_task(self._supervise(), name="embedded-store-supervisor")
+        self._watchdog = asyncio.create_task(self._watch(), name="embedded-store-watchdog")
         log.info("embedded store (SecantusDB) on 127.0.0.1:%d, data in %s, log in %s", self.port, self.path,
                  self.log_path)
         return self.url
@@ -227,20 +238,52 @@ class EmbeddedStore:
                 log.error("embedded store restart failed: %s", exc)
                 backoff = min(backoff * 2, 30)
 
+    async def _watch(self) -> None:
+        """Stop the store process when it runs but no longer answers; the supervisor then restarts it. Judged
+        only once the process has answered (a store still recovering its journal at start is not wedged). The
+        probe reads a collection's catalogue entry, as every command does, so it needs the storage engine, not
+        only the connection thread that a ``ping`` would."""
+        loop = asyncio.get_running_loop()
+        client: AsyncMongoClient = AsyncMongoClient(self.url, timeoutMS=self.hang_s * 1000, maxPoolSize=1,
+                                                    appName="healthmate-watchdog")
+        answered: Child | None = None
+        last_answer = loop.time()
+        try:
+            while not self._stopping:
+                await asyncio.sleep(WATCH_EVERY_S)
+                proc = self.proc
+                try:
+                    await client.admin.command("find", "healthmate_watchdog", limit=1)
+                    answered, last_answer = proc, loop.time()
+                except Exception as exc:
+                    silent_s = loop.time() - last_answer
+                    if proc is None or proc is not answered or proc is not self.proc or proc.returncode is not None \
+                            or silent_s < self.hang_s or self._stopping:
+                        continue
+                    self.hangs += 1
+                    log.error("embedded store (pid %d) has not answered for %.0f s (%s); stopping it to restart it "
+                              "(hang #%d); its threads' stacks follow in %s", proc.pid, silent_s, exc, self.hangs,
+                              self.log_path)
+                    await self._terminate(proc, TERM_GRACE_S)
+        finally:
+            await client.close()
+
     async def stop(self) -> None:
         self._stopping = True
-        await cancel_and_wait(self._supervisor)
+        await cancel_and_wait(self._watchdog, self._supervisor)
         await self._terminate()
 
-    async def _terminate(self) -> None:
-        if self.proc and self.proc.returncode is None:
-            self.proc.terminate()
+    async def _terminate(self, proc: Child | None = None, grace_s: float = 15.0) -> None:
+        """SIGTERM once (SecantusDB's handler is not re-entrant), SIGKILL if it has not exited ``grace_s`` later."""
+        proc = proc or self.proc
+        if proc and proc.returncode is None:
+            proc.terminate()
             try:
-                await asyncio.wait_for(self.proc.wait(), 15)
+                await asyncio.wait_for(proc.wait(), grace_s)
             except TimeoutError:
                 log.error("embedded store did not stop on SIGTERM; killing it")
-                self.proc.kill()
-                await self.proc.wait()
+                proc.kill()
+                await proc.wait()
 
 
 async def start_embedded(stores: list[EmbeddedStore]) -> list[str]:
