@@ -98,6 +98,27 @@ async def test_a_store_that_runs_but_stops_answering_is_restarted_with_nothing_a
         await store.stop()
 
 
+async def test_a_store_slow_to_answer_but_answering_is_left_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watchdog's bound is on silence, not on slowness: each of its reads held in the store (a failpoint on
+    its connection) for most of ``hang_s`` is still an answer, and the store keeps running."""
+    monkeypatch.setattr("server.infra.embedded_store.WATCH_EVERY_S", 0.2)
+    store = EmbeddedStore(tmp_path, hang_s=2.0, test_commands=True)
+    await store.start()
+    client = make_client(store.url)
+    try:
+        assert store.proc is not None
+        pid = store.proc.pid
+        await asyncio.sleep(0.6)  # the watchdog has seen this process answer: from now on it judges it
+        await client.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn", "data": {
+            "appName": "healthmate-watchdog", "blockConnection": True, "blockTimeMS": 1500, "failCommands": ["find"]}})
+        await asyncio.sleep(8)  # four held reads, 6 s in all: three times hang_s
+        assert store.hangs == 0 and store.crashes == 0 and store.proc.pid == pid
+    finally:
+        await client.close()
+        await store.stop()
+
+
 async def test_a_store_runs_no_server_code_in_its_child_and_dies_with_a_server_killed_outright(
         tmp_path: Path) -> None:
     """The server's loop is uvloop, whose subprocesses run the process's at-fork hooks in the child; PyMongo's
