@@ -253,7 +253,8 @@ class EmbeddedStore:
                 await asyncio.sleep(WATCH_EVERY_S)
                 proc = self.proc
                 try:
-                    await client.admin.command("find", "healthmate_watchdog", limit=1)
+                    async with asyncio.timeout(self.hang_s):  # (the driver's own bound let one wait 131 s)
+                        await client.admin.command("find", "healthmate_watchdog", limit=1)
                     answered, last_answer = proc, loop.time()
                 except Exception as exc:
                     silent_s = loop.time() - last_answer
