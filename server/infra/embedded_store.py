@@ -28,10 +28,11 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 
 from server.core.background import cancel_and_wait
 from server.infra.files import private_dir
@@ -131,7 +132,8 @@ class EmbeddedStore:
         self.hangs = 0
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
-        self._watchdog: asyncio.Task[None] | None = None
+        self._watchdog: threading.Thread | None = None
+        self._watch_stop = threading.Event()
 
     @property
     def url(self) -> str:
@@ -149,6 +151,7 @@ class EmbeddedStore:
 
     async def start(self, wait_s: float = 30.0) -> str:
         self._stopping = False
+        self._watch_stop = threading.Event()
         private_dir(self.data_dir)
         private_dir(self.path)
         if self.credential_path.exists():
@@ -157,7 +160,9 @@ class EmbeddedStore:
             await self._provision(wait_s)
         await self._spawn(wait_s)
         self._supervisor = asyncio.create_task(self._supervise(), name="embedded-store-supervisor")
-        self._watchdog = asyncio.create_task(self._watch(), name="embedded-store-watchdog")
+        self._watchdog = threading.Thread(target=self._watch, args=(asyncio.get_running_loop(), self._watch_stop),
+                                          name="embedded-store-watchdog", daemon=True)
+        self._watchdog.start()
         log.info("embedded store (SecantusDB) on 127.0.0.1:%d, data in %s, log in %s", self.port, self.path,
                  self.log_path)
         return self.url
@@ -238,40 +243,43 @@ class EmbeddedStore:
                 log.error("embedded store restart failed: %s", exc)
                 backoff = min(backoff * 2, 30)
 
-    async def _watch(self) -> None:
+    def _watch(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
         """Stop the store process when it runs but no longer answers; the supervisor then restarts it. Judged
         only once the process has answered (a store still recovering its journal at start is not wedged). The
         probe reads a collection's catalogue entry, as every command does, so it needs the storage engine, not
-        only the connection thread that a ``ping`` would."""
-        loop = asyncio.get_running_loop()
-        client: AsyncMongoClient = AsyncMongoClient(self.url, timeoutMS=self.hang_s * 1000, maxPoolSize=1,
-                                                    appName="healthmate-watchdog")
+        only the connection thread that a ``ping`` would. A thread of its own, with a blocking client: its clock
+        is the wall's, where one on the event loop counted the loop's own holdups as the store's silence (in the
+        tests, a loop left waiting through a synchronous test's two minutes read as a store silent that long)."""
+        client: MongoClient = MongoClient(self.url, timeoutMS=self.hang_s * 1000, maxPoolSize=1,
+                                          appName="healthmate-watchdog")
         answered: Child | None = None
-        last_answer = loop.time()
+        last_answer = time.monotonic()
         try:
-            while not self._stopping:
-                await asyncio.sleep(WATCH_EVERY_S)
+            while not stop.wait(WATCH_EVERY_S):
                 proc = self.proc
                 try:
-                    async with asyncio.timeout(self.hang_s):  # (the driver's own bound let one wait 131 s)
-                        await client.admin.command("find", "healthmate_watchdog", limit=1)
-                    answered, last_answer = proc, loop.time()
+                    client.admin.command("find", "healthmate_watchdog", limit=1)
+                    answered, last_answer = proc, time.monotonic()
                 except Exception as exc:
-                    silent_s = loop.time() - last_answer
-                    if proc is None or proc is not answered or proc is not self.proc or proc.returncode is not None \
-                            or silent_s < self.hang_s or self._stopping:
+                    silent_s = time.monotonic() - last_answer
+                    if proc is None or proc is not answered or proc is not self.proc or proc.popen.poll() is not None \
+                            or silent_s < self.hang_s or stop.is_set():
                         continue
                     self.hangs += 1
                     log.error("embedded store (pid %d) has not answered for %.0f s (%s); stopping it to restart it "
                               "(hang #%d); its threads' stacks follow in %s", proc.pid, silent_s, exc, self.hangs,
                               self.log_path)
-                    await self._terminate(proc, TERM_GRACE_S)
+                    try:
+                        asyncio.run_coroutine_threadsafe(self._terminate(proc, TERM_GRACE_S), loop).result()
+                    except RuntimeError:  # the loop has closed: nothing left to restart it
+                        return
         finally:
-            await client.close()
+            client.close()
 
     async def stop(self) -> None:
         self._stopping = True
-        await cancel_and_wait(self._watchdog, self._supervisor)
+        self._watch_stop.set()  # (a read under way ends within hang_s; the thread is a daemon's, and judges no more)
+        await cancel_and_wait(self._supervisor)
         await self._terminate()
 
     async def _terminate(self, proc: Child | None = None, grace_s: float = 15.0) -> None:
