@@ -115,8 +115,8 @@ async def test_a_store_slow_to_answer_but_answering_is_left_running(
             "appName": "healthmate-watchdog", "blockConnection": True, "blockTimeMS": 1500, "failCommands": ["find"]}})
         await asyncio.sleep(8)  # four held reads, 6 s in all: three times hang_s
         assert store.hangs == 0 and store.crashes == 0 and store.proc.pid == pid
-        # Nor is the server's own loop held up the store's silence (in the tests, a synchronous test leaves the
-        # session's loop waiting for minutes): 5 s of it, most likely with one of the held reads under way.
+        # Nor is a holdup of the server's own loop taken for the store's silence (in the tests, a synchronous
+        # test leaves the session's loop waiting for minutes): 5 s of it, most likely with a held read under way.
         time.sleep(5)
         await asyncio.sleep(2)
         assert store.hangs == 0 and store.crashes == 0 and store.proc.pid == pid
