@@ -132,7 +132,6 @@ class EmbeddedStore:
         self.hangs = 0
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
-        self._watchdog: threading.Thread | None = None
         self._watch_stop = threading.Event()
 
     @property
@@ -160,9 +159,8 @@ class EmbeddedStore:
             await self._provision(wait_s)
         await self._spawn(wait_s)
         self._supervisor = asyncio.create_task(self._supervise(), name="embedded-store-supervisor")
-        self._watchdog = threading.Thread(target=self._watch, args=(asyncio.get_running_loop(), self._watch_stop),
-                                          name="embedded-store-watchdog", daemon=True)
-        self._watchdog.start()
+        threading.Thread(target=self._watch, args=(asyncio.get_running_loop(), self._watch_stop),
+                         name="embedded-store-watchdog", daemon=True).start()  # (ended through its event)
         log.info("embedded store (SecantusDB) on 127.0.0.1:%d, data in %s, log in %s", self.port, self.path,
                  self.log_path)
         return self.url
