@@ -99,6 +99,20 @@ async def test_a_store_that_runs_but_stops_answering_is_restarted_with_nothing_a
         await store.stop()
 
 
+async def test_a_shutdown_while_the_watchdog_stops_the_store_signals_it_once(tmp_path: Path) -> None:
+    """The server stopping while the watchdog is ending a wedged store: both wait for the one exit, and the
+    store gets one SIGTERM (SecantusDB's handler is not re-entrant: a second one, while the first is writing its
+    threads' stacks, breaks it)."""
+    store = EmbeddedStore(tmp_path)
+    await store.start()
+    assert store.proc is not None
+    proc, sent = store.proc, []
+    terminate = proc.popen.terminate
+    proc.popen.terminate = lambda: (sent.append(time.monotonic()), terminate())  # type: ignore[method-assign]
+    await asyncio.gather(store._terminate(proc, 10), store.stop())  # the watchdog's stop, and the shutdown's
+    assert len(sent) == 1 and proc.returncode is not None and not process_alive(proc.pid)
+
+
 async def test_a_store_slow_to_answer_but_answering_is_left_running(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The watchdog's bound is on silence, not on slowness: each of its reads held in the store (a failpoint on

@@ -84,6 +84,7 @@ class Child:
     def __init__(self, cmd: list[str], **popen: Any) -> None:
         self.popen = subprocess.Popen(cmd, **popen)
         self.pid = self.popen.pid
+        self.terminated = False  # SIGTERM sent
         loop = asyncio.get_running_loop()
         self._exit: asyncio.Future[int] = loop.create_future()
 
@@ -103,7 +104,11 @@ class Child:
         return await asyncio.shield(self._exit)
 
     def terminate(self) -> None:
-        self.popen.terminate()
+        """SIGTERM, once: SecantusDB's handler is not re-entrant, and a shutdown may come while the watchdog is
+        stopping a wedged store (both then wait for the one exit)."""
+        if not self.terminated:
+            self.terminated = True
+            self.popen.terminate()
 
     def kill(self) -> None:
         self.popen.kill()
@@ -281,7 +286,7 @@ class EmbeddedStore:
         await self._terminate()
 
     async def _terminate(self, proc: Child | None = None, grace_s: float = 15.0) -> None:
-        """SIGTERM once (SecantusDB's handler is not re-entrant), SIGKILL if it has not exited ``grace_s`` later."""
+        """SIGTERM (once, ``Child.terminate``), SIGKILL if it has not exited ``grace_s`` later."""
         proc = proc or self.proc
         if proc and proc.returncode is None:
             proc.terminate()
