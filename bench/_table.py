@@ -25,6 +25,11 @@ def fig(e: dict[str, Any], key: str, unit: str = "") -> str:
     return text + (f" {unit}" if unit else "")
 
 
+def plays(passed: list[int] | None) -> str:
+    """``[passed, played]`` as words."""
+    return f"{passed[0]} of {passed[1]} plays" if passed else "no play"
+
+
 def costs(d: dict[str, Any] | None) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in (d or {}).items() if v is not None) or "n/a"
 
@@ -65,7 +70,8 @@ ROWS: dict[str, Row] = {
         "the CPU seconds of the server processes (and Redis) in it; efficiency = 2 workers ÷ 1 process"),
     "rush": (lambda e: (
         f"{fig(e, 'patients', 'patients')} with issue 18's settings on, {fig(e, 'patients_off')} with them off "
-        f"(same run); at that N: reminder p99 {e.get('reminder_p99_ms')} ms, BP ack p99 {e.get('bp_ack_p99_ms')} ms, "
+        f"(same run; that N passed {plays(e.get('plays_passed'))} on, {plays(e.get('plays_passed_off'))} off); "
+        f"at that N: reminder p99 {e.get('reminder_p99_ms')} ms, BP ack p99 {e.get('bp_ack_p99_ms')} ms, "
         f"alert e2e p99 {e.get('alert_e2e_p99_ms_on')} ms (idle {e.get('alert_e2e_p99_ms_idle')} ms); against idle, "
         f"median of {len(e.get('alert_e2e_ratios') or [])} {e.get('alert_e2e_ratio')} x, range "
         f"{e.get('alert_e2e_ratio_range')}, all plays pooled p90 / p99 "

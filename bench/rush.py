@@ -41,7 +41,8 @@ runs into the other's figures. Each searches N from N_FROM doubling until a step
 then once between the last passing step and the failing one, a turn taken only if it fits in what is left of the
 budget (each step estimated as the longest so far, growth aside, scaled by its patients, plus the growth it needs);
 ``patients`` (on) and ``patients_off``: the largest passing N (0 if none; ``top_reached``: a failing step was found
-rather than the budget ending the search). The figures beside them are the best passing step's;
+rather than the budget ending the search; ``plays_passed``: of that N's plays, the step and its repeats below, how
+many passed: one that passed once can fail when played again). The figures beside them are the best passing step's;
 ``store_cmds_per_patient`` is the server's store commands (PyMongo command monitoring, ``/healthz``) from 0.5 s before
 due time to the end of the step, per patient, and ``server_cpu_s``/``store_cpu_s`` the CPU seconds (/proc) over the same
 span (``loaders_cpu_s``: the load generators', which share the machine). Before the search each server's idle alert e2e
@@ -419,6 +420,8 @@ def figures(s: Server, suffix: str) -> dict[str, Any]:
             f"alert_e2e_ratio_range{suffix}": [rounded(min(ratios)), rounded(max(ratios))] if ratios else None,
             f"alert_e2e_ratios{suffix}": [rounded(r) for r in ratios],
             f"alert_repeats{suffix}": s.repeats,
+            # [passed, played]: the best step and its repeats (a step passing once may fail when played again)
+            f"plays_passed{suffix}": [1 + sum(r["passed"] for r in s.repeats), 1 + len(s.repeats)] if best else None,
             f"alert_e2e_pooled{suffix}": s.pooled(),
             f"alert_burst_ms{suffix}": best.get("alert_burst_ms"),
             f"top_reached{suffix}": s.failed_at is not None}
