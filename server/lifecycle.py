@@ -93,7 +93,7 @@ async def connected(settings: Settings, documents: Sequence[type[Document]], bul
         if url is None:
             started.append(EmbeddedStore(settings.data_dir))
             if bulk_url is None and bulk:
-                started.append(EmbeddedStore(settings.data_dir / "bulk"))
+                started.append(EmbeddedStore(settings.data_dir / "bulk", name="bulk"))
             url, *more = await start_embedded(started)
             bulk_url = more[0] if more else bulk_url
         client = make_client(url, **client_options)

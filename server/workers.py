@@ -69,7 +69,7 @@ async def serve_workers(settings: Settings, workers: int) -> None:
     if settings.mongodb_url is None:  # the embedded store and the bulk store (server.lifecycle.connected), shared
         stores = [EmbeddedStore(settings.data_dir)]
         if settings.bulk_mongodb_url is None:
-            stores.append(EmbeddedStore(settings.data_dir / "bulk"))
+            stores.append(EmbeddedStore(settings.data_dir / "bulk", name="bulk"))
         urls = await start_embedded(stores)
         env.update(zip(("HEALTHMATE_MONGODB_URL", "HEALTHMATE_BULK_MONGODB_URL"), urls, strict=False))
     stopping = asyncio.Event()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession
 from bson import ObjectId
+from prometheus_client import REGISTRY
 from pymongo import monitoring
 
 from server.app import DOCUMENTS, SERVER, create_app
@@ -27,12 +28,19 @@ from tests.conftest import make_settings
 from tests.helpers import Api, process_alive
 
 
+def restarts(reason: str) -> float:
+    """``healthmate_embedded_store_restarts_total`` of the main store, for ``reason``."""
+    return REGISTRY.get_sample_value("healthmate_embedded_store_restarts_total",
+                                     {"store": "main", "reason": reason}) or 0.0
+
+
 async def test_acknowledged_writes_survive_sigkill(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = EmbeddedStore(tmp_path)
     await store.start()
     client = make_client(store.url, serverSelectionTimeoutMS=20000, retryWrites=False)
     coll = client.durability.readings
     acknowledged: list[int] = []
+    exited, hung = restarts("exited"), restarts("hung")
 
     async def writer(start: int) -> None:
         for i in range(start, start + 10_000, 10):
@@ -56,6 +64,7 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path, caplog: pytes
             await asyncio.sleep(0.1)
     assert store.crashes == 1 and store.healthy
     assert any("exited unexpectedly" in r.message for r in caplog.records)
+    assert (restarts("exited"), restarts("hung")) == (exited + 1, hung)  # /metrics tells a crash from a hang
     stored = {d["_id"] async for d in coll.find({}, {"_id": 1})}
     missing = set(acknowledged) - stored
     assert not missing, f"{len(missing)} acknowledged writes lost of {len(acknowledged)}"
@@ -79,6 +88,7 @@ async def test_a_store_that_runs_but_stops_answering_is_restarted_with_nothing_a
         await asyncio.sleep(0.5)  # the watchdog has seen this process answer
         assert store.proc is not None
         wedged = store.proc.pid
+        exited, hung = restarts("exited"), restarts("hung")
         with caplog.at_level(logging.ERROR, logger="server.infra.embedded_store"):
             os.kill(wedged, signal.SIGSTOP)
             waiting = asyncio.ensure_future(coll.count_documents({}))  # sent to the wedged store
@@ -89,6 +99,7 @@ async def test_a_store_that_runs_but_stops_answering_is_restarted_with_nothing_a
         assert store.hangs == 1 and store.healthy and store.proc.pid != wedged
         assert not process_alive(wedged)
         assert any("has not answered" in r.message for r in caplog.records)
+        assert (restarts("exited"), restarts("hung"), store.crashes) == (exited, hung + 1, 0)  # a hang, not a crash
         # Its connection died with the process, and the read, retried once, was answered by the store restarted.
         assert await asyncio.wait_for(waiting, 30) == 100
         await coll.insert_one({"_id": 100})

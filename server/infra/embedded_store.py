@@ -36,6 +36,7 @@ from pymongo import AsyncMongoClient, MongoClient
 
 from server.core.background import cancel_and_wait
 from server.infra.files import private_dir
+from server.infra.metrics import EMBEDDED_STORE_RESTARTS, child
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,8 @@ TERM_GRACE_S = 10.0  # after SIGTERM, how long a wedged store gets to log its th
 
 class EmbeddedStore:
     def __init__(self, data_dir: Path, port: int | None = None, cache_size: str = "256M",
-                 test_commands: bool = False, hang_s: float = HANG_S) -> None:
+                 test_commands: bool = False, hang_s: float = HANG_S, name: str = "main") -> None:
+        self.name = name  # (the metric's label: main, or bulk)
         self.data_dir = data_dir.resolve()
         self.path = (data_dir / "db").resolve()
         self.log_path = (data_dir / "store.log").resolve()
@@ -135,6 +137,7 @@ class EmbeddedStore:
         self.hang_s = hang_s
         self.crashes = 0
         self.hangs = 0
+        self._hung: Child | None = None  # the process the watchdog last stopped
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self._watch_stop = threading.Event()
@@ -234,9 +237,14 @@ class EmbeddedStore:
             code = await self.proc.wait()
             if self._stopping:
                 return
-            self.crashes += 1
-            log.error("embedded store exited unexpectedly (code %s, crash #%d); restarting in %.1fs. Log tail:\n%s",
-                      code, self.crashes, backoff, self.log_tail())
+            hung = self._hung is self.proc
+            child(EMBEDDED_STORE_RESTARTS, self.name, "hung" if hung else "exited").inc()
+            if hung:
+                log.warning("embedded store stopped by the watchdog (code %s); restarting in %.1fs", code, backoff)
+            else:
+                self.crashes += 1
+                log.error("embedded store exited unexpectedly (code %s, crash #%d); restarting in %.1fs. Log tail:\n%s",
+                          code, self.crashes, backoff, self.log_tail())
             await asyncio.sleep(backoff)
             try:
                 await self._spawn(wait_s=30)
@@ -269,6 +277,7 @@ class EmbeddedStore:
                             or silent_s < self.hang_s or stop.is_set():
                         continue
                     self.hangs += 1
+                    self._hung = proc
                     log.error("embedded store (pid %d) has not answered for %.0f s (%s); stopping it to restart it "
                               "(hang #%d); its threads' stacks follow in %s", proc.pid, silent_s, exc, self.hangs,
                               self.log_path)

@@ -37,6 +37,10 @@ STORE_OUTAGES = Counter("healthmate_store_outages", "Times the store became unre
                         "turned unknown to the driver)")
 STORE_UNAVAILABLE_SECONDS = Counter("healthmate_store_unavailable_seconds", "Seconds the store was unreachable "
                                     "(added at each failed heartbeat and at recovery)")
+EMBEDDED_STORE_RESTARTS = Counter(
+    "healthmate_embedded_store_restarts", "Times the supervisor restarted an embedded store process, by store (main, "
+    "bulk) and why: exited (it crashed or was killed) or hung (running, it stopped answering, and the watchdog ended "
+    "it)", ["store", "reason"])
 ANALYSIS_LAG = Histogram("healthmate_analysis_lag_seconds", "Streaming analysis: from receiving a frame's samples "
                          "to their analysis being back on the event loop",
                          buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
