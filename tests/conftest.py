@@ -27,7 +27,6 @@ from devices.mqtt_broker import BrokerFiles
 from server.app import create_app
 from server.core.config import Settings, load_settings
 from server.infra.embedded_store import EmbeddedStore, free_port
-from server.infra.store import make_client
 from tests.contract import CONTRACT
 from tests.helpers import Api
 
@@ -137,25 +136,6 @@ async def store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Embed
     await s.start()
     yield s
     await s.stop()
-
-
-@pytest.fixture(autouse=True)
-async def _test_databases_dropped(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    """A test's databases on the session's store (``hm_test_<n>``, a new one for each app) are dropped once it has
-    ended (this fixture's teardown comes after the test's own, so its apps are closed). Kept, they added some forty
-    collections and their indexes to the store's catalogue per test: hundreds of databases by the end of the suite,
-    where the store wedged (docs/operations.md, Monitor) in three fresh runs of the suite out of ten."""
-    store = request.getfixturevalue("store") if "store" in request.fixturenames else None
-    yield
-    if store is None:
-        return
-    client = make_client(store.url, serverSelectionTimeoutMS=15000)
-    try:
-        for name in await client.list_database_names():
-            if name.startswith("hm_test_"):
-                await client.drop_database(name)
-    finally:
-        await client.close()
 
 
 def make_settings(store_url: str, tmp: Path, **overrides: object) -> Settings:
