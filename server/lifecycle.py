@@ -106,12 +106,15 @@ async def connected(settings: Settings, documents: Sequence[type[Document]], bul
         URGENCY.enabled = settings.urgent_first
         if settings.urgent_first:
             await URGENT_LANE.open(client, url, **client_options)
-        own = [d for d in documents if bulk_client is None or d not in bulk]
-        await init_documents(client, settings.mongodb_db, own)
-        if bulk_client is not None:
-            await init_beanie(database=bulk_client[settings.mongodb_db], document_models=list(bulk))
-        if migrate and (applied := await run_migrations(client[settings.mongodb_db], bulk)):
-            log.info("applied migrations: %s", ", ".join(applied))
+        with contextlib.ExitStack() as steps:  # index builds and migrations may keep a store busy for long
+            for store in started:
+                steps.enter_context(store.unwatched())
+            own = [d for d in documents if bulk_client is None or d not in bulk]
+            await init_documents(client, settings.mongodb_db, own)
+            if bulk_client is not None:
+                await init_beanie(database=bulk_client[settings.mongodb_db], document_models=list(bulk))
+            if migrate and (applied := await run_migrations(client[settings.mongodb_db], bulk)):
+                log.info("applied migrations: %s", ", ".join(applied))
         yield Stores(client, bulk_client, started)
     finally:
         for client in clients:

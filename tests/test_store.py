@@ -150,6 +150,34 @@ async def test_a_store_slow_to_answer_but_answering_is_left_running(
         await store.stop()
 
 
+async def test_a_store_kept_silent_by_a_start_up_step_is_not_judged_until_the_step_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Index builds and migrations on a large data dir can keep the store from answering for longer than the
+    watchdog's bound (``unwatched``, around the start-up's steps in ``server.lifecycle.connected``). The same
+    silence after the step is judged."""
+    monkeypatch.setattr("server.infra.embedded_store.WATCH_EVERY_S", 0.2)
+    store = EmbeddedStore(tmp_path, hang_s=2.0, test_commands=True)
+    await store.start()
+    client = make_client(store.url)
+    try:
+        assert store.proc is not None
+        pid = store.proc.pid
+        await asyncio.sleep(0.6)  # the watchdog has seen this process answer
+        await client.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn", "data": {
+            "appName": "healthmate-watchdog", "blockConnection": True, "blockTimeMS": 3000, "failCommands": ["find"]}})
+        with store.unwatched():  # every read of the watchdog's held past hang_s: silence
+            await asyncio.sleep(7)
+            assert store.hangs == 0 and store.proc.pid == pid
+        for _ in range(100):
+            if store.hangs:
+                break
+            await asyncio.sleep(0.1)
+        assert store.hangs == 1  # the step over, the same silence ends the store
+    finally:
+        await client.close()
+        await store.stop()
+
+
 async def test_a_store_runs_no_server_code_in_its_child_and_dies_with_a_server_killed_outright(
         tmp_path: Path) -> None:
     """The server's loop is uvloop, whose subprocesses run the process's at-fork hooks in the child; PyMongo's

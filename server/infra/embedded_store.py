@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,7 @@ class EmbeddedStore:
         self.crashes = 0
         self.hangs = 0
         self._hung: Child | None = None  # the process the watchdog last stopped
+        self._unwatched = 0  # steps under way during which the watchdog does not judge (unwatched())
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self._watch_stop = threading.Event()
@@ -268,13 +270,16 @@ class EmbeddedStore:
         try:
             while not stop.wait(WATCH_EVERY_S):
                 proc = self.proc
+                if self._unwatched:  # (silence counts from the end of the step)
+                    last_answer = time.monotonic()
+                    continue
                 try:
                     client.admin.command("find", "healthmate_watchdog", limit=1)
                     answered, last_answer = proc, time.monotonic()
                 except Exception as exc:
                     silent_s = time.monotonic() - last_answer
                     if proc is None or proc is not answered or proc is not self.proc or proc.popen.poll() is not None \
-                            or silent_s < self.hang_s or stop.is_set():
+                            or silent_s < self.hang_s or stop.is_set() or self._unwatched:
                         continue
                     self.hangs += 1
                     self._hung = proc
@@ -287,6 +292,17 @@ class EmbeddedStore:
                         return
         finally:
             client.close()
+
+    @contextlib.contextmanager
+    def unwatched(self) -> Iterator[None]:
+        """A step that may keep the store from answering for longer than ``hang_s`` without it being wedged: the
+        start-up's index builds and migrations on a large data dir (SecantusDB's drop of a database holding 50,000
+        readings kept it silent for over 15 s here). The watchdog does not judge the store meanwhile."""
+        self._unwatched += 1
+        try:
+            yield
+        finally:
+            self._unwatched -= 1
 
     async def stop(self) -> None:
         self._stopping = True
