@@ -5,11 +5,13 @@ the retryable-write bookkeeping that slows SecantusDB down."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -124,10 +126,11 @@ async def test_a_shutdown_while_the_watchdog_stops_the_store_signals_it_once(tmp
     assert len(sent) == 1 and proc.returncode is not None and not process_alive(proc.pid)
 
 
-async def test_a_store_slow_to_answer_but_answering_is_left_running(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The watchdog's bound is on silence, not on slowness: each of its reads held in the store (a failpoint on
-    its connection) for most of ``hang_s`` is still an answer, and the store keeps running."""
+@contextlib.asynccontextmanager
+async def watchdog_reads_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              hold_ms: int) -> AsyncIterator[tuple[EmbeddedStore, int]]:
+    """A store (``hang_s`` 2 s, read every 0.2 s) that the watchdog has seen answer, from then on each of the
+    watchdog's reads held ``hold_ms`` in the store (a failpoint on its connection); the store and its pid."""
     monkeypatch.setattr("server.infra.embedded_store.WATCH_EVERY_S", 0.2)
     store = EmbeddedStore(tmp_path, hang_s=2.0, test_commands=True)
     await store.start()
@@ -137,17 +140,26 @@ async def test_a_store_slow_to_answer_but_answering_is_left_running(
         pid = store.proc.pid
         await asyncio.sleep(0.6)  # the watchdog has seen this process answer: from now on it judges it
         await client.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn", "data": {
-            "appName": "healthmate-watchdog", "blockConnection": True, "blockTimeMS": 1500, "failCommands": ["find"]}})
+            "appName": "healthmate-watchdog", "blockConnection": True, "blockTimeMS": hold_ms,
+            "failCommands": ["find"]}})
+        yield store, pid
+    finally:
+        await client.close()
+        await store.stop()
+
+
+async def test_a_store_slow_to_answer_but_answering_is_left_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watchdog's bound is on silence, not on slowness: each of its reads held in the store for most of
+    ``hang_s`` is still an answer, and the store keeps running."""
+    async with watchdog_reads_held(tmp_path, monkeypatch, 1500) as (store, pid):
         await asyncio.sleep(8)  # four held reads, 6 s in all: three times hang_s
-        assert store.hangs == 0 and store.crashes == 0 and store.proc.pid == pid
+        assert store.hangs == 0 and store.crashes == 0 and store.proc is not None and store.proc.pid == pid
         # Nor is a holdup of the server's own loop taken for the store's silence (in the tests, a synchronous
         # test leaves the session's loop waiting for minutes): 5 s of it, most likely with a held read under way.
         time.sleep(5)
         await asyncio.sleep(2)
         assert store.hangs == 0 and store.crashes == 0 and store.proc.pid == pid
-    finally:
-        await client.close()
-        await store.stop()
 
 
 async def test_a_store_kept_silent_by_a_start_up_step_is_not_judged_until_the_step_ends(
@@ -155,27 +167,15 @@ async def test_a_store_kept_silent_by_a_start_up_step_is_not_judged_until_the_st
     """Index builds and migrations on a large data dir can keep the store from answering for longer than the
     watchdog's bound (``unwatched``, around the start-up's steps in ``server.lifecycle.connected``). The same
     silence after the step is judged."""
-    monkeypatch.setattr("server.infra.embedded_store.WATCH_EVERY_S", 0.2)
-    store = EmbeddedStore(tmp_path, hang_s=2.0, test_commands=True)
-    await store.start()
-    client = make_client(store.url)
-    try:
-        assert store.proc is not None
-        pid = store.proc.pid
-        await asyncio.sleep(0.6)  # the watchdog has seen this process answer
-        await client.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn", "data": {
-            "appName": "healthmate-watchdog", "blockConnection": True, "blockTimeMS": 3000, "failCommands": ["find"]}})
-        with store.unwatched():  # every read of the watchdog's held past hang_s: silence
+    async with watchdog_reads_held(tmp_path, monkeypatch, 3000) as (store, pid):  # each read held past hang_s
+        with store.unwatched():
             await asyncio.sleep(7)
-            assert store.hangs == 0 and store.proc.pid == pid
+            assert store.hangs == 0 and store.proc is not None and store.proc.pid == pid
         for _ in range(100):
             if store.hangs:
                 break
             await asyncio.sleep(0.1)
         assert store.hangs == 1  # the step over, the same silence ends the store
-    finally:
-        await client.close()
-        await store.stop()
 
 
 async def test_a_store_runs_no_server_code_in_its_child_and_dies_with_a_server_killed_outright(
