@@ -138,7 +138,6 @@ class EmbeddedStore:
         self.hang_s = hang_s
         self.crashes = 0
         self.hangs = 0
-        self._hung: Child | None = None  # the process the watchdog last stopped
         self._unwatched = 0  # steps under way during which the watchdog does not judge (unwatched())
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -239,7 +238,7 @@ class EmbeddedStore:
             code = await self.proc.wait()
             if self._stopping:
                 return
-            hung = self._hung is self.proc
+            hung = self.proc.terminated  # (outside a stop, only the watchdog sends SIGTERM)
             child(EMBEDDED_STORE_RESTARTS, self.name, "hung" if hung else "exited").inc()
             if hung:
                 log.warning("embedded store stopped by the watchdog (code %s); restarting in %.1fs", code, backoff)
@@ -282,7 +281,6 @@ class EmbeddedStore:
                             or silent_s < self.hang_s or stop.is_set() or self._unwatched:
                         continue
                     self.hangs += 1
-                    self._hung = proc
                     log.error("embedded store (pid %d) has not answered for %.0f s (%s); stopping it to restart it "
                               "(hang #%d); its threads' stacks follow in %s", proc.pid, silent_s, exc, self.hangs,
                               self.log_path)
