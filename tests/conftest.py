@@ -130,9 +130,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 async def store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedStore]:
-    # test_commands: failpoints (tests/test_urgency.py). hang_s: no test's command takes 10 s (the failpoints
-    # hold one for 5), and a store that wedges is back before the tests waiting for it reach their timeouts.
-    s = EmbeddedStore(tmp_path_factory.mktemp("store"), test_commands=True, hang_s=10)
+    # hang_s: no test's command takes 10 s, and a store that wedges is back before the tests waiting for it reach
+    # their timeouts. No test commands: the tests that hold commands with failpoints have a store of their own
+    # (tests/test_urgency.py, tests/test_store.py).
+    s = EmbeddedStore(tmp_path_factory.mktemp("store"), hang_s=10)
     await s.start()
     yield s
     await s.stop()

@@ -41,6 +41,17 @@ HELD_MS = 5000  # how long the store holds each command of the main client
 HELD_APP = "healthmate-held"  # that client's name: the failpoint holds its commands only
 
 
+@pytest.fixture(scope="module")
+async def store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedStore]:
+    """This module's own store, in place of the session's: its tests hold the store's commands with failpoints
+    (SecantusDB's, as mongod's: test commands on), which the other tests' store should neither allow nor see, and
+    its timings are then not those of a store that hundreds of tests have filled."""
+    s = EmbeddedStore(tmp_path_factory.mktemp("urgency-store"), test_commands=True, hang_s=10)
+    await s.start()
+    yield s
+    await s.stop()
+
+
 async def urgent_until(pace: Urgency, release: asyncio.Event) -> asyncio.Task[None]:
     """Urgent work in progress (started before this returns) until ``release`` is set."""
 
