@@ -8,6 +8,7 @@ import contextlib
 import gc
 import itertools
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -21,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pymongo.errors import PyMongoError
 from redis import Redis
 
 from devices.mqtt_broker import BrokerFiles
 from server.app import create_app
 from server.core.config import Settings, load_settings
 from server.infra.embedded_store import EmbeddedStore, free_port
+from server.infra.store import make_client
 from tests.contract import CONTRACT
 from tests.helpers import Api
 
@@ -128,15 +131,47 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.wait(10)
 
 
+@contextlib.asynccontextmanager
+async def store_of_tests(factory: pytest.TempPathFactory, name: str, **options: bool) -> AsyncIterator[EmbeddedStore]:
+    """An embedded store for tests, ``hang_s`` 10 s: no test's command takes that long, and a store that wedges
+    (docs/operations.md, Monitor) is back before the tests waiting for it reach their timeouts."""
+    s = EmbeddedStore(factory.mktemp(name), hang_s=10, **options)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
 @pytest.fixture(scope="session")
 async def store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedStore]:
-    # hang_s: no test's command takes 10 s, and a store that wedges is back before the tests waiting for it reach
-    # their timeouts. No test commands: the tests that hold commands with failpoints have a store of their own
-    # (tests/test_urgency.py, tests/test_store.py).
-    s = EmbeddedStore(tmp_path_factory.mktemp("store"), hang_s=10)
-    await s.start()
-    yield s
-    await s.stop()
+    """The store most tests share, each app in a database of its own (dropped after its test). No test commands:
+    the tests that hold commands with failpoints have a store of their own (tests/test_urgency.py,
+    tests/test_store.py), as has the test that fills one with 50,000 readings (tests/security/test_heavy_reads.py)."""
+    async with store_of_tests(tmp_path_factory, "store") as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+async def _test_databases_dropped(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """A test's databases on the shared store (``hm_test_<n>``, a new one for each app) are dropped once it has
+    ended (this fixture's teardown comes after the test's own, so its apps are closed). Kept, each added some forty
+    collections and their indexes to the store: hundreds of databases by the end of the suite, which is where the
+    store wedged in three fresh runs of about a dozen (a thread inside the storage engine holding the store's lock;
+    that their number brings it on is not proven). A failed drop is logged, not the test's failure."""
+    store = request.getfixturevalue("store") if "store" in request.fixturenames else None
+    yield
+    if store is None:
+        return
+    client = make_client(store.url, serverSelectionTimeoutMS=15000)
+    try:
+        for name in await client.list_database_names():
+            if name.startswith("hm_test_"):
+                await client.drop_database(name)
+    except PyMongoError as exc:
+        logging.getLogger(__name__).warning("could not drop the test's databases: %s", exc)
+    finally:
+        await client.close()
 
 
 def make_settings(store_url: str, tmp: Path, **overrides: object) -> Settings:

@@ -32,7 +32,7 @@ from server.meds.documents import DoseEvent
 from server.vitals import blood_pressure
 from server.vitals.documents import BPReading
 from tests.alert_clients import crisis
-from tests.conftest import make_settings
+from tests.conftest import make_settings, store_of_tests
 from tests.helpers import Api
 from tests.test_medications import create
 from tests.test_scheduler import add_dose
@@ -43,13 +43,10 @@ HELD_APP = "healthmate-held"  # that client's name: the failpoint holds its comm
 
 @pytest.fixture(scope="module")
 async def store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedStore]:
-    """This module's own store, in place of the session's: its tests hold the store's commands with failpoints
-    (SecantusDB's, as mongod's: test commands on), which the other tests' store should neither allow nor see, and
-    its timings are then not those of a store that hundreds of tests have filled."""
-    s = EmbeddedStore(tmp_path_factory.mktemp("urgency-store"), test_commands=True, hang_s=10)
-    await s.start()
-    yield s
-    await s.stop()
+    """This module's own store, in place of the shared one: its tests hold the store's commands with failpoints
+    (SecantusDB's, as mongod's: test commands on), which the other tests' store should neither allow nor see."""
+    async with store_of_tests(tmp_path_factory, "urgency-store", test_commands=True) as s:
+        yield s
 
 
 async def urgent_until(pace: Urgency, release: asyncio.Event) -> asyncio.Task[None]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -16,10 +17,25 @@ from beanie import PydanticObjectId
 
 from server.app import SERVER
 from server.core.documents import iso, utcnow
+from server.infra.embedded_store import EmbeddedStore
 from server.vitals.documents import BPReading
+from tests.conftest import store_of_tests
 from tests.helpers import Api, User
 
 READINGS = 50_000
+
+
+@pytest.fixture(scope="module")
+async def store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedStore]:
+    """This module's own store, thrown away whole at its end: dropping a database of 50,000 readings keeps
+    SecantusDB from answering anyone for longer than the watchdog's bound (tests/conftest.py)."""
+    async with store_of_tests(tmp_path_factory, "heavy-store") as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def _test_databases_dropped() -> None:
+    """(Not here: see ``store``.)"""
 
 
 async def _seed_readings(patient: User, count: int) -> None:
