@@ -1,8 +1,9 @@
 """``healthmate serve --workers N``: N server processes on one port, sharing rooms through Redis.
 
-The parent starts the embedded store once for all workers (when no MongoDB URL is set), starts N
-``healthmate serve --reuse-port`` children bound to the same address (SO_REUSEPORT: the kernel spreads
-new connections over them), restarts a child that dies, and stops them all on SIGTERM or Ctrl-C.
+The parent starts the embedded store once for all workers (when no MongoDB URL is set), builds the indexes and
+applies the migrations once (``_prepare``), starts N ``healthmate serve --reuse-port`` children bound to the same
+address (SO_REUSEPORT: the kernel spreads new connections over them), restarts a child that dies, and stops them
+all on SIGTERM or Ctrl-C.
 A Socket.IO websocket stays on the worker that accepted it. Long-polling needs every request of a
 session to reach one worker, which SO_REUSEPORT does not promise: clients of a multi-worker server use
 the websocket transport, or a balancer with sticky sessions sits in front (compose.yaml's nginx).
@@ -25,9 +26,11 @@ import tempfile
 
 from prometheus_client import multiprocess
 
+from server.app import BULK_DOCUMENTS, DOCUMENTS
 from server.core.config import ConfigError, Settings
 from server.infra.embedded_store import EmbeddedStore, start_embedded
 from server.infra.metrics import MULTIPROC_ENV
+from server.lifecycle import connected
 
 log = logging.getLogger("healthmate.workers")
 RESTART_DELAY_S = 1.0
@@ -59,6 +62,18 @@ async def _run_worker(index: int, env: dict[str, str], stopping: asyncio.Event) 
         await asyncio.sleep(RESTART_DELAY_S)
 
 
+async def _prepare(settings: Settings, stores: list[EmbeddedStore]) -> None:
+    """The stores' indexes and migrations, once, before any worker starts: here the watchdog of the embedded stores
+    this process supervises knows to leave them alone while these steps may keep them busy (``connected``), which
+    it cannot while a worker runs them; the workers then find nothing left to do."""
+    with contextlib.ExitStack() as steps:
+        for store in stores:
+            steps.enter_context(store.unwatched())
+        async with connected(settings, DOCUMENTS, BULK_DOCUMENTS, migrate=True,
+                             serverSelectionTimeoutMS=settings.store_timeout_ms):
+            pass
+
+
 async def serve_workers(settings: Settings, workers: int) -> None:
     if not settings.redis_url:
         raise ConfigError("--workers needs HEALTHMATE_REDIS_URL: the workers share Socket.IO rooms through Redis")
@@ -72,12 +87,14 @@ async def serve_workers(settings: Settings, workers: int) -> None:
             stores.append(EmbeddedStore(settings.data_dir / "bulk", name="bulk"))
         urls = await start_embedded(stores)
         env.update(zip(("HEALTHMATE_MONGODB_URL", "HEALTHMATE_BULK_MONGODB_URL"), urls, strict=False))
+        settings = settings.model_copy(update=dict(zip(("mongodb_url", "bulk_mongodb_url"), urls, strict=False)))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    log.info("serving on http://%s:%s with %d workers", settings.host, settings.port, workers)
     try:
+        await _prepare(settings, stores)
+        log.info("serving on http://%s:%s with %d workers", settings.host, settings.port, workers)
         await asyncio.gather(*[_run_worker(i, env, stopping) for i in range(workers)])
     finally:
         for store in reversed(stores):
