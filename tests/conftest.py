@@ -155,10 +155,10 @@ async def store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Embed
 @pytest.fixture(autouse=True)
 async def _test_databases_dropped(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """A test's databases on the shared store (``hm_test_<n>``, a new one for each app) are dropped once it has
-    ended (this fixture's teardown comes after the test's own, so its apps are closed). Kept, each added some forty
+    ended (this fixture's teardown comes after the test's own, so its apps are closed). Kept, each added about 35
     collections and their indexes to the store: hundreds of databases by the end of the suite, which is where the
-    store wedged in three fresh runs of about a dozen (a thread inside the storage engine holding the store's lock;
-    that their number brings it on is not proven). A failed drop is logged, not the test's failure."""
+    store wedged in three fresh runs of about a dozen (SecantusDB wedges when its working set and open writes outgrow
+    its cache: docs/operations.md, Monitor). A failed drop is logged, not the test's failure."""
     store = request.getfixturevalue("store") if "store" in request.fixturenames else None
     yield
     if store is None:
