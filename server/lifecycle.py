@@ -77,7 +77,8 @@ class Stores:
 
 @contextlib.asynccontextmanager
 async def connected(settings: Settings, documents: Sequence[type[Document]], bulk: Sequence[type[Document]] = (),
-                    migrate: bool = False, **client_options: Any) -> AsyncIterator[Stores]:
+                    migrate: bool = False, supervised: Sequence[EmbeddedStore] = (),
+                    **client_options: Any) -> AsyncIterator[Stores]:
     """The store with Beanie initialised (and migrations applied if ``migrate``).
 
     ``bulk`` (some of ``documents``: what bulk work writes, see ``server.app.BULK_DOCUMENTS``) lives in a store of
@@ -85,7 +86,9 @@ async def connected(settings: Settings, documents: Sequence[type[Document]], bul
     ``<data dir>/bulk``): the embedded store is one Python process, whose threads take turns on one core, so an
     alert's commands arriving while hundreds of doses are being claimed and marked waited for them (``rush``
     bench); in a process of their own, the operating system shares the cores between the two. A data dir from before
-    has its bulk documents moved there once its migrations have run (``migrate``)."""
+    has its bulk documents moved there once its migrations have run (``migrate``). The watchdogs of the embedded
+    stores started here, and of those this process supervises for others (``supervised``: ``serve --workers``), leave
+    them alone during the index builds and migrations."""
     started: list[EmbeddedStore] = []
     clients: list[AsyncMongoClient] = []
     url, bulk_url = settings.mongodb_url, settings.bulk_mongodb_url
@@ -107,7 +110,7 @@ async def connected(settings: Settings, documents: Sequence[type[Document]], bul
         if settings.urgent_first:
             await URGENT_LANE.open(client, url, **client_options)
         with contextlib.ExitStack() as steps:  # index builds and migrations may keep a store busy for long
-            for store in started:
+            for store in (*started, *supervised):
                 steps.enter_context(store.unwatched())
             own = [d for d in documents if bulk_client is None or d not in bulk]
             await init_documents(client, settings.mongodb_db, own)

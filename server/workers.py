@@ -66,12 +66,9 @@ async def _prepare(settings: Settings, stores: list[EmbeddedStore]) -> None:
     """The stores' indexes and migrations, once, before any worker starts: here the watchdog of the embedded stores
     this process supervises knows to leave them alone while these steps may keep them busy (``connected``), which
     it cannot while a worker runs them; the workers then find nothing left to do."""
-    with contextlib.ExitStack() as steps:
-        for store in stores:
-            steps.enter_context(store.unwatched())
-        async with connected(settings, DOCUMENTS, BULK_DOCUMENTS, migrate=True,
-                             serverSelectionTimeoutMS=settings.store_timeout_ms):
-            pass
+    async with connected(settings, DOCUMENTS, BULK_DOCUMENTS, migrate=True, supervised=stores,
+                         serverSelectionTimeoutMS=settings.store_timeout_ms):
+        pass
 
 
 async def serve_workers(settings: Settings, workers: int) -> None:
@@ -85,9 +82,9 @@ async def serve_workers(settings: Settings, workers: int) -> None:
         stores = [EmbeddedStore(settings.data_dir)]
         if settings.bulk_mongodb_url is None:
             stores.append(EmbeddedStore(settings.data_dir / "bulk", name="bulk"))
-        urls = await start_embedded(stores)
-        env.update(zip(("HEALTHMATE_MONGODB_URL", "HEALTHMATE_BULK_MONGODB_URL"), urls, strict=False))
-        settings = settings.model_copy(update=dict(zip(("mongodb_url", "bulk_mongodb_url"), urls, strict=False)))
+        urls = dict(zip(("mongodb_url", "bulk_mongodb_url"), await start_embedded(stores), strict=False))
+        env.update({f"HEALTHMATE_{field.upper()}": url for field, url in urls.items()})
+        settings = settings.model_copy(update=urls)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
