@@ -3,12 +3,13 @@
 Each frame carries ``t0``, the device clock (ms) at its first sample. Network delay only ever
 makes a frame arrive later than it was measured, so the smallest ``server - device`` offset seen
 is the best estimate of the true offset (taken over the last observations, so drift cannot
-accumulate in it); a least-squares slope of offsets over time gives drift.
+accumulate in it); the line under all offsets that fits them best gives drift (see `drift_ppm`).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from itertools import pairwise
 
 WINDOW = 120  # observations kept for the drift fit
 
@@ -44,19 +45,25 @@ class DeviceClock:
     def drift_ppm(self) -> float:
         """How fast the device clock runs slow (+) or fast (-) against the server's, in parts per million.
 
-        Delays only ever add to an offset, so the slope is fitted through the lower envelope: the smallest
-        offset of each of up to 8 consecutive groups of observations, not through every (delayed) one."""
-        obs = list(self._obs)
-        if len(obs) < 10:
+        Delays only ever add to an offset, so the true offsets are a line under every observation. Of those
+        lines, the one highest at the observations' mean time (the lower convex hull's edge over it) fits best
+        (Moon, Skelly & Towsley, "Estimation and removal of clock skew from network delay measurements", 1999).
+        Frames held up together, by a stalled sender or a busy server, lie above it and do not move it."""
+        obs = sorted(self._obs)
+        if len(obs) < 10 or obs[-1][0] - obs[0][0] < 1.0:
             return 0.0
-        groups = min(8, len(obs) // 3)
-        size = len(obs) / groups
-        points = [min(obs[int(i * size):int((i + 1) * size)], key=lambda p: p[1]) for i in range(groups)]
-        xs = [x for x, _ in points]
-        ys = [y for _, y in points]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        sxx = sum((x - mx) ** 2 for x in xs)
-        if sxx < 0.5:
-            return 0.0
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
-        return round(slope * 1e6, 2)
+        hull: list[tuple[float, float]] = []
+        for x, y in obs:
+            while len(hull) >= 2 and _turn(hull[-2], hull[-1], (x, y)) <= 0:
+                hull.pop()
+            hull.append((x, y))
+        mean = sum(x for x, _ in obs) / len(obs)
+        for (x1, y1), (x2, y2) in pairwise(hull):
+            if x1 <= mean <= x2 and x2 > x1:
+                return round((y2 - y1) / (x2 - x1) * 1e6, 2)
+        return 0.0
+
+
+def _turn(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]) -> float:
+    """Positive when a → b → c turns counter-clockwise (c lies above the line through a and b)."""
+    return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])

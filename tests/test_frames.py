@@ -120,6 +120,16 @@ def test_clock_maps_device_time_and_measures_drift() -> None:
     assert 150 < clock.drift_ppm < 250
 
 
+def test_frames_held_up_together_do_not_bend_the_drift() -> None:
+    """A sender stalled for half a second sends its next frames in a burst: all of them late, none early."""
+    clock = DeviceClock()
+    rng = np.random.default_rng(5)
+    for seq in range(25):  # 0.1 s frames from a device whose clock runs 5 % slow
+        sent = 2.1 if 15 <= seq <= 20 else (seq + 1) * 0.1  # 15-20 sent in a burst when 20 is due
+        clock.observe(7_000.0 + seq * 95.0, 1_000.0 + sent + 0.001 + float(rng.exponential(0.002)))
+    assert 45_000 < clock.drift_ppm < 55_000
+
+
 def test_clock_without_observations_refuses_and_reports_no_drift() -> None:
     clock = DeviceClock()
     with pytest.raises(ValueError):
