@@ -174,8 +174,10 @@ async def lifecycle(server: Server, documents: Sequence[type[Document]], bulk: S
 
 async def stop_socketio(server: Server) -> None:
     """On shutdown, as python-socketio asks (before the web server stops): its background work (Engine.IO's
-    ping checks) ends with the server rather than outliving it on the event loop."""
+    ping checks, and the Redis manager's listening) ends with the server rather than outliving it on the event
+    loop."""
     await within_stop_s(server.realtime.sio.shutdown(), "stopping Socket.IO")
+    await within_stop_s(server.realtime.sio.manager.close(), "closing the Socket.IO manager")
 
 
 async def stop_demo(server: Server) -> None:

@@ -112,3 +112,18 @@ async def test_a_disconnect_does_not_walk_every_room_of_the_namespace() -> None:
     assert manager.rooms_of == {NS: {sids[-1]: {None, sids[-1], "user:49", "patient:shared"}}}
     await manager.disconnect(sids[-1], NS)
     assert manager.rooms == {} and manager.rooms_of == {}
+
+
+async def test_the_redis_manager_stops_listening_when_its_server_stops(store: Any, redis_url: str, tmp_path: Path,
+                                                                        aiohttp_server: Any) -> None:
+    """python-socketio never ends its Redis listening task; a stopped server ends it and closes its connections."""
+    server = await aiohttp_server(create_app(make_settings(store.url, tmp_path, redis_url=redis_url)))
+    async with Api.of(server) as api:
+        await (await api.socket(await api.register("patient"))).close()
+        manager = api.app[SERVER].realtime.sio.manager
+        assert isinstance(manager, RedisManager) and not manager.thread.done()
+    await server.close()
+    assert manager.thread.done()
+    assert manager.pubsub.connection is None  # closed, given back
+    listening = [t for t in asyncio.all_tasks() if "_thread" in getattr(t.get_coro(), "__qualname__", "")]
+    assert listening == []

@@ -17,6 +17,8 @@ from typing import Any
 
 import socketio
 
+from server.core.background import cancel_and_wait
+
 
 class RoomIndex:
     """Mixed into a python-socketio manager (``socketio.base_manager.BaseManager``): which rooms each socket
@@ -67,6 +69,17 @@ class RoomIndex:
 class Manager(RoomIndex, socketio.AsyncManager):
     """One process: rooms in memory."""
 
+    async def close(self) -> None:
+        """Nothing runs in the background here."""
+
 
 class RedisManager(RoomIndex, socketio.AsyncRedisManager):
     """Several processes: emits shared through Redis (``HEALTHMATE_REDIS_URL``)."""
+
+    async def close(self) -> None:
+        """Stop listening to Redis and close its connections: python-socketio starts the listening task and
+        never ends it (its ``shutdown`` stops Engine.IO only), so it outlived the server on the event loop."""
+        await cancel_and_wait(getattr(self, "thread", None))
+        for conn in (self.pubsub, self.redis):
+            if conn is not None:
+                await conn.aclose()
