@@ -38,6 +38,7 @@ class Loader:
         self.noted: set[str] = set()  # dose ids whose reminder notification arrived (sent once it is stored)
         self.arrivals: dict[str, asyncio.Future[float]] = {}  # reading id -> when its alert:new arrived
         self.acking: dict[str, asyncio.Task[Any]] = {}  # patient id -> their caregiver acknowledging their last alert
+        self.crises: dict[str, asyncio.Lock] = {}  # patient id -> held by the crisis reading under way
         self.frames = 0
         self.tasks: set[asyncio.Task[Any]] = set()
 
@@ -116,13 +117,33 @@ class Loader:
         self.frames += 1
 
     async def _reading(self, person: dict[str, Any], out: dict[str, Any], key: str = "alert_e2e") -> None:
-        crisis = person["crisis"]
-        values = CRISIS if crisis else {"systolic": random.randint(105, 150), "diastolic": 75, "pulse": 70}
-        if crisis and (acking := self.acking.get(person["patient_id"])) is not None:
-            # The patient's last alert acknowledged first: while it is open, another crisis reading raises none
-            # (no alert storm), and this one would be timed against nothing.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(acking), 30)
+        if not person["crisis"]:
+            await self._send(person, {"systolic": random.randint(105, 150), "diastolic": 75, "pulse": 70}, out)
+            return
+        # A patient's crisis readings one at a time, each once the alert of the last has come and been
+        # acknowledged: while an alert is open another crisis reading raises none (no alert storm), and it would
+        # be timed against nothing. (Waiting only for an acknowledgement already under way let a probe sent
+        # while the last alert was still on its way find that alert open, whenever alerts took longer than the
+        # probes' spacing, and count an alert that never came.)
+        async with self.crises.setdefault(person["patient_id"], asyncio.Lock()):
+            reading_id, t0 = await self._send(person, CRISIS, out)
+            if reading_id is None:
+                return
+            arrival = self._arrival(reading_id)
+            try:
+                at: float | None = await asyncio.wait_for(arrival, 15)
+            except TimeoutError:
+                at = None
+            finally:
+                self.arrivals.pop(reading_id, None)
+            out[key].append(None if at is None else (at - t0) * 1000)
+            if (acking := self.acking.get(person["patient_id"])) is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(acking), 30)
+
+    async def _send(self, person: dict[str, Any], values: dict[str, int],
+                    out: dict[str, Any]) -> tuple[str | None, float]:
+        """One reading from the patient's phone: its id once acknowledged (None if refused), and when it was sent."""
         t0 = time.time()
         out["bp_sent"] += 1
         try:
@@ -131,17 +152,9 @@ class Loader:
             reply = {}
         if not reply.get("ok"):
             out["bp_errors"] += 1
-            return
+            return None, t0
         out["bp_acks"].append((time.time() - t0) * 1000)
-        if crisis:
-            arrival = self._arrival(reply["data"]["id"])
-            try:
-                at: float | None = await asyncio.wait_for(arrival, 15)
-            except TimeoutError:
-                at = None
-            finally:
-                self.arrivals.pop(reply["data"]["id"], None)
-            out[key].append(None if at is None else (at - t0) * 1000)
+        return reply["data"]["id"], t0
 
     async def _stream(self, person: dict[str, Any], until: float, out: dict[str, Any]) -> None:
         device = person["device"]
