@@ -321,7 +321,8 @@ async def look(gens: LoadGens, server: Server, streams: int) -> dict[str, Any]:
     for at, lag in stats["lags"]:
         per_second[int(at)] = max(per_second.get(int(at), 0.0), lag)
     used = cores(cpu, seconds)
-    side = used["server_loop"] + used["analysis_worker"] + used["store"]
+    # From the unrounded figures: at smoke loads each part may round to 0.00 cores.
+    side = sum(cpu.get(k, 0.0) for k in ("server_loop", "analysis_worker", "store")) / seconds
     m = {"streams": streams, "analysis_lag_max_ms": rounded(max(per_second.values())) if per_second else None,
          "watcher_p50_ms": rounded(pct(stats["latencies"], 50)), "watcher_p99_ms": rounded(pct(stats["latencies"], 99)),
          "delivered_ratio": round(len(stats["latencies"]) / stats["sent"], 4) if stats["sent"] else None,
@@ -429,10 +430,10 @@ def main() -> None:
     mem = ((passing[-1]["rss_kb"] - passing[0]["rss_kb"]) / (passing[-1]["streams"] - passing[0]["streams"])
            if len(passing) >= 2 and passing[-1]["streams"] > passing[0]["streams"] else None)
     ok = [m for m in confirms if m["passed"]]
-    emit(budget, {"streams_per_core": [m["streams_per_core"] if m["passed"] else 0 for m in confirms],
+    per_core = [(m["streams_per_core"] if m["passed"] else 0) for m in confirms]  # None: no CPU was measured
+    emit(budget, {"streams_per_core": per_core,
                   "naive_streams_per_core": [1 / s for s in naive_s],
-                  "ratio": [(m["streams_per_core"] if m["passed"] else 0) * s
-                            for m, s in zip(confirms, naive_s, strict=False)],
+                  "ratio": [None if c is None else c * s for c, s in zip(per_core, naive_s, strict=False)],
                   "analysis_only_ratio": [n / p for n, p in zip(naive_s, project_s, strict=True)],
                   "watcher_p99_ms": [m["watcher_p99_ms"] for m in confirms],
                   "delivered_ratio": [m["delivered_ratio"] for m in confirms],
