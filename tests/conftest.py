@@ -52,11 +52,12 @@ def contract_checked() -> Iterator[None]:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     """A test still running 20 s before pytest-timeout ends it prints what each task of the event loop awaits
-    (the timeout's own dump shows threads only, and a hung test is idle in the loop's ``select``). Timed like the
-    timeout, over setup, call and teardown: a hang in a fixture's teardown shows its tasks too."""
+    (the timeout's own dump shows threads only, and a hung test is idle in the loop's ``select``), then has its
+    own task cancelled: its report then shows the line it hung on, and its ``finally`` blocks still run. Timed
+    like the timeout, over setup, call and teardown: a hang in a fixture's teardown shows its tasks too."""
     marker = item.get_closest_marker("timeout")
     timeout = float(marker.args[0] if marker and marker.args else item.config.getini("timeout") or 120)
-    timer = threading.Timer(timeout - 20, _print_pending_tasks, (item.name,))
+    timer = threading.Timer(timeout - 20, _end_hung_test, (item.name, timeout - 20))
     timer.daemon = True
     timer.start()
     try:
@@ -72,13 +73,18 @@ def _running_loop(o: object) -> bool:
         return False
 
 
-def _print_pending_tasks(test: str) -> None:
-    """The test's own task first (what it awaits), then the others (what that may wait for)."""
+def _end_hung_test(test: str, after_s: float) -> None:
+    """The test's own task first (what it awaits), then the others (what that may wait for); then the test's
+    task is cancelled, saying why."""
+    name = test.split("[")[0]
     loops = [o for o in gc.get_objects() if _running_loop(o)]
-    tasks = [t for loop in loops for t in asyncio.all_tasks(loop)]
-    for task in sorted(tasks, key=lambda t: test.split("[")[0] not in repr(t)):
+    tasks = [(loop, t) for loop in loops for t in asyncio.all_tasks(loop)]
+    own = [(loop, t) for loop, t in tasks if getattr(t.get_coro(), "__name__", None) == name]
+    for _, task in own + [lt for lt in tasks if lt not in own]:
         with contextlib.suppress(Exception):
             task.print_stack(limit=12, file=sys.stderr)
+    for loop, task in own:
+        loop.call_soon_threadsafe(task.cancel, f"{test} still running after {after_s:.0f} s: cancelled where it hung")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -97,6 +97,11 @@ async def test_clinician_watches_live_waveforms(api: Api) -> None:
             await asyncio.sleep(0.5)
             second = {s: await _canvas_digest(page, s) for s in ("#ecg", "#ppg")}
             assert all(first[s] != second[s] for s in first), "the waveforms do not move"
+            # A strip squeezed to no width (a collapsed layout) skips its grid, and draws on when it is back.
+            await page.eval_on_selector("#ecg", "c => { c.style.width = '0px'; }")
+            drawn = await page.evaluate("window.__dashboard.draws")
+            await page.wait_for_function(f"window.__dashboard.draws > {drawn + 3}", timeout=10_000)
+            await page.eval_on_selector("#ecg", "c => { c.style.width = ''; }")
             # The live analysis: shown once NeuroKit2's window has filled (a few seconds of signal).
             await page.wait_for_function(
                 "Number.isFinite(parseFloat(document.querySelector('#v-hr').textContent))"

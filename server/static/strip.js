@@ -93,6 +93,7 @@ export class WaveStrip {
     this.canvas.height = h;
     this.grid.width = w;
     this.grid.height = h;
+    if (!w || !h) return; // hidden or collapsed: no grid (and a 0-wide grid's step would be 0, its loop endless)
     const g = this.grid.getContext("2d");
     g.fillStyle = "#0b1418";
     g.fillRect(0, 0, w, h);
