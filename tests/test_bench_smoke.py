@@ -42,7 +42,7 @@ OTHER_KEYS = {"accuracy": ["recordings", "all_meet_goals"], "reminders": ["doses
               "rooms": ["socketio_growth", "indexed_growth", "sockets"],
               "rush": ["reminder_p99_ms", "bp_ack_p99_ms", "alert_e2e_p99_ms_on", "alert_e2e_ratio",
                        "store_cmds_per_patient", "server_cpu_s", "store_cpu_s", "steps", "window_s",
-                       "patients_within_limits", "alert_e2e_ratio_limit", "search_floor"],
+                       "patients_within_limits", "alert_e2e_ratio_limit", "search_floor", "plays"],
               "streams": ["top_reached"],
               "push": ["devices", "workers"],
               "calls": ["max_relayed_calls", "top_reached"],
