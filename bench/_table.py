@@ -25,34 +25,9 @@ def fig(e: dict[str, Any], key: str, unit: str = "") -> str:
     return text + (f" {unit}" if unit else "")
 
 
-def patients(e: dict[str, Any], key: str) -> str:
-    """A rush search's N, or that none passed from where it starts."""
-    return fig(e, key) if e.get(key) else f"**none** of {e.get('search_floor')} or more"
-
-
-def pooled_ratio(e: dict[str, Any], suffix: str, q: str) -> Any:
-    return ((e.get(f"alert_e2e_pooled{suffix}") or {}).get("ratio") or {}).get(q)
-
-
-def off_alerts(e: dict[str, Any]) -> str:
-    """The off server's alert tail against idle: at its N, or at every step it played if none passed."""
-    if e.get("patients_off"):
-        return (f"off: {e.get('alert_e2e_p99_ms_off')} / {e.get('alert_e2e_p99_ms_idle_off')} ms, "
-                f"{e.get('alert_e2e_ratio_off')} x, each play {e.get('alert_e2e_ratios_off')} x")
-    return "off, each step: " + ", ".join(f"{s['patients']}: {s.get('alert_e2e_ratio')} x"
-                                          for s in (e.get("steps") or {}).get("off", []))
-
-
-def off_commands(e: dict[str, Any]) -> str:
-    """The off server's store commands per patient: at its N, else on's and off's at the largest N both played."""
-    if e.get("patients_off"):
-        return f"off: {e.get('store_cmds_per_patient_off')}"
-    steps = e.get("steps") or {}
-    on, off = ({s["patients"]: s["store_cmds_per_patient"] for s in steps.get(c, [])} for c in ("on", "off"))
-    if not (both := set(on) & set(off)):
-        return "off: n/a"
-    n = max(both)
-    return f"at {n}: on {on[n]:.2f}, off {off[n]:.2f}"
+def plays(passed: list[int] | None) -> str:
+    """``[passed, played]`` as words."""
+    return f"{passed[0]} of {passed[1]} plays" if passed else "no play"
 
 
 def costs(d: dict[str, Any] | None) -> str:
@@ -94,20 +69,23 @@ ROWS: dict[str, Row] = {
         "Mixed workload (live ECG, call signaling, BP readings, alerts): operations acknowledged ok in the window ÷ "
         "the CPU seconds of the server processes (and Redis) in it; efficiency = 2 workers ÷ 1 process"),
     "rush": (lambda e: (
-        f"{patients(e, 'patients')} patients with issue 18's settings on, {patients(e, 'patients_off')} with them off "
-        f"(same run; that N played {e.get('plays')} times on, {e.get('plays_off')} off); of the steps played, the "
-        f"largest meeting the limits in every play, the alert ratio apart: {e.get('patients_within_limits')} on / "
-        f"{e.get('patients_within_limits_off')} off; at that N: reminder p99 {e.get('reminder_p99_ms')} ms, BP ack "
-        f"p99 {e.get('bp_ack_p99_ms')} ms, alert e2e p99 {e.get('alert_e2e_p99_ms_on')} ms against "
-        f"{e.get('alert_e2e_p99_ms_idle')} ms idle: {e.get('alert_e2e_ratio')} x (each play "
-        f"{e.get('alert_e2e_ratios')} x; pooled p50 / p90 {pooled_ratio(e, '', 'p50')} / {pooled_ratio(e, '', 'p90')}"
-        f" x; {off_alerts(e)}), {e.get('store_cmds_per_patient')} store commands per patient ({off_commands(e)}), "
-        f"CPU s server {e.get('server_cpu_s')} / store {e.get('store_cpu_s')}; top reached: {e.get('top_reached')}"),
+        f"{fig(e, 'patients', 'patients')} with issue 18's settings on, {fig(e, 'patients_off')} with them off "
+        f"(same run; that N passed {plays(e.get('plays_passed'))} on, {plays(e.get('plays_passed_off'))} off); "
+        f"at that N: reminder p99 {e.get('reminder_p99_ms')} ms, BP ack p99 {e.get('bp_ack_p99_ms')} ms, "
+        f"alert e2e p99 {e.get('alert_e2e_p99_ms_on')} ms (idle {e.get('alert_e2e_p99_ms_idle')} ms); against idle, "
+        f"median of {len(e.get('alert_e2e_ratios') or [])} {e.get('alert_e2e_ratio')} x, range "
+        f"{e.get('alert_e2e_ratio_range')}, all plays pooled p90 / p99 "
+        f"{(e.get('alert_e2e_pooled') or {}).get('ratio', {}).get('p90')} / "
+        f"{(e.get('alert_e2e_pooled') or {}).get('ratio', {}).get('p99')} x (off: {e.get('alert_e2e_p99_ms_off')} / "
+        f"{e.get('alert_e2e_p99_ms_idle_off')} ms; median of {len(e.get('alert_e2e_ratios_off') or [])} "
+        f"{e.get('alert_e2e_ratio_off')} x, range {e.get('alert_e2e_ratio_range_off')}), "
+        f"{e.get('store_cmds_per_patient')} store commands per patient (off: {e.get('store_cmds_per_patient_off')}"
+        f"), CPU s server {e.get('server_cpu_s')} / store {e.get('store_cpu_s')}; top reached: {e.get('top_reached')}"),
         "The morning rush on one server + embedded store, 08:00-08:05 compressed (`window_s`): a dose due for every "
         "patient at once (due → `dose:due` on the phone), one reading each (send → ack; 1% crisis: send → "
-        "caregiver's `alert:new`), 10% ECG watched, 2% calls; the largest N meeting every limit in each of its "
-        "plays, and the p90 and p99 of all its plays' alerts within 2x of those of the idle alerts timed just "
-        "before each play; off and on take turns, each play once the shared store has settled"),
+        "caregiver's `alert:new`), 10% ECG watched, 2% calls; the largest N meeting every limit; off and on take "
+        "turns, each step once the shared store has settled; the alert ratio: under the rush against idle alerts "
+        "timed just before, for the largest step and each repeat of it"),
     "reminders": (lambda e: (
         f"lag p50 {fig(e, 'lag_p50_ms', 'ms')}, p99 {fig(e, 'lag_p99_ms', 'ms')}, max {fig(e, 'lag_max_ms', 'ms')} "
         f"for {e.get('doses'):,} doses ({fig(e, 'missing')} missing); {fig(e, 'doses_per_s', 'doses/s')}; "
