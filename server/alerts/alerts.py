@@ -111,7 +111,7 @@ class Alerts:
         # What the alert needs, asked at once (one round trip's wait, not four, when the store is busy); only
         # reads, so an open alert of this kind or a refusal below changes nothing.
         existing, name, links, contacts = await asyncio.gather(
-            URGENT_LANE.find(Alert, {"patient_id": pid, "kind": kind, "status": "open"}), patient_name(),
+            URGENT_LANE.find(Alert, Alert.open_of(pid, kind)), patient_name(),
             care_team(pid, urgent=True), emergency_contacts(pid))
         if after is not None:
             await after
