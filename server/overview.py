@@ -61,7 +61,7 @@ async def patient_status(patient: User) -> dict[str, Any]:
     return {"patient": patient.public(), "streaming": bool(live),
             "streams": [{"id": str(s.id), "kind": s.kind, "sampling_rate": s.sampling_rate} for s in live],
             "hr": await _latest_hr(patient.id), "bp": await _latest_bp(patient.id),  # type: ignore[arg-type]
-            "open_alerts": await Alert.find({"patient_id": patient.id, "status": "open"}).count()}
+            "open_alerts": await Alert.find(Alert.open_of(patient.id)).count()}
 
 
 async def overview(principal: Principal) -> list[dict[str, Any]]:
