@@ -415,23 +415,19 @@ async def test_beanie_queries_of_several_conditions_reach_the_store_as_one_filte
     await client.close()
 
 
-async def test_open_alert_check_reads_no_other_alert(store: EmbeddedStore) -> None:
+async def test_open_alert_check_is_planned_on_its_index(store: EmbeddedStore) -> None:
     """Every crisis reading checks for the patient's open alert of its kind (no alert storm), and the overview
-    counts a patient's open alerts: planned on an index, neither reads the alerts of other patients or the
-    patient's past ones (the check read the whole collection: 17 ms at 500 alerts on the embedded store, against
-    0.65 ms on the index)."""
+    counts a patient's open alerts: both on ``patient_open``, which holds exactly those alerts. Without it the
+    embedded store looked the check up by ``patient_id`` alone (``patient_recent``) and read every past alert of
+    the patient: 14.7 ms with 500 of them, 0.76 ms on the index (docs/operations.md). The store's ``explain``
+    names the index it plans on (its counts of examined documents are derived from that plan, not measured)."""
     from server.alerts.documents import Alert
 
     client = make_client(store.url)
     await init_documents(client, "hm_open_alert", DOCUMENTS)
-    patient, other = ObjectId(), ObjectId()
-    stored = [{"patient_id": p, "kind": k, "status": s, "raised_at": datetime.now(UTC)}
-              for p, k, s in [(other, "bp_crisis", "open")] * 100 + [(patient, "bp_crisis", "resolved")] * 200
-              + [(patient, "fall", "open")]]
-    await Alert.get_pymongo_collection().insert_many(stored)
-    for kind, expected in (("bp_crisis", 0), ("fall", 1), (None, 1)):
-        stats = (await client["hm_open_alert"].command(
-            {"explain": {"find": "alerts", "filter": Alert.open_of(patient, kind)},
-             "verbosity": "executionStats"}))["executionStats"]
-        assert stats["nReturned"] == expected and stats["totalDocsExamined"] == expected
+    patient = ObjectId()
+    for kind in ("bp_crisis", "fall", None):
+        plan = await client["hm_open_alert"].command(
+            {"explain": {"find": "alerts", "filter": Alert.open_of(patient, kind)}, "verbosity": "queryPlanner"})
+        assert plan["queryPlanner"]["winningPlan"]["inputStage"]["indexName"] == "patient_open"
     await client.close()
