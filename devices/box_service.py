@@ -19,7 +19,7 @@ from beanie.operators import In
 from devices.documents import BoxEvent, Device, MedicineBoxState
 from devices.medicine_box import BoxCommand, BoxDrawers, BoxHello, DrawerEvent
 from server.care.access import require_patient
-from server.core.documents import claimed_by, in_chunks, passed, utcnow
+from server.core.documents import claimed_by, in_chunks, passed, update_each, utcnow
 from server.core.errors import ApiError, forbidden
 from server.core.gather import Gathered
 from server.core.i18n import Text
@@ -128,8 +128,8 @@ class MedicineBox:
                 wait = {"$set": {"box_next_at": None}, "$inc": {"box_attempts": -1}}
                 log.warning("giving up on %d unacknowledged box commands",
                             sum(d["box_attempts"] == attempt for d in claimed))
-            await doses.update_many(
-                {**claimed_by("box_owner", token, (d["_id"] for d in claimed)), "box_attempts": attempt}, wait)
+            await update_each(doses, [{**q, "box_attempts": attempt} for q in claimed_by(
+                "box_owner", token, (d["_id"] for d in claimed if d["box_attempts"] == attempt))], wait)
         await self.scheduler.release("box_owner", token, claimed, {})
         resent = [d for d in claimed if d["box_attempts"] <= len(BACKOFF_S)]
         boxes = await self.boxes_of(list({d["patient_id"] for d in resent})) if resent else {}

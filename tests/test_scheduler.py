@@ -225,9 +225,8 @@ async def test_adherence_per_medication_and_per_week(api: Api) -> None:
 
 
 @pytest.mark.parametrize("settings", [600], indirect=True)  # a grace window longer than the lease
-@pytest.mark.parametrize("ranged", [True, False], ids=["claim-with-its-range", "claim-stored-before-0006"])
 async def test_a_dose_claimed_by_a_dead_process_and_never_pushed_is_pushed_once_its_lease_runs_out(
-        api: Api, ranged: bool) -> None:
+        api: Api) -> None:
     from tests.test_medicine_box import pair_box, running_box, until  # it imports this module
 
     patient = await api.register("patient")
@@ -248,10 +247,6 @@ async def test_a_dose_claimed_by_a_dead_process_and_never_pushed_is_pushed_once_
                            patient_id=PydanticObjectId(patient.id), data={"dose_id": str(noted.id)}).insert()
         taken = await add_dose(patient, med, at, "confirmed", slot="taken", **claimed,
                                confirmed_at=at + timedelta(minutes=1), confirmed_via="app")
-        if ranged:  # the batch's _id range, as a claim stores it since 0006 (its doses are found by it)
-            ids = [d.id for d in (crashed, commanded, noted, taken)]
-            await DoseClaim.get_pymongo_collection().update_one(
-                {"_id": DEAD}, {"$set": {"first_id": min(ids), "last_id": max(ids)}})
 
         due = await p_sock.events.wait("dose:due", count=3, timeout=10)
         assert sorted(d["id"] for d in due) == sorted(str(d.id) for d in (crashed, commanded, noted))

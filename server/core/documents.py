@@ -8,6 +8,8 @@ from typing import Any, ClassVar, TypeVar
 
 from beanie import Document
 from beanie.odm.queries.find import FindMany, FindOne
+from pymongo import UpdateMany
+from pymongo.asynchronous.collection import AsyncCollection
 
 T = TypeVar("T")
 
@@ -68,15 +70,6 @@ def passed(now: datetime, *, inclusive: bool = False) -> dict[str, datetime]:
     return {"$gte": EPOCH, "$lte" if inclusive else "$lt": now}
 
 
-def claimed_by(owner: str, token: str, ids: Iterable[Any]) -> dict[str, Any]:
-    """The query of the documents ``ids`` claimed under ``token`` (in the field ``owner``): the token within the
-    ids' ``_id`` range. Owner fields are not indexed: each index costs every update of a document (on the embedded
-    store about 0.1 ms per index and updated dose, whether or not the indexed fields changed), and a claim knows
-    its documents."""
-    ids = list(ids)
-    return {"_id": {"$gte": min(ids), "$lte": max(ids)}, owner: token}
-
-
 IN_CHUNK = 50  # ids per {"$in": ...} query
 
 
@@ -88,6 +81,33 @@ def in_chunks(ids: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
     ids = list(ids)
     for i in range(0, len(ids), size):
         yield ids[i:i + size]
+
+
+def by_ids(ids: Iterable[Any], query: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The documents ``ids`` that also match ``query``, as queries of ``IN_CHUNK`` ids each, ``_id`` first: the
+    embedded store looks each listed ``_id`` up only when ``_id`` is the filter's first field, and reads the whole
+    collection for an ``_id`` range (20,000 doses: 530 ms to update a batch of 100 by its range, 26 ms by its ids)."""
+    return [{"_id": {"$in": chunk}, **(query or {})} for chunk in in_chunks(ids)]
+
+
+def claimed_by(owner: str, token: str, ids: Iterable[Any]) -> list[dict[str, Any]]:
+    """The queries of the documents ``ids`` claimed under ``token`` (in the field ``owner``). Owner fields are not
+    indexed: each index costs every update of a document (on the embedded store about 0.1 ms per index and updated
+    dose, whether or not the indexed fields changed), and a claim knows its documents."""
+    return by_ids(ids, {owner: token})
+
+
+async def update_each(collection: AsyncCollection[Any], queries: list[dict[str, Any]],
+                      update: dict[str, Any]) -> int:
+    """``update`` on the matches of every query, in one command (one statement a query); how many changed."""
+    if not queries:
+        return 0
+    return (await collection.bulk_write([UpdateMany(q, update) for q in queries], ordered=False)).modified_count
+
+
+async def find_each(collection: AsyncCollection[Any], queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The matches of every query, one command each."""
+    return [doc for q in queries for doc in await collection.find(q).to_list(None)]
 
 
 def aware(dt: datetime) -> datetime:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from server.core.documents import aware, claimed_by, passed, utcnow
+from server.core.documents import aware, passed, utcnow
 from server.core.ports import Broadcaster
 from server.core.urgency import URGENCY
 from server.meds.claims import BATCH, DoseClaims
@@ -84,9 +84,8 @@ class DueDelivery:
         claim takes their reminder notifications too, handed to ``on_reminded``."""
         notes = self.on_reminded is not None
 
-        async def store_claim(token: str, ids: list[Any]) -> None:
-            await DoseClaim(id=token, owner=self.claims.owner, lease_until=now + LEASE, notes=notes,
-                            first_id=ids[0], last_id=ids[-1]).insert()
+        async def store_claim(token: str) -> None:
+            await DoseClaim(id=token, owner=self.claims.owner, lease_until=now + LEASE, notes=notes).insert()
 
         token, claimed = await self.claims.claim(
             {"state": "scheduled", "due_at": {"$lte": now, "$gt": now - self.grace}},
@@ -125,9 +124,8 @@ class DueDelivery:
             if taken is None:
                 continue  # another process took it over
             token = claim["_id"]
-            mine = {"due_owner": token} if claim.get("first_id") is None else \
-                claimed_by("due_owner", token, (claim["first_id"], claim["last_id"]))  # (none: a claim before 0006)
-            doses = await self.claims.doses.find({**mine, "state": "reminded"}).to_list(None)
+            # State first: the embedded store looks up the reminded doses (those not yet confirmed or missed).
+            doses = await self.claims.doses.find({"state": "reminded", "due_owner": token}).to_list(None)
             if not doses:
                 await self.ledger.delete_one({"_id": token})
                 continue

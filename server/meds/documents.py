@@ -113,7 +113,8 @@ class Medication(VersionedDocument):
 
     class Settings:
         name = "medications"
-        indexes = [IndexModel([("patient_id", ASCENDING), ("archived_at", ASCENDING)], name="patient_active")]
+        indexes = [IndexModel([("patient_id", ASCENDING), ("archived_at", ASCENDING)], name="patient_active"),
+                   IndexModel([("archived_at", ASCENDING), ("planned_until", ASCENDING)], name="plan_due")]
 
     @property
     def low_stock(self) -> bool:
@@ -212,8 +213,6 @@ class DoseClaim(VersionedDocument):
     lease_until: datetime
     notes: bool = False  # the claim took the doses' reminder notifications too
     pushed: bool = False  # dose:due pushed and the box told; the notifications were not all stored
-    first_id: PydanticObjectId | None = None  # the batch's first and last dose (its ``_id`` range: the owner
-    last_id: PydanticObjectId | None = None  # fields are not indexed); none in a claim stored before 0006
 
     class Settings:
         name = "dose_claims"
