@@ -18,7 +18,7 @@ from server.core.background import cancel_and_wait
 from server.core.config import Settings
 from server.core.ports import Component
 from server.core.urgency import URGENCY
-from server.infra.embedded_store import EmbeddedStore, start_embedded
+from server.infra.embedded_store import EmbeddedStore, server_stores, start_embedded
 from server.infra.group_commit import COMMITS
 from server.infra.migrations import run_migrations
 from server.infra.store import URGENT_LANE, init_documents, make_client
@@ -94,9 +94,7 @@ async def connected(settings: Settings, documents: Sequence[type[Document]], bul
     url, bulk_url = settings.mongodb_url, settings.bulk_mongodb_url
     try:
         if url is None:
-            started.append(EmbeddedStore(settings.data_dir))
-            if bulk_url is None and bulk:
-                started.append(EmbeddedStore(settings.data_dir / "bulk", name="bulk"))
+            started.extend(server_stores(settings.data_dir, settings.port, bulk_url is None and bulk))
             url, *more = await start_embedded(started)
             bulk_url = more[0] if more else bulk_url
         client = make_client(url, **client_options)

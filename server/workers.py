@@ -28,7 +28,7 @@ from prometheus_client import multiprocess
 
 from server.app import BULK_DOCUMENTS, DOCUMENTS
 from server.core.config import ConfigError, Settings
-from server.infra.embedded_store import EmbeddedStore, start_embedded
+from server.infra.embedded_store import EmbeddedStore, server_stores, start_embedded
 from server.infra.metrics import MULTIPROC_ENV
 from server.lifecycle import connected
 
@@ -79,9 +79,7 @@ async def serve_workers(settings: Settings, workers: int) -> None:
            MULTIPROC_ENV: tempfile.mkdtemp(prefix="healthmate-metrics-")}  # 0700, this server's alone
     stores: list[EmbeddedStore] = []
     if settings.mongodb_url is None:  # the embedded store and the bulk store (server.lifecycle.connected), shared
-        stores = [EmbeddedStore(settings.data_dir)]
-        if settings.bulk_mongodb_url is None:
-            stores.append(EmbeddedStore(settings.data_dir / "bulk", name="bulk"))
+        stores = server_stores(settings.data_dir, settings.port, settings.bulk_mongodb_url is None)
         urls = dict(zip(("mongodb_url", "bulk_mongodb_url"), await start_embedded(stores), strict=False))
         env.update({f"HEALTHMATE_{field.upper()}": url for field, url in urls.items()})
         settings = settings.model_copy(update=urls)

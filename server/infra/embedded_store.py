@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,24 @@ from server.infra.metrics import EMBEDDED_STORE_RESTARTS, child
 log = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(avoid: Container[int] = ()) -> int:
+    """A port free now, other than ``avoid``: ports picked but not bound yet, which the system may hand out again
+    (a store once started on the port its server was about to listen on)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in avoid:
+            return port
+
+
+def server_stores(data_dir: Path, server_port: int, bulk: bool) -> list[EmbeddedStore]:
+    """A server's embedded store and, with ``bulk``, its bulk store (``<data dir>/bulk``), on ports other than
+    each other's and the server's, none of which is bound until it starts."""
+    main = EmbeddedStore(data_dir, port=free_port({server_port}))
+    if not bulk:
+        return [main]
+    return [main, EmbeddedStore(data_dir / "bulk", port=free_port({server_port, main.port}), name="bulk")]
 
 
 # Run in the store's child before it becomes the store: ask Linux to SIGKILL it when the server that started
