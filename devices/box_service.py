@@ -19,7 +19,7 @@ from beanie.operators import In
 from devices.documents import BoxEvent, Device, MedicineBoxState
 from devices.medicine_box import BoxCommand, BoxDrawers, BoxHello, DrawerEvent
 from server.care.access import require_patient
-from server.core.documents import claimed_by, in_chunks, passed, update_each, utcnow
+from server.core.documents import by_ids, claimed_by, in_chunks, passed, update_each, utcnow
 from server.core.errors import ApiError, forbidden
 from server.core.gather import Gathered
 from server.core.i18n import Text
@@ -30,6 +30,7 @@ from server.transport.events import EventContext
 log = logging.getLogger(__name__)
 BACKOFF_S = (1, 2, 4, 8, 16, 30)  # wait before resending an unacknowledged command; then give up
 ACK_WINDOW_S = 0.02
+MAX_GRACE = timedelta(days=1)  # the longest dose grace window (HEALTHMATE_DOSE_GRACE_S): then missed
 
 
 class DeviceCommands(Protocol):
@@ -175,10 +176,12 @@ class MedicineBox:
             await Device.get_pymongo_collection().update_one({"_id": device_id}, {"$set": extra})
         state = await self._store_drawers(device_id, pid, body, **extra)
         # A box (re)connecting gets the commands for doses still waiting at once.
-        rearmed = await self.scheduler.doses.update_many(
-            {"patient_id": pid, "state": "reminded", "drawer": {"$ne": None}, "box_acked_at": None},
-            {"$set": {"box_next_at": utcnow()}})
-        if rearmed.modified_count:
+        now = utcnow()
+        recent = self.scheduler.doses.find(self._recent(pid), {"state": 1, "drawer": 1, "box_acked_at": 1})
+        waiting = [d["_id"] async for d in recent
+                   if d["state"] == "reminded" and d.get("drawer") is not None and d.get("box_acked_at") is None]
+        if await update_each(self.scheduler.doses, by_ids(waiting, {"state": "reminded", "box_acked_at": None}),
+                             {"$set": {"box_next_at": now}}):
             self.scheduler.wake()
         return state
 
@@ -192,6 +195,12 @@ class MedicineBox:
         if state is not None and drawer not in {d["index"] for d in state.drawers}:
             raise ApiError("invalid_drawer", f"This box has no drawer {drawer}", 422, {"drawer": drawer})
 
+    @staticmethod
+    def _recent(pid: PydanticObjectId) -> dict[str, Any]:
+        """The patient's doses that may still wait (reminded): due since the longest grace window, on patient_due
+        (by ``patient_id`` and ``state``, the embedded store would read every dose of the patient's past)."""
+        return {"patient_id": pid, "due_at": {"$gte": utcnow() - MAX_GRACE}}
+
     async def opened(self, ctx: EventContext, body: DrawerEvent) -> dict[str, Any]:
         """(medicine box) A drawer was opened. It confirms the reminded doses kept in that drawer (`dose:confirmed`,
         `confirmed_via: box`); opening another drawer while a dose waits is flagged to the patient
@@ -199,7 +208,8 @@ class MedicineBox:
         box did not report."""
         device_id, pid = await self._box(ctx, "box.drawer_opened", drawer=body.drawer)
         await self._check_drawer(device_id, body.drawer)
-        waiting = await self.scheduler.doses.find({"patient_id": pid, "state": "reminded"}).to_list(None)
+        waiting = [d for d in await self.scheduler.doses.find(self._recent(pid)).to_list(None)
+                   if d["state"] == "reminded"]
         confirmed = []
         for d in waiting:
             if d.get("drawer") == body.drawer and await self.scheduler.confirm(d["_id"], pid, "box", None):

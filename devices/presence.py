@@ -83,12 +83,13 @@ class DevicePresence:
         now = utcnow()
         cutoff = now - self.silence
         devices = Device.get_pymongo_collection()
-        silent = {"revoked_at": None, "disconnected_at": None, "last_seen_at": passed(cutoff)}  # (not the never seen)
+        # On the presence index (not the never seen); a revoked device leaves the set unannounced.
+        silent = {"disconnected_at": None, "last_seen_at": passed(cutoff)}
         marked = 0
         async for doc in devices.find(silent, limit=SWEEP_BATCH):
             won = await devices.find_one_and_update({"_id": doc["_id"], **silent}, {"$set": {"disconnected_at": now}})
-            if won is None:
-                continue  # another process got there first, or it just heartbeat
+            if won is None or won.get("revoked_at") is not None:
+                continue  # another process got there first, or it just heartbeat; or revoked: told no one
             marked += 1
             await self._announce(Device.model_validate({**won, "disconnected_at": now}), online=False, at=now)
         return marked

@@ -23,10 +23,11 @@ from server.core.identity import Principal
 from server.core.wire import Items, Time, Wire
 from server.streaming.history import AnalysisChunk, Stream
 from server.transport.mount import Mount
-from server.vitals.blood_pressure import BPReading
+from server.vitals.documents import BPReading, measured_between
 
 STREAMING_WITHIN = timedelta(seconds=30)  # an open stream with a frame this recent counts as streaming
 HR_WITHIN = timedelta(minutes=5)  # an older heart rate is not shown as the latest
+BP_RECENT = timedelta(days=30)
 
 
 def _streaming(stream: Stream) -> bool:
@@ -47,8 +48,14 @@ async def _latest_hr(patient_id: PydanticObjectId) -> dict[str, Any] | None:
 
 
 async def _latest_bp(patient_id: PydanticObjectId) -> dict[str, Any] | None:
-    live = BPReading.find(BPReading.patient_id == patient_id, BPReading.deleted_at == None)  # noqa: E711
-    reading = await live.sort(-BPReading.measured_at).first_or_none()
+    """The latest reading not deleted. The embedded store sorts every match of a query, so the recent ones are
+    looked up first (on ``patient_measured``), and all of the patient's only when none is recent."""
+    recent = BPReading.find(measured_between(patient_id, utcnow() - BP_RECENT))
+    reading = max((r for r in await recent.to_list() if r.deleted_at is None), key=lambda r: r.measured_at,
+                  default=None)
+    if reading is None:
+        live = BPReading.find(BPReading.patient_id == patient_id, BPReading.deleted_at == None)  # noqa: E711
+        reading = await live.sort(-BPReading.measured_at).first_or_none()
     if reading is None:
         return None
     return {key: value for key, value in reading.public().items()

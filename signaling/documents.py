@@ -50,6 +50,7 @@ class CallSession(VersionedDocument):
             IndexModel([("participants", ASCENDING), ("_id", DESCENDING)], name="participant_recent"),
             IndexModel([("state", ASCENDING), ("ring_deadline", ASCENDING)], name="ringing_due"),
             IndexModel([("state", ASCENDING), ("grace_deadline", ASCENDING)], name="grace_due"),
+            IndexModel([("state", ASCENDING), ("ended_at", ASCENDING)], name="ended"),  # retention
             IndexModel([("recording.stopped_at", ASCENDING), ("recording.started_at", ASCENDING)],
                        name="recording_unfinished"),
         ]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from beanie import PydanticObjectId
-from gridfs import AsyncGridFSBucket, NoFile
+from gridfs import NoFile
 from gridfs.asynchronous.grid_file import AsyncGridOut
 from pymongo.errors import PyMongoError
 
@@ -22,11 +22,12 @@ from server.care import audit
 from server.care.access import may_access
 from server.core.background import cancel_and_wait
 from server.core.config import Settings
-from server.core.documents import utcnow
+from server.core.documents import EPOCH, utcnow
 from server.core.errors import ApiError, not_found
 from server.core.identity import Principal, as_object_id
 from server.infra.presence import Presence
 from server.infra.pubsub import ControlBus
+from server.infra.store import GridBucket
 from server.transport.events import EventContext
 from signaling.call_state import Action
 from signaling.documents import CallSession, call_json
@@ -67,9 +68,9 @@ class CallRecordings:
         return self.settings.data_dir / "recordings" / f"{call_id}.mka"
 
     @staticmethod
-    def bucket() -> AsyncGridFSBucket:
+    def bucket() -> GridBucket:
         """Finished recordings: GridFS bucket ``recordings``, the file's id being the call's."""
-        return AsyncGridFSBucket(CallSession.get_pymongo_collection().database, bucket_name=RECORDINGS)
+        return GridBucket(CallSession.get_pymongo_collection().database, RECORDINGS)
 
     async def consent(self, ctx: EventContext, body: ConsentIn) -> dict[str, Any]:
         """A participant gives (or withdraws) consent to recording. With both consents the server takes
@@ -117,7 +118,8 @@ class CallRecordings:
                 with contextlib.suppress(NoFile):  # a half-written copy from an earlier attempt
                     await self.bucket().delete(oid)
                 with path.open("rb") as f:
-                    await self.bucket().upload_from_stream_with_id(oid, path.name, f, metadata={"call_id": oid})
+                    await (await self.bucket().ready()).upload_from_stream_with_id(
+                        oid, path.name, f, metadata={"call_id": oid})
                 break
             except PyMongoError as exc:
                 log.warning("storing the recording of call %s (attempt %d): %s", call_id, attempt + 1, exc)
@@ -134,7 +136,8 @@ class CallRecordings:
     async def mark_lost(self) -> None:
         """A recording whose process died before finishing it will never finish: say so (``lost``) rather
         than leave it "in progress" for ever. What that process had written stays on its disk."""
-        unfinished = CallSession.find({"recording.stopped_at": None, "recording.started_at": {"$ne": None}})
+        # Started (a time, not null): the range keeps it on recording_unfinished.
+        unfinished = CallSession.find({"recording.stopped_at": None, "recording.started_at": {"$gte": EPOCH}})
         async for call in unfinished.limit(SWEEP_BATCH):
             if call.media_host is not None and not await self.presence.alive(call.media_host):
                 log.warning("the recording of call %s was lost with its process %s", call.id, call.media_host)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pymongo import monitoring
 from pymongo.errors import PyMongoError
 from redis import Redis
 
@@ -32,11 +33,18 @@ from server.infra.embedded_store import EmbeddedStore, free_port
 from server.infra.store import make_client
 from tests.contract import CONTRACT
 from tests.helpers import Api
+from tests.query_plans import QUERIES
 
 TEST_SECRET = "test-secret-" + "x" * 40
 # The tests make many accounts from 127.0.0.1; tests/security/ sets the real limits where it tests them.
 TEST_LIMITS = {"register_max_per_ip": 1_000_000}
 _db_counter = itertools.count()
+monitoring.register(QUERIES)  # before any client exists: every query the project sends, for tests/test_query_plans.py
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """tests/test_query_plans.py last: it judges the queries every other test made the server send."""
+    items.sort(key=lambda item: item.path.name == "test_query_plans.py")
 
 
 @pytest.fixture(autouse=True)

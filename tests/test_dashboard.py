@@ -64,6 +64,26 @@ async def test_overview_lists_linked_patients_with_live_status(api: Api) -> None
     assert body["items"][0]["streaming"] is False
 
 
+async def test_overview_shows_the_latest_reading_not_deleted_however_old(api: Api) -> None:
+    """The overview looks up the last BP_RECENT first and all of the patient's readings only when none is there."""
+    patient, clinician = await api.register("patient"), await api.register("clinician")
+    await api.link(patient, clinician)
+
+    async def latest() -> dict | None:
+        status, body = await api.request("GET", "/api/overview", clinician)
+        assert status == 200
+        return body["items"][0]["bp"]
+
+    assert await latest() is None
+    old = await add_bp(api, patient, 131, 84, minutes_ago=60 * 24 * 45)  # before BP_RECENT
+    await add_bp(api, patient, 128, 82, minutes_ago=60 * 24 * 50)
+    assert (await latest())["id"] == old["id"]
+    new = await add_bp(api, patient, 119, 77, minutes_ago=60)
+    assert (await latest())["id"] == new["id"]
+    await (await api.socket(patient)).ok("bp:delete", {"reading_id": new["id"]})
+    assert (await latest())["id"] == old["id"]
+
+
 async def add_bp(api: Api, patient, systolic: float, diastolic: float, minutes_ago: float = 0) -> dict:
     sock = await api.socket(patient)
     at = datetime.now(UTC) - timedelta(minutes=minutes_ago)

@@ -13,7 +13,7 @@ from beanie import PydanticObjectId
 
 from server.core.documents import iso
 from server.streaming.documents import AnalysisChunk, WaveBucket
-from server.streaming.history import apply_retention
+from server.streaming.history import MAX_SPAN_S, BucketBuilder, apply_retention
 from tests.helpers import Api, User
 from tests.streaming import device_socket, ecg, frame, open_stream, pair
 
@@ -94,6 +94,21 @@ async def test_streams_waveforms_and_analyses(api: Api) -> None:
     assert status == 200 and 5 <= len(items) <= 6 and all(i["stream_id"] == stream_id for i in items)
     assert [i["at"] for i in items] == sorted(i["at"] for i in items) and len({i["at"] for i in items}) == len(items)
     assert set(items[0]) >= {"at", "hr", "rmssd", "sdnn", "quality", "beats"}
+
+
+async def test_a_frame_long_after_its_bucket_began_starts_the_next_one(api: Api) -> None:
+    """A bucket spans at most MAX_SPAN_S, gaps included, so that a waveform range finds it by its start alone
+    (``api``: the documents initialised)."""
+    builder = BucketBuilder(PydanticObjectId(), PydanticObjectId(), RATE, lambda ms: 1_700_000_000 + ms / 1000)
+    one_s = np.ones(int(RATE), dtype="<f4")
+    assert all(builder.add(seq, seq * 1000.0, one_s, None) is None for seq in range(3))
+    later = (MAX_SPAN_S + 30) * 1000.0
+    bucket = builder.add(3, later, one_s * 2, {"after_seq": 2, "missing_frames": 90})
+    assert bucket is not None and bucket.last_seq == 2 and len(bucket.samples) == 3 * RATE * 4
+    assert (bucket.end - bucket.start).total_seconds() == 3.0
+    rest = builder.flush()
+    assert rest is not None and rest.first_seq == 3 and rest.start.timestamp() == 1_700_000_000 + later / 1000
+    assert rest.gaps == [{"after_seq": 2, "missing_frames": 90}]
 
 
 async def test_analyses_per_minute_aggregates(api: Api) -> None:

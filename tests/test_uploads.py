@@ -14,6 +14,7 @@ from PIL import Image
 from server.app import SERVER
 from server.care.documents import AuditEntry
 from tests.helpers import Api, User
+from tests.query_plans import QUERIES
 
 MAX_BYTES = 10 * 1024 * 1024
 
@@ -45,6 +46,24 @@ async def stored_files(api: Api) -> tuple[int, int]:
 async def fetch(api: Api, user: User, upload_id: str) -> tuple[int, str, bytes]:
     async with api.http.get(f"{api.base_url}/api/uploads/{upload_id}", headers=user.auth) as resp:
         return resp.status, resp.content_type, await resp.read()
+
+
+async def test_the_first_upload_of_a_database_creates_its_indexes_and_none_looks_for_them_again(api: Api) -> None:
+    """GridBucket creates the bucket's indexes itself, once per process (pymongo's check before each upload read
+    every chunk of the bucket on the embedded store: tests/test_query_plans.py would list it)."""
+    patient = await api.register("patient")
+    assert api.app is not None
+    svc = api.app[SERVER]
+    db = svc.mongo[svc.settings.mongodb_db]  # type: ignore[index]
+    with QUERIES.tap() as seen:
+        for _ in range(2):
+            status, _ = await upload(api, patient, image("PNG"))
+            assert status == 201
+    assert not [q for q in seen if q[0].startswith("uploads.") and not q[1]]  # no find_one({}) of the bucket
+    chunks = {ix["name"]: ix async for ix in await db["uploads.chunks"].list_indexes()}
+    files = {ix["name"] async for ix in await db["uploads.files"].list_indexes()}
+    assert chunks["files_id_1_n_1"]["unique"] and "filename_1_uploadDate_1" in files
+    assert await stored_files(api) == (2, 2)
 
 
 async def test_each_image_type_accepted_by_content_and_served_back(api: Api) -> None:

@@ -47,7 +47,7 @@ from server.alerts.documents import (
 )
 from server.core.background import Background
 from server.core.config import Settings
-from server.core.documents import aware, utcnow
+from server.core.documents import aware, by_ids, update_each, utcnow
 from server.core.gather import Gathered
 from server.core.ports import DevicePush, Online
 from server.infra.bulk import insert_new
@@ -179,9 +179,7 @@ class DeviceDelivery:
         if not ids:
             return 0
         token = f"{self.owner}:{uuid.uuid4().hex}"
-        # their id range, not {"$in": ids}: see server.meds.claims (a due watch inserted into the range is taken too)
-        await coll.update_many({**due, "_id": {"$gte": ids[0], "$lte": ids[-1]}},
-                               {"$set": {"owner": token, "due_at": now + LEASE}})
+        await update_each(coll, by_ids(ids, due), {"$set": {"owner": token, "due_at": now + LEASE}})  # (by_ids)
         watches = await PushWatch.find({"owner": token}).to_list()
         if watches:
             await self._push_due(watches)

@@ -42,8 +42,9 @@ class Escalation:
 
     async def resume(self, now: datetime, lease: datetime) -> None:
         """Steps claimed by a process that did not finish them (their lease ran out): claimed again, run again."""
-        unfinished = await Alert.find({"status": "open", "escalation_pending": {"$ne": None},
-                                       "escalation_lease_until": {"$lt": now}}).limit(SWEEP_BATCH).to_list()
+        # A step's lease is set while it is pending and cleared with it: the filter is stalled_escalation's.
+        unfinished = await Alert.find({"status": "open", "escalation_lease_until": {"$lt": now}}) \
+            .limit(SWEEP_BATCH).to_list()
         for alert in unfinished:
             claimed = await Alert.get_pymongo_collection().update_one(
                 {"_id": alert.id, "status": "open", "escalation_pending": alert.escalation_pending,

@@ -132,9 +132,10 @@ class Fanout:
                 break
             await asyncio.sleep(0.01)
         linked = await patients_of(principal)  # not for patients whose link has ended since
-        pending = await Alert.find({"recipient_ids": principal.user_id, "status": "open",
-                                    "patient_id": {"$in": linked}}) \
-            .sort(+Alert.raised_at, +Alert.id).limit(REDELIVER_LIMIT).to_list()
+        # On recipient_open: the recipient's open alerts; those of patients still linked kept here.
+        kept = set(linked)
+        pending = [a for a in await Alert.find({"recipient_ids": principal.user_id, "status": "open"})
+                   .sort(+Alert.raised_at, +Alert.id).to_list() if a.patient_id in kept][:REDELIVER_LIMIT]
         if not pending:
             return
         keys = [AlertDelivery.key(a.id, principal.user_id, device) for a in pending]

@@ -31,9 +31,14 @@ log = logging.getLogger(__name__)
 async def mine(user_id: PydanticObjectId, unread_only: bool = False) -> dict[str, Any]:
     """A user's notifications (not deleted); only the unread ones if asked. One about a patient shows while the
     user is that patient or on their care team: a member whose link was revoked no longer sees the patient's."""
-    patients = [user_id, *[link.patient_id for link in await memberships(user_id)]]
-    return {"user_id": user_id, "deleted_at": None, "$or": [{"patient_id": None}, {"patient_id": {"$in": patients}}],
+    # No $or: with an operator at its top, the embedded store reads every user's notifications.
+    return {"user_id": user_id, "deleted_at": None, "patient_id": {"$in": await visible(user_id)},
             **({"read_at": None} if unread_only else {})}
+
+
+async def visible(user_id: PydanticObjectId) -> list[PydanticObjectId | None]:
+    """The patients whose notifications the user sees (None: about no patient)."""
+    return [None, user_id, *[link.patient_id for link in await memberships(user_id)]]
 
 
 class Notifications:
@@ -88,7 +93,12 @@ class Notifications:
 
     @staticmethod
     async def unread(user_id: PydanticObjectId) -> int:
-        return await Notification.find(await mine(user_id, unread_only=True)).count()
+        # On user_unread alone (with patient_id too, the embedded store would read all of the user's), the
+        # patients the user may see kept here.
+        patients = set(await visible(user_id))
+        cursor = Notification.get_pymongo_collection().find(
+            {"user_id": user_id, "read_at": None, "deleted_at": None}, {"patient_id": 1})
+        return sum([d.get("patient_id") in patients async for d in cursor])
 
     @staticmethod
     async def notified(user_id: Any, kind: str, data: dict[str, Any]) -> bool:
@@ -99,9 +109,10 @@ class Notifications:
     async def mark_read(user_id: PydanticObjectId, notification_id: str | None) -> int:
         """One notification (not found if it is not the user's), or all of the user's when None."""
         query = await mine(user_id, unread_only=True)
-        if notification_id is not None:
-            query["_id"] = as_object_id(notification_id, "id")
-            if await Notification.find({**await mine(user_id), "_id": query["_id"]}).count() == 0:
+        if notification_id is not None:  # _id first: the embedded store looks that one up
+            one = {"_id": as_object_id(notification_id, "id")}
+            query = {**one, **query}
+            if await Notification.find({**one, **await mine(user_id)}).count() == 0:
                 raise not_found("notification")
         result = await Notification.get_pymongo_collection().update_many(query, {"$set": {"read_at": utcnow()}})
         return result.modified_count

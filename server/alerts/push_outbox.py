@@ -45,7 +45,7 @@ from server.alerts.documents import Alert, PushEntry, PushOutcome, PushToken
 from server.alerts.push_providers import Provider, PushError, PushMessage, RefusedTarget
 from server.core.background import cancel_and_wait
 from server.core.config import Settings
-from server.core.documents import aware, utcnow
+from server.core.documents import EPOCH, aware, utcnow
 
 log = logging.getLogger("server.alerts.push")
 PUSHES = Counter("healthmate_push_total", "Push attempts by provider and outcome (sent, retried, dead_token, gave_up, "
@@ -58,7 +58,7 @@ PRUNE_EVERY_S = 60.0
 ALERT_FRESH_S = 1.0
 CLAIM_PER_WORKER = 4
 REMOVE_EVERY_S = 0.02
-WAITING = {"next_attempt_at": {"$ne": None}}  # not a rung call kept for its cancel
+WAITING = {"next_attempt_at": {"$gte": EPOCH}}  # not a rung call kept for its cancel (a range: on ``due``)
 OUTCOMES = ("sent", "retried", "dead_token", "gave_up", "obsolete")
 
 

@@ -32,8 +32,10 @@ async def care_team(patient_id: PydanticObjectId, roles: Iterable[str] = CARE_RO
     """The patient's unrevoked care-team links (``member_id``, ``member_role``), of members in ``roles``:
     who is told of, and may see, what happens to the patient. ``urgent`` (an alert's recipients): read on the
     urgent lane."""
-    query = {"patient_id": patient_id, "revoked_at": None, "member_role": {"$in": list(roles)}}
-    return await (URGENT_LANE.find(Link, query) if urgent else Link.find(query).to_list())
+    query = {"patient_id": patient_id, "revoked_at": None}  # all on patient_active; the roles are kept here
+    roles = set(roles)
+    links = await (URGENT_LANE.find(Link, query) if urgent else Link.find(query).to_list())
+    return [link for link in links if link.member_role in roles]
 
 
 async def memberships(member_id: PydanticObjectId) -> list[Link]:

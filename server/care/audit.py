@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from beanie import PydanticObjectId
-from beanie.operators import Or
 
 from server.care.documents import AuditEntry
 from server.core.documents import iso
@@ -39,6 +38,7 @@ def entry_json(e: AuditEntry) -> dict[str, Any]:
     }
 
 
-def concerning(user_id: PydanticObjectId) -> Any:
-    """What a user may page through: every access to their data as a patient, and all they did themselves."""
-    return Or(AuditEntry.patient_id == user_id, AuditEntry.actor_id == user_id)
+def concerning(user_id: PydanticObjectId) -> list[dict[str, Any]]:
+    """What a user may page through: every access to their data as a patient, and all they did themselves (any
+    of the two: ``cursor_page``)."""
+    return [{"patient_id": user_id}, {"actor_id": user_id}]

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from beanie import PydanticObjectId
-from gridfs import AsyncGridFSBucket
 from gridfs.asynchronous.grid_file import AsyncGridIn, AsyncGridOut
 
 from server.care.access import linked, require_patient
@@ -28,6 +27,7 @@ from server.core.errors import ApiError, forbidden, not_found
 from server.core.identity import Client, Principal, as_object_id
 from server.infra.image_metadata import strip_location
 from server.infra.image_probe import ImageInfo, NotAnImage, probe_image
+from server.infra.store import GridBucket
 
 BUCKET = "uploads"
 PURPOSES = ("avatar", "medication")
@@ -102,9 +102,9 @@ class Uploads:
         self.max_request_bytes = max_bytes + MULTIPART_SLACK
 
     @staticmethod
-    def bucket() -> AsyncGridFSBucket:
+    def bucket() -> GridBucket:
         database = User.get_pymongo_collection().database  # the store Beanie was started on
-        return AsyncGridFSBucket(database, bucket_name=BUCKET, chunk_size_bytes=255 * 1024)
+        return GridBucket(database, BUCKET, chunk_size_bytes=255 * 1024)
 
     async def find(self, upload_id: Any) -> dict[str, Any] | None:
         """The stored file's GridFS document (``metadata`` holds owner, patient, purpose, type, size)."""
@@ -180,7 +180,7 @@ class Uploads:
                            {"field": "purpose"})
         patient_id = await _owning_patient(principal, purpose, fields.get("patient_id") or None, client)
         head, info = await self._read_head(part)
-        grid_in = self.bucket().open_upload_stream(purpose, metadata={
+        grid_in = (await self.bucket().ready()).open_upload_stream(purpose, metadata={
             "owner_id": principal.user_id, "patient_id": patient_id, "purpose": purpose,
             "content_type": info.content_type, "width": info.width, "height": info.height})
         await self._store(part, grid_in, head)

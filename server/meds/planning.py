@@ -71,10 +71,10 @@ class Planner:
 
     async def plan_all(self, now: datetime) -> None:
         """Every active medication whose planned doses end before the horizon (less ``PLAN_EVERY``)."""
-        stale = {"$or": [{"planned_until": None}, {"planned_until": {"$lt": now + HORIZON - PLAN_EVERY}}]}
-        due = Medication.find(Medication.archived_at == None, stale)  # noqa: E711
-        async for med in due:
-            try:
-                await self.plan(med, now)
-            except Exception:
-                log.exception("planning %s failed", med.id)
+        # Never planned, then planned not far enough: each on plan_due (an $or would read every medication).
+        for stale in (None, {"$lt": now + HORIZON - PLAN_EVERY}):
+            async for med in Medication.find({"archived_at": None, "planned_until": stale}):
+                try:
+                    await self.plan(med, now)
+                except Exception:
+                    log.exception("planning %s failed", med.id)

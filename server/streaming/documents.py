@@ -33,7 +33,8 @@ class Stream(VersionedDocument):
 
     class Settings:
         name = "streams"
-        indexes = [IndexModel([("patient_id", ASCENDING), ("_id", DESCENDING)], name="patient_recent")]
+        indexes = [IndexModel([("patient_id", ASCENDING), ("_id", DESCENDING)], name="patient_recent"),
+                   IndexModel([("patient_id", ASCENDING), ("closed_at", ASCENDING)], name="patient_open")]
 
     def public(self) -> dict[str, Any]:
         return {"id": str(self.id), "patient_id": str(self.patient_id), "device_id": str(self.device_id),

@@ -23,6 +23,10 @@ from server.streaming.documents import AnalysisChunk, Stream, WaveBucket
 
 log = logging.getLogger(__name__)
 BUCKET_S = 10.0
+# A bucket spans at most this long, gaps included (a frame starting later begins the next one): a range of the
+# waveform is then found by the buckets' start alone, which ``stream_time`` serves.
+MAX_SPAN_S = 60.0
+BUCKET_SPAN = timedelta(seconds=MAX_SPAN_S + BUCKET_S)  # the longest a bucket spans, its last frame included
 MAX_POINTS = 20_000
 RETENTION_FIRST_S = 60
 
@@ -48,7 +52,9 @@ class BucketBuilder:
         self._contiguous = False
 
     def add(self, seq: int, t0_ms: float, samples: np.ndarray, gap: dict[str, Any] | None) -> WaveBucket | None:
-        """Append a frame (``t0_ms``: device time of its first sample); return a bucket once 10 s are full."""
+        """Append a frame (``t0_ms``: device time of its first sample); return a bucket once 10 s are full, or
+        once the frame starts more than ``MAX_SPAN_S`` after the bucket's first (the bucket before the frame)."""
+        early = self.flush() if self.n and t0_ms - self.runs[0]["t0"] > MAX_SPAN_S * 1000 else None
         if gap is not None:
             self.gaps.append(gap)
             self._contiguous = False
@@ -62,6 +68,8 @@ class BucketBuilder:
         self.n += samples.size
         self.last_seq = seq
         self.end_ms = t0_ms + samples.size * 1000.0 / self.rate
+        if early is not None:
+            return early  # (a frame filling a bucket alone: that one goes with the next frame)
         return self.flush() if self.n >= BUCKET_S * self.rate else None
 
     def _at(self, device_ms: float) -> datetime:
@@ -162,8 +170,11 @@ async def waveform(stream: Stream, start: datetime, end: datetime, max_points: i
         raise ApiError("invalid_query", "Ask for a range of at most 6 hours with from < to", 422)
     if not 10 <= max_points <= MAX_POINTS:
         raise ApiError("invalid_query", f"max_points must be between 10 and {MAX_POINTS}", 422)
-    buckets = await WaveBucket.find(WaveBucket.stream_id == stream.id, WaveBucket.end > start,
-                                    WaveBucket.start < end).sort(+WaveBucket.start).to_list()
+    # On stream_time: the buckets starting in the range or a bucket's length before it (with ``end`` in the
+    # filter too the embedded store would read every bucket of the stream).
+    since = start - BUCKET_SPAN
+    buckets = [b for b in await WaveBucket.find({"stream_id": stream.id, "start": {"$gt": since, "$lt": end}})
+               .sort(+WaveBucket.start).to_list() if aware(b.end) > start]
     runs = []
     for b in buckets:
         data = np.frombuffer(b.samples, dtype="<f4")
@@ -202,12 +213,12 @@ async def analyses(patient_id: PydanticObjectId, start: datetime, end: datetime,
         raise ApiError("invalid_query", "every is second or minute; from < to, at most 31 days apart", 422)
     if every == "second" and end - start > timedelta(hours=6):
         raise ApiError("invalid_query", "per-second history is served for at most 6 hours at a time", 422)
-    match: dict[str, Any] = {"patient_id": patient_id,
-                             "start": {"$gte": start - timedelta(seconds=BUCKET_S * 2), "$lt": end}}
-    if stream_id is not None:
-        match["stream_id"] = stream_id
+    # The first $match is patient_time's alone (with stream_id in it too, the embedded store would read every
+    # chunk of the patient); the stream is picked in the next stage.
+    match = {"patient_id": patient_id, "start": {"$gte": start - timedelta(seconds=BUCKET_S * 2), "$lt": end}}
     pipeline: list[dict[str, Any]] = [
-        {"$match": match}, {"$unwind": "$items"},
+        {"$match": match}, *([{"$match": {"stream_id": stream_id}}] if stream_id is not None else []),
+        {"$unwind": "$items"},
         {"$match": {"items.at": {"$gte": start, "$lt": end}}},
     ]
     coll = AnalysisChunk.get_pymongo_collection()

@@ -153,11 +153,14 @@ def page_params(request: web.Request) -> tuple[PydanticObjectId | None, int]:
 
 async def cursor_page(doc: type[Document], condition: Any, before: PydanticObjectId | None, limit: int,
                       to_json: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
-    """Newest first, by ``_id``; ``next_cursor`` is given back as ``before`` for the next page."""
-    conditions = [condition]
-    if before is not None:
-        conditions.append(doc.id < before)
-    items = await doc.find(*conditions).sort(-doc.id).limit(limit + 1).to_list()
+    """Newest first, by ``_id``; ``next_cursor`` is given back as ``before`` for the next page. ``condition`` a
+    list: the documents matching any of them, one query each (an ``$or`` reads the whole collection on the
+    embedded store), the page taken from their pages merged."""
+    found: dict[Any, Any] = {}
+    for alternative in condition if isinstance(condition, list) else [condition]:
+        conditions = [alternative] if before is None else [alternative, doc.id < before]
+        found.update((i.id, i) for i in await doc.find(*conditions).sort(-doc.id).limit(limit + 1).to_list())
+    items = sorted(found.values(), key=lambda i: i.id, reverse=True)[:limit + 1]
     more = len(items) > limit
     items = items[:limit]
     return {"items": [to_json(i) for i in items], "next_cursor": str(items[-1].id) if more else None}

@@ -21,7 +21,7 @@ from beanie import PydanticObjectId
 from ml.bp_cohort import PatientSeries
 from server.care.documents import User
 from server.core.documents import aware
-from server.vitals.documents import BPReading
+from server.vitals.documents import BPReading, measured_between
 
 FEATURE_DAYS = 28  # how far back a forecast looks
 MAX_READINGS = 5_000  # per forecast window: a reading every 8 minutes for 28 days
@@ -46,9 +46,9 @@ async def readings(patient_id: PydanticObjectId, start: datetime, end: datetime,
                    limit: int = MAX_READINGS) -> dict[str, np.ndarray]:
     """The patient's readings measured in ``[start, end)``, oldest first (at most the last ``limit``)."""
     cursor = BPReading.get_pymongo_collection().find(
-        {"patient_id": patient_id, "deleted_at": None, "measured_at": {"$gte": start, "$lt": end}},
-        {"measured_at": 1, "systolic": 1, "diastolic": 1, "pulse": 1}).sort("measured_at", -1).limit(limit)
-    rows = (await cursor.to_list())[::-1]
+        measured_between(patient_id, start, end),
+        {"measured_at": 1, "systolic": 1, "diastolic": 1, "pulse": 1, "deleted_at": 1}).sort("measured_at", -1)
+    rows = [r for r in await cursor.limit(limit).to_list() if r.get("deleted_at") is None][::-1]
     return {"times": _ts([r["measured_at"] for r in rows]),
             "systolic": np.asarray([r["systolic"] for r in rows], float),
             "diastolic": np.asarray([r["diastolic"] for r in rows], float),
@@ -58,8 +58,9 @@ async def readings(patient_id: PydanticObjectId, start: datetime, end: datetime,
 async def daily_adherence(patient_id: PydanticObjectId, start: datetime,
                           end: datetime) -> tuple[np.ndarray, np.ndarray] | None:
     """Per UTC day with a decided dose: (day start, confirmed / (confirmed + missed))."""
-    pipeline = [{"$match": {"patient_id": patient_id, "due_at": {"$gte": start, "$lt": end},
-                            "state": {"$in": ["confirmed", "missed"]}}},
+    # patient_due's filter alone first (with state in it, the embedded store reads every dose of the patient).
+    pipeline = [{"$match": {"patient_id": patient_id, "due_at": {"$gte": start, "$lt": end}}},
+                {"$match": {"state": {"$in": ["confirmed", "missed"]}}},
                 {"$group": {"_id": {"$dateTrunc": {"date": "$due_at", "unit": "day"}},
                             "taken": {"$avg": {"$cond": [{"$eq": ["$state", "confirmed"]}, 1, 0]}}}},
                 {"$sort": {"_id": 1}}]

@@ -253,3 +253,10 @@ class TriageIn(BaseModel):
 
 
 DOCUMENTS: list[type[Document]] = [BPReading, VitalEvent, PatientThresholds, ModelVersion, Prediction]
+
+
+def measured_between(pid: PydanticObjectId, start: datetime, end: datetime | None = None) -> dict[str, Any]:
+    """The patient's readings measured in ``[start, end)``, deleted ones too: the filter of ``patient_measured``
+    alone, which the embedded store reads just the window of (with ``deleted_at`` too, it reads every reading of
+    the patient). The caller leaves out the deleted."""
+    return {"patient_id": pid, "measured_at": {"$gte": start, **({"$lt": end} if end else {})}}

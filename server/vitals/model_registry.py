@@ -19,13 +19,13 @@ from datetime import datetime
 from typing import Any
 
 from beanie import PydanticObjectId
-from gridfs import AsyncGridFSBucket
 from pymongo.errors import DuplicateKeyError
 
 from ml.bp_model import BPForecaster
 from server.core.documents import utcnow
 from server.core.errors import ApiError, not_found
 from server.infra.pubsub import ControlBus
+from server.infra.store import GridBucket
 from server.vitals.documents import ModelVersion, Prediction
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,8 @@ REFRESH_S = 30.0  # re-read the active version this often, in case a bus message
 LOADERS = {"bp": BPForecaster.from_bytes}  # model name -> bytes -> loaded model
 
 
-def _bucket() -> AsyncGridFSBucket:
-    return AsyncGridFSBucket(ModelVersion.get_pymongo_collection().database, bucket_name=BUCKET)
+def _bucket() -> GridBucket:
+    return GridBucket(ModelVersion.get_pymongo_collection().database, BUCKET)
 
 
 class ModelRegistry:
@@ -68,7 +68,8 @@ class ModelRegistry:
             raise ApiError("unknown_model", f"No model called {name}", 404)
         LOADERS[name](blob)  # refuse bytes that would not load
         digest = hashlib.sha256(blob).hexdigest()
-        file_id = await _bucket().upload_from_stream(f"{name}-{digest[:12]}", blob, metadata={"model": name})
+        file_id = await (await _bucket().ready()).upload_from_stream(f"{name}-{digest[:12]}", blob,
+                                                                     metadata={"model": name})
         for _ in range(5):
             last = await ModelVersion.find(ModelVersion.name == name).sort(-ModelVersion.version).first_or_none()
             mv = ModelVersion(name=name, version=(last.version + 1) if last else 1, created_by=created_by,
