@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
@@ -106,8 +107,9 @@ async def update_each(collection: AsyncCollection[Any], queries: list[dict[str, 
 
 
 async def find_each(collection: AsyncCollection[Any], queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The matches of every query, one command each."""
-    return [doc for q in queries for doc in await collection.find(q).to_list(None)]
+    """The matches of every query, one command each, all sent at once (each waits its turn in a busy store)."""
+    found = await asyncio.gather(*(collection.find(q).to_list(None) for q in queries))
+    return [doc for docs in found for doc in docs]
 
 
 def aware(dt: datetime) -> datetime:
