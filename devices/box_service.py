@@ -19,7 +19,7 @@ from beanie.operators import In
 from devices.documents import BoxEvent, Device, MedicineBoxState
 from devices.medicine_box import BoxCommand, BoxDrawers, BoxHello, DrawerEvent
 from server.care.access import require_patient
-from server.core.documents import by_ids, claimed_by, in_chunks, passed, update_each, utcnow
+from server.core.documents import by_ids, in_chunks, passed, update_each, utcnow
 from server.core.errors import ApiError, forbidden
 from server.core.gather import Gathered
 from server.core.i18n import Text
@@ -86,10 +86,8 @@ class MedicineBox:
 
     async def _mark_acked(self, dose_ids: set[Any]) -> None:
         """The doses' commands were acknowledged: no more resends."""
-        now = utcnow()
-        for chunk in in_chunks(sorted(dose_ids)):
-            await self.scheduler.doses.update_many({"_id": {"$in": chunk}, "box_acked_at": None},
-                                                   {"$set": {"box_acked_at": now, "box_next_at": None}})
+        await update_each(self.scheduler.doses, by_ids(sorted(dose_ids), {"box_acked_at": None}),
+                          {"$set": {"box_acked_at": utcnow(), "box_next_at": None}})
 
     @staticmethod
     def _remind(d: dict[str, Any], attempt: int) -> BoxCommand:
@@ -107,10 +105,9 @@ class MedicineBox:
         if not sends:
             return
         wait = utcnow() + timedelta(seconds=BACKOFF_S[0])
-        for chunk in in_chunks(sorted({d["_id"] for _, d in sends})):
-            await self.scheduler.doses.update_many(
-                {"_id": {"$in": chunk}, "box_attempts": {"$in": [0, None]}},
-                {"$set": {"box_attempts": 1, "box_next_at": wait}})
+        await update_each(self.scheduler.doses, by_ids(sorted({d["_id"] for _, d in sends}),
+                                                       {"box_attempts": {"$in": [0, None]}}),
+                          {"$set": {"box_attempts": 1, "box_next_at": wait}})
         for device_id, d in sends:
             await URGENCY.give_way()  # an alert being raised goes first
             await self.command(device_id, self._remind(d, 1), d["_id"])
@@ -129,8 +126,8 @@ class MedicineBox:
                 wait = {"$set": {"box_next_at": None}, "$inc": {"box_attempts": -1}}
                 log.warning("giving up on %d unacknowledged box commands",
                             sum(d["box_attempts"] == attempt for d in claimed))
-            await update_each(doses, [{**q, "box_attempts": attempt} for q in claimed_by(
-                "box_owner", token, (d["_id"] for d in claimed if d["box_attempts"] == attempt))], wait)
+            await update_each(doses, by_ids((d["_id"] for d in claimed if d["box_attempts"] == attempt),
+                                            {"box_owner": token, "box_attempts": attempt}), wait)
         await self.scheduler.release("box_owner", token, claimed, {})
         resent = [d for d in claimed if d["box_attempts"] <= len(BACKOFF_S)]
         boxes = await self.boxes_of(list({d["patient_id"] for d in resent})) if resent else {}

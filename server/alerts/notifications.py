@@ -108,12 +108,12 @@ class Notifications:
     @staticmethod
     async def mark_read(user_id: PydanticObjectId, notification_id: str | None) -> int:
         """One notification (not found if it is not the user's), or all of the user's when None."""
-        query = await mine(user_id, unread_only=True)
+        query = await mine(user_id)
         if notification_id is not None:  # _id first: the embedded store looks that one up
-            one = {"_id": as_object_id(notification_id, "id")}
-            query = {**one, **query}
-            if await Notification.find({**one, **await mine(user_id)}).count() == 0:
+            query = {"_id": as_object_id(notification_id, "id"), **query}
+            if await Notification.find(query).count() == 0:
                 raise not_found("notification")
+        query["read_at"] = None
         result = await Notification.get_pymongo_collection().update_many(query, {"$set": {"read_at": utcnow()}})
         return result.modified_count
 
