@@ -29,7 +29,7 @@ from server.core.identity import Client, Principal, as_object_id
 from server.core.ports import Broadcaster
 from server.core.urgency import URGENCY
 from server.infra.group_commit import COMMITS
-from server.vitals.documents import BPDelete, BPIn, BPReading, BPUpdate, BPValues, measured_between
+from server.vitals.documents import BPDelete, BPIn, BPReading, BPUpdate, BPValues, live_between
 from server.vitals.fhir import bp_bundle
 
 WINDOWS = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=30)}
@@ -170,10 +170,10 @@ async def statistics(pid: PydanticObjectId, window: str, end: datetime | None) -
         tz = ZoneInfo(user.timezone if user else "UTC")
     except (KeyError, ValueError):
         tz = ZoneInfo("UTC")
-    docs = [d for d in await BPReading.find(measured_between(pid, start, end))
-            .sort(+BPReading.measured_at).limit(STATS_LIMIT).to_list() if d.deleted_at is None]
-    readings = [Reading(t=d.measured_at.timestamp(), local_hour=d.measured_at.astimezone(tz).hour,
-                        systolic=d.systolic, diastolic=d.diastolic, pulse=d.pulse) for d in docs]
+    docs = await (await BPReading.get_pymongo_collection().aggregate(
+        live_between(pid, start, end, 1, STATS_LIMIT))).to_list()
+    readings = [Reading(t=d["measured_at"].timestamp(), local_hour=d["measured_at"].astimezone(tz).hour,
+                        systolic=d["systolic"], diastolic=d["diastolic"], pulse=d.get("pulse")) for d in docs]
     return {"patient_id": str(pid), "window": window, "start": iso(start), "end": iso(end), "timezone": str(tz),
             **bp_stats(readings)}
 

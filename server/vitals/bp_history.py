@@ -21,7 +21,7 @@ from beanie import PydanticObjectId
 from ml.bp_cohort import PatientSeries
 from server.care.documents import User
 from server.core.documents import aware
-from server.vitals.documents import BPReading, measured_between
+from server.vitals.documents import BPReading, live_between
 
 FEATURE_DAYS = 28  # how far back a forecast looks
 MAX_READINGS = 5_000  # per forecast window: a reading every 8 minutes for 28 days
@@ -45,10 +45,8 @@ async def utc_offset_s(patient_id: PydanticObjectId, at: datetime) -> float:
 async def readings(patient_id: PydanticObjectId, start: datetime, end: datetime,
                    limit: int = MAX_READINGS) -> dict[str, np.ndarray]:
     """The patient's readings measured in ``[start, end)``, oldest first (at most the last ``limit``)."""
-    cursor = BPReading.get_pymongo_collection().find(
-        measured_between(patient_id, start, end),
-        {"measured_at": 1, "systolic": 1, "diastolic": 1, "pulse": 1, "deleted_at": 1}).sort("measured_at", -1)
-    rows = [r for r in await cursor.limit(limit).to_list() if r.get("deleted_at") is None][::-1]
+    rows = (await (await BPReading.get_pymongo_collection().aggregate(
+        live_between(patient_id, start, end, -1, limit))).to_list())[::-1]
     return {"times": _ts([r["measured_at"] for r in rows]),
             "systolic": np.asarray([r["systolic"] for r in rows], float),
             "diastolic": np.asarray([r["diastolic"] for r in rows], float),

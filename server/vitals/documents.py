@@ -260,3 +260,12 @@ def measured_between(pid: PydanticObjectId, start: datetime, end: datetime | Non
     alone, which the embedded store reads just the window of (with ``deleted_at`` too, it reads every reading of
     the patient). The caller leaves out the deleted."""
     return {"patient_id": pid, "measured_at": {"$gte": start, **({"$lt": end} if end else {})}}
+
+
+def live_between(pid: PydanticObjectId, start: datetime, end: datetime, order: int, limit: int,
+                 ) -> list[dict[str, Any]]:
+    """An aggregation of the patient's readings not deleted, measured in ``[start, end)``, by ``measured_at``
+    (``order`` 1 or -1), at most ``limit``: its first stage is ``measured_between`` alone, the deleted left out in
+    the next, so that the limit counts live readings only."""
+    return [{"$match": measured_between(pid, start, end)}, {"$match": {"deleted_at": None}},
+            {"$sort": {"measured_at": order}}, {"$limit": limit}]
