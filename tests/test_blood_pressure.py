@@ -13,6 +13,7 @@ from beanie import PydanticObjectId
 from server.care.documents import AuditEntry
 from server.vitals.documents import BPReading
 from tests.helpers import Api, User
+from tests.query_plans import QUERIES
 
 
 def at(minutes_ago: float = 0) -> str:
@@ -168,3 +169,34 @@ async def test_history_stats_and_fhir_export(api: Api) -> None:
     assert dia_c["code"]["coding"][0]["code"] == "8462-4" and dia_c["valueQuantity"]["value"] == 70
     assert rates[0]["valueQuantity"] == {"value": 60, "unit": "/min", "system": "http://unitsofmeasure.org",
                                          "code": "/min"}
+
+
+async def test_a_page_of_a_long_history_is_looked_for_in_its_last_week_first(api: Api) -> None:
+    """The store sorts every match of a filter before the limit: a page is looked for in the week before its
+    start, then further back (``PAGE_SPANS``), so a page of a long history reads the week it shows, not the
+    years behind it; across the spans' edges the pages still hold every reading once, newest first."""
+    patient, clinician = await api.register("patient"), await api.register("clinician")
+    await api.link(patient, clinician)
+    now = datetime.now(UTC)
+
+    def reading(days_ago: float, systolic: int) -> BPReading:
+        at = now - timedelta(days=days_ago)
+        return BPReading(id=PydanticObjectId.from_datetime(at), patient_id=PydanticObjectId(patient.id),
+                         systolic=systolic, diastolic=80, measured_at=at, category="elevated",
+                         source="app", entered_by=PydanticObjectId(patient.id), entered_by_role="patient")
+
+    ages = [0.1, 0.2, 0.3, 0.4, 20, 30, 500, 501, 900]  # a dense week, then sparser further back
+    await BPReading.insert_many([reading(d, 100 + k) for k, d in enumerate(ages)])
+    url = f"/api/patients/{patient.id}/bp?limit=3"
+    with QUERIES.tap() as seen:
+        status, first = await api.request("GET", url, clinician)
+    assert status == 200 and [r["systolic"] for r in first["items"]] == [100, 101, 102]
+    pages = [q for c, q in seen if c == "bp_readings"]
+    assert len(pages) == 1 and pages[0]["_id"]["$gte"].generation_time > now - timedelta(days=8)  # that week alone
+    systolics, cursor = [r["systolic"] for r in first["items"]], first["next_cursor"]
+    while cursor:
+        status, page = await api.request("GET", f"{url}&before={cursor}", clinician)
+        assert status == 200 and len(page["items"]) <= 3
+        systolics += [r["systolic"] for r in page["items"]]
+        cursor = page["next_cursor"]
+    assert systolics == [100 + k for k in range(len(ages))]

@@ -60,11 +60,12 @@ BOUNDED = {
     "server/vitals/bp_history.py (store_cohort)": "every patient's readings of the window: the training cohort",
     "server/demo.py (ensure_accounts)": "the organisations (a handful), as the demo starts",
     "server/demo.py (device_credential)": "the demo patient's devices",
-    # A page of a history: the embedded store sorts every match of the filter before the page's limit, so a
-    # page reads the user's (or patient's) whole history with an index covering the filter or without.
-    "server/alerts/api.py (page)": "the user's alerts or notifications: a page of their history",
-    "server/vitals/api.py (_history)": "the patient's readings: a page of their history",
-    "server/meds/api.py (rest_history)": "the patient's medication changes: a page of their history",
+    # A page of a history is looked for over a span of ``_id`` (cursor_page), which the store reads alone only
+    # when an index's leading fields cover the whole filter; these filters hold a list of values (``$in``) or a
+    # field no index has, so each span reads all the user's (or patient's) documents of the kind.
+    "server/alerts/api.py (page)": "the alerts the user received (about the patients they care for now) or "
+                                   "their notifications (about a patient they may see)",
+    "server/meds/api.py (rest_history)": "the patient's medication changes, for one medication's history",
 }
 
 

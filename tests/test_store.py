@@ -320,6 +320,7 @@ async def test_migrations_run_once_in_order(store: EmbeddedStore) -> None:
                                                    name="due_lease")
     for owner in ("lease_owner", "due_owner", "box_owner"):  # claims' owners were indexed before 0006
         await client[db_name].dose_events.create_index(owner, name=owner)
+    await client[db_name].bp_readings.create_index([("patient_id", 1), ("_id", -1)], name="patient_recent")  # 0007
     await init_documents(client, db_name, DOCUMENTS)
     applied = await run_migrations(client[db_name])
     assert applied == [name for name, _ in MIGRATIONS]
@@ -333,6 +334,8 @@ async def test_migrations_run_once_in_order(store: EmbeddedStore) -> None:
         ("p1:a", lease, True, False)]
     indexes = await client[db_name].dose_events.index_information()
     assert not {"due_lease", "lease_owner", "due_owner", "box_owner"} & set(indexes), indexes
+    indexes = await client[db_name].bp_readings.index_information()
+    assert "patient_live" in indexes and "patient_recent" not in indexes, indexes
     assert await run_migrations(client[db_name]) == []
     assert [r.id async for r in MigrationRecord.find_all()] == [name for name, _ in MIGRATIONS]
     # Two processes starting together: the lock lets one apply, the other sees it done.

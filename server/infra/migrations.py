@@ -101,6 +101,14 @@ async def _unindexed_owners(db: AsyncDatabase) -> None:
             await db.dose_events.drop_index(name)
 
 
+async def _live_readings_index(db: AsyncDatabase) -> None:
+    """A page of a patient's readings asks for those not deleted over a span of ``_id``, which ``patient_live``
+    (patient, deleted, ``_id``) covers; ``patient_recent`` (patient, ``_id``) served nothing else, and each index
+    costs every write of a reading."""
+    with contextlib.suppress(OperationFailure):
+        await db.bp_readings.drop_index("patient_recent")
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("0001_backfill_schema_version", _backfill_schema_version),
     ("0002_lowercase_emails", _lowercase_emails),
@@ -108,6 +116,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("0004_box_battery_percent", _box_battery_percent),
     ("0005_dose_claims", _dose_claims),
     ("0006_unindexed_owners", _unindexed_owners),
+    ("0007_live_readings_index", _live_readings_index),
 ]
 
 

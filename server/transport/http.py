@@ -7,10 +7,12 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
 from beanie import Document, PydanticObjectId
+from bson import ObjectId
 from bson.errors import InvalidId
 from gridfs.asynchronous.grid_file import AsyncGridOut
 from pydantic import BaseModel, Field, ValidationError
@@ -151,15 +153,30 @@ def page_params(request: web.Request) -> tuple[PydanticObjectId | None, int]:
     return before, limit
 
 
+# The spans a page is looked for in, back from its start, each tried only when the one before held less than a page
+# (None: the whole history). The embedded store sorts every match of a filter before it applies the limit, so a page
+# of a long history read all of it, an index covering the filter or not (a user with 8,000 notifications: 205 ms a
+# page, 2.4 ms over the last week on an index leading with the filter's fields and ``_id``).
+PAGE_SPANS = (timedelta(days=7), timedelta(days=70), timedelta(days=700), None)
+
+
 async def cursor_page(doc: type[Document], condition: Any, before: PydanticObjectId | None, limit: int,
                       to_json: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
     """Newest first, by ``_id``; ``next_cursor`` is given back as ``before`` for the next page. ``condition`` a
     list: the documents matching any of them, one query each (an ``$or`` reads the whole collection on the
-    embedded store), the page taken from their pages merged."""
-    found: dict[Any, Any] = {}
-    for alternative in condition if isinstance(condition, list) else [condition]:
-        conditions = [alternative] if before is None else [alternative, doc.id < before]
-        found.update((i.id, i) for i in await doc.find(*conditions).sort(-doc.id).limit(limit + 1).to_list())
+    embedded store), the page taken from their pages merged. The page is looked for in the last week before its
+    start first, then further back (``PAGE_SPANS``): the newest ``limit + 1`` found in a span are the newest
+    of all."""
+    top = before.generation_time if before is not None else datetime.now(UTC)
+    for span in PAGE_SPANS:
+        ids = {**({"$lt": before} if before is not None else {}),
+               **({"$gte": ObjectId.from_datetime(top - span)} if span is not None else {})}
+        found: dict[Any, Any] = {}
+        for alternative in condition if isinstance(condition, list) else [condition]:
+            query = doc.find(alternative, {"_id": ids}) if ids else doc.find(alternative)
+            found.update((i.id, i) for i in await query.sort(-doc.id).limit(limit + 1).to_list())
+        if len(found) > limit:
+            break
     items = sorted(found.values(), key=lambda i: i.id, reverse=True)[:limit + 1]
     more = len(items) > limit
     items = items[:limit]

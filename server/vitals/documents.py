@@ -42,7 +42,9 @@ class BPReading(VersionedDocument):
     class Settings:
         name = "bp_readings"
         indexes = [
-            IndexModel([("patient_id", ASCENDING), ("_id", DESCENDING)], name="patient_recent"),
+            # A page of the history: the patient's readings not deleted, over a span of ``_id`` (cursor_page)
+            IndexModel([("patient_id", ASCENDING), ("deleted_at", ASCENDING), ("_id", DESCENDING)],
+                       name="patient_live"),
             IndexModel([("patient_id", ASCENDING), ("measured_at", ASCENDING)], name="patient_measured"),
         ]
 
