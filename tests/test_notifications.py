@@ -5,11 +5,15 @@ pushed to which device: tests/test_device_delivery.py)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
+
+from beanie import PydanticObjectId
 
 from server.alerts.documents import Notification
 from server.app import SERVER
 from tests.conftest import make_settings
-from tests.helpers import Api, connect
+from tests.helpers import Api, User, connect
+from tests.query_plans import QUERIES
 
 
 async def test_persisted_then_pushed_to_every_device(api: Api) -> None:
@@ -98,3 +102,38 @@ async def test_online_is_known_across_processes(store, redis_url, tmp_path, aioh
                 break
             await asyncio.sleep(0.02)
         assert await rt_two.user_online(user.id) is False and await rt_two.live_devices(user.id) == set()
+
+
+async def test_a_page_reads_a_span_and_leaves_out_patients_no_longer_cared_for(api: Api) -> None:
+    """The store's filter of a page holds no list of patients (the store ranges through no ``$in``: it read all of
+    the user's notifications for every page): a span of ``_id`` on an index, the patients the user may see
+    checked in the server. One about a patient whose link was revoked is not listed, however far back."""
+    patient, other, carer = (await api.register("patient"), await api.register("patient"),
+                             await api.register("caregiver"))
+    await api.link(patient, carer)
+    now = datetime.now(UTC)
+
+    def note(days_ago: float, title: str, about: User | None, read: bool = False) -> Notification:
+        at = now - timedelta(days=days_ago)
+        return Notification(id=PydanticObjectId.from_datetime(at), user_id=PydanticObjectId(carer.id), kind="alert",
+                            title=title, patient_id=PydanticObjectId(about.id) if about else None,
+                            created_at=at, read_at=at if read else None)
+
+    # "other" was never linked (as a link revoked): theirs stay out, dense ones this week as old ones.
+    await Notification.insert_many([
+        note(0.1, "a", patient), note(0.2, "x", other), note(0.3, "b", None, read=True), note(0.4, "y", other),
+        note(3, "c", patient), note(40, "d", patient, read=True), note(41, "z", other), note(600, "e", None)])
+    sock = await api.socket(carer)
+    with QUERIES.tap() as seen:
+        first = await sock.ok("notifications:list", {"limit": 2})
+    assert [n["title"] for n in first["items"]] == ["a", "b"]
+    [query] = [q for c, q in seen if c == "notifications" and "_id" in q]
+    assert "patient_id" not in query and query["_id"]["$gte"].generation_time > now - timedelta(days=8)
+    titles, cursor = [n["title"] for n in first["items"]], first["next_cursor"]
+    while cursor:
+        page = await sock.ok("notifications:list", {"limit": 2, "before": cursor})
+        titles += [n["title"] for n in page["items"]]
+        cursor = page["next_cursor"]
+    assert titles == ["a", "b", "c", "d", "e"]
+    unread = await sock.ok("notifications:list", {"limit": 10, "unread_only": True})
+    assert [n["title"] for n in unread["items"]] == ["a", "c", "e"] and unread["unread"] == 3

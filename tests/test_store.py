@@ -321,6 +321,8 @@ async def test_migrations_run_once_in_order(store: EmbeddedStore) -> None:
     for owner in ("lease_owner", "due_owner", "box_owner"):  # claims' owners were indexed before 0006
         await client[db_name].dose_events.create_index(owner, name=owner)
     await client[db_name].bp_readings.create_index([("patient_id", 1), ("_id", -1)], name="patient_recent")  # 0007
+    await client[db_name].notifications.create_index([("user_id", 1), ("read_at", 1), ("deleted_at", 1)],
+                                                     name="user_unread")
     await init_documents(client, db_name, DOCUMENTS)
     applied = await run_migrations(client[db_name])
     assert applied == [name for name, _ in MIGRATIONS]
@@ -336,6 +338,8 @@ async def test_migrations_run_once_in_order(store: EmbeddedStore) -> None:
     assert not {"due_lease", "lease_owner", "due_owner", "box_owner"} & set(indexes), indexes
     indexes = await client[db_name].bp_readings.index_information()
     assert "patient_live" in indexes and "patient_recent" not in indexes, indexes
+    indexes = await client[db_name].notifications.index_information()
+    assert "user_unread_recent" in indexes and "user_unread" not in indexes, indexes
     assert await run_migrations(client[db_name]) == []
     assert [r.id async for r in MigrationRecord.find_all()] == [name for name, _ in MIGRATIONS]
     # Two processes starting together: the lock lets one apply, the other sees it done.

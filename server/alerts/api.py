@@ -29,7 +29,7 @@ from server.alerts.documents import (
     Status,
     UnregisterIn,
 )
-from server.alerts.notifications import Notifications, mine
+from server.alerts.notifications import Notifications, listing
 from server.alerts.push import PushDispatcher
 from server.alerts.wire import (
     AlertAcknowledged,
@@ -204,9 +204,10 @@ def _mount_alerts(m: Mount, alerts: Alerts, sockets: Sockets) -> None:
 def _mount_notifications(m: Mount, notes: Notifications) -> None:
     ev = m.events.event
 
-    async def page(user_id: PydanticObjectId, before: PydanticObjectId | None, limit: int,
-                   unread_only: bool) -> dict[str, Any]:
-        found = await cursor_page(Notification, await mine(user_id, unread_only), before, limit, Notification.public)
+    async def notes_page(user_id: PydanticObjectId, before: PydanticObjectId | None, limit: int,
+                         unread_only: bool) -> dict[str, Any]:
+        query, keep = await listing(user_id, unread_only)
+        found = await cursor_page(Notification, query, before, limit, Notification.public, keep)
         return {**found, "unread": await notes.unread(user_id)}
 
     @ev("notifications:list", ListIn, reply=NotificationPage)
@@ -214,7 +215,7 @@ def _mount_notifications(m: Mount, notes: Notifications) -> None:
         """The caller's notifications, newest first (`before` is the previous page's `next_cursor`), with the unread
         count. Those about a patient the caller is no longer linked to are not shown (nor counted)."""
         before = as_object_id(body.before, "before") if body.before else None
-        return await page(ctx.principal.user_id, before, body.limit, body.unread_only)
+        return await notes_page(ctx.principal.user_id, before, body.limit, body.unread_only)
 
     @ev("notifications:unread-count", reply=Unread)
     async def unread(ctx: EventContext, _: None) -> dict[str, Any]:
@@ -241,7 +242,7 @@ def _mount_notifications(m: Mount, notes: Notifications) -> None:
         principal = await m.rest.principal(request)
         before, limit = page_params(request)
         unread_only = request.query.get("unread") in ("1", "true")
-        return web.json_response(await page(principal.user_id, before, limit, unread_only))
+        return web.json_response(await notes_page(principal.user_id, before, limit, unread_only))
 
     async def rest_read(request: web.Request) -> web.Response:
         """Mark one notification read"""

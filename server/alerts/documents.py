@@ -172,7 +172,9 @@ class Notification(VersionedDocument):
         name = "notifications"
         indexes = [
             IndexModel([("user_id", ASCENDING), ("deleted_at", ASCENDING), ("_id", DESCENDING)], name="user_recent"),
-            IndexModel([("user_id", ASCENDING), ("read_at", ASCENDING), ("deleted_at", ASCENDING)], name="user_unread"),
+            # The unread count, and a page of the unread over a span of ``_id`` (cursor_page)
+            IndexModel([("user_id", ASCENDING), ("read_at", ASCENDING), ("deleted_at", ASCENDING), ("_id", DESCENDING)],
+                       name="user_unread_recent"),
         ]
 
     def public(self) -> dict[str, Any]:

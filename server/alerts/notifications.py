@@ -8,7 +8,7 @@ delivery, before ``notify`` returns)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from beanie import PydanticObjectId
@@ -34,6 +34,15 @@ async def mine(user_id: PydanticObjectId, unread_only: bool = False) -> dict[str
     # No $or: with an operator at its top, the embedded store reads every user's notifications.
     return {"user_id": user_id, "deleted_at": None, "patient_id": {"$in": await visible(user_id)},
             **({"read_at": None} if unread_only else {})}
+
+
+async def listing(user_id: PydanticObjectId, unread_only: bool) -> tuple[dict[str, Any], Callable[[Any], bool]]:
+    """A page of the user's notifications: the store's filter, on an index ending with ``_id`` (``cursor_page``
+    reads a span of it), and what is kept of what it finds (those about a patient the user may see: with their
+    ``$in`` in the filter, the store read all of the user's notifications for every page)."""
+    patients = set(await visible(user_id))
+    return ({"user_id": user_id, "deleted_at": None, **({"read_at": None} if unread_only else {})},
+            lambda note: note.patient_id in patients)
 
 
 async def visible(user_id: PydanticObjectId) -> list[PydanticObjectId | None]:

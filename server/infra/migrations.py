@@ -101,12 +101,14 @@ async def _unindexed_owners(db: AsyncDatabase) -> None:
             await db.dose_events.drop_index(name)
 
 
-async def _live_readings_index(db: AsyncDatabase) -> None:
-    """A page of a patient's readings asks for those not deleted over a span of ``_id``, which ``patient_live``
-    (patient, deleted, ``_id``) covers; ``patient_recent`` (patient, ``_id``) served nothing else, and each index
-    costs every write of a reading."""
-    with contextlib.suppress(OperationFailure):
-        await db.bp_readings.drop_index("patient_recent")
+async def _page_indexes(db: AsyncDatabase) -> None:
+    """A page of a history asks for a span of ``_id`` (``cursor_page``): the indexes replaced by ones ending with
+    ``_id`` go (each index costs every write of its collection): a patient's readings not deleted on
+    ``patient_live`` (was ``patient_recent``), a user's unread notifications on ``user_unread_recent`` (was
+    ``user_unread``)."""
+    for collection, name in (("bp_readings", "patient_recent"), ("notifications", "user_unread")):
+        with contextlib.suppress(OperationFailure):
+            await db[collection].drop_index(name)
 
 
 MIGRATIONS: list[tuple[str, Migration]] = [
@@ -116,7 +118,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("0004_box_battery_percent", _box_battery_percent),
     ("0005_dose_claims", _dose_claims),
     ("0006_unindexed_owners", _unindexed_owners),
-    ("0007_live_readings_index", _live_readings_index),
+    ("0007_page_indexes", _page_indexes),
 ]
 
 

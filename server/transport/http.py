@@ -161,20 +161,23 @@ PAGE_SPANS = (timedelta(days=7), timedelta(days=70), timedelta(days=700), None)
 
 
 async def cursor_page(doc: type[Document], condition: Any, before: PydanticObjectId | None, limit: int,
-                      to_json: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+                      to_json: Callable[[Any], dict[str, Any]],
+                      keep: Callable[[Any], bool] | None = None) -> dict[str, Any]:
     """Newest first, by ``_id``; ``next_cursor`` is given back as ``before`` for the next page. ``condition`` a
     list: the documents matching any of them, one query each (an ``$or`` reads the whole collection on the
     embedded store), the page taken from their pages merged. The page is looked for in the last week before its
     start first, then further back (``PAGE_SPANS``): the newest ``limit + 1`` found in a span are the newest
-    of all."""
+    of all. ``keep``: what the filter leaves to be checked here (a field whose values an index cannot range
+    through); each span is then read whole, a span being read only when the one before held less than a page."""
     top = before.generation_time if before is not None else datetime.now(UTC)
     for span in PAGE_SPANS:
         ids = {**({"$lt": before} if before is not None else {}),
                **({"$gte": ObjectId.from_datetime(top - span)} if span is not None else {})}
         found: dict[Any, Any] = {}
         for alternative in condition if isinstance(condition, list) else [condition]:
-            query = doc.find(alternative, {"_id": ids}) if ids else doc.find(alternative)
-            found.update((i.id, i) for i in await query.sort(-doc.id).limit(limit + 1).to_list())
+            query = (doc.find(alternative, {"_id": ids}) if ids else doc.find(alternative)).sort(-doc.id)
+            found.update((i.id, i) for i in await (query if keep else query.limit(limit + 1)).to_list()
+                         if keep is None or keep(i))
         if len(found) > limit:
             break
     items = sorted(found.values(), key=lambda i: i.id, reverse=True)[:limit + 1]
