@@ -26,6 +26,7 @@ from server.infra.webhook import sign
 from tests.alert_clients import crisis, device_sock
 from tests.conftest import make_settings
 from tests.helpers import Api, Sock, User, connect_refused
+from tests.query_plans import QUERIES
 
 
 async def team(api: Api) -> tuple[User, User, User, User]:
@@ -343,3 +344,35 @@ async def test_receipts_arriving_together_share_one_lookup_of_the_recipients(api
     assert len(loads) == 1
     for d in devices:
         await d.close()
+
+
+async def test_a_recipients_alert_list_reads_a_span_and_leaves_out_patients_no_longer_cared_for(api: Api) -> None:
+    """The list of alerts a caregiver received: the store's filter a span of ``_id`` on an index (no ``$in`` of
+    their patients, which made it read every alert they ever received for each page), those about a patient whose
+    link ended left out in the server, by status as well."""
+    patient, former, carer = (await api.register("patient"), await api.register("patient"),
+                              await api.register("caregiver"))
+    await api.link(patient, carer)
+    now = datetime.now(UTC)
+
+    def alert(days_ago: float, title: str, about: User, status: str = "open") -> Alert:
+        at = now - timedelta(days=days_ago)
+        return Alert(id=PydanticObjectId.from_datetime(at), patient_id=PydanticObjectId(about.id), kind="bp_crisis",
+                     title=title, recipient_ids=[PydanticObjectId(carer.id)], raised_at=at, status=status,
+                     emit_lease_until=at, emitted_at=at)
+
+    await Alert.insert_many([alert(0.1, "a", patient), alert(0.2, "x", former), alert(2, "b", patient, "resolved"),
+                             alert(50, "y", former), alert(300, "c", patient)])
+    with QUERIES.tap() as seen:
+        status, first = await api.request("GET", "/api/alerts?limit=1", carer)
+    assert status == 200 and [a["title"] for a in first["items"]] == ["a"]
+    [query] = [q for c, q in seen if c == "alerts" and "_id" in q]
+    assert "patient_id" not in query and query["_id"]["$gte"].generation_time > now - timedelta(days=8)
+    titles, cursor = ["a"], first["next_cursor"]
+    while cursor:
+        _, page = await api.request("GET", f"/api/alerts?limit=1&before={cursor}", carer)
+        titles += [a["title"] for a in page["items"]]
+        cursor = page["next_cursor"]
+    assert titles == ["a", "b", "c"]
+    _, still_open = await api.request("GET", "/api/alerts?status=open", carer)
+    assert [a["title"] for a in still_open["items"]] == ["a", "c"]

@@ -63,8 +63,7 @@ BOUNDED = {
     # A page of a history is looked for over a span of ``_id`` (cursor_page), which the store reads alone only
     # when an index's leading fields cover the whole filter; these filters hold a list of values (``$in``) or a
     # field no index has, so each span reads all the user's (or patient's) documents of the kind.
-    "server/alerts/api.py (page)": "the alerts the user received (about the patients they care for now), or a "
-                                   "patient's by status",
+    "server/alerts/api.py (page)": "a patient's alerts by status",
     "server/meds/api.py (rest_history)": "the patient's medication changes, for one medication's history",
 }
 

@@ -323,6 +323,8 @@ async def test_migrations_run_once_in_order(store: EmbeddedStore) -> None:
     await client[db_name].bp_readings.create_index([("patient_id", 1), ("_id", -1)], name="patient_recent")  # 0007
     await client[db_name].notifications.create_index([("user_id", 1), ("read_at", 1), ("deleted_at", 1)],
                                                      name="user_unread")
+    await client[db_name].alerts.create_index([("recipient_ids", 1), ("status", 1), ("raised_at", 1)],
+                                              name="recipient_status")
     await init_documents(client, db_name, DOCUMENTS)
     applied = await run_migrations(client[db_name])
     assert applied == [name for name, _ in MIGRATIONS]
@@ -340,6 +342,8 @@ async def test_migrations_run_once_in_order(store: EmbeddedStore) -> None:
     assert "patient_live" in indexes and "patient_recent" not in indexes, indexes
     indexes = await client[db_name].notifications.index_information()
     assert "user_unread_recent" in indexes and "user_unread" not in indexes, indexes
+    indexes = await client[db_name].alerts.index_information()
+    assert "recipient_status_recent" in indexes and "recipient_status" not in indexes, indexes
     assert await run_migrations(client[db_name]) == []
     assert [r.id async for r in MigrationRecord.find_all()] == [name for name, _ in MIGRATIONS]
     # Two processes starting together: the lock lets one apply, the other sees it done.

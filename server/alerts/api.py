@@ -122,8 +122,8 @@ def _mount_alerts(m: Mount, alerts: Alerts, sockets: Sockets) -> None:
 
     async def page(principal: Principal, client: Client, patient_id: str | None, status: str | None,
                    before: PydanticObjectId | None, limit: int) -> dict[str, Any]:
-        condition = await reads.listed(principal, patient_id, status, client)
-        return await cursor_page(Alert, condition, before, limit, Alert.public)
+        condition, keep = await reads.listed(principal, patient_id, status, client)
+        return await cursor_page(Alert, condition, before, limit, Alert.public, keep)
 
     @ev("alert:received", AlertRef, reply=Received)
     async def received(ctx: EventContext, body: AlertRef) -> dict[str, Any]:

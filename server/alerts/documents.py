@@ -54,8 +54,10 @@ class Alert(VersionedDocument):
     class Settings:
         name = "alerts"
         indexes = [
-            IndexModel([("recipient_ids", ASCENDING), ("status", ASCENDING), ("raised_at", ASCENDING)],
-                       name="recipient_status"),
+            # a recipient's open alerts (redelivered on reconnect), and a page of theirs by status over a span of
+            # ``_id`` (cursor_page)
+            IndexModel([("recipient_ids", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)],
+                       name="recipient_status_recent"),
             IndexModel([("recipient_ids", ASCENDING), ("_id", DESCENDING)], name="recipient_recent"),
             IndexModel([("patient_id", ASCENDING), ("_id", DESCENDING)], name="patient_recent"),
             # a patient's open alerts (``open_of``: every crisis reading's check, the overview's count): without it

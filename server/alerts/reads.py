@@ -3,6 +3,7 @@ device received it when), and which alerts a principal's list shows."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from beanie import PydanticObjectId
@@ -37,16 +38,21 @@ async def get_alert(principal: Principal, alert_id: str, client: Client | None) 
 
 
 async def listed(principal: Principal, patient_id: str | None, status: str | None,
-                 client: Client | None) -> dict[str, Any]:
-    """The query of a principal's alert list: one patient's (access checked), else a patient's own,
-    else those the principal received about the patients whose care team they are on now."""
+                 client: Client | None) -> tuple[dict[str, Any], Callable[[Alert], bool] | None]:
+    """The query of a principal's alert list and what is kept of what it finds (None: all): one patient's (access
+    checked), else a patient's own, else those the principal received about the patients whose care team they are
+    on now (checked in the server: with their ``$in`` in the filter, the store read every alert the principal
+    ever received for each page, ``cursor_page``)."""
+    keep = None
     if patient_id is not None:
         condition: dict[str, Any] = {"patient_id": await require_patient(principal, patient_id, "alerts.read",
                                                                          client)}
     elif principal.role == "patient":
         condition = {"patient_id": principal.user_id}
     else:
-        condition = {"recipient_ids": principal.user_id, "patient_id": {"$in": await patients_of(principal)}}
+        condition = {"recipient_ids": principal.user_id}
+        patients = set(await patients_of(principal))
+        keep = lambda alert: alert.patient_id in patients  # noqa: E731
     if status is not None:
         condition["status"] = status
-    return condition
+    return condition, keep

@@ -105,8 +105,9 @@ async def _page_indexes(db: AsyncDatabase) -> None:
     """A page of a history asks for a span of ``_id`` (``cursor_page``): the indexes replaced by ones ending with
     ``_id`` go (each index costs every write of its collection): a patient's readings not deleted on
     ``patient_live`` (was ``patient_recent``), a user's unread notifications on ``user_unread_recent`` (was
-    ``user_unread``)."""
-    for collection, name in (("bp_readings", "patient_recent"), ("notifications", "user_unread")):
+    ``user_unread``), a recipient's alerts by status on ``recipient_status_recent`` (was ``recipient_status``)."""
+    for collection, name in (("bp_readings", "patient_recent"), ("notifications", "user_unread"),
+                             ("alerts", "recipient_status")):
         with contextlib.suppress(OperationFailure):
             await db[collection].drop_index(name)
 
