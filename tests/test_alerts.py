@@ -376,3 +376,5 @@ async def test_a_recipients_alert_list_reads_a_span_and_leaves_out_patients_no_l
     assert titles == ["a", "b", "c"]
     _, still_open = await api.request("GET", "/api/alerts?status=open", carer)
     assert [a["title"] for a in still_open["items"]] == ["a", "c"]
+    _, own = await api.request("GET", "/api/alerts?status=resolved", patient)  # a patient's own, by status
+    assert [a["title"] for a in own["items"]] == ["b"]

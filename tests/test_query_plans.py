@@ -60,11 +60,6 @@ BOUNDED = {
     "server/vitals/bp_history.py (store_cohort)": "every patient's readings of the window: the training cohort",
     "server/demo.py (ensure_accounts)": "the organisations (a handful), as the demo starts",
     "server/demo.py (device_credential)": "the demo patient's devices",
-    # A page of a history is looked for over a span of ``_id`` (cursor_page), which the store reads alone only
-    # when an index's leading fields cover the whole filter; these filters hold a list of values (``$in``) or a
-    # field no index has, so each span reads all the user's (or patient's) documents of the kind.
-    "server/alerts/api.py (page)": "a patient's alerts by status",
-    "server/meds/api.py (rest_history)": "the patient's medication changes, for one medication's history",
 }
 
 

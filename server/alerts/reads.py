@@ -41,18 +41,13 @@ async def listed(principal: Principal, patient_id: str | None, status: str | Non
                  client: Client | None) -> tuple[dict[str, Any], Callable[[Alert], bool] | None]:
     """The query of a principal's alert list and what is kept of what it finds (None: all): one patient's (access
     checked), else a patient's own, else those the principal received about the patients whose care team they are
-    on now (checked in the server: with their ``$in`` in the filter, the store read every alert the principal
-    ever received for each page, ``cursor_page``)."""
-    keep = None
-    if patient_id is not None:
-        condition: dict[str, Any] = {"patient_id": await require_patient(principal, patient_id, "alerts.read",
-                                                                         client)}
-    elif principal.role == "patient":
-        condition = {"patient_id": principal.user_id}
-    else:
-        condition = {"recipient_ids": principal.user_id}
-        patients = set(await patients_of(principal))
-        keep = lambda alert: alert.patient_id in patients  # noqa: E731
-    if status is not None:
-        condition["status"] = status
-    return condition, keep
+    on now. The store's filter is one an index ending with ``_id`` covers (``cursor_page`` reads a span of it);
+    the rest is checked here: the patients (their ``$in`` in the filter made the store read every alert the
+    principal ever received, for each page), a patient's alerts' status."""
+    if patient_id is not None or principal.role == "patient":
+        pid = principal.user_id if patient_id is None else await require_patient(principal, patient_id,
+                                                                                   "alerts.read", client)
+        return {"patient_id": pid}, None if status is None else (lambda alert: alert.status == status)
+    patients = set(await patients_of(principal))
+    return ({"recipient_ids": principal.user_id, **({"status": status} if status is not None else {})},
+            lambda alert: alert.patient_id in patients)

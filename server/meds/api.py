@@ -85,11 +85,11 @@ def mount(m: Mount, meds: Medications, scheduler: Scheduler) -> None:
     async def rest_history(request: web.Request) -> web.Response:
         """Changes over time, newest first; ``?medication_id=`` narrows to one medication."""
         principal = await m.rest.principal(request)
-        condition = await meds.history(principal, m.rest.client(request), request.match_info["patient_id"],
-                                       request.query.get("medication_id"))
+        condition, keep = await meds.history(principal, m.rest.client(request), request.match_info["patient_id"],
+                                             request.query.get("medication_id"))
         before, limit = page_params(request)
         return web.json_response(await cursor_page(MedicationChange, condition, before, limit,
-                                                   MedicationChange.public))
+                                                   MedicationChange.public, keep))
 
     async def rest_doses(request: web.Request) -> web.Response:
         """The patient's doses due in a time range, by due time (at most 31 days; default the last day and the next)

@@ -148,12 +148,14 @@ class Medications:
 
     @staticmethod
     async def history(principal: Principal, client: Client, patient_id: str,
-                      medication_id: str | None) -> dict[str, Any]:
-        """The query of the patient's change history (access checked); of one medication if given."""
+                      medication_id: str | None) -> tuple[dict[str, Any], Callable[[Any], bool] | None]:
+        """The query of the patient's change history (access checked), on ``patient_recent`` (a span of ``_id``:
+        ``cursor_page``), and what is kept of what it finds: one medication's changes if given."""
         pid = await require_patient(principal, patient_id, "medication.history", client)
         if medication_id:
-            return {"patient_id": pid, "medication_id": as_object_id(medication_id, "medication_id")}
-        return {"patient_id": pid}
+            med = as_object_id(medication_id, "medication_id")
+            return {"patient_id": pid}, lambda change: change.medication_id == med
+        return {"patient_id": pid}, None
 
     async def _changed(self, principal: Principal | None, med: Medication, change: str,
                        changes: dict[str, dict[str, Any]], *, was_low: bool) -> None:
