@@ -1,17 +1,16 @@
 """The care team's overview, the dashboard's patient list in one request: every patient the caller may
 see with their status (open streams, latest heart rate, latest blood pressure and its category, how many
-alerts await an acknowledgement). Each kind of status is asked for many patients at once (``overview``); audited
-once per request."""
+alerts await an acknowledgement). Patients are looked up concurrently; audited once per request."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
-from beanie import Document, PydanticObjectId
+from beanie import PydanticObjectId
+from beanie.operators import In
 from pydantic import Field
 
 from server.alerts.documents import Alert
@@ -19,17 +18,16 @@ from server.care import audit
 from server.care.access import patients_of
 from server.care.documents import User
 from server.care.wire import UserOut
-from server.core.documents import aware, by_ids, in_chunks, iso, utcnow
+from server.core.documents import aware, iso, utcnow
 from server.core.identity import Principal
 from server.core.wire import Items, Time, Wire
 from server.streaming.history import AnalysisChunk, Stream
 from server.transport.mount import Mount
-from server.vitals.documents import BPReading
+from server.vitals.documents import BPReading, measured_between
 
 STREAMING_WITHIN = timedelta(seconds=30)  # an open stream with a frame this recent counts as streaming
 HR_WITHIN = timedelta(minutes=5)  # an older heart rate is not shown as the latest
 BP_RECENT = timedelta(days=30)
-Doc = TypeVar("Doc", bound=Document)
 
 
 def _streaming(stream: Stream) -> bool:
@@ -49,53 +47,34 @@ async def _latest_hr(patient_id: PydanticObjectId) -> dict[str, Any] | None:
     return {"value": value, "reason": item.get("reason"), "at": iso(item["at"]), "quality": item.get("quality")}
 
 
-def _brief(reading: BPReading) -> dict[str, Any]:
+async def _latest_bp(patient_id: PydanticObjectId) -> dict[str, Any] | None:
+    """The latest reading not deleted. The embedded store sorts every match of a query, so the recent ones are
+    looked up first (on ``patient_measured``), and all of the patient's only when none is recent."""
+    recent = BPReading.find(measured_between(patient_id, utcnow() - BP_RECENT))
+    reading = max((r for r in await recent.to_list() if r.deleted_at is None), key=lambda r: r.measured_at,
+                  default=None)
+    if reading is None:
+        live = BPReading.find(BPReading.patient_id == patient_id, BPReading.deleted_at == None)  # noqa: E711
+        reading = await live.sort(-BPReading.measured_at).first_or_none()
+    if reading is None:
+        return None
     return {key: value for key, value in reading.public().items()
             if key in ("id", "systolic", "diastolic", "pulse", "category", "measured_at")}
 
 
-async def _latest_bp_ever(patient_id: PydanticObjectId) -> dict[str, Any] | None:
-    """The latest reading not deleted of a patient with none in ``BP_RECENT``: all of the patient's are read."""
-    live = BPReading.find(BPReading.patient_id == patient_id, BPReading.deleted_at == None)  # noqa: E711
-    reading = await live.sort(-BPReading.measured_at).first_or_none()
-    return None if reading is None else _brief(reading)
-
-
-async def _each(doc: type[Doc], queries: list[dict[str, Any]]) -> dict[PydanticObjectId, list[Doc]]:
-    """The matches of every query (sent at once), by patient."""
-    found: dict[PydanticObjectId, list[Doc]] = defaultdict(list)
-    for docs in await asyncio.gather(*(doc.find(q).to_list() for q in queries)):
-        for d in docs:
-            found[d.patient_id].append(d)  # type: ignore[attr-defined]
-    return found
+async def patient_status(patient: User) -> dict[str, Any]:
+    open_streams = await Stream.find(Stream.patient_id == patient.id, Stream.closed_at == None).to_list()  # noqa: E711
+    live = [s for s in open_streams if _streaming(s)]
+    return {"patient": patient.public(), "streaming": bool(live),
+            "streams": [{"id": str(s.id), "kind": s.kind, "sampling_rate": s.sampling_rate} for s in live],
+            "hr": await _latest_hr(patient.id), "bp": await _latest_bp(patient.id),  # type: ignore[arg-type]
+            "open_alerts": await Alert.find(Alert.open_of(patient.id)).count()}
 
 
 async def overview(principal: Principal) -> list[dict[str, Any]]:
-    """Each kind of status asked for ``IN_CHUNK`` patients at a time (their open streams, those closed within
-    ``HR_WITHIN``, their readings of ``BP_RECENT``, their open alerts), the latest heart rate of those who streamed
-    in the last ``HR_WITHIN`` alone, and all of a patient's readings only for one with none recent. A dashboard
-    asks every 10 s: with each patient's status asked alone, 200 patients were some 1,000 store commands a time."""
     ids = await patients_of(principal)
-    chunks, now = list(in_chunks(ids)), utcnow()
-    users, open_streams, closed, readings, alerts = await asyncio.gather(
-        asyncio.gather(*(User.find(q).to_list() for q in by_ids(ids))),
-        _each(Stream, [{"patient_id": {"$in": c}, "closed_at": None} for c in chunks]),
-        _each(Stream, [{"patient_id": {"$in": c}, "closed_at": {"$gte": now - HR_WITHIN}} for c in chunks]),
-        _each(BPReading, [{"patient_id": {"$in": c}, "measured_at": {"$gte": now - BP_RECENT}} for c in chunks]),
-        _each(Alert, [{"patient_id": {"$in": c}, "status": "open"} for c in chunks]))
-    patients = sorted((u for found in users for u in found), key=lambda u: u.name)
-
-    async def status(patient: User) -> dict[str, Any]:
-        pid = PydanticObjectId(patient.id)
-        live = [s for s in open_streams[pid] if _streaming(s)]
-        recent = max((r for r in readings[pid] if r.deleted_at is None), key=lambda r: r.measured_at, default=None)
-        return {"patient": patient.public(), "streaming": bool(live),
-                "streams": [{"id": str(s.id), "kind": s.kind, "sampling_rate": s.sampling_rate} for s in live],
-                "hr": await _latest_hr(pid) if open_streams[pid] or closed[pid] else None,
-                "bp": _brief(recent) if recent is not None else await _latest_bp_ever(pid),
-                "open_alerts": len(alerts[pid])}
-
-    return list(await asyncio.gather(*(status(p) for p in patients)))
+    patients = await User.find(In(User.id, ids)).sort(+User.name).to_list()
+    return list(await asyncio.gather(*(patient_status(p) for p in patients)))
 
 
 class LatestHr(Wire):

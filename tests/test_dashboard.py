@@ -22,7 +22,6 @@ from tests.browser import HARNESS_EVAL, chromium, sign_in, streaming_ward
 from tests.call_peers import CallPeer
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers import Api
-from tests.test_store_commands import fewest
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 HEART_RATE = 72.0
@@ -83,31 +82,6 @@ async def test_overview_shows_the_latest_reading_not_deleted_however_old(api: Ap
     assert (await latest())["id"] == new["id"]
     await (await api.socket(patient)).ok("bp:delete", {"reading_id": new["id"]})
     assert (await latest())["id"] == old["id"]
-
-
-async def test_the_overview_asks_the_store_the_same_for_three_patients_as_for_twelve(api: Api) -> None:
-    """A dashboard asks for the overview every 10 s: each kind of status is one query for up to IN_CHUNK patients
-    (it was one per patient and kind: 200 patients, some 1,000 store commands each time)."""
-    clinician = await api.register("clinician")
-    patients = [await api.register("patient") for _ in range(12)]
-
-    async def ask() -> dict:
-        status, body = await api.request("GET", "/api/overview", clinician)
-        assert status == 200
-        return body
-
-    counts: dict[int, int] = {}
-    linked = 0
-    for n in (3, 12):
-        for patient in patients[linked:n]:
-            await api.link(patient, clinician)
-            await add_bp(api, patient, 124, 80, minutes_ago=30)
-        linked = n
-        counts[n] = (await fewest(lambda _: ask())).total()
-        body = await ask()
-        assert len(body["items"]) == n and all(i["bp"]["systolic"] == 124 for i in body["items"])
-        assert [i["patient"]["name"] for i in body["items"]] == sorted(i["patient"]["name"] for i in body["items"])
-    assert counts[12] == counts[3], counts
 
 
 async def add_bp(api: Api, patient, systolic: float, diastolic: float, minutes_ago: float = 0) -> dict:
