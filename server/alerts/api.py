@@ -206,8 +206,9 @@ def _mount_notifications(m: Mount, notes: Notifications) -> None:
 
     async def notes_page(user_id: PydanticObjectId, before: PydanticObjectId | None, limit: int,
                          unread_only: bool) -> dict[str, Any]:
-        query, keep = await listing(user_id, unread_only)
-        found = await cursor_page(Notification, query, before, limit, Notification.public, keep)
+        query, patients = await listing(user_id, unread_only)
+        found = await cursor_page(Notification, query, before, limit, Notification.public,
+                                  lambda note: note.patient_id in patients)
         return {**found, "unread": await notes.unread(user_id)}
 
     @ev("notifications:list", ListIn, reply=NotificationPage)

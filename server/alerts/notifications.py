@@ -8,7 +8,7 @@ delivery, before ``notify`` returns)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from beanie import PydanticObjectId
@@ -36,13 +36,12 @@ async def mine(user_id: PydanticObjectId, unread_only: bool = False) -> dict[str
             **({"read_at": None} if unread_only else {})}
 
 
-async def listing(user_id: PydanticObjectId, unread_only: bool) -> tuple[dict[str, Any], Callable[[Any], bool]]:
-    """A page of the user's notifications: the store's filter, on an index ending with ``_id`` (``cursor_page``
-    reads a span of it), and what is kept of what it finds (those about a patient the user may see: with their
-    ``$in`` in the filter, the store read all of the user's notifications for every page)."""
-    patients = set(await visible(user_id))
+async def listing(user_id: PydanticObjectId, unread_only: bool) -> tuple[dict[str, Any], set[Any]]:
+    """The user's notifications (the unread ones if asked) as the store's filter, on an index (ending with ``_id``:
+    ``cursor_page`` reads a span of it), and the patients whose notifications the user sees, checked on what it
+    finds: with their ``$in`` in the filter, the store read all of the user's notifications each time."""
     return ({"user_id": user_id, "deleted_at": None, **({"read_at": None} if unread_only else {})},
-            lambda note: note.patient_id in patients)
+            set(await visible(user_id)))
 
 
 async def visible(user_id: PydanticObjectId) -> list[PydanticObjectId | None]:
@@ -102,11 +101,8 @@ class Notifications:
 
     @staticmethod
     async def unread(user_id: PydanticObjectId) -> int:
-        # On user_unread alone (with patient_id too, the embedded store would read all of the user's), the
-        # patients the user may see kept here.
-        patients = set(await visible(user_id))
-        cursor = Notification.get_pymongo_collection().find(
-            {"user_id": user_id, "read_at": None, "deleted_at": None}, {"patient_id": 1})
+        query, patients = await listing(user_id, unread_only=True)
+        cursor = Notification.get_pymongo_collection().find(query, {"patient_id": 1})
         return sum([d.get("patient_id") in patients async for d in cursor])
 
     @staticmethod

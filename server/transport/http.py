@@ -153,10 +153,10 @@ def page_params(request: web.Request) -> tuple[PydanticObjectId | None, int]:
     return before, limit
 
 
-# The spans a page is looked for in, back from its start, each tried only when the one before held less than a page
-# (None: the whole history). The embedded store sorts every match of a filter before it applies the limit, so a page
-# of a long history read all of it, an index covering the filter or not (a user with 8,000 notifications: 205 ms a
-# page, 2.4 ms over the last week on an index leading with the filter's fields and ``_id``).
+# The spans a page is looked for in, back from its start, each further one read only when those before held less
+# than a page (None: the rest of the history). The embedded store sorts every match of a filter before it applies the
+# limit, so a page of a long history read all of it, an index covering the filter or not (a user with 8,000
+# notifications: 205 ms a page, 2.4 ms over the last week on an index leading with the filter's fields and ``_id``).
 PAGE_SPANS = (timedelta(days=7), timedelta(days=70), timedelta(days=700), None)
 
 
@@ -166,20 +166,23 @@ async def cursor_page(doc: type[Document], condition: Any, before: PydanticObjec
     """Newest first, by ``_id``; ``next_cursor`` is given back as ``before`` for the next page. ``condition`` a
     list: the documents matching any of them, one query each (an ``$or`` reads the whole collection on the
     embedded store), the page taken from their pages merged. The page is looked for in the last week before its
-    start first, then further back (``PAGE_SPANS``): the newest ``limit + 1`` found in a span are the newest
-    of all. ``keep``: what the filter leaves to be checked here (a field whose values an index cannot range
-    through); each span is then read whole, a span being read only when the one before held less than a page."""
+    start first, then in the time before it (``PAGE_SPANS``, each slice of ``_id`` read once): what a slice holds is
+    newer than all that is further back. ``keep``: what the filter leaves to be checked here (a field whose values
+    an index cannot range through); each slice is then read whole."""
     top = before.generation_time if before is not None else datetime.now(UTC)
+    found: dict[Any, Any] = {}
+    upper: ObjectId | None = before  # the slice's end (excluded): the start of the one read before it
     for span in PAGE_SPANS:
-        ids = {**({"$lt": before} if before is not None else {}),
-               **({"$gte": ObjectId.from_datetime(top - span)} if span is not None else {})}
-        found: dict[Any, Any] = {}
+        lower = ObjectId.from_datetime(top - span) if span is not None else None
+        ids = {**({"$lt": upper} if upper is not None else {}), **({"$gte": lower} if lower is not None else {})}
+        need = limit + 1 - len(found)
         for alternative in condition if isinstance(condition, list) else [condition]:
             query = (doc.find(alternative, {"_id": ids}) if ids else doc.find(alternative)).sort(-doc.id)
-            found.update((i.id, i) for i in await (query if keep else query.limit(limit + 1)).to_list()
+            found.update((i.id, i) for i in await (query if keep else query.limit(need)).to_list()
                          if keep is None or keep(i))
         if len(found) > limit:
             break
+        upper = lower
     items = sorted(found.values(), key=lambda i: i.id, reverse=True)[:limit + 1]
     more = len(items) > limit
     items = items[:limit]
