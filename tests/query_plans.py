@@ -85,6 +85,7 @@ class QueryRecorder(monitoring.CommandListener):
     def __init__(self) -> None:
         self.queries: dict[tuple[str, str], Query] = {}
         self.taps: list[list[tuple[str, dict[str, Any]]]] = []
+        self.reply_taps: list[list[tuple[str, int]]] = []
 
     @contextlib.contextmanager
     def tap(self) -> Iterator[list[tuple[str, dict[str, Any]]]]:
@@ -95,6 +96,16 @@ class QueryRecorder(monitoring.CommandListener):
             yield seen
         finally:
             self.taps.remove(seen)
+
+    @contextlib.contextmanager
+    def replies(self) -> Iterator[list[tuple[str, int]]]:
+        """(collection, documents) of every batch of documents the store sent meanwhile, to anyone."""
+        seen: list[tuple[str, int]] = []
+        self.reply_taps.append(seen)
+        try:
+            yield seen
+        finally:
+            self.reply_taps.remove(seen)
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         found = filters_of(event.command_name, event.command)
@@ -115,7 +126,11 @@ class QueryRecorder(monitoring.CommandListener):
             self.queries[key] = Query(collection, filter_, sort, tuple(where(f) for f in frames[:2]), site)
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
+        cursor = event.reply.get("cursor")
+        if self.reply_taps and isinstance(cursor, dict):
+            batch = (cursor["ns"].split(".", 1)[1], len(cursor.get("firstBatch", cursor.get("nextBatch", ()))))
+            for seen in self.reply_taps:
+                seen.append(batch)
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass

@@ -23,6 +23,7 @@ from server.alerts.documents import Alert
 from server.app import SERVER, create_app
 from server.infra.embedded_store import EmbeddedStore
 from server.infra.webhook import sign
+from server.transport.http import KEEP_BATCH
 from tests.alert_clients import crisis, device_sock
 from tests.conftest import make_settings
 from tests.helpers import Api, Sock, User, connect_refused
@@ -378,3 +379,32 @@ async def test_a_recipients_alert_list_reads_a_span_and_leaves_out_patients_no_l
     assert [a["title"] for a in still_open["items"]] == ["a", "c"]
     _, own = await api.request("GET", "/api/alerts?status=resolved", patient)  # a patient's own, by status
     assert [a["title"] for a in own["items"]] == ["b"]
+
+
+async def test_a_page_checked_in_the_server_reads_the_store_a_batch_at_a_time_and_no_further(api: Api) -> None:
+    """Alerts about a former patient between a caregiver's newest ones and the rest: a page streams through them
+    ``KEEP_BATCH`` at a time (the server never holds them all), and stops reading once it has its page."""
+    patient, former, carer = (await api.register("patient"), await api.register("patient"),
+                              await api.register("caregiver"))
+    await api.link(patient, carer)
+    now = datetime.now(UTC)
+
+    def alert(minutes_ago: float, title: str, about: User) -> Alert:
+        at = now - timedelta(minutes=minutes_ago)
+        return Alert(id=PydanticObjectId.from_datetime(at), patient_id=PydanticObjectId(about.id), kind="bp_crisis",
+                     title=title, recipient_ids=[PydanticObjectId(carer.id)], raised_at=at, emit_lease_until=at,
+                     emitted_at=at)
+
+    others = [alert(10 + n, f"x{n}", former) for n in range(2 * KEEP_BATCH + 50)]
+    await Alert.insert_many([alert(1, "a", patient), alert(2, "a2", patient), *others, alert(900, "b", patient)])
+    with QUERIES.replies() as batches:
+        _, first = await api.request("GET", "/api/alerts?limit=1", carer)
+    assert [a["title"] for a in first["items"]] == ["a"]
+    assert sum(n for c, n in batches if c == "alerts") <= KEEP_BATCH  # "a" and "a2", then no further
+    with QUERIES.replies() as batches:
+        _, second = await api.request("GET", f"/api/alerts?limit=1&before={first['next_cursor']}", carer)
+    assert [a["title"] for a in second["items"]] == ["a2"]  # with a next page: "b", found past the former's
+    read = [n for c, n in batches if c == "alerts"]
+    assert sum(read) > len(others) and max(read) <= KEEP_BATCH
+    _, third = await api.request("GET", f"/api/alerts?limit=1&before={second['next_cursor']}", carer)
+    assert [a["title"] for a in third["items"]] == ["b"] and third["next_cursor"] is None

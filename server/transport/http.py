@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from beanie import Document, PydanticObjectId
+from beanie.odm.queries.find import FindMany
 from bson import ObjectId
 from bson.errors import InvalidId
 from gridfs.asynchronous.grid_file import AsyncGridOut
@@ -160,6 +161,28 @@ def page_params(request: web.Request) -> tuple[PydanticObjectId | None, int]:
 PAGE_SPANS = (timedelta(days=7), timedelta(days=70), timedelta(days=700), None)
 
 
+# Documents a reply of the store carries when the server checks what a span returns (``keep``): a caregiver whose
+# received alerts are mostly about former patients holds one batch at a time, not their whole history.
+KEEP_BATCH = 100
+
+
+async def _first(query: FindMany[Any], need: int, keep: Callable[[Any], bool] | None) -> list[Any]:
+    """The first ``need`` documents of ``query`` that ``keep`` keeps (all do without it), read no further."""
+    if keep is None:
+        return await query.limit(need).to_list()
+    kept: list[Any] = []
+    try:
+        async for item in query:
+            if keep(item):
+                kept.append(item)
+                if len(kept) == need:
+                    break
+    finally:
+        if query.cursor is not None:  # (the rest of the span is not read: the store's cursor is closed)
+            await query.cursor.close()
+    return kept
+
+
 async def cursor_page(doc: type[Document], condition: Any, before: PydanticObjectId | None, limit: int,
                       to_json: Callable[[Any], dict[str, Any]],
                       keep: Callable[[Any], bool] | None = None) -> dict[str, Any]:
@@ -168,18 +191,19 @@ async def cursor_page(doc: type[Document], condition: Any, before: PydanticObjec
     embedded store), the page taken from their pages merged. The page is looked for in the last week before its
     start first, then in the time before it (``PAGE_SPANS``, each slice of ``_id`` read once): what a slice holds is
     newer than all that is further back. ``keep``: what the filter leaves to be checked here (a field whose values
-    an index cannot range through); each slice is then read whole."""
+    an index cannot range through); a slice is then read ``KEEP_BATCH`` documents at a time, until the page has
+    what it needs."""
     top = before.generation_time if before is not None else datetime.now(UTC)
     found: dict[Any, Any] = {}
     upper: ObjectId | None = before  # the slice's end (excluded): the start of the one read before it
+    batches = {"batch_size": KEEP_BATCH} if keep else {}
     for span in PAGE_SPANS:
         lower = ObjectId.from_datetime(top - span) if span is not None else None
         ids = {**({"$lt": upper} if upper is not None else {}), **({"$gte": lower} if lower is not None else {})}
         need = limit + 1 - len(found)
         for alternative in condition if isinstance(condition, list) else [condition]:
-            query = (doc.find(alternative, {"_id": ids}) if ids else doc.find(alternative)).sort(-doc.id)
-            found.update((i.id, i) for i in await (query if keep else query.limit(need)).to_list()
-                         if keep is None or keep(i))
+            query = doc.find(alternative, *([{"_id": ids}] if ids else []), **batches).sort(-doc.id)
+            found.update((i.id, i) for i in await _first(query, need, keep))
         if len(found) > limit:
             break
         upper = lower
