@@ -27,7 +27,9 @@ from server.vitals.documents import BPReading, measured_between
 
 STREAMING_WITHIN = timedelta(seconds=30)  # an open stream with a frame this recent counts as streaming
 HR_WITHIN = timedelta(minutes=5)  # an older heart rate is not shown as the latest
-BP_RECENT = timedelta(days=30)
+# Where the latest reading is looked for first, newest first, each slice only when the ones before had none: a
+# patient measuring four times a day has some 120 readings in 30 days, and the overview is asked for every 10 s.
+BP_SLICES = (timedelta(days=1), timedelta(days=7), timedelta(days=30))
 
 
 def _streaming(stream: Stream) -> bool:
@@ -49,10 +51,16 @@ async def _latest_hr(patient_id: PydanticObjectId) -> dict[str, Any] | None:
 
 async def _latest_bp(patient_id: PydanticObjectId) -> dict[str, Any] | None:
     """The latest reading not deleted. The embedded store sorts every match of a query, so the recent ones are
-    looked up first (on ``patient_measured``), and all of the patient's only when none is recent."""
-    recent = BPReading.find(measured_between(patient_id, utcnow() - BP_RECENT))
-    reading = max((r for r in await recent.to_list() if r.deleted_at is None), key=lambda r: r.measured_at,
-                  default=None)
+    looked up first (on ``patient_measured``: the last day, the week before it, the rest of 30 days), and all of
+    the patient's only when none is recent."""
+    now, end, reading = utcnow(), None, None
+    for span in BP_SLICES:
+        start = now - span
+        found = await BPReading.find(measured_between(patient_id, start, end)).to_list()
+        reading = max((r for r in found if r.deleted_at is None), key=lambda r: r.measured_at, default=None)
+        if reading is not None:
+            break
+        end = start
     if reading is None:
         live = BPReading.find(BPReading.patient_id == patient_id, BPReading.deleted_at == None)  # noqa: E711
         reading = await live.sort(-BPReading.measured_at).first_or_none()

@@ -22,6 +22,7 @@ from tests.browser import HARNESS_EVAL, chromium, sign_in, streaming_ward
 from tests.call_peers import CallPeer
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers import Api
+from tests.query_plans import QUERIES
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 HEART_RATE = 72.0
@@ -65,7 +66,8 @@ async def test_overview_lists_linked_patients_with_live_status(api: Api) -> None
 
 
 async def test_overview_shows_the_latest_reading_not_deleted_however_old(api: Api) -> None:
-    """The overview looks up the last BP_RECENT first and all of the patient's readings only when none is there."""
+    """The overview looks up the last day first, then the slices before it (BP_SLICES), and all of the patient's
+    readings only when none of them has one."""
     patient, clinician = await api.register("patient"), await api.register("clinician")
     await api.link(patient, clinician)
 
@@ -75,12 +77,18 @@ async def test_overview_shows_the_latest_reading_not_deleted_however_old(api: Ap
         return body["items"][0]["bp"]
 
     assert await latest() is None
-    old = await add_bp(api, patient, 131, 84, minutes_ago=60 * 24 * 45)  # before BP_RECENT
+    old = await add_bp(api, patient, 131, 84, minutes_ago=60 * 24 * 45)  # before the last of BP_SLICES
     await add_bp(api, patient, 128, 82, minutes_ago=60 * 24 * 50)
     assert (await latest())["id"] == old["id"]
+    week = await add_bp(api, patient, 124, 80, minutes_ago=60 * 24 * 3)
+    assert (await latest())["id"] == week["id"]
     new = await add_bp(api, patient, 119, 77, minutes_ago=60)
-    assert (await latest())["id"] == new["id"]
-    await (await api.socket(patient)).ok("bp:delete", {"reading_id": new["id"]})
+    with QUERIES.tap() as seen:
+        assert (await latest())["id"] == new["id"]
+    [window] = [q["measured_at"] for c, q in seen if c == "bp_readings"]  # the last day's, alone
+    assert "$lt" not in window and datetime.now(UTC) - window["$gte"] < timedelta(days=1, minutes=1)
+    for reading in (new, week):
+        await (await api.socket(patient)).ok("bp:delete", {"reading_id": reading["id"]})
     assert (await latest())["id"] == old["id"]
 
 

@@ -34,7 +34,7 @@ ONCE = "server/infra/migrations.py"
 BOUNDED = {
     "server/alerts/escalation.py (escalate_due)": "the open alerts (status open): those nobody has acknowledged yet",
     "server/care/linking.py (create_code)": "the patient's link codes: one per invitation they made",
-    "server/overview.py (_latest_bp)": "all of a patient's readings, for a patient with none in BP_RECENT",
+    "server/overview.py (_latest_bp)": "all of a patient's readings, for a patient with none in the last of BP_SLICES",
     "server/meds/delivery.py (redeliver)": "the reminded doses (not confirmed or missed yet): a dead process's claim",
     "server/alerts/notifications.py (notified)": "the patient's notifications, for a dose of a dead process's claim",
     "server/alerts/notifications.py (mark_read)": "the user's notifications, to mark them all read",
