@@ -30,6 +30,12 @@ def plays(passed: list[int] | None) -> str:
     return f"{passed[0]} of {passed[1]} plays" if passed else "no play"
 
 
+def late(pooled: dict[str, Any] | None) -> str:
+    """The alerts slower than twice the idle p99, of all the plays' (the rush's pooled ``over_2x_idle_p99``)."""
+    over = (pooled or {}).get("over_2x_idle_p99")
+    return f"{over['slower']} of {over['alerts']}" if over else "n/a"
+
+
 def costs(d: dict[str, Any] | None) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in (d or {}).items() if v is not None) or "n/a"
 
@@ -76,9 +82,11 @@ ROWS: dict[str, Row] = {
         f"median of {len(e.get('alert_e2e_ratios') or [])} {e.get('alert_e2e_ratio')} x, range "
         f"{e.get('alert_e2e_ratio_range')}, all plays pooled p90 / p99 "
         f"{(e.get('alert_e2e_pooled') or {}).get('ratio', {}).get('p90')} / "
-        f"{(e.get('alert_e2e_pooled') or {}).get('ratio', {}).get('p99')} x (off: {e.get('alert_e2e_p99_ms_off')} / "
+        f"{(e.get('alert_e2e_pooled') or {}).get('ratio', {}).get('p99')} x, slower than 2x the idle p99 "
+        f"{late(e.get('alert_e2e_pooled'))} (off: {e.get('alert_e2e_p99_ms_off')} / "
         f"{e.get('alert_e2e_p99_ms_idle_off')} ms; median of {len(e.get('alert_e2e_ratios_off') or [])} "
-        f"{e.get('alert_e2e_ratio_off')} x, range {e.get('alert_e2e_ratio_range_off')}), "
+        f"{e.get('alert_e2e_ratio_off')} x, range {e.get('alert_e2e_ratio_range_off')}, slower than 2x its idle p99 "
+        f"{late(e.get('alert_e2e_pooled_off'))}), "
         f"{e.get('store_cmds_per_patient')} store commands per patient (off: {e.get('store_cmds_per_patient_off')}"
         f"), CPU s server {e.get('server_cpu_s')} / store {e.get('store_cpu_s')}; top reached: {e.get('top_reached')}"),
         "The morning rush on one server + embedded store, 08:00-08:05 compressed (`window_s`): a dose due for every "
