@@ -28,12 +28,13 @@ from server.infra.group_commit import COMMITS
 log = logging.getLogger(__name__)
 
 
-async def mine(user_id: PydanticObjectId, unread_only: bool = False) -> dict[str, Any]:
-    """A user's notifications (not deleted); only the unread ones if asked. One about a patient shows while the
-    user is that patient or on their care team: a member whose link was revoked no longer sees the patient's."""
+async def mine(user_id: PydanticObjectId) -> dict[str, Any]:
+    """A user's notifications (not deleted), as the filter of a write (the patients checked by the store). One about
+    a patient shows while the user is that patient or on their care team: a member whose link was revoked no longer
+    sees the patient's."""
     # No $or: with an operator at its top, the embedded store reads every user's notifications.
-    return {"user_id": user_id, "deleted_at": None, "patient_id": {"$in": await visible(user_id)},
-            **({"read_at": None} if unread_only else {})}
+    query, patients = await listing(user_id, unread_only=False)
+    return {**query, "patient_id": {"$in": list(patients)}}
 
 
 async def listing(user_id: PydanticObjectId, unread_only: bool) -> tuple[dict[str, Any], set[Any]]:
