@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from pymongo import monitoring
 
@@ -81,31 +81,33 @@ def where(frame: FrameType, line: bool = False) -> str:
     return f"{path}{f':{frame.f_lineno}' if line else ''} ({frame.f_code.co_name})"
 
 
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _listening(taps: list[list[T]]) -> Iterator[list[T]]:
+    """A list that gets what is recorded into ``taps`` while the block runs."""
+    seen: list[T] = []
+    taps.append(seen)
+    try:
+        yield seen
+    finally:
+        taps.remove(seen)
+
+
 class QueryRecorder(monitoring.CommandListener):
     def __init__(self) -> None:
         self.queries: dict[tuple[str, str], Query] = {}
         self.taps: list[list[tuple[str, dict[str, Any]]]] = []
         self.reply_taps: list[list[tuple[str, int]]] = []
 
-    @contextlib.contextmanager
-    def tap(self) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    def tap(self) -> contextlib.AbstractContextManager[list[tuple[str, dict[str, Any]]]]:
         """Every (collection, filter) sent meanwhile, by anyone."""
-        seen: list[tuple[str, dict[str, Any]]] = []
-        self.taps.append(seen)
-        try:
-            yield seen
-        finally:
-            self.taps.remove(seen)
+        return _listening(self.taps)
 
-    @contextlib.contextmanager
-    def replies(self) -> Iterator[list[tuple[str, int]]]:
+    def replies(self) -> contextlib.AbstractContextManager[list[tuple[str, int]]]:
         """(collection, documents) of every batch of documents the store sent meanwhile, to anyone."""
-        seen: list[tuple[str, int]] = []
-        self.reply_taps.append(seen)
-        try:
-            yield seen
-        finally:
-            self.reply_taps.remove(seen)
+        return _listening(self.reply_taps)
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         found = filters_of(event.command_name, event.command)
