@@ -1,7 +1,8 @@
 """A bare python-socketio server on aiohttp with one acked handler answering as the project's
 ``sys:ping`` does (the client's ``t`` and the server clock, in the uniform ack), with the same JSON
-codec (orjson, ``server.fastjson``) and event loop (uvloop) as the project: what a user would get from
-the library alone (bench/events.py compares the project's authenticated, validated path with it)."""
+codec (orjson, ``server.fastjson``) as the project, on uvloop (the fastest loop; the project's puts urgent work
+first, ``server.core.urgent_loop``): what a user would get from the library alone (bench/events.py compares the
+project's authenticated, validated path with it)."""
 
 import sys
 import time

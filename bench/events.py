@@ -6,8 +6,9 @@ keeping WINDOW acked events in flight) drives, in turn, four servers answering t
   * ``1``: the project's authenticated, validated round trip (``sys:ping``: token-authenticated socket,
     rate limits, pydantic validation, uniform ack) on one process;
   * ``2``: the same on ``--workers 2`` (Redis-shared rooms, SO_REUSEPORT);
-  * ``bare_python``: a bare python-socketio server on aiohttp with the project's JSON codec (orjson) and
-    event loop (uvloop) (bench/_bare_echo.py);
+  * ``bare_python``: a bare python-socketio server on aiohttp with the project's JSON codec (orjson) on
+    uvloop (bench/_bare_echo.py; the project runs the standard loop with urgent work first,
+    ``server.core.urgent_loop``, uvloop only with ``HEALTHMATE_URGENT_FIRST=off``);
   * ``node``: Node's own socket.io server (bench/node/echo_server.mjs).
 All four run at once (idle but for the one under load) and the load runs 1, 2, bare, node, REPEATS
 times over. A round trip: the client's emit to its ack received. ``cpu_us_per_rt``: CPU of the server's

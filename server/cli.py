@@ -28,11 +28,22 @@ def serve(args: argparse.Namespace) -> None:
     app = create_app(settings)
     app.on_startup.append(_long_lived)  # (after the start-up of every component)
     logging.getLogger("healthmate").info("serving on http://%s:%s", settings.host, settings.port)
-    import uvloop  # the event loop in C: faster sockets and callbacks for every connection
-
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
                 handle_signals=True, shutdown_timeout=5, reuse_port=args.reuse_port or None,
-                loop=uvloop.new_event_loop())
+                loop=event_loop(settings))
+
+
+def event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
+    """The standard loop with urgent work's callbacks first (``server.core.urgent_loop``), or, with
+    ``HEALTHMATE_URGENT_FIRST=off``, uvloop: in C, faster on every event, but in the order they come
+    (docs/operations.md, "The morning rush": what each costs and buys)."""
+    if settings.urgent_first:
+        from server.core.urgent_loop import UrgentFirstLoop
+
+        return UrgentFirstLoop()
+    import uvloop
+
+    return uvloop.new_event_loop()
 
 
 GC_THRESHOLDS = (10_000, 20, 100)  # Python's own: (700, 10, 10)

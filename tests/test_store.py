@@ -180,10 +180,10 @@ async def test_a_store_kept_silent_by_a_start_up_step_is_not_judged_until_the_st
 
 async def test_a_store_runs_no_server_code_in_its_child_and_dies_with_a_server_killed_outright(
         tmp_path: Path) -> None:
-    """The server's loop is uvloop, whose subprocesses run the process's at-fork hooks in the child; PyMongo's
-    fails there when a client is collected meanwhile (a traceback in the log whenever the two stores start
-    side by side, as CI saw). A hook of our own says whether any ran. Then the server is SIGKILLed: its
-    store must not outlive it."""
+    """The server's loop with ``HEALTHMATE_URGENT_FIRST=off`` is uvloop, whose subprocesses run the process's at-fork
+    hooks in the child; PyMongo's fails there when a client is collected meanwhile (a traceback in the log whenever
+    the two stores start side by side, as CI saw). A hook of our own says whether any ran. Then the server is
+    SIGKILLed: its store must not outlive it."""
     code = ("import asyncio, os, pathlib, sys, uvloop\n"
             "from server.infra.embedded_store import EmbeddedStore\n"
             "os.register_at_fork(after_in_child=lambda: os.write(2, b'an at-fork hook ran\\n'))\n"

@@ -22,7 +22,7 @@ import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator, Callable
-from contextvars import ContextVar
+from contextvars import Context, ContextVar
 
 SLICE_S = 0.005  # the longest bulk work runs before letting what is ready (an alert's next step) have a turn
 CLEAR_WAITS = 500  # x 2 ms: bulk work waits at most a second for urgent work
@@ -85,6 +85,10 @@ class Urgency:
     def here(self) -> bool:
         """Whether the calling task is part of urgent work (inside ``urgent()``, or started from there)."""
         return self.enabled and _WITHIN.get()
+
+    def owns(self, context: Context) -> bool:
+        """Whether ``context`` (a callback's, a task's) is urgent work's."""
+        return self.enabled and context.get(_WITHIN, False)
 
     async def until_clear(self) -> None:
         """Wait (up to a second) while urgent work is in progress (not when the caller is part of it)."""

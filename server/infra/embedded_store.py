@@ -92,10 +92,10 @@ def store_executable() -> str:
 
 class Child:
     """A child process: ``subprocess.Popen`` awaited on the loop. Not ``asyncio.create_subprocess_exec``: on
-    uvloop (the server's loop) that runs the server's at-fork hooks in the forked child, between fork and
-    exec, and PyMongo's fails there when one of its clients is collected meanwhile ("dictionary changed size
-    during iteration", a traceback in the server's log whenever the two stores start side by side). Popen
-    without ``preexec_fn`` runs no Python code in the child. A thread waits for the exit."""
+    uvloop (the server's loop with ``HEALTHMATE_URGENT_FIRST=off``) that runs the server's at-fork hooks in the
+    forked child, between fork and exec, and PyMongo's fails there when one of its clients is collected meanwhile
+    ("dictionary changed size during iteration", a traceback in the server's log whenever the two stores start side
+    by side). Popen without ``preexec_fn`` runs no Python code in the child. A thread waits for the exit."""
 
     def __init__(self, cmd: list[str], **popen: Any) -> None:
         self.popen = subprocess.Popen(cmd, **popen)
