@@ -62,8 +62,9 @@ ROWS: dict[str, Row] = {
         "Crisis reading sent → the last of 1,000 caregivers' sockets (2 processes) has `alert:new`, at idle and "
         "under readings at 70% of capacity; capacity: readings/s acknowledged with ack p99 (send → ack) < 1 s"),
     "events": (lambda e: (
-        f"rt/s: project 1 process {fig(e, 'rt_per_s_1')}, 2 workers {fig(e, 'rt_per_s_2')}, bare python-socketio "
-        f"(orjson, uvloop) {fig(e, 'bare_python_rt_per_s')}, Node socket.io {fig(e, 'node_rt_per_s')}; "
+        f"rt/s: project (its event loop putting urgent work first) 1 process {fig(e, 'rt_per_s_1')}, 2 workers "
+        f"{fig(e, 'rt_per_s_2')}, bare python-socketio (orjson, uvloop) {fig(e, 'bare_python_rt_per_s')}, Node "
+        f"socket.io {fig(e, 'node_rt_per_s')}; "
         f"server CPU µs per rt {costs(e.get('cpu_us_per_rt'))}; failed {costs(e.get('failed'))}"),
         "Round trips per second: the Node client's emit → its ack, 10 connections x 8 in flight, 4 s windows; "
         "CPU per rt: the server's processes (+ Redis for 2 workers) over the window"),
