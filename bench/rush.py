@@ -356,8 +356,8 @@ class Server:
         out["ratio"] = {f"p{q}": rounded(out["rush"][f"p{q}_ms"] / out["idle"][f"p{q}_ms"])
                         for q in (50, 90, 99) if out["rush"]["n"] and out["idle"][f"p{q}_ms"]}
         if pools["idle"]:  # the goal as a share: p99 within 2x of idle leaves at most 1% slower than that
-            timed = pools["rush"] + pools["burst"]
-            late = sum(x > 2 * pct(pools["idle"], 99) for x in timed)
+            timed, bound = pools["rush"] + pools["burst"], 2 * pct(pools["idle"], 99)
+            late = sum(x > bound for x in timed)
             out["over_2x_idle_p99"] = {"alerts": len(timed), "slower": late,
                                        "share": rounded(late / len(timed)) if timed else None}
         return out
