@@ -81,12 +81,12 @@ DOCUMENTS: list[type[Document]] = [*care_documents.DOCUMENTS, *vitals_documents.
                                    *alert_documents.DOCUMENTS, *meds_documents.DOCUMENTS, *device_documents.DOCUMENTS,
                                    *streaming_documents.DOCUMENTS]
 # Of them, what bulk work writes (08:00's doses, their claims and box states, reminder notifications, waveform
-# history): in a store of their own where there is one (server.lifecycle.connected), so that alerts never share
-# the embedded store's one core with it. Each is read and written through its own class only (no query joins
-# it with another collection).
+# history and the streams' analyses): in a store of their own where there is one (server.lifecycle.connected), so
+# that alerts never share the embedded store's one core, nor its writes' turns, with it. Each is read and written
+# through its own class only (no query joins it with another collection).
 BULK_DOCUMENTS: list[type[Document]] = [meds_documents.DoseEvent, meds_documents.DoseClaim,
                                         device_documents.MedicineBoxState, alert_documents.Notification,
-                                        streaming_documents.WaveBucket]
+                                        streaming_documents.WaveBucket, streaming_documents.AnalysisChunk]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 

@@ -26,6 +26,7 @@ from server.infra.embedded_store import EmbeddedStore
 from server.infra.migrations import MIGRATIONS, MigrationRecord, move_collection, run_migrations
 from server.infra.store import init_documents, make_client
 from server.meds.documents import DoseEvent
+from server.streaming.documents import AnalysisChunk
 from tests.conftest import make_settings
 from tests.helpers import Api, process_alive
 
@@ -273,6 +274,8 @@ async def test_a_data_dir_from_before_the_bulk_store_has_its_bulk_documents_move
          "due_at": due, "medication_name": "Metformin", "dose": "1 tablet", "drawer": 1, "state": "confirmed"}
         for i in range(3)])
     await client[settings.mongodb_db].notifications.insert_one({"user_id": patient, "kind": "reminder"})
+    await client[settings.mongodb_db].analyses.insert_one({  # a stream's analyses: ECG history, bulk too
+        "schema_version": 1, "stream_id": ObjectId(), "patient_id": patient, "start": due, "items": [{"hr": 61}]})
     await client.close()
     await old.stop()
 
@@ -284,6 +287,8 @@ async def test_a_data_dir_from_before_the_bulk_store_has_its_bulk_documents_move
     assert await bulk.dose_events.count_documents({"patient_id": patient}) == 3
     assert await bulk.notifications.count_documents({"user_id": patient}) == 1
     assert {d.slot for d in await DoseEvent.find(DoseEvent.patient_id == patient).to_list()} == {"s0", "s1", "s2"}
+    assert await main.analyses.count_documents({}) == 0 and await bulk.analyses.count_documents({}) == 1
+    assert [c.items for c in await AnalysisChunk.find(AnalysisChunk.patient_id == patient).to_list()] == [[{"hr": 61}]]
 
 
 async def test_a_move_cut_short_is_taken_up_again_keeping_what_was_copied(store: EmbeddedStore) -> None:
