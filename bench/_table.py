@@ -31,7 +31,7 @@ def plays(passed: list[int] | None) -> str:
 
 
 def late(pooled: dict[str, Any] | None) -> str:
-    """The alerts slower than twice the idle p99, of all the plays' (the rush's pooled ``over_2x_idle_p99``)."""
+    """The alerts slower than twice their play's idle p99, of all the plays' (the rush's ``over_2x_idle_p99``)."""
     over = (pooled or {}).get("over_2x_idle_p99")
     return f"{over['slower']} of {over['alerts']}" if over else "n/a"
 
@@ -83,7 +83,7 @@ ROWS: dict[str, Row] = {
         f"median of {len(e.get('alert_e2e_ratios') or [])} {e.get('alert_e2e_ratio')} x, range "
         f"{e.get('alert_e2e_ratio_range')}, all plays pooled p90 / p99 "
         f"{(e.get('alert_e2e_pooled') or {}).get('ratio', {}).get('p90')} / "
-        f"{(e.get('alert_e2e_pooled') or {}).get('ratio', {}).get('p99')} x, slower than 2x the idle p99 "
+        f"{(e.get('alert_e2e_pooled') or {}).get('ratio', {}).get('p99')} x, slower than 2x their play's idle p99 "
         f"{late(e.get('alert_e2e_pooled'))} (off: {e.get('alert_e2e_p99_ms_off')} / "
         f"{e.get('alert_e2e_p99_ms_idle_off')} ms; median of {len(e.get('alert_e2e_ratios_off') or [])} "
         f"{e.get('alert_e2e_ratio_off')} x, range {e.get('alert_e2e_ratio_range_off')}, slower than 2x its idle p99 "

@@ -57,9 +57,10 @@ idle alerts of its own, and ``alert_e2e_ratio`` is the median of the ratios (``a
 ``alert_e2e_ratio_range``; each repeat in ``alert_repeats``). The same plays pooled (``alert_e2e_pooled``):
 p50/p90/p99 of all their alerts (``rush``; the probes apart, ``burst``) and of all the idle alerts timed before them
 (``idle``), and the ratios: a play's p99 of eight alerts is its slowest one, the pooled quantiles lean less on one
-alert; and ``over_2x_idle_p99``: how many of the plays' alerts and probes took longer than twice the idle alerts' p99
-(the goal, p99 within 2x, leaves at most 1% of them there; quick tries of 2026-12-07 at 800 put 5-12% there while
-their plays' ratios came 0.9-2.3 in most tries: the median ratio is a coin toss around 2x, the share is steadier).
+alert; and ``over_2x_idle_p99``: how many of the plays' alerts and probes took longer than twice the p99 of the idle
+alerts timed just before their play (the goal, p99 within 2x, leaves at most 1% of them there; quick tries of
+2026-12-07 at 800 put 5-12% there while their plays' ratios came 0.9-2.3 in most tries: the median ratio is a coin
+toss around 2x, the share is steadier).
 The 1% of alerts land at random times, so whether one falls in the burst of the doses' work (08:00 plus a few
 seconds) is luck: one patient in crisis also sends probes, a crisis reading at 10%, 20%, 30% and 40% of the window
 (their own reading comes in its second half), timed the same way: ``alert_burst_ms`` (not in the pass/fail: the 1%
@@ -355,11 +356,17 @@ class Server:
             out[name] = {"n": len(pool), **{f"p{q}_ms": rounded(pct(pool, q)) for q in (50, 90, 99)}}
         out["ratio"] = {f"p{q}": rounded(out["rush"][f"p{q}_ms"] / out["idle"][f"p{q}_ms"])
                         for q in (50, 90, 99) if out["rush"]["n"] and out["idle"][f"p{q}_ms"]}
-        if pools["idle"]:  # the issue's goal as a share: p99 within 2x of idle leaves at most 1% slower than that
-            timed, bound = pools["rush"] + pools["burst"], 2 * pct(pools["idle"], 99)
-            late = sum(x > bound for x in timed)
-            out["over_2x_idle_p99"] = {"alerts": len(timed), "slower": late,
-                                       "share": rounded(late / len(timed)) if timed else None}
+        # The issue's goal as a share: p99 within 2x of idle leaves at most 1% slower than that. Each play's alerts
+        # against its own idle alerts, timed just before it: one idle alert that met a stall of the disk (76 ms among
+        # 16 ms ones, 2026-12-07) then loosens its own play's bound only, not every play's.
+        plays = [(self.idle_e2e, self.best)] + [(r["alert_e2e_idle_ms"], r) for r in self.repeats]
+        timed = late = 0
+        for idle, play in plays:
+            idle_p99, alerts = pct([x for x in idle if x is not None], 99), play["alert_e2e_ms"] + [
+                x for x in play["alert_burst_ms"] if x is not None]
+            if idle_p99 is not None:
+                timed, late = timed + len(alerts), late + sum(x > 2 * idle_p99 for x in alerts)
+        out["over_2x_idle_p99"] = {"alerts": timed, "slower": late, "share": rounded(late / timed) if timed else None}
         return out
 
     async def close(self) -> None:
