@@ -50,9 +50,9 @@ is timed, once the stores and the server have settled after the seeding (IDLE_AL
 after a first one that is not counted: the first alert after start-up took 30-50 ms where the next took 15-35):
 ``alert_e2e_p99_ms_idle``; under the rush the alert p99 should stay within 2x of it. Both are the slowest of
 a few, so the ratio swings between runs: once the search ends, the largest passing step is played again (REPEATS in
-all, as the budget allows; the larger steps' patients disconnected first, so that it is played with its own N
-connected, not with the failing step's, and once the server too has settled after they left: with 1,600 patients'
-sockets connected the server's young garbage collections took 60-150 ms, against at most 75 at 800), each time after
+all, as the budget allows; every step, the step between included, is played with its own N connected, not with a
+larger step's: their patients disconnected first, and once the server too has settled after they left, ``trim``),
+each time after
 idle alerts of its own, and ``alert_e2e_ratio`` is the median of the ratios (``alert_e2e_ratios``,
 ``alert_e2e_ratio_range``; each repeat in ``alert_repeats``). The same plays pooled (``alert_e2e_pooled``):
 p50/p90/p99 of all their alerts (``rush``; the probes apart, ``burst``) and of all the idle alerts timed before them
@@ -210,11 +210,22 @@ class Server:
                 break
         return time.monotonic() - t0
 
+    async def trim(self, n: int) -> bool:
+        """Only the first ``n`` patients stay connected: a step plays with its own N connected, not with a larger
+        step's (the step between the last passing one and a failing one, and the repeats; with 1,600 patients'
+        sockets connected the server's young collections took 60-150 ms, at most 75 at 800). Whether any left."""
+        if len(self.rows) <= n:
+            return False
+        await self.loaders.ask([("trim", c) for c in shares(n)])
+        self.rows = self.rows[:n]
+        return True
+
     async def step(self, n: int, budget: Budget) -> dict[str, Any]:
         t = time.monotonic()
+        trimmed = await self.trim(n)
         await self.grow(n)
         grow_s = time.monotonic() - t
-        settle_s = await self.settle()
+        settle_s = await self.settle(server=trimmed)  # (once the server too has settled after they left)
         readings_before = await self.db.bp_readings.count_documents({})
         reminders_before = await self.bulk_db.notifications.count_documents({"kind": "reminder"})
         due = datetime.now(UTC) + timedelta(seconds=2.0 + n / 2000)
@@ -312,11 +323,7 @@ class Server:
         """The best step again, after idle alerts of its own (the stores settled first): one more ratio."""
         assert self.best is not None
         n = self.best["patients"]
-        trimmed = len(self.rows) > n
-        if trimmed:  # the larger steps' patients leave: the step again is the step as it was
-            await self.loaders.ask([("trim", c) for c in shares(n)])
-            self.rows = self.rows[:n]
-        await self.settle(server=trimmed)
+        await self.settle(server=await self.trim(n))
         _, idle = await self.idle()
         s = await self.step(n, budget)
         idle_p99 = pct([x for x in idle if x is not None], 99)
