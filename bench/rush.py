@@ -364,8 +364,8 @@ class Server:
         out["ratio"] = {f"p{q}": rounded(out["rush"][f"p{q}_ms"] / out["idle"][f"p{q}_ms"])
                         for q in (50, 90, 99) if out["rush"]["n"] and out["idle"][f"p{q}_ms"]}
         # The goal as a share: p99 within 2x of idle leaves at most 1% slower than that. Each play's alerts
-        # against its own idle alerts, timed just before it: one idle alert that met a stall of the disk (76 ms among
-        # 16 ms ones, 2026-12-07) then loosens its own play's bound only, not every play's.
+        # against its own idle alerts, timed just before it: one slow idle alert (76 ms among 16 ms ones, 2026-12-07;
+        # the disk's sync stalls make such) then loosens its own play's bound only, not every play's.
         plays = [(self.idle_e2e, self.best)] + [(r["alert_e2e_idle_ms"], r) for r in self.repeats]
         timed = late = 0
         for idle, play in plays:
