@@ -137,16 +137,14 @@ async def one_round(r: int, db: Any, patients: list[Account], sockets: Patients,
         budget.cut.append(f"round {r + 1}: stopped waiting for " + ("doses and " if doses_cut else "")
                           + "notifications (not counted)")
     last = max(sockets.received[i] for i in wanted if i in sockets.received) if lags else None
-    out = {**({"lag_p50_ms": None, "lag_p99_ms": None, "lag_max_ms": None, "missing": None, "doses_per_s": None}
-              if doses_cut else
-              {"lag_p50_ms": pct(lags, 50), "lag_p99_ms": pct(lags, 99), "lag_max_ms": max(lags, default=None),
-               "missing": DOSES - len(lags), "doses_per_s": DOSES / (last - due_s) if last and last > due_s else None}),
-           "notifications_stored": None if cut else stored,
+    doses = {"lag_p50_ms": pct(lags, 50), "lag_p99_ms": pct(lags, 99), "lag_max_ms": max(lags, default=None),
+             "missing": DOSES - len(lags), "doses_per_s": DOSES / (last - due_s) if last and last > due_s else None}
+    out = {**({k: None for k in doses} if doses_cut else doses), "notifications_stored": None if cut else stored,
            "notifications_s": None if stored_at is None else stored_at - due_s,
            "store_commands_per_dose": (window.store_commands or 0) / DOSES,
            "cpu_us_per_dose": per_op_us(window.cpu, DOSES), "insert_s": insert_s, "setup_late_ms": setup_late_ms}
-    print(f"  round {r + 1}: lag p50 {pct(lags, 50) or 0:.0f} ms, p99 {pct(lags, 99) or 0:.0f} ms, max "
-          f"{max(lags, default=0):.0f} ms, {DOSES - len(lags)} missing, {out['doses_per_s'] or 0:.0f} doses/s; "
+    print(f"  round {r + 1}: lag p50 {doses['lag_p50_ms'] or 0:.0f} ms, p99 {doses['lag_p99_ms'] or 0:.0f} ms, max "
+          f"{doses['lag_max_ms'] or 0:.0f} ms, {doses['missing']} missing, {out['doses_per_s'] or 0:.0f} doses/s; "
           f"{stored} notifications stored in {out['notifications_s'] or float('nan'):.1f} s"
           f"{' (the budget ended the wait: not counted)' if cut else ''}; "
           f"{out['store_commands_per_dose']:.2f} store commands/dose; CPU us/dose {out['cpu_us_per_dose']}", flush=True)

@@ -52,8 +52,7 @@ after a first one that is not counted: the first alert after start-up took 30-50
 a few, so the ratio swings between runs: once the search ends, the largest passing step is played again (REPEATS in
 all, as the budget allows; every step, the step between included, is played with its own N connected, not with a
 larger step's: their patients disconnected first, and once the server too has settled after they left, ``trim``),
-each time after
-idle alerts of its own, and ``alert_e2e_ratio`` is the median of the ratios (``alert_e2e_ratios``,
+each time after idle alerts of its own, and ``alert_e2e_ratio`` is the median of the ratios (``alert_e2e_ratios``,
 ``alert_e2e_ratio_range``; each repeat in ``alert_repeats``). The same plays pooled (``alert_e2e_pooled``):
 p50/p90/p99 of all their alerts (``rush``; the probes apart, ``burst``) and of all the idle alerts timed before them
 (``idle``), and the ratios: a play's p99 of eight alerts is its slowest one, the pooled quantiles lean less on one
@@ -367,13 +366,16 @@ class Server:
         # against its own idle alerts, timed just before it: one slow idle alert (76 ms among 16 ms ones, 2026-12-07;
         # the disk's sync stalls make such) then loosens its own play's bound only, not every play's.
         plays = [(self.idle_e2e, self.best)] + [(r["alert_e2e_idle_ms"], r) for r in self.repeats]
-        timed = late = 0
+        timed = late = judged = 0
         for idle, play in plays:
-            idle_p99, alerts = pct([x for x in idle if x is not None], 99), play["alert_e2e_ms"] + [
-                x for x in play["alert_burst_ms"] if x is not None]
-            if idle_p99 is not None:
-                timed, late = timed + len(alerts), late + sum(x > 2 * idle_p99 for x in alerts)
-        out["over_2x_idle_p99"] = {"alerts": timed, "slower": late, "share": rounded(late / timed) if timed else None}
+            idle_p99 = pct([x for x in idle if x is not None], 99)
+            if idle_p99 is None:  # (no idle alert came: nothing to judge this play against)
+                continue
+            alerts = play["alert_e2e_ms"] + [x for x in play["alert_burst_ms"] if x is not None]
+            judged, timed, late = judged + 1, timed + len(alerts), late + sum(x > 2 * idle_p99 for x in alerts)
+        if judged:
+            out["over_2x_idle_p99"] = {"alerts": timed, "slower": late,
+                                       "share": rounded(late / timed) if timed else None}
         return out
 
     async def close(self) -> None:
