@@ -144,7 +144,7 @@ async def one_round(r: int, db: Any, patients: list[Account], sockets: Patients,
            "store_commands_per_dose": (window.store_commands or 0) / DOSES,
            "cpu_us_per_dose": per_op_us(window.cpu, DOSES), "insert_s": insert_s, "setup_late_ms": setup_late_ms}
     print(f"  round {r + 1}: lag p50 {doses['lag_p50_ms'] or 0:.0f} ms, p99 {doses['lag_p99_ms'] or 0:.0f} ms, max "
-          f"{doses['lag_max_ms'] or 0:.0f} ms, {doses['missing']} missing, {out['doses_per_s'] or 0:.0f} doses/s; "
+          f"{doses['lag_max_ms'] or 0:.0f} ms, {doses['missing']} missing, {doses['doses_per_s'] or 0:.0f} doses/s; "
           f"{stored} notifications stored in {out['notifications_s'] or float('nan'):.1f} s"
           f"{' (the budget ended the wait: not counted)' if cut else ''}; "
           f"{out['store_commands_per_dose']:.2f} store commands/dose; CPU us/dose {out['cpu_us_per_dose']}", flush=True)
