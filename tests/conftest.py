@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pymongo.message
 import pytest
 from pymongo import monitoring
 from pymongo.errors import PyMongoError
@@ -40,6 +42,10 @@ TEST_SECRET = "test-secret-" + "x" * 40
 TEST_LIMITS = {"register_max_per_ip": 1_000_000}
 _db_counter = itertools.count()
 monitoring.register(QUERIES)  # before any client exists: every query the project sends, for tests/test_query_plans.py
+# PyMongo numbers every message it sends from the global ``random`` (``pymongo.message._randint``): a client's thread
+# (the store's watchdog, a heartbeat) sending one while Hypothesis draws trips its check that strategies leave
+# ``random`` alone (tests/test_fuzz.py: a deprecation warning now, an error from Hypothesis 7). Its own generator here.
+pymongo.message.random = random.Random()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
